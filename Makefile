@@ -1,0 +1,38 @@
+# sdsim: `make demo` runs the default scenario, `make test` runs every check. Each sets up .venv.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP_DEMO := $(VENV)/.demo-installed
+STAMP_TEST := $(VENV)/.test-installed
+
+.PHONY: demo test lint typecheck unit bench clean notebooks
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP_DEMO): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(STAMP_TEST): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@ $(STAMP_DEMO)
+
+demo: $(STAMP_DEMO)
+	$(BIN)/sdsim run scenarios/default.yaml --out out/default
+
+lint: $(STAMP_TEST)
+	$(BIN)/ruff check sdsim tests benchmarks
+	$(BIN)/mypy sdsim
+
+unit: $(STAMP_TEST)
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
+test: lint unit
+
+bench: $(STAMP_DEMO)
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis

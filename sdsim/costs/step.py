@@ -1,0 +1,179 @@
+"""StepCostModel: what one engine step costs, with its breakdown.
+
+The engine and the analytic model both read step costs only through this interface, so a
+disagreement between them is a modelling finding, not a units bug. One step is
+
+    overhead (CPU) + prefill work + k sequential drafter passes + one verifier pass over
+    k + 1 tokens per decoding request,
+
+described by a :class:`StepShape` (how many decoding requests, how much KV they read, how many
+prefill tokens). Implementations: :class:`LinearStepCost` here; kernel-derived ones (roofline,
+measured profile bundles) live beside it in ``sdsim.costs``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LinearCoefficients",
+    "LinearStepCost",
+    "StepCostModel",
+    "StepShape",
+    "StepTime",
+    "build_cost_model",
+]
+
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol, runtime_checkable
+
+from sdsim.errors import ScenarioError
+from sdsim.scenario import LinearCosts, Scenario
+
+
+class StepTime(NamedTuple):
+    """One step's duration and its breakdown (seconds); ``total`` is the sum of the parts."""
+
+    total: float
+    prefill: float
+    draft: float
+    verify: float
+    overhead: float
+
+
+class StepShape(NamedTuple):
+    """What is in one engine step.
+
+    Attributes
+    ----------
+    decode_seqs
+        Decoding requests (each verifies k + 1 tokens).
+    decode_context
+        KV-cache tokens those requests read (sum of their context lengths before the step).
+    k
+        Draft length this step (0 = plain decoding).
+    prefill_tokens
+        Prompt tokens prefilled this step (all chunks together).
+    prefill_context
+        KV tokens attended by the prefill chunks (sum over chunks of tokens already cached plus
+        the chunk itself).
+    prefill_seqs
+        Requests with a prefill chunk in this step.
+    """
+
+    decode_seqs: int
+    decode_context: int
+    k: int
+    prefill_tokens: int = 0
+    prefill_context: int = 0
+    prefill_seqs: int = 0
+
+
+@dataclass(frozen=True)
+class LinearCoefficients:
+    """A step-cost model reduced to lines (what the analytic model consumes).
+
+    Verifier pass: ``v_fixed + v_token * tokens + v_kv * kv_tokens``; each drafter pass:
+    ``d_fixed + d_token * seqs + d_kv * kv_tokens``; plus ``overhead`` per step and
+    ``d_prefill_token`` per prompt token for the drafter's own prefill. ``fit_error`` is the largest
+    relative error of the lines over the batch range they were fitted on (0 for a linear model).
+    """
+
+    v_fixed: float
+    v_token: float
+    v_kv: float
+    d_fixed: float
+    d_token: float
+    d_kv: float
+    d_prefill_token: float
+    overhead: float
+    fit_error: float = 0.0
+
+
+@runtime_checkable
+class StepCostModel(Protocol):
+    """What one engine step costs."""
+
+    def step(self, shape: StepShape) -> StepTime:
+        """Duration and breakdown of a step with this shape."""
+        ...
+
+    def linearize(self, k: int, max_batch: int = 256, context: int = 1024) -> LinearCoefficients:
+        """Lines through the step cost over decode batches 1..max_batch at KV length context."""
+        ...
+
+
+class LinearStepCost:
+    """The `linear` model: fixed + per batched token + per KV token, verifier and drafter apart.
+
+    Parameters
+    ----------
+    coeffs
+        The scenario's ``costs.linear`` block.
+    drafter_prefills
+        Whether the drafter runs over prompt tokens too (a separate model or an EAGLE head does;
+        n-gram lookup does not).
+    """
+
+    def __init__(self, coeffs: LinearCosts, drafter_prefills: bool = True) -> None:
+        self.c = coeffs
+        self.drafter_prefills = drafter_prefills
+
+    def step(self, shape: StepShape) -> StepTime:
+        """Duration and breakdown of one step (see :class:`LinearCosts` for the formula)."""
+        c = self.c
+        b, k = shape.decode_seqs, shape.k
+        if b == 0 and shape.prefill_tokens == 0:
+            return StepTime(c.overhead_s, 0.0, 0.0, 0.0, c.overhead_s)
+        prefill = (
+            c.verify_per_token_s * shape.prefill_tokens
+            + c.verify_per_kv_token_s * shape.prefill_context
+        )
+        if k > 0 and self.drafter_prefills:
+            prefill += c.draft_per_token_s * shape.prefill_tokens
+        verify = 0.0
+        draft = 0.0
+        if b > 0:
+            verify = (
+                c.verify_fixed_s
+                + c.verify_per_token_s * b * (k + 1)
+                + c.verify_per_kv_token_s * shape.decode_context
+            )
+            if k > 0:
+                draft = k * (
+                    c.draft_fixed_s
+                    + c.draft_per_token_s * b
+                    + c.draft_per_kv_token_s * shape.decode_context
+                )
+        else:
+            # a prefill-only step still pays the verifier's fixed cost (weights are read once)
+            prefill += c.verify_fixed_s
+        total = c.overhead_s + prefill + draft + verify
+        return StepTime(total, prefill, draft, verify, c.overhead_s)
+
+    def linearize(self, k: int, max_batch: int = 256, context: int = 1024) -> LinearCoefficients:
+        """Exact: the model is already linear."""
+        c = self.c
+        return LinearCoefficients(
+            v_fixed=c.verify_fixed_s,
+            v_token=c.verify_per_token_s,
+            v_kv=c.verify_per_kv_token_s,
+            d_fixed=c.draft_fixed_s,
+            d_token=c.draft_per_token_s,
+            d_kv=c.draft_per_kv_token_s,
+            d_prefill_token=c.draft_per_token_s if self.drafter_prefills else 0.0,
+            overhead=c.overhead_s,
+            fit_error=0.0,
+        )
+
+
+def build_cost_model(scn: Scenario) -> StepCostModel:
+    """The StepCostModel a scenario asks for.
+
+    Raises
+    ------
+    ScenarioError
+        When the requested source cannot be built (unknown names, missing bundle).
+    """
+    src = scn.costs.source
+    if src == "linear":
+        return LinearStepCost(scn.costs.linear, drafter_prefills=scn.drafter.kind != "ngram")
+    raise ScenarioError("costs.source", f"{src!r} is not available in this build; use 'linear'")

@@ -1,0 +1,259 @@
+"""Records → DataFrames → summary statistics.
+
+Conventions (the glossary users read results by):
+
+* **Warm-up** is by arrival: the first ``warmup_requests`` requests (in arrival order) are excluded
+  from latency statistics. The **measurement window** runs from the arrival of the first measured
+  request to the arrival of the last request; levels (batch size, number in system) are
+  time-weighted over it, idle time counting as zero, and throughput counts completions inside it.
+* ``e2e = finish - arrival``, ``ttft = first_token - arrival``,
+  ``tpot = (finish - first_token) / (output_tokens - 1)`` (undefined for one-token outputs),
+  ``queue_delay = first_scheduled - arrival``.
+* ``little_residual = (in_system_mean - lambda_obs * e2e_mean) / in_system_mean`` with
+  ``lambda_obs`` the observed arrival rate in the window: Little's law says it tends to 0.
+* ``stable`` is false when the run was stopped at a saturation bound, or when the number in system
+  grew over the window faster than 5% of the arrival rate (``queue_growth_rps``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "REQUEST_FIELDS",
+    "SUMMARY_KEYS",
+    "build_requests_frame",
+    "build_steps_frame",
+    "summarize",
+    "t_confidence_interval",
+    "time_average_in_system",
+]
+
+import math
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from sdsim.engine.server import SimRun
+
+REQUEST_FIELDS = (
+    "arrival",
+    "first_scheduled",
+    "first_token",
+    "finish",
+    "prompt_tokens",
+    "output_tokens",
+    "steps",
+    "drafted",
+    "accepted",
+    "preemptions",
+)
+
+SUMMARY_KEYS = (
+    "completed",
+    "throughput_rps",
+    "throughput_tps",
+    *(f"{m}_{s}" for m in ("e2e", "ttft", "tpot") for s in ("mean", "p50", "p90", "p99")),
+    "tokens_per_step_mean",
+    "batch_mean",
+    "in_system_mean",
+    "little_residual",
+    "stable",
+    "preemptions",
+    "seed",
+)
+
+# Growth of the number in system, as a fraction of the arrival rate, above which a run is unstable.
+UNSTABLE_GROWTH_FRACTION = 0.05
+
+
+def build_requests_frame(run: SimRun, warmup: int) -> pd.DataFrame:
+    """One row per request with the DESIGN.md record fields and derived latencies."""
+    t = run.table
+    df = pd.DataFrame(
+        {
+            "request_id": np.arange(t.n, dtype=np.int64),
+            "arrival": t.arrival,
+            "first_scheduled": t.first_scheduled,
+            "first_token": t.first_token,
+            "finish": t.finish,
+            "prompt_tokens": t.prompt,
+            "output_tokens": t.output,
+            "steps": t.steps,
+            "drafted": t.drafted,
+            "accepted": t.accepted,
+            "preemptions": t.preemptions,
+            "replica": t.replica,
+        }
+    )
+    if t.alpha is not None:
+        df["alpha"] = t.alpha
+    df["ttft"] = df["first_token"] - df["arrival"]
+    df["e2e"] = df["finish"] - df["arrival"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tpot = (df["finish"] - df["first_token"]) / (df["output_tokens"] - 1)
+    df["tpot"] = tpot.where(df["output_tokens"] > 1)
+    df["queue_delay"] = df["first_scheduled"] - df["arrival"]
+    df["warmup"] = df["request_id"] < warmup
+    return df
+
+
+def build_steps_frame(run: SimRun) -> pd.DataFrame:
+    """One row per engine step (DESIGN.md step fields plus k, accepted, emitted, replica)."""
+    return pd.DataFrame(run.steps)
+
+
+def time_average_in_system(
+    arrival: npt.NDArray[np.float64], finish: npt.NDArray[np.float64], t0: float, t1: float
+) -> float:
+    """Time-average number of requests in system over [t0, t1] (unfinished ones stay in)."""
+    if t1 <= t0:
+        return float("nan")
+    fin = np.where(np.isnan(finish), np.inf, finish)
+    # integral of N(t) = sum over requests of overlap([arrival, finish], [t0, t1])
+    lo = np.maximum(arrival, t0)
+    hi = np.minimum(fin, t1)
+    return float(np.clip(hi - lo, 0, None).sum() / (t1 - t0))
+
+
+def _quantiles(x: npt.NDArray[np.float64], prefix: str, out: dict[str, Any]) -> None:
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        for s in ("mean", "p50", "p90", "p99"):
+            out[f"{prefix}_{s}"] = float("nan")
+        return
+    out[f"{prefix}_mean"] = float(x.mean())
+    p50, p90, p99 = np.percentile(x, [50, 90, 99])
+    out[f"{prefix}_p50"] = float(p50)
+    out[f"{prefix}_p90"] = float(p90)
+    out[f"{prefix}_p99"] = float(p99)
+
+
+def _overlap_weights(
+    start: npt.NDArray[np.float64], dur: npt.NDArray[np.float64], t0: float, t1: float
+) -> npt.NDArray[np.float64]:
+    return np.clip(np.minimum(start + dur, t1) - np.maximum(start, t0), 0, None)
+
+
+def summarize(
+    run: SimRun, requests: pd.DataFrame, steps: pd.DataFrame, warmup: int, seed: int
+) -> dict[str, Any]:
+    """The summary dict (DESIGN.md keys plus diagnostics).
+
+    Parameters
+    ----------
+    run
+        Raw run (for end time and stop reason).
+    requests, steps
+        Frames from :func:`build_requests_frame` and :func:`build_steps_frame`.
+    warmup
+        Requests excluded from statistics.
+    seed
+        Recorded in the summary.
+    """
+    n = len(requests)
+    warmup = min(warmup, max(n - 1, 0))
+    meas = requests.iloc[warmup:]
+    done = meas[meas["finish"].notna()]
+    arrival = requests["arrival"].to_numpy()
+    finish = requests["finish"].to_numpy()
+    t0 = float(arrival[warmup]) if n else 0.0
+    t1 = float(arrival[-1]) if n else 0.0
+    if run.stopped_early:
+        t1 = min(t1, run.end_time)
+    span = t1 - t0
+    out: dict[str, Any] = {}
+    out["completed"] = int(np.isfinite(finish).sum())
+    out["measured"] = len(done)
+    if span > 0:
+        in_win = (finish >= t0) & (finish <= t1)
+        out["throughput_rps"] = float(in_win.sum() / span)
+    else:
+        dur = run.end_time - t0
+        out["throughput_rps"] = float(len(done) / dur) if dur > 0 else float("nan")
+    for m in ("e2e", "ttft", "tpot"):
+        _quantiles(done[m].to_numpy(dtype=np.float64), m, out)
+    out["queue_delay_mean"] = float(done["queue_delay"].mean()) if len(done) else float("nan")
+    st = done["steps"].to_numpy()
+    acc = done["accepted"].to_numpy()
+    out["tokens_per_step_mean"] = float((st.sum() + acc.sum()) / st.sum()) if st.sum() else math.nan
+    drafted = float(done["drafted"].sum())
+    out["acceptance_rate"] = float(acc.sum() / drafted) if drafted else float("nan")
+
+    start = steps["start"].to_numpy()
+    sdur = steps["duration"].to_numpy()
+    if span > 0 and len(steps):
+        w = _overlap_weights(start, sdur, t0, t1)
+        out["batch_mean"] = float((steps["num_seqs"].to_numpy() * w).sum() / span)
+        out["busy_fraction"] = float(w.sum() / span)
+        emitted_in = (start + sdur >= t0) & (start + sdur <= t1)
+        out["throughput_tps"] = float(steps["emitted"].to_numpy()[emitted_in].sum() / span)
+        waiting_mean = float((steps["waiting"].to_numpy() * w).sum() / max(w.sum(), 1e-300))
+    else:
+        out["batch_mean"] = float("nan")
+        out["busy_fraction"] = float("nan")
+        out["throughput_tps"] = float("nan")
+        waiting_mean = float("nan")
+    out["waiting_mean"] = waiting_mean
+    out["in_system_mean"] = time_average_in_system(arrival, finish, t0, t1)
+    lam_obs = float(((arrival >= t0) & (arrival <= t1)).sum() / span) if span > 0 else math.nan
+    out["arrival_rate_obs"] = lam_obs
+    ism = out["in_system_mean"]
+    out["little_residual"] = (
+        float((ism - lam_obs * out["e2e_mean"]) / ism) if ism and math.isfinite(ism) else math.nan
+    )
+    growth = _queue_growth(arrival, finish, t0, t1)
+    out["queue_growth_rps"] = growth
+    grew = math.isfinite(growth) and lam_obs > 0 and growth > UNSTABLE_GROWTH_FRACTION * lam_obs
+    out["stable"] = bool(not run.stopped_early and not grew)
+    out["stop_reason"] = run.stop_reason
+    out["preemptions"] = int(requests["preemptions"].sum())
+    out["steps"] = len(steps)
+    out["duration_s"] = float(run.end_time)
+    out["seed"] = int(seed)
+    return out
+
+
+def _queue_growth(
+    arrival: npt.NDArray[np.float64], finish: npt.NDArray[np.float64], t0: float, t1: float
+) -> float:
+    """Least-squares slope (requests/s) of the number in system over the window."""
+    if t1 <= t0:
+        return float("nan")
+    grid = np.linspace(t0, t1, 64)
+    fin = np.where(np.isnan(finish), np.inf, finish)
+    arr_sorted = np.sort(arrival)
+    fin_sorted = np.sort(fin)
+    n_t = np.searchsorted(arr_sorted, grid, side="right") - np.searchsorted(
+        fin_sorted, grid, side="right"
+    )
+    slope = np.polyfit(grid - t0, n_t.astype(np.float64), 1)[0]
+    return float(slope)
+
+
+def t_confidence_interval(values: Any, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean and t-based confidence interval across replications.
+
+    Parameters
+    ----------
+    values
+        One value per replication.
+    confidence
+        Two-sided level.
+
+    Returns
+    -------
+    mean, low, high
+        ``low == high == mean`` with a single replication (no spread to estimate).
+    """
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return (math.nan, math.nan, math.nan)
+    m = float(x.mean())
+    if x.size < 2:
+        return (m, m, m)
+    from scipy import stats  # lazy: scipy's import costs ~1 s and most runs never need it
+
+    half = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return (m, m - half, m + half)

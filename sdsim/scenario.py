@@ -1,0 +1,513 @@
+"""Scenario: the validated, frozen description of one what-if experiment.
+
+A scenario is loaded from YAML, optionally changed by dotted overrides (``workload.rate=4``), and
+validated by pydantic v2 models that refuse unknown names (``extra="forbid"``) and are frozen, so a
+scenario cannot drift while a simulation reads it. Every bad value becomes a one-line
+:class:`~sdsim.errors.ScenarioError` naming the field.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AcceptanceSpec",
+    "BetaAlpha",
+    "CostsSpec",
+    "DrafterSpec",
+    "EmpiricalLength",
+    "FixedLength",
+    "LengthSpec",
+    "LimitsSpec",
+    "LinearCosts",
+    "LognormalLength",
+    "Scenario",
+    "ServerSpec",
+    "SpecSpec",
+    "UniformLength",
+    "WorkloadSpec",
+    "apply_overrides",
+    "load_scenario",
+    "parse_set_options",
+    "scenario_from_dict",
+    "scenario_hash",
+    "scenario_schema",
+]
+
+import copy
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from sdsim.errors import ScenarioError, format_validation_error
+
+# Draft lengths beyond this are not a real configuration: acceptance probability to the 32nd power
+# is negligible for any drafter, and verify widths that large would be a prefill, not a decode step.
+MAX_K = 32
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+# --------------------------------------------------------------------------- lengths
+
+
+class FixedLength(_Frozen):
+    """Every request has the same length."""
+
+    dist: Literal["fixed"] = "fixed"
+    value: int = Field(ge=1, description="tokens")
+
+    @property
+    def mean(self) -> float:
+        return float(self.value)
+
+    @property
+    def max(self) -> int:
+        return self.value
+
+
+class UniformLength(_Frozen):
+    """Integer lengths uniform on [low, high]."""
+
+    dist: Literal["uniform"]
+    low: int = Field(ge=1)
+    high: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> UniformLength:
+        if self.high < self.low:
+            raise ValueError(f"high must be >= low (low={self.low}, high={self.high})")
+        return self
+
+    @property
+    def mean(self) -> float:
+        return (self.low + self.high) / 2
+
+    @property
+    def max(self) -> int:
+        return self.high
+
+
+class LognormalLength(_Frozen):
+    """Lognormal lengths with the given mean and coefficient of variation, rounded, clipped."""
+
+    dist: Literal["lognormal"]
+    mean: float = Field(gt=0)
+    cv: float = Field(gt=0, le=10)
+    min: int = Field(default=1, ge=1)
+    max: int = Field(default=32768, ge=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> LognormalLength:
+        if self.max < self.min:
+            raise ValueError(f"max must be >= min (min={self.min}, max={self.max})")
+        return self
+
+
+class EmpiricalLength(_Frozen):
+    """Lengths drawn uniformly at random from a list (e.g. measured from a dataset)."""
+
+    dist: Literal["empirical"]
+    values: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+
+    @property
+    def mean(self) -> float:
+        return float(sum(self.values)) / len(self.values)
+
+    @property
+    def max(self) -> int:
+        return max(self.values)
+
+
+LengthSpec = Annotated[
+    FixedLength | UniformLength | LognormalLength | EmpiricalLength,
+    Field(discriminator="dist"),
+]
+
+
+def _length_shorthand(v: Any) -> Any:
+    # `prompt_tokens: 512` is the common case; expand it to the fixed law.
+    if isinstance(v, bool):
+        raise ValueError("must be a token count or a length law, not a boolean")
+    if isinstance(v, int):
+        return {"dist": "fixed", "value": v}
+    if isinstance(v, float):
+        if not math.isfinite(v) or v != int(v):
+            raise ValueError("must be a whole number of tokens")
+        return {"dist": "fixed", "value": int(v)}
+    if isinstance(v, dict) and "dist" not in v and "value" in v:
+        return {"dist": "fixed", **v}
+    return v
+
+
+# --------------------------------------------------------------------------- acceptance
+
+
+class BetaAlpha(_Frozen):
+    """Per-request acceptance probability drawn from Beta(mean, concentration)."""
+
+    dist: Literal["beta"] = "beta"
+    mean: float = Field(gt=0, lt=1)
+    concentration: float = Field(gt=0, description="a + b of the beta law; larger = tighter")
+
+    @property
+    def a(self) -> float:
+        return self.mean * self.concentration
+
+    @property
+    def b(self) -> float:
+        return (1 - self.mean) * self.concentration
+
+
+class AcceptanceSpec(_Frozen):
+    """How draft tokens are accepted.
+
+    ``alpha`` is either one probability (i.i.d. geometric acceptance), a list of per-position
+    probabilities (position j accepted with probability alpha[j] given all before it were;
+    the list must be at least ``spec.k`` long), or ``{dist: beta, mean, concentration}`` for a
+    per-request alpha.
+    """
+
+    alpha: (
+        Annotated[float, Field(ge=0, le=1)] | list[Annotated[float, Field(ge=0, le=1)]] | BetaAlpha
+    ) = 0.7
+
+    @field_validator("alpha", mode="before")
+    @classmethod
+    def _alpha_shape(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("must be a probability in [0, 1], a list of them, or a beta law")
+        if isinstance(v, list) and not v:
+            raise ValueError("per-position list must not be empty")
+        return v
+
+    @property
+    def mean_alpha(self) -> float:
+        """A representative scalar alpha (for display and for the analytic model's first cut)."""
+        a = self.alpha
+        if isinstance(a, BetaAlpha):
+            return a.mean
+        if isinstance(a, list):
+            return float(sum(a) / len(a))
+        return float(a)
+
+
+# --------------------------------------------------------------------------- model pieces
+
+
+class DrafterSpec(_Frozen):
+    """The draft proposer: a separate small model, an EAGLE-style head, or n-gram lookup."""
+
+    kind: Literal["model", "eagle", "ngram"] = "eagle"
+    model: str | None = Field(default=None, description="registry name or config.json path")
+
+    @model_validator(mode="after")
+    def _needs_model(self) -> DrafterSpec:
+        if self.kind == "model" and not self.model:
+            raise ValueError("kind 'model' needs `model:` (a registry name or config.json path)")
+        return self
+
+
+class SpecSpec(_Frozen):
+    """Speculative decoding settings."""
+
+    k: int = Field(default=4, ge=0, le=MAX_K, description="draft tokens per step; 0 = off")
+    policy: Literal["fixed", "adaptive"] = "fixed"
+    k_max: int = Field(default=8, ge=1, le=MAX_K, description="largest k the adaptive policy tries")
+
+
+class ServerSpec(_Frozen):
+    """Engine limits (vLLM's names)."""
+
+    max_num_seqs: int = Field(default=256, ge=1)
+    max_num_batched_tokens: int = Field(default=8192, ge=1)
+    block_size: int = Field(default=16, ge=1)
+    num_gpu_blocks: int | None = Field(default=None, ge=1)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    tp: int = Field(default=1, ge=1, le=64)
+    replicas: int = Field(default=1, ge=1, le=4096)
+    router: Literal["round-robin", "least-outstanding", "random"] = "round-robin"
+    scheduler: Literal["vllm-v1", "prefill-first"] = "vllm-v1"
+    api_delay_s: float = Field(
+        default=0.0, ge=0, description="per-request API/tokenisation delay before admission"
+    )
+
+
+class LinearCosts(_Frozen):
+    """The `linear` step-cost model: the form practitioners fit to real engines.
+
+    Verifier pass: ``verify_fixed_s + verify_per_token_s * tokens + verify_per_kv_token_s * kv``
+    where ``tokens`` is every token in the step's forward pass (prefill chunk tokens and k+1 per
+    decoding request) and ``kv`` the KV-cache tokens read. Each of the k drafter passes costs
+    ``draft_fixed_s + draft_per_token_s * B + draft_per_kv_token_s * kv_draft``. The drafter also
+    processes prefill tokens once (``draft_per_token_s`` each). ``overhead_s`` is CPU time per step.
+    Defaults are an 8B-class verifier with an EAGLE-style head on an H100-class GPU.
+    """
+
+    verify_fixed_s: float = Field(default=6.0e-3, ge=0)
+    verify_per_token_s: float = Field(default=1.5e-5, ge=0)
+    verify_per_kv_token_s: float = Field(default=4.0e-8, ge=0)
+    draft_fixed_s: float = Field(default=4.0e-4, ge=0)
+    draft_per_token_s: float = Field(default=1.0e-6, ge=0)
+    draft_per_kv_token_s: float = Field(default=1.0e-9, ge=0)
+    overhead_s: float = Field(default=5.0e-4, ge=0)
+
+
+class CostsSpec(_Frozen):
+    """Where step costs come from."""
+
+    source: Literal["linear", "roofline", "profile"] = "linear"
+    linear: LinearCosts = LinearCosts()
+    profile: str | None = Field(default=None, description="profile bundle directory")
+    overhead_s: float | None = Field(
+        default=None, ge=0, description="CPU overhead per step for roofline/profile sources"
+    )
+
+
+# --------------------------------------------------------------------------- workload
+
+
+class WorkloadSpec(_Frozen):
+    """Requests: when they arrive and how long they are."""
+
+    arrival: Literal["poisson", "constant", "gamma", "trace"] = "poisson"
+    rate: float = Field(default=4.0, gt=0, le=1e6, description="requests per second")
+    cv: float = Field(default=1.0, gt=0, le=100, description="gap CV for gamma arrivals")
+    num_requests: int = Field(default=2000, ge=1, le=100_000_000)
+    prompt_tokens: LengthSpec = FixedLength(value=512)
+    output_tokens: LengthSpec = FixedLength(value=256)
+    trace: str | None = Field(default=None, description="CSV for arrival: trace")
+
+    @field_validator("prompt_tokens", "output_tokens", mode="before")
+    @classmethod
+    def _expand_lengths(cls, v: Any) -> Any:
+        return _length_shorthand(v)
+
+    @model_validator(mode="after")
+    def _trace_needs_file(self) -> WorkloadSpec:
+        if self.arrival == "trace" and not self.trace:
+            raise ValueError("arrival 'trace' needs `trace:` (path to a CSV)")
+        return self
+
+
+class LimitsSpec(_Frozen):
+    """Bounds that stop an overloaded run instead of letting its queue grow forever."""
+
+    max_waiting: int = Field(default=20_000, ge=1, description="stop when this many wait")
+    max_sim_time_s: float | None = Field(default=None, gt=0)
+
+
+class Scenario(_Frozen):
+    """One what-if experiment: hardware, models, speculation, server, costs, workload, seed."""
+
+    name: str = "scenario"
+    description: str = ""
+    hardware: str = "h100-sxm"
+    target: str = "llama-3.1-8b"
+    drafter: DrafterSpec = DrafterSpec()
+    spec: SpecSpec = SpecSpec()
+    acceptance: AcceptanceSpec = AcceptanceSpec()
+    server: ServerSpec = ServerSpec()
+    costs: CostsSpec = CostsSpec()
+    workload: WorkloadSpec = WorkloadSpec()
+    limits: LimitsSpec = LimitsSpec()
+    warmup_requests: int = Field(default=100, ge=0)
+    seed: int = Field(default=0, ge=0, lt=2**63)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Scenario:
+        a = self.acceptance.alpha
+        if isinstance(a, list) and len(a) < max(self.spec.k, 1):
+            raise ValueError(
+                f"acceptance.alpha: per-position list has {len(a)} entries, needs >= spec.k "
+                f"({self.spec.k})"
+            )
+        if self.warmup_requests >= self.workload.num_requests and self.workload.arrival != "trace":
+            raise ValueError(
+                f"warmup_requests: must be < workload.num_requests ({self.workload.num_requests})"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved scenario as plain data (what `sdsim run --out` writes)."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        """The resolved scenario as YAML."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Scenario:
+        """A new scenario with dotted overrides applied and validated."""
+        return scenario_from_dict(apply_overrides(self.to_dict(), overrides))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Apply dotted overrides (``{"workload.rate": 4}``) to raw scenario data.
+
+    Parameters
+    ----------
+    data
+        Raw scenario mapping (not modified).
+    overrides
+        Dotted key → value. Intermediate mappings are created when absent, so a typo reaches
+        validation and is reported as an unknown field.
+
+    Returns
+    -------
+    dict
+        A new mapping.
+    """
+    out = copy.deepcopy(data)
+    for key, value in (overrides or {}).items():
+        parts = str(key).split(".")
+        if not all(parts):
+            raise ScenarioError(str(key), "empty component in dotted name")
+        node: Any = out
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.get(part) if isinstance(node, dict) else None
+            if nxt is None:
+                nxt = {}
+                node[part] = nxt
+            elif not isinstance(nxt, dict):
+                # `workload.prompt_tokens.mean=...` on a shorthand int: expand it first.
+                if isinstance(nxt, int | float) and not isinstance(nxt, bool):
+                    nxt = {"dist": "fixed", "value": nxt}
+                    node[part] = nxt
+                else:
+                    where = ".".join(parts[: i + 1])
+                    raise ScenarioError(where, f"is a {type(nxt).__name__}, cannot set {key}")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def parse_set_options(items: list[str] | None) -> dict[str, Any]:
+    """Parse CLI ``--set key=value`` items; values are YAML scalars or flow collections."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ScenarioError("--set", f"expected key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ScenarioError("--set", f"empty key in {item!r}")
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
+
+
+def scenario_from_dict(data: Any, base_dir: Path | None = None) -> Scenario:
+    """Validate raw data into a :class:`Scenario`.
+
+    Parameters
+    ----------
+    data
+        Mapping as read from YAML.
+    base_dir
+        Directory relative file paths (profile bundle, trace CSV) are resolved against.
+
+    Raises
+    ------
+    ScenarioError
+        One line naming the first offending field.
+    """
+    if data is None:
+        raise ScenarioError("scenario", "file is empty")
+    if not isinstance(data, dict):
+        raise ScenarioError("scenario", f"must be a mapping of fields, got {type(data).__name__}")
+    data = _resolve_paths(data, base_dir)
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise format_validation_error(exc) from None
+
+
+def _resolve_paths(data: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
+    if base_dir is None:
+        return data
+    out = copy.deepcopy(data)
+    for section, key in (("workload", "trace"), ("costs", "profile")):
+        sec = out.get(section)
+        if isinstance(sec, dict) and isinstance(sec.get(key), str):
+            p = Path(sec[key])
+            if not p.is_absolute() and not p.exists() and (base_dir / p).exists():
+                sec[key] = str((base_dir / p).resolve())
+    return out
+
+
+def load_scenario(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> Scenario:
+    """Load a scenario YAML file and apply dotted overrides.
+
+    Parameters
+    ----------
+    path
+        YAML file; ``None`` gives the built-in defaults.
+    overrides
+        Dotted key → value, e.g. ``{"workload.rate": 4.0, "spec.k": 3}``.
+
+    Returns
+    -------
+    Scenario
+        Validated and frozen.
+
+    Raises
+    ------
+    ScenarioError
+        Missing or unreadable file, invalid YAML, or an invalid field.
+    """
+    data: Any
+    base_dir: Path | None = None
+    if path is None:
+        data = {}
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise ScenarioError(str(path), "scenario file not found")
+        if p.is_dir():
+            raise ScenarioError(str(path), "is a directory, expected a scenario YAML file")
+        try:
+            text = p.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ScenarioError(str(path), f"cannot read: {exc.__class__.__name__}") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ScenarioError(str(path), f"invalid YAML{where}") from None
+        if data is None:
+            raise ScenarioError(str(path), "file is empty")
+        base_dir = p.resolve().parent
+    if isinstance(data, dict):
+        data = apply_overrides(data, overrides)
+    return scenario_from_dict(data, base_dir)
+
+
+def scenario_schema() -> dict[str, Any]:
+    """The JSON Schema of a scenario file (what `sdsim schema` prints)."""
+    return Scenario.model_json_schema()
+
+
+def scenario_hash(scenario: Scenario) -> str:
+    """A short stable hash of the resolved scenario (for sweep result rows)."""
+    blob = json.dumps(scenario.to_dict(), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,192 @@
+"""Workload: arrival times, prompt and output lengths, and per-request acceptance probability.
+
+Everything is generated up front as arrays (one entry per request, in arrival order), each from its
+own random stream, so changing the draft length, the server or the cost model never changes the
+requests (common random numbers).
+"""
+
+from __future__ import annotations
+
+__all__ = ["Workload", "generate_workload", "read_trace", "sample_lengths"]
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from sdsim.errors import ScenarioError
+from sdsim.rng import stream
+from sdsim.scenario import (
+    BetaAlpha,
+    EmpiricalLength,
+    FixedLength,
+    LengthSpec,
+    LognormalLength,
+    Scenario,
+    UniformLength,
+)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Requests as arrays, one entry per request, sorted by arrival time.
+
+    Attributes
+    ----------
+    arrival
+        Arrival times (s).
+    prompt
+        Prompt tokens.
+    output
+        Output tokens (>= 1).
+    alpha
+        Per-request acceptance probability, or ``None`` when acceptance is the same for all.
+    """
+
+    arrival: npt.NDArray[np.float64]
+    prompt: npt.NDArray[np.int64]
+    output: npt.NDArray[np.int64]
+    alpha: npt.NDArray[np.float64] | None
+
+    def __len__(self) -> int:
+        return int(self.arrival.shape[0])
+
+
+def sample_lengths(spec: LengthSpec, n: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+    """Draw n lengths from a length law.
+
+    Parameters
+    ----------
+    spec
+        Fixed, uniform, lognormal (mean, cv; rounded and clipped to [min, max]) or empirical.
+    n
+        How many.
+    rng
+        The stream for this source.
+    """
+    if isinstance(spec, FixedLength):
+        return np.full(n, spec.value, dtype=np.int64)
+    if isinstance(spec, UniformLength):
+        return rng.integers(spec.low, spec.high + 1, size=n, dtype=np.int64)
+    if isinstance(spec, LognormalLength):
+        # Moment-matched: sigma^2 = ln(1 + cv^2), mu = ln(mean) - sigma^2 / 2.
+        s2 = float(np.log1p(spec.cv**2))
+        mu = float(np.log(spec.mean)) - s2 / 2
+        x = rng.lognormal(mu, np.sqrt(s2), size=n)
+        return np.clip(np.rint(x), spec.min, spec.max).astype(np.int64)
+    if isinstance(spec, EmpiricalLength):
+        vals = np.asarray(spec.values, dtype=np.int64)
+        return vals[rng.integers(0, vals.shape[0], size=n)]
+    raise TypeError(f"unknown length law {spec!r}")
+
+
+def read_trace(path: str | Path) -> pd.DataFrame:
+    """Read a request trace CSV: ``arrival`` (s), ``prompt_tokens``, ``output_tokens``.
+
+    Column aliases accepted: ``arrived_at``/``arrival_time`` for arrival, ``num_prefill_tokens``
+    for prompt and ``num_decode_tokens`` for output (Vidur's trace files). A trace without an
+    arrival column is rejected (the scenario's arrival process would have to be used instead).
+
+    Raises
+    ------
+    ScenarioError
+        Missing file or columns, negative or unsorted times, non-positive lengths.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ScenarioError("workload.trace", f"trace file not found: {path}")
+    try:
+        df = pd.read_csv(p)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ScenarioError(
+            "workload.trace", f"cannot parse CSV: {exc.__class__.__name__}"
+        ) from None
+    aliases = {
+        "arrival": ("arrival", "arrived_at", "arrival_time"),
+        "prompt_tokens": ("prompt_tokens", "num_prefill_tokens"),
+        "output_tokens": ("output_tokens", "num_decode_tokens"),
+    }
+    out = {}
+    for name, options in aliases.items():
+        col = next((c for c in options if c in df.columns), None)
+        if col is None:
+            raise ScenarioError(
+                "workload.trace", f"missing column {name!r} (one of {list(options)}) in {path}"
+            )
+        out[name] = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
+    arr = out["arrival"]
+    if arr.size == 0:
+        raise ScenarioError("workload.trace", f"no requests in {path}")
+    for name, values in out.items():
+        if not np.all(np.isfinite(values)):
+            raise ScenarioError("workload.trace", f"column {name!r} has non-numeric or NaN values")
+    if np.any(arr < 0):
+        raise ScenarioError("workload.trace", "arrival times must be >= 0")
+    if np.any(np.diff(arr) < 0):
+        raise ScenarioError("workload.trace", "arrival times must be sorted (non-decreasing)")
+    for name in ("prompt_tokens", "output_tokens"):
+        if np.any(out[name] < 1):
+            raise ScenarioError("workload.trace", f"column {name!r} must be >= 1")
+    return pd.DataFrame(
+        {
+            "arrival": arr,
+            "prompt_tokens": out["prompt_tokens"].astype(np.int64),
+            "output_tokens": out["output_tokens"].astype(np.int64),
+        }
+    )
+
+
+def _arrivals(scn: Scenario, seed: int) -> npt.NDArray[np.float64]:
+    w = scn.workload
+    n = w.num_requests
+    rng = stream(seed, "arrivals")
+    if w.arrival == "poisson":
+        gaps = rng.exponential(1.0 / w.rate, size=n)  # exponential gaps, never clipped
+    elif w.arrival == "constant":
+        gaps = np.full(n, 1.0 / w.rate)
+    elif w.arrival == "gamma":
+        shape = 1.0 / w.cv**2
+        gaps = rng.gamma(shape, 1.0 / (w.rate * shape), size=n)
+    else:  # pragma: no cover - validated by the scenario
+        raise ScenarioError("workload.arrival", f"unsupported arrival {w.arrival!r}")
+    return np.cumsum(gaps)
+
+
+def generate_workload(scn: Scenario, seed: int | None = None) -> Workload:
+    """Generate the requests of a scenario.
+
+    Parameters
+    ----------
+    scn
+        The scenario.
+    seed
+        Run seed; defaults to ``scn.seed``.
+
+    Returns
+    -------
+    Workload
+        Arrays in arrival order.
+    """
+    s = scn.seed if seed is None else int(seed)
+    w = scn.workload
+    if w.arrival == "trace":
+        assert w.trace is not None
+        df = read_trace(w.trace)
+        if w.num_requests < len(df):
+            df = df.iloc[: w.num_requests]
+        arrival = df["arrival"].to_numpy(dtype=np.float64)
+        prompt = df["prompt_tokens"].to_numpy(dtype=np.int64)
+        output = df["output_tokens"].to_numpy(dtype=np.int64)
+    else:
+        arrival = _arrivals(scn, s)
+        prompt = sample_lengths(w.prompt_tokens, w.num_requests, stream(s, "prompt_tokens"))
+        output = sample_lengths(w.output_tokens, w.num_requests, stream(s, "output_tokens"))
+    alpha: npt.NDArray[np.float64] | None = None
+    a = scn.acceptance.alpha
+    if isinstance(a, BetaAlpha):
+        alpha = stream(s, "alpha").beta(a.a, a.b, size=arrival.shape[0])
+    elif not isinstance(a, list):
+        alpha = np.full(arrival.shape[0], float(a))
+    return Workload(arrival=arrival, prompt=prompt, output=output, alpha=alpha)
