@@ -170,6 +170,12 @@ def schema() -> None:
     out.print_json(json.dumps(scenario_schema()))
 
 
+# ---------------------------------------------------------------------------------------------
+# Further commands (costs, bench, predict, fit, advise, validate, sweep, plot, compare, serve) are
+# added below, one delimited block per area.
+# ---------------------------------------------------------------------------------------------
+
+
 def _check_writable(path: Path) -> None:
     probe = path
     while not probe.exists():

@@ -28,6 +28,7 @@ def small(**over: Any) -> Scenario:
             "prompt_tokens": 128,
             "output_tokens": 64,
         },
+        "costs": {"source": "linear"},  # pinned: tests compare against the linear formulas
         "warmup_requests": 20,
         "seed": 1,
     }
