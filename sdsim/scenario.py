@@ -15,6 +15,7 @@ __all__ = [
     "DrafterSpec",
     "EmpiricalLength",
     "FixedLength",
+    "GeometricLength",
     "LengthSpec",
     "LimitsSpec",
     "LinearCosts",
@@ -116,6 +117,20 @@ class LognormalLength(_Frozen):
         return self
 
 
+class GeometricLength(_Frozen):
+    """Geometric lengths on 1, 2, ... with the given mean (the discrete exponential law).
+
+    Used to make service times memoryless, e.g. to reduce the engine to M/M/1 in tests.
+    """
+
+    dist: Literal["geometric"]
+    mean: float = Field(ge=1)
+
+    @property
+    def max(self) -> int:
+        return 2**31 - 1
+
+
 class EmpiricalLength(_Frozen):
     """Lengths drawn uniformly at random from a list (e.g. measured from a dataset)."""
 
@@ -132,7 +147,7 @@ class EmpiricalLength(_Frozen):
 
 
 LengthSpec = Annotated[
-    FixedLength | UniformLength | LognormalLength | EmpiricalLength,
+    FixedLength | UniformLength | LognormalLength | GeometricLength | EmpiricalLength,
     Field(discriminator="dist"),
 ]
 
