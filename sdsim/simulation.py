@@ -12,6 +12,7 @@ import pandas as pd
 
 from sdsim.costs.step import StepCostModel, build_cost_model
 from sdsim.engine.server import StepHook, run_simulation
+from sdsim.errors import ScenarioError
 from sdsim.metrics import build_requests_frame, build_steps_frame, summarize
 from sdsim.scenario import Scenario
 from sdsim.workload import generate_workload
@@ -71,6 +72,8 @@ def simulate(
     SimResult
     """
     s = scenario.seed if seed is None else int(seed)
+    if not 0 <= s < 2**63:
+        raise ScenarioError("seed", f"must be an integer in [0, 2**63), got {seed}")
     cost = cost_model if cost_model is not None else build_cost_model(scenario)
     wl = generate_workload(scenario, s)
     run = run_simulation(scenario, wl, cost, s, on_step=on_step, progress=progress)

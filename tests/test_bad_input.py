@@ -1,0 +1,170 @@
+"""Bad input: each malformed input exits with code 2 and one line naming the field; never a
+traceback. Library calls raise ScenarioError with the same message."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from sdsim import ScenarioError, load_scenario
+from sdsim.cli import main
+from tests.conftest import ROOT
+
+DEFAULT = str(ROOT / "scenarios/default.yaml")
+
+
+def write(tmp: Path, name: str, text: str) -> str:
+    p = tmp / name
+    p.write_text(text)
+    return str(p)
+
+
+def trace(tmp: Path, rows: str) -> str:
+    return write(tmp, "trace.csv", "arrival,prompt_tokens,output_tokens\n" + rows)
+
+
+UNSORTED = "0.5,10,10\n0.2,10,10\n"
+NEGATIVE = "-1,10,10\n0.2,10,10\n"
+NOCOL = "arrival,prompt\n1,2\n"
+
+# (id, builder of argv given tmp_path, text expected in the message)
+CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
+    ("negative rate", lambda t: ["--set", "workload.rate=-1"], "workload.rate"),
+    ("zero rate", lambda t: ["--set", "workload.rate=0"], "workload.rate"),
+    ("alpha above 1", lambda t: ["--set", "acceptance.alpha=1.2"], "acceptance.alpha"),
+    ("alpha below 0", lambda t: ["--set", "acceptance.alpha=-0.1"], "acceptance.alpha"),
+    ("negative k", lambda t: ["--set", "spec.k=-1"], "spec.k"),
+    ("k above max", lambda t: ["--set", "spec.k=33"], "spec.k"),
+    ("typo field", lambda t: ["--set", "workload.rte=3"], "workload.rte"),
+    ("typo section", lambda t: ["--set", "wrkload.rate=3"], "wrkload"),
+    ("output zero", lambda t: ["--set", "workload.output_tokens=0"], "workload.output_tokens"),
+    ("prompt zero", lambda t: ["--set", "workload.prompt_tokens=0"], "workload.prompt_tokens"),
+    ("wrong type", lambda t: ["--set", "workload.rate=fast"], "workload.rate"),
+    ("nan", lambda t: ["--set", "workload.rate=.nan"], "workload.rate"),
+    ("infinity", lambda t: ["--set", "workload.rate=.inf"], "workload.rate"),
+    ("float requests", lambda t: ["--set", "workload.num_requests=10.5"], "workload.num_requests"),
+    ("max_num_seqs 0", lambda t: ["--set", "server.max_num_seqs=0"], "server.max_num_seqs"),
+    (
+        "uniform high<low",
+        lambda t: ["--set", "workload.output_tokens={dist: uniform, low: 9, high: 3}"],
+        "workload.output_tokens",
+    ),
+    (
+        "lognormal cv<0",
+        lambda t: ["--set", "workload.prompt_tokens={dist: lognormal, mean: 9, cv: -1}"],
+        "workload.prompt_tokens",
+    ),
+    (
+        "unknown length law",
+        lambda t: ["--set", "workload.prompt_tokens={dist: zipf, a: 2}"],
+        "workload.prompt_tokens",
+    ),
+    (
+        "beta mean 1",
+        lambda t: ["--set", "acceptance.alpha={dist: beta, mean: 1.0, concentration: 5}"],
+        "acceptance.alpha",
+    ),
+    (
+        "per-position too short",
+        lambda t: ["--set", "acceptance.alpha=[0.9, 0.8]"],
+        "acceptance.alpha",
+    ),
+    ("drafter model missing", lambda t: ["--set", "drafter.kind=model"], "drafter"),
+    ("warmup too large", lambda t: ["--set", "warmup_requests=5000"], "warmup_requests"),
+    ("set without =", lambda t: ["--set", "workload.rate"], "--set"),
+    ("negative seed", lambda t: ["--seed", "-3"], "seed"),
+    (
+        "trace unsorted",
+        lambda t: [
+            "--set",
+            "workload.arrival=trace",
+            "--set",
+            "workload.trace=" + trace(t, UNSORTED),
+        ],
+        "workload.trace",
+    ),
+    (
+        "trace negative",
+        lambda t: [
+            "--set",
+            "workload.arrival=trace",
+            "--set",
+            "workload.trace=" + trace(t, NEGATIVE),
+        ],
+        "workload.trace",
+    ),
+    (
+        "trace missing column",
+        lambda t: [
+            "--set",
+            "workload.arrival=trace",
+            "--set",
+            "workload.trace=" + write(t, "x.csv", NOCOL),
+        ],
+        "workload.trace",
+    ),
+    (
+        "trace missing file",
+        lambda t: ["--set", "workload.arrival=trace", "--set", "workload.trace=/no/such.csv"],
+        "workload.trace",
+    ),
+    ("trace without path", lambda t: ["--set", "workload.arrival=trace"], "workload"),
+    ("out dir not writable", lambda t: ["--out", write(t, "afile", "x") + "/sub"], "--out"),
+]
+
+
+def scenario_files(tmp: Path) -> list[tuple[str, str, str]]:
+    return [
+        ("empty file", write(tmp, "empty.yaml", ""), "empty"),
+        ("invalid yaml", write(tmp, "bad.yaml", "workload: {rate: [1, 2\n"), "invalid YAML"),
+        ("not a mapping", write(tmp, "list.yaml", "- 1\n- 2\n"), "mapping"),
+        ("missing file", str(tmp / "nope.yaml"), "not found"),
+        ("directory", str(tmp), "directory"),
+    ]
+
+
+@pytest.mark.parametrize(("name", "build", "needle"), CASES, ids=[c[0] for c in CASES])
+def test_bad_option_exit_2_one_line(
+    name: str,
+    build: Callable[[Path], list[str]],
+    needle: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = [
+        "run",
+        DEFAULT,
+        "--set",
+        "workload.num_requests=50",
+        "--set",
+        "warmup_requests=5",
+        *build(tmp_path),
+    ]
+    if name == "warmup too large":
+        argv = ["run", DEFAULT, "--set", "workload.num_requests=50", *build(tmp_path)]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in err
+
+
+def test_bad_scenario_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cases = scenario_files(tmp_path)
+    assert len(CASES) + len(cases) >= 25
+    for name, path, needle in cases:
+        with pytest.raises(SystemExit) as exc:
+            main(["run", path])
+        assert exc.value.code == 2, name
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert len(lines) == 1 and needle in lines[0], (name, err)
+        # the library raises the same message
+        with pytest.raises(ScenarioError) as lib:
+            load_scenario(path)
+        assert str(lib.value) in lines[0]
