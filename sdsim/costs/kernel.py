@@ -19,10 +19,12 @@ from __future__ import annotations
 
 __all__ = ["KernelStepCost", "OperatorCosts", "fit_linear"]
 
+import math
 from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 from scipy.optimize import nnls
 
 from sdsim.costs.step import LinearCoefficients, StepShape, StepTime
@@ -50,33 +52,58 @@ class OperatorCosts(Protocol):
 
 
 class _Pass:
-    """Memoised token-dependent cost of one model's forward pass."""
+    """Token-dependent cost of one model's forward pass, tabulated per token count.
+
+    Tables are filled for every token count at once (vectorised over a range that doubles when a
+    step needs more), so ``step()`` does list lookups, not operator arithmetic.
+    """
 
     def __init__(self, ops: OperatorCosts) -> None:
         self.ops = ops
-        self._dense: dict[int, float] = {}
-        self._head: dict[int, float] = {}
+        self._dense: list[float] = []
+        self._head: list[float] = []
+        # a measured profile warns when asked beyond its grid: check that once per pass
+        self._limit = float(getattr(ops, "max_tokens", math.inf))
+        self._checked = False
+
+    def _vec(self, name: str, t: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        f = getattr(self.ops, "op_vec", None)
+        if f is not None:
+            return np.asarray(f(name, t), dtype=float)
+        return np.array([self.ops.op(name, float(x)) for x in t])
+
+    def _size(self, current: int, need: int) -> npt.NDArray[np.float64]:
+        return np.arange(max(2 * current, need + 1, 1024), dtype=float)
+
+    def _beyond(self, tokens: int) -> None:
+        self._checked = True
+        o = self.ops
+        for n, _ in o.layer_ops:
+            o.op(n, tokens)  # the scalar path warns
 
     def dense(self, tokens: int) -> float:
         """Every per-token operator of all layers plus once-per-pass ones, for ``tokens`` rows."""
-        v = self._dense.get(tokens)
-        if v is None:
+        if tokens >= len(self._dense):
+            t = self._size(len(self._dense), tokens)
             o = self.ops
-            if tokens <= 0:
-                v = 0.0
-            else:
-                per_layer = sum(c * o.op(n, tokens) for n, c in o.layer_ops)
-                v = o.layers * per_layer + sum(o.op(n, tokens) for n in o.once_ops)
-            self._dense[tokens] = v
-        return v
+            per_layer = sum(c * self._vec(n, t) for n, c in o.layer_ops)
+            v = o.layers * np.asarray(per_layer) + sum(
+                (self._vec(n, t) for n in o.once_ops), np.zeros_like(t)
+            )
+            v[0] = 0.0
+            self._dense = v.tolist()
+        if tokens > self._limit and not self._checked:
+            self._beyond(tokens)
+        return self._dense[tokens]
 
     def head(self, rows: int) -> float:
         """LM head and sampling for ``rows`` positions that need logits."""
-        v = self._head.get(rows)
-        if v is None:
-            v = 0.0 if rows <= 0 else self.ops.op("lm_head", rows) + self.ops.op("sampling", rows)
-            self._head[rows] = v
-        return v
+        if rows >= len(self._head):
+            t = self._size(len(self._head), rows)
+            v = self._vec("lm_head", t) + self._vec("sampling", t)
+            v[0] = 0.0
+            self._head = v.tolist()
+        return self._head[rows]
 
 
 class KernelStepCost:

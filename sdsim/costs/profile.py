@@ -345,6 +345,13 @@ class MonotoneCurve:
             # one point: scale proportionally above it (work grows with size)
             self._slope_hi = self.ys[0] / self.xs[0] if self.xs[0] > 0 else 0.0
 
+    def vec(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """The curve over an array (same rule, no warnings: tables are built ahead of use)."""
+        xa = np.asarray(x, dtype=float)
+        y = np.interp(xa, self.xs, self.ys)
+        above = xa > self.xs[-1]
+        return np.where(above, self.ys[-1] + self._slope_hi * (xa - self.xs[-1]), y)
+
     def __call__(self, x: float) -> float:
         xs, ys = self.xs, self.ys
         if x <= xs[0]:
@@ -397,6 +404,12 @@ class GridInterpolator:
             return n - 1, (x - a[n - 1]) / (a[n] - a[n - 1])
         i = bisect.bisect_right(a, x) - 1
         return i, (x - a[i]) / (a[i + 1] - a[i])
+
+    def curve_last(self, *prefix: float) -> MonotoneCurve:
+        """The 1-D curve along the last axis at fixed leading coordinates."""
+        last = self.axes[-1]
+        vals = [self(*prefix, x) for x in last]
+        return MonotoneCurve(last, vals, label=self.label, warn=self.warn)
 
     def __call__(self, *point: float) -> float:
         loc = [self._locate(d, x) for d, x in enumerate(point)]
@@ -537,10 +550,25 @@ class ProfileOps:
             pre["cached"] = pre["kv"].astype(float) - pre["query"].astype(float)
             axes, vals = _grid(pre, ["query", "cached"], f"{name}/prefill")
             self._prefill = GridInterpolator(axes, vals, f"{name}/prefill attention", self.warn)
+        self._dcache: dict[tuple[float, float], MonotoneCurve] = {}
+        used = [self.curves[n] for n, _ in self.layer_ops if n in self.curves]
+        self.max_tokens = min((c.xs[-1] for c in used), default=float("inf"))
         if self._decode is None:
             self.fallback_ops.add("decode_attention")
         if self._prefill is None:
             self.fallback_ops.add("prefill_attention")
+
+    def op_vec(self, name: str, tokens: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """:meth:`op` over an array of token counts (no extrapolation warnings)."""
+        t = np.asarray(tokens, dtype=float)
+        c = self.curves.get(name)
+        if c is not None:
+            out = c.vec(t)
+        elif name == "allreduce" and self._ar is not None:
+            out = self._ar.vec(t * self.model.hidden * 2.0)
+        else:
+            out = np.asarray(self.fallback.op_vec(name, t), dtype=float)
+        return np.where(t > 0, out, 0.0)
 
     def op(self, name: str, tokens: float) -> float:
         """One call of an operator (measured, else the fallback's)."""
@@ -559,7 +587,12 @@ class ProfileOps:
             return 0.0
         if self._decode is None:
             return float(self.fallback.decode_attention(batch, query, kv))
-        return self.layers * self._decode(batch, query, kv)
+        key = (batch, query)
+        c = self._dcache.get(key)
+        if c is None:
+            c = self._decode.curve_last(batch, query)
+            self._dcache[key] = c
+        return self.layers * c(kv)
 
     def prefill_attention(self, seqs: float, query: float, cached: float) -> float:
         """All layers' prefill attention: ``seqs`` chunks, each measured alone (batch 1)."""

@@ -33,7 +33,10 @@ __all__ = ["DEFAULT_EFFICIENCY", "Efficiency", "OpWork", "RooflineOps"]
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
 
 from sdsim.hardware import GPUSpec
 from sdsim.models import ModelSpec
@@ -85,12 +88,12 @@ DEFAULT_EFFICIENCY = Efficiency()
 class OpWork(NamedTuple):
     """The work of one operator call: FLOPs, bytes moved, and which efficiencies apply."""
 
-    flops: float
-    bytes: float
+    flops: Any  # float, or an array over token counts
+    bytes: Any
     compute_eff: float
     memory_eff: float
     kernels: int = 1
-    fixed_s: float = 0.0
+    fixed_s: Any = 0.0
 
 
 class RooflineOps:
@@ -142,15 +145,28 @@ class RooflineOps:
             ops.append(("allreduce", 2))
         self.layer_ops: tuple[tuple[str, int], ...] = tuple(ops)
         self.once_ops: tuple[str, ...] = ("embedding",) + (("eagle_fc",) if model.input_fc else ())
+        heads = model.heads / self.tp
+        kvd = max(model.kv_heads / self.tp, 1.0) * model.head_dim
+        n_full, n_slide, window = self._attn_split()
+        self._attn_consts = (
+            4.0 * heads * model.head_dim / (self.peak * eff.attention_compute),
+            2.0 * kvd * self.kv_bytes / (self.bw * eff.attention_memory),
+            (2.0 * kvd * self.kv_bytes + 2.0 * heads * model.head_dim * self.act_bytes)
+            / (self.bw * eff.attention_memory),
+            eff.launch_floor_s,
+            n_full,
+            n_slide,
+            window,
+        )
 
     # ------------------------------------------------------------------ work
-    def _gemm(self, tokens: float, k_in: float, n_out: float) -> OpWork:
+    def _gemm(self, tokens: Any, k_in: float, n_out: float) -> OpWork:
         e = self.eff
         flops = 2.0 * tokens * k_in * n_out
         byt = k_in * n_out * self.w_bytes + tokens * (k_in + n_out) * self.act_bytes
         return OpWork(flops, byt, e.gemm_compute, e.memory)
 
-    def work(self, name: str, tokens: float) -> OpWork:
+    def work(self, name: str, tokens: float | npt.NDArray[np.float64]) -> OpWork:
         """FLOPs and bytes of one operator at ``tokens`` rows (per layer for layer ops).
 
         Raises
@@ -159,7 +175,7 @@ class RooflineOps:
             Unknown operator name.
         """
         m, tp, e, a = self.model, self.tp, self.eff, self.act_bytes
-        t = float(tokens)
+        t = np.asarray(tokens, dtype=float)
         h = m.hidden
         if name == "qkv":
             return self._gemm(t, h, (m.q_dim + 2 * m.kv_dim) / tp)
@@ -177,7 +193,7 @@ class RooflineOps:
             return self._gemm(t, h, m.experts)
         if name == "experts":
             E, k = m.experts, m.experts_per_token
-            touched = E * (1.0 - (1.0 - k / E) ** t) if t > 0 else 0.0
+            touched = E * (1.0 - (1.0 - k / E) ** t)
             per_expert = m.mlp_mats * h * m.ffn / tp
             flops = 2.0 * t * k * per_expert
             act = t * k * (2 * h + m.mlp_mats * m.ffn / tp) * a
@@ -206,17 +222,24 @@ class RooflineOps:
                 self.gpu.link_bytes_per_s * e.link))  # fmt: skip
         raise KeyError(f"unknown operator {name!r}")
 
-    def time(self, w: OpWork) -> float:
-        """Roofline time of a piece of work (seconds)."""
-        compute = w.flops / (self.peak * w.compute_eff) if w.flops else 0.0
-        memory = w.bytes / (self.bw * w.memory_eff) if w.bytes else 0.0
-        return max(compute, memory, w.kernels * self.eff.launch_floor_s) + w.fixed_s
+    def time(self, w: OpWork) -> Any:
+        """Roofline time of a piece of work (seconds; an array when the work is one)."""
+        compute = np.asarray(w.flops, dtype=float) / (self.peak * w.compute_eff)
+        memory = np.asarray(w.bytes, dtype=float) / (self.bw * w.memory_eff)
+        floor = w.kernels * self.eff.launch_floor_s
+        return np.maximum(np.maximum(compute, memory), floor) + w.fixed_s
 
     def op(self, name: str, tokens: float) -> float:
         """Seconds for one call of an operator at ``tokens`` rows (0 rows cost nothing)."""
         if tokens <= 0:
             return 0.0
-        return self.time(self.work(name, tokens))
+        return float(self.time(self.work(name, tokens)))
+
+    def op_vec(self, name: str, tokens: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """:meth:`op` over an array of token counts at once."""
+        t = np.asarray(tokens, dtype=float)
+        out = np.asarray(self.time(self.work(name, t)), dtype=float)
+        return np.where(t > 0, np.broadcast_to(out, t.shape), 0.0)
 
     def has(self, name: str) -> bool:
         """Whether this source can time the operator (the roofline times them all)."""
@@ -244,15 +267,20 @@ class RooflineOps:
         return OpWork(flops, byt, e.attention_compute, e.attention_memory)
 
     def _attention(self, batch: float, query: float, kv: float, causal: bool) -> float:
+        # the arithmetic of attention_work and time, unrolled: step() calls this every step
         if batch <= 0 or query <= 0:
             return 0.0
-        n_full, n_slide, window = self._attn_split()
-        t = n_full * self.time(self.attention_work(batch, query, kv, causal))
+        c_f, c_kv, c_q, floor, n_full, n_slide, window = self._attn_consts
+        keys = kv - query / 2.0 if causal else kv
+        t = max(batch * query * max(keys, 0.0) * c_f, batch * (kv * c_kv + query * c_q), floor)
+        total = n_full * t
         if n_slide:
-            t += n_slide * self.time(
-                self.attention_work(batch, query, min(kv, window + query), causal)
-            )
-        return t
+            kv_s = min(kv, window + query)
+            keys = kv_s - query / 2.0 if causal else kv_s
+            t = max(batch * query * max(keys, 0.0) * c_f, batch * (kv_s * c_kv + query * c_q),
+                    floor)  # fmt: skip
+            total += n_slide * t
+        return total
 
     def decode_attention(self, batch: float, query: float, kv: float) -> float:
         """All layers' decode/verify attention: ``batch`` requests, ``query`` = k + 1 tokens each,
