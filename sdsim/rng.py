@@ -29,6 +29,7 @@ STREAMS: dict[str, int] = {
     "acceptance": 5,
     "router": 6,
     "trace": 7,
+    "bench": 8,
 }
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

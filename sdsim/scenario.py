@@ -16,16 +16,19 @@ __all__ = [
     "EmpiricalLength",
     "FixedLength",
     "GeometricLength",
+    "HardwareSpec",
     "LengthSpec",
     "LimitsSpec",
     "LinearCosts",
     "LognormalLength",
+    "RooflineKnobs",
     "Scenario",
     "ServerSpec",
     "SpecSpec",
     "UniformLength",
     "WorkloadSpec",
     "apply_overrides",
+    "check_registry",
     "load_scenario",
     "parse_set_options",
     "scenario_from_dict",
@@ -125,10 +128,7 @@ class GeometricLength(_Frozen):
 
     dist: Literal["geometric"]
     mean: float = Field(ge=1)
-
-    @property
-    def max(self) -> int:
-        return 2**31 - 1
+    max: int = Field(default=32768, ge=1, description="draws above it are clipped")
 
 
 class EmpiricalLength(_Frozen):
@@ -280,15 +280,66 @@ class LinearCosts(_Frozen):
     overhead_s: float = Field(default=5.0e-4, ge=0)
 
 
-class CostsSpec(_Frozen):
-    """Where step costs come from."""
+class RooflineKnobs(_Frozen):
+    """Overrides of the roofline's efficiency factors (``None`` = the documented default in
+    :class:`sdsim.costs.roofline.Efficiency`)."""
 
-    source: Literal["linear", "roofline", "profile"] = "linear"
+    gemm_compute: float | None = Field(default=None, gt=0, le=1)
+    moe_compute: float | None = Field(default=None, gt=0, le=1)
+    attention_compute: float | None = Field(default=None, gt=0, le=1)
+    memory: float | None = Field(default=None, gt=0, le=1)
+    attention_memory: float | None = Field(default=None, gt=0, le=1)
+    link: float | None = Field(default=None, gt=0, le=1)
+    launch_floor_s: float | None = Field(default=None, ge=0, le=1e-2)
+    allreduce_latency_s: float | None = Field(default=None, ge=0, le=1e-2)
+
+
+class CostsSpec(_Frozen):
+    """Where step costs come from.
+
+    ``auto`` (the default) is the roofline from the scenario's GPU spec sheet and model
+    architectures: it needs nothing but the registry and works offline. ``linear`` uses the
+    coefficients in ``linear``; ``profile`` reads the measured profile bundle at ``profile``.
+    """
+
+    source: Literal["auto", "linear", "roofline", "profile"] = "auto"
     linear: LinearCosts = LinearCosts()
     profile: str | None = Field(default=None, description="profile bundle directory")
     overhead_s: float | None = Field(
         default=None, ge=0, description="CPU overhead per step for roofline/profile sources"
     )
+    dtype: Literal["bf16", "fp8"] = Field(
+        default="bf16", description="roofline precision: weights, KV cache and peak FLOPs"
+    )
+    roofline: RooflineKnobs = RooflineKnobs()
+
+    @model_validator(mode="after")
+    def _profile_needs_path(self) -> CostsSpec:
+        if self.source == "profile" and not self.profile:
+            raise ValueError("source 'profile' needs `profile:` (a profile bundle directory)")
+        return self
+
+    @property
+    def resolved_source(self) -> str:
+        """``auto`` resolved: the roofline."""
+        return "roofline" if self.source == "auto" else self.source
+
+
+# --------------------------------------------------------------------------- hardware
+
+
+class HardwareSpec(_Frozen):
+    """An inline GPU spec sheet (instead of a registry name): dense peaks and memory."""
+
+    name: str = "custom"
+    bf16_tflops: float = Field(gt=0, le=1e6, description="dense BF16 tensor TFLOPS")
+    fp8_tflops: float | None = Field(default=None, gt=0, le=1e6, description="dense FP8 TFLOPS")
+    hbm_gb: float = Field(gt=0, le=1e5, description="device memory, GB")
+    hbm_tbps: float = Field(gt=0, le=1e3, description="memory bandwidth, TB/s")
+    interconnect_gbps: float = Field(
+        default=0.0, ge=0, le=1e6, description="GPU-to-GPU GB/s, both directions together"
+    )
+    vendor: str = "custom"
 
 
 # --------------------------------------------------------------------------- workload
@@ -329,7 +380,9 @@ class Scenario(_Frozen):
 
     name: str = "scenario"
     description: str = ""
-    hardware: str = "h100-sxm"
+    hardware: str | HardwareSpec = Field(
+        default="h100-sxm", description="GPU registry name or an inline spec sheet"
+    )
     target: str = "llama-3.1-8b"
     drafter: DrafterSpec = DrafterSpec()
     spec: SpecSpec = SpecSpec()
@@ -449,21 +502,57 @@ def scenario_from_dict(data: Any, base_dir: Path | None = None) -> Scenario:
         raise ScenarioError("scenario", f"must be a mapping of fields, got {type(data).__name__}")
     data = _resolve_paths(data, base_dir)
     try:
-        return Scenario.model_validate(data)
+        scn = Scenario.model_validate(data)
     except ValidationError as exc:
         raise format_validation_error(exc) from None
+    check_registry(scn)
+    return scn
+
+
+def check_registry(scn: Scenario) -> None:
+    """Check the names a scenario refers to and that its requests fit the target's context.
+
+    Raises
+    ------
+    ScenarioError
+        Unknown GPU or model name (the message lists the known ones), an unreadable
+        ``config.json``, or prompt + output tokens longer than the target's context.
+    """
+    from sdsim.hardware import get_gpu
+    from sdsim.models import resolve_model
+
+    if isinstance(scn.hardware, str):
+        get_gpu(scn.hardware, "hardware")
+    target = resolve_model(scn.target, "target")
+    if scn.drafter.kind == "model" and scn.drafter.model:
+        resolve_model(scn.drafter.model, "drafter.model")
+    wl = scn.workload
+    if wl.arrival != "trace":
+        longest = wl.prompt_tokens.max + wl.output_tokens.max
+        if longest > target.max_context:
+            raise ScenarioError(
+                "workload.output_tokens",
+                f"prompt ({wl.prompt_tokens.max}) + output ({wl.output_tokens.max}) tokens = "
+                f"{longest} exceed the context of target {scn.target!r} ({target.max_context} "
+                "tokens); shorten the lengths (or lower a length law's max)",
+            )
 
 
 def _resolve_paths(data: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
     if base_dir is None:
         return data
     out = copy.deepcopy(data)
-    for section, key in (("workload", "trace"), ("costs", "profile")):
+    for section, key in (("workload", "trace"), ("costs", "profile"), ("drafter", "model")):
         sec = out.get(section)
         if isinstance(sec, dict) and isinstance(sec.get(key), str):
             p = Path(sec[key])
             if not p.is_absolute() and not p.exists() and (base_dir / p).exists():
                 sec[key] = str((base_dir / p).resolve())
+    # `target: path/to/config.json` is a model given by its Hugging Face config file
+    if isinstance(out.get("target"), str):
+        p = Path(out["target"])
+        if not p.is_absolute() and not p.exists() and (base_dir / p).exists():
+            out["target"] = str((base_dir / p).resolve())
     return out
 
 

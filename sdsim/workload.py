@@ -78,7 +78,7 @@ def sample_lengths(spec: LengthSpec, n: int, rng: np.random.Generator) -> npt.ND
         x = rng.lognormal(mu, np.sqrt(s2), size=n)
         return np.clip(np.rint(x), spec.min, spec.max).astype(np.int64)
     if isinstance(spec, GeometricLength):
-        return rng.geometric(1.0 / spec.mean, size=n).astype(np.int64)
+        return np.minimum(rng.geometric(1.0 / spec.mean, size=n), spec.max).astype(np.int64)
     if isinstance(spec, EmpiricalLength):
         vals = np.asarray(spec.values, dtype=np.int64)
         return vals[rng.integers(0, vals.shape[0], size=n)]

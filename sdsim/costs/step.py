@@ -14,6 +14,7 @@ measured profile bundles) live beside it in ``sdsim.costs``.
 from __future__ import annotations
 
 __all__ = [
+    "DEFAULT_OVERHEAD_S",
     "LinearCoefficients",
     "LinearStepCost",
     "StepCostModel",
@@ -165,15 +166,30 @@ class LinearStepCost:
         )
 
 
+# CPU time per engine step when the scenario does not say (``costs.overhead_s``): scheduling,
+# input preparation and output processing of a vLLM-class engine with CUDA graphs, of the order of
+# the linear model's default.
+DEFAULT_OVERHEAD_S = 5.0e-4
+
+
 def build_cost_model(scn: Scenario) -> StepCostModel:
     """The StepCostModel a scenario asks for.
+
+    ``costs.source``: ``auto`` and ``roofline`` give the spec-sheet roofline for the scenario's GPU
+    and models; ``profile`` reads a measured bundle (operator families it lacks come from the
+    roofline); ``linear`` uses the scenario's coefficients.
 
     Raises
     ------
     ScenarioError
         When the requested source cannot be built (unknown names, missing bundle).
     """
-    src = scn.costs.source
+    src = scn.costs.resolved_source
     if src == "linear":
         return LinearStepCost(scn.costs.linear, drafter_prefills=scn.drafter.kind != "ngram")
-    raise ScenarioError("costs.source", f"{src!r} is not available in this build; use 'linear'")
+    if src in ("roofline", "profile"):
+        from sdsim.costs.build import build_kernel_cost
+
+        return build_kernel_cost(scn)
+    raise ScenarioError("costs.source", f"{src!r} is not a cost source; use auto, linear, "
+                        "roofline or profile")  # fmt: skip

@@ -1,0 +1,272 @@
+"""Step costs composed from operator costs (roofline or measured profile).
+
+One engine step is one verifier forward pass over every token in the step (prefill chunks and
+k + 1 tokens per decoding request; weights are read once for all of them), k drafter passes over
+one token per decoding request, the drafter's own pass over the prompt tokens, and CPU overhead.
+Operator times come from an :class:`OperatorCosts` source: :class:`~sdsim.costs.roofline.
+RooflineOps` (spec sheets) or :class:`~sdsim.costs.profile.ProfileOps` (measured kernels).
+
+Breakdown rule for a mixed step: ``verify`` is what the decode tokens would cost alone (their
+GEMMs, their attention, their logits); ``prefill`` is the rest of the shared pass (the extra GEMM
+time the prompt tokens add, their attention and logits) plus the drafter's prompt pass. A
+prefill-only step pays the verifier's weight reads under ``prefill``.
+
+``step()`` is called once per simulated step, so token-dependent pass costs are memoised per
+token count (a dict lookup), and attention is a few arithmetic operations.
+"""
+
+from __future__ import annotations
+
+__all__ = ["KernelStepCost", "OperatorCosts", "fit_linear"]
+
+import math
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+from scipy.optimize import nnls
+
+from sdsim.costs.step import LinearCoefficients, StepShape, StepTime
+from sdsim.models import Drafter
+
+
+class OperatorCosts(Protocol):
+    """What a source of operator times provides (seconds; attention summed over layers)."""
+
+    layers: int
+    layer_ops: tuple[tuple[str, int], ...]
+    once_ops: tuple[str, ...]
+
+    def op(self, name: str, tokens: float) -> float:
+        """One call of an operator at ``tokens`` rows (per layer for layer operators)."""
+        ...
+
+    def decode_attention(self, batch: float, query: float, kv: float) -> float:
+        """All layers' decode/verify attention."""
+        ...
+
+    def prefill_attention(self, seqs: float, query: float, cached: float) -> float:
+        """All layers' causal prefill attention."""
+        ...
+
+
+class _Pass:
+    """Token-dependent cost of one model's forward pass, tabulated per token count.
+
+    Tables are filled for every token count at once (vectorised over a range that doubles when a
+    step needs more), so ``step()`` does list lookups, not operator arithmetic.
+    """
+
+    def __init__(self, ops: OperatorCosts) -> None:
+        self.ops = ops
+        self._dense: list[float] = []
+        self._head: list[float] = []
+        # a measured profile warns when asked beyond its grid: check that once per pass
+        self._limit = float(getattr(ops, "max_tokens", math.inf))
+        self._checked = False
+
+    def _vec(self, name: str, t: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        f = getattr(self.ops, "op_vec", None)
+        if f is not None:
+            return np.asarray(f(name, t), dtype=float)
+        return np.array([self.ops.op(name, float(x)) for x in t])
+
+    def _size(self, current: int, need: int) -> npt.NDArray[np.float64]:
+        return np.arange(max(2 * current, need + 1, 1024), dtype=float)
+
+    def _beyond(self, tokens: int) -> None:
+        self._checked = True
+        o = self.ops
+        for n, _ in o.layer_ops:
+            o.op(n, tokens)  # the scalar path warns
+
+    def dense(self, tokens: int) -> float:
+        """Every per-token operator of all layers plus once-per-pass ones, for ``tokens`` rows."""
+        if tokens >= len(self._dense):
+            t = self._size(len(self._dense), tokens)
+            o = self.ops
+            per_layer = sum(c * self._vec(n, t) for n, c in o.layer_ops)
+            v = o.layers * np.asarray(per_layer) + sum(
+                (self._vec(n, t) for n in o.once_ops), np.zeros_like(t)
+            )
+            v[0] = 0.0
+            self._dense = v.tolist()
+        if tokens > self._limit and not self._checked:
+            self._beyond(tokens)
+        return self._dense[tokens]
+
+    def head(self, rows: int) -> float:
+        """LM head and sampling for ``rows`` positions that need logits."""
+        if rows >= len(self._head):
+            t = self._size(len(self._head), rows)
+            v = self._vec("lm_head", t) + self._vec("sampling", t)
+            v[0] = 0.0
+            self._head = v.tolist()
+        return self._head[rows]
+
+
+class KernelStepCost:
+    """A StepCostModel composed from operator costs.
+
+    Parameters
+    ----------
+    verifier
+        Operator costs of the target model.
+    drafter
+        The drafter (kind, and whether it runs on the GPU).
+    drafter_ops
+        Operator costs of the drafter's network (``None`` for n-gram).
+    overhead_s
+        CPU time per step (scheduling, sampling bookkeeping, Python).
+    source
+        Label for reports (``roofline`` or ``profile``).
+    """
+
+    def __init__(
+        self,
+        verifier: OperatorCosts,
+        drafter: Drafter,
+        drafter_ops: OperatorCosts | None,
+        overhead_s: float,
+        source: str = "roofline",
+    ) -> None:
+        self.v = _Pass(verifier)
+        self.drafter = drafter
+        self.d = _Pass(drafter_ops) if drafter_ops is not None else None
+        self.overhead_s = float(overhead_s)
+        self.source = source
+        self.drafter_prefills = drafter.prefills
+
+    # ------------------------------------------------------------------ one step
+    def step(self, shape: StepShape) -> StepTime:
+        """Duration and breakdown of one step."""
+        b, k = shape.decode_seqs, shape.k
+        pf = shape.prefill_tokens
+        ov = self.overhead_s
+        if b == 0 and pf == 0:
+            return StepTime(ov, 0.0, 0.0, 0.0, ov)
+        vops = self.v.ops
+        t_dec = b * (k + 1)
+        verify = 0.0
+        prefill = 0.0
+        if b:
+            kv = shape.decode_context / b + (k + 1)
+            verify = self.v.dense(t_dec) + vops.decode_attention(b, k + 1, kv) + self.v.head(t_dec)
+        if pf:
+            seqs = max(shape.prefill_seqs, 1)
+            q = pf / seqs
+            cached = max(shape.prefill_context / seqs - q, 0.0)
+            prefill = (
+                self.v.dense(t_dec + pf)
+                - self.v.dense(t_dec)
+                + vops.prefill_attention(seqs, q, cached)
+                + self.v.head(seqs)
+            )
+        draft = 0.0
+        if k > 0:
+            d = self.d
+            if d is not None:
+                if b:
+                    kv_d = shape.decode_context / b + 1
+                    one = d.dense(b) + d.ops.decode_attention(b, 1, kv_d) + self._draft_head(b)
+                    draft = k * one
+                if pf:
+                    seqs = max(shape.prefill_seqs, 1)
+                    q = pf / seqs
+                    cached = max(shape.prefill_context / seqs - q, 0.0)
+                    prefill += d.dense(pf) + d.ops.prefill_attention(seqs, q, cached)
+            elif b:
+                draft = b * self.drafter.cpu_s_per_seq
+        total = ov + prefill + draft + verify
+        return StepTime(total, prefill, draft, verify, ov)
+
+    def _draft_head(self, rows: int) -> float:
+        # an EAGLE head uses the verifier's LM head; a separate model its own (same op names)
+        assert self.d is not None
+        return self.d.head(rows)
+
+    # ------------------------------------------------------------------ lines
+    def linearize(self, k: int, max_batch: int = 256, context: int = 1024) -> LinearCoefficients:
+        """Lines through the step cost (see :func:`fit_linear`)."""
+        return fit_linear(self.step, k, max_batch, context, self.drafter_prefills)
+
+
+def _batch_grid(max_batch: int) -> list[int]:
+    mb = max(1, int(max_batch))
+    pts = {1, mb, *np.unique(np.geomspace(1, mb, num=min(mb, 24)).round().astype(int)).tolist()}
+    return sorted(int(p) for p in pts)
+
+
+def fit_linear(
+    step: Callable[[StepShape], StepTime],
+    k: int,
+    max_batch: int = 256,
+    context: int = 1024,
+    drafter_prefills: bool = True,
+) -> LinearCoefficients:
+    """Fit the linear step-cost form to any StepCostModel's ``step``.
+
+    The verifier pass is fitted as ``v_fixed + v_token * B (k+1) + v_kv * B C`` and one drafter
+    pass as ``d_fixed + d_token * B + d_kv * B C`` by non-negative least squares over decode
+    batches B in 1..max_batch (geometric grid) and mean KV lengths C in {context/2, context,
+    3 context/2} (three lengths, so per-token and per-KV-token costs separate). The drafter's
+    prompt cost per token is the slope of its prefill share between 256 and 2048 prompt tokens.
+
+    Returns
+    -------
+    LinearCoefficients
+        With ``fit_error``: the largest relative error of the fitted lines, on the total step
+        time, over B in 1..max_batch at KV length ``context``.
+    """
+    kk = max(int(k), 0)
+    ctx = max(int(context), 1)
+    grid_b = _batch_grid(max_batch)
+    rows_v: list[list[float]] = []
+    y_v: list[float] = []
+    rows_d: list[list[float]] = []
+    y_d: list[float] = []
+    overhead = step(StepShape(0, 0, kk)).overhead
+    for c in (max(ctx // 2, 1), ctx, ctx + ctx // 2):
+        for b in grid_b:
+            st = step(StepShape(b, b * c, kk))
+            rows_v.append([1.0, b * (kk + 1), b * c])
+            y_v.append(st.verify)
+            if kk > 0:
+                rows_d.append([1.0, b, b * c])
+                y_d.append(st.draft / kk)
+    # relative least squares: weight rows by 1/y so small batches count as much as large ones
+    av, yv = np.asarray(rows_v), np.asarray(y_v)
+    wv = 1.0 / np.maximum(yv, 1e-12)
+    cv, _ = nnls(av * wv[:, None], yv * wv)
+    cd = np.zeros(3)
+    if rows_d and max(y_d) > 0:
+        ad, yd = np.asarray(rows_d), np.asarray(y_d)
+        wd = 1.0 / np.maximum(yd, 1e-12)
+        cd, _ = nnls(ad * wd[:, None], yd * wd)
+    d_pf = 0.0
+    if kk > 0 and drafter_prefills:
+        lo = step(StepShape(0, 0, kk, 256, 256, 1)).prefill
+        hi = step(StepShape(0, 0, kk, 2048, 2048, 1)).prefill
+        lo0 = step(StepShape(0, 0, 0, 256, 256, 1)).prefill
+        hi0 = step(StepShape(0, 0, 0, 2048, 2048, 1)).prefill
+        d_pf = max(((hi - hi0) - (lo - lo0)) / (2048 - 256), 0.0)
+    worst = 0.0
+    for b in grid_b:
+        st = step(StepShape(b, b * ctx, kk))
+        line = cv[0] + cv[1] * b * (kk + 1) + cv[2] * b * ctx
+        if kk > 0:
+            line += kk * (cd[0] + cd[1] * b + cd[2] * b * ctx)
+        line += overhead
+        worst = max(worst, abs(line - st.total) / st.total)
+    return LinearCoefficients(
+        v_fixed=float(cv[0]),
+        v_token=float(cv[1]),
+        v_kv=float(cv[2]),
+        d_fixed=float(cd[0]),
+        d_token=float(cd[1]),
+        d_kv=float(cd[2]),
+        d_prefill_token=float(d_pf),
+        overhead=float(overhead),
+        fit_error=float(worst),
+    )
