@@ -3,7 +3,8 @@
 A SimPy simulator of a continuous-batching LLM server with speculative decoding, a closed-form
 model of the same server, and kernel measurements that check both.
 
-Public API: :func:`load_scenario`, :func:`simulate`, :func:`step_time`, and the types they return.
+Public API: :func:`load_scenario`, :func:`simulate`, :func:`step_time`, :func:`predict`,
+:func:`fit_measurements`, and the types they return.
 """
 
 from sdsim.costs.step import StepTime
@@ -12,6 +13,21 @@ from sdsim.scenario import Scenario, load_scenario
 from sdsim.simulation import SimResult, simulate
 
 __version__ = "0.1.0"
+
+from typing import Any as _Any
+
+
+def __getattr__(name: str) -> _Any:
+    # The analytic model pulls in scipy; import it only when asked for.
+    if name in ("predict", "Prediction"):
+        from sdsim.analytic import prediction
+
+        return getattr(prediction, name)
+    if name in ("fit_measurements", "FitResult"):
+        from sdsim.analytic import fitting
+
+        return getattr(fitting, name)
+    raise AttributeError(f"module 'sdsim' has no attribute {name!r}")
 
 
 def step_time(
@@ -60,12 +76,16 @@ def step_time(
 
 
 __all__ = [
+    "FitResult",
+    "Prediction",
     "Scenario",
     "ScenarioError",
     "SimResult",
     "StepTime",
     "__version__",
+    "fit_measurements",
     "load_scenario",
+    "predict",
     "simulate",
     "step_time",
 ]

@@ -368,6 +368,249 @@ def bench(
 
 
 # --- end costs commands --------------------------------------------------------------------
+# --- analytic commands (predict, fit, advise, validate) ---------------------------------------
+
+
+def _parse_rates(text: list[str] | None, option: str = "--rates") -> list[float] | None:
+    """Rates from ``--rates 10,20 --rates 30`` (comma or space separated, req/s)."""
+    if not text:
+        return None
+    vals: list[float] = []
+    for chunk in text:
+        for tok in chunk.replace(",", " ").split():
+            try:
+                v = float(tok)
+            except ValueError:
+                raise ScenarioError(option, f"not a number: {tok!r}") from None
+            if not (v > 0 and math.isfinite(v)):
+                raise ScenarioError(option, f"rates must be positive (got {tok})")
+            vals.append(v)
+    if not vals:
+        raise ScenarioError(option, "no rates given")
+    return vals
+
+
+RatesOpt = Annotated[
+    list[str] | None,
+    typer.Option("--rates", help="arrival rates in req/s, comma separated (repeatable)"),
+]
+
+
+def _ms(v: Any) -> str:
+    return _fmt(float(v) * 1e3) if isinstance(v, (int, float)) else str(v)
+
+
+@app.command()
+def predict(
+    scenario: ScenarioArg,
+    set_: SetOpt = None,
+    rates: RatesOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the prediction as JSON")] = False,
+) -> None:
+    """Predict latency (mean, p50/p90/p99), saturation, speedup and best k without simulating."""
+    from sdsim.analytic import predict as _predict
+
+    scn = _load(scenario, set_)
+    p = _predict(scn, rates=_parse_rates(rates))
+    if json_out:
+        out.print_json(json.dumps(p.to_dict(), default=str))
+        return
+    print_summary(p.summary, f"{scn.name} (analytic): k={scn.spec.k}, rate={scn.workload.rate:g}")
+    t = Table(title="model", show_header=False)
+    t.add_column("k")
+    t.add_column("v", justify="right")
+    co = p.coefficients
+    rows: list[tuple[str, Any]] = [
+        ("C1 (s)", p.c1),
+        ("C2 (s)", p.c2),
+        *((f"{n} (ms)", v * 1e3) for n, v in p.stages.items()),
+        ("decode steps per request", co.steps if co else math.nan),
+        ("concurrency cap", co.n_max if co else "-"),
+        ("saturation rate (req/s)", p.saturation_rate),
+        ("e2e mean, mean-field (ms)", p.summary["e2e_mean_meanfield"] * 1e3),
+        ("e2e mean, birth-death (ms)", p.summary["e2e_mean_gps"] * 1e3),
+        ("P(wait for admission)", p.summary["p_wait"]),
+        ("speedup vs k=0", p.speedup),
+        ("break-even rate (req/s)", p.break_even_rate),
+    ]
+    for name, v in rows:
+        t.add_row(name, _fmt(v))
+    out.print(t)
+    bk = Table(title="best k by rate (analytic)")
+    bk.add_column("rate (req/s)", justify="right")
+    bk.add_column("best k", justify="right")
+    for r, k in p.best_k.items():
+        bk.add_row(_fmt(r), "saturated" if k is None else str(k))
+    out.print(bk)
+    if not p.summary["stable"]:
+        err.print(
+            f"[yellow]warning:[/] rate {scn.workload.rate:g} req/s is at or past the predicted "
+            f"saturation ({_fmt(p.saturation_rate)} req/s): latency grows without bound"
+        )
+
+
+@app.command()
+def fit(
+    measurements: Annotated[Path, typer.Argument(help="CSV of measured mean latencies")],
+    form: Annotated[str, typer.Option("--form", help="dense | sd | auto")] = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="print the fit as JSON")] = False,
+) -> None:
+    """Fit the dense (C1, C2) or six-coefficient SD form to a measurements table."""
+    import pandas as pd
+
+    from sdsim.analytic.fitting import fit_measurements
+
+    if not measurements.exists():
+        raise ScenarioError(str(measurements), "measurements file not found")
+    try:
+        df = pd.read_csv(measurements)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ScenarioError(
+            str(measurements), f"cannot parse CSV: {exc.__class__.__name__}"
+        ) from None
+    res = fit_measurements(df, form=form)
+    if json_out:
+        out.print_json(json.dumps(res.to_dict()))
+        return
+    t = Table(title=f"{res.form} fit of {measurements.name} ({res.n} rows)")
+    t.add_column("coefficient")
+    t.add_column("value (ms)", justify="right")
+    t.add_column("std. error (ms)", justify="right")
+    for n, v in res.coefficients.items():
+        t.add_row(n, _fmt(v * 1e3), _fmt(res.stderr[n] * 1e3))
+    out.print(t)
+    out.print(
+        f"R² = {_fmt(res.r2)}; max |relative residual| = "
+        f"{_fmt(float(abs(res.rel_residuals).max()))}; leave-some-out mean |relative error| = "
+        f"{_fmt(res.loo_error)}"
+    )
+
+
+@app.command()
+def advise(
+    scenario: ScenarioArg,
+    rates: RatesOpt = None,
+    set_: SetOpt = None,
+    confirm: Annotated[
+        bool, typer.Option("--confirm", help="simulate the three best k per rate to confirm")
+    ] = False,
+    seed: SeedOpt = None,
+) -> None:
+    """Best draft length per arrival rate (analytic; optionally confirmed by simulation)."""
+    from sdsim.analytic.prediction import predict as _predict
+
+    scn = _load(scenario, set_)
+    rlist = _parse_rates(rates) or [scn.workload.rate]
+    ks = list(range(scn.spec.k_max + 1))
+    t = Table(title=f"{scn.name}: best draft length by rate (alpha={scn.acceptance.mean_alpha:g})")
+    for c in ("rate (req/s)", "best k", "e2e mean (ms)", "k=0 e2e (ms)", "speedup"):
+        t.add_column(c, justify="right")
+    if confirm:
+        t.add_column("simulated best k (e2e ms)", justify="right")
+    prog = _LazyProgress("confirming by simulation")
+    total = len(rlist) * 3 if confirm else 0
+    done = 0
+    try:
+        for r in rlist:
+            preds = {}
+            for k in ks:
+                s = scn.with_overrides({"workload.rate": r, "spec.k": k})
+                preds[k] = _predict(s, rates=[], k_values=[k], quantiles=False)
+            lat = {k: float(p.summary["e2e_mean"]) for k, p in preds.items()}
+            finite = {k: v for k, v in lat.items() if math.isfinite(v)}
+            if not finite:
+                row = [_fmt(r), "saturated", "-", "-", "-"]
+                if confirm:
+                    row.append("-")
+                t.add_row(*row)
+                continue
+            kbest = min(finite, key=lambda kk: finite[kk])
+            sp = lat[0] / lat[kbest] if math.isfinite(lat[0]) else math.inf
+            row = [_fmt(r), str(kbest), _ms(lat[kbest]), _ms(lat[0]), _fmt(sp)]
+            if confirm:
+                from sdsim.simulation import simulate
+
+                cands = sorted(finite, key=lambda kk: finite[kk])[:3]
+                sim = {}
+                for k in cands:
+                    s = scn.with_overrides({"workload.rate": r, "spec.k": k})
+                    sim[k] = float(simulate(s, seed=seed).summary["e2e_mean"])
+                    done += 1
+                    prog(done, total)
+                ks_best = min(sim, key=lambda kk: sim[kk])
+                row.append(f"{ks_best} ({_ms(sim[ks_best])})")
+            t.add_row(*row)
+    finally:
+        prog.close()
+    out.print(t)
+
+
+@app.command()
+def validate(
+    scenario: ScenarioArg,
+    rates: RatesOpt = None,
+    reps: Annotated[int, typer.Option("--reps", help="seeded replications per rate")] = 3,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="directory for validation.csv and .png")
+    ] = None,
+    set_: SetOpt = None,
+    jobs: Annotated[int, typer.Option("--jobs", help="worker processes")] = 2,
+) -> None:
+    """Check the analytic model against seeded simulations, rate by rate."""
+    from sdsim.analytic.validation import plot_validation
+    from sdsim.analytic.validation import validate as _validate
+
+    scn = _load(scenario, set_)
+    if reps < 1:
+        raise ScenarioError("--reps", f"must be >= 1 (got {reps})")
+    if jobs < 1:
+        raise ScenarioError("--jobs", f"must be >= 1 (got {jobs})")
+    target = out_dir if out_dir is not None else Path("out") / f"validate-{scn.name}"
+    _check_writable(target)
+    prog = _LazyProgress(f"validating {scn.name}", delay_s=0.0)
+    try:
+        rep = _validate(scn, rates=_parse_rates(rates), reps=reps, jobs=jobs, progress=prog)
+    finally:
+        prog.close()
+    target.mkdir(parents=True, exist_ok=True)
+    cols = [
+        "rate",
+        "metric",
+        "statistic",
+        "analytic",
+        "sim_mean",
+        "ci_low",
+        "ci_high",
+        "rel_error",
+        "inside_ci",
+    ]
+    extra = [c for c in rep.table.columns if c not in cols]
+    rep.table[cols + extra].to_csv(target / "validation.csv", index=False)
+    plot_validation(rep, scn, target / "validation.png")
+    t = Table(
+        title=f"{scn.name}: analytic vs simulated ({reps} replications per rate; "
+        f"saturation {_fmt(rep.saturation_rate)} req/s)"
+    )
+    for c in ("rate", "% sat", "e2e mean", "e2e p99", "TTFT mean", "TPOT mean", "verdict"):
+        t.add_column(c, justify="right" if c != "verdict" else "left")
+    d = rep.table
+    for _, v in rep.verdicts.iterrows():
+        cells = []
+        for m, st in (("e2e", "mean"), ("e2e", "p99"), ("ttft", "mean"), ("tpot", "mean")):
+            row = d[(d["rate"] == v["rate"]) & (d["metric"] == m) & (d["statistic"] == st)]
+            e = float(row["rel_error"].iloc[0])
+            ok = bool(row["holds"].iloc[0])
+            cells.append(("" if ok else "[red]") + f"{e:+.1%}")
+        verdict = "holds" if v["holds"] else f"breaks: {v['reason']} ({v['failing']})"
+        t.add_row(_fmt(v["rate"]), f"{v['fraction']:.0%}", *cells, verdict)
+    out.print(t)
+    out.print(
+        "tolerances: e2e mean 5%, e2e p50/p90/p99 10%, TTFT and TPOT means 10% "
+        f"(errors are analytic vs simulated mean). Wrote {target}/validation.csv, validation.png"
+    )
+
+
+# --- end analytic commands ---------------------------------------------------------------------
 
 
 def _check_writable(path: Path) -> None:

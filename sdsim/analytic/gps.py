@@ -1,0 +1,157 @@
+"""Continuous batching as Cohen's generalised processor sharing (GPS): a birth-death model.
+
+Each of the ``n`` requests in the batch advances one step per ``t(n)`` seconds, so a request that
+needs ``nu`` steps on average leaves at total rate ``phi(n) = n / (nu t(n))``. With Poisson
+arrivals at rate lambda the number in system is a birth-death process whose stationary law is
+insensitive to the law of the work (J.W. Cohen, Acta Informatica 12, 1979)::
+
+    pi(n) = pi(0) prod_{i=1..n} lambda nu t(i) / i.
+
+For ``t(n) = a + b n`` and ``rho = lambda nu b < 1`` this is negative binomial with
+``r = a / b + 1`` and ``p = rho``: ``E[N] = r rho / (1 - rho)`` and the exact mean sojourn
+``E[T] = E[N] / lambda = (a + b) nu / (1 - rho)`` -- the mean-field formula with the request counted
+in its own batch. This module also caps the batch at ``n_max`` (the server's ``max_num_seqs`` or
+token budget): above it requests wait and the service rate stays at ``phi(n_max)``, which gives the
+probability of waiting for admission. With a cap, or with a step time that is not linear in n (a
+roofline or measured profile), the birth-death mean is the better one; with a linear step and no
+cap the two coincide.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BirthDeath", "birth_death", "negative_binomial_law"]
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from scipy import stats
+
+# Stop extending the law once the remaining tail mass is below this (relative to the total).
+_TAIL = 1e-12
+_N_LIMIT = 200_000
+
+
+@dataclass(frozen=True)
+class BirthDeath:
+    """Stationary law of the number of requests in system.
+
+    Attributes
+    ----------
+    pmf
+        ``pmf[n] = P(N = n)`` (truncated where the tail is below 1e-12).
+    rate
+        Arrival rate (req/s).
+    n_max
+        Concurrency cap (requests beyond it wait).
+    stable
+        False when the arrival rate reaches the capped service rate (no stationary law; ``pmf`` is
+        then empty and the means are infinite).
+    """
+
+    pmf: npt.NDArray[np.float64]
+    rate: float
+    n_max: int
+    stable: bool
+
+    @property
+    def mean(self) -> float:
+        """E[N], time-average number in system."""
+        if not self.stable:
+            return math.inf
+        return float(np.arange(self.pmf.shape[0]) @ self.pmf)
+
+    @property
+    def var(self) -> float:
+        """Var[N]."""
+        if not self.stable:
+            return math.inf
+        n = np.arange(self.pmf.shape[0], dtype=np.float64)
+        m = float(n @ self.pmf)
+        return float((n * n) @ self.pmf - m * m)
+
+    @property
+    def mean_sojourn(self) -> float:
+        """Exact mean time in system by Little's law, ``E[N] / lambda``."""
+        return self.mean / self.rate
+
+    @property
+    def p_wait(self) -> float:
+        """P(an arrival finds the batch full) = P(N >= n_max) (PASTA)."""
+        if not self.stable:
+            return 1.0
+        return float(self.pmf[self.n_max :].sum())
+
+
+def birth_death(
+    rate: float,
+    nu: float,
+    step_time: Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]],
+    n_max: int,
+) -> BirthDeath:
+    """Stationary law of the GPS birth-death model with a concurrency cap.
+
+    Parameters
+    ----------
+    rate
+        Arrival rate lambda (req/s), > 0.
+    nu
+        Mean steps a request spends in the batch.
+    step_time
+        ``t(n)``: seconds per step with n requests in the batch (vectorised over n >= 1).
+    n_max
+        Concurrency cap; states above it wait at the service rate of ``n_max``.
+
+    Returns
+    -------
+    BirthDeath
+    """
+    if rate <= 0 or nu <= 0:
+        raise ValueError(f"rate and nu must be > 0 (rate={rate}, nu={nu})")
+    n = np.arange(1, n_max + 1, dtype=np.float64)
+    t = np.asarray(step_time(n), dtype=np.float64)
+    # birth/death ratio lambda / phi(n) with phi(n) = n / (nu t(n))
+    ratio = rate * nu * t / n
+    top = float(ratio[-1])
+    if top >= 1.0:
+        return BirthDeath(np.zeros(0), rate, n_max, False)
+    logp = np.concatenate(([0.0], np.cumsum(np.log(ratio))))
+    # geometric tail above the cap, cut where its mass is negligible
+    extra = 0
+    if top > 0:
+        extra = int(min(_N_LIMIT, math.ceil(math.log(_TAIL) / math.log(top)) + 1))
+    tail = logp[-1] + np.log(top) * np.arange(1, extra + 1) if top > 0 else np.zeros(0)
+    logp = np.concatenate((logp, tail))
+    logp -= logp.max()
+    p = np.exp(logp)
+    p /= p.sum()
+    # drop the far tail for compactness (the mass there is < 1e-12)
+    cum = np.cumsum(p[::-1])[::-1]
+    last = int(np.nonzero(cum > _TAIL)[0][-1]) + 1 if np.any(cum > _TAIL) else p.shape[0]
+    p = p[: max(last, 1)]
+    return BirthDeath(p / p.sum(), rate, n_max, True)
+
+
+def negative_binomial_law(a: float, b: float, rate: float, nu: float) -> stats.rv_discrete:
+    """The closed form for ``t(n) = a + b n`` without a cap: NB(r = a/b + 1, p = rho).
+
+    Parameters
+    ----------
+    a, b
+        Step time line (seconds, seconds per request); b > 0.
+    rate
+        Arrival rate (req/s).
+    nu
+        Mean steps per request.
+
+    Returns
+    -------
+    scipy.stats frozen distribution of N (``scipy.stats.nbinom`` counts failures, so its success
+    probability is ``1 - rho``).
+    """
+    rho = rate * nu * b
+    if not 0 < rho < 1:
+        raise ValueError(f"rho = lambda nu b must lie in (0, 1), got {rho}")
+    return stats.nbinom(a / b + 1.0, 1.0 - rho)

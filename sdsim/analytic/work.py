@@ -1,0 +1,203 @@
+"""The work one request brings: output-length law and the exact law of its decode steps.
+
+A request's prefill step emits its first token; it then needs ``g - 1`` more tokens, emitted
+``min(X, remaining)`` at a time with ``X`` the truncated-geometric tokens per step
+(:mod:`sdsim.acceptance`). Its decode steps ``S`` therefore follow the exact steps-to-finish law
+of ``g - 1`` tokens, mixed over the output-length law and, for a per-request alpha, over the
+acceptance law. This is the analytic model's "g / E" made exact: the end effect (the last step cut
+at what is still needed) is kept, not approximated.
+"""
+
+from __future__ import annotations
+
+__all__ = ["RequestWork", "discretize_length", "request_work"]
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from scipy import stats
+
+from sdsim.acceptance import steps_to_finish_moments, steps_to_finish_table
+from sdsim.scenario import (
+    BetaAlpha,
+    EmpiricalLength,
+    FixedLength,
+    LengthSpec,
+    LognormalLength,
+    Scenario,
+    UniformLength,
+)
+
+# More distinct lengths than this are grouped into equal-probability bins (each represented by
+# its conditional mean): the latency quantiles move by far less than 1% and the cost stays flat.
+MAX_LENGTH_POINTS = 48
+# Above this many tokens the exact steps table (quadratic memory) is replaced by a normal law with
+# the exact mean and variance from the O(n k) recursion; at such lengths the law is normal anyway.
+EXACT_TABLE_TOKENS = 4096
+# Per-request alpha (beta law) is integrated with this many equal-probability nodes.
+ALPHA_NODES = 12
+
+
+def _bin_equal_mass(
+    values: npt.NDArray[np.float64], probs: npt.NDArray[np.float64], nbins: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Group a sorted discrete law into ~equal-probability bins (mass-weighted means)."""
+    if values.shape[0] <= nbins:
+        return values, probs
+    cum = np.cumsum(probs)
+    idx = np.minimum((cum / cum[-1] * nbins).astype(np.int64), nbins - 1)
+    w = np.bincount(idx, weights=probs, minlength=nbins).astype(np.float64)
+    m = np.bincount(idx, weights=probs * values, minlength=nbins).astype(np.float64)
+    keep = w > 0
+    return m[keep] / w[keep], w[keep]
+
+
+def discretize_length(spec: LengthSpec) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """A length law as (values, probabilities), at most :data:`MAX_LENGTH_POINTS` points.
+
+    Parameters
+    ----------
+    spec
+        Fixed, uniform, lognormal (rounded and clipped as the workload draws it) or empirical.
+
+    Returns
+    -------
+    values, probs
+        Integer token counts (>= 1) and their probabilities (summing to 1).
+    """
+    if isinstance(spec, FixedLength):
+        return np.array([spec.value], dtype=np.int64), np.array([1.0])
+    if isinstance(spec, UniformLength):
+        v = np.arange(spec.low, spec.high + 1, dtype=np.float64)
+        p = np.full(v.shape[0], 1.0 / v.shape[0])
+    elif isinstance(spec, EmpiricalLength):
+        u, c = np.unique(np.asarray(spec.values, dtype=np.float64), return_counts=True)
+        v, p = u, c / c.sum()
+    elif isinstance(spec, LognormalLength):
+        # The workload rounds a moment-matched lognormal and clips it to [min, max].
+        s2 = math.log1p(spec.cv**2)
+        mu = math.log(spec.mean) - s2 / 2
+        dist = stats.lognorm(s=math.sqrt(s2), scale=math.exp(mu))
+        lo, hi = spec.min, spec.max
+        grid = np.arange(lo, hi + 1, dtype=np.float64)
+        if grid.shape[0] > 20000:
+            # a long support: integer cells at the quantiles that matter, equal bins elsewhere
+            qs = dist.ppf(np.linspace(0, 1, 4001)[1:-1])
+            grid = np.unique(np.clip(np.rint(qs), lo, hi))
+        edges = np.concatenate(([-np.inf], (grid[:-1] + grid[1:]) / 2, [np.inf]))
+        cdf = dist.cdf(np.clip(edges, 0, None))
+        cdf[0], cdf[-1] = 0.0, 1.0
+        v, p = grid, np.diff(cdf)
+        keep = p > 0
+        v, p = v[keep], p[keep] / p[keep].sum()
+    else:  # pragma: no cover - the scenario union is closed
+        raise TypeError(f"unknown length law {spec!r}")
+    vb, pb = _bin_equal_mass(v, p, MAX_LENGTH_POINTS)
+    return np.maximum(np.rint(vb), 1).astype(np.int64), pb / pb.sum()
+
+
+def _alpha_nodes(scn: Scenario) -> list[tuple[float | list[float], float]]:
+    a = scn.acceptance.alpha
+    if isinstance(a, BetaAlpha):
+        # equal-probability nodes at the mid-quantiles of each slice
+        q = (np.arange(ALPHA_NODES) + 0.5) / ALPHA_NODES
+        nodes = stats.beta(a.a, a.b).ppf(q)
+        return [(float(x), 1.0 / ALPHA_NODES) for x in nodes]
+    if isinstance(a, list):
+        return [(list(a), 1.0)]
+    return [(float(a), 1.0)]
+
+
+def _steps_pmf_rows(
+    ns: npt.NDArray[np.int64], alpha: float | list[float], k: int
+) -> list[npt.NDArray[np.float64]]:
+    """P(S(n) = s) for each n in ns (exact table, or a normal law with exact moments)."""
+    n_max = int(ns.max()) if ns.size else 0
+    if n_max <= EXACT_TABLE_TOKENS:
+        table = steps_to_finish_table(n_max, alpha, k)
+        return [table[int(n), : int(n) + 1].copy() for n in ns]
+    m1, var = steps_to_finish_moments(n_max, alpha, k)
+    rows = []
+    for n in ns:
+        n = int(n)
+        s = np.arange(n + 1, dtype=np.float64)
+        sd = math.sqrt(max(var[n], 1e-12))
+        cdf = stats.norm.cdf((np.append(s, n + 1) - 0.5 - m1[n]) / sd)
+        row = np.diff(cdf)
+        rows.append(row / row.sum())
+    return rows
+
+
+@dataclass(frozen=True)
+class RequestWork:
+    """The law of one request's output length and decode steps.
+
+    Attributes
+    ----------
+    g_values, g_probs
+        Output-length law (tokens, including the first token from prefill).
+    steps_pmf
+        ``steps_pmf[i][s] = P(S = s | g = g_values[i])``: decode steps after the prefill step.
+    steps_marginal
+        ``P(S = s)`` mixed over output lengths (and per-request alpha).
+    tokens_per_step
+        E[X], tokens emitted per decode step (mean over the alpha law).
+    """
+
+    g_values: npt.NDArray[np.int64]
+    g_probs: npt.NDArray[np.float64]
+    steps_pmf: list[npt.NDArray[np.float64]]
+    steps_marginal: npt.NDArray[np.float64]
+    tokens_per_step: float
+
+    @property
+    def mean_output(self) -> float:
+        """E[g]."""
+        return float(self.g_values @ self.g_probs)
+
+    @property
+    def mean_steps(self) -> float:
+        """E[S], the exact decode steps per request (the paper's g / E)."""
+        s = np.arange(self.steps_marginal.shape[0], dtype=np.float64)
+        return float(s @ self.steps_marginal)
+
+    @property
+    def var_steps(self) -> float:
+        """Var[S] (acceptance luck and output-length spread together)."""
+        s = np.arange(self.steps_marginal.shape[0], dtype=np.float64)
+        m = float(s @ self.steps_marginal)
+        return float((s * s) @ self.steps_marginal - m * m)
+
+
+def request_work(scn: Scenario, k: int | None = None) -> RequestWork:
+    """The exact law of decode steps per request for a scenario.
+
+    Parameters
+    ----------
+    scn
+        Scenario (output-length law, acceptance).
+    k
+        Draft length; defaults to ``scn.spec.k``.
+
+    Returns
+    -------
+    RequestWork
+    """
+    from sdsim.acceptance import expected_tokens_per_step
+
+    kk = scn.spec.k if k is None else int(k)
+    g, pg = discretize_length(scn.workload.output_tokens)
+    ns = g - 1
+    rows_total: list[npt.NDArray[np.float64]] = [np.zeros(int(n) + 1) for n in ns]
+    ex = 0.0
+    for alpha, w in _alpha_nodes(scn):
+        for acc, row in zip(rows_total, _steps_pmf_rows(ns, alpha, kk), strict=True):
+            acc += w * row
+        ex += w * expected_tokens_per_step(alpha, kk)
+    smax = int(ns.max()) + 1
+    marg = np.zeros(smax)
+    for p, row in zip(pg, rows_total, strict=True):
+        marg[: row.shape[0]] += p * row
+    return RequestWork(g, pg, rows_total, marg / marg.sum(), ex)
