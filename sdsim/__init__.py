@@ -3,7 +3,8 @@
 A SimPy simulator of a continuous-batching LLM server with speculative decoding, a closed-form
 model of the same server, and kernel measurements that check both.
 
-Public API: :func:`load_scenario`, :func:`simulate`, :func:`step_time`, and the types they return.
+Public API: :func:`load_scenario`, :func:`simulate`, :func:`step_time`, :func:`load_sweep`,
+:func:`plan_sweep`, :func:`run_sweep`, and the types they return.
 """
 
 from sdsim.costs.step import StepTime
@@ -59,6 +60,20 @@ def step_time(
     )
 
 
+# Sweeps load lazily (they pull in pyarrow and, on demand, dask). The module is `sdsim.sweep`, so
+# its entry points are exposed under their own names: a function `sdsim.sweep` would be replaced by
+# the submodule as soon as anything imports it.
+_LAZY = {"load_sweep": "sdsim.sweep", "plan_sweep": "sdsim.sweep", "run_sweep": "sdsim.sweep"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sdsim' has no attribute {name!r}")
+
+
 __all__ = [
     "Scenario",
     "ScenarioError",
@@ -66,6 +81,9 @@ __all__ = [
     "StepTime",
     "__version__",
     "load_scenario",
+    "load_sweep",
+    "plan_sweep",
+    "run_sweep",
     "simulate",
     "step_time",
 ]
