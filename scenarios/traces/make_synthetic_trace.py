@@ -23,7 +23,9 @@ N = 800
 RATE_LOW, RATE_HIGH, PERIOD_S = 4.0, 16.0, 60.0
 
 
-def _lognormal(rng: np.random.Generator, mean: float, cv: float, n: int, lo: int, hi: int) -> np.ndarray:
+def _lognormal(
+    rng: np.random.Generator, mean: float, cv: float, n: int, lo: int, hi: int
+) -> np.ndarray:
     s2 = np.log1p(cv**2)
     x = rng.lognormal(np.log(mean) - s2 / 2, np.sqrt(s2), size=n)
     return np.clip(np.rint(x), lo, hi).astype(np.int64)
