@@ -4,7 +4,8 @@ A SimPy simulator of a continuous-batching LLM server with speculative decoding,
 model of the same server, and kernel measurements that check both.
 
 Public API: :func:`load_scenario`, :func:`simulate`, :func:`step_time`, :func:`predict`,
-:func:`fit_measurements`, and the types they return.
+:func:`fit_measurements`, :func:`load_sweep`, :func:`plan_sweep`, :func:`run_sweep`, and the types
+they return.
 """
 
 from sdsim.costs.step import StepTime
@@ -16,17 +17,25 @@ __version__ = "0.1.0"
 
 from typing import Any as _Any
 
+# Heavy parts load lazily: the analytic model pulls in scipy, sweeps pull in pyarrow (and dask on
+# demand). The sweep module is `sdsim.sweep`, so its entry points are exposed under their own names:
+# a function `sdsim.sweep` would be shadowed by the submodule as soon as anything imports it.
+_LAZY = {
+    "predict": "sdsim.analytic.prediction",
+    "Prediction": "sdsim.analytic.prediction",
+    "fit_measurements": "sdsim.analytic.fitting",
+    "FitResult": "sdsim.analytic.fitting",
+    "load_sweep": "sdsim.sweep",
+    "plan_sweep": "sdsim.sweep",
+    "run_sweep": "sdsim.sweep",
+}
+
 
 def __getattr__(name: str) -> _Any:
-    # The analytic model pulls in scipy; import it only when asked for.
-    if name in ("predict", "Prediction"):
-        from sdsim.analytic import prediction
+    if name in _LAZY:
+        import importlib
 
-        return getattr(prediction, name)
-    if name in ("fit_measurements", "FitResult"):
-        from sdsim.analytic import fitting
-
-        return getattr(fitting, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'sdsim' has no attribute {name!r}")
 
 
@@ -85,7 +94,10 @@ __all__ = [
     "__version__",
     "fit_measurements",
     "load_scenario",
+    "load_sweep",
+    "plan_sweep",
     "predict",
+    "run_sweep",
     "simulate",
     "step_time",
 ]

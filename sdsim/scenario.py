@@ -354,7 +354,11 @@ class WorkloadSpec(_Frozen):
     num_requests: int = Field(default=2000, ge=1, le=100_000_000)
     prompt_tokens: LengthSpec = FixedLength(value=512)
     output_tokens: LengthSpec = FixedLength(value=256)
-    trace: str | None = Field(default=None, description="CSV for arrival: trace")
+    trace: str | None = Field(
+        default=None,
+        description="request CSV: with arrival: trace its times and lengths are replayed; with "
+        "another arrival process only its lengths (in order, cycling)",
+    )
 
     @field_validator("prompt_tokens", "output_tokens", mode="before")
     @classmethod

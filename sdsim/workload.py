@@ -85,12 +85,21 @@ def sample_lengths(spec: LengthSpec, n: int, rng: np.random.Generator) -> npt.ND
     raise TypeError(f"unknown length law {spec!r}")
 
 
-def read_trace(path: str | Path) -> pd.DataFrame:
+def read_trace(path: str | Path, require_arrival: bool = True) -> pd.DataFrame:
     """Read a request trace CSV: ``arrival`` (s), ``prompt_tokens``, ``output_tokens``.
 
-    Column aliases accepted: ``arrived_at``/``arrival_time`` for arrival, ``num_prefill_tokens``
-    for prompt and ``num_decode_tokens`` for output (Vidur's trace files). A trace without an
-    arrival column is rejected (the scenario's arrival process would have to be used instead).
+    Column aliases accepted: ``arrived_at``/``arrival_time``/``timestamp`` for arrival,
+    ``num_prefill_tokens`` for prompt and ``num_decode_tokens`` for output (Vidur's trace files).
+    Other columns are ignored.
+
+    Parameters
+    ----------
+    path
+        The CSV file.
+    require_arrival
+        When true (replaying a trace's timing), a trace without an arrival column is rejected.
+        When false (replaying only its lengths, e.g. Vidur's arXiv summarisation statistics,
+        which have no times), a missing arrival column gives ``arrival`` = NaN.
 
     Raises
     ------
@@ -107,28 +116,43 @@ def read_trace(path: str | Path) -> pd.DataFrame:
             "workload.trace", f"cannot parse CSV: {exc.__class__.__name__}"
         ) from None
     aliases = {
-        "arrival": ("arrival", "arrived_at", "arrival_time"),
+        "arrival": ("arrival", "arrived_at", "arrival_time", "timestamp"),
         "prompt_tokens": ("prompt_tokens", "num_prefill_tokens"),
         "output_tokens": ("output_tokens", "num_decode_tokens"),
     }
     out = {}
+    has_arrival = True
     for name, options in aliases.items():
         col = next((c for c in options if c in df.columns), None)
         if col is None:
+            if name == "arrival" and not require_arrival:
+                out[name] = np.full(len(df), np.nan)
+                has_arrival = False
+                continue
+            hint = ""
+            if name == "arrival":
+                hint = (
+                    "; to replay only its lengths, set workload.arrival to poisson, gamma or "
+                    "constant and keep workload.trace"
+                )
             raise ScenarioError(
-                "workload.trace", f"missing column {name!r} (one of {list(options)}) in {path}"
+                "workload.trace",
+                f"missing column {name!r} (one of {list(options)}) in {path}{hint}",
             )
         out[name] = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
     arr = out["arrival"]
     if arr.size == 0:
         raise ScenarioError("workload.trace", f"no requests in {path}")
     for name, values in out.items():
+        if name == "arrival" and not has_arrival:
+            continue
         if not np.all(np.isfinite(values)):
             raise ScenarioError("workload.trace", f"column {name!r} has non-numeric or NaN values")
-    if np.any(arr < 0):
-        raise ScenarioError("workload.trace", "arrival times must be >= 0")
-    if np.any(np.diff(arr) < 0):
-        raise ScenarioError("workload.trace", "arrival times must be sorted (non-decreasing)")
+    if has_arrival:
+        if np.any(arr < 0):
+            raise ScenarioError("workload.trace", "arrival times must be >= 0")
+        if np.any(np.diff(arr) < 0):
+            raise ScenarioError("workload.trace", "arrival times must be sorted (non-decreasing)")
     for name in ("prompt_tokens", "output_tokens"):
         if np.any(out[name] < 1):
             raise ScenarioError("workload.trace", f"column {name!r} must be >= 1")
@@ -182,6 +206,16 @@ def generate_workload(scn: Scenario, seed: int | None = None) -> Workload:
         arrival = df["arrival"].to_numpy(dtype=np.float64)
         prompt = df["prompt_tokens"].to_numpy(dtype=np.int64)
         output = df["output_tokens"].to_numpy(dtype=np.int64)
+    elif w.trace:
+        # Lengths replayed from the trace in its order (cycling when it is shorter than
+        # num_requests), arrival times from the scenario's process: how traces without times
+        # (Vidur's arXiv summarisation lengths) are used, and how a timed trace is replayed at
+        # another load.
+        df = read_trace(w.trace, require_arrival=False)
+        rows = np.arange(w.num_requests) % len(df)
+        arrival = _arrivals(scn, s)
+        prompt = df["prompt_tokens"].to_numpy(dtype=np.int64)[rows]
+        output = df["output_tokens"].to_numpy(dtype=np.int64)[rows]
     else:
         arrival = _arrivals(scn, s)
         prompt = sample_lengths(w.prompt_tokens, w.num_requests, stream(s, "prompt_tokens"))

@@ -1,0 +1,364 @@
+"""Figures from DataFrames: a metric against a swept field, heatmaps, speedup curves.
+
+Everything here takes tables (a sweep's summary or speedup table) and returns matplotlib
+``Figure`` objects built without pyplot, so no global backend or figure state is touched; saving
+uses the Agg canvas. :func:`plot_sweep` draws the standard figures of a sweep output directory.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "choose_x",
+    "heatmap_figure",
+    "line_figure",
+    "plot_sweep",
+]
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from sdsim.errors import ScenarioError
+
+# Latency metrics are stored in seconds; plots show milliseconds below one second's scale.
+_SECONDS = ("e2e_", "ttft_", "tpot_", "queue_delay_")
+
+
+def _is_numeric(values: pd.Series) -> bool:
+    return bool(pd.to_numeric(values, errors="coerce").notna().all())
+
+
+def _varying(df: pd.DataFrame, fields: list[str]) -> list[str]:
+    return [f for f in fields if f in df.columns and df[f].astype(str).nunique() > 1]
+
+
+def choose_x(df: pd.DataFrame, fields: list[str], exclude: tuple[str, ...] = ()) -> str:
+    """The default x axis: the first varying numeric swept field (else the first varying one)."""
+    cand = [f for f in _varying(df, fields) if f not in exclude]
+    if not cand:
+        cand = [f for f in fields if f not in exclude] or list(fields)
+    if not cand:
+        raise ScenarioError("--x", "the sweep has no swept field to plot against")
+    numeric = [f for f in cand if _is_numeric(df[f])]
+    return numeric[0] if numeric else cand[0]
+
+
+def _label(field: str, value: Any) -> str:
+    short = field.rsplit(".", 1)[-1]
+    return f"{short}={value}"
+
+
+def _scale(metric: str, values: pd.Series | None = None) -> tuple[float, str]:
+    """Factor and axis label: latencies in ms, or in s when they run to tens of seconds."""
+    if metric.startswith(_SECONDS) and not metric.endswith("_std"):
+        v = pd.to_numeric(values, errors="coerce") if values is not None else None
+        if v is not None and v.notna().any() and float(v.median()) >= 1.0:
+            return 1.0, f"{metric} (s)"
+        return 1e3, f"{metric} (ms)"
+    return 1.0, metric
+
+
+def _x_positions(values: pd.Series) -> tuple[np.ndarray, list[str] | None]:
+    if _is_numeric(values):
+        return pd.to_numeric(values).to_numpy(dtype=np.float64), None
+    cats = list(dict.fromkeys(values.astype(str)))
+    return np.array([cats.index(v) for v in values.astype(str)], dtype=np.float64), cats
+
+
+def line_figure(
+    df: pd.DataFrame,
+    x: str,
+    y: str,
+    *,
+    hue: list[str] | None = None,
+    facet: str | None = None,
+    low: str | None = None,
+    high: str | None = None,
+    analytic: str | None = None,
+    reference: float | None = None,
+    title: str = "",
+    ylabel: str | None = None,
+    scale: float = 1.0,
+) -> Figure:
+    """A metric against one field, one line per combination of ``hue`` fields, CI bands.
+
+    Parameters
+    ----------
+    df
+        One row per point (a sweep summary or speedup table).
+    x, y
+        Columns for the axes.
+    hue
+        Fields whose value combinations get one line each.
+    facet
+        Field with one panel per value.
+    low, high
+        Columns bounding the confidence band (drawn shaded).
+    analytic
+        Column with a model prediction, drawn dashed in the line's colour.
+    reference
+        A horizontal reference line (e.g. speedup 1).
+    title, ylabel
+        Labels.
+    scale
+        Factor applied to y values (1e3 for seconds shown as ms).
+    """
+    hue = [h for h in (hue or []) if h != x and h != facet]
+    panels = list(dict.fromkeys(df[facet].astype(str))) if facet else [""]
+    fig = Figure(figsize=(5.2 * len(panels), 4.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    for ax, panel in zip(axes, panels, strict=True):
+        sub = df if not facet else df[df[facet].astype(str) == panel]
+        groups = sub.groupby(hue, sort=False, dropna=False) if hue else [((), sub)]
+        cats: list[str] | None = None
+        marked = False
+        for i, (key, grp) in enumerate(groups):
+            grp = grp.copy()
+            xs_all, cats = _x_positions(grp[x])
+            order = np.argsort(xs_all, kind="stable")
+            xs = xs_all[order]
+            ys = pd.to_numeric(grp[y]).to_numpy(dtype=np.float64)[order] * scale
+            keys = key if isinstance(key, tuple) else (key,)
+            label = ", ".join(_label(h, v) for h, v in zip(hue, keys, strict=True)) or y
+            color = f"C{i % 10}"
+            ax.plot(xs, ys, marker="o", color=color, label=label)
+            if low and high and low in grp and high in grp:
+                lo = pd.to_numeric(grp[low]).to_numpy(dtype=np.float64)[order] * scale
+                hi = pd.to_numeric(grp[high]).to_numpy(dtype=np.float64)[order] * scale
+                ax.fill_between(xs, lo, hi, color=color, alpha=0.2, linewidth=0)
+            if analytic and analytic in grp:
+                ya = pd.to_numeric(grp[analytic]).to_numpy(dtype=np.float64)[order] * scale
+                if np.isfinite(ya).any():
+                    ax.plot(xs, ya, linestyle="--", color=color, alpha=0.8)
+            if "stable" in grp and y != "stable":
+                st = pd.to_numeric(grp["stable"]).to_numpy(dtype=np.float64)[order]
+                bad = np.isfinite(st) & (st < 1)
+                if bad.any():
+                    ax.scatter(
+                        xs[bad],
+                        ys[bad],
+                        marker="x",
+                        s=70,
+                        color="k",
+                        zorder=3,
+                        label=None if marked else "unstable (some replications)",
+                    )
+                    marked = True
+        if cats is not None:
+            ax.set_xticks(range(len(cats)), cats)
+        if reference is not None:
+            ax.axhline(reference, color="0.5", linewidth=1, linestyle=":")
+        ax.set_xlabel(x)
+        if facet:
+            ax.set_title(_label(facet, panel))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    axes[0].set_ylabel(ylabel or y)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def heatmap_figure(
+    df: pd.DataFrame, x: str, y: str, value: str, *, title: str = "", scale: float = 1.0
+) -> Figure:
+    """A heatmap of ``value`` over two swept fields (mean over replications), cells annotated."""
+    table = df.pivot_table(index=y, columns=x, values=value, aggfunc="mean", sort=True) * scale
+    fig = Figure(
+        figsize=(1.0 + 0.9 * table.shape[1] + 2, 1.0 + 0.6 * table.shape[0] + 1),
+        layout="constrained",
+    )
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    data = table.to_numpy(dtype=np.float64)
+    im = ax.imshow(data, aspect="auto", origin="lower", cmap="viridis")
+    ax.set_xticks(range(table.shape[1]), [str(c) for c in table.columns])
+    ax.set_yticks(range(table.shape[0]), [str(r) for r in table.index])
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    finite = data[np.isfinite(data)]
+    mid = float(np.median(finite)) if finite.size else 0.0
+    for (r, c), v in np.ndenumerate(data):
+        if math.isfinite(v):
+            ax.text(
+                c,
+                r,
+                f"{v:.3g}",
+                ha="center",
+                va="center",
+                fontsize="small",
+                color="w" if v < mid else "k",
+            )
+    fig.colorbar(im, ax=ax)
+    ax.set_title(title or value)
+    return fig
+
+
+def _parse_baseline(text: str) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for part in text.split(","):
+        if "=" not in part:
+            raise ScenarioError("--speedup-vs", f"expected FIELD=VALUE, got {text!r}")
+        k, v = part.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def plot_sweep(
+    out_dir: str | Path,
+    *,
+    metrics: list[str] | None = None,
+    x: str | None = None,
+    facet: str | None = None,
+    speedup_vs: str | None = None,
+    plot_dir: str | Path | None = None,
+) -> list[Path]:
+    """Draw the standard figures of a sweep output directory as PNG files.
+
+    For each metric: the metric against ``x`` (one line per combination of the other swept
+    fields, the last of them as panels when there are two or more; shaded t-based 95% CI bands,
+    analytic predictions dashed when the sweep has them, unstable points marked x), and a heatmap
+    when exactly two fields vary. With ``speedup_vs="spec.k=0"``: the speedup
+    ``metric(k=0) / metric(k)`` per point, paired by replication, with CI bands
+    (``speedup_<metric>.png`` and ``speedup.csv``).
+
+    Parameters
+    ----------
+    out_dir
+        A directory written by ``sdsim sweep``.
+    metrics
+        Metrics to draw (default: the sweep's ``metrics``); with ``speedup_vs`` the first one is
+        the speedup's metric (default ``e2e_mean``).
+    x
+        Swept field on the x axis (default: the first varying numeric one).
+    facet
+        Swept field with one panel per value (default: chosen as above).
+    speedup_vs
+        Baseline as ``FIELD=VALUE[,FIELD=VALUE]``.
+    plot_dir
+        Where PNGs go (default ``out_dir/plots``).
+
+    Returns
+    -------
+    list of Path
+        Files written.
+    """
+    from sdsim.sweep import load_sweep_dir, speedup_table, summarize_runs
+
+    meta, runs = load_sweep_dir(out_dir)
+    if len(runs) == 0:
+        raise ScenarioError(str(out_dir), "the sweep has no finished runs yet")
+    analytic = None
+    apath = Path(out_dir) / "analytic.parquet"
+    if apath.is_file():
+        analytic = pd.read_parquet(apath)
+    summary = summarize_runs(runs, meta, analytic)
+    fields: list[str] = list(meta["fields"])
+    for f in (x, facet):
+        if f is not None and f not in fields:
+            raise ScenarioError(
+                "--x" if f == x else "--facet", f"{f!r} is not a swept field (swept: {fields})"
+            )
+    if metrics:
+        allowed = set(meta["metrics"]) | set(runs.columns)
+        bad = [m for m in metrics if m not in allowed]
+        if bad:
+            raise ScenarioError(
+                "--metric", f"unknown metric(s) {bad}; the sweep has {meta['metrics']}"
+            )
+    dest = Path(plot_dir) if plot_dir is not None else Path(out_dir) / "plots"
+    dest.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    name = meta.get("name", "sweep")
+
+    # Zip groups vary together: they are one axis (one set of lines), never split into panels.
+    axes: list[list[str]] = meta.get("axes") or [[f] for f in fields]
+
+    def layout(
+        df: pd.DataFrame, exclude: tuple[str, ...] = ()
+    ) -> tuple[str, list[list[str]], str | None]:
+        xx = x or choose_x(df, fields, exclude)
+        vary = set(_varying(df, fields))
+        rest = [
+            [f for f in ax if f in vary]
+            for ax in axes
+            if xx not in ax and not set(ax) & set(exclude) and set(ax) & vary
+        ]
+        ff = facet
+        if ff is not None:
+            rest = [ax for ax in rest if ff not in ax]
+        elif len(rest) >= 2:
+            ff, rest = rest[-1][0], rest[:-1]
+        return xx, rest, ff
+
+    if speedup_vs:
+        baseline = _parse_baseline(speedup_vs)
+        metric = (metrics or ["e2e_mean"])[0]
+        table = speedup_table(runs, meta, baseline, metric)
+        csv = dest / "speedup.csv"
+        table.to_csv(csv, index=False)
+        written.append(csv)
+        xx, hue_axes, ff = layout(table, tuple(baseline))
+        if ff is None and hue_axes:
+            # one panel per value of the other field, one line per draft length
+            ff, hue_axes = hue_axes[-1][0], hue_axes[:-1]
+        hue = [f for ax in hue_axes for f in ax]
+        bl = ", ".join(f"{k}={v}" for k, v in baseline.items())
+        fig = line_figure(
+            table,
+            xx,
+            "speedup",
+            hue=[*[f for f in fields if f in baseline and f != xx], *hue],
+            facet=ff,
+            low="speedup_ci_low",
+            high="speedup_ci_high",
+            reference=1.0,
+            title=f"{name}: speedup = {metric}({bl}) / {metric}",
+            ylabel=f"speedup ({metric})",
+        )
+        path = dest / f"speedup_{metric}.png"
+        fig.savefig(path, dpi=110)
+        written.append(path)
+        return written
+
+    xx, hue_axes, ff = layout(summary)
+    hue = [f for ax in hue_axes for f in ax]
+    varying = _varying(summary, fields)
+    for m in metrics or meta["metrics"]:
+        if m not in summary.columns:
+            continue
+        scale, ylabel = _scale(m, summary[m])
+        ana = f"{m}_analytic" if f"{m}_analytic" in summary.columns else None
+        fig = line_figure(
+            summary,
+            xx,
+            m,
+            hue=hue,
+            facet=ff,
+            low=f"{m}_ci_low",
+            high=f"{m}_ci_high",
+            analytic=ana,
+            title=f"{name}: {m} (mean, 95% CI over {meta['replications']} reps)",
+            ylabel=ylabel,
+            scale=scale,
+        )
+        path = dest / f"{m}.png"
+        fig.savefig(path, dpi=110)
+        written.append(path)
+        if len(varying) == 2:
+            other = varying[1] if varying[0] == xx else varying[0]
+            hf = heatmap_figure(summary, xx, other, m, title=f"{name}: {ylabel}", scale=scale)
+            hpath = dest / f"{m}_heatmap.png"
+            hf.savefig(hpath, dpi=110)
+            written.append(hpath)
+    (dest / "plots.json").write_text(json.dumps([p.name for p in written], indent=1) + "\n")
+    return written

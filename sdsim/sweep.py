@@ -1,0 +1,911 @@
+"""Sweeps: a base scenario × a grid of dotted overrides × replications, run on any executor.
+
+A sweep file (YAML) names a base scenario, fixed overrides (``set``), a ``grid`` (the cartesian
+product of its fields' value lists), ``zip`` groups (lists of equal length that vary together, each
+group one axis of the product), ``replications`` and the ``metrics`` its summary keeps::
+
+    base: ../llama70b-tp4-a100.yaml
+    set: {workload.num_requests: 600}
+    grid: {spec.k: [0, 2, 4], workload.rate: [0.5, 1, 2]}
+    zip: [{acceptance.alpha: [0.6, 0.8], name: [low, high]}]
+    replications: 3
+    common_random_numbers: [spec.k]
+    metrics: [e2e_mean, e2e_p99]
+
+Every run (point × replication) is one task. Its seed is a pure function of the point's resolved
+base seed, a stable hash of its overrides (minus ``common_random_numbers`` fields, so that points
+differing only in those share their random numbers) and the replication index, never of execution
+order, so every executor gives the same numbers bit for bit.
+
+Each finished run is written at once, atomically, as one parquet file under ``DIR/results/``
+(named by the run's key), so a sweep killed mid-way loses at most the runs in flight and re-running
+it skips every run already there. A failing run is recorded with its error and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEFAULT_METRICS",
+    "KNOWN_METRICS",
+    "Point",
+    "RunTask",
+    "SweepPlan",
+    "SweepProgress",
+    "SweepResult",
+    "SweepSpec",
+    "derive_seed",
+    "execute_run",
+    "load_sweep",
+    "load_sweep_dir",
+    "plan_sweep",
+    "read_runs",
+    "run_sweep",
+    "speedup_table",
+    "summarize_runs",
+]
+
+import concurrent.futures as cf
+import contextlib
+import hashlib
+import importlib
+import itertools
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sdsim.errors import ScenarioError, format_validation_error
+from sdsim.metrics import SUMMARY_KEYS, t_confidence_interval
+from sdsim.scenario import Scenario, load_scenario, scenario_from_dict, scenario_hash
+
+# Summary scalars a sweep may keep: the DESIGN.md keys plus the simulator's diagnostics.
+KNOWN_METRICS: tuple[str, ...] = (
+    *(k for k in SUMMARY_KEYS if k != "seed"),
+    "measured",
+    "queue_delay_mean",
+    "acceptance_rate",
+    "busy_fraction",
+    "waiting_mean",
+    "arrival_rate_obs",
+    "queue_growth_rps",
+    "steps",
+    "duration_s",
+)
+
+DEFAULT_METRICS: tuple[str, ...] = (
+    "e2e_mean",
+    "e2e_p99",
+    "ttft_mean",
+    "ttft_p99",
+    "tpot_mean",
+    "throughput_rps",
+    "batch_mean",
+    "tokens_per_step_mean",
+    "stable",
+)
+
+# Columns every run row has besides the swept fields and the metrics.
+RUN_COLUMNS = ("run_key", "point", "point_key", "replication", "scenario_hash", "seed", "error")
+RESULTS_DIR = "results"
+META_FILE = "sweep.json"
+
+
+class SweepSpec(BaseModel):
+    """A sweep file, validated (unknown keys refused)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = ""
+    description: str = ""
+    base: str = Field(description="base scenario YAML, relative to the sweep file")
+    set: dict[str, Any] = Field(default_factory=dict, description="fixed dotted overrides")
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict, description="dotted field -> values (cartesian product)"
+    )
+    zip: list[dict[str, list[Any]]] = Field(
+        default_factory=list, description="groups of equal-length lists that vary together"
+    )
+    replications: int = Field(default=1, ge=1, le=10_000)
+    metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS), min_length=1)
+    common_random_numbers: list[str] = Field(
+        default_factory=list,
+        description="swept fields left out of the seed: points differing only in them share "
+        "random numbers (e.g. spec.k, for paired speedups)",
+    )
+
+    @field_validator("zip", mode="before")
+    @classmethod
+    def _one_group(cls, v: Any) -> Any:
+        # `zip: {a: [..], b: [..]}` is one group; a list of mappings is several.
+        return [v] if isinstance(v, dict) else v
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_values(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in v.items():
+            if not values:
+                raise ValueError(f"{key}: needs at least one value")
+        return v
+
+    @field_validator("zip")
+    @classmethod
+    def _zip_lengths(cls, v: list[dict[str, list[Any]]]) -> list[dict[str, list[Any]]]:
+        for i, group in enumerate(v):
+            if not group:
+                raise ValueError(f"group {i} is empty")
+            lengths = {key: len(values) for key, values in group.items()}
+            if len(set(lengths.values())) != 1 or 0 in lengths.values():
+                raise ValueError(
+                    f"group {i}: lists must be non-empty and of equal length {lengths}"
+                )
+        return v
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, v: list[str]) -> list[str]:
+        unknown = [m for m in v if m not in KNOWN_METRICS]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; allowed: {', '.join(KNOWN_METRICS)}")
+        return v
+
+    def axes(self) -> list[dict[str, list[Any]]]:
+        """The product's axes: one per grid field, one per zip group."""
+        return [{k: v} for k, v in self.grid.items()] + [dict(g) for g in self.zip]
+
+    def swept_fields(self) -> list[str]:
+        """Swept dotted names in file order (grid first, then zip groups)."""
+        return [k for axis in self.axes() for k in axis]
+
+
+@dataclass(frozen=True)
+class Point:
+    """One grid point: its overrides and the scenario they resolve to."""
+
+    index: int
+    overrides: dict[str, Any]
+    key: str
+    scenario: Scenario
+    scenario_hash: str
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """One run (point × replication): everything a worker needs, as plain picklable data."""
+
+    run_key: str
+    point: int
+    point_key: str
+    replication: int
+    seed: int
+    scenario_hash: str
+    scenario: dict[str, Any]
+    overrides: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A resolved sweep: its points and runs, in a fixed order."""
+
+    spec: SweepSpec
+    name: str
+    base: Path
+    fields: list[str]
+    points: list[Point]
+    tasks: list[RunTask]
+
+    def select(self, point_keys: set[str]) -> SweepPlan:
+        """The same sweep restricted to some points (e.g. a quick check of a large grid)."""
+        return SweepPlan(
+            spec=self.spec,
+            name=self.name,
+            base=self.base,
+            fields=self.fields,
+            points=[p for p in self.points if p.key in point_keys],
+            tasks=[t for t in self.tasks if t.point_key in point_keys],
+        )
+
+    def meta(self) -> dict[str, Any]:
+        """What ``DIR/sweep.json`` records (all ``sdsim plot`` needs)."""
+        return {
+            "name": self.name,
+            "description": self.spec.description,
+            "base": str(self.base),
+            "fields": self.fields,
+            "axes": [list(axis) for axis in self.spec.axes()],
+            "metrics": list(self.spec.metrics),
+            "replications": self.spec.replications,
+            "common_random_numbers": list(self.spec.common_random_numbers),
+            "points": [
+                {
+                    "point": p.index,
+                    "point_key": p.key,
+                    "scenario_hash": p.scenario_hash,
+                    "overrides": {k: _json_safe(v) for k, v in p.overrides.items()},
+                }
+                for p in self.points
+            ],
+            "run_keys": [t.run_key for t in self.tasks],
+        }
+
+
+@dataclass(frozen=True)
+class SweepProgress:
+    """Where a running sweep stands (passed to the progress callback after every run)."""
+
+    total: int
+    skipped: int
+    done: int
+    failed: int
+    elapsed_s: float
+
+    @property
+    def todo(self) -> int:
+        """Runs this invocation had to do (total minus those already on disk)."""
+        return self.total - self.skipped
+
+    @property
+    def eta_s(self) -> float:
+        """Estimated seconds left, from this invocation's pace (NaN before the first run)."""
+        finished = self.done + self.failed
+        if finished == 0:
+            return math.nan
+        return self.elapsed_s / finished * (self.todo - finished)
+
+
+@dataclass
+class SweepResult:
+    """What :func:`run_sweep` gives back."""
+
+    out_dir: Path
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+    skipped: int
+    done: int
+    failed: int
+    wall_s: float
+    files: list[Path] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- loading, planning
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep YAML file.
+
+    Raises
+    ------
+    ScenarioError
+        Missing file, invalid YAML or an invalid sweep key (named).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ScenarioError(str(path), "sweep file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ScenarioError(
+            str(path), f"cannot read sweep file: {exc.__class__.__name__}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ScenarioError(str(path), "a sweep file must be a mapping (base, grid, ...)")
+    try:
+        return SweepSpec.model_validate(data)
+    except ValidationError as exc:
+        raise format_validation_error(exc) from None
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _hash_words(text: str, n: int = 4) -> tuple[int, ...]:
+    digest = hashlib.sha256(text.encode()).digest()
+    return tuple(int.from_bytes(digest[4 * i : 4 * i + 4], "little") for i in range(n))
+
+
+def derive_seed(base_seed: int, scenario_name: str, point: dict[str, Any], replication: int) -> int:
+    """The seed of one run: a pure function of (scenario, point, replication).
+
+    Parameters
+    ----------
+    base_seed
+        The point's resolved scenario seed.
+    scenario_name
+        The base scenario's name (two sweeps over different scenarios get different streams).
+    point
+        The point's overrides that identify it (without common-random-number fields).
+    replication
+        Replication index.
+
+    Returns
+    -------
+    int
+        A seed in [0, 2**63), from ``numpy.random.SeedSequence(base_seed, spawn_key=(hash words of
+        the canonical JSON of name and point..., replication))``.
+    """
+    words = _hash_words(_canonical({"scenario": scenario_name, "point": point}))
+    ss = np.random.SeedSequence(int(base_seed), spawn_key=(*words, int(replication)))
+    return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def _json_safe(v: Any) -> Any:
+    return json.loads(_canonical(v))
+
+
+def _points(spec: SweepSpec) -> Iterator[dict[str, Any]]:
+    axes = spec.axes()
+    columns = [
+        [dict(zip(axis, vals, strict=True)) for vals in zip(*axis.values(), strict=True)]
+        for axis in axes
+    ]
+    for combo in itertools.product(*columns):
+        point: dict[str, Any] = {}
+        for part in combo:
+            point.update(part)
+        yield point
+
+
+def plan_sweep(
+    spec: SweepSpec,
+    sweep_path: str | Path | None = None,
+    *,
+    extra_set: dict[str, Any] | None = None,
+    replications: int | None = None,
+) -> SweepPlan:
+    """Resolve every point of a sweep into a validated scenario and every run into a task.
+
+    Parameters
+    ----------
+    spec
+        The sweep.
+    sweep_path
+        The sweep file (its directory anchors ``base``); ``None``: relative to the working dir.
+    extra_set
+        Further fixed overrides (the CLI's ``--set``), applied after ``spec.set``.
+    replications
+        Replaces ``spec.replications`` when given.
+
+    Raises
+    ------
+    ScenarioError
+        A swept field that does not exist or a value it does not allow (naming the field and the
+        point), a field both fixed and swept, or a bad ``common_random_numbers`` entry.
+    """
+    anchor = Path(sweep_path).resolve().parent if sweep_path is not None else Path.cwd()
+    base = Path(spec.base)
+    base = base if base.is_absolute() else anchor / base
+    if not base.is_file():
+        raise ScenarioError("base", f"base scenario not found: {base}")
+    fixed = {**spec.set, **(extra_set or {})}
+    fields = spec.swept_fields()
+    seen: set[str] = set()
+    for f in fields:
+        if f in seen:
+            raise ScenarioError(f, "is swept twice (in the grid and a zip group, or two groups)")
+        seen.add(f)
+        if f == "seed":
+            raise ScenarioError("grid.seed", "do not sweep the seed; use replications: N")
+        if f in fixed:
+            raise ScenarioError(f, "is both fixed (set / --set) and swept; drop one")
+    for f in spec.common_random_numbers:
+        if f not in seen:
+            raise ScenarioError(
+                "common_random_numbers", f"{f!r} is not a swept field (swept: {fields})"
+            )
+    reps = spec.replications if replications is None else int(replications)
+    if reps < 1:
+        raise ScenarioError("replications", f"must be >= 1 (got {reps})")
+    base_scn = load_scenario(base, fixed)
+    points: list[Point] = []
+    tasks: list[RunTask] = []
+    for i, ov in enumerate(_points(spec)):
+        try:
+            scn = load_scenario(base, {**fixed, **ov})
+        except ScenarioError as exc:
+            shown = _canonical(ov)
+            shown = shown if len(shown) <= 120 else shown[:117] + "..."
+            raise ScenarioError(exc.field, f"{exc.message} (sweep point {i}: {shown})") from None
+        h = scenario_hash(scn)
+        key = hashlib.sha256(_canonical(ov).encode()).hexdigest()[:16]
+        points.append(Point(index=i, overrides=ov, key=key, scenario=scn, scenario_hash=h))
+        seed_point = {k: v for k, v in ov.items() if k not in spec.common_random_numbers}
+        data = scn.to_dict()
+        for r in range(reps):
+            seed = derive_seed(scn.seed, base_scn.name, seed_point, r)
+            run_key = hashlib.sha256(f"{h}:{seed}:{r}".encode()).hexdigest()[:20]
+            tasks.append(
+                RunTask(
+                    run_key=run_key,
+                    point=i,
+                    point_key=key,
+                    replication=r,
+                    seed=seed,
+                    scenario_hash=h,
+                    scenario=data,
+                    overrides=ov,
+                )
+            )
+    name = spec.name or (Path(sweep_path).stem if sweep_path is not None else base_scn.name)
+    return SweepPlan(spec=spec, name=name, base=base, fields=fields, points=points, tasks=tasks)
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def _column_value(v: Any) -> Any:
+    # Parquet columns need one type; lists and mappings (per-position alpha, length laws) are kept
+    # as their canonical JSON text.
+    if v is None or isinstance(v, bool | int | float | str):
+        return v
+    return _canonical(v)
+
+
+def execute_run(task: RunTask) -> dict[str, Any]:
+    """Simulate one run and return its result row (never raises for a failing simulation).
+
+    The row holds the run's identity (``run_key``, ``point``, ``point_key``, ``replication``,
+    ``scenario_hash``, ``seed``), the swept fields as columns, every scalar of the summary,
+    ``error`` (``None`` on success, else ``"ExceptionType: message"``) and ``wall_s``.
+    """
+    from sdsim.simulation import simulate
+
+    t0 = time.perf_counter()
+    row: dict[str, Any] = {
+        "run_key": task.run_key,
+        "point": task.point,
+        "point_key": task.point_key,
+        "replication": task.replication,
+        "scenario_hash": task.scenario_hash,
+        "seed": task.seed,
+    }
+    for k, v in task.overrides.items():
+        row[k] = _column_value(v)
+    try:
+        res = simulate(scenario_from_dict(task.scenario), seed=task.seed)
+        for k, v in res.summary.items():
+            if k in row:
+                continue
+            if isinstance(v, bool | int | float | str) or v is None:
+                row[k] = v
+        row["error"] = None
+    except Exception as exc:  # a failing run is recorded, the sweep goes on
+        row["error"] = " ".join(f"{type(exc).__name__}: {exc}".split())[:2000]
+    row["wall_s"] = time.perf_counter() - t0
+    return row
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:  # pragma: no cover - pyarrow is in the sweep and test extras
+        raise ScenarioError("sweep", "needs pyarrow: pip install 'sdsim[sweep]'") from None
+    return pa, pq
+
+
+def _write_row(results: Path, row: dict[str, Any]) -> Path:
+    pa, pq = _pyarrow()
+    final = results / f"{row['run_key']}.parquet"
+    tmp = results / f".{row['run_key']}.{os.getpid()}.tmp"
+    pq.write_table(pa.Table.from_pylist([row]), tmp)
+    os.replace(tmp, final)  # atomic: a reader sees the whole file or none
+    return final
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_runs(out_dir: str | Path) -> pd.DataFrame:
+    """Every run row under ``DIR/results`` (one per point × replication), sorted by point.
+
+    Rows of runs that a later, changed sweep no longer contains are included; filter on
+    ``run_key`` (``sweep.json`` lists the current ones) to drop them.
+    """
+    _, pq = _pyarrow()
+    results = Path(out_dir) / RESULTS_DIR
+    frames = [pq.read_table(f).to_pandas() for f in sorted(results.glob("*.parquet"))]
+    if not frames:
+        return pd.DataFrame(columns=list(RUN_COLUMNS))
+    df = pd.concat(frames, ignore_index=True)
+    return df.sort_values(["point", "replication", "run_key"], kind="stable").reset_index(drop=True)
+
+
+def load_sweep_dir(out_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The metadata (``sweep.json``) and the current runs of a sweep output directory.
+
+    Raises
+    ------
+    ScenarioError
+        When DIR holds no sweep.
+    """
+    d = Path(out_dir)
+    meta_path = d / META_FILE
+    if not meta_path.is_file():
+        raise ScenarioError(str(out_dir), f"not a sweep output directory (no {META_FILE})")
+    meta = json.loads(meta_path.read_text())
+    runs = read_runs(d)
+    if len(runs):
+        runs = runs[runs["run_key"].isin(set(meta["run_keys"]))].reset_index(drop=True)
+    return meta, runs
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def _numeric(series: pd.Series) -> np.ndarray:
+    return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64)
+
+
+def summarize_runs(
+    runs: pd.DataFrame,
+    meta: dict[str, Any],
+    analytic: pd.DataFrame | None = None,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """Aggregate replications: one row per point with mean, std and t-based CI per metric.
+
+    Columns: ``point``, ``point_key``, the swept fields, ``runs`` (successful), ``failed``, and for
+    each metric ``M``: ``M`` (mean over successful replications), ``M_std`` (sample std),
+    ``M_ci_low``, ``M_ci_high`` (:func:`sdsim.metrics.t_confidence_interval`), plus ``M_analytic``
+    when ``analytic`` has it.
+    """
+    rows: list[dict[str, Any]] = []
+    ok_mask = runs["error"].isna() if len(runs) else pd.Series(dtype=bool)
+    for p in meta["points"]:
+        row: dict[str, Any] = {"point": p["point"], "point_key": p["point_key"]}
+        for f in meta["fields"]:
+            row[f] = _column_value(p["overrides"].get(f))
+        sel = runs[runs["point_key"] == p["point_key"]] if len(runs) else runs
+        ok = sel[ok_mask.loc[sel.index]] if len(sel) else sel
+        row["runs"] = len(ok)
+        row["failed"] = len(sel) - len(ok)
+        for m in meta["metrics"]:
+            vals = _numeric(ok[m]) if m in ok.columns and len(ok) else np.zeros(0)
+            mean, lo, hi = t_confidence_interval(vals, confidence)
+            finite = vals[np.isfinite(vals)]
+            row[m] = mean
+            row[f"{m}_std"] = float(finite.std(ddof=1)) if finite.size > 1 else math.nan
+            row[f"{m}_ci_low"] = lo
+            row[f"{m}_ci_high"] = hi
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if analytic is not None and len(analytic) and len(out):
+        cols = [c for c in analytic.columns if c.endswith("_analytic") or c == "analytic_error"]
+        out = out.merge(analytic[["point_key", *cols]], on="point_key", how="left")
+    return out
+
+
+def speedup_table(
+    runs: pd.DataFrame,
+    meta: dict[str, Any],
+    baseline: dict[str, Any],
+    metric: str = "e2e_mean",
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """Speedup of every point over its baseline twin: ``metric(baseline) / metric(point)``.
+
+    The baseline twin of a point has the same values of every swept field except those in
+    ``baseline`` (e.g. ``{"spec.k": 0}``), which take the baseline's values. Replications are paired
+    by index (with ``common_random_numbers`` on the baseline field they share their random
+    numbers), the ratio is taken per replication and summarised by its mean and t-based CI.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per non-baseline point: swept fields, ``speedup``, ``speedup_ci_low``,
+        ``speedup_ci_high``, ``pairs``.
+
+    Raises
+    ------
+    ScenarioError
+        A baseline field that is not swept or a value the grid does not hold.
+    """
+    fields = list(meta["fields"])
+    for f, v in baseline.items():
+        if f not in fields:
+            raise ScenarioError("--speedup-vs", f"{f!r} is not a swept field (swept: {fields})")
+        values = {_canonical(p["overrides"].get(f)) for p in meta["points"]}
+        if _canonical(v) not in values:
+            raise ScenarioError("--speedup-vs", f"{f}={v!r} is not a value of the grid")
+    if metric not in runs.columns:
+        raise ScenarioError("--metric", f"{metric!r} is not in the sweep results")
+    others = [f for f in fields if f not in baseline]
+
+    def ident(ov: dict[str, Any]) -> str:
+        return _canonical({f: ov.get(f) for f in others})
+
+    ok = runs[runs["error"].isna()] if len(runs) else runs
+    by_point = (
+        {key: grp.set_index("replication")[metric] for key, grp in ok.groupby("point_key")}
+        if len(ok)
+        else {}
+    )
+    base_of: dict[str, str] = {}
+    for p in meta["points"]:
+        if all(_canonical(p["overrides"].get(f)) == _canonical(v) for f, v in baseline.items()):
+            base_of[ident(p["overrides"])] = p["point_key"]
+    rows = []
+    for p in meta["points"]:
+        ov = p["overrides"]
+        if all(_canonical(ov.get(f)) == _canonical(v) for f, v in baseline.items()):
+            continue
+        bkey = base_of.get(ident(ov))
+        row: dict[str, Any] = {"point": p["point"], "point_key": p["point_key"]}
+        row.update({f: _column_value(ov.get(f)) for f in fields})
+        ratios = np.zeros(0)
+        if bkey is not None and bkey in by_point and p["point_key"] in by_point:
+            b, s = by_point[bkey], by_point[p["point_key"]]
+            common = b.index.intersection(s.index)
+            ratios = _numeric(b.loc[common]) / _numeric(s.loc[common])
+        mean, lo, hi = t_confidence_interval(ratios, confidence)
+        row.update(speedup=mean, speedup_ci_low=lo, speedup_ci_high=hi, pairs=int(ratios.size))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- analytic
+
+
+def _analytic_predict() -> Callable[[Scenario], Any]:
+    """sdsim.analytic.predict, or a ScenarioError saying why it cannot be used."""
+    try:
+        mod = importlib.import_module("sdsim.analytic")
+    except ImportError as exc:
+        raise ScenarioError(
+            "--with-analytic",
+            f"the analytic model (sdsim.analytic) is not available in this installation ({exc})",
+        ) from None
+    fn = getattr(mod, "predict", None)
+    if not callable(fn):
+        raise ScenarioError("--with-analytic", "sdsim.analytic has no predict(scenario)")
+    return fn
+
+
+def analytic_table(plan: SweepPlan) -> pd.DataFrame:
+    """The analytic prediction of every point's metrics (one row per point).
+
+    Columns ``point_key``, ``M_analytic`` for every sweep metric the prediction's ``summary``
+    holds, and ``analytic_error`` (``None`` unless the prediction failed for that point).
+    """
+    predict = _analytic_predict()
+    rows = []
+    for p in plan.points:
+        row: dict[str, Any] = {"point_key": p.key, "analytic_error": None}
+        try:
+            summ = predict(p.scenario).summary
+            for m in plan.spec.metrics:
+                v = summ.get(m)
+                row[f"{m}_analytic"] = float(v) if isinstance(v, int | float) else math.nan
+        except Exception as exc:  # one point's model failure must not hide the others
+            row["analytic_error"] = f"{type(exc).__name__}: {exc}"
+            for m in plan.spec.metrics:
+                row[f"{m}_analytic"] = math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- executors
+
+
+@contextlib.contextmanager
+def _executor(workers: int, dask: str | None) -> Iterator[tuple[cf.Executor, int]]:
+    """A concurrent.futures executor and how many runs to keep in flight."""
+    if dask is None:
+        import multiprocessing
+
+        # spawn, not fork: workers start clean (no inherited threads or RNG state) on every OS.
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+            yield ex, 2 * workers
+        return
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:  # pragma: no cover - dask is in the sweep and test extras
+        raise ScenarioError(
+            "--dask", "needs dask.distributed: pip install 'sdsim[sweep]'"
+        ) from None
+    cluster = None
+    try:
+        if dask == "local":
+            cluster = LocalCluster(
+                n_workers=max(workers, 1),
+                threads_per_worker=1,  # the simulator is pure Python: processes, not threads
+                processes=True,
+                dashboard_address=None,
+            )
+            client = Client(cluster)
+        else:
+            try:
+                client = Client(dask, timeout=10)
+            except (OSError, TimeoutError) as exc:
+                raise ScenarioError("--dask", f"cannot connect to {dask}: {exc}") from None
+        try:
+            slots = max(1, sum(client.nthreads().values()))
+            ex = client.get_executor(pure=False)
+            try:
+                yield ex, 2 * slots
+            finally:
+                ex.shutdown(wait=False)
+        finally:
+            client.close()
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def run_sweep(
+    plan: SweepPlan,
+    out_dir: str | Path,
+    *,
+    workers: int = 1,
+    dask: str | None = None,
+    with_analytic: bool = False,
+    progress: Callable[[SweepProgress], None] | None = None,
+) -> SweepResult:
+    """Run (or resume) a sweep, writing each finished run at once under ``out_dir``.
+
+    Parameters
+    ----------
+    plan
+        From :func:`plan_sweep`.
+    out_dir
+        Output directory: ``results/`` (one parquet file per run), ``sweep.json`` (the plan),
+        ``summary.parquet`` and ``summary.csv`` (replications aggregated), ``failures.csv``.
+    workers
+        Local worker processes; 1 runs in this process. With ``dask="local"`` the number of
+        LocalCluster workers.
+    dask
+        ``None`` (local), ``"local"`` (start a LocalCluster) or a scheduler address.
+    with_analytic
+        Add the analytic prediction beside each metric (needs :mod:`sdsim.analytic`).
+    progress
+        Called after every finished run.
+
+    Returns
+    -------
+    SweepResult
+
+    Raises
+    ------
+    ScenarioError
+        Bad worker count, unusable Dask address, analytic model unavailable.
+    """
+    if workers < 1:
+        raise ScenarioError("--workers", f"must be >= 1 (got {workers})")
+    if with_analytic:
+        _analytic_predict()  # fail before any simulation
+    out = Path(out_dir)
+    results = out / RESULTS_DIR
+    results.mkdir(parents=True, exist_ok=True)
+    for stale in results.glob(".*.tmp"):  # partial writes of a killed run
+        stale.unlink(missing_ok=True)
+    meta = plan.meta()
+    _write_atomic(out / META_FILE, json.dumps(meta, indent=1) + "\n")
+
+    existing = read_runs(out)
+    finished: set[str] = set()
+    if len(existing):
+        finished = set(existing.loc[existing["error"].isna(), "run_key"])
+    todo = [t for t in plan.tasks if t.run_key not in finished]
+    skipped = len(plan.tasks) - len(todo)
+    done = failed = 0
+    t0 = time.perf_counter()
+
+    def record(row: dict[str, Any]) -> None:
+        nonlocal done, failed
+        _write_row(results, row)
+        if row["error"] is None:
+            done += 1
+        else:
+            failed += 1
+        if progress is not None:
+            progress(
+                SweepProgress(len(plan.tasks), skipped, done, failed, time.perf_counter() - t0)
+            )
+
+    if progress is not None:
+        progress(SweepProgress(len(plan.tasks), skipped, 0, 0, 0.0))
+    if todo and workers == 1 and dask is None:
+        for task in todo:
+            record(execute_run(task))
+    elif todo:
+        with _executor(workers, dask) as (ex, window):
+            pending: dict[cf.Future[dict[str, Any]], RunTask] = {}
+            queue = iter(todo)
+            try:
+                while True:
+                    for task in itertools.islice(queue, max(window - len(pending), 0)):
+                        pending[ex.submit(execute_run, task)] = task
+                    if not pending:
+                        break
+                    finished_now, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                    for fut in finished_now:
+                        task = pending.pop(fut)
+                        try:
+                            row = fut.result()
+                        except Exception as exc:  # worker died, unpicklable result, ...
+                            row = _failed_row(task, exc)
+                        record(row)
+            except BaseException:
+                for fut in pending:
+                    fut.cancel()
+                raise
+    wall = time.perf_counter() - t0
+    return finish_sweep(plan, out, with_analytic, skipped, done, failed, wall)
+
+
+def _failed_row(task: RunTask, exc: BaseException) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "run_key": task.run_key,
+        "point": task.point,
+        "point_key": task.point_key,
+        "replication": task.replication,
+        "scenario_hash": task.scenario_hash,
+        "seed": task.seed,
+    }
+    row.update({k: _column_value(v) for k, v in task.overrides.items()})
+    row["error"] = " ".join(f"{type(exc).__name__}: {exc}".split())[:2000]
+    row["wall_s"] = math.nan
+    return row
+
+
+def finish_sweep(
+    plan: SweepPlan,
+    out: Path,
+    with_analytic: bool,
+    skipped: int,
+    done: int,
+    failed: int,
+    wall_s: float,
+) -> SweepResult:
+    """Aggregate the runs on disk into ``summary.parquet``/``summary.csv`` (and failures.csv)."""
+    _, pq = _pyarrow()
+    meta, runs = load_sweep_dir(out)
+    analytic = analytic_table(plan) if with_analytic else None
+    if analytic is not None:
+        import pyarrow as pa
+
+        pq.write_table(
+            pa.Table.from_pandas(analytic, preserve_index=False), out / "analytic.parquet"
+        )
+    summary = summarize_runs(runs, meta, analytic)
+    files = [out / "summary.parquet", out / "summary.csv"]
+    import pyarrow as pa
+
+    tmp = out / f".summary.{os.getpid()}.tmp"
+    pq.write_table(pa.Table.from_pandas(summary, preserve_index=False), tmp)
+    os.replace(tmp, files[0])
+    _write_atomic(files[1], summary.to_csv(index=False))
+    fail_path = out / "failures.csv"
+    failures = runs[runs["error"].notna()] if len(runs) else runs
+    if len(failures):
+        cols = ["run_key", "point", "replication", "seed", *plan.fields, "error"]
+        _write_atomic(fail_path, failures[cols].to_csv(index=False))
+        files.append(fail_path)
+    else:
+        fail_path.unlink(missing_ok=True)
+    return SweepResult(
+        out_dir=out,
+        runs=runs,
+        summary=summary,
+        skipped=skipped,
+        done=done,
+        failed=failed,
+        wall_s=wall_s,
+        files=files,
+    )
