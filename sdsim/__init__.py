@@ -3,10 +3,12 @@
 A SimPy simulator of a continuous-batching LLM server with speculative decoding, a closed-form
 model of the same server, and kernel measurements that check both.
 
-Public API: :func:`load_scenario`, :func:`simulate`, :func:`step_time`, and the types they return.
+Public API: :func:`load_scenario`, :func:`simulate`, :func:`step_time`, the KV-cache sizing helpers
+:func:`derive_num_gpu_blocks` and :func:`kv_bytes_per_token`, and the types they return.
 """
 
 from sdsim.costs.step import StepTime
+from sdsim.engine.kvcache import derive_num_gpu_blocks, kv_bytes_per_token
 from sdsim.errors import ScenarioError
 from sdsim.scenario import Scenario, load_scenario
 from sdsim.simulation import SimResult, simulate
@@ -65,6 +67,8 @@ __all__ = [
     "SimResult",
     "StepTime",
     "__version__",
+    "derive_num_gpu_blocks",
+    "kv_bytes_per_token",
     "load_scenario",
     "simulate",
     "step_time",

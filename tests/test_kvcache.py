@@ -6,6 +6,8 @@ from collections import deque
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sdsim import simulate
 from sdsim.engine.kvcache import KVCache, derive_num_gpu_blocks, kv_bytes_per_token
@@ -302,3 +304,63 @@ def test_kv_limit_that_never_binds_changes_nothing() -> None:
     assert a.requests.equals(b.requests) and a.steps[cols].equals(b.steps[cols])
     np.testing.assert_array_equal(a.steps["kv_blocks_used"], b.steps["kv_blocks_used"])
     assert b.summary["preemptions"] == 0 and 0 < b.summary["kv_util_mean"] < 1
+
+
+@settings(
+    max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(
+    block_size=st.sampled_from([1, 4, 16, 32]),
+    slack=st.integers(0, 400),
+    k=st.integers(0, 6),
+    policy=st.sampled_from(["vllm-v1", "prefill-first"]),
+    adaptive=st.booleans(),
+    budget=st.integers(40, 600),
+    seqs=st.integers(1, 24),
+    seed=st.integers(0, 1000),
+)
+def test_property_any_tight_cache_completes_every_request_once(
+    block_size: int,
+    slack: int,
+    k: int,
+    policy: str,
+    adaptive: bool,
+    budget: int,
+    seqs: int,
+    seed: int,
+) -> None:
+    # Any capacity from the smallest legal one upwards, any policy: blocks are conserved after
+    # every step, use never exceeds capacity, and every request finishes with its output tokens.
+    k_top = max(k, 6) if adaptive else k
+    longest = 300 + 60 - 1 + k_top
+    blocks = -(-longest // block_size) + slack // block_size
+    scn = small(
+        **{
+            "spec.k": k,
+            "spec.policy": "adaptive" if adaptive else "fixed",
+            "spec.k_max": 6,
+            "server.block_size": block_size,
+            "server.num_gpu_blocks": blocks,
+            "server.scheduler": policy,
+            "server.max_num_batched_tokens": budget,
+            "server.max_num_seqs": seqs,
+            "workload.rate": 50.0,
+            "workload.num_requests": 60,
+            "warmup_requests": 5,
+            "workload.prompt_tokens": {"dist": "uniform", "low": 1, "high": 300},
+            "workload.output_tokens": {"dist": "uniform", "low": 1, "high": 60},
+        }
+    )
+
+    def hook(engine: Engine, batch: Batch) -> None:
+        engine.kv.check(engine.run_ids)
+        assert engine.kv_in_step <= blocks
+        tokens = int(batch.prefill_chunks.sum()) + batch.decode_ids.shape[0] * (engine.k + 1)
+        assert 0 < tokens <= budget and batch.num_seqs <= seqs
+
+    res = simulate(scn, seed=seed, on_step=hook)
+    df = res.requests
+    assert df["finish"].notna().all()
+    assert res.steps["emitted"].sum() == df["output_tokens"].sum()
+    assert res.steps["preempted"].sum() == df["preemptions"].sum()
+    assert (df["first_token"] <= df["finish"]).all()

@@ -87,13 +87,14 @@ def test_least_outstanding_picks_the_emptiest_replica() -> None:
 def test_least_outstanding_counts_are_kept_and_balance_better_than_random() -> None:
     # Heavy-tailed outputs (lognormal, CV 2) on 4 replicas of 4 sequences each: joining the
     # emptiest replica avoids queueing behind long requests. Measured mean queueing delay with
-    # seeds 0, 1, 2: least-outstanding 14-48 ms, random 105-317 ms, round-robin 85-229 ms; we
-    # require a factor 2 at seed 0 (observed 7) and lower mean e2e than both (observed -25%).
+    # 800 requests, seeds 0, 1, 2: least-outstanding 15-25 ms, random 69-241 ms, round-robin
+    # 82-157 ms; mean e2e 0.22-0.24 s vs 0.27-0.46 s. We require a factor 2 on queueing delay
+    # at seed 0 (observed 4.5) and 10% lower mean e2e than both (observed 20%).
     over = {
         "server.replicas": 4,
         "server.max_num_seqs": 4,
         "workload.rate": 60.0,
-        "workload.num_requests": 1500,
+        "workload.num_requests": 800,
         "workload.output_tokens": {"dist": "lognormal", "mean": 64, "cv": 2.0},
     }
 
@@ -110,4 +111,4 @@ def test_least_outstanding_counts_are_kept_and_balance_better_than_random() -> N
     assert lo.summary["queue_delay_mean"] < 0.5 * rr.summary["queue_delay_mean"]
     assert lo.summary["e2e_mean"] < 0.9 * min(rnd.summary["e2e_mean"], rr.summary["e2e_mean"])
     counts = np.bincount(lo.requests["replica"], minlength=4)
-    assert counts.min() > 0.15 * 1500  # every replica takes a real share
+    assert counts.min() > 0.15 * 800  # every replica takes a real share
