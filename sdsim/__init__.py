@@ -4,11 +4,13 @@ A SimPy simulator of a continuous-batching LLM server with speculative decoding,
 model of the same server, and kernel measurements that check both.
 
 Public API: :func:`load_scenario`, :func:`simulate`, :func:`step_time`, :func:`predict`,
-:func:`fit_measurements`, :func:`load_sweep`, :func:`plan_sweep`, :func:`run_sweep`, and the types
-they return.
+:func:`fit_measurements`, :func:`load_sweep`, :func:`plan_sweep`, :func:`run_sweep`, the KV-cache
+sizing helpers :func:`derive_num_gpu_blocks` and :func:`kv_bytes_per_token`, and the types they
+return.
 """
 
 from sdsim.costs.step import StepTime
+from sdsim.engine.kvcache import derive_num_gpu_blocks, kv_bytes_per_token
 from sdsim.errors import ScenarioError
 from sdsim.scenario import Scenario, load_scenario
 from sdsim.simulation import SimResult, simulate
@@ -92,7 +94,9 @@ __all__ = [
     "SimResult",
     "StepTime",
     "__version__",
+    "derive_num_gpu_blocks",
     "fit_measurements",
+    "kv_bytes_per_token",
     "load_scenario",
     "load_sweep",
     "plan_sweep",

@@ -110,10 +110,12 @@ def print_summary(summary: dict[str, Any], title: str) -> None:
         "throughput_tps",
         "tokens_per_step_mean",
         "acceptance_rate",
+        "k_mean",
         "batch_mean",
         "in_system_mean",
         "little_residual",
         "preemptions",
+        "kv_util_mean",
         "stable",
         "seed",
     ):

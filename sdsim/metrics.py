@@ -185,7 +185,9 @@ def summarize(
     if span > 0 and len(steps):
         w = _overlap_weights(start, sdur, t0, t1)
         out["batch_mean"] = float((steps["num_seqs"].to_numpy() * w).sum() / span)
-        out["busy_fraction"] = float(w.sum() / span)
+        # per replica: steps of N replicas overlap in time
+        replicas = int((getattr(run, "info", {}) or {}).get("replicas", 1) or 1)
+        out["busy_fraction"] = float(w.sum() / span / replicas)
         emitted_in = (start + sdur >= t0) & (start + sdur <= t1)
         out["throughput_tps"] = float(steps["emitted"].to_numpy()[emitted_in].sum() / span)
         waiting_mean = float((steps["waiting"].to_numpy() * w).sum() / max(w.sum(), 1e-300))
@@ -208,10 +210,40 @@ def summarize(
     out["stable"] = bool(not run.stopped_early and not grew)
     out["stop_reason"] = run.stop_reason
     out["preemptions"] = int(requests["preemptions"].sum())
+    out["preempted_requests"] = int((requests["preemptions"] > 0).sum())
+    _engine_facts(run, steps, t0, t1, out)
     out["steps"] = len(steps)
     out["duration_s"] = float(run.end_time)
     out["seed"] = int(seed)
     return out
+
+
+def _engine_facts(
+    run: SimRun, steps: pd.DataFrame, t0: float, t1: float, out: dict[str, Any]
+) -> None:
+    """Overheads, draft length and KV use: what the analytic model needs to mirror the engine.
+
+    Adds ``api_delay_s`` (per-request delay before admission), ``overhead_s_mean`` (CPU overhead
+    per step, mean over steps), ``k_mean`` (draft length per decoding request-step; the adaptive
+    policy's average choice), ``kv_blocks_total`` (per replica, ``None`` = unlimited),
+    ``kv_peak_blocks`` and ``kv_util_mean`` (time-weighted blocks in use / capacity over the
+    window, all replicas; NaN when unlimited) and ``replicas``.
+    """
+    out.update(getattr(run, "info", {}) or {})
+    n = len(steps)
+    out["overhead_s_mean"] = float(steps["overhead_s"].mean()) if n else math.nan
+    dec = steps["decode_seqs"].to_numpy() if n else np.zeros(0)
+    out["k_mean"] = (
+        float((steps["k"].to_numpy() * dec).sum() / dec.sum()) if n and dec.sum() else math.nan
+    )
+    total = out.get("kv_blocks_total")
+    span = t1 - t0
+    if total and n and span > 0:
+        w = _overlap_weights(steps["start"].to_numpy(), steps["duration"].to_numpy(), t0, t1)
+        used = (steps["kv_blocks_used"].to_numpy() * w).sum()
+        out["kv_util_mean"] = float(used / (span * total * int(out.get("replicas", 1) or 1)))
+    else:
+        out["kv_util_mean"] = math.nan
 
 
 def _queue_growth(

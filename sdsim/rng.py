@@ -15,7 +15,14 @@ Two kinds of stream:
 
 from __future__ import annotations
 
-__all__ = ["STREAMS", "counter_uniform", "stream", "stream_key"]
+__all__ = [
+    "STREAMS",
+    "counter_base",
+    "counter_uniform",
+    "counter_uniform_from_base",
+    "stream",
+    "stream_key",
+]
 
 import numpy as np
 import numpy.typing as npt
@@ -93,11 +100,27 @@ def counter_uniform(key: int, i: npt.ArrayLike, j: npt.ArrayLike) -> npt.NDArray
     numpy.ndarray
         float64 in the open interval (0, 1).
     """
+    return counter_uniform_from_base(counter_base(key, i), j)
+
+
+def counter_base(key: int, i: npt.ArrayLike) -> npt.NDArray[np.uint64]:
+    """The per-``i`` half of :func:`counter_uniform`'s hash, to compute once and reuse.
+
+    ``counter_uniform_from_base(counter_base(key, i), j) == counter_uniform(key, i, j)`` exactly;
+    the engine hashes every request id once per run instead of once per step.
+    """
     with np.errstate(over="ignore"):
         ii = np.asarray(i, dtype=np.uint64)
-        jj = np.asarray(j, dtype=np.uint64)
         k = np.asarray(key, dtype=np.uint64)
-        h = _mix(k ^ (_mix(ii * _C_I)))
-        h = _mix(h ^ (jj * _C_J))
+        return _mix(k ^ (_mix(ii * _C_I)))
+
+
+def counter_uniform_from_base(
+    base: npt.NDArray[np.uint64], j: npt.ArrayLike
+) -> npt.NDArray[np.float64]:
+    """Uniform(0, 1) draws from precomputed :func:`counter_base` values and counters ``j``."""
+    with np.errstate(over="ignore"):
+        jj = np.asarray(j, dtype=np.uint64)
+        h = _mix(base ^ (jj * _C_J))
     # Top 53 bits, centred in their cell so 0 and 1 are never produced.
     return ((h >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / 9007199254740992.0)

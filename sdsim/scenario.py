@@ -236,15 +236,34 @@ class DrafterSpec(_Frozen):
 
 
 class SpecSpec(_Frozen):
-    """Speculative decoding settings."""
+    """Speculative decoding settings.
+
+    ``policy: fixed`` drafts ``k`` tokens every step. ``policy: adaptive`` picks k in
+    ``0..k_max`` before every step from the observed acceptance rate and the current batch
+    (maximising expected tokens per second of step time), starting from ``k``.
+    """
 
     k: int = Field(default=4, ge=0, le=MAX_K, description="draft tokens per step; 0 = off")
     policy: Literal["fixed", "adaptive"] = "fixed"
     k_max: int = Field(default=8, ge=1, le=MAX_K, description="largest k the adaptive policy tries")
+    alpha_halflife_tokens: float = Field(
+        default=256.0,
+        gt=0,
+        le=1e9,
+        description="adaptive policy: drafted tokens over which an acceptance observation's "
+        "weight halves",
+    )
 
 
 class ServerSpec(_Frozen):
-    """Engine limits (vLLM's names)."""
+    """Engine limits (vLLM's names), replicas and their router.
+
+    ``num_gpu_blocks`` is the KV-cache capacity in blocks of ``block_size`` tokens, per replica
+    (what vLLM logs at start-up); ``null`` means unlimited. ``scheduler`` is ``vllm-v1`` (running
+    requests first, chunked prefill, preemption by recomputation when the KV cache is short) or
+    ``prefill-first`` (older engines). ``api_delay_s`` delays every request before it reaches the
+    waiting queue (API server, tokenisation); per-step CPU overhead belongs to the cost model.
+    """
 
     max_num_seqs: int = Field(default=256, ge=1)
     max_num_batched_tokens: int = Field(default=8192, ge=1)
@@ -375,7 +394,9 @@ class WorkloadSpec(_Frozen):
 class LimitsSpec(_Frozen):
     """Bounds that stop an overloaded run instead of letting its queue grow forever."""
 
-    max_waiting: int = Field(default=20_000, ge=1, description="stop when this many wait")
+    max_waiting: int = Field(
+        default=20_000, ge=1, description="stop when more than this many wait (all replicas)"
+    )
     max_sim_time_s: float | None = Field(default=None, gt=0)
 
 
@@ -405,6 +426,22 @@ class Scenario(_Frozen):
             raise ValueError(
                 f"acceptance.alpha: per-position list has {len(a)} entries, needs >= spec.k "
                 f"({self.spec.k})"
+            )
+        if (
+            isinstance(a, list)
+            and self.spec.policy == "adaptive"
+            and len(a) < max(self.spec.k, self.spec.k_max)
+        ):
+            raise ValueError(
+                f"acceptance.alpha: per-position list has {len(a)} entries, the adaptive policy "
+                f"needs >= spec.k_max ({self.spec.k_max})"
+            )
+        k_top = max(self.spec.k, self.spec.k_max) if self.spec.policy == "adaptive" else self.spec.k
+        if self.server.max_num_batched_tokens < k_top + 1:
+            raise ValueError(
+                f"server.max_num_batched_tokens: must be >= k + 1 = {k_top + 1} (a decoding "
+                f"request verifies k + 1 tokens in one step), got "
+                f"{self.server.max_num_batched_tokens}"
             )
         if self.warmup_requests >= self.workload.num_requests and self.workload.arrival != "trace":
             raise ValueError(

@@ -42,7 +42,8 @@ class RequestTable:
     Attributes hold the DESIGN.md request record fields plus engine bookkeeping:
     ``prefilled``/``prefill_target`` (prompt tokens computed so far / to compute, the target growing
     to prompt + generated after a preemption by recomputation) and ``decode_counter`` (how many
-    acceptance draws the request has used; never reset, so draws stay fresh after preemption).
+    acceptance draws the request has used; never reset, so draws stay fresh after preemption),
+    ``kv_blocks`` (KV-cache blocks held now) and ``replica`` (where the router sent it).
     """
 
     def __init__(self, wl: Workload) -> None:
@@ -65,6 +66,7 @@ class RequestTable:
         self.preemptions = np.zeros(n, dtype=np.int64)
         self.decode_counter = np.zeros(n, dtype=np.int64)
         self.replica = np.zeros(n, dtype=np.int64)
+        self.kv_blocks = np.zeros(n, dtype=np.int64)
 
 
 class StepColumns:
