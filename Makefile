@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_DEMO := $(VENV)/.demo-installed
 STAMP_TEST := $(VENV)/.test-installed
 
-.PHONY: demo test lint typecheck unit bench clean notebooks
+.PHONY: demo test lint typecheck unit nbtest bench clean notebooks
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,13 +23,21 @@ demo: $(STAMP_DEMO)
 	$(BIN)/sdsim run scenarios/default.yaml --out out/default
 
 lint: $(STAMP_TEST)
-	$(BIN)/ruff check sdsim tests benchmarks
+	$(BIN)/ruff check sdsim tests benchmarks notebooks
 	$(BIN)/mypy sdsim
 
 unit: $(STAMP_TEST)
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
-test: lint unit
+# Execute every teaching notebook (small-size switch on, headless matplotlib); fails on any cell error.
+nbtest: $(STAMP_TEST)
+	SDSIM_NOTEBOOK_SMALL=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q --nbmake -n 2 notebooks/*.ipynb
+
+# Regenerate the committed .ipynb files from their jupytext py:percent sources (no outputs).
+notebooks: $(STAMP_TEST)
+	$(BIN)/jupytext --to ipynb notebooks/[0-9]*.py
+
+test: lint unit nbtest
 
 bench: $(STAMP_DEMO)
 	$(BIN)/python benchmarks/run.py
