@@ -3,11 +3,13 @@
 A SimPy simulator of a continuous-batching LLM server with speculative decoding, a closed-form
 model of the same server, and kernel measurements that check both.
 
-Public API: :func:`load_scenario`, :func:`simulate`, :func:`step_time`, and the types they return.
+Public API: :func:`load_scenario`, :func:`simulate`, :func:`step_time`, :func:`load_report`,
+:func:`report_to_measurements`, and the types they return.
 """
 
 from sdsim.costs.step import StepTime
 from sdsim.errors import ScenarioError
+from sdsim.reports import Report, load_report, report_to_measurements
 from sdsim.scenario import Scenario, load_scenario
 from sdsim.simulation import SimResult, simulate
 
@@ -60,12 +62,15 @@ def step_time(
 
 
 __all__ = [
+    "Report",
     "Scenario",
     "ScenarioError",
     "SimResult",
     "StepTime",
     "__version__",
+    "load_report",
     "load_scenario",
+    "report_to_measurements",
     "simulate",
     "step_time",
 ]
