@@ -112,6 +112,7 @@ async def _drive(port: int) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
+@pytest.mark.realtime
 def test_serve_matches_simulation(tmp_path: Path) -> None:
     scn_path = tmp_path / "scn.yaml"
     scn_path.write_text(sdsim.scenario.scenario_from_dict(SCENARIO).to_yaml())
