@@ -27,7 +27,9 @@ lint: $(STAMP_TEST)
 	$(BIN)/mypy sdsim
 
 unit: $(STAMP_TEST)
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not realtime"
+	# wall-clock tests need a quiet machine: run them alone
+	$(BIN)/python -m pytest -q -p no:xdist -m realtime
 
 # Execute every teaching notebook (small-size switch on, headless matplotlib); fails on any cell error.
 nbtest: $(STAMP_TEST)

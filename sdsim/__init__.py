@@ -5,13 +5,14 @@ model of the same server, and kernel measurements that check both.
 
 Public API: :func:`load_scenario`, :func:`simulate`, :func:`step_time`, :func:`predict`,
 :func:`fit_measurements`, :func:`load_sweep`, :func:`plan_sweep`, :func:`run_sweep`, the KV-cache
-sizing helpers :func:`derive_num_gpu_blocks` and :func:`kv_bytes_per_token`, and the types they
-return.
+sizing helpers :func:`derive_num_gpu_blocks` and :func:`kv_bytes_per_token`, the report
+readers :func:`load_report` and :func:`report_to_measurements`, and the types they return.
 """
 
 from sdsim.costs.step import StepTime
 from sdsim.engine.kvcache import derive_num_gpu_blocks, kv_bytes_per_token
 from sdsim.errors import ScenarioError
+from sdsim.reports import Report, load_report, report_to_measurements
 from sdsim.scenario import Scenario, load_scenario
 from sdsim.simulation import SimResult, simulate
 
@@ -89,6 +90,7 @@ def step_time(
 __all__ = [
     "FitResult",
     "Prediction",
+    "Report",
     "Scenario",
     "ScenarioError",
     "SimResult",
@@ -97,10 +99,12 @@ __all__ = [
     "derive_num_gpu_blocks",
     "fit_measurements",
     "kv_bytes_per_token",
+    "load_report",
     "load_scenario",
     "load_sweep",
     "plan_sweep",
     "predict",
+    "report_to_measurements",
     "run_sweep",
     "simulate",
     "step_time",

@@ -451,13 +451,8 @@ def predict(
         )
 
 
-@app.command()
-def fit(
-    measurements: Annotated[Path, typer.Argument(help="CSV of measured mean latencies")],
-    form: Annotated[str, typer.Option("--form", help="dense | sd | auto")] = "auto",
-    json_out: Annotated[bool, typer.Option("--json", help="print the fit as JSON")] = False,
-) -> None:
-    """Fit the dense (C1, C2) or six-coefficient SD form to a measurements table."""
+def _fit_measurements_csv(measurements: Path, form: str, json_out: bool) -> None:
+    """Fit the dense (C1, C2) or six-coefficient SD form to a measurements table (`sdsim fit`)."""
     import pandas as pd
 
     from sdsim.analytic.fitting import fit_measurements
@@ -784,6 +779,255 @@ def plot(
 
 
 # --- end sweep commands -----------------------------------------------------------------------
+
+
+# --- reports / serve commands (issue 10: report import, fit, compare, serve) ---------------------
+
+ReportArgs = Annotated[
+    list[Path], typer.Argument(help="GuideLLM (JSON/YAML) or vLLM bench serve (JSON) report(s)")
+]
+OptScenario = Annotated[
+    Path | None, typer.Option("--scenario", help="scenario YAML (server, k, alpha, costs)")
+]
+
+
+def _scenario_or_default(path: Path | None, sets: list[str] | None) -> Scenario:
+    return load_scenario(path, parse_set_options(sets))
+
+
+def _pct(v: float) -> str:
+    return f"{v * 100:+.1f}%" if math.isfinite(v) else "-"
+
+
+@app.command()
+def fit(
+    reports: ReportArgs,
+    scenario: OptScenario = None,
+    set_: SetOpt = None,
+    alpha: Annotated[
+        float | None, typer.Option("--alpha", help="acceptance the server ran with")
+    ] = None,
+    k: Annotated[int | None, typer.Option("--k", help="draft length the server ran with")] = None,
+    metric: Annotated[str, typer.Option("--metric", help="mean latency to fit")] = "e2e_mean",
+    linear: Annotated[
+        bool, typer.Option("--linear/--no-linear", help="also fit linear step costs")
+    ] = True,
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="write a scenario YAML that uses the fitted costs")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print results as JSON")] = False,
+    form: Annotated[
+        str, typer.Option("--form", help="for a measurements CSV: dense | sd | auto")
+    ] = "auto",
+) -> None:
+    """Fit the analytic model to measurements.
+
+    A CSV (columns rate, alpha, k, prompt_tokens, output_tokens, e2e_mean) gets the dense or
+    six-coefficient SD form by least squares; GuideLLM / vLLM reports get the dense model
+    L = C1/(1 - rate*C2) and, from per-request timings, linear step costs.
+    """
+    if len(reports) == 1 and reports[0].suffix.lower() == ".csv":
+        _fit_measurements_csv(reports[0], form, json_out)
+        return
+    from sdsim.reports import (
+        costs_from_dense,
+        fit_dense,
+        fit_linear_costs,
+        fitted_scenario,
+        load_reports,
+        report_to_measurements,
+    )
+
+    if alpha is not None and not 0.0 <= alpha <= 1.0:
+        raise ScenarioError("--alpha", f"must lie in [0, 1] (got {alpha})")
+    if k is not None and k < 0:
+        raise ScenarioError("--k", f"must be >= 0 (got {k})")
+    over: dict[str, Any] = parse_set_options(set_)
+    if alpha is not None:
+        over["acceptance.alpha"] = alpha
+    if k is not None:
+        over["spec.k"] = k
+    scn = load_scenario(scenario, over)
+    if out_path is not None:
+        _check_writable(out_path.parent if str(out_path.parent) else Path("."))
+    rep = load_reports(reports)
+    meas = report_to_measurements(rep, scenario=scn)
+    dense = fit_dense(meas, metric=metric)
+    lin = None
+    lin_note = ""
+    if linear:
+        try:
+            lin = fit_linear_costs(rep, scn)
+        except ScenarioError as exc:
+            lin_note = exc.message
+    costs = (
+        lin.costs
+        if lin is not None
+        else costs_from_dense(dense, scn, float(meas["output_tokens"].mean()))
+    )
+    result: dict[str, Any] = {
+        "dense": {
+            "metric": dense.metric,
+            "c1": dense.c1,
+            "c1_se": dense.c1_se,
+            "c2": dense.c2,
+            "c2_se": dense.c2_se,
+            "r2": dense.r2,
+            "saturation_rate": dense.saturation_rate,
+            "table": dense.table.to_dict(orient="records"),
+        },
+        "linear": None
+        if lin is None
+        else {
+            "verify_fixed_s": lin.verify_fixed_s,
+            "verify_fixed_se": lin.verify_fixed_se,
+            "verify_per_token_s": lin.verify_per_token_s,
+            "verify_per_token_se": lin.verify_per_token_se,
+            "r2": lin.r2,
+            "requests": lin.requests,
+            "clipped": lin.clipped,
+        },
+        "costs": costs.model_dump(mode="json"),
+    }
+    if out_path is not None:
+        fitted = fitted_scenario(scn, costs, name=f"{scn.name}-fitted")
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        src = ", ".join(str(r) for r in reports)
+        out_path.write_text(f"# fitted by `sdsim fit` from {src}\n" + fitted.to_yaml())
+        result["scenario"] = str(out_path)
+    if json_out:
+        out.print_json(json.dumps(result, default=str))
+        return
+    t = Table(title=f"dense fit of {metric}: L = C1 / (1 - rate * C2)")
+    for c in ("coefficient", "value", "std. error"):
+        t.add_column(c, justify="right" if c != "coefficient" else "left")
+    t.add_row("C1 (ms)", _ms(dense.c1), _ms(dense.c1_se))
+    t.add_row("C2 (ms)", _ms(dense.c2), _ms(dense.c2_se))
+    t.add_row("saturation (req/s)", _fmt(dense.saturation_rate), "")
+    t.add_row("R²", _fmt(dense.r2), "")
+    out.print(t)
+    t2 = Table(title="predicted vs measured")
+    for c in ("benchmark", "strategy", "rate (req/s)", "measured (ms)", "predicted (ms)", "error"):
+        t2.add_column(c, justify="right")
+    for r in dense.table.to_dict(orient="records"):
+        t2.add_row(
+            str(r["benchmark"]) + ("" if r["used"] else " (not fitted)"),
+            str(r["strategy"]),
+            _fmt(float(r["rate"])),
+            _ms(float(r["measured"])),
+            _ms(float(r["predicted"])),
+            _pct(float(r["rel_error"])),
+        )
+    out.print(t2)
+    if lin is not None:
+        t3 = Table(title=f"linear step costs from {lin.requests} requests (R² {_fmt(lin.r2)})")
+        for c in ("field", "value", "std. error"):
+            t3.add_column(c, justify="right" if c != "field" else "left")
+        t3.add_row("verify_fixed_s", _fmt(lin.verify_fixed_s), _fmt(lin.verify_fixed_se))
+        t3.add_row(
+            "verify_per_token_s", _fmt(lin.verify_per_token_s), _fmt(lin.verify_per_token_se)
+        )
+        out.print(t3)
+        if lin.clipped:
+            err.print("[yellow]warning:[/] a fitted step cost hit its lower bound 0")
+    elif linear:
+        err.print(f"note: linear step costs not fitted ({lin_note}); derived from C1, C2 instead")
+    if out_path is not None:
+        out.print(f"wrote {out_path}")
+
+
+@app.command()
+def compare(
+    report: Annotated[Path, typer.Argument(help="GuideLLM or vLLM report to replay")],
+    scenario: OptScenario = None,
+    set_: SetOpt = None,
+    seed: SeedOpt = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="write comparison.csv and comparison.png (default out/compare)"),
+    ] = None,
+    analytic: Annotated[
+        bool, typer.Option("--analytic/--no-analytic", help="include the analytic model")
+    ] = True,
+) -> None:
+    """Replay every benchmark of a report; compare measured, simulated and analytic latency."""
+    from sdsim.reports import compare_report, comparison_figure, load_report
+
+    scn = _scenario_or_default(scenario, set_)
+    out_dir = out_dir if out_dir is not None else Path("out/compare")
+    _check_writable(out_dir)
+    load_report(report)  # fail early on a bad file
+    res = compare_report(report, scn, seed=seed, analytic=analytic)
+    for note in res.notes:
+        err.print(f"note: {note}", markup=False, highlight=False)
+    tab = res.table
+    if tab.empty:
+        raise ScenarioError("report", "no benchmark could be replayed")
+    t = Table(title=f"{report.name}: measured vs simulated vs analytic (ms)")
+    for c in ("bench", "rate", "metric", "stat", "measured", "simulated", "err", "analytic", "err"):
+        t.add_column(c, justify="right")
+    for r in tab.to_dict(orient="records"):
+        t.add_row(
+            str(r["benchmark"]),
+            _fmt(float(r["rate"])),
+            str(r["metric"]),
+            str(r["stat"]),
+            _ms(float(r["measured"])),
+            _ms(float(r["simulated"])),
+            _pct(float(r["sim_rel_error"])),
+            _ms(float(r["analytic"])),
+            _pct(float(r["analytic_rel_error"])),
+        )
+    out.print(t)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tab.to_csv(out_dir / "comparison.csv", index=False)
+    comparison_figure(tab, out_dir / "comparison.png", title=f"{report.name} vs {scn.name}")
+    out.print(f"wrote {out_dir}/comparison.csv, comparison.png")
+
+
+@app.command()
+def serve(
+    scenario: ScenarioArg,
+    set_: SetOpt = None,
+    seed: SeedOpt = None,
+    host: Annotated[str, typer.Option("--host", help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port")] = 8000,
+    time_scale: Annotated[
+        float, typer.Option("--time-scale", help="wall seconds per simulated second")
+    ] = 1.0,
+    model: Annotated[
+        str | None, typer.Option("--model", help="model name to report (default: scenario target)")
+    ] = None,
+    default_max_tokens: Annotated[
+        int, typer.Option("--default-max-tokens", help="output length when max_tokens is absent")
+    ] = 256,
+) -> None:
+    """Serve the simulated engine over an OpenAI-compatible streaming HTTP API."""
+    scn = _load(scenario, set_)
+    if not (time_scale > 0 and math.isfinite(time_scale)):
+        raise ScenarioError("--time-scale", f"must be a positive number (got {time_scale})")
+    if not 0 <= port <= 65535:
+        raise ScenarioError("--port", f"must be in 0..65535 (got {port})")
+    if default_max_tokens < 1:
+        raise ScenarioError("--default-max-tokens", "must be >= 1")
+    import uvicorn
+
+    from sdsim.serve import create_app
+
+    application = create_app(
+        scn, seed=seed, time_scale=time_scale, model=model, default_max_tokens=default_max_tokens
+    )
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"[yellow]warning:[/] binding {host}: reachable beyond this machine")
+    err.print(
+        f"sdsim serve: {scn.name} (k={scn.spec.k}) at http://{host}:{port}/v1, "
+        f"time scale {time_scale:g}",
+        highlight=False,
+    )
+    uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
+# --- end reports / serve commands ---------------------------------------------------------------
 
 
 def _check_writable(path: Path) -> None:

@@ -365,9 +365,13 @@ class HardwareSpec(_Frozen):
 
 
 class WorkloadSpec(_Frozen):
-    """Requests: when they arrive and how long they are."""
+    """Requests: when they arrive and how long they are.
 
-    arrival: Literal["poisson", "constant", "gamma", "trace"] = "poisson"
+    ``arrival: trace`` reads arrival times and lengths from a CSV (``trace``); ``arrival: replay``
+    takes them from one benchmark of a GuideLLM or vLLM report (``report``, ``benchmark``).
+    """
+
+    arrival: Literal["poisson", "constant", "gamma", "trace", "replay"] = "poisson"
     rate: float = Field(default=4.0, gt=0, le=1e6, description="requests per second")
     cv: float = Field(default=1.0, gt=0, le=100, description="gap CV for gamma arrivals")
     num_requests: int = Field(default=2000, ge=1, le=100_000_000)
@@ -377,6 +381,13 @@ class WorkloadSpec(_Frozen):
         default=None,
         description="request CSV: with arrival: trace its times and lengths are replayed; with "
         "another arrival process only its lengths (in order, cycling)",
+    )
+    report: str | None = Field(
+        default=None, description="GuideLLM/vLLM report for arrival: replay"
+    )
+    benchmark: int | str | None = Field(
+        default=None,
+        description="benchmark of `report` to replay: 0-based index or benchmark id (default 0)",
     )
 
     @field_validator("prompt_tokens", "output_tokens", mode="before")
@@ -388,6 +399,8 @@ class WorkloadSpec(_Frozen):
     def _trace_needs_file(self) -> WorkloadSpec:
         if self.arrival == "trace" and not self.trace:
             raise ValueError("arrival 'trace' needs `trace:` (path to a CSV)")
+        if self.arrival == "replay" and not self.report:
+            raise ValueError("arrival 'replay' needs `report:` (path to a GuideLLM/vLLM report)")
         return self
 
 
@@ -443,7 +456,10 @@ class Scenario(_Frozen):
                 f"request verifies k + 1 tokens in one step), got "
                 f"{self.server.max_num_batched_tokens}"
             )
-        if self.warmup_requests >= self.workload.num_requests and self.workload.arrival != "trace":
+        if self.warmup_requests >= self.workload.num_requests and self.workload.arrival not in (
+            "trace",
+            "replay",
+        ):
             raise ValueError(
                 f"warmup_requests: must be < workload.num_requests ({self.workload.num_requests})"
             )
@@ -583,7 +599,12 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path | None) -> dict[str, Any
     if base_dir is None:
         return data
     out = copy.deepcopy(data)
-    for section, key in (("workload", "trace"), ("costs", "profile"), ("drafter", "model")):
+    for section, key in (
+        ("workload", "trace"),
+        ("workload", "report"),
+        ("costs", "profile"),
+        ("drafter", "model"),
+    ):
         sec = out.get(section)
         if isinstance(sec, dict) and isinstance(sec.get(key), str):
             p = Path(sec[key])

@@ -198,7 +198,17 @@ def generate_workload(scn: Scenario, seed: int | None = None) -> Workload:
     """
     s = scn.seed if seed is None else int(seed)
     w = scn.workload
-    if w.arrival == "trace":
+    if w.arrival == "replay":
+        from sdsim.reports.replay import replay_frame  # lazy: report parsing is not always needed
+
+        assert w.report is not None
+        df = replay_frame(w.report, w.benchmark)
+        if w.num_requests < len(df):
+            df = df.iloc[: w.num_requests]
+        arrival = df["arrival"].to_numpy(dtype=np.float64)
+        prompt = df["prompt_tokens"].to_numpy(dtype=np.int64)
+        output = df["output_tokens"].to_numpy(dtype=np.int64)
+    elif w.arrival == "trace":
         assert w.trace is not None
         df = read_trace(w.trace)
         if w.num_requests < len(df):

@@ -166,6 +166,11 @@ class Engine:
         self._wake: simpy.Event | None = None
         self.stopped = False
 
+    def table_resized(self) -> None:
+        """Re-bind per-request arrays after the request table grew in place (live serving)."""
+        self.kv.held = self.t.kv_blocks
+        self.acc_base = counter_base(self.key, np.arange(self.t.n, dtype=np.int64))
+
     # ------------------------------------------------------------------ arrivals
     def enqueue(self, rid: int) -> None:
         """A request joins this engine's waiting queue (waking the engine if idle)."""
@@ -196,7 +201,6 @@ class Engine:
         env = self.env
         kv = self.kv
         bs = kv.block_size
-        base = self.acc_base
         adaptive = self.adaptive
         tracker = self.tracker
         while not self.stopped:
@@ -259,7 +263,7 @@ class Engine:
                     t.first_token[ft] = end
                     finishing = bool((t.generated[done_pf] >= t.output[done_pf]).any())
             if b:
-                u = counter_uniform_from_base(base[dec], t.decode_counter[dec])
+                u = counter_uniform_from_base(self.acc_base[dec], t.decode_counter[dec])
                 t.decode_counter[dec] += 1
                 acc = self.sampler.sample(u, k, None if t.alpha is None else t.alpha[dec])
                 if adaptive is not None:

@@ -1,0 +1,43 @@
+"""Serving-benchmark reports: import (GuideLLM, vLLM), calibration, replay and comparison.
+
+* :func:`load_report` reads a GuideLLM (JSON/YAML, schema version 2) or vLLM ``bench serve``
+  report into :class:`Report` (a requests frame and a benchmarks frame, seconds throughout).
+* :func:`report_to_measurements`, :func:`fit_dense`, :func:`fit_linear_costs` calibrate the
+  analytic model and the ``linear`` step-cost model.
+* ``workload.arrival: replay`` (:func:`replay_frame`) and :func:`compare_report` replay a report's
+  benchmarks through the simulator and compare measured, simulated and analytic latencies.
+"""
+
+from sdsim.reports.calibrate import (
+    DenseFit,
+    LinearCostFit,
+    costs_from_dense,
+    fit_dense,
+    fit_linear_costs,
+    fitted_scenario,
+    report_to_measurements,
+)
+from sdsim.reports.compare import Comparison, compare_report, comparison_figure
+from sdsim.reports.formats import Report, load_report, load_reports, parse_report
+from sdsim.reports.replay import replay_frame, replay_scenario
+from sdsim.reports.synthetic import simulated_report
+
+__all__ = [
+    "Comparison",
+    "DenseFit",
+    "LinearCostFit",
+    "Report",
+    "compare_report",
+    "comparison_figure",
+    "costs_from_dense",
+    "fit_dense",
+    "fit_linear_costs",
+    "fitted_scenario",
+    "load_report",
+    "load_reports",
+    "parse_report",
+    "replay_frame",
+    "replay_scenario",
+    "report_to_measurements",
+    "simulated_report",
+]

@@ -1,0 +1,192 @@
+"""Measured vs simulated vs analytic, benchmark by benchmark.
+
+Every benchmark of a report is replayed through the simulator (its exact arrival times and
+lengths, :mod:`sdsim.reports.replay`) and, when the analytic model is available
+(``sdsim.predict``), predicted at the benchmark's achieved rate and mean lengths. The measured
+statistics are computed from the report's per-request rows with the same estimator as the
+simulation's (``numpy.percentile``, linear interpolation), so the three columns differ only in
+what produced the latencies.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Comparison", "compare_report", "comparison_figure"]
+
+import importlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sdsim.reports.formats import Report, load_report
+from sdsim.reports.replay import replay_scenario
+from sdsim.scenario import Scenario
+
+METRICS = ("ttft", "tpot", "e2e")
+STATS = ("mean", "p50", "p90", "p99")
+
+
+@dataclass
+class Comparison:
+    """The outcome of :func:`compare_report`.
+
+    Attributes
+    ----------
+    table
+        Long format: one row per (benchmark, metric, stat) with ``measured``, ``simulated``,
+        ``analytic`` (s; NaN when unavailable) and relative errors ``sim_rel_error``,
+        ``analytic_rel_error`` (``(model − measured) / measured``).
+    notes
+        Anything the reader should know (analytic model unavailable, benchmarks skipped).
+    """
+
+    table: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
+def _stats(x: np.ndarray) -> dict[str, float]:
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return dict.fromkeys(STATS, math.nan)
+    p = np.percentile(x, [50, 90, 99])
+    return {"mean": float(x.mean()), "p50": float(p[0]), "p90": float(p[1]), "p99": float(p[2])}
+
+
+def _analytic_predictor() -> Callable[[Scenario], Any] | None:
+    """``sdsim.predict`` when the analytic model is installed, else None."""
+    for mod, name in (("sdsim", "predict"), ("sdsim.analytic", "predict")):
+        try:
+            fn = getattr(importlib.import_module(mod), name, None)
+        except ImportError:
+            fn = None
+        if callable(fn):
+            return fn
+    return None
+
+
+def compare_report(
+    report: str | Path,
+    scenario: Scenario,
+    seed: int | None = None,
+    benchmarks: Sequence[int | str] | None = None,
+    analytic: bool = True,
+) -> Comparison:
+    """Replay every benchmark of a report and compare with the measurement.
+
+    Parameters
+    ----------
+    report
+        Report file (GuideLLM or vLLM).
+    scenario
+        Server, costs, speculation and acceptance to simulate; its workload is replaced.
+    seed
+        Simulation seed (acceptance draws); default the scenario's.
+    benchmarks
+        Indices or ids to compare; default all that can be replayed.
+    analytic
+        Also ask ``sdsim.predict`` when it is importable.
+    """
+    from sdsim.simulation import simulate
+
+    rep: Report = load_report(report)
+    notes: list[str] = []
+    predict = _analytic_predictor() if analytic else None
+    if analytic and predict is None:
+        notes.append("analytic model not available in this build (sdsim.predict): column left NaN")
+    which = [rep.resolve(b) for b in benchmarks] if benchmarks else list(range(len(rep.benchmarks)))
+    rows: list[dict[str, Any]] = []
+    for i in which:
+        brow = rep.benchmarks.iloc[i]
+        reqs = rep.benchmark_requests(i)
+        if reqs.empty or not np.all(np.isfinite(reqs["start"].to_numpy(dtype=np.float64))):
+            notes.append(f"benchmark {i}: no per-request start times, not replayed")
+            continue
+        scn_i = replay_scenario(scenario, report, i)
+        sim = simulate(scn_i, seed=seed)
+        done = sim.requests[np.isfinite(sim.requests["finish"])]
+        if len(done) < len(sim.requests):
+            notes.append(
+                f"benchmark {i}: {len(sim.requests) - len(done)} requests unfinished in the "
+                f"simulation ({sim.summary['stop_reason']})"
+            )
+        ana: dict[str, Any] = {}
+        if predict is not None:
+            try:
+                a_scn = scenario.with_overrides(
+                    {
+                        "workload.arrival": "poisson",
+                        "workload.rate": float(brow["rate"]),
+                        "workload.prompt_tokens": max(1, round(float(brow["prompt_tokens_mean"]))),
+                        "workload.output_tokens": max(1, round(float(brow["output_tokens_mean"]))),
+                    }
+                )
+                ana = dict(predict(a_scn).summary)
+            except Exception as exc:  # the analytic model may refuse (e.g. past saturation)
+                notes.append(f"benchmark {i}: analytic model failed ({exc.__class__.__name__})")
+        for m in METRICS:
+            meas = _stats(reqs[m].to_numpy(dtype=np.float64))
+            simd = _stats(done[m].to_numpy(dtype=np.float64))
+            for s in STATS:
+                a_val = float(ana.get(f"{m}_{s}", math.nan)) if ana else math.nan
+                mv = meas[s]
+                rows.append(
+                    {
+                        "benchmark": i,
+                        "benchmark_id": brow["benchmark_id"],
+                        "strategy": brow["strategy"],
+                        "rate": float(brow["rate"]),
+                        "metric": m,
+                        "stat": s,
+                        "measured": mv,
+                        "simulated": simd[s],
+                        "analytic": a_val,
+                        "sim_rel_error": (simd[s] - mv) / mv if mv else math.nan,
+                        "analytic_rel_error": (a_val - mv) / mv if mv else math.nan,
+                    }
+                )
+    return Comparison(pd.DataFrame(rows), notes)
+
+
+def comparison_figure(table: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """One figure: per metric, mean (solid) and p99 (dashed) of measured, simulated and analytic
+    latency against each benchmark's achieved rate.
+
+    Parameters
+    ----------
+    table
+        :attr:`Comparison.table`.
+    path
+        PNG file to write.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4), constrained_layout=True)
+    colors = {"measured": "black", "simulated": "tab:blue", "analytic": "tab:orange"}
+    for ax, m in zip(axes, METRICS, strict=True):
+        sub = table[table["metric"] == m]
+        for col, colr in colors.items():
+            for stat, ls in (("mean", "-"), ("p99", "--")):
+                d = sub[sub["stat"] == stat].sort_values("rate")
+                y = d[col].to_numpy(dtype=np.float64) * 1e3
+                if not np.isfinite(y).any():
+                    continue
+                ax.plot(d["rate"], y, ls, marker="o", color=colr, label=f"{col} {stat}")
+        ax.set_title({"ttft": "TTFT", "tpot": "TPOT (decode gap)", "e2e": "end-to-end"}[m])
+        ax.set_xlabel("achieved rate (req/s)")
+        ax.set_ylabel("ms")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return p
