@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from rich.console import Console
@@ -115,6 +115,8 @@ def print_summary(summary: dict[str, Any], title: str) -> None:
         "in_system_mean",
         "little_residual",
         "preemptions",
+        "kv_blocks_total",
+        "kv_peak_blocks",
         "kv_util_mean",
         "stable",
         "seed",
@@ -156,6 +158,9 @@ def run(
         out.print_json(json.dumps(res.summary, default=str))
     else:
         print_summary(res.summary, f"{scn.name}: k={scn.spec.k}, rate={scn.workload.rate:g} req/s")
+        from sdsim.memory import kv_capacity
+
+        out.print(f"KV cache: {kv_capacity(scn).describe()}", highlight=False, soft_wrap=True)
         if out_dir is not None:
             out.print(f"wrote {out_dir}/requests.csv, steps.csv, summary.json, scenario.yaml")
     if not res.summary["stable"]:
@@ -231,6 +236,9 @@ def costs(
     pf = step_time(scn, 0, 0, prefill_tokens=chunk, k=k)
     model = build_cost_model(scn)
     lin = model.linearize(k, scn.server.max_num_seqs, ctx)
+    from sdsim.memory import kv_capacity
+
+    cap = kv_capacity(scn)
     if json_out:
         out.print_json(
             json.dumps(
@@ -241,6 +249,7 @@ def costs(
                     "rows": rows,
                     "prefill_chunk": {"tokens": chunk, "ms": pf.total * 1e3},
                     "linear": lin.__dict__,
+                    "kv_capacity": cap.to_dict(),
                 }
             )
         )
@@ -275,6 +284,10 @@ def costs(
             f"{lin.d_token * 1e6:.3f} us/seq + {lin.d_kv * 1e9:.3f} ns/KV token; "
             f"fit error {lin.fit_error:.1%}"
         )
+        fits = (
+            "" if cap.tokens is None else f"; ~{cap.tokens // max(ctx, 1)} requests of {ctx} tokens"
+        )
+        out.print(f"KV cache: {cap.describe()}{fits}", highlight=False, soft_wrap=True)
     if plot is not None:
         _check_writable(plot.parent if str(plot.parent) else Path("."))
         import matplotlib
@@ -799,15 +812,51 @@ def _pct(v: float) -> str:
     return f"{v * 100:+.1f}%" if math.isfinite(v) else "-"
 
 
+def _per_report(
+    values: list[Any] | None, reports: list[Path], option: str
+) -> list[Any] | None:
+    """One value for every report: ``--k 4`` applies to all, ``--k 0 --k 4`` one per report."""
+    if not values:
+        return None
+    if len(values) == 1:
+        return values * len(reports)
+    if len(values) != len(reports):
+        raise ScenarioError(
+            option,
+            f"give one {option} for all reports or one per report ({len(reports)}), "
+            f"got {len(values)}",
+        )
+    return values
+
+
+def _dense_json(d: Any) -> dict[str, Any]:
+    return {
+        "metric": d.metric,
+        "c1": d.c1,
+        "c1_se": d.c1_se,
+        "c2": d.c2,
+        "c2_se": d.c2_se,
+        "r2": d.r2,
+        "saturation_rate": d.saturation_rate,
+        "table": d.table.to_dict(orient="records"),
+    }
+
+
 @app.command()
 def fit(
     reports: ReportArgs,
     scenario: OptScenario = None,
     set_: SetOpt = None,
     alpha: Annotated[
-        float | None, typer.Option("--alpha", help="acceptance the server ran with")
+        list[float] | None,
+        typer.Option(
+            "--alpha", help="acceptance the server ran with (once for all reports, or per report)"
+        ),
     ] = None,
-    k: Annotated[int | None, typer.Option("--k", help="draft length the server ran with")] = None,
+    k: Annotated[
+        list[int] | None,
+        typer.Option("--k", help="draft length the server ran with (once, or once per report)"),
+    ] = None,
     metric: Annotated[str, typer.Option("--metric", help="mean latency to fit")] = "e2e_mean",
     linear: Annotated[
         bool, typer.Option("--linear/--no-linear", help="also fit linear step costs")
@@ -817,65 +866,121 @@ def fit(
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print results as JSON")] = False,
     form: Annotated[
-        str, typer.Option("--form", help="for a measurements CSV: dense | sd | auto")
+        str,
+        typer.Option(
+            "--form",
+            help="dense | sd | auto (auto: reports get the dense form per (k, alpha) and the SD "
+            "form when they cover several; a CSV gets sd when it has k > 0 and >= 8 rows)",
+        ),
     ] = "auto",
 ) -> None:
-    """Fit the analytic model to measurements.
+    """Fit the analytic model to measurements (a CSV, or GuideLLM / vLLM reports).
 
-    A CSV (columns rate, alpha, k, prompt_tokens, output_tokens, e2e_mean) gets the dense or
-    six-coefficient SD form by least squares; GuideLLM / vLLM reports get the dense model
-    L = C1/(1 - rate*C2) and, from per-request timings, linear step costs.
+    Both go through `sdsim.fit_measurements`. A CSV (columns rate, alpha, k, prompt_tokens,
+    output_tokens, e2e_mean) gets the dense or six-coefficient SD form. Reports get the dense
+    model L = C1/(1 - rate*C2) per draft length and acceptance, the six stage coefficients when
+    they cover several (one report per configuration: --k 0 --k 4 in the reports' order), and,
+    from per-request timings, linear step costs for a fitted scenario (--out).
     """
+    if form not in ("dense", "sd", "auto"):
+        raise ScenarioError("--form", f"must be dense, sd or auto (got {form!r})")
+    for a in alpha or []:
+        if not 0.0 <= a <= 1.0:
+            raise ScenarioError("--alpha", f"must lie in [0, 1] (got {a})")
+    for kk in k or []:
+        if kk < 0:
+            raise ScenarioError("--k", f"must be >= 0 (got {kk})")
     if len(reports) == 1 and reports[0].suffix.lower() == ".csv":
         _fit_measurements_csv(reports[0], form, json_out)
         return
+    import numpy as np
+
     from sdsim.reports import (
         costs_from_dense,
         fit_dense,
         fit_linear_costs,
+        fit_sd,
         fitted_scenario,
+        load_report,
         load_reports,
         report_to_measurements,
+        several_configurations,
     )
+    from sdsim.reports.formats import Report
 
-    if alpha is not None and not 0.0 <= alpha <= 1.0:
-        raise ScenarioError("--alpha", f"must lie in [0, 1] (got {alpha})")
-    if k is not None and k < 0:
-        raise ScenarioError("--k", f"must be >= 0 (got {k})")
+    ks = _per_report(k, reports, "--k")
+    alphas = _per_report(alpha, reports, "--alpha")
     over: dict[str, Any] = parse_set_options(set_)
-    if alpha is not None:
-        over["acceptance.alpha"] = alpha
-    if k is not None:
-        over["spec.k"] = k
+    if alphas is not None:
+        over["acceptance.alpha"] = alphas[0]
+    if ks is not None:
+        over["spec.k"] = ks[0]
     scn = load_scenario(scenario, over)
     if out_path is not None:
         _check_writable(out_path.parent if str(out_path.parent) else Path("."))
     rep = load_reports(reports)
     meas = report_to_measurements(rep, scenario=scn)
-    dense = fit_dense(meas, metric=metric)
+    if metric not in meas.columns or metric == "k" or metric == "alpha":
+        raise ScenarioError("--metric", f"unknown measurement {metric!r}")
+    if (ks is not None and len(set(ks)) > 1) or (alphas is not None and len(set(alphas)) > 1):
+        counts = [len(load_report(p).benchmarks) for p in reports]
+        if ks is not None:
+            meas["k"] = np.repeat(np.asarray(ks, dtype=np.int64), counts)
+        if alphas is not None:
+            meas["alpha"] = np.repeat(np.asarray(alphas, dtype=np.float64), counts)
+    several = several_configurations(meas)
+    # the dense form: one (C1, C2) per configuration
+    dense_fits: list[tuple[Any, Any, Any]] = []
+    if form != "sd":
+        for key, grp in meas.groupby(["k", "alpha"], sort=False, dropna=False):
+            kk, aa = cast(tuple[Any, Any], key)
+            try:
+                dense_fits.append((kk, aa, fit_dense(grp, metric=metric)))
+            except ScenarioError:
+                if not several:
+                    raise
+    sd = None
+    if form == "sd" or (form == "auto" and several):
+        if metric != "e2e_mean":
+            raise ScenarioError("--metric", "the SD form models the mean e2e latency only")
+        sd = fit_sd(meas)
+    if not dense_fits and sd is None:
+        raise ScenarioError("report", "no configuration has >= 2 benchmarks to fit C1, C2")
+    # linear step costs from the per-request timings of the scenario's own configuration
+    mine = (meas["k"] == scn.spec.k) & np.isclose(meas["alpha"], scn.acceptance.mean_alpha)
+    own = rep
+    if several:
+        ids = set(meas.loc[mine, "benchmark"])
+        own = Report(
+            requests=rep.requests[rep.requests["benchmark"].isin(ids)],
+            benchmarks=rep.benchmarks[rep.benchmarks["benchmark"].isin(ids)],
+            source=rep.source,
+            path=rep.path,
+        )
     lin = None
     lin_note = ""
     if linear:
         try:
-            lin = fit_linear_costs(rep, scn)
+            lin = fit_linear_costs(own, scn)
         except ScenarioError as exc:
             lin_note = exc.message
-    costs = (
-        lin.costs
-        if lin is not None
-        else costs_from_dense(dense, scn, float(meas["output_tokens"].mean()))
-    )
+    first = dense_fits[0][2] if dense_fits else None
+    base_dense = next((d for kk, _, d in dense_fits if kk == scn.spec.k), first)
+    if lin is not None:
+        costs = lin.costs
+    elif base_dense is not None:
+        costs = costs_from_dense(base_dense, scn, float(meas["output_tokens"].mean()))
+    else:
+        costs = scn.costs.linear
+        lin_note = lin_note or "no dense fit for the scenario's configuration"
     result: dict[str, Any] = {
-        "dense": {
-            "metric": dense.metric,
-            "c1": dense.c1,
-            "c1_se": dense.c1_se,
-            "c2": dense.c2,
-            "c2_se": dense.c2_se,
-            "r2": dense.r2,
-            "saturation_rate": dense.saturation_rate,
-            "table": dense.table.to_dict(orient="records"),
-        },
+        "dense": None if base_dense is None else _dense_json(base_dense),
+        "dense_by_configuration": [
+            {"k": int(kk), "alpha": float(aa), **_dense_json(d)} for kk, aa, d in dense_fits
+        ],
+        "sd": None
+        if sd is None
+        else {**sd.result.to_dict(), "table": sd.table.to_dict(orient="records")},
         "linear": None
         if lin is None
         else {
@@ -898,27 +1003,56 @@ def fit(
     if json_out:
         out.print_json(json.dumps(result, default=str))
         return
-    t = Table(title=f"dense fit of {metric}: L = C1 / (1 - rate * C2)")
-    for c in ("coefficient", "value", "std. error"):
-        t.add_column(c, justify="right" if c != "coefficient" else "left")
-    t.add_row("C1 (ms)", _ms(dense.c1), _ms(dense.c1_se))
-    t.add_row("C2 (ms)", _ms(dense.c2), _ms(dense.c2_se))
-    t.add_row("saturation (req/s)", _fmt(dense.saturation_rate), "")
-    t.add_row("R²", _fmt(dense.r2), "")
-    out.print(t)
-    t2 = Table(title="predicted vs measured")
-    for c in ("benchmark", "strategy", "rate (req/s)", "measured (ms)", "predicted (ms)", "error"):
-        t2.add_column(c, justify="right")
-    for r in dense.table.to_dict(orient="records"):
-        t2.add_row(
-            str(r["benchmark"]) + ("" if r["used"] else " (not fitted)"),
-            str(r["strategy"]),
-            _fmt(float(r["rate"])),
-            _ms(float(r["measured"])),
-            _ms(float(r["predicted"])),
-            _pct(float(r["rel_error"])),
+    for kk, aa, dense in dense_fits:
+        cfg = f" (k={int(kk)}, alpha={float(aa):g})" if several else ""
+        t = Table(title=f"dense fit of {metric}{cfg}: L = C1 / (1 - rate * C2)")
+        for c in ("coefficient", "value", "std. error"):
+            t.add_column(c, justify="right" if c != "coefficient" else "left")
+        t.add_row("C1 (ms)", _ms(dense.c1), _ms(dense.c1_se))
+        t.add_row("C2 (ms)", _ms(dense.c2), _ms(dense.c2_se))
+        t.add_row("saturation (req/s)", _fmt(dense.saturation_rate), "")
+        t.add_row("R²", _fmt(dense.r2), "")
+        out.print(t)
+        t2 = Table(title="predicted vs measured")
+        for c in ("benchmark", "strategy", "rate (req/s)", "measured (ms)", "predicted (ms)",
+                  "error"):  # fmt: skip
+            t2.add_column(c, justify="right")
+        for r in dense.table.to_dict(orient="records"):
+            t2.add_row(
+                str(r["benchmark"]) + ("" if r["used"] else " (not fitted)"),
+                str(r["strategy"]),
+                _fmt(float(r["rate"])),
+                _ms(float(r["measured"])),
+                _ms(float(r["predicted"])),
+                _pct(float(r["rel_error"])),
+            )
+        out.print(t2)
+    if sd is not None:
+        res = sd.result
+        t = Table(title=f"SD fit of e2e_mean over {res.n} benchmarks: six stage coefficients")
+        for c in ("coefficient", "value (ms)", "std. error (ms)"):
+            t.add_column(c, justify="right" if c != "coefficient" else "left")
+        for n, v in res.coefficients.items():
+            t.add_row(n, _fmt(v * 1e3), _fmt(res.stderr[n] * 1e3))
+        out.print(t)
+        t2 = Table(title="SD form: predicted vs measured")
+        for c in ("benchmark", "k", "alpha", "rate (req/s)", "measured (ms)", "predicted (ms)",
+                  "error"):  # fmt: skip
+            t2.add_column(c, justify="right")
+        for r in sd.table.to_dict(orient="records"):
+            t2.add_row(
+                str(r["benchmark"]),
+                str(int(r["k"])),
+                _fmt(float(r["alpha"])),
+                _fmt(float(r["rate"])),
+                _ms(float(r["measured"])),
+                _ms(float(r["predicted"])),
+                _pct(float(r["rel_error"])),
+            )
+        out.print(t2)
+        out.print(
+            f"R² = {_fmt(res.r2)}; leave-some-out mean |relative error| = {_fmt(res.loo_error)}"
         )
-    out.print(t2)
     if lin is not None:
         t3 = Table(title=f"linear step costs from {lin.requests} requests (R² {_fmt(lin.r2)})")
         for c in ("field", "value", "std. error"):
@@ -1055,14 +1189,26 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         err.print("aborted", markup=False)
         sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            msg = exc.format_message().splitlines()[0] if exc.format_message() else str(exc)
-            err.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
-            sys.exit(exc.exit_code)
-        raise
+    except OSError as exc:  # an --out / --plot path the system refuses (read-only, not a dir)
+        where = exc.filename if exc.filename is not None else "file"
+        err.print(
+            f"error: {where}: {exc.strerror or exc.__class__.__name__}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(2)
+    except Exception as exc:
+        # click usage errors (unknown option or command, missing argument, bad type). Recent typer
+        # versions vendor click, so their exceptions are not `click.ClickException`: recognise
+        # them by what both provide.
+        usage = hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int)
+        if not usage:
+            raise
+        text = str(cast(Any, exc).format_message()).strip()
+        msg = text.splitlines()[0] if text else exc.__class__.__name__
+        err.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(int(getattr(exc, "exit_code", 2)))
     # with standalone_mode=False click returns a command's `typer.Exit` code instead of exiting
     if isinstance(rc, int) and rc != 0:
         sys.exit(rc)

@@ -259,7 +259,11 @@ class ServerSpec(_Frozen):
     """Engine limits (vLLM's names), replicas and their router.
 
     ``num_gpu_blocks`` is the KV-cache capacity in blocks of ``block_size`` tokens, per replica
-    (what vLLM logs at start-up); ``null`` means unlimited. ``scheduler`` is ``vllm-v1`` (running
+    (what vLLM logs at start-up; preferred when known). ``null`` (the default) derives it like a
+    real engine: GPU memory x ``gpu_memory_utilization`` - weights of verifier and drafter (per
+    tensor-parallel shard) - ``activation_reserve_gb``, divided by the KV bytes of one token
+    (verifier and drafter caches both count); see :mod:`sdsim.memory`. ``unlimited`` switches the
+    limit off (block accounting still runs). ``scheduler`` is ``vllm-v1`` (running
     requests first, chunked prefill, preemption by recomputation when the KV cache is short) or
     ``prefill-first`` (older engines). ``api_delay_s`` delays every request before it reaches the
     waiting queue (API server, tokenisation); per-step CPU overhead belongs to the cost model.
@@ -268,8 +272,19 @@ class ServerSpec(_Frozen):
     max_num_seqs: int = Field(default=256, ge=1)
     max_num_batched_tokens: int = Field(default=8192, ge=1)
     block_size: int = Field(default=16, ge=1)
-    num_gpu_blocks: int | None = Field(default=None, ge=1)
+    num_gpu_blocks: Annotated[int, Field(ge=1)] | Literal["unlimited"] | None = Field(
+        default=None,
+        description="KV blocks per replica; null = derive from GPU memory, 'unlimited' = no limit",
+    )
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    activation_reserve_gb: float = Field(
+        default=2.0,
+        ge=0,
+        le=1e4,
+        description="GB per GPU kept for activations, CUDA graphs and the sampler when the KV "
+        "capacity is derived (vLLM's profiling run measures ~1.2-1.5 GiB for an 8B model at "
+        "8192 batched tokens)",
+    )
     tp: int = Field(default=1, ge=1, le=64)
     replicas: int = Field(default=1, ge=1, le=4096)
     router: Literal["round-robin", "least-outstanding", "random"] = "round-robin"
@@ -593,6 +608,16 @@ def check_registry(scn: Scenario) -> None:
                 f"{longest} exceed the context of target {scn.target!r} ({target.max_context} "
                 "tokens); shorten the lengths (or lower a length law's max)",
             )
+    # KV capacity: weights that do not fit, or a cache smaller than the longest request, are
+    # refused here, as a real engine refuses to start (lengths of traces and replayed reports are
+    # checked when the simulation reads them).
+    from sdsim.memory import check_request_fits, kv_capacity
+
+    cap = kv_capacity(scn)
+    if wl.arrival not in ("trace", "replay") and wl.trace is None:
+        check_request_fits(
+            scn, wl.prompt_tokens.max + wl.output_tokens.max, cap, "the length laws allow"
+        )
 
 
 def _resolve_paths(data: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:

@@ -362,6 +362,12 @@ def create_app(
     live = LiveEngine(scn, seed=seed, time_scale=time_scale)
     model_name = model or scn.target
     max_waiting = scn.limits.max_waiting
+    # a request the KV cache cannot hold would never finish: refuse it as vLLM does
+    # (prompt + output - 1 cached tokens plus the k look-ahead slots)
+    from sdsim.memory import kv_capacity
+
+    kv_tokens = kv_capacity(scn).tokens
+    k_top = scn.spec.k if scn.spec.policy == "fixed" else max(scn.spec.k, scn.spec.k_max)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -408,6 +414,12 @@ def create_app(
                 raise RequestError("prompt", f"longer than {MAX_REQUEST_TOKENS} tokens")
             names = ("max_completion_tokens", "max_tokens") if chat else ("max_tokens",)
             out = _int_field(body, names, default_max_tokens)
+            if kv_tokens is not None and prompt + out - 1 + k_top > kv_tokens:
+                raise RequestError(
+                    names[-1],
+                    f"prompt ({prompt}) + max tokens ({out}) exceed the KV cache of "
+                    f"{kv_tokens} tokens (with {k_top} look-ahead slots)",
+                )
         except RequestError as exc:
             return error(400, f"{exc.param}: {exc}", exc.param)
         if live.waiting >= max_waiting:

@@ -47,7 +47,6 @@ __all__ = [
 import concurrent.futures as cf
 import contextlib
 import hashlib
-import importlib
 import itertools
 import json
 import math
@@ -56,7 +55,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -662,18 +661,20 @@ def speedup_table(
 
 
 def _analytic_predict() -> Callable[[Scenario], Any]:
-    """sdsim.analytic.predict, or a ScenarioError saying why it cannot be used."""
+    """``sdsim.predict`` (the analytic model's public entry point), or a ScenarioError saying why
+    it cannot be used."""
+    import sdsim
+
     try:
-        mod = importlib.import_module("sdsim.analytic")
-    except ImportError as exc:
+        fn = sdsim.predict
+    except (ImportError, AttributeError) as exc:
         raise ScenarioError(
             "--with-analytic",
             f"the analytic model (sdsim.analytic) is not available in this installation ({exc})",
         ) from None
-    fn = getattr(mod, "predict", None)
     if not callable(fn):
-        raise ScenarioError("--with-analytic", "sdsim.analytic has no predict(scenario)")
-    return fn
+        raise ScenarioError("--with-analytic", "sdsim.predict is not callable")
+    return cast(Callable[[Scenario], Any], fn)
 
 
 def analytic_table(plan: SweepPlan) -> pd.DataFrame:

@@ -29,6 +29,9 @@ def small(**over: Any) -> Scenario:
             "output_tokens": 64,
         },
         "costs": {"source": "linear"},  # pinned: tests compare against the linear formulas
+        # pinned: reference formulas (queueing oracles, analytic model) know no KV limit; tests
+        # of the KV cache set server.num_gpu_blocks themselves
+        "server": {"num_gpu_blocks": "unlimited"},
         "warmup_requests": 20,
         "seed": 1,
     }

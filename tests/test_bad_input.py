@@ -168,3 +168,69 @@ def test_bad_scenario_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         with pytest.raises(ScenarioError) as lib:
             load_scenario(path)
         assert str(lib.value) in lines[0]
+
+
+# Every command, given a missing file, a bad --set, an unknown option or a missing required
+# argument/option, exits 2 with one line on stderr (never a traceback). Each argv fails before any
+# simulation, so the table runs in well under a second per case.
+REPORT = str(ROOT / "tests/fixtures/guidellm_small.json")
+SWEEP = str(ROOT / "scenarios/sweeps/k-vs-load.yaml")
+COMMAND_CASES: list[tuple[str, list[str], str]] = [
+    ("run unknown option", ["run", DEFAULT, "--bogus"], "--bogus"),
+    ("run missing argument", ["run"], "scenario"),
+    ("schema unknown option", ["schema", "--bogus"], "--bogus"),
+    ("unknown command", ["nosuchcommand"], "nosuchcommand"),
+    ("costs missing file", ["costs", "/no/such.yaml"], "not found"),
+    ("costs bad set", ["costs", DEFAULT, "--set", "spec.k=abc"], "spec.k"),
+    ("costs bad context", ["costs", DEFAULT, "--context", "-5"], "--context"),
+    ("bench missing model", ["bench", "--out", "/tmp/x"], "--model"),
+    ("bench unknown model", ["bench", "--model", "nope", "--out", "/tmp/x"], "--model"),
+    ("predict missing file", ["predict", "/no/such.yaml"], "not found"),
+    ("predict bad rates", ["predict", DEFAULT, "--rates", "x"], "--rates"),
+    ("advise bad set", ["advise", DEFAULT, "--set", "spec.k_max=0"], "spec.k_max"),
+    ("validate bad reps", ["validate", DEFAULT, "--reps", "0"], "--reps"),
+    ("sweep missing out", ["sweep", SWEEP], "--out"),
+    ("sweep missing file", ["sweep", "/no/such.yaml", "--out", "/tmp/x"], "not found"),
+    ("sweep bad set", ["sweep", SWEEP, "--out", "/tmp/x", "--set", "nokey"], "--set"),
+    ("plot not a sweep dir", ["plot", "/no/such/dir"], "sweep"),
+    ("fit missing report", ["fit", "/no/such.json"], "not found"),
+    ("fit bad form", ["fit", REPORT, "--form", "weird"], "--form"),
+    ("fit k per report", ["fit", REPORT, "--k", "1", "--k", "2"], "--k"),
+    ("compare missing scenario", ["compare", REPORT, "--scenario", "/no/such.yaml"], "not found"),
+    ("compare not a report", ["compare", DEFAULT], "report"),
+    ("serve bad port", ["serve", DEFAULT, "--port", "70000"], "--port"),
+    ("serve bad set", ["serve", DEFAULT, "--set", "nokey"], "--set"),
+    ("KV smaller than a request", ["run", DEFAULT, "--set", "server.num_gpu_blocks=10"],
+     "server.num_gpu_blocks"),
+    ("weights exceed the GPU", ["costs", str(ROOT / "scenarios/llama70b-tp4-a100.yaml"),
+                                "--set", "server.tp=1"], "hardware"),
+    ("no memory left for KV", ["predict", DEFAULT, "--set", "server.activation_reserve_gb=60"],
+     "server.num_gpu_blocks"),
+    ("bad num_gpu_blocks", ["run", DEFAULT, "--set", "server.num_gpu_blocks=lots"],
+     "server.num_gpu_blocks"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "argv", "needle"), COMMAND_CASES, ids=[c[0] for c in COMMAND_CASES]
+)
+def test_every_command_bad_input_exit_2_one_line(
+    name: str, argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2, name
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert needle in lines[0], lines[0]
+
+
+def test_unwritable_out_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit) as exc:
+        main(["costs", DEFAULT, "--plot", str(blocker / "sub" / "p.png")])
+    assert exc.value.code == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "file" in lines[0]

@@ -218,7 +218,9 @@ def test_block_conservation_every_step_unlimited_and_tight(block_size: int) -> N
         scn = small(
             **{
                 "server.block_size": block_size,
-                "server.num_gpu_blocks": None if blocks is None else blocks * 16 // block_size,
+                "server.num_gpu_blocks": (
+                    "unlimited" if blocks is None else blocks * 16 // block_size
+                ),
                 "workload.rate": 40.0,
                 "workload.output_tokens": {"dist": "uniform", "low": 1, "high": 120},
             }
@@ -226,7 +228,8 @@ def test_block_conservation_every_step_unlimited_and_tight(block_size: int) -> N
         res = simulate(scn, on_step=_conservation_hook(released))
         assert res.requests["finish"].notna().all()
         assert sum(released) > 0  # rejected drafts gave slots back
-        assert (res.steps["kv_blocks_used"] <= (scn.server.num_gpu_blocks or 1 << 62)).all()
+        cap = scn.server.num_gpu_blocks
+        assert (res.steps["kv_blocks_used"] <= (cap if isinstance(cap, int) else 1 << 62)).all()
 
 
 def test_preemption_under_tight_kv_every_request_completes_once() -> None:
@@ -289,11 +292,19 @@ def test_acceptance_draws_do_not_depend_on_scheduling() -> None:
 
 
 def test_kv_too_small_for_longest_request_is_a_scenario_error() -> None:
-    scn = small(**{"server.num_gpu_blocks": 10})  # 128 + 64 - 1 + 4 = 195 tokens need 13 blocks
+    # 128 + 64 - 1 + 4 = 195 tokens need 13 blocks: refused when the scenario loads (as an
+    # engine refuses to start when its KV cache cannot hold max_model_len)
     with pytest.raises(ScenarioError) as exc:
-        simulate(scn)
+        small(**{"server.num_gpu_blocks": 10})
     assert exc.value.field == "server.num_gpu_blocks"
     assert ">= 13" in str(exc.value)
+    # ... and when the simulation reads the actual lengths (traces, replayed reports)
+    from sdsim.engine.server import check_kv_fits
+    from sdsim.workload import generate_workload
+
+    wl = generate_workload(small())
+    with pytest.raises(ScenarioError, match=">= 13"):
+        check_kv_fits(small(**{"server.num_gpu_blocks": 10, "workload.output_tokens": 8}), wl)
     assert simulate(small(**{"server.num_gpu_blocks": 13})).summary["completed"] == 300
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -314,9 +313,45 @@ def test_changed_base_reruns_and_ignores_stale_rows(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- analytic
 
 
-def test_with_analytic_without_the_model_is_a_clear_error(tmp_path: Path) -> None:
-    if importlib.util.find_spec("sdsim.analytic") is not None:
-        pytest.skip("sdsim.analytic is installed")
+def test_with_analytic_uses_the_real_model(tmp_path: Path) -> None:
+    """`--with-analytic` puts `sdsim.predict`'s numbers beside the simulated ones.
+
+    Seed 7, 2 replications of 400 requests (40 warm-up) per point, linear costs: at 5 and
+    20 req/s (well under the model's saturation) the analytic mean e2e must be within 10% of the
+    simulated mean, the model's own 5% target plus the sampling noise of 720 measured requests.
+    A rate far past saturation must come out unstable in both columns, not as a number.
+    """
+    import sdsim
+
+    sweep = {
+        "grid": {"spec.k": [0, 2], "workload.rate": [5.0, 20.0, 5000.0]},
+        "set": {"workload.num_requests": 400, "warmup_requests": 40},
+        "replications": 2,
+        "metrics": ["e2e_mean", "ttft_mean", "stable"],
+    }
+    plan = plan_of(write_sweep(tmp_path, sweep))
+    res = run_sweep(plan, tmp_path / "o", workers=1, with_analytic=True)
+    s = res.summary
+    assert s["analytic_error"].isna().all()
+    for p in plan.points:
+        row = s[s["point_key"] == p.key].iloc[0]
+        pred = sdsim.predict(p.scenario).summary
+        assert row["e2e_mean_analytic"] == pred["e2e_mean"]  # exactly what the model says
+        if row["workload.rate"] < 1000:
+            assert row["stable_analytic"] == 1.0
+            assert abs(row["e2e_mean_analytic"] / row["e2e_mean"] - 1) < 0.10, row.to_dict()
+        else:
+            assert row["stable_analytic"] == 0.0 and row["stable"] == 0.0
+            assert not np.isfinite(row["e2e_mean_analytic"])
+    assert "e2e_mean_analytic" in pd.read_csv(tmp_path / "o" / "summary.csv").columns
+
+
+def test_with_analytic_without_the_model_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # as in an installation without the analytic package: importing it fails
+    monkeypatch.setitem(sys.modules, "sdsim.analytic", None)
+    monkeypatch.setitem(sys.modules, "sdsim.analytic.prediction", None)
     plan = plan_of(write_sweep(tmp_path, {"grid": {"spec.k": [0, 2]}}))
     with pytest.raises(ScenarioError) as exc:
         run_sweep(plan, tmp_path / "o", workers=1, with_analytic=True)
@@ -335,9 +370,9 @@ def test_with_analytic_puts_predictions_beside_simulated_values(
             raise ValueError("unstable")
         return types.SimpleNamespace(summary={"e2e_mean": 1.0 + scenario.spec.k, "ttft_mean": 0.5})
 
-    fake = types.ModuleType("sdsim.analytic")
-    fake.predict = predict  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "sdsim.analytic", fake)
+    import sdsim
+
+    monkeypatch.setattr(sdsim, "predict", predict, raising=False)
     sweep = {"grid": {"spec.k": [0, 2, 3]}, "replications": 2, "metrics": ["e2e_mean", "e2e_p99"]}
     plan = plan_of(write_sweep(tmp_path, sweep))
     res = run_sweep(plan, tmp_path / "o", workers=1, with_analytic=True)

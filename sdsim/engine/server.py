@@ -37,7 +37,7 @@ from sdsim.engine.kvcache import KVCache
 from sdsim.engine.router import Router
 from sdsim.engine.scheduler import Batch, form_batch
 from sdsim.engine.state import RequestTable, StepColumns
-from sdsim.errors import ScenarioError
+from sdsim.memory import check_request_fits, kv_capacity, num_gpu_blocks
 from sdsim.rng import counter_base, counter_uniform_from_base, stream_key
 from sdsim.scenario import Scenario
 from sdsim.workload import Workload
@@ -137,7 +137,7 @@ class Engine:
         self.budget = scn.server.max_num_batched_tokens
         self.block_size = scn.server.block_size
         self.policy = scn.server.scheduler
-        self.kv = KVCache(scn.server.num_gpu_blocks, self.block_size, table.kv_blocks)
+        self.kv = KVCache(num_gpu_blocks(scn), self.block_size, table.kv_blocks)
         self.kv_in_step = 0
         self.adaptive: AdaptiveDraftLength | None = None
         if scn.spec.policy == "adaptive":
@@ -348,24 +348,17 @@ def check_kv_fits(scn: Scenario, wl: Workload) -> None:
     slots (``k_max`` under the adaptive policy); the oldest running request can always get that
     by preempting the others, so this bound is what guarantees progress.
 
+    The capacity is ``server.num_gpu_blocks``, or derived from GPU memory when that is null
+    (:func:`sdsim.memory.kv_capacity`).
+
     Raises
     ------
     ScenarioError
         Naming ``server.num_gpu_blocks``.
     """
-    total = scn.server.num_gpu_blocks
-    if total is None or len(wl) == 0:
+    if len(wl) == 0:
         return
-    k_top = scn.spec.k if scn.spec.policy == "fixed" else max(scn.spec.k, scn.spec.k_max)
-    bs = scn.server.block_size
-    longest = int((wl.prompt + wl.output).max()) - 1 + k_top
-    need = -(-longest // bs)
-    if need > total:
-        raise ScenarioError(
-            "server.num_gpu_blocks",
-            f"{total} blocks of {bs} tokens cannot hold the longest request ({longest} tokens "
-            f"with {k_top} look-ahead slots need {need} blocks); raise it to >= {need}",
-        )
+    check_request_fits(scn, int((wl.prompt + wl.output).max()))
 
 
 def run_simulation(
@@ -465,7 +458,8 @@ def run_simulation(
         progress(tracker.completed, n)
     end = float(env.now)
     info: dict[str, Any] = {
-        "kv_blocks_total": scn.server.num_gpu_blocks,
+        "kv_blocks_total": engines[0].kv.total if engines else None,
+        "kv_capacity_source": kv_capacity(scn).source,
         "kv_peak_blocks": max((e.kv.peak for e in engines), default=0),
         "api_delay_s": float(api_delay),
         "replicas": len(engines),

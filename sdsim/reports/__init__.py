@@ -2,8 +2,9 @@
 
 * :func:`load_report` reads a GuideLLM (JSON/YAML, schema version 2) or vLLM ``bench serve``
   report into :class:`Report` (a requests frame and a benchmarks frame, seconds throughout).
-* :func:`report_to_measurements`, :func:`fit_dense`, :func:`fit_linear_costs` calibrate the
-  analytic model and the ``linear`` step-cost model.
+* :func:`report_to_measurements`, :func:`fit_dense`, :func:`fit_sd` (both through
+  :func:`sdsim.fit_measurements`) and :func:`fit_linear_costs` calibrate the analytic model and
+  the ``linear`` step-cost model.
 * ``workload.arrival: replay`` (:func:`replay_frame`) and :func:`compare_report` replay a report's
   benchmarks through the simulator and compare measured, simulated and analytic latencies.
 """
@@ -11,11 +12,15 @@
 from sdsim.reports.calibrate import (
     DenseFit,
     LinearCostFit,
+    SDFit,
+    analytic_table,
     costs_from_dense,
     fit_dense,
     fit_linear_costs,
+    fit_sd,
     fitted_scenario,
     report_to_measurements,
+    several_configurations,
 )
 from sdsim.reports.compare import Comparison, compare_report, comparison_figure
 from sdsim.reports.formats import Report, load_report, load_reports, parse_report
@@ -27,11 +32,14 @@ __all__ = [
     "DenseFit",
     "LinearCostFit",
     "Report",
+    "SDFit",
+    "analytic_table",
     "compare_report",
     "comparison_figure",
     "costs_from_dense",
     "fit_dense",
     "fit_linear_costs",
+    "fit_sd",
     "fitted_scenario",
     "load_report",
     "load_reports",
@@ -39,5 +47,6 @@ __all__ = [
     "replay_frame",
     "replay_scenario",
     "report_to_measurements",
+    "several_configurations",
     "simulated_report",
 ]

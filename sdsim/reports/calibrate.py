@@ -4,9 +4,9 @@ least-squares fit of the ``linear`` step-cost model from per-request timings.
 Dense form (THEORY.md, the seed paper): with ``L = C1 + B·C2`` and Little's law ``B = λL``,
 ``L = C1 / (1 − λ·C2)``: ``C1`` is the latency of a request alone, ``C2`` what one more concurrent
 request adds, ``1/C2`` the saturation rate. :func:`fit_dense` fits it by
-``scipy.optimize.curve_fit`` to the per-benchmark means. The analytic package's
-``fit_measurements`` (6-coefficient SD form) will take the same measurements frame
-(:func:`report_to_measurements`).
+the analytic model's own least-squares fit (:func:`sdsim.fit_measurements`) to the per-benchmark
+means; :func:`fit_sd` fits its six stage coefficients when the benchmarks cover several draft
+lengths or acceptance rates (one report file per configuration, each with its own ``k``/``alpha``).
 
 Step-cost fit: a request's decode phase (first to last token) lasts ``s`` steps (the exact expected
 number of steps to emit ``output_tokens − 1`` tokens under the scenario's acceptance), each costing
@@ -24,17 +24,20 @@ from __future__ import annotations
 __all__ = [
     "DenseFit",
     "LinearCostFit",
+    "SDFit",
+    "analytic_table",
     "costs_from_dense",
     "decode_concurrency",
     "expected_decode_steps",
     "fit_dense",
     "fit_linear_costs",
+    "fit_sd",
     "fitted_scenario",
     "report_to_measurements",
+    "several_configurations",
 ]
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,8 +151,51 @@ class DenseFit:
             return np.where(den > 0, self.c1 / den, np.inf)
 
 
-def _dense(lam: npt.NDArray[np.float64], c1: float, c2: float) -> npt.NDArray[np.float64]:
-    return c1 / (1.0 - lam * c2)
+def _analytic_api() -> Any:
+    """The ``sdsim`` package, whose ``fit_measurements`` is the analytic model's public fit (loaded
+    lazily; typed loosely because ``sdsim`` exposes it through a module ``__getattr__``)."""
+    import sdsim
+
+    return sdsim
+
+
+def _usable(
+    measurements: pd.DataFrame, metric: str, exclude_strategies: tuple[str, ...]
+) -> npt.NDArray[np.bool_]:
+    """Rows with a positive rate and latency, GuideLLM's closed bursts left out when >= 2 remain."""
+    lam = measurements["rate"].to_numpy(dtype=np.float64)
+    y = measurements[metric].to_numpy(dtype=np.float64)
+    ok = np.isfinite(lam) & np.isfinite(y) & (lam > 0) & (y > 0)
+    if "strategy" in measurements.columns:
+        keep = ~measurements["strategy"].isin(exclude_strategies).to_numpy()
+        if (ok & keep).sum() >= 2:
+            ok &= keep
+    return np.asarray(ok)
+
+
+def analytic_table(measurements: pd.DataFrame, metric: str = "e2e_mean") -> pd.DataFrame:
+    """What :func:`sdsim.fit_measurements` consumes, from per-benchmark measurements.
+
+    Token counts are rounded to whole tokens (the exact steps-to-finish law needs integers) and
+    ``metric`` becomes the ``e2e_mean`` column the fit reads. A draft length or acceptance the
+    report did not state (NaN) becomes 0: the dense form does not use them.
+    """
+    return pd.DataFrame(
+        {
+            "rate": measurements["rate"].to_numpy(dtype=np.float64),
+            "alpha": np.nan_to_num(measurements["alpha"].to_numpy(dtype=np.float64), nan=0.0),
+            "k": np.nan_to_num(measurements["k"].to_numpy(dtype=np.float64), nan=0.0).astype(
+                np.int64
+            ),
+            "prompt_tokens": np.maximum(
+                np.round(measurements["prompt_tokens"].to_numpy(dtype=np.float64)), 1
+            ).astype(np.int64),
+            "output_tokens": np.maximum(
+                np.round(measurements["output_tokens"].to_numpy(dtype=np.float64)), 1
+            ).astype(np.int64),
+            "e2e_mean": measurements[metric].to_numpy(dtype=np.float64),
+        }
+    )
 
 
 def fit_dense(
@@ -159,11 +205,17 @@ def fit_dense(
 ) -> DenseFit:
     """Least-squares fit of the dense 2-parameter mean-field form.
 
+    Three or more usable benchmarks go through the analytic model's own fit
+    (:func:`sdsim.fit_measurements`, ``form="dense"``: ``scipy.optimize.curve_fit`` with every
+    benchmark weighted by its relative error); two give the exact solution of
+    ``1/L = 1/C1 − λ·C2/C1`` through both points (no standard errors).
+
     Parameters
     ----------
     measurements
         From :func:`report_to_measurements` (columns ``rate`` and ``metric``; ``strategy``
-        optional).
+        optional). All rows should share one draft length and acceptance (the dense form has one
+        C1, C2 per configuration).
     metric
         Which mean latency to fit.
     exclude_strategies
@@ -174,43 +226,38 @@ def fit_dense(
     Raises
     ------
     ScenarioError
-        Fewer than two usable benchmarks.
+        Fewer than two usable benchmarks, or a fit that does not converge.
     """
     if metric not in measurements.columns:
         raise ScenarioError("--metric", f"unknown measurement {metric!r}")
     lam_all = measurements["rate"].to_numpy(dtype=np.float64)
     y_all = measurements[metric].to_numpy(dtype=np.float64)
-    ok = np.isfinite(lam_all) & np.isfinite(y_all) & (lam_all > 0) & (y_all > 0)
-    if "strategy" in measurements.columns:
-        keep = ~measurements["strategy"].isin(exclude_strategies).to_numpy()
-        if (ok & keep).sum() >= 2:
-            ok &= keep
+    ok = _usable(measurements, metric, exclude_strategies)
     if ok.sum() < 2:
         raise ScenarioError(
             "report",
             f"need >= 2 benchmarks with a rate and {metric} to fit C1, C2 (have {ok.sum()})",
         )
     lam, y = lam_all[ok], y_all[ok]
-    from scipy.optimize import OptimizeWarning, curve_fit
-
-    ub = (1.0 - 1e-9) / float(lam.max())
-    # start from the straight line 1/L = 1/C1 − λ·C2/C1
-    slope, icpt = np.polyfit(lam, 1.0 / y, 1)
-    c1_0 = 1.0 / icpt if icpt > 0 else float(y.min())
-    c2_0 = float(np.clip(-slope * c1_0, 0.0, 0.5 * ub))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", OptimizeWarning)
-        popt, pcov = curve_fit(
-            _dense, lam, y, p0=(c1_0, c2_0), bounds=([0.0, 0.0], [np.inf, ub]), maxfev=20000
+    if ok.sum() == 2:
+        slope = (1.0 / y[1] - 1.0 / y[0]) / (lam[1] - lam[0]) if lam[1] != lam[0] else 0.0
+        icpt = 1.0 / y[0] - slope * lam[0]
+        if icpt > 0 and slope <= 0:
+            c1, c2 = 1.0 / icpt, -slope / icpt
+        else:  # latency falling with load, or no spread in rate: no queueing to see
+            c1, c2 = float(y.mean()), 0.0
+        se1 = se2 = math.nan
+    else:
+        res = _analytic_api().fit_measurements(
+            analytic_table(measurements[ok], metric), form="dense"
         )
-    c1, c2 = float(popt[0]), float(popt[1])
-    se = np.sqrt(np.diag(pcov)) if lam.size > 2 else np.array([math.nan, math.nan])
-    se = np.where(np.isfinite(se), se, math.nan)
-    pred_used = _dense(lam, c1, c2)
+        c1, c2 = res.coefficients["C1"], res.coefficients["C2"]
+        se1, se2 = res.stderr["C1"], res.stderr["C2"]
+    fit = DenseFit(c1, c2, se1, se2, math.nan, metric, pd.DataFrame())
+    pred_used = fit.predict(lam)
     ss_res = float(((y - pred_used) ** 2).sum())
     ss_tot = float(((y - y.mean()) ** 2).sum())
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else math.nan
-    fit = DenseFit(c1, c2, float(se[0]), float(se[1]), r2, metric, pd.DataFrame())
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 and np.isfinite(ss_res) else math.nan
     pred = fit.predict(lam_all)
     table = pd.DataFrame(
         {
@@ -223,7 +270,77 @@ def fit_dense(
             "used": ok,
         }
     )
-    return DenseFit(c1, c2, fit.c1_se, fit.c2_se, r2, metric, table)
+    return DenseFit(c1, c2, se1, se2, r2, metric, table)
+
+
+@dataclass(frozen=True)
+class SDFit:
+    """The six stage coefficients fitted to benchmarks at several draft lengths or acceptances.
+
+    Attributes
+    ----------
+    result
+        :class:`sdsim.FitResult` of :func:`sdsim.fit_measurements` (``form="sd"``):
+        ``c1p, c1v, c1d, c2p, c2v, c2d`` with standard errors, R², leave-some-out error.
+    table
+        Per benchmark: k, alpha, rate, measured and predicted mean e2e, relative error, used.
+    """
+
+    result: Any
+    table: pd.DataFrame = field(repr=False)
+
+
+def several_configurations(measurements: pd.DataFrame) -> bool:
+    """Whether the benchmarks cover more than one (k, alpha) pair."""
+    pairs = measurements[["k", "alpha"]].astype(np.float64).drop_duplicates()
+    return len(pairs) > 1 and bool(np.isfinite(pairs.to_numpy()).all())
+
+
+def fit_sd(
+    measurements: pd.DataFrame, exclude_strategies: tuple[str, ...] = ("throughput",)
+) -> SDFit:
+    """Fit the six-coefficient SD form to mean e2e latencies at several k or alpha.
+
+    Parameters
+    ----------
+    measurements
+        From :func:`report_to_measurements` with the ``k`` and ``alpha`` each benchmark ran with.
+    exclude_strategies
+        As in :func:`fit_dense`.
+
+    Raises
+    ------
+    ScenarioError
+        Unknown k or alpha, a single configuration, fewer than 7 usable benchmarks, or no
+        convergence.
+    """
+    ok = _usable(measurements, "e2e_mean", exclude_strategies)
+    m = measurements[ok]
+    if not np.isfinite(m[["k", "alpha"]].to_numpy(dtype=np.float64)).all():
+        raise ScenarioError(
+            "--k", "the SD form needs each report's draft length and acceptance (--k, --alpha)"
+        )
+    if not several_configurations(m):
+        raise ScenarioError(
+            "--form",
+            "the SD form needs benchmarks at several draft lengths or acceptance rates (one "
+            "report per configuration, with --k/--alpha given once per report)",
+        )
+    res = _analytic_api().fit_measurements(analytic_table(m), form="sd")
+    y = m["e2e_mean"].to_numpy(dtype=np.float64)
+    pred = y - np.asarray(res.residuals, dtype=np.float64)
+    table = pd.DataFrame(
+        {
+            "benchmark": m["benchmark"].to_numpy() if "benchmark" in m else np.arange(len(m)),
+            "k": m["k"].to_numpy(),
+            "alpha": m["alpha"].to_numpy(),
+            "rate": m["rate"].to_numpy(dtype=np.float64),
+            "measured": y,
+            "predicted": pred,
+            "rel_error": (pred - y) / y,
+        }
+    )
+    return SDFit(res, table)
 
 
 # --------------------------------------------------------------------------- linear step costs

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 __all__ = ["Comparison", "compare_report", "comparison_figure"]
 
-import importlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 
+from sdsim.errors import ScenarioError
 from sdsim.reports.formats import Report, load_report
 from sdsim.reports.replay import replay_scenario
 from sdsim.scenario import Scenario
@@ -56,16 +56,39 @@ def _stats(x: np.ndarray) -> dict[str, float]:
     return {"mean": float(x.mean()), "p50": float(p[0]), "p90": float(p[1]), "p99": float(p[2])}
 
 
-def _analytic_predictor() -> Callable[[Scenario], Any] | None:
-    """``sdsim.predict`` when the analytic model is installed, else None."""
-    for mod, name in (("sdsim", "predict"), ("sdsim.analytic", "predict")):
-        try:
-            fn = getattr(importlib.import_module(mod), name, None)
-        except ImportError:
-            fn = None
-        if callable(fn):
-            return fn
-    return None
+def _analytic(
+    scenario: Scenario, brow: pd.Series, reqs: pd.DataFrame, i: int, notes: list[str]
+) -> dict[str, Any]:
+    """``sdsim.predict`` at the benchmark's achieved rate and mean lengths (Poisson arrivals).
+
+    The model's own refusals (a scenario it cannot price) become a note and NaN, never an abort:
+    the measured and simulated columns are still worth having.
+    """
+    import sdsim
+
+    over: dict[str, Any] = {
+        "workload.arrival": "poisson",
+        "workload.trace": None,
+        "workload.rate": float(brow["rate"]),
+        "workload.prompt_tokens": max(1, round(float(brow["prompt_tokens_mean"]))),
+        "workload.output_tokens": max(1, round(float(brow["output_tokens_mean"]))),
+        "workload.num_requests": max(2, len(reqs)),
+        "warmup_requests": 0,
+    }
+    if not (math.isfinite(over["workload.rate"]) and over["workload.rate"] > 0):
+        notes.append(f"benchmark {i}: no achieved rate, analytic model skipped")
+        return {}
+    try:
+        pred = cast(Any, sdsim).predict(scenario.with_overrides(over))
+    except (ScenarioError, ValueError, ArithmeticError) as exc:
+        notes.append(f"benchmark {i}: analytic model refused ({exc})")
+        return {}
+    if not pred.summary.get("stable", True):
+        notes.append(
+            f"benchmark {i}: {over['workload.rate']:.3g} req/s is past the analytic saturation "
+            f"({pred.saturation_rate:.3g} req/s)"
+        )
+    return dict(pred.summary)
 
 
 def compare_report(
@@ -88,15 +111,12 @@ def compare_report(
     benchmarks
         Indices or ids to compare; default all that can be replayed.
     analytic
-        Also ask ``sdsim.predict`` when it is importable.
+        Also fill the analytic column with ``sdsim.predict``.
     """
     from sdsim.simulation import simulate
 
     rep: Report = load_report(report)
     notes: list[str] = []
-    predict = _analytic_predictor() if analytic else None
-    if analytic and predict is None:
-        notes.append("analytic model not available in this build (sdsim.predict): column left NaN")
     which = [rep.resolve(b) for b in benchmarks] if benchmarks else list(range(len(rep.benchmarks)))
     rows: list[dict[str, Any]] = []
     for i in which:
@@ -114,19 +134,8 @@ def compare_report(
                 f"simulation ({sim.summary['stop_reason']})"
             )
         ana: dict[str, Any] = {}
-        if predict is not None:
-            try:
-                a_scn = scenario.with_overrides(
-                    {
-                        "workload.arrival": "poisson",
-                        "workload.rate": float(brow["rate"]),
-                        "workload.prompt_tokens": max(1, round(float(brow["prompt_tokens_mean"]))),
-                        "workload.output_tokens": max(1, round(float(brow["output_tokens_mean"]))),
-                    }
-                )
-                ana = dict(predict(a_scn).summary)
-            except Exception as exc:  # the analytic model may refuse (e.g. past saturation)
-                notes.append(f"benchmark {i}: analytic model failed ({exc.__class__.__name__})")
+        if analytic:
+            ana = _analytic(scenario, brow, reqs, i, notes)
         for m in METRICS:
             meas = _stats(reqs[m].to_numpy(dtype=np.float64))
             simd = _stats(done[m].to_numpy(dtype=np.float64))
