@@ -8,35 +8,53 @@ The seed paper writes the mean latency as ``L = C1 + B C2`` with six stage coeff
 index 1: load-independent, index 2: per request in flight), where ``m`` is the number of decode
 steps a request needs (the paper's g / E). The mapping from a StepCostModel, with no simulation:
 
-* the model is reduced to lines by ``linearize(k, max_batch, context)`` at the scenario's mean KV
-  length ``ctx = E[prompt] + E[g] / 2`` (the mean context over a request's decode life) and its
-  concurrency cap (``max_batch``); with ``LinearCoefficients`` ``lin``:
+* the step time is taken from the cost model itself at every decode batch ``n`` in
+  ``0..n_max`` (:class:`~sdsim.analytic.stepcurve.StepCurve`, at the step-weighted mean context
+  ``ctx``), not from one line through all batches: a roofline step is ``max(compute, memory)``
+  per operator, convex and kinked in ``n``;
+* the lines the published form needs are the **tangent at the operating point**: slopes and
+  intercepts of the verify pass, of one drafter pass and of the whole decode step are averaged
+  over the decode batches a request meets (``min(N + 1, n_max)`` scaled to the decoding share,
+  ``N`` from the GPS birth-death law at the rate), so ``a + b E[n]`` equals the mean decode step
+  and ``b`` its mean slope there:
 
-  - ``c1v = overhead + v_fixed + (k+1) v_token + v_kv ctx``  (a verify step of the request alone)
-  - ``c2v = (k+1) v_token + v_kv ctx``                       (what one more decoding request adds)
-  - ``c1d = d_fixed + d_token + d_kv ctx``                   (one drafter pass alone)
-  - ``c2d = d_token + d_kv ctx``                             (what one more request adds to it)
+  - ``c2v = E[verify'(n)]``, ``c1v = overhead + (E[verify(n)] - c2v E[n]) + c2v``
+  - ``c2d = E[draft'(n)] / k``, ``c1d = (E[draft(n)] / k - c2d E[n]) + c2d``
 
-* prefill is priced by the cost model's own ``step`` (so quadratic attention in a roofline or
-  profile source is kept): ``c1p`` is a prefill-only step of one mean prompt (the request alone),
-  and ``c_p`` the marginal cost of the prompt in a step that also decodes; a request in flight adds
-  its ``c_p`` once to someone's step and, during the tagged request's own prefill step, its decode
-  work, so ``c2p = c_p + c2v + k c2d``.
+  ``fit_error`` is the largest relative error of that tangent against the real decode step over
+  the batches that carry 98% of the law's mass. With the ``linear`` source the tangent is the
+  line itself at every rate (the previous, global mapping);
+* prefill is priced by the cost model's own ``step``: ``c1p`` is a prefill-only step of one mean
+  prompt (the request alone), and ``c_p`` the mean time one prompt's chunks add to the steps
+  they share with the decoding batch at the operating point (a chunk beside a memory-bound step
+  costs less than beside a compute-bound one); a request in flight adds its ``c_p`` once and,
+  during the tagged request's own prefill step(s), its decode work, so ``c2p = c_p + P b``;
 * ``m = E[S]`` is the exact mean of decode steps (:mod:`sdsim.analytic.work`), not g / E.
 
-A decode step of ``n`` requests lasts ``a + b n`` with ``a = overhead + v_fixed + k d_fixed`` and
-``b = c2v + k c2d``: the birth-death (GPS) and tail models use ``a``, ``b`` and ``c_p``.
+A decode step of ``n`` requests lasts ``a + b n`` locally, with ``a = overhead + v0 + k d0``
+(the intercepts) and ``b = c2v + k c2d``: the tail model uses ``a``, ``b`` and ``c_p``; the GPS
+birth-death law and the saturation rate use the full curve ``t(n)``.
 """
 
 from __future__ import annotations
 
-__all__ = ["Coefficients", "concurrency_cap", "derive_coefficients"]
+__all__ = [
+    "Coefficients",
+    "concurrency_cap",
+    "derive_coefficients",
+    "prefill_alone",
+    "tangent_coefficients",
+]
 
 import math
 from dataclasses import dataclass
 
-from sdsim.analytic.work import RequestWork, request_work
-from sdsim.costs.step import LinearCoefficients, StepCostModel, StepShape, build_cost_model
+import numpy as np
+import numpy.typing as npt
+
+from sdsim.analytic.stepcurve import StepCurve, slopes
+from sdsim.analytic.work import RequestWork
+from sdsim.costs.step import StepCostModel, StepShape
 from sdsim.scenario import Scenario
 
 
@@ -68,7 +86,12 @@ class Coefficients:
     prompt, output
         Mean prompt and output lengths (tokens).
     fit_error
-        ``linearize``'s largest relative error over the batch range (0 for the linear source).
+        Largest relative error of the local lines against the real decode step over the batches
+        the operating point visits (0 for the linear source).
+    linearization
+        Where the lines come from (e.g. ``tangent at mean decode batch 41.3``).
+    n_op
+        Mean decode batch a request meets at the operating point.
     """
 
     k: int
@@ -89,6 +112,8 @@ class Coefficients:
     prompt: float
     output: float
     fit_error: float = 0.0
+    linearization: str = "global line"
+    n_op: float = math.nan
 
     @property
     def c1(self) -> float:
@@ -118,28 +143,112 @@ def concurrency_cap(scn: Scenario, k: int) -> int:
     return max(1, min(scn.server.max_num_seqs, scn.server.max_num_batched_tokens // (k + 1)))
 
 
-def _prefill_costs(
-    model: StepCostModel, k: int, prompt: int, budget: int
-) -> tuple[float, float, int]:
-    """(prefill-only step alone, marginal prefill cost beside one decode, steps it spans)."""
+def prefill_alone(model: StepCostModel, k: int, prompt: int, budget: int) -> tuple[float, int]:
+    """(prefill-only steps of one prompt on an idle engine, steps it spans)."""
     chunk = max(1, min(prompt, budget))
     nsteps = max(1, math.ceil(prompt / chunk))
     alone = 0.0
-    marginal = 0.0
     done = 0
     for _ in range(nsteps):
         c = min(chunk, prompt - done)
-        ctx = done + c
-        alone += model.step(StepShape(0, 0, k, c, ctx, 1)).total
-        with_dec = model.step(StepShape(1, prompt, k, c, ctx, 1)).total
-        dec_only = model.step(StepShape(1, prompt, k)).total
-        marginal += with_dec - dec_only
+        alone += model.step(StepShape(0, 0, k, c, done + c, 1)).total
         done += c
-    return alone, marginal, nsteps
+    return alone, nsteps
+
+
+def _interp(arr: npt.NDArray[np.float64], x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    return np.interp(x, np.arange(arr.shape[0], dtype=np.float64), arr)
+
+
+def tangent_coefficients(
+    curve: StepCurve,
+    work: RequestWork,
+    prompt: float,
+    c1p: float,
+    batches: npt.NDArray[np.float64],
+    weights: npt.NDArray[np.float64],
+    chunk_rate: float,
+) -> Coefficients:
+    """The six stage coefficients as the tangent of the real step curve at an operating point.
+
+    Parameters
+    ----------
+    curve
+        Step times at every decode batch.
+    work
+        Decode-steps law.
+    prompt
+        Mean prompt length.
+    c1p
+        Prefill-only time of one prompt (the request alone).
+    batches, weights
+        Decode batches a request meets (fractional, >= 1) and their probabilities.
+    chunk_rate
+        Prefill chunks per second (prices the prefill a step carries).
+
+    Returns
+    -------
+    Coefficients
+    """
+    k = curve.k
+    w = np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    x = np.clip(np.asarray(batches, dtype=np.float64), 1.0, float(curve.n_max))
+    n_op = float(w @ x)
+    grad_v = slopes(curve.verify)
+    grad_d = slopes(curve.draft)
+    e_v, e_d = float(w @ _interp(curve.verify, x)), float(w @ _interp(curve.draft, x))
+    s_v, s_d = float(w @ _interp(grad_v, x)), float(w @ _interp(grad_d, x))
+    c2v = s_v
+    c1v = curve.overhead + (e_v - s_v * n_op) + c2v
+    if k > 0:
+        c2d = s_d / k
+        c1d = (e_d / k - c2d * n_op) + c2d
+    else:
+        c2d = c1d = 0.0
+    b = s_v + s_d
+    a = curve.overhead + (e_v - s_v * n_op) + (e_d - s_d * n_op)
+    # error of the local line on the batches that carry 98% of the mass
+    order = np.argsort(x)
+    cum = np.cumsum(w[order])
+    lo = float(x[order][min(int(np.searchsorted(cum, 0.01)), x.shape[0] - 1)])
+    hi = float(x[order][min(int(np.searchsorted(cum, 0.99)), x.shape[0] - 1)])
+    span = np.arange(math.floor(lo), math.ceil(hi) + 1)
+    span = span[(span >= 1) & (span <= curve.n_max)]
+    real = curve.decode[span]
+    err = float(np.max(np.abs(a + b * span - real) / real)) if span.size else 0.0
+    cp_n = _interp(curve.chunk_cost(chunk_rate), x)
+    c_p = float(w @ cp_n) * curve.chunks_per_request
+    pf = curve.chunks_per_request
+    return Coefficients(
+        k=k,
+        c1p=c1p,
+        c1v=c1v,
+        c1d=c1d,
+        c2p=c_p + pf * b,
+        c2v=c2v,
+        c2d=c2d,
+        steps=work.mean_steps,
+        tokens_per_step=work.tokens_per_step,
+        a=a,
+        b=b,
+        c_p=c_p,
+        prefill_steps=pf,
+        n_max=curve.n_max,
+        ctx=curve.ctx,
+        prompt=prompt,
+        output=work.mean_output,
+        fit_error=err,
+        linearization=f"tangent at mean decode batch {n_op:.1f}",
+        n_op=n_op,
+    )
 
 
 def derive_coefficients(
-    scn: Scenario, k: int | None = None, work: RequestWork | None = None
+    scn: Scenario,
+    k: int | None = None,
+    work: RequestWork | None = None,
+    rate: float | None = None,
 ) -> Coefficients:
     """Derive the stage coefficients from the scenario's StepCostModel (no simulation).
 
@@ -151,43 +260,16 @@ def derive_coefficients(
         Draft length; defaults to ``scn.spec.k``.
     work
         Precomputed :func:`~sdsim.analytic.work.request_work` for this k (saves time).
+    rate
+        Arrival rate per replica of the operating point the lines are the tangent at; default
+        the scenario's rate split over its replicas.
 
     Returns
     -------
     Coefficients
     """
+    from sdsim.analytic.operating import operating_point
+
     kk = scn.spec.k if k is None else int(k)
-    model = build_cost_model(scn)
-    w = work if work is not None else request_work(scn, kk)
-    prompt = float(scn.workload.prompt_tokens.mean)
-    ctx = prompt + w.mean_output / 2
-    n_max = concurrency_cap(scn, kk)
-    lin: LinearCoefficients = model.linearize(kk, max_batch=n_max, context=round(ctx))
-    c2v = (kk + 1) * lin.v_token + lin.v_kv * ctx
-    c2d = lin.d_token + lin.d_kv * ctx
-    c1v = lin.overhead + lin.v_fixed + c2v
-    c1d = lin.d_fixed + c2d
-    alone, c_p, pf_steps = _prefill_costs(
-        model, kk, max(1, round(prompt)), scn.server.max_num_batched_tokens
-    )
-    b = c2v + kk * c2d
-    return Coefficients(
-        k=kk,
-        c1p=alone,
-        c1v=c1v,
-        c1d=c1d,
-        c2p=c_p + pf_steps * b,
-        c2v=c2v,
-        c2d=c2d,
-        steps=w.mean_steps,
-        tokens_per_step=w.tokens_per_step,
-        a=lin.overhead + lin.v_fixed + kk * lin.d_fixed,
-        b=b,
-        c_p=c_p,
-        prefill_steps=pf_steps,
-        n_max=n_max,
-        ctx=ctx,
-        prompt=prompt,
-        output=w.mean_output,
-        fit_error=lin.fit_error,
-    )
+    lam = scn.workload.rate / scn.server.replicas if rate is None else float(rate)
+    return operating_point(scn, kk, lam, work=work).coefficients

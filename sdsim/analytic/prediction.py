@@ -1,15 +1,40 @@
 """`predict(scenario)`: the closed-form model's answer for one scenario, keyed like a simulation.
 
-Puts the pieces together: the request's work law (:mod:`~sdsim.analytic.work`), the stage
-coefficients (:mod:`~sdsim.analytic.coefficients`), the mean-field formula
-(:mod:`~sdsim.analytic.meanfield`), the GPS birth-death law with the concurrency cap
-(:mod:`~sdsim.analytic.gps`) and the tagged-request quantiles (:mod:`~sdsim.analytic.tails`).
-``Prediction.summary`` uses the simulation summary's keys, so the two compare key by key.
+Puts the pieces together: the request's work law (:mod:`~sdsim.analytic.work`), the real step
+curve of the cost model (:mod:`~sdsim.analytic.stepcurve`), the operating point with its GPS
+birth-death law, saturation rate and KV demand (:mod:`~sdsim.analytic.operating`), the local
+stage coefficients (:mod:`~sdsim.analytic.coefficients`), the mean-field formula
+(:mod:`~sdsim.analytic.meanfield`) and the tagged-request quantiles
+(:mod:`~sdsim.analytic.tails`). ``Prediction.summary`` uses the simulation summary's keys, so
+the two compare key by key.
+
+What the engine does beyond one replica with a fixed k is mapped as follows:
+
+* replicas: every router sends each replica ``rate / replicas`` on average; the gaps a replica
+  sees have squared CV ``c^2 / N`` (round-robin and least-outstanding, which keeps replicas as
+  even as round-robin) or ``1 - 1/N + c^2 / N`` (random thinning), which only the admission-wait
+  term uses;
+* ``spec.policy: adaptive``: predicted with the k the policy chooses at the predicted mean
+  decode batch (the argmax of ``batch x E[X](alpha_hat, k) / t_k(batch)``, ``alpha_hat`` the
+  truncated-geometric estimate the policy converges to), iterated to a fixed point;
+* per-step CPU overhead: inside every priced step (``costs.overhead_s``), so in ``t(n)``;
+* ``server.api_delay_s``: added to every TTFT and e2e statistic (an infinite-server delay ahead of
+  the queue); Little's law counts it in ``in_system_mean``;
+* a finite KV cache (``server.num_gpu_blocks``): ``kv_saturation_rate`` is where the mean KV
+  demand reaches the capacity; from there on preemption by recomputation governs the latency
+  and the prediction is marked ``outside_model`` (``saturation_rate`` is the smaller of the two).
 """
 
 from __future__ import annotations
 
-__all__ = ["Prediction", "capacity", "gps_law", "mean_e2e_gps", "predict"]
+__all__ = [
+    "Prediction",
+    "adaptive_k",
+    "capacity",
+    "gps_law",
+    "mean_e2e_gps",
+    "predict",
+]
 
 import math
 from collections.abc import Sequence
@@ -17,20 +42,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
-from sdsim.analytic.coefficients import Coefficients, derive_coefficients
-from sdsim.analytic.gps import BirthDeath, birth_death
+from sdsim.acceptance import expected_tokens_per_step
+from sdsim.analytic.coefficients import Coefficients
+from sdsim.analytic.gps import BirthDeath
 from sdsim.analytic.meanfield import (
     break_even_rate,
     mean_latency,
     speedup,
 )
+from sdsim.analytic.operating import (
+    OperatingPoint,
+    build_curve,
+    gps_law_from_curve,
+    kv_blocks_per_request,
+    kv_saturation_rate,
+    local_lines,
+    operating_point,
+)
+from sdsim.analytic.stepcurve import StepCurve
 from sdsim.analytic.tails import latency_distribution
 from sdsim.analytic.work import RequestWork, request_work
-from sdsim.costs.step import StepCostModel, StepShape, build_cost_model
+from sdsim.costs.step import StepCostModel, build_cost_model
 from sdsim.errors import ScenarioError
-from sdsim.scenario import Scenario
+from sdsim.scenario import BetaAlpha, Scenario
 
 LATENCY_KEYS = tuple(
     f"{m}_{s}" for m in ("e2e", "ttft", "tpot") for s in ("mean", "p50", "p90", "p99")
@@ -47,14 +82,17 @@ class Prediction:
         Same keys as ``SimResult.summary``: ``{e2e,ttft,tpot}_{mean,p50,p90,p99}``,
         ``throughput_rps``, ``throughput_tps``, ``tokens_per_step_mean``, ``batch_mean``,
         ``in_system_mean``, ``stable``; plus ``e2e_mean_meanfield``, ``e2e_mean_gps``,
-        ``p_wait``, ``queue_delay_mean``.
+        ``p_wait``, ``queue_delay_mean``, ``k_effective``, ``api_delay_s``,
+        ``kv_demand_mean`` (blocks, per replica), ``p_kv_full`` (probability that the requests
+        in the engine need more blocks than the cache holds: the onset of preemption) and
+        ``kv_saturated``.
     c1, c2
         Mean-field coefficients (seconds).
     stages
         The six stage coefficients ``c1p, c1v, c1d, c2p, c2v, c2d``.
     saturation_rate
-        Largest sustainable arrival rate (req/s, all replicas): the smaller of the token-work
-        limit ``1 / (c_p + b E[S])`` and the concurrency-cap limit.
+        Largest sustainable arrival rate (req/s, all replicas): the smaller of the step-curve
+        limit (``gpu_saturation_rate``) and the KV limit (``kv_saturation_rate``).
     speedup
         Mean-field speedup of this k over k = 0 at the scenario's rate (1.0 when k = 0).
     break_even_rate
@@ -62,7 +100,14 @@ class Prediction:
     best_k
         rate -> draft length with the lowest predicted mean e2e (birth-death model).
     coefficients
-        The full :class:`~sdsim.analytic.coefficients.Coefficients`.
+        The full :class:`~sdsim.analytic.coefficients.Coefficients` (local lines at this rate).
+    gpu_saturation_rate
+        Rate (req/s, all replicas) at which the real step curve saturates the replicas.
+    kv_saturation_rate
+        Rate (req/s, all replicas) at which the mean KV demand reaches ``num_gpu_blocks``
+        (``inf`` for an unlimited cache).
+    outside_model
+        Why this prediction is outside what the model covers (``None`` when it is inside).
     """
 
     summary: dict[str, Any]
@@ -75,6 +120,9 @@ class Prediction:
     best_k: dict[float, int | None] = field(default_factory=dict)
     coefficients: Coefficients | None = None
     scenario: Scenario | None = None
+    gpu_saturation_rate: float = math.nan
+    kv_saturation_rate: float = math.inf
+    outside_model: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (what `sdsim predict --json` prints)."""
@@ -89,26 +137,39 @@ class Prediction:
             "best_k": {f"{r:g}": k for r, k in self.best_k.items()},
             "steps_per_request": self.coefficients.steps if self.coefficients else math.nan,
             "concurrency_cap": self.coefficients.n_max if self.coefficients else None,
+            "linearization": self.coefficients.linearization if self.coefficients else None,
+            "linearization_error": self.coefficients.fit_error if self.coefficients else None,
+            "gpu_saturation_rate": self.gpu_saturation_rate,
+            "kv_saturation_rate": self.kv_saturation_rate,
+            "outside_model": self.outside_model,
         }
 
 
 def _arrival_scv(scn: Scenario) -> float:
+    """Squared CV of the gaps between arrivals at one replica (see the module docstring)."""
     w = scn.workload
-    if w.arrival == "poisson":
-        return 1.0
     if w.arrival == "gamma":
-        return float(w.cv**2)
-    if w.arrival == "constant":
-        return 0.0
-    return 1.0  # trace: unknown, treated as Poisson
+        c2 = float(w.cv**2)
+    elif w.arrival == "constant":
+        c2 = 0.0
+    else:
+        c2 = 1.0  # poisson; a trace is treated as Poisson
+    n = scn.server.replicas
+    if n == 1:
+        return c2
+    if scn.server.router == "random":
+        return 1.0 - 1.0 / n + c2 / n
+    return c2 / n
 
 
 def capacity(co: Coefficients) -> float:
-    """Largest sustainable rate of one replica (req/s).
+    """Largest sustainable rate of one replica from the *local lines* alone (req/s).
 
     Without a cap a request brings ``c_p + b E[S]`` seconds of marginal work; with the batch full
     at ``n_max`` requests each holding a slot for ``E[S] + P`` steps, throughput is
-    ``n_max / ((E[S] + P)(a + b n_dec) + n_max c_p)``.
+    ``n_max / ((E[S] + P)(a + b n_dec) + n_max c_p)``. The lines are a tangent at one operating
+    point, so this is exact for linear costs only; :func:`predict` takes the saturation rate from
+    the real step curve (:func:`~sdsim.analytic.operating.step_saturation_rate`).
     """
     work_limit = 1.0 / (co.c_p + co.b * co.steps) if co.c_p + co.b * co.steps > 0 else math.inf
     life = co.steps + co.prefill_steps
@@ -117,39 +178,14 @@ def capacity(co: Coefficients) -> float:
     return min(work_limit, cap_limit)
 
 
-def _step_time_fn(model: StepCostModel, co: Coefficients, rate: float) -> Any:
-    """t(n): seconds per step with n requests in the batch, prefill work spread as a time tax."""
-    frac = co.steps / (co.steps + co.prefill_steps)
-    tax = 1.0 - rate * co.c_p
-    cache: dict[int, float] = {}
-
-    def dec(nd: int) -> float:
-        if nd not in cache:
-            cache[nd] = model.step(StepShape(nd, round(nd * co.ctx), co.k)).total
-        return cache[nd]
-
-    def fn(n: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        nd = n * frac
-        lo = np.floor(nd).astype(np.int64)
-        out = np.empty_like(nd)
-        for i, (x, f) in enumerate(zip(nd, lo, strict=True)):
-            t0 = dec(max(int(f), 1))
-            t1 = dec(max(int(f) + 1, 1))
-            out[i] = t0 + (t1 - t0) * (x - f) if f >= 1 else dec(1) * max(x, 1e-9)
-        return out / tax
-
-    return fn
-
-
 def gps_law(
     scn: Scenario, co: Coefficients, rate: float, model: StepCostModel | None = None
 ) -> BirthDeath:
-    """Birth-death law of the number in system of one replica at ``rate`` (req/s per replica)."""
-    m = model if model is not None else build_cost_model(scn)
-    if rate * co.c_p >= 1.0:
-        return BirthDeath(np.zeros(0), rate, co.n_max, False)
-    nu = co.steps + co.prefill_steps
-    return birth_death(rate, nu, _step_time_fn(m, co, rate), co.n_max)
+    """Birth-death law of the number in system of one replica at ``rate`` (req/s per replica),
+    with the real step curve ``t(n)`` of the scenario's cost model at draft length ``co.k``."""
+    work = request_work(scn, co.k)
+    curve = build_curve(scn, co.k, work, model)
+    return gps_law_from_curve(curve, work, rate)
 
 
 def mean_e2e_gps(law: BirthDeath, co: Coefficients) -> float:
@@ -157,6 +193,84 @@ def mean_e2e_gps(law: BirthDeath, co: Coefficients) -> float:
     if not law.stable:
         return math.inf
     return law.mean_sojourn + co.c_p + 0.5 * (co.a + co.b * law.mean)
+
+
+def _alpha_hat(scn: Scenario, k: int) -> float:
+    """The i.i.d. acceptance the adaptive policy's estimator converges to at draft length k.
+
+    The policy's MLE is accepted / (accepted + rejections); in the long run that is
+    ``E[accepted] / (E[accepted] + P(a rejection within k))`` under the scenario's acceptance law
+    (exactly alpha for a constant alpha).
+    """
+    a = scn.acceptance.alpha
+    kk = max(k, 1)
+    if isinstance(a, BetaAlpha):
+        from scipy import stats
+
+        nodes = stats.beta(a.a, a.b).ppf((np.arange(12) + 0.5) / 12)
+        alphas: list[list[float]] = [[float(x)] * kk for x in nodes]
+    elif isinstance(a, list):
+        alphas = [[float(x) for x in a[:kk]] + [float(a[-1])] * max(0, kk - len(a))]
+    else:
+        alphas = [[float(a)] * kk]
+    acc = rej = 0.0
+    for pos in alphas:
+        surv = np.cumprod(pos)
+        acc += float(surv.sum())
+        rej += 1.0 - float(surv[-1])
+    return acc / (acc + rej) if acc + rej > 0 else 0.0
+
+
+def adaptive_k(
+    scn: Scenario,
+    rate: float,
+    curves: dict[int, StepCurve] | None = None,
+    model: StepCostModel | None = None,
+) -> int:
+    """The draft length the adaptive policy settles on at ``rate`` req/s per replica.
+
+    Starting from ``spec.k``: predict the mean decode batch with the current k, let the policy
+    choose at that batch (``argmax_k min(n, budget // (k+1)) E[X](alpha_hat, k) / t_k(n)``),
+    repeat until the choice stops changing (at most 8 rounds; a 2-cycle takes the smaller k).
+    """
+    m = model if model is not None else build_cost_model(scn)
+    cs: dict[int, StepCurve] = curves if curves is not None else {}
+    works: dict[int, RequestWork] = {}
+    budget = scn.server.max_num_batched_tokens
+    ks = np.arange(scn.spec.k_max + 1)
+
+    def curve(kk: int) -> StepCurve:
+        if kk not in cs:
+            works[kk] = request_work(scn, kk)
+            cs[kk] = build_curve(scn, kk, works[kk], m)
+        return cs[kk]
+
+    k = min(scn.spec.k, scn.spec.k_max)
+    seen: list[int] = []
+    for _ in range(8):
+        c = curve(k)
+        if k not in works:
+            works[k] = request_work(scn, k)
+        op = operating_point(scn, k, rate, work=works[k], model=m, curve=c)
+        n_op = op.coefficients.n_op
+        alpha = _alpha_hat(scn, k)
+        best, best_score = k, -math.inf
+        for kk in ks.tolist():
+            ck = curve(int(kk))
+            nb = min(n_op, budget // (kk + 1), float(ck.n_max))
+            if nb <= 0:
+                continue
+            t = float(np.interp(nb, np.arange(ck.decode.shape[0]), ck.decode))
+            score = nb * expected_tokens_per_step(alpha, int(kk)) / t
+            if score > best_score * (1 + 1e-12):
+                best, best_score = int(kk), score
+        if best == k:
+            return k
+        if best in seen:
+            return min(best, k)
+        seen.append(k)
+        k = best
+    return k
 
 
 def predict(
@@ -185,31 +299,40 @@ def predict(
     Prediction
     """
     scn = scenario
-    if scn.workload.arrival == "trace":
+    if scn.workload.arrival in ("trace", "replay"):
         raise ScenarioError(
             "workload.arrival", "predict needs a rate-driven arrival process, not a trace"
         )
     model = build_cost_model(scn)
-    k = scn.spec.k
     reps = scn.server.replicas
-    lam = scn.workload.rate / reps  # round-robin / balanced replicas: each sees rate / replicas
+    lam = scn.workload.rate / reps  # every router gives each replica rate / replicas on average
     works: dict[int, RequestWork] = {}
-    coefs: dict[int, Coefficients] = {}
+    curves: dict[int, StepCurve] = {}
+    ops: dict[tuple[int, float], OperatingPoint] = {}
 
-    def co_for(kk: int) -> Coefficients:
-        if kk not in coefs:
+    def op_for(kk: int, r: float) -> OperatingPoint:
+        if kk not in works:
             works[kk] = request_work(scn, kk)
-            coefs[kk] = derive_coefficients(scn, kk, works[kk])
-        return coefs[kk]
+        if kk not in curves:
+            curves[kk] = build_curve(scn, kk, works[kk], model)
+        key = (kk, float(r))
+        if key not in ops:
+            ops[key] = operating_point(
+                scn, kk, float(r), work=works[kk], model=model, curve=curves[kk]
+            )
+        return ops[key]
 
-    co = co_for(k)
-    co0 = co_for(0)
-    sat = capacity(co) * reps
-    stable = lam * reps < sat
-    law = gps_law(scn, co, lam, model)
+    k = scn.spec.k if scn.spec.policy == "fixed" else adaptive_k(scn, lam, curves, model)
+    op = op_for(k, lam)
+    co = op.coefficients
+    law = op.law
+    gpu_sat = op.saturation_rate * reps
+    kv_sat = kv_saturation_rate(scn, op.curve, op.work, op.saturation_rate) * reps
+    sat = min(gpu_sat, kv_sat)
+    stable = lam * reps < gpu_sat and law.stable
     summary: dict[str, Any] = {}
-    if quantiles and stable and law.stable:
-        tm = latency_distribution(co, works[k], law, lam, _arrival_scv(scn))
+    if quantiles and stable:
+        tm = latency_distribution(co, op.work, law, lam, _arrival_scv(scn), local_lines(op))
         summary.update(tm.stats)
         p_wait, mean_wait = tm.p_wait, tm.mean_wait
     else:
@@ -217,15 +340,21 @@ def predict(
             summary[key] = math.nan if stable else math.inf
         p_wait = law.p_wait if law.stable else 1.0
         mean_wait = math.nan
-        if stable and law.stable:
+        if stable:
             summary["e2e_mean"] = mean_e2e_gps(law, co)
-    mf = float(mean_latency(co.c1, co.c2, lam))
+    api = float(scn.server.api_delay_s)
+    if api > 0:
+        for key in LATENCY_KEYS:
+            if key.startswith(("e2e_", "ttft_")):
+                summary[key] = summary[key] + api
+    mf = float(mean_latency(co.c1, co.c2, lam)) + api
     summary["e2e_mean_meanfield"] = mf
-    summary["e2e_mean_gps"] = mean_e2e_gps(law, co)
+    summary["e2e_mean_gps"] = mean_e2e_gps(law, co) + api
     summary["throughput_rps"] = lam * reps if stable else sat
     summary["throughput_tps"] = summary["throughput_rps"] * co.output
     summary["tokens_per_step_mean"] = co.tokens_per_step
-    summary["in_system_mean"] = lam * summary["e2e_mean"] if stable else math.inf
+    # Little's law over all replicas (the API delay stage included)
+    summary["in_system_mean"] = lam * reps * summary["e2e_mean"] if stable else math.inf
     summary["batch_mean"] = (
         float((np.minimum(np.arange(law.pmf.shape[0]), co.n_max) * law.pmf).sum())
         if law.stable
@@ -233,28 +362,54 @@ def predict(
     )
     summary["p_wait"] = p_wait
     summary["queue_delay_mean"] = mean_wait
-    summary["stable"] = bool(stable and law.stable)
+    summary["stable"] = bool(stable)
     summary["little_residual"] = 0.0
+    summary["k_effective"] = k
+    summary["api_delay_s"] = api
+    blocks = kv_blocks_per_request(scn, op.curve)
+    summary["kv_demand_mean"] = summary["batch_mean"] * blocks
+    outside: str | None = None
+    summary["p_kv_full"] = 0.0
+    if scn.server.num_gpu_blocks is not None:
+        if law.stable:
+            n_eng = np.minimum(np.arange(law.pmf.shape[0]), co.n_max)
+            summary["p_kv_full"] = float(law.pmf[n_eng * blocks > scn.server.num_gpu_blocks].sum())
+        else:
+            summary["p_kv_full"] = 1.0
+        summary["kv_saturated"] = bool(lam * reps >= kv_sat)
+        if summary["kv_saturated"]:
+            outside = (
+                f"KV cache saturated: mean demand {summary['kv_demand_mean']:.0f} of "
+                f"{scn.server.num_gpu_blocks} blocks at or past {kv_sat:.3g} req/s "
+                "(preemption by recomputation is not in the model)"
+            )
+    else:
+        summary["kv_saturated"] = False
+    if not stable and outside is None:
+        outside = f"past the saturation rate {gpu_sat:.3g} req/s"
 
-    c1r = co.c1 / co0.c1
-    c2r = co.c2 / co0.c2
-    sp = float(speedup(c1r, c2r, lam * co0.c2)) if lam * co0.c2 < 1 else math.nan
-    be = break_even_rate(c1r, c2r, co0.c2) * reps if k > 0 else math.nan
+    if k > 0:
+        op0 = op_for(0, lam)
+        co0 = op0.coefficients
+        c1r = co.c1 / co0.c1
+        c2r = co.c2 / co0.c2
+        sp = float(speedup(c1r, c2r, lam * co0.c2)) if lam * co0.c2 < 1 else math.nan
+        be = break_even_rate(c1r, c2r, co0.c2) * reps
+    else:
+        sp, be = 1.0, math.nan
+        op0 = op
 
     ks = sorted(set(k_values) if k_values is not None else {*range(scn.spec.k_max + 1), k})
     if rates is None:
-        sat0 = capacity(co0) * reps
+        sat0 = op_for(0, lam).saturation_rate * reps
         rates = [scn.workload.rate, *(f * sat0 for f in (0.1, 0.25, 0.5, 0.75, 0.9))]
     best: dict[float, int | None] = {}
     for r in rates:
         lat = []
+        lr = float(r) / reps
         for kk in ks:
-            ck = co_for(kk)
-            lr = float(r) / reps
-            if lr >= capacity(ck):
-                lat.append(math.inf)
-                continue
-            lat.append(mean_e2e_gps(gps_law(scn, ck, lr, model), ck))
+            ok = op_for(kk, lr)
+            lat.append(mean_e2e_gps(ok.law, ok.coefficients) if ok.law.stable else math.inf)
         i = int(np.argmin(lat))
         best[float(r)] = ks[i] if math.isfinite(lat[i]) else None
     return Prediction(
@@ -263,9 +418,12 @@ def predict(
         c2=co.c2,
         stages=co.stages,
         saturation_rate=sat,
-        speedup=1.0 if k == 0 else sp,
+        speedup=sp,
         break_even_rate=be,
         best_k=best,
         coefficients=co,
         scenario=scn,
+        gpu_saturation_rate=gpu_sat,
+        kv_saturation_rate=kv_sat,
+        outside_model=outside,
     )

@@ -27,9 +27,10 @@ mixture of uniforms (residual) shifted by prefill-step durations with Poisson pr
 
 from __future__ import annotations
 
-__all__ = ["TailModel", "latency_distribution"]
+__all__ = ["LocalLines", "TailModel", "latency_distribution"]
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,6 +50,8 @@ GRID = 1200
 MAX_COMPONENTS = 30_000
 
 FloatArray = npt.NDArray[np.float64]
+# n (others in system, per bin) -> (a, b, c_p) arrays: the local lines of the real step curve
+LocalLines = Callable[[FloatArray], tuple[FloatArray, FloatArray, FloatArray]]
 
 
 @dataclass
@@ -137,6 +140,7 @@ def latency_distribution(
     law: BirthDeath,
     rate: float,
     ca2: float = 1.0,
+    local: LocalLines | None = None,
 ) -> TailModel:
     """Mean and quantiles of e2e, TTFT and TPOT for one scenario at one rate.
 
@@ -152,6 +156,10 @@ def latency_distribution(
         Arrival rate (req/s).
     ca2
         Squared coefficient of variation of inter-arrival gaps (1 for Poisson).
+    local
+        Optional ``n -> (a, b, c_p)``: the lines of the real step curve around ``n`` requests in
+        system (the tangent there). A request that finds a large batch then sees the steeper
+        slope of a convex (roofline) step curve; without it, ``co``'s single lines are used.
 
     Returns
     -------
@@ -169,7 +177,7 @@ def latency_distribution(
             math.inf,
             co.n_max,
         )
-    a, b, cp, lam = co.a, co.b, co.c_p, rate
+    lam = rate
     P = co.prefill_steps
     nmax = co.n_max
 
@@ -214,14 +222,20 @@ def latency_distribution(
 
     # time-average step (for the residual and the prefill counts)
     # mean step with n decoding and the prefill tax: (a + b n) / (1 - lambda c_p)
-    tax = max(1.0 - lam * cp, 1e-6)
-    d0 = a + b * n0  # arrival step's decode part given n0 others
+    if local is not None:
+        a_n, b_n, cp_n = local(n0)
+        a_t, b_t, cp_t = (float(v[0]) for v in local(np.array([float(nmax - 1)])))
+    else:
+        a_n, b_n, cp_n = (np.full_like(n0, v) for v in (co.a, co.b, co.c_p))
+        a_t, b_t, cp_t = co.a, co.b, co.c_p
+    tax = np.maximum(1.0 - lam * cp_n, 1e-6)
+    d0 = a_n + b_n * n0  # arrival step's decode part given n0 others
     mu_pf = lam * d0 / tax  # arrivals in the previous step, prefilled in the arrival step
-    ed = d0 + cp * mu_pf
-    ed2 = ed**2 + cp**2 * mu_pf
+    ed = d0 + cp_n * mu_pf
+    ed2 = ed**2 + cp_n**2 * mu_pf
     ea2 = mu_pf + mu_pf**2
     ea3 = mu_pf**3 + 3 * mu_pf**2 + mu_pf
-    ed3 = d0**3 + 3 * d0**2 * cp * mu_pf + 3 * d0 * cp**2 * ea2 + cp**3 * ea3
+    ed3 = d0**3 + 3 * d0**2 * cp_n * mu_pf + 3 * d0 * cp_n**2 * ea2 + cp_n**3 * ea3
     busy = (n0 > 0).astype(np.float64)
     r_mean = busy * ed2 / (2 * ed)
     r_var = busy * np.maximum(ed3 / (3 * ed) - (ed2 / (2 * ed)) ** 2, 0.0)
@@ -230,7 +244,7 @@ def latency_distribution(
     # ---- full-batch (waiting) regime
     e_s = work.mean_steps
     nu = e_s + P + 0.5
-    t_full = (a + b * nmax) + cp * nmax / nu
+    t_full = (a_t + b_t * nmax) + cp_t * nmax / nu
     mu_full = nmax / (nu * t_full)
     cs2 = work.var_steps / (e_s + P) ** 2
     theta = 0.5 * (ca2 + cs2) / max(mu_full - lam, 1e-12)  # mean wait given a wait
@@ -253,6 +267,8 @@ def latency_distribution(
         s_vals, s_w, s_v = _bin(np.arange(spmf.shape[0], dtype=np.float64), spmf, s_bins)
         si = np.rint(s_vals).astype(np.int64)
         ell = si + P
+        # per-n0 lines (columns broadcast against the s axis)
+        a, b, cp = a_n[:, None], b_n[:, None], cp_n[:, None]
         # new arrivals' contribution (per unit of lambda t-bar): full life and decode window
         k_full = cp * (si + 1) + b * CM1[si]
         k2_full = cp**2 * (si + 1) + 2 * cp * b * CM1[si] + b**2 * CM2[si]
@@ -303,7 +319,7 @@ def latency_distribution(
         # waiting arrivals: the batch is full for the whole life
         ws = s_w * pg * p_wait
         mu_w = r_mean[-1] + ell * t_full
-        sd_w = np.sqrt(ell * cp**2 * nmax / nu + tbar[-1] ** 2 * s_v + r_var[-1])
+        sd_w = np.sqrt(ell * cp_t**2 * nmax / nu + tbar[-1] ** 2 * s_v + r_var[-1])
         wait_w.append(ws)
         wait_mu.append(mu_w)
         wait_sd.append(sd_w)
@@ -318,7 +334,7 @@ def latency_distribution(
             tpot_mass += float(W.sum())
             tpot_w.append(ws)
             tpot_mu.append(si * t_full / (g - 1))
-            tpot_sd.append(np.sqrt(si * cp**2 * nmax / nu + tbar[-1] ** 2 * s_v) / (g - 1))
+            tpot_sd.append(np.sqrt(si * cp_t**2 * nmax / nu + tbar[-1] ** 2 * s_v) / (g - 1))
             mean_tpot += float((ws * si * t_full / (g - 1)).sum())
             tpot_mass += float(ws.sum())
 
@@ -358,7 +374,8 @@ def latency_distribution(
     # TTFT: residual (uniform over a length-biased step) + prefill step with Poisson prefills
     out.update(
         _ttft(
-            co, lam, n0, w0, d0, mu_pf, ttft_pf_mean, p_wait, theta, a, b, cp, P, nmax, t_full, nu
+            co, lam, n0, w0, d0, mu_pf, ttft_pf_mean, p_wait, theta, a_t, b_t, cp_n, cp_t, P,
+            nmax, t_full, nu,
         )
     )
     mean_batch = float((np.minimum(n_all, nmax) * pn).sum()) * e_s / nu
@@ -402,6 +419,7 @@ def _ttft(
     theta: float,
     a: float,
     b: float,
+    cp_n: FloatArray,
     cp: float,
     P: int,
     nmax: int,
@@ -426,13 +444,14 @@ def _ttft(
             comps_len.append(np.array([0.0]))
             continue
         pa = stats.poisson.pmf(A, mu_pf[i])
-        dur = d0[i] + cp * A
+        cpi = float(cp_n[i])
+        dur = d0[i] + cpi * A
         wb = pa * dur
         wb /= wb.sum()
         # others prefilling in the tagged's prefill step ~ Poisson(lam * dur)
-        pf_base = pf_mean[i] - cp * lam * float((wb * dur).sum())
+        pf_base = pf_mean[i] - cpi * lam * float((wb * dur).sum())
         pa2 = stats.poisson.pmf(A[None, :], lam * dur[:, None])
-        lo = pf_base + cp * A[None, :]
+        lo = pf_base + cpi * A[None, :]
         ww = wb[:, None] * pa2 * w0[i]
         comps_w.append(ww.ravel())
         comps_lo.append(np.broadcast_to(lo, ww.shape).ravel())

@@ -88,9 +88,26 @@ def _sim_one(args: tuple[dict[str, Any], int]) -> dict[str, Any]:
 def _reason(
     pred: Prediction, frac: float, bad: list[tuple[str, str, float]], sims: list[dict[str, Any]]
 ) -> str:
-    if not bad:
+    if not bad and not pred.outside_model:
         return "holds"
     why: list[str] = []
+    if pred.outside_model:
+        why.append(f"outside the model: {pred.outside_model}")
+    pkv = float(pred.summary.get("p_kv_full", 0.0))
+    if pkv > 0.01 and not pred.outside_model:
+        why.append(
+            f"KV pressure (P(KV demand > capacity)={pkv:.0%}: preemption by recomputation "
+            "is not in the model)"
+        )
+    scn = pred.scenario
+    if scn is not None and scn.workload.arrival != "poisson":
+        w = scn.workload
+        what = f"gamma gaps with CV {w.cv:g}" if w.arrival == "gamma" else w.arrival
+        if not (w.arrival == "gamma" and w.cv == 1.0):
+            why.append(
+                f"non-Poisson arrivals ({what}): the birth-death law assumes Poisson arrivals, "
+                "bursts meet larger batches than it predicts"
+            )
     if not all(s.get("stable", True) for s in sims):
         why.append("simulation unstable (overload)")
     if frac >= 0.9:
@@ -106,6 +123,11 @@ def _reason(
         share = lam * co.c_p
         if any(m == "ttft" for m, _, _ in bad) and share > 0.15 and pw <= 0.005:
             why.append(f"prefill interference (prefill takes {share:.0%} of GPU time)")
+    if co is not None and co.fit_error > 0.05:
+        why.append(
+            f"step time far from linear over the batches met ({co.linearization} is off by up "
+            f"to {co.fit_error:.0%}; tails use per-batch tangents)"
+        )
     if not why:
         why.append("model error")
     return "; ".join(why)
@@ -204,10 +226,12 @@ def validate(
             {
                 "rate": r,
                 "fraction": r / sat,
-                "holds": not bad,
+                "holds": not bad and not pred.outside_model,
                 "failing": ", ".join(f"{m}_{st} {e:+.1%}" for m, st, e in bad) or "-",
                 "reason": _reason(pred, r / sat, bad, sims),
                 "p_wait": float(pred.summary.get("p_wait", math.nan)),
+                "p_kv_full": float(pred.summary.get("p_kv_full", 0.0)),
+                "outside_model": pred.outside_model or "",
                 "sim_stable": all(bool(x.get("stable", True)) for x in sims),
             }
         )

@@ -1,0 +1,273 @@
+"""The operating point of one replica: real step curve, GPS law, local lines, saturation, KV.
+
+Everything the analytic model says about one (scenario, draft length, rate per replica) rests
+on the cost model's own step time ``t(n)`` (:mod:`sdsim.analytic.stepcurve`):
+
+* **GPS birth-death law** of the number in system ``N`` (:mod:`sdsim.analytic.gps`): each request
+  spends ``nu = E[S] + P`` steps in the engine (``P`` prefill chunks, ``E[S]`` decode steps), a
+  state with ``n`` in system has ``n E[S] / nu`` of them decoding, and a step there lasts
+  ``t(n E[S] / nu)`` including the prefill chunks it carries;
+* **saturation** from the real curve: the birth-death law exists while
+  ``lambda nu t(n_max E[S] / nu) / n_max < 1`` (the ratio at the concurrency cap, where the
+  tail of the law is geometric) and prefill alone leaves time to decode; found by bisection
+  because ``t`` itself grows with lambda (more prefill chunks per step);
+* **local lines** (:func:`~sdsim.analytic.coefficients.tangent_coefficients`): the tangent of the
+  real curve averaged over the decode batches a request meets under that law;
+* **KV cache**: a request in the engine holds on average ``(ctx + k) / block_size + 1/2`` blocks
+  (its mean context plus the look-ahead slots, the last block half full); with ``E[min(N,
+  n_max)]`` requests in the engine the mean demand reaches ``server.num_gpu_blocks`` at the KV
+  saturation rate, past which preemption by recomputation (not in this model) takes over.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "OperatingPoint",
+    "gps_law_from_curve",
+    "kv_blocks_per_request",
+    "kv_saturation_rate",
+    "local_lines",
+    "operating_point",
+    "step_saturation_rate",
+]
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from sdsim.analytic.coefficients import (
+    Coefficients,
+    concurrency_cap,
+    prefill_alone,
+    tangent_coefficients,
+)
+from sdsim.analytic.gps import BirthDeath, birth_death
+from sdsim.analytic.stepcurve import StepCurve, build_step_curve, mean_context, slopes
+from sdsim.analytic.work import RequestWork, request_work
+from sdsim.costs.step import StepCostModel, build_cost_model
+from sdsim.scenario import Scenario
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass
+class OperatingPoint:
+    """One replica at one draft length and arrival rate.
+
+    Attributes
+    ----------
+    k, rate
+        Draft length and arrival rate per replica (req/s).
+    curve
+        The real step times.
+    work
+        Decode-steps law of a request.
+    law
+        GPS birth-death law of the number in system (``stable`` False past saturation).
+    coefficients
+        Local lines and stage coefficients at this point.
+    saturation_rate
+        Largest sustainable rate of this replica from the real step curve (req/s).
+    """
+
+    k: int
+    rate: float
+    curve: StepCurve
+    work: RequestWork
+    law: BirthDeath
+    coefficients: Coefficients
+    saturation_rate: float
+
+
+def _decode_share(curve: StepCurve, work: RequestWork) -> tuple[float, float]:
+    nu = work.mean_steps + curve.chunks_per_request
+    return nu, work.mean_steps / nu
+
+
+def gps_law_from_curve(curve: StepCurve, work: RequestWork, rate: float) -> BirthDeath:
+    """Birth-death law of the number in system of one replica at ``rate`` (req/s)."""
+    p = curve.chunks_per_request
+    if rate <= 0 or not curve.stable(rate * p):
+        return BirthDeath(np.zeros(0), rate, curve.n_max, False)
+    nu, frac = _decode_share(curve, work)
+    t = curve.step_time(rate * p)
+    grid = np.arange(t.shape[0], dtype=np.float64)
+    # an arrival first waits out the step in progress (length-biased: half a step plus half its
+    # squared CV), in system but holding no slot; below the cap it stretches the time in system
+    # by that many steps (1-4% of a short request's life), at the cap it is queueing anyway
+    pq, _ = curve.chunk_law(rate * p)
+    n_mid = int(min(max(round(rate * nu * float(t[1])), 1), curve.n_max))
+    tt = curve.mixed[n_mid]
+    m1 = float(pq[n_mid] @ tt)
+    cv2 = max(float(pq[n_mid] @ (tt * tt)) / (m1 * m1) - 1.0, 0.0)
+    stretch = 1.0 + 0.5 * (1.0 + cv2) / nu
+
+    def fn(n: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        nd = n * frac
+        # below one decoding request the state is a lone request partly in prefill: its decode
+        # share of one step (its prefill time is added to the latency separately)
+        base = np.where(nd >= 1.0, np.interp(nd, grid, t), t[1] * np.maximum(nd, 1e-9))
+        return np.where(n < curve.n_max, base * stretch, base)
+
+    return birth_death(rate, nu, fn, curve.n_max)
+
+
+def step_saturation_rate(curve: StepCurve, work: RequestWork) -> float:
+    """Largest arrival rate (req/s, one replica) the real step curve sustains.
+
+    The rate where ``lambda nu t_lambda(n_max E[S] / nu) / n_max`` reaches 1 (``t_lambda`` the
+    mean step with the prefill chunks of rate lambda), or where prefill alone fills the GPU.
+    """
+    nu, frac = _decode_share(curve, work)
+    p = curve.chunks_per_request
+    top = curve.n_max * frac
+
+    def ok(lam: float) -> bool:
+        if not curve.stable(lam * p):
+            return False
+        return lam * nu * curve.step_time_at(top, lam * p) / curve.n_max < 1.0
+
+    hi = curve.n_max / (nu * float(np.interp(top, np.arange(curve.decode.shape[0]), curve.decode)))
+    lo = 0.0
+    # t_lambda >= the decode-only step, so hi is unstable; 50 halvings reach 1e-15 relative
+    for _ in range(50):
+        mid = 0.5 * (lo + hi)
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def kv_blocks_per_request(scn: Scenario, curve: StepCurve) -> float:
+    """Mean KV blocks a request in the engine holds: ``(ctx + k) / block_size + 1/2``."""
+    return (curve.ctx + curve.k) / scn.server.block_size + 0.5
+
+
+def _engine_mean(law: BirthDeath) -> float:
+    n = np.arange(law.pmf.shape[0], dtype=np.float64)
+    return float((np.minimum(n, law.n_max) * law.pmf).sum())
+
+
+def kv_saturation_rate(
+    scn: Scenario, curve: StepCurve, work: RequestWork, gpu_rate: float
+) -> float:
+    """Rate (req/s, one replica) at which the mean KV demand reaches ``num_gpu_blocks``.
+
+    ``inf`` for an unlimited cache or when the demand stays below capacity up to ``gpu_rate``.
+    """
+    cap = scn.server.num_gpu_blocks
+    if cap is None:
+        return math.inf
+    blocks = kv_blocks_per_request(scn, curve)
+    if curve.n_max * blocks <= cap:
+        return math.inf
+
+    def demand(lam: float) -> float:
+        law = gps_law_from_curve(curve, work, lam)
+        return _engine_mean(law) * blocks if law.stable else math.inf
+
+    lo, hi = 0.0, gpu_rate * (1 - 1e-9)
+    if demand(hi) < cap:
+        return math.inf
+    for _ in range(24):  # 2^-24: the rate to 1e-7 of the GPU limit
+        mid = 0.5 * (lo + hi)
+        if demand(mid) < cap:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def build_curve(
+    scn: Scenario, k: int, work: RequestWork, model: StepCostModel | None = None
+) -> StepCurve:
+    """The step curve of a scenario at draft length ``k``."""
+    m = model if model is not None else build_cost_model(scn)
+    prompt = float(scn.workload.prompt_tokens.mean)
+    return build_step_curve(
+        m,
+        k,
+        mean_context(prompt, work),
+        prompt,
+        scn.server.max_num_batched_tokens,
+        concurrency_cap(scn, k),
+    )
+
+
+def operating_point(
+    scn: Scenario,
+    k: int,
+    rate: float,
+    *,
+    work: RequestWork | None = None,
+    model: StepCostModel | None = None,
+    curve: StepCurve | None = None,
+) -> OperatingPoint:
+    """The operating point of one replica at draft length ``k`` and ``rate`` req/s.
+
+    Parameters
+    ----------
+    scn
+        Scenario.
+    k
+        Draft length.
+    rate
+        Arrival rate per replica (req/s).
+    work, model, curve
+        Precomputed pieces (saves time when many rates share them).
+
+    Returns
+    -------
+    OperatingPoint
+    """
+    m = model if model is not None else build_cost_model(scn)
+    w = work if work is not None else request_work(scn, k)
+    c = curve if curve is not None else build_curve(scn, k, w, m)
+    sat = step_saturation_rate(c, w)
+    law = gps_law_from_curve(c, w, rate) if 0 < rate < sat else None
+    _, frac = _decode_share(c, w)
+    if law is not None and law.stable:
+        n = np.arange(law.pmf.shape[0], dtype=np.float64)
+        # the decode batch a tagged request meets: the others it finds plus itself (PASTA)
+        batches = np.maximum(np.minimum(n + 1, c.n_max) * frac, 1.0)
+        weights = law.pmf
+    else:
+        law = law if law is not None else BirthDeath(np.zeros(0), rate, c.n_max, False)
+        batches = np.array([max(c.n_max * frac, 1.0)])
+        weights = np.array([1.0])
+    prompt = float(scn.workload.prompt_tokens.mean)
+    alone, _ = prefill_alone(m, k, max(1, round(prompt)), scn.server.max_num_batched_tokens)
+    chunk_rate = min(rate, sat) * c.chunks_per_request
+    co = tangent_coefficients(c, w, prompt, alone, batches, weights, chunk_rate)
+    return OperatingPoint(k, rate, c, w, law, co, sat)
+
+
+def local_lines(
+    op: OperatingPoint,
+) -> Callable[[npt.NDArray[np.float64]], tuple[FloatArray, FloatArray, FloatArray]]:
+    """``n -> (a, b, c_p)``: tangent of the real decode step around ``n`` others in system.
+
+    For a tagged request that finds ``n`` others, the decode batch is ``(n + 1) E[S] / nu``;
+    ``b`` is the slope of the decode step there (per request in system), ``a`` the intercept that
+    makes ``a + b (n + 1)`` the real step, and ``c_p`` the mean time its prompt's chunks add to
+    a step of that batch. The tail model uses them per ``n`` (:mod:`sdsim.analytic.tails`).
+    """
+    c = op.curve
+    _, frac = _decode_share(c, op.work)
+    grid = np.arange(c.decode.shape[0], dtype=np.float64)
+    grad = slopes(c.decode)
+    lam = min(op.rate, op.saturation_rate)
+    cpc = c.chunk_cost(lam * c.chunks_per_request) * c.chunks_per_request
+
+    def fn(n: npt.NDArray[np.float64]) -> tuple[FloatArray, FloatArray, FloatArray]:
+        m = np.asarray(n, dtype=np.float64) + 1.0
+        x = np.clip(m * frac, 1.0, float(c.n_max))
+        b = np.interp(x, grid, grad) * frac
+        a = np.interp(x, grid, c.decode) - b * m
+        return a, b, np.interp(x, grid, cpc)
+
+    return fn

@@ -1,0 +1,218 @@
+"""The cost model's own step time as a function of the engine state (no global line).
+
+A roofline or measured-profile step is ``max(compute, memory)`` per operator: flat while the
+weights dominate, steeper once the verify pass turns compute-bound, and a prompt chunk added to
+a memory-bound step costs less than one added to a compute-bound step. One line through all
+batch sizes (``linearize()``) misses all three (20% error on ``scenarios/default.yaml``), so the
+analytic model prices steps through ``StepCostModel.step`` directly:
+
+* ``decode[n]``: a step of ``n`` decoding requests at the mean context ``ctx`` (and its verify,
+  draft and overhead parts), for every ``n`` in ``0..n_max``;
+* ``mixed[n, q]``: the same step carrying ``q`` prefill chunks of the mean prompt (``q`` up to
+  :data:`MAX_CHUNKS`; chunks beyond the token budget are priced at the same marginal rate, as
+  the spilled work costs the same in the next step);
+* the number of chunks in a step: the engine prefills in each step what arrived during the
+  previous one, so given ``n`` the chunk count is a Markov chain ``q' ~ Poisson(lambda_c
+  mixed[n, q])`` (``lambda_c`` chunk arrival rate); :meth:`StepCurve.step_time` is its stationary
+  mean step, ``t(n)``, the state-dependent step time the GPS birth-death model takes, and
+  :meth:`StepCurve.chunk_cost` the mean time one chunk adds at ``n`` (for linear costs these
+  reduce to ``(a + b n) / (1 - lambda c_p)`` and ``c_p``).
+
+The step-weighted mean context (long requests stay longer in the batch) is
+``E[prompt] + E[S g] / (2 E[S])`` for decode steps ``S`` and output length ``g``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MAX_CHUNKS", "StepCurve", "build_step_curve", "mean_context", "slopes"]
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from scipy import stats
+
+from sdsim.analytic.work import RequestWork
+from sdsim.costs.step import StepCostModel, StepShape
+
+FloatArray = npt.NDArray[np.float64]
+
+# Largest number of prefill chunks in one step the chain tracks. The chain's mean is
+# lambda_c t / (1 - lambda_c c_chunk) (about 2-3 near saturation on the shipped scenarios), so 32
+# leaves a Poisson tail far below 1e-9.
+MAX_CHUNKS = 32
+
+
+def slopes(values: FloatArray) -> FloatArray:
+    """Slope of a per-batch curve at every n >= 1 (central differences; index 0 copies index 1).
+
+    ``n = 0`` (an empty step: overhead only) is left out, as the first decoding request brings
+    the weight reads with it and no slope through that jump is meaningful.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    out = np.zeros_like(v)
+    if v.shape[0] >= 3:
+        out[1:] = np.gradient(v[1:])
+        out[0] = out[1]
+    return out
+
+
+def mean_context(prompt_mean: float, work: RequestWork) -> float:
+    """Step-weighted mean KV length of a decoding request: ``E[prompt] + E[S g] / (2 E[S])``."""
+    s_mean = np.array([float(np.arange(r.shape[0]) @ r) for r in work.steps_pmf], dtype=np.float64)
+    w = work.g_probs * s_mean
+    if w.sum() <= 0:
+        return prompt_mean + work.mean_output / 2
+    return prompt_mean + float((w * work.g_values).sum() / w.sum()) / 2
+
+
+@dataclass
+class StepCurve:
+    """Step times of one replica at one draft length, for every decode batch ``0..n_max``.
+
+    Attributes
+    ----------
+    k, ctx, n_max
+        Draft length, mean context per decoding request (tokens), concurrency cap.
+    chunk, chunks_per_request
+        Prefill tokens per chunk (the mean prompt cut at the token budget) and chunks per prompt.
+    decode, verify, draft
+        Decode-only step total and its verify and draft parts (seconds), index ``n``.
+    overhead
+        CPU overhead per step (seconds).
+    mixed
+        ``mixed[n, q]``: a step with ``n`` decoding requests and ``q`` prefill chunks.
+    """
+
+    k: int
+    ctx: float
+    n_max: int
+    chunk: int
+    chunks_per_request: int
+    decode: FloatArray
+    verify: FloatArray
+    draft: FloatArray
+    overhead: float
+    mixed: FloatArray
+    _cache: dict[float, tuple[FloatArray, FloatArray]] = field(default_factory=dict, repr=False)
+
+    def chunk_law(self, chunk_rate: float) -> tuple[FloatArray, FloatArray]:
+        """Stationary law of the chunks per step given ``n`` and the mean step it gives.
+
+        Parameters
+        ----------
+        chunk_rate
+            Prefill chunks arriving per second (``lambda x chunks_per_request``).
+
+        Returns
+        -------
+        pq, t
+            ``pq[n, q]`` = P(q chunks in a step with n decoding), ``t[n]`` the mean step time.
+        """
+        key = float(chunk_rate)
+        got = self._cache.get(key)
+        if got is not None:
+            return got
+        out = _chain(self.mixed, chunk_rate)
+        if len(self._cache) > 64:
+            self._cache.clear()
+        self._cache[key] = out
+        return out
+
+    def step_time_at(self, n: float, chunk_rate: float) -> float:
+        """``t(n)`` at one (fractional) decode batch, without solving every row."""
+        lo = int(min(max(math.floor(n), 0), self.n_max))
+        hi = min(lo + 1, self.n_max)
+        _, t = _chain(self.mixed[[lo, hi]], chunk_rate)
+        f = min(max(n - lo, 0.0), 1.0)
+        return float(t[0] + (t[1] - t[0]) * f)
+
+    def step_time(self, chunk_rate: float) -> FloatArray:
+        """``t(n)``: mean step time with ``n`` decoding requests and Poisson prefill chunks."""
+        return self.chunk_law(chunk_rate)[1]
+
+    def chunk_cost(self, chunk_rate: float) -> FloatArray:
+        """Mean time one prefill chunk adds to a step with ``n`` decoding requests."""
+        pq, t = self.chunk_law(chunk_rate)
+        q = np.arange(self.mixed.shape[1], dtype=np.float64)
+        eq = pq @ q
+        extra = t - self.decode
+        first = self.mixed[:, 1] - self.mixed[:, 0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per = np.where(eq > 1e-9, extra / np.where(eq > 1e-9, eq, 1.0), first)
+        return np.asarray(per, dtype=np.float64)
+
+    def stable(self, chunk_rate: float) -> bool:
+        """Whether prefill alone leaves time to decode: ``chunk_rate x`` marginal chunk cost < 1."""
+        if chunk_rate <= 0:
+            return True
+        top = self.mixed[:, -1] - self.mixed[:, -2]
+        return bool(chunk_rate * float(top.max()) < 1.0)
+
+
+def _chain(mixed: FloatArray, chunk_rate: float) -> tuple[FloatArray, FloatArray]:
+    """Stationary chunk law per row of ``mixed`` (see :meth:`StepCurve.chunk_law`)."""
+    nq = mixed.shape[1]
+    if chunk_rate <= 0:
+        pq = np.zeros_like(mixed)
+        pq[:, 0] = 1.0
+        return pq, mixed[:, 0].copy()
+    # transition q -> q' ~ Poisson(chunk_rate * mixed[n, q]), the last state absorbing the tail;
+    # stationary law from (P^T - I) pi = 0 with sum(pi) = 1, one small solve per row, batched
+    mu = chunk_rate * mixed
+    qs = np.arange(nq)
+    trans = stats.poisson.pmf(qs[None, None, :], mu[:, :, None])
+    trans[:, :, -1] += np.clip(1.0 - trans.sum(axis=2), 0.0, None)
+    a = np.transpose(trans, (0, 2, 1)) - np.eye(nq)[None]
+    a[:, -1, :] = 1.0
+    rhs = np.zeros((mu.shape[0], nq, 1))
+    rhs[:, -1, 0] = 1.0
+    pq = np.clip(np.linalg.solve(a, rhs)[:, :, 0], 0.0, None)
+    pq /= pq.sum(axis=1, keepdims=True)
+    return pq, (pq * mixed).sum(axis=1)
+
+
+def build_step_curve(
+    model: StepCostModel, k: int, ctx: float, prompt: float, budget: int, n_max: int
+) -> StepCurve:
+    """Price every decode batch ``0..n_max`` and ``0..MAX_CHUNKS`` prefill chunks per step.
+
+    Parameters
+    ----------
+    model
+        The scenario's StepCostModel.
+    k
+        Draft length.
+    ctx
+        Mean context per decoding request (tokens).
+    prompt
+        Mean prompt length (tokens).
+    budget
+        ``max_num_batched_tokens`` (prompts longer than it are prefilled in chunks).
+    n_max
+        Concurrency cap.
+
+    Returns
+    -------
+    StepCurve
+    """
+    p = max(1, round(prompt))
+    chunk = max(1, min(p, budget))
+    nchunks = max(1, math.ceil(p / chunk))
+    # mean attended context of a chunk: cached tokens before it plus the chunk itself
+    pf_ctx = float(np.mean([min(p, (i + 1) * chunk) for i in range(nchunks)]))
+    ns = n_max + 1
+    dec = np.empty(ns)
+    ver = np.empty(ns)
+    dra = np.empty(ns)
+    mixed = np.empty((ns, MAX_CHUNKS + 1))
+    overhead = model.step(StepShape(0, 0, k)).overhead
+    for n in range(ns):
+        dctx = round(n * ctx)
+        st = model.step(StepShape(n, dctx, k))
+        dec[n], ver[n], dra[n] = st.total, st.verify, st.draft
+        mixed[n, 0] = st.total
+        for q in range(1, MAX_CHUNKS + 1):
+            mixed[n, q] = model.step(StepShape(n, dctx, k, q * chunk, round(q * pf_ctx), q)).total
+    return StepCurve(k, ctx, n_max, chunk, nchunks, dec, ver, dra, overhead, mixed)

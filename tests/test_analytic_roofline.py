@@ -1,0 +1,215 @@
+"""The analytic model on the real (roofline) cost model: step curve, local lines, saturation,
+KV cache, adaptive k, replicas, API delay, and agreement with the simulation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from sdsim import simulate
+from sdsim.analytic import predict
+from sdsim.analytic.operating import (
+    build_curve,
+    gps_law_from_curve,
+    operating_point,
+    step_saturation_rate,
+)
+from sdsim.analytic.prediction import capacity
+from sdsim.analytic.validation import validate
+from sdsim.analytic.work import request_work
+from sdsim.costs.step import StepShape, build_cost_model
+from sdsim.metrics import t_confidence_interval
+from tests.conftest import small
+
+
+def roofline(**over: object) -> object:
+    """The small scenario (128-token prompts, 64-token answers) on the H100 roofline."""
+    return small(**{"costs.source": "roofline", **over})
+
+
+# ------------------------------------------------------------------ the step curve
+
+
+def test_step_curve_is_the_cost_models_own_step() -> None:
+    scn = roofline()
+    model = build_cost_model(scn)
+    w = request_work(scn, 4)
+    c = build_curve(scn, 4, w, model)
+    for n in (1, 7, 64, 200, 256):
+        st = model.step(StepShape(n, round(n * c.ctx), 4))
+        assert c.decode[n] == st.total and c.verify[n] == st.verify and c.draft[n] == st.draft
+    pf = model.step(StepShape(30, round(30 * c.ctx), 4, 3 * 128, 3 * 128, 3)).total
+    assert c.mixed[30, 3] == pf
+    # the roofline is convex in the batch: the slope at 250 is far above the slope at 5
+    assert (c.decode[251] - c.decode[249]) > 2 * (c.decode[6] - c.decode[4])
+
+
+def test_linear_costs_reduce_to_the_prefill_tax() -> None:
+    # with linear costs the stationary chunk chain gives exactly t(n) = t_dec(n) / (1 - lam c_p)
+    scn = small()
+    w = request_work(scn, 4)
+    c = build_curve(scn, 4, w)
+    lam = 40.0
+    cp = c.mixed[10, 1] - c.mixed[10, 0]
+    t = c.step_time(lam)
+    n = np.arange(1, 200)
+    np.testing.assert_allclose(t[n], c.decode[n] / (1 - lam * cp), rtol=1e-9)
+    np.testing.assert_allclose(c.chunk_cost(lam)[n], cp, rtol=1e-9)
+
+
+def test_linear_saturation_matches_the_closed_form() -> None:
+    # linear costs: the bisection on the real curve lands on the closed-form capacity
+    scn = small(**{"server.max_num_seqs": 24})
+    op = operating_point(scn, 4, 10.0)
+    assert op.saturation_rate == pytest.approx(capacity(op.coefficients), rel=1e-6)
+
+
+def test_local_lines_are_the_tangent_at_the_operating_point() -> None:
+    scn = roofline(**{"workload.rate": 120.0})
+    p = predict(scn, rates=[], k_values=[4], quantiles=False)
+    co = p.coefficients
+    assert co is not None and co.linearization.startswith("tangent at mean decode batch")
+    # the global line through batches 1..256 is 10-20% off on the roofline; the local one is not
+    glob = build_cost_model(scn).linearize(4, max_batch=256, context=round(co.ctx))
+    assert glob.fit_error > 0.1 and co.fit_error < 0.05
+    # the published six-coefficient form is kept and consistent with the local lines
+    assert co.c1 == pytest.approx(co.c1p + co.steps * (co.c1v + 4 * co.c1d))
+    assert co.c2 == pytest.approx(co.c2p + co.steps * (co.c2v + 4 * co.c2d))
+    assert co.c1v + 4 * co.c1d == pytest.approx(co.a + co.b)
+    assert co.c2v + 4 * co.c2d == pytest.approx(co.b)
+    # the tangent moves with the load: a busier server is further up the convex curve
+    hi = predict(scn.with_overrides({"workload.rate": 150.0}), rates=[], k_values=[4])
+    assert hi.coefficients is not None and hi.coefficients.b > co.b
+
+
+# ------------------------------------------------------------------ agreement with simulation
+
+
+@pytest.mark.parametrize(("over", "frac"), [({}, 0.5), ({}, 0.8), ({"spec.k": 0}, 0.8)])
+def test_roofline_analytic_agrees_with_simulation(over: dict, frac: float) -> None:
+    # 3 replications x 1400 measured requests (seeds 0, 1, 2) on the H100 roofline. Observed
+    # errors (this code): mean e2e -1% at 50%, -4% at 80% of the predicted saturation; p99 e2e
+    # -3% / -8%; TTFT and TPOT means within 5%. The issue's targets (mean e2e 5%, p99 10%, TTFT
+    # and TPOT means 10%) are asserted; with the previous global line the 80% case was off by
+    # more than 10% (mean) and the saturation rate by 30%.
+    scn = roofline(**over)
+    sat = predict(scn, rates=[], k_values=[scn.spec.k], quantiles=False).saturation_rate
+    s = scn.with_overrides(
+        {"workload.rate": frac * sat, "workload.num_requests": 1500, "warmup_requests": 100}
+    )
+    pred = predict(s, rates=[], k_values=[s.spec.k]).summary
+    sims = [simulate(s, seed=i).summary for i in range(3)]
+
+    def sim(key: str) -> float:
+        return t_confidence_interval([x[key] for x in sims])[0]
+
+    assert pred["e2e_mean"] == pytest.approx(sim("e2e_mean"), rel=0.05)
+    assert pred["e2e_p99"] == pytest.approx(sim("e2e_p99"), rel=0.10)
+    assert pred["ttft_mean"] == pytest.approx(sim("ttft_mean"), rel=0.10)
+    assert pred["tpot_mean"] == pytest.approx(sim("tpot_mean"), rel=0.10)
+
+
+def test_roofline_saturation_rate_separates_stable_from_overload() -> None:
+    # seed 0, 1500 requests: at 90% of the predicted saturation the queue stays bounded (the run
+    # completes, stable); at 115% it grows for the whole run (queue_growth_rps > 5% of the rate)
+    scn = roofline(**{"workload.num_requests": 1500, "warmup_requests": 100})
+    sat = predict(scn, rates=[], k_values=[4], quantiles=False).saturation_rate
+    below = simulate(scn.with_overrides({"workload.rate": 0.9 * sat}), seed=0).summary
+    above = simulate(scn.with_overrides({"workload.rate": 1.15 * sat}), seed=0).summary
+    assert below["stable"] is True
+    assert above["stable"] is False or above["queue_growth_rps"] > 0.05 * 1.15 * sat
+
+
+# ------------------------------------------------------------------ KV cache
+
+
+def test_kv_saturation_onset_and_outside_model() -> None:
+    # 600 blocks of 16 tokens; a request holds ~(128 + 32 + 4) / 16 + 0.5 = 10.8 blocks, so the
+    # mean KV demand reaches capacity near 55 requests in the engine, well below max_num_seqs
+    scn = small(**{"server.num_gpu_blocks": 600})
+    p = predict(scn, rates=[], k_values=[4], quantiles=False)
+    assert math.isfinite(p.kv_saturation_rate)
+    assert p.kv_saturation_rate < p.gpu_saturation_rate
+    assert p.saturation_rate == p.kv_saturation_rate
+    kv = p.kv_saturation_rate
+    lo = predict(scn.with_overrides({"workload.rate": 0.5 * kv}), rates=[], k_values=[4])
+    mid = predict(scn.with_overrides({"workload.rate": 0.95 * kv}), rates=[], k_values=[4])
+    hi = predict(scn.with_overrides({"workload.rate": 1.02 * kv}), rates=[], k_values=[4])
+    assert lo.outside_model is None and lo.summary["p_kv_full"] < 1e-3
+    assert mid.summary["p_kv_full"] > lo.summary["p_kv_full"]
+    assert hi.outside_model is not None and "KV cache saturated" in hi.outside_model
+    assert hi.summary["kv_saturated"] is True
+    # at the KV saturation rate the mean demand is the capacity (bisection tolerance)
+    at = predict(scn.with_overrides({"workload.rate": kv * 0.999}), rates=[], k_values=[4])
+    assert at.summary["kv_demand_mean"] == pytest.approx(600, rel=0.01)
+
+
+def test_validate_marks_kv_saturated_rates() -> None:
+    scn = small(**{"server.num_gpu_blocks": 600, "workload.num_requests": 300})
+    kv = predict(scn, rates=[], k_values=[4], quantiles=False).kv_saturation_rate
+    rep = validate(scn, rates=[0.3 * kv, 1.05 * kv], reps=1, jobs=1)
+    v = rep.verdicts
+    assert not bool(v.iloc[1]["holds"]) and "KV cache saturated" in v.iloc[1]["reason"]
+    assert v.iloc[0]["outside_model"] == ""
+
+
+# ------------------------------------------------------------------ policy, replicas, delays
+
+
+@pytest.mark.parametrize(("alpha", "lo", "hi"), [(0.9, 4, 8), (0.2, 0, 2)])
+def test_adaptive_k_follows_acceptance(alpha: float, lo: int, hi: int) -> None:
+    scn = roofline(**{"spec.policy": "adaptive", "acceptance.alpha": alpha, "workload.rate": 60})
+    p = predict(scn, rates=[], k_values=[0], quantiles=False)
+    assert lo <= p.summary["k_effective"] <= hi
+
+
+def test_adaptive_k_matches_the_simulated_policy() -> None:
+    # seed 0, 1000 requests: the simulated policy's mean k and the analytic model's choice at
+    # the predicted batch differ by less than one draft token, and the mean e2e by < 5%
+    scn = roofline(
+        **{
+            "spec.policy": "adaptive",
+            "workload.rate": 80.0,
+            "workload.num_requests": 1000,
+            "warmup_requests": 100,
+        }
+    )
+    p = predict(scn, rates=[], k_values=[0])
+    sim = simulate(scn, seed=0).summary
+    assert abs(p.summary["k_effective"] - sim["k_mean"]) < 1.0
+    assert p.summary["e2e_mean"] == pytest.approx(sim["e2e_mean"], rel=0.05)
+
+
+def test_replicas_split_the_rate() -> None:
+    one = predict(roofline(**{"workload.rate": 60.0}), rates=[], k_values=[4])
+    two = predict(
+        roofline(**{"workload.rate": 120.0, "server.replicas": 2}), rates=[], k_values=[4]
+    )
+    assert two.saturation_rate == pytest.approx(2 * one.saturation_rate, rel=1e-9)
+    for key in ("e2e_mean", "tpot_mean", "ttft_mean", "batch_mean"):
+        assert two.summary[key] == pytest.approx(one.summary[key], rel=1e-9)
+    assert two.summary["in_system_mean"] == pytest.approx(2 * one.summary["in_system_mean"])
+
+
+def test_api_delay_shifts_ttft_and_e2e_only() -> None:
+    base = predict(roofline(**{"workload.rate": 60.0}), rates=[], k_values=[4]).summary
+    d = predict(
+        roofline(**{"workload.rate": 60.0, "server.api_delay_s": 0.05}), rates=[], k_values=[4]
+    ).summary
+    for st in ("mean", "p50", "p90", "p99"):
+        assert d[f"e2e_{st}"] == pytest.approx(base[f"e2e_{st}"] + 0.05)
+        assert d[f"ttft_{st}"] == pytest.approx(base[f"ttft_{st}"] + 0.05)
+        assert d[f"tpot_{st}"] == base[f"tpot_{st}"]
+    assert d["api_delay_s"] == 0.05
+
+
+def test_overhead_is_in_the_step_curve() -> None:
+    lo = roofline(**{"costs.overhead_s": 0.0})
+    hi = roofline(**{"costs.overhead_s": 2e-3})
+    w = request_work(lo, 4)
+    c0, c1 = build_curve(lo, 4, w), build_curve(hi, 4, w)
+    np.testing.assert_allclose(c1.decode[1:] - c0.decode[1:], 2e-3, rtol=1e-9)
+    assert step_saturation_rate(c1, w) < step_saturation_rate(c0, w)
+    assert gps_law_from_curve(c1, w, 50.0).mean > gps_law_from_curve(c0, w, 50.0).mean
