@@ -352,3 +352,14 @@ def test_cli_advise(capsys: pytest.CaptureFixture[str]) -> None:
     main(["advise", str(ROOT / "scenarios/default.yaml"), "--rates", "5,40"])
     text = capsys.readouterr().out
     assert "best k" in text
+
+
+def test_best_k_search_stops_at_per_position_list_length() -> None:
+    # A per-position acceptance list defines alpha for len(list) positions only; the k search must
+    # not try longer drafts (it used to raise a ValueError traceback for k_max > len(list)).
+    from sdsim import predict
+    from tests.conftest import small
+
+    scn = small(**{"spec.k": 2, "spec.k_max": 8, "acceptance.alpha": [0.8, 0.6, 0.4]})
+    p = predict(scn)
+    assert all(k is None or k <= 3 for k in p.best_k.values())

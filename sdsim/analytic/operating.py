@@ -159,7 +159,9 @@ def kv_saturation_rate(
 
     ``inf`` for an unlimited cache or when the demand stays below capacity up to ``gpu_rate``.
     """
-    cap = scn.server.num_gpu_blocks
+    from sdsim.memory import num_gpu_blocks  # the engine's capacity: given, derived or unlimited
+
+    cap = num_gpu_blocks(scn)
     if cap is None:
         return math.inf
     blocks = kv_blocks_per_request(scn, curve)

@@ -145,6 +145,14 @@ class Prediction:
         }
 
 
+
+def _k_search_max(scn: Scenario) -> int:
+    """Largest draft length a k search may try: spec.k_max, and no more positions than a
+    per-position acceptance list defines."""
+    a = scn.acceptance.alpha
+    top = max(scn.spec.k_max, scn.spec.k)
+    return min(top, len(a)) if isinstance(a, list) else top
+
 def _arrival_scv(scn: Scenario) -> float:
     """Squared CV of the gaps between arrivals at one replica (see the module docstring)."""
     w = scn.workload
@@ -237,7 +245,7 @@ def adaptive_k(
     cs: dict[int, StepCurve] = curves if curves is not None else {}
     works: dict[int, RequestWork] = {}
     budget = scn.server.max_num_batched_tokens
-    ks = np.arange(scn.spec.k_max + 1)
+    ks = np.arange(_k_search_max(scn) + 1)
 
     def curve(kk: int) -> StepCurve:
         if kk not in cs:
@@ -370,17 +378,20 @@ def predict(
     summary["kv_demand_mean"] = summary["batch_mean"] * blocks
     outside: str | None = None
     summary["p_kv_full"] = 0.0
-    if scn.server.num_gpu_blocks is not None:
+    from sdsim.memory import num_gpu_blocks  # the engine's capacity: given, derived or unlimited
+
+    kv_cap = num_gpu_blocks(scn)
+    if kv_cap is not None:
         if law.stable:
             n_eng = np.minimum(np.arange(law.pmf.shape[0]), co.n_max)
-            summary["p_kv_full"] = float(law.pmf[n_eng * blocks > scn.server.num_gpu_blocks].sum())
+            summary["p_kv_full"] = float(law.pmf[n_eng * blocks > kv_cap].sum())
         else:
             summary["p_kv_full"] = 1.0
         summary["kv_saturated"] = bool(lam * reps >= kv_sat)
         if summary["kv_saturated"]:
             outside = (
                 f"KV cache saturated: mean demand {summary['kv_demand_mean']:.0f} of "
-                f"{scn.server.num_gpu_blocks} blocks at or past {kv_sat:.3g} req/s "
+                f"{kv_cap} blocks at or past {kv_sat:.3g} req/s "
                 "(preemption by recomputation is not in the model)"
             )
     else:
@@ -399,7 +410,9 @@ def predict(
         sp, be = 1.0, math.nan
         op0 = op
 
-    ks = sorted(set(k_values) if k_values is not None else {*range(scn.spec.k_max + 1), k})
+    ks = sorted(
+        set(k_values) if k_values is not None else {*range(_k_search_max(scn) + 1), k}
+    )
     if rates is None:
         sat0 = op_for(0, lam).saturation_rate * reps
         rates = [scn.workload.rate, *(f * sat0 for f in (0.1, 0.25, 0.5, 0.75, 0.9))]
