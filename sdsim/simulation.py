@@ -8,14 +8,37 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from sdsim.costs.step import StepCostModel, build_cost_model
 from sdsim.engine.server import StepHook, run_simulation
+from sdsim.engine.state import STEP_FIELDS
 from sdsim.errors import ScenarioError
 from sdsim.metrics import build_requests_frame, build_steps_frame, summarize
 from sdsim.scenario import Scenario
 from sdsim.workload import generate_workload
+
+# Columns of SimResult.requests (an empty frame with them when records are not kept).
+REQUEST_COLUMNS = (
+    "request_id",
+    "arrival",
+    "first_scheduled",
+    "first_token",
+    "finish",
+    "prompt_tokens",
+    "output_tokens",
+    "steps",
+    "drafted",
+    "accepted",
+    "preemptions",
+    "replica",
+    "ttft",
+    "e2e",
+    "tpot",
+    "queue_delay",
+    "warmup",
+)
 
 
 @dataclass
@@ -49,6 +72,8 @@ def simulate(
     cost_model: StepCostModel | None = None,
     on_step: StepHook | None = None,
     progress: Callable[[int, int], None] | None = None,
+    fast_forward: bool = True,
+    keep_records: bool = True,
 ) -> SimResult:
     """Simulate a scenario.
 
@@ -66,6 +91,15 @@ def simulate(
         Check hook called after every engine step with ``(engine, batch)``.
     progress
         Called with ``(completed, total)`` as requests finish.
+    fast_forward
+        Advance runs of steps in which only decoding can happen in one vectorised operation
+        (exact: the same seed gives the same records either way; an ``on_step`` hook turns it
+        off, since it needs every step).
+    keep_records
+        ``False``: streaming statistics (:mod:`sdsim.streaming`). Requests and steps are reduced
+        to running sums and quantile sketches as the run goes, so memory stays flat however
+        many requests it has; ``requests`` and ``steps`` come back empty, and the summary has
+        the same keys, its quantiles within 0.5% of the exact ones.
 
     Returns
     -------
@@ -76,7 +110,31 @@ def simulate(
         raise ScenarioError("seed", f"must be an integer in [0, 2**63), got {seed}")
     cost = cost_model if cost_model is not None else build_cost_model(scenario)
     wl = generate_workload(scenario, s)
-    run = run_simulation(scenario, wl, cost, s, on_step=on_step, progress=progress)
+    if not keep_records:
+        from sdsim.streaming import RunningSummary
+
+        acc = RunningSummary(wl.arrival, scenario.warmup_requests)
+        run = run_simulation(
+            scenario,
+            wl,
+            cost,
+            s,
+            on_step=on_step,
+            progress=progress,
+            fast_forward=fast_forward,
+            request_sink=acc.add_requests,
+            step_sink=acc.add_steps,
+        )
+        summary = acc.summary(run.end_time, run.stopped_early, run.stop_reason, run.info, s)
+        return SimResult(
+            requests=pd.DataFrame({c: [] for c in REQUEST_COLUMNS}),
+            steps=pd.DataFrame({c: np.zeros(0, dtype=dt) for c, dt in STEP_FIELDS.items()}),
+            summary=summary,
+            scenario=scenario,
+        )
+    run = run_simulation(
+        scenario, wl, cost, s, on_step=on_step, progress=progress, fast_forward=fast_forward
+    )
     requests = build_requests_frame(run, scenario.warmup_requests)
     steps = build_steps_frame(run)
     summary = summarize(run, requests, steps, scenario.warmup_requests, s)

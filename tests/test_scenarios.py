@@ -66,8 +66,9 @@ def test_scenarios_are_stable_at_their_load() -> None:
         short = scn.with_overrides({"workload.num_requests": n, "warmup_requests": 50})
         s = simulate(short).summary
         assert s["stable"], (path.stem, s["stop_reason"], s["queue_growth_rps"])
-        if scn.workload.arrival != "trace":
+        if scn.workload.arrival != "trace" and path.stem != "kv-pressure":
             # ... and the analytic model agrees it has headroom: at most 80% of saturation
+            # (kv-pressure sits past the preemption onset on purpose, ~86% of KV saturation)
             sat = sdsim.predict(scn).saturation_rate
             assert scn.workload.rate <= 0.8 * sat, (path.stem, scn.workload.rate, sat)
 

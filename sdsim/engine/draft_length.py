@@ -155,8 +155,13 @@ class AdaptiveDraftLength:
         n = accepted.shape[0]
         if k <= 0 or n == 0:
             return
-        a = float(accepted.sum())
-        r = float((accepted < k).sum())
+        self.observe_counts(k, float(accepted.sum()), float((accepted < k).sum()))
+
+    def observe_counts(self, k: int, a: float, r: float) -> None:
+        """:meth:`observe` from the step's totals: ``a`` accepted draft tokens and ``r``
+        rejections (requests with fewer than k accepted) over a non-empty batch."""
+        if k <= 0:
+            return
         trials = a + r  # draft tokens actually tested (those after a rejection are not)
         decay = 0.5 ** (trials / self.halflife)
         self.acc_w = self.acc_w * decay + a

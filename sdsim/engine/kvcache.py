@@ -188,12 +188,15 @@ class KVCache:
         """Blocks needed to cache ``tokens`` tokens (elementwise ceiling division)."""
         return (tokens + (self.block_size - 1)) // self.block_size
 
-    def grow(self, ids: npt.NDArray[np.int64], blocks: npt.NDArray[np.int64]) -> int:
+    def grow(
+        self, ids: npt.NDArray[np.int64], blocks: npt.NDArray[np.int64], added: int | None = None
+    ) -> int:
         """Set the holdings of ``ids`` (distinct, each not decreasing) to ``blocks``.
 
-        The caller has checked the blocks are free. Returns how many blocks were added.
+        The caller has checked the blocks are free (and may pass ``added``, the blocks this adds,
+        when it has summed them already). Returns how many blocks were added.
         """
-        add = int(blocks.sum() - self.held[ids].sum())
+        add = int(np.add.reduce(blocks - self.held[ids])) if added is None else added
         self.held[ids] = blocks
         self.used += add
         if self.used > self.peak:

@@ -159,7 +159,7 @@ def form_batch(
             target = kv.blocks_for(np.where(sel_pf, table.prefilled[sel] + tok, ctx + k))
         held = kv.held
         add = target - held[sel]
-        total_add = int(add.sum())
+        total_add = int(np.add.reduce(add))
         if total_add > kv.free:
             m, j = _kv_cut(add, held[run], kv.free)
             if m < sel.shape[0]:
@@ -173,7 +173,7 @@ def form_batch(
             n_pf_pre = _preempt(preempted, table, kv, waiting)
             run = run[:j]
             blocked = True  # vLLM v1 admits nothing in a step that preempted
-        kv.grow(sel, target)
+        kv.grow(sel, target, total_add if sel.shape[0] == add.shape[0] else None)
     # 3. split the selection into decodes and prefill chunks
     if sel_pf is None:
         decode_ids = sel

@@ -24,30 +24,42 @@ import math
 from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from heapq import heappush
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import simpy
+from simpy.events import NORMAL
 
 from sdsim.acceptance import AcceptanceSampler, position_probs
-from sdsim.costs.step import StepCostModel, StepShape
+from sdsim.costs.step import StepCostModel, StepShape, StepTime, decode_step_times
 from sdsim.engine.draft_length import AdaptiveDraftLength
 from sdsim.engine.kvcache import KVCache
 from sdsim.engine.router import Router
 from sdsim.engine.scheduler import Batch, form_batch
-from sdsim.engine.state import RequestTable, StepColumns
+from sdsim.engine.state import RequestTable, Sink, StepColumns
+from sdsim.engine.tape import AcceptanceTape
 from sdsim.memory import check_request_fits, kv_capacity, num_gpu_blocks
-from sdsim.rng import counter_base, counter_uniform_from_base, stream_key
+from sdsim.rng import counter_base, stream_key
 from sdsim.scenario import Scenario
 from sdsim.workload import Workload
 
 StepHook = Callable[["Engine", Batch], None]
 
+# Fast-forward is tried when at least this many steps fit before the next arrival (a shorter run
+# saves less than its planning costs).
+MIN_RUN = 4
+
+# ndarray.sum goes through a Python wrapper; the ufunc reduction itself is what a step needs
+_sum = np.add.reduce
+
 
 class Tracker:
     """State shared by the replicas: completions (fires ``done`` when all finished), the number
-    waiting across replicas (for ``limits.max_waiting``), and progress reports."""
+    waiting across replicas (for ``limits.max_waiting``), progress reports, and the times of the
+    next events from outside the engines (the next arrival, the deadline), which bound how far an
+    engine may fast-forward."""
 
     def __init__(
         self, env: simpy.Environment, total: int, progress: Callable[[int, int], None] | None
@@ -57,6 +69,8 @@ class Tracker:
         self.completed = 0
         self.waiting = 0
         self.progress = progress
+        self.next_arrival = math.inf
+        self.deadline = math.inf
         self._next_report = 0
         self._every = max(1, total // 200)
 
@@ -67,6 +81,23 @@ class Tracker:
             self._next_report = self.completed + self._every
         if self.completed >= self.total and not self.done.triggered:
             self.done.succeed()
+
+
+@dataclass
+class _Block:
+    """A planned run of ``m`` decode-only steps with the same batch (see ``Engine._plan``)."""
+
+    m: int
+    times: npt.NDArray[np.float64]  # t_0 .. t_m: step starts, then the end of the last step
+    total: npt.NDArray[np.float64]
+    draft: npt.NDArray[np.float64]
+    verify: npt.NDArray[np.float64]
+    overhead: npt.NDArray[np.float64]
+    emitted: npt.NDArray[np.int64]  # per step (the last one capped at what requests need)
+    kv_used: npt.NDArray[np.int64]  # blocks in use during each step
+    tot_emit: npt.NDArray[np.int64]  # per request, over the block
+    last_acc: npt.NDArray[np.int64]  # accepted drafts of the last step (adaptive observation)
+    observe_last: bool
 
 
 class Engine:
@@ -94,6 +125,13 @@ class Engine:
         Shared completion/waiting counters.
     router
         Shared router (its ``outstanding`` counts are kept current here).
+    acc_base
+        Per-slot acceptance hash halves (``table.acc_base`` is used when it is set up by the
+        simulation; computed from ``accept_key`` for slot == request id otherwise).
+    fast_forward
+        Advance runs of steps in which nothing but decoding can happen (no arrival, completion,
+        admission, preemption or change of k) in one vectorised operation and one SimPy event.
+        Needs ``tracker`` (for the next arrival) and no ``on_step`` hook; results are identical.
 
     Attributes
     ----------
@@ -106,6 +144,8 @@ class Engine:
         ``kv.used`` is lower by the released slots.
     adaptive
         The adaptive draft-length policy, or ``None`` for a fixed k.
+    ff_steps, ff_blocks
+        Steps advanced by fast-forward, and in how many blocks.
     """
 
     def __init__(
@@ -121,6 +161,7 @@ class Engine:
         tracker: Tracker | None = None,
         router: Router | None = None,
         acc_base: npt.NDArray[np.uint64] | None = None,
+        fast_forward: bool = False,
     ) -> None:
         self.env = env
         self.scn = scn
@@ -150,13 +191,12 @@ class Engine:
             )
         a = scn.acceptance.alpha
         self.sampler = AcceptanceSampler(position_probs(a, len(a)) if isinstance(a, list) else None)
+        self.tape = AcceptanceTape(self.sampler, None if self.adaptive is not None else self.k)
         # the per-request half of the acceptance hash, computed once (same draws as
         # counter_uniform(key, id, decode_counter))
-        self.acc_base = (
-            acc_base
-            if acc_base is not None
-            else counter_base(accept_key, np.arange(table.n, dtype=np.int64))
-        )
+        if acc_base is None:
+            acc_base = counter_base(accept_key, np.arange(table.n, dtype=np.int64))
+        table.acc_base = acc_base
         self.run_ids: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         self.n_prefilling = 0
         self.waiting: deque[int] = deque()
@@ -165,15 +205,28 @@ class Engine:
         self.preemptions = 0
         self._wake: simpy.Event | None = None
         self.stopped = False
+        self.fast_forward = bool(fast_forward and tracker is not None and on_step is None)
+        self._k_next: int | None = None  # k already chosen for the next step (fast-forward)
+        self._ff_cap = 32
+        self._ff_len = float(MIN_RUN)  # running mean of planned run lengths
+        self._ff_skip = 0
+        self.ff_steps = 0
+        self.ff_blocks = 0
+
+    @property
+    def acc_base(self) -> npt.NDArray[np.uint64]:
+        """Per-slot halves of the acceptance hash (``rng.counter_base`` of each request id)."""
+        return self.t.acc_base
 
     def table_resized(self) -> None:
         """Re-bind per-request arrays after the request table grew in place (live serving)."""
         self.kv.held = self.t.kv_blocks
-        self.acc_base = counter_base(self.key, np.arange(self.t.n, dtype=np.int64))
+        if not self.t.reusable:
+            self.t.acc_base = counter_base(self.key, np.arange(self.t.n, dtype=np.int64))
 
     # ------------------------------------------------------------------ arrivals
     def enqueue(self, rid: int) -> None:
-        """A request joins this engine's waiting queue (waking the engine if idle)."""
+        """A request (its slot) joins this engine's waiting queue (waking the engine if idle)."""
         self.waiting.append(rid)
         self.outstanding += 1
         if self.router is not None:
@@ -194,6 +247,12 @@ class Engine:
         ctx = int((t.prompt[run] + t.generated[run]).sum()) if nd else 0
         return self.adaptive.choose(nd, ctx)
 
+    def _live(self) -> npt.NDArray[np.int64]:
+        """Requests of this engine that may hold an acceptance tape (running or waiting)."""
+        if not self.waiting:
+            return self.run_ids
+        return np.concatenate([self.run_ids, np.fromiter(self.waiting, dtype=np.int64)])
+
     # ------------------------------------------------------------------ loop
     def loop(self) -> Generator[simpy.Event, Any, None]:
         """The engine process: form a batch, run the step, apply its outcome; idle when empty."""
@@ -203,13 +262,22 @@ class Engine:
         bs = kv.block_size
         adaptive = self.adaptive
         tracker = self.tracker
+        tape = self.tape
+        fixed_tape = tape.k is not None
+        records = self.records
+        cost = self.cost
+        replica = self.replica
         while not self.stopped:
             if self.run_ids.shape[0] == 0 and not self.waiting:
                 self._wake = env.event()
                 yield self._wake
                 self._wake = None
                 continue
-            k = self.k if adaptive is None else self._choose_k()
+            if self._k_next is not None:
+                k = self._k_next
+                self._k_next = None
+            else:
+                k = self.k if adaptive is None else self._choose_k()
             self.k = k
             waiting_before = len(self.waiting)
             batch, self.run_ids = form_batch(
@@ -224,27 +292,57 @@ class Engine:
                 kv,
             )
             npre = int(batch.preempted.shape[0])
-            self.n_prefilling += len(batch.admitted) - batch.preempted_prefilling
-            self.preemptions += npre
-            if tracker is not None:
-                tracker.waiting += len(self.waiting) - waiting_before
-            if batch.num_seqs == 0:  # pragma: no cover - prevented by check_kv_fits
-                raise RuntimeError("engine step with nothing to run: the KV cache check failed")
+            if npre:
+                self.preemptions += npre
+                self.n_prefilling -= batch.preempted_prefilling
             now = env.now
             if batch.admitted:
+                self.n_prefilling += len(batch.admitted)
                 adm = np.asarray(batch.admitted, dtype=np.int64)
                 fresh = adm[np.isnan(t.first_scheduled[adm])]
                 t.first_scheduled[fresh] = now
+                tape.ensure(t, adm, self._live)
+            if tracker is not None:
+                tracker.waiting += len(self.waiting) - waiting_before
             dec = batch.decode_ids
             pf = batch.prefill_ids
-            chunks = batch.prefill_chunks
             b = int(dec.shape[0])
-            dec_ctx = int(batch.decode_context.sum()) if b else 0
             npf = int(pf.shape[0])
-            pf_tokens = int(chunks.sum()) if npf else 0
-            pf_ctx = int((t.prefilled[pf] + chunks).sum()) if npf else 0
+            if b + npf == 0:  # pragma: no cover - prevented by check_kv_fits
+                raise RuntimeError("engine step with nothing to run: the KV cache check failed")
+            dec_ctx = int(_sum(batch.decode_context)) if b else 0
+            if npf:
+                chunks = batch.prefill_chunks
+                pf_tokens = int(_sum(chunks))
+                pf_ctx = int(_sum(t.prefilled[pf] + chunks))
+            else:
+                pf_tokens = pf_ctx = 0
             self.kv_in_step = kv.used
-            st = self.cost.step(StepShape(b, dec_ctx, k, pf_tokens, pf_ctx, npf))
+            st = cost.step(StepShape(b, dec_ctx, k, pf_tokens, pf_ctx, npf))
+
+            if (
+                self.fast_forward
+                and npf == 0
+                and npre == 0
+                and b == self.run_ids.shape[0]
+                and self.n_prefilling == 0
+            ):
+                block = None
+                if self._ff_skip:
+                    self._ff_skip -= 1
+                else:
+                    block = self._plan(batch, k, st, now, dec_ctx, waiting_before)
+                    # planning a run costs about two plain steps: when runs come out short
+                    # (busy engine, frequent arrivals and completions), try only now and then
+                    m = 0 if block is None else block.m
+                    self._ff_len = 0.75 * self._ff_len + 0.25 * m
+                    if self._ff_len < MIN_RUN:
+                        self._ff_skip = 8
+                if block is not None:
+                    yield _timeout_at(env, float(block.times[-1]))
+                    self._apply(block, batch, k, waiting_before)
+                    continue
+
             yield env.timeout(st.total)
             end = env.now
 
@@ -263,46 +361,38 @@ class Engine:
                     t.first_token[ft] = end
                     finishing = bool((t.generated[done_pf] >= t.output[done_pf]).any())
             if b:
-                u = counter_uniform_from_base(self.acc_base[dec], t.decode_counter[dec])
+                pos = t.tape_pos[dec] + t.decode_counter[dec]
+                if fixed_tape:
+                    acc = tape.arena[pos]
+                else:
+                    acc = self.sampler.sample(
+                        tape.arena[pos], k, None if t.alpha is None else t.alpha[dec]
+                    )
+                    t.drafted[dec] += k
                 t.decode_counter[dec] += 1
-                acc = self.sampler.sample(u, k, None if t.alpha is None else t.alpha[dec])
+                t.steps[dec] += 1
                 if adaptive is not None:
                     adaptive.observe(k, acc)
                 need = t.output[dec] - t.generated[dec]
                 emit = np.minimum(acc + 1, need)
                 t.generated[dec] += emit
                 t.accepted[dec] += emit - 1
-                t.drafted[dec] += k
-                t.steps[dec] += 1
-                esum = int(emit.sum())
+                esum = int(_sum(emit))
                 emitted += esum
                 acc_total = esum - b
                 # keep blocks for prompt + generated - 1 tokens; the rejected drafts' slots go back
                 kept = (batch.decode_context + emit + (bs - 2)) // bs
-                kv.used -= int(batch.decode_blocks.sum() - kept.sum())
+                kv.used -= int(_sum(batch.decode_blocks - kept))
                 kv.held[dec] = kept
                 if not finishing:
                     finishing = bool((emit >= need).any())
-            # completions
             if finishing:
-                touched = self.run_ids
-                fin_mask = t.generated[touched] >= t.output[touched]
-                fin = touched[fin_mask]
-                t.finish[fin] = end
-                kv.release(fin)
-                self.run_ids = touched[~fin_mask]
-                nf = int(fin.shape[0])
-                self.completed += nf
-                self.outstanding -= nf
-                if self.router is not None:
-                    self.router.outstanding[self.replica] -= nf
-                if tracker is not None:
-                    tracker.finished(nf)
-            self.records.append(
+                self._complete(end)
+            records.append(
                 (
                     now,
                     st.total,
-                    batch.num_seqs,
+                    b + npf,
                     pf_tokens,
                     b,
                     b * (k + 1),
@@ -316,11 +406,262 @@ class Engine:
                     acc_total,
                     emitted,
                     npre,
-                    self.replica,
+                    replica,
                 )
             )
             if self.on_step is not None:
                 self.on_step(self, batch)
+
+    def _complete(self, end: float) -> None:
+        """Retire the running requests that have emitted their last token (at time ``end``)."""
+        t = self.t
+        touched = self.run_ids
+        fin_mask = t.generated[touched] >= t.output[touched]
+        fin = touched[fin_mask]
+        t.finish[fin] = end
+        self.kv.release(fin)
+        self.run_ids = touched[~fin_mask]
+        nf = int(fin.shape[0])
+        self.completed += nf
+        self.outstanding -= nf
+        if self.router is not None:
+            self.router.outstanding[self.replica] -= nf
+        if self.tracker is not None:
+            self.tracker.finished(nf)
+
+    # ------------------------------------------------------------------ fast-forward
+    def _plan(
+        self, batch: Batch, k: int, st0: StepTime, now: float, ctx0: int, waiting: int
+    ) -> _Block | None:
+        """Plan the run of steps that starts with ``batch`` and in which nothing but decoding can
+        happen, exactly as the step-by-step loop would run them.
+
+        The batch is decode-only and holds every running request. Step ``j`` of the run forms the
+        same batch as long as, at its start, no request has finished (a completion may end the
+        run's last step), no arrival or deadline has passed (the run must end strictly before the
+        next one), the KV cache holds every request's look-ahead slots (no preemption), the
+        request at the head of the queue cannot be admitted, and the adaptive policy keeps k.
+        Acceptance draws come from the tapes (pure functions of request and decode counter);
+        durations from the cost model at each step's context total (it grows by the tokens
+        emitted); times by the same float additions SimPy would make.
+
+        Returns ``None`` when no run of two or more steps is possible (the step runs alone).
+        """
+        tr = self.tracker
+        assert tr is not None
+        horizon = min(tr.next_arrival, tr.deadline)
+        d0 = st0.total
+        if not now + d0 < horizon or d0 <= 0.0:
+            return None
+        # step lengths grow with the context, so the first one bounds how many fit
+        room = (horizon - now) / d0
+        if room < MIN_RUN:
+            return None
+        t = self.t
+        dec = batch.decode_ids
+        b = int(dec.shape[0])
+        need = t.output[dec] - t.generated[dec]
+        min_need = int(need.min())
+        m_top = min(min_need, self._ff_cap, max(2, (1 << 17) // b))
+        if room < m_top:
+            m_top = int(room) + 1
+        if m_top < 2:
+            return None
+        tape = self.tape
+        draws = tape.read_block(t, dec, m_top)
+        alpha = None
+        if tape.k is None and t.alpha is not None:
+            alpha = np.broadcast_to(t.alpha[dec], (m_top, b)).ravel()
+        acc = tape.accepted(draws.ravel(), k, alpha).reshape(m_top, b)
+        x = acc + 1
+        cum = np.cumsum(x, axis=0)  # tokens emitted after each step (uncapped)
+        fin_rows = (cum >= need).any(axis=1)
+        m = m_top
+        if fin_rows.any():
+            m = int(np.argmax(fin_rows)) + 1  # the first completion ends the run (inclusive)
+        # context total before each step (the steps before the last are never capped)
+        e_rows = x.sum(axis=1)
+        ctx_tot = np.empty(m, dtype=np.int64)
+        ctx_tot[0] = ctx0
+        if m > 1:
+            np.cumsum(e_rows[: m - 1], out=ctx_tot[1:])
+            ctx_tot[1:] += ctx0
+        # KV: look-ahead slots each step reserves; preemption when they exceed the capacity
+        kv = self.kv
+        bs = kv.block_size
+        ctx_req = batch.decode_context
+        used = np.empty(m, dtype=np.int64)
+        used[0] = self.kv_in_step
+        if m > 1:
+            tgt = (ctx_req[None, :] + cum[: m - 1] + (k + bs - 1)) // bs
+            used[1:] = tgt.sum(axis=1)
+            cut = m
+            if kv.limited:
+                over = used[1:] > kv.capacity
+                if over.any():
+                    cut = int(np.argmax(over)) + 1
+            if self.waiting:
+                cut = min(cut, self._admission_cut(b, k, used, ctx_req, cum, m))
+            m = min(m, cut)
+        if m < 2:
+            return None
+        total, draft, verify, overhead = decode_step_times(self.cost, b, ctx_tot[:m], k)
+        total[0] = d0
+        times = np.empty(m + 1, dtype=np.float64)
+        times[0] = now
+        times[1:] = total
+        np.cumsum(times, out=times)  # sequential additions: the floats SimPy's clock would hold
+        m = min(m, int(np.searchsorted(times[1:], horizon, side="left")))  # steps ending < horizon
+        if m < 2:
+            return None
+        # the adaptive policy chooses k before every step: the run ends where k would change
+        # (the choice made for that step is kept for it); its estimate sees each step's outcome
+        observe_last = True
+        ad = self.adaptive
+        if ad is not None:
+            a_rows = acc[:m].sum(axis=1)
+            r_rows = (acc[:m] < k).sum(axis=1)
+            for j in range(1, m):
+                ad.observe_counts(k, float(a_rows[j - 1]), float(r_rows[j - 1]))
+                kj = ad.choose(b, int(ctx_tot[j]))
+                if kj != k:
+                    self._k_next = kj
+                    m = j
+                    observe_last = False
+                    break
+        self._ff_cap = min(4096, max(8, 2 * m))
+        emitted = e_rows[:m].astype(np.int64)
+        tot_emit = np.minimum(cum[m - 1], need)
+        emitted[m - 1] = int(tot_emit.sum()) - (int(cum[m - 2].sum()) if m >= 2 else 0)
+        return _Block(
+            m=m,
+            times=times[: m + 1],
+            total=total[:m],
+            draft=draft[:m],
+            verify=verify[:m],
+            overhead=overhead[:m],
+            emitted=emitted,
+            kv_used=used[:m],
+            tot_emit=tot_emit,
+            last_acc=acc[m - 1],
+            observe_last=observe_last,
+        )
+
+    def _admission_cut(
+        self,
+        b: int,
+        k: int,
+        used: npt.NDArray[np.int64],
+        ctx_req: npt.NDArray[np.int64],
+        cum: npt.NDArray[np.int64],
+        m: int,
+    ) -> int:
+        """First step (1..m-1) at which the head of the waiting queue would be admitted, else m.
+
+        Mirrors :func:`~sdsim.engine.scheduler.form_batch` for a decode-only running set that
+        fits the token budget: ``prefill-first`` admits when the queue head's first chunk fits
+        the blocks free before the decodes reserve theirs; both policies then admit when it fits
+        what the decodes' look-ahead slots leave (``used``), within ``max_num_seqs`` and the
+        token budget left after the decodes.
+        """
+        t = self.t
+        kv = self.kv
+        bs = kv.block_size
+        w = self.waiting[0]
+        left = int(t.prefill_target[w] - t.prefilled[w])
+        done = int(t.prefilled[w])
+        held_w = int(kv.held[w])
+        cap = kv.capacity
+        cut = m
+        if b >= self.max_num_seqs:
+            return cut
+        if self.policy == "prefill-first" and self.budget > 0:
+            add = -(-(done + min(left, self.budget)) // bs) - held_w
+            kept = ((ctx_req[None, :] + cum[: m - 1] + (bs - 2)) // bs).sum(axis=1)
+            ok = add <= cap - kept
+            if ok.any():
+                cut = min(cut, int(np.argmax(ok)) + 1)
+        budget_left = self.budget - b * (k + 1)
+        if budget_left > 0:
+            add = -(-(done + min(left, budget_left)) // bs) - held_w
+            ok = add <= cap - used[1:m]
+            if ok.any():
+                cut = min(cut, int(np.argmax(ok)) + 1)
+        return cut
+
+    def _apply(self, block: _Block, batch: Batch, k: int, waiting: int) -> None:
+        """Apply a fast-forwarded run of steps at its end (the SimPy clock is at its end time)."""
+        t = self.t
+        kv = self.kv
+        bs = kv.block_size
+        dec = batch.decode_ids
+        m = block.m
+        b = int(dec.shape[0])
+        te = block.tot_emit
+        t.generated[dec] += te
+        t.accepted[dec] += te - m
+        t.decode_counter[dec] += m
+        t.steps[dec] += m
+        if self.adaptive is not None:
+            t.drafted[dec] += k * m
+            if block.observe_last:
+                self.adaptive.observe(k, block.last_acc)
+        kept = (batch.decode_context + te + (bs - 2)) // bs
+        kv.used += int(kept.sum() - batch.decode_blocks.sum())
+        kv.held[dec] = kept
+        peak = int(block.kv_used.max())
+        if peak > kv.peak:
+            kv.peak = peak
+        self.kv_in_step = int(block.kv_used[-1])
+        self.records.extend(
+            {
+                "start": block.times[:m],
+                "duration": block.total,
+                "num_seqs": b,
+                "prefill_tokens": 0,
+                "decode_seqs": b,
+                "verify_tokens": b * (k + 1),
+                "draft_s": block.draft,
+                "verify_s": block.verify,
+                "prefill_s": 0.0,
+                "overhead_s": block.overhead,
+                "kv_blocks_used": block.kv_used,
+                "waiting": waiting,
+                "k": k,
+                "accepted": block.emitted - b,
+                "emitted": block.emitted,
+                "preempted": 0,
+                "replica": self.replica,
+            }
+        )
+        self.ff_steps += m
+        self.ff_blocks += 1
+        if bool((t.generated[dec] >= t.output[dec]).any()):
+            self._complete(float(block.times[-1]))
+
+
+def _timeout_at(env: simpy.Environment, when: float) -> simpy.Event:
+    """An event that fires at exactly ``when`` (>= now), the float a run of step-by-step
+    additions to the clock gives.
+
+    SimPy fires a timeout at ``now + delay``; when some float delay lands exactly on ``when``,
+    a plain timeout is used. Sometimes none does (the clock and the delay are in binades with
+    different spacing, and the rounded sums step over ``when``); the event is then put on the
+    queue at ``when`` itself, as ``Environment.schedule`` does with the sum (SimPy 4 keeps its
+    queue as ``(time, priority, event id, event)``).
+    """
+    now = env.now
+    d = when - now
+    for _ in range(4):
+        s = now + d
+        if s == when:
+            return env.timeout(d)
+        d = math.nextafter(d, math.inf if s < when else -math.inf)
+    ev = env.event()
+    ev._ok = True
+    ev._value = None
+    heappush(env._queue, (when, NORMAL, next(env._eid), ev))
+    return ev
 
 
 @dataclass
@@ -368,6 +709,10 @@ def run_simulation(
     seed: int,
     on_step: StepHook | None = None,
     progress: Callable[[int, int], None] | None = None,
+    *,
+    fast_forward: bool = True,
+    request_sink: Sink | None = None,
+    step_sink: Callable[[dict[str, npt.NDArray[np.generic]]], None] | None = None,
 ) -> SimRun:
     """Run the SimPy model until every request finished or a saturation bound is hit.
 
@@ -382,9 +727,19 @@ def run_simulation(
     seed
         Run seed (keys the acceptance stream and the router's).
     on_step
-        Check hook called after every engine step.
+        Check hook called after every engine step (turns fast-forward off: it needs every step).
     progress
         Called now and then with (requests completed, total).
+    fast_forward
+        Advance runs of pure decode steps in one event (:class:`Engine`); the records are the
+        same either way.
+    request_sink
+        Streaming statistics: requests live in reusable slots and are handed to this callable in
+        batches once finished (the rest at the end), so memory follows the requests in the
+        system; the returned table is then empty of records.
+    step_sink
+        Streaming statistics: step records are handed to this callable in blocks instead of
+        being kept; ``SimRun.steps`` is then empty.
 
     Raises
     ------
@@ -393,13 +748,19 @@ def run_simulation(
     """
     check_kv_fits(scn, wl)
     env = simpy.Environment()
-    table = RequestTable(wl)
-    n = table.n
-    # step-count guess for preallocation: output tokens / ~2 per step / batch ~ 8; grows if short
-    cap = int(min(max(1024, wl.output.sum() // 16), 5_000_000))
-    records = StepColumns(cap)
+    n = len(wl)
+    streaming = request_sink is not None
+    table = RequestTable(wl, capacity=1024 if streaming else None)
+    fixed_k = scn.spec.k if scn.spec.policy == "fixed" else None
+    table.fixed_k = fixed_k
+    if step_sink is not None:
+        records = StepColumns(1 << 16, flush=step_sink)
+    else:
+        # step-count guess for preallocation: output tokens / ~2 per step / batch ~ 8; grows
+        cap = int(min(max(1024, wl.output.sum() // 16), 5_000_000))
+        records = StepColumns(cap)
     key = stream_key(seed, "acceptance")
-    acc_base = counter_base(key, np.arange(n, dtype=np.int64))
+    acc_base = table.acc_base if streaming else counter_base(key, np.arange(n, dtype=np.int64))
     tracker = Tracker(env, n, progress)
     router = Router(scn.server.router, scn.server.replicas, n, seed)
     engines = [
@@ -415,13 +776,16 @@ def run_simulation(
             tracker=tracker,
             router=router,
             acc_base=acc_base,
+            fast_forward=fast_forward,
         )
         for r in range(scn.server.replicas)
     ]
+    table.on_resize.extend(e.table_resized for e in engines)
     done = tracker.done
     state = {"reason": "completed", "early": False}
     max_waiting = scn.limits.max_waiting
     api_delay = scn.server.api_delay_s
+    arrived = [0]
 
     def stop(reason: str) -> None:
         if not done.triggered:
@@ -430,15 +794,40 @@ def run_simulation(
             done.succeed()
 
     def arrivals() -> Generator[simpy.Event, Any, None]:
-        arr = table.arrival + api_delay
-        for rid in range(n):
-            dt = float(arr[rid]) - env.now
-            if dt > 0:
-                yield env.timeout(dt)
-            engines[router.choose(rid)].enqueue(rid)
-            if tracker.waiting > max_waiting:
-                stop(f"waiting queue exceeded limits.max_waiting={max_waiting}")
-                return
+        chunk = 4096
+        for c0 in range(0, n, chunk):
+            c1 = min(n, c0 + chunk)
+            arr = (wl.arrival[c0:c1] + api_delay).tolist()
+            if streaming:
+                raw = wl.arrival[c0:c1].tolist()
+                prompt = wl.prompt[c0:c1].tolist()
+                output = wl.output[c0:c1].tolist()
+                alpha = None if wl.alpha is None else wl.alpha[c0:c1].tolist()
+                bases = counter_base(key, np.arange(c0, c1, dtype=np.int64))
+            for i in range(c1 - c0):
+                rid = c0 + i
+                dt = arr[i] - env.now
+                if dt > 0:
+                    tracker.next_arrival = env.now + dt  # the float SimPy will fire it at
+                    yield env.timeout(dt)
+                if streaming:
+                    slot = table.fill(
+                        rid,
+                        raw[i],
+                        prompt[i],
+                        output[i],
+                        None if alpha is None else alpha[i],
+                        bases[i],
+                        request_sink,
+                    )
+                else:
+                    slot = rid
+                arrived[0] = rid + 1
+                engines[router.choose(rid)].enqueue(slot)
+                if tracker.waiting > max_waiting:
+                    stop(f"waiting queue exceeded limits.max_waiting={max_waiting}")
+                    return
+        tracker.next_arrival = math.inf
 
     def deadline(max_t: float) -> Generator[simpy.Event, Any, None]:
         yield env.timeout(max_t)
@@ -448,6 +837,7 @@ def run_simulation(
     for e in engines:
         env.process(e.loop())
     if scn.limits.max_sim_time_s is not None:
+        tracker.deadline = float(scn.limits.max_sim_time_s)
         env.process(deadline(scn.limits.max_sim_time_s))
     if n == 0:
         done.succeed()
@@ -464,12 +854,54 @@ def run_simulation(
         "api_delay_s": float(api_delay),
         "replicas": len(engines),
     }
+    if streaming:
+        assert request_sink is not None
+        table.harvest(request_sink, everything=True)
+        _sink_unarrived(wl, arrived[0], request_sink)
+    elif fixed_k is not None:
+        table.drafted[:] = table.steps * fixed_k
+    if step_sink is not None:
+        records.finish()
+    steps = records.as_dict()
+    if len(engines) > 1 and steps["start"].shape[0]:
+        # canonical order: by end time, then replica (fast-forwarded runs of steps are recorded
+        # when they end, so the raw order of simultaneous replicas depends on the setting)
+        ends = np.asarray(steps["start"], dtype=np.float64) + np.asarray(steps["duration"])
+        order = np.lexsort((steps["replica"], ends))
+        steps = {k: v[order] for k, v in steps.items()}
     return SimRun(
         table=table,
-        steps=records.as_dict(),
+        steps=steps,
         end_time=end if math.isfinite(end) else 0.0,
         stopped_early=bool(state["early"]),
         stop_reason=str(state["reason"]),
         engines=engines,
         info=info,
     )
+
+
+def _sink_unarrived(wl: Workload, first: int, sink: Sink) -> None:
+    """Hand the requests that never reached an engine (run stopped early) to ``sink``."""
+    n = len(wl)
+    for c0 in range(first, n, 1 << 16):
+        c1 = min(n, c0 + (1 << 16))
+        m = c1 - c0
+        nan = np.full(m, np.nan)
+        zeros = np.zeros(m, dtype=np.int64)
+        recs: dict[str, npt.NDArray[np.generic]] = {
+            "rid": np.arange(c0, c1, dtype=np.int64),
+            "arrival": wl.arrival[c0:c1],
+            "first_scheduled": nan,
+            "first_token": nan,
+            "finish": nan,
+            "prompt_tokens": wl.prompt[c0:c1],
+            "output_tokens": wl.output[c0:c1],
+            "steps": zeros,
+            "drafted": zeros,
+            "accepted": zeros,
+            "preemptions": zeros,
+            "replica": zeros,
+        }
+        if wl.alpha is not None:
+            recs["alpha"] = wl.alpha[c0:c1]
+        sink(recs)

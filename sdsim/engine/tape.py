@@ -1,0 +1,134 @@
+"""Acceptance tapes: each request's acceptance draws, computed once, read by one gather per step.
+
+A request's j-th decode step uses the counter-based uniform ``counter_uniform(key, rid, j)``
+(:mod:`sdsim.rng`), so all its future draws are known the moment it is admitted. A decode step
+emits at least one token, so a request that still needs ``r`` tokens makes at most ``r`` more
+decode steps, preempted or not: its *tape* is the ``r`` draws from its current decode counter on.
+With a fixed draft length the tape holds the accepted draft tokens themselves (the truncated
+geometric inverted once per draw); under the adaptive policy it holds the uniforms (k is only
+known at the step).
+
+All tapes of one engine live in one arena (a flat array) with a bump pointer; a request's entry
+for decode counter ``c`` is ``arena[tape_pos + c]``. When the arena is full, the live tapes
+(requests not finished) are compacted to its front, and the arena doubles if they fill half of it.
+Reading a step's draws is then one gather instead of a hash and an inversion per step, and a
+fast-forwarded block of m steps reads an (m, batch) block of the arena in one gather.
+"""
+
+from __future__ import annotations
+
+__all__ = ["AcceptanceTape"]
+
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+
+from sdsim.acceptance import AcceptanceSampler
+from sdsim.engine.state import RequestTable
+from sdsim.rng import counter_uniform_from_base
+
+
+class AcceptanceTape:
+    """One engine's arena of acceptance tapes.
+
+    Parameters
+    ----------
+    sampler
+        Inverts uniforms to accepted draft tokens.
+    k
+        The fixed draft length, or ``None`` (adaptive policy): the tape then holds uniforms.
+    capacity
+        Initial arena entries.
+    """
+
+    def __init__(self, sampler: AcceptanceSampler, k: int | None, capacity: int = 1 << 16) -> None:
+        self.sampler = sampler
+        self.k = k
+        dt = np.float64 if k is None else np.int64
+        self.arena: npt.NDArray[np.generic] = np.zeros(max(1024, capacity), dtype=dt)
+        self.top = 0
+
+    def ensure(
+        self,
+        t: RequestTable,
+        ids: npt.NDArray[np.int64],
+        live: Callable[[], npt.NDArray[np.int64]],
+    ) -> None:
+        """Give every request in ``ids`` that has none a tape covering all its remaining steps.
+
+        Parameters
+        ----------
+        t
+            The request table.
+        ids
+            Requests about to decode (or just admitted).
+        live
+            Gives every request of this engine that may still hold a tape (kept on compaction).
+        """
+        new = ids[t.tape_end[ids] == 0]
+        if new.shape[0] == 0:
+            return
+        # a decode step emits >= 1 token: at most output - generated more decode steps
+        lens = np.maximum(t.output[new] - t.generated[new], 1)
+        total = int(lens.sum())
+        if self.top + total > self.arena.shape[0]:
+            self._compact(t, live(), total)
+        start = self.top
+        rel_end = np.cumsum(lens)
+        rel_begin = rel_end - lens
+        ctr = t.decode_counter[new]
+        # entry index -> (request, counter): a ramp restarting at each request's first counter
+        owner = np.repeat(np.arange(new.shape[0]), lens)
+        j = np.arange(total, dtype=np.int64) - rel_begin[owner] + ctr[owner]
+        u = counter_uniform_from_base(t.acc_base[new][owner], j)
+        if self.k is None:
+            vals: npt.NDArray[np.generic] = u
+        else:
+            alpha = None if t.alpha is None else t.alpha[new][owner]
+            vals = self.sampler.sample(u, self.k, alpha)
+        self.arena[start : start + total] = vals
+        self.top = start + total
+        t.tape_pos[new] = start + rel_begin - ctr
+        t.tape_end[new] = start + rel_end
+
+    def read(self, t: RequestTable, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.generic]:
+        """The draws of ``ids`` at their current decode counters (no counter is advanced)."""
+        return self.arena[t.tape_pos[ids] + t.decode_counter[ids]]
+
+    def read_block(
+        self, t: RequestTable, ids: npt.NDArray[np.int64], m: int
+    ) -> npt.NDArray[np.generic]:
+        """Draws of ``ids`` for their next ``m`` decode steps, shape ``(m, len(ids))``."""
+        pos = t.tape_pos[ids] + t.decode_counter[ids]
+        return self.arena[pos[None, :] + np.arange(m, dtype=np.int64)[:, None]]
+
+    def accepted(
+        self, draws: npt.NDArray[np.generic], k: int, alpha: npt.NDArray[np.float64] | None
+    ) -> npt.NDArray[np.int64]:
+        """Accepted draft tokens from tape entries (a no-op for a fixed-k tape)."""
+        if self.k is not None:
+            return np.asarray(draws, dtype=np.int64)
+        return self.sampler.sample(np.asarray(draws, dtype=np.float64), k, alpha)
+
+    def _compact(self, t: RequestTable, live: npt.NDArray[np.int64], extra: int) -> None:
+        """Move the unread part of every live tape to the front of the arena (growing it)."""
+        live = live[(t.tape_end[live] > 0) & np.isnan(t.finish[live])]
+        begin = t.tape_pos[live] + t.decode_counter[live]
+        lens = np.maximum(t.tape_end[live] - begin, 0)
+        total = int(lens.sum())
+        size = self.arena.shape[0]
+        while size < 2 * (total + extra):
+            size *= 2
+        ends = np.cumsum(lens)
+        owner = np.repeat(np.arange(live.shape[0]), lens)
+        src = np.arange(total, dtype=np.int64) - (ends - lens)[owner] + begin[owner]
+        arena = np.zeros(size, dtype=self.arena.dtype) if size != self.arena.shape[0] else None
+        moved = self.arena[src]
+        if arena is None:
+            arena = self.arena
+        arena[:total] = moved
+        self.arena = arena
+        self.top = total
+        t.tape_pos[live] = (ends - lens) - t.decode_counter[live]
+        t.tape_end[live] = ends
