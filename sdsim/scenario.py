@@ -567,13 +567,15 @@ def scenario_from_dict(data: Any, base_dir: Path | None = None) -> Scenario:
 
 
 def check_registry(scn: Scenario) -> None:
-    """Check the names a scenario refers to and that its requests fit the target's context.
+    """Check the names a scenario refers to, that its requests fit the target's context, and that
+    the KV cache (``server.num_gpu_blocks``) holds at least one request.
 
     Raises
     ------
     ScenarioError
         Unknown GPU or model name (the message lists the known ones), an unreadable
-        ``config.json``, or prompt + output tokens longer than the target's context.
+        ``config.json``, prompt + output tokens longer than the target's context, or a KV cache
+        smaller than the shortest request the length laws can draw.
     """
     from sdsim.hardware import get_gpu
     from sdsim.models import resolve_model
@@ -587,12 +589,50 @@ def check_registry(scn: Scenario) -> None:
     if wl.arrival != "trace":
         longest = wl.prompt_tokens.max + wl.output_tokens.max
         if longest > target.max_context:
+            too_long = wl.prompt_tokens.max >= target.max_context
             raise ScenarioError(
-                "workload.output_tokens",
+                "workload.prompt_tokens" if too_long else "workload.output_tokens",
                 f"prompt ({wl.prompt_tokens.max}) + output ({wl.output_tokens.max}) tokens = "
                 f"{longest} exceed the context of target {scn.target!r} ({target.max_context} "
                 "tokens); shorten the lengths (or lower a length law's max)",
             )
+    _check_kv_holds_one_request(scn)
+
+
+def _shortest(spec: LengthSpec) -> int:
+    """The smallest length a length law can draw."""
+    if isinstance(spec, FixedLength):
+        return spec.value
+    if isinstance(spec, UniformLength):
+        return spec.low
+    if isinstance(spec, LognormalLength):
+        return spec.min
+    if isinstance(spec, EmpiricalLength):
+        return min(spec.values)
+    return 1  # geometric
+
+
+def _check_kv_holds_one_request(scn: Scenario) -> None:
+    # A KV cache that cannot hold even the shortest request the length laws can draw can run
+    # nothing, whatever the seed: refuse it here, so every command (run, predict, costs, validate,
+    # sweep) and `load_scenario` say so. The engine separately refuses a drawn workload whose
+    # longest request does not fit (`sdsim.engine.server.check_kv_fits`); for fixed lengths the
+    # two bounds coincide. Traces and replays have no law to read: the engine checks those.
+    total = scn.server.num_gpu_blocks
+    wl = scn.workload
+    if total is None or wl.trace or wl.arrival in ("trace", "replay"):
+        return
+    k_top = scn.spec.k if scn.spec.policy == "fixed" else max(scn.spec.k, scn.spec.k_max)
+    bs = scn.server.block_size
+    tokens = _shortest(wl.prompt_tokens) + _shortest(wl.output_tokens) - 1 + k_top
+    need = -(-tokens // bs)
+    if need > total:
+        raise ScenarioError(
+            "server.num_gpu_blocks",
+            f"{total} blocks of {bs} tokens cannot hold one request (the shortest, "
+            f"{tokens} tokens with {k_top} look-ahead slots, needs {need} blocks); "
+            f"allowed: >= {need} (or null for unlimited)",
+        )
 
 
 def _resolve_paths(data: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
