@@ -165,7 +165,9 @@ def run(
             res.steps.to_csv(out_dir / "steps.csv", index=False)
             written = "requests.csv, steps.csv, " + written
         (out_dir / "summary.json").write_text(json.dumps(res.summary, indent=2, default=str) + "\n")
-        (out_dir / "scenario.yaml").write_text(scn.to_yaml())
+        # the resolved scenario reproduces the run: it carries the seed actually used
+        ran = scn if seed is None else scn.with_overrides({"seed": int(seed)})
+        (out_dir / "scenario.yaml").write_text(ran.to_yaml())
     if json_out:
         out.print_json(json.dumps(res.summary, default=str))
     else:
@@ -226,6 +228,8 @@ def costs(
     scn = _load(scenario, set_)
     if context is not None and context < 0:
         raise ScenarioError("--context", "must be >= 0")
+    if plot is not None:
+        _check_writable(plot.parent if str(plot.parent) else Path("."), "--plot")
     wl = scn.workload
     ctx = int(wl.prompt_tokens.mean + wl.output_tokens.mean / 2) if context is None else context
     k = scn.spec.k
@@ -301,7 +305,6 @@ def costs(
         )
         out.print(f"KV cache: {cap.describe()}{fits}", highlight=False, soft_wrap=True)
     if plot is not None:
-        _check_writable(plot.parent if str(plot.parent) else Path("."))
         import matplotlib
 
         matplotlib.use("Agg")
@@ -1176,16 +1179,17 @@ def serve(
 # --- end reports / serve commands ---------------------------------------------------------------
 
 
-def _check_writable(path: Path) -> None:
+def _check_writable(path: Path, option: str = "--out") -> None:
+    """Refuse (as bad input for ``option``) an output path that cannot be created or written."""
     probe = path
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
-        raise ScenarioError("--out", f"{probe} is not a directory")
+        raise ScenarioError(option, f"{probe} is not a directory (allowed: a writable directory)")
     import os
 
-    if not os.access(probe, os.W_OK):
-        raise ScenarioError("--out", f"directory {probe} is not writable")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ScenarioError(option, f"directory {probe} is not writable")
 
 
 def main(argv: list[str] | None = None) -> None:

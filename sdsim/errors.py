@@ -3,6 +3,24 @@
 Every user mistake (a scenario field out of range, an unknown name, a malformed file) is raised as
 :class:`ScenarioError`, whose message is one line naming the offending field and what is allowed.
 The CLI turns it into exit code 2; library callers can catch it (it is a ``ValueError``).
+
+The contract (``tests/test_bad_input.py`` checks it case by case):
+
+* ``str(exc)`` is ``"<field>: <what is wrong and what is allowed>"`` on one line; ``exc.field`` is
+  the dotted scenario field (``workload.rate``, ``server.num_gpu_blocks``, ``costs.profile``), the
+  file at fault, or the command-line option (``--out``, ``--plot``, ``--set``, ``--rates``).
+* ``sdsim run``, ``predict``, ``costs``, ``validate`` and ``sweep`` print exactly
+  ``error: <str(exc)>`` on stderr and exit with code 2, never a traceback.
+* The library raises the same exception with the same message from the call that meets the input:
+  :func:`sdsim.load_scenario` / :func:`sdsim.scenario.scenario_from_dict` (fields, unknown names,
+  unknown GPU or model, prompt + output beyond the target's context, a KV cache that cannot hold
+  one request, unreadable or invalid YAML), :func:`sdsim.simulate` (seed, trace files, the drawn
+  workload's longest request against the KV cache), :func:`sdsim.costs.step.build_cost_model`
+  (missing profile bundle, CSV without the needed columns, sizes that are not numbers, a table
+  whose curves mostly fall by an order of magnitude as work grows),
+  :func:`sdsim.sweep.load_sweep` / :func:`sdsim.sweep.plan_sweep` (sweep keys, swept fields that
+  do not exist, each point's scenario and cost model) and
+  :func:`sdsim.analytic.validation.validate` (rates, replications).
 """
 
 from __future__ import annotations
@@ -27,6 +45,11 @@ class ScenarioError(ValueError):
         self.field = field
         self.message = " ".join(str(message).split())
         super().__init__(f"{field}: {self.message}" if field else self.message)
+
+    def __reduce__(self) -> tuple[type[ScenarioError], tuple[str, str]]:
+        # Rebuilt from (field, message), not from the formatted text, so the error survives the
+        # trip back from a worker process (validate --jobs N, process-pool sweeps) intact.
+        return (type(self), (self.field, self.message))
 
 
 def _loc_to_field(loc: tuple[Any, ...]) -> str:

@@ -582,13 +582,15 @@ def scenario_from_dict(data: Any, base_dir: Path | None = None) -> Scenario:
 
 
 def check_registry(scn: Scenario) -> None:
-    """Check the names a scenario refers to and that its requests fit the target's context.
+    """Check the names a scenario refers to, that its requests fit the target's context, and that
+    the KV cache (``server.num_gpu_blocks``) holds at least one request.
 
     Raises
     ------
     ScenarioError
         Unknown GPU or model name (the message lists the known ones), an unreadable
-        ``config.json``, or prompt + output tokens longer than the target's context.
+        ``config.json``, prompt + output tokens longer than the target's context, or a KV cache
+        smaller than the shortest request the length laws can draw.
     """
     from sdsim.hardware import get_gpu
     from sdsim.models import resolve_model
@@ -602,8 +604,9 @@ def check_registry(scn: Scenario) -> None:
     if wl.arrival != "trace":
         longest = wl.prompt_tokens.max + wl.output_tokens.max
         if longest > target.max_context:
+            too_long = wl.prompt_tokens.max >= target.max_context
             raise ScenarioError(
-                "workload.output_tokens",
+                "workload.prompt_tokens" if too_long else "workload.output_tokens",
                 f"prompt ({wl.prompt_tokens.max}) + output ({wl.output_tokens.max}) tokens = "
                 f"{longest} exceed the context of target {scn.target!r} ({target.max_context} "
                 "tokens); shorten the lengths (or lower a length law's max)",

@@ -377,7 +377,8 @@ def plan_sweep(
     ------
     ScenarioError
         A swept field that does not exist or a value it does not allow (naming the field and the
-        point), a field both fixed and swept, or a bad ``common_random_numbers`` entry.
+        point), a step-cost model that cannot be built (missing or malformed profile bundle), a
+        field both fixed and swept, or a bad ``common_random_numbers`` entry.
     """
     anchor = Path(sweep_path).resolve().parent if sweep_path is not None else Path.cwd()
     base = Path(spec.base)
@@ -404,6 +405,7 @@ def plan_sweep(
     if reps < 1:
         raise ScenarioError("replications", f"must be >= 1 (got {reps})")
     base_scn = load_scenario(base, fixed)
+    checked_costs: set[str] = set()
     points: list[Point] = []
     tasks: list[RunTask] = []
     for i, ov in enumerate(_points(spec)):
@@ -413,6 +415,7 @@ def plan_sweep(
             shown = _canonical(ov)
             shown = shown if len(shown) <= 120 else shown[:117] + "..."
             raise ScenarioError(exc.field, f"{exc.message} (sweep point {i}: {shown})") from None
+        _check_costs(scn, i, ov, checked_costs)
         h = scenario_hash(scn)
         key = hashlib.sha256(_canonical(ov).encode()).hexdigest()[:16]
         points.append(Point(index=i, overrides=ov, key=key, scenario=scn, scenario_hash=h))
@@ -435,6 +438,25 @@ def plan_sweep(
             )
     name = spec.name or (Path(sweep_path).stem if sweep_path is not None else base_scn.name)
     return SweepPlan(spec=spec, name=name, base=base, fields=fields, points=points, tasks=tasks)
+
+
+def _check_costs(scn: Scenario, i: int, ov: dict[str, Any], checked: set[str]) -> None:
+    """Build each distinct step-cost model of the sweep once, before any run, so that a missing or
+    malformed profile bundle is bad input (exit 2) instead of every run failing."""
+    from sdsim.costs.step import build_cost_model
+
+    data = scn.to_dict()
+    key = _canonical({f: data[f] for f in ("hardware", "target", "drafter", "costs", "spec")}
+                     | {"tp": scn.server.tp})  # fmt: skip
+    if key in checked:
+        return
+    try:
+        build_cost_model(scn)
+    except ScenarioError as exc:
+        shown = _canonical(ov)
+        shown = shown if len(shown) <= 120 else shown[:117] + "..."
+        raise ScenarioError(exc.field, f"{exc.message} (sweep point {i}: {shown})") from None
+    checked.add(key)
 
 
 # --------------------------------------------------------------------------- one run

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from sdsim.scenario import Scenario, scenario_from_dict
 
@@ -41,3 +43,24 @@ def small(**over: Any) -> Scenario:
 @pytest.fixture
 def small_scenario() -> Scenario:
     return small()
+
+
+# Hypothesis profiles: `ci` (default: few examples, derandomized so CI is deterministic and fast)
+# and `thorough` (HYPOTHESIS_PROFILE=thorough: hundreds of random examples, for a nightly or a
+# pre-release run). Tests that pin their own `@settings` keep them.
+settings.register_profile(
+    "ci",
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    print_blob=True,
+)
+settings.register_profile(
+    "thorough",
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    print_blob=True,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -3,12 +3,19 @@ traceback. Library calls raise ScenarioError with the same message."""
 
 from __future__ import annotations
 
+import json
+import os
+import pickle
+import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pytest
+import yaml
 
-from sdsim import ScenarioError, load_scenario
+from sdsim import ScenarioError, load_scenario, simulate
 from sdsim.cli import main
 from tests.conftest import ROOT
 
@@ -234,3 +241,223 @@ def test_unwritable_out_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert exc.value.code == 2
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "file" in lines[0]
+# --------------------------------------------------------------------------- every command
+#
+# The same malformed inputs through `sdsim run`, `predict`, `costs`, `validate` and `sweep`: each
+# exits 2 with one line naming the field, and the library call behind the command raises
+# ScenarioError with that very line (see sdsim/errors.py for the contract).
+
+PROFILE = ROOT / "profiles/cpu-numpy-llama-3.2-1b"
+COMMANDS = ["run", "predict", "costs", "validate", "sweep"]
+
+
+def bundle(tmp: Path, name: str, edit: Callable[[pd.DataFrame], pd.DataFrame] | None) -> str:
+    """A copy of the committed profile bundle with dense.csv edited (or meta.yaml removed)."""
+    d = tmp / name
+    shutil.copytree(PROFILE, d)
+    if edit is None:
+        (d / "meta.yaml").unlink()
+    else:
+        edit(pd.read_csv(d / "dense.csv")).to_csv(d / "dense.csv", index=False)
+    return str(d)
+
+
+def _falling(df: pd.DataFrame) -> pd.DataFrame:
+    # times that fall as work grows: 1 s at 1 token down to ~2 ms at 512 (units mixed up)
+    return df.assign(median_us=1e6 / df["tokens"])
+
+
+def profiled(path: str) -> dict[str, Any]:
+    return {"costs.source": "profile", "costs.profile": path, "target": "llama-3.2-1b"}
+
+
+# (id, overrides given tmp_path, the field the message must name)
+SCENARIO_CASES: list[tuple[str, Callable[[Path], dict[str, Any]], str]] = [
+    ("unknown gpu", lambda t: {"hardware": "h1000"}, "hardware"),
+    ("unknown model", lambda t: {"target": "llama-9"}, "target"),
+    (
+        "unknown drafter model",
+        lambda t: {"drafter.kind": "model", "drafter.model": "tiny-llama"},
+        "drafter.model",
+    ),
+    (
+        "prompt beyond context",
+        lambda t: {"workload.prompt_tokens": 200_000},
+        "workload.prompt_tokens",
+    ),
+    ("missing profile bundle", lambda t: profiled(str(t / "no-such-bundle")), "costs.profile"),
+    ("not a profile bundle", lambda t: profiled(bundle(t, "nometa", None)), "costs.profile"),
+    (
+        "profile csv missing columns",
+        lambda t: profiled(bundle(t, "nocol", lambda df: df.drop(columns=["tokens"]))),
+        "costs.profile",
+    ),
+    (
+        "profile csv non-monotone",
+        lambda t: profiled(bundle(t, "falling", _falling)),
+        "costs.profile",
+    ),
+    (
+        "profile csv sizes not numbers",
+        lambda t: profiled(bundle(t, "nan", lambda df: df.assign(tokens="many"))),
+        "costs.profile",
+    ),
+    (
+        "kv smaller than one request",
+        lambda t: {"server.num_gpu_blocks": 3},
+        "server.num_gpu_blocks",
+    ),
+]
+
+SMALL_RUN = {"workload.num_requests": 50, "warmup_requests": 5}
+
+
+def _sets(over: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for k, v in over.items():
+        out += ["--set", f"{k}={json.dumps(v)}"]
+    return out
+
+
+def _sweep_file(tmp: Path, over: dict[str, Any], grid: dict[str, Any] | None = None) -> Path:
+    path = tmp / "sweep.yaml"
+    spec = {"base": DEFAULT, "set": {**SMALL_RUN, **over}, "grid": grid or {"spec.k": [1, 2]}}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def command(cmd: str, tmp: Path, over: dict[str, Any]) -> tuple[list[str], Callable[[], Any]]:
+    """argv of the CLI command and the library call it makes."""
+    from sdsim.analytic import predict
+    from sdsim.analytic.validation import validate
+    from sdsim.costs.step import build_cost_model
+    from sdsim.sweep import load_sweep, plan_sweep
+
+    if cmd == "sweep":
+        path = _sweep_file(tmp, over)
+        argv = ["sweep", str(path), "--out", str(tmp / "s"), "--workers", "1", "--quiet"]
+        return argv, lambda: plan_sweep(load_sweep(path), path)
+    if cmd == "run":
+        full = {**SMALL_RUN, **over}
+        return ["run", DEFAULT, *_sets(full)], lambda: simulate(load_scenario(DEFAULT, full))
+    if cmd == "predict":
+        return ["predict", DEFAULT, *_sets(over)], lambda: predict(load_scenario(DEFAULT, over))
+    if cmd == "costs":
+        argv = ["costs", DEFAULT, *_sets(over)]
+        return argv, lambda: build_cost_model(load_scenario(DEFAULT, over))
+    full = {**SMALL_RUN, **over}
+    argv = ["validate", DEFAULT, "--rates", "5", "--reps", "1", "--jobs", "1",
+            "--out", str(tmp / "v"), *_sets(full)]  # fmt: skip
+    return argv, lambda: validate(load_scenario(DEFAULT, full), rates=[5.0], reps=1, jobs=1)
+
+
+def one_error_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2, err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+@pytest.mark.parametrize(
+    ("name", "build", "field"), SCENARIO_CASES, ids=[c[0] for c in SCENARIO_CASES]
+)
+def test_every_command_refuses_bad_input(
+    cmd: str,
+    name: str,
+    build: Callable[[Path], dict[str, Any]],
+    field: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv, library = command(cmd, tmp_path, build(tmp_path))
+    line = one_error_line(argv, capsys)
+    assert line.startswith(f"error: {field}: "), line
+    with pytest.raises(ScenarioError) as lib:
+        library()
+    assert lib.value.field == field
+    assert str(lib.value) in line
+    assert "\n" not in str(lib.value)
+
+
+def test_sweep_over_a_field_that_does_not_exist(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sdsim.sweep import load_sweep, plan_sweep
+
+    for bad in ("server.max_num_seq", "servr.max_num_seqs"):
+        path = _sweep_file(tmp_path, {}, grid={bad: [1, 2]})
+        line = one_error_line(["sweep", str(path), "--out", str(tmp_path / "o")], capsys)
+        assert bad.split(".")[0] in line and "unknown field" in line
+        with pytest.raises(ScenarioError) as lib:
+            plan_sweep(load_sweep(path), path)
+        assert str(lib.value) in line
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_drawn_request_too_long_for_kv_is_exit_2_from_worker_processes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The shortest request fits 100 blocks, so the scenario loads; the drawn workload's longest
+    # does not, and the engine refuses it inside validate's worker processes. The ScenarioError
+    # must survive the trip back (it pickles by field and message) and still end as exit 2.
+    over = {**SMALL_RUN, "server.num_gpu_blocks": 100,
+            "workload.output_tokens": {"dist": "uniform", "low": 1, "high": 3000}}  # fmt: skip
+    argv = ["validate", DEFAULT, "--rates", "5", "--reps", "2", "--jobs", "2",
+            "--out", str(tmp_path / "v"), *_sets(over)]  # fmt: skip
+    line = one_error_line(argv, capsys)
+    assert "server.num_gpu_blocks" in line and "longest request" in line
+    err = ScenarioError("server.num_gpu_blocks", "x")
+    back = pickle.loads(pickle.dumps(err))
+    assert (type(back), back.field, str(back)) == (ScenarioError, err.field, str(err))
+
+
+def _through_a_file(tmp: Path) -> Path:
+    f = tmp / "a-file"
+    f.write_text("x")
+    return f / "sub"
+
+
+def _read_only(tmp: Path) -> Path:
+    d = tmp / "ro"
+    d.mkdir()
+    d.chmod(0o500)
+    return d / "sub"
+
+
+OUT_CASES = [
+    ("run", lambda o, t: ["run", DEFAULT, *_sets(SMALL_RUN), "--out", str(o)], "--out"),
+    (
+        "validate",
+        lambda o, t: ["validate", DEFAULT, "--rates", "5", "--out", str(o)],
+        "--out",
+    ),
+    (
+        "sweep",
+        lambda o, t: ["sweep", str(_sweep_file(t, {})), "--out", str(o)],
+        "--out",
+    ),
+    ("costs", lambda o, t: ["costs", DEFAULT, "--plot", str(o / "steps.png")], "--plot"),
+]
+
+
+@pytest.mark.parametrize("where", ["through a file", "read-only directory"])
+@pytest.mark.parametrize(("cmd", "argv", "option"), OUT_CASES, ids=[c[0] for c in OUT_CASES])
+def test_unwritable_output_is_exit_2(
+    cmd: str,
+    argv: Callable[[Path, Path], list[str]],
+    option: str,
+    where: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if where == "read-only directory" and os.geteuid() == 0:
+        pytest.skip("root writes through directory permissions")
+    out = _through_a_file(tmp_path) if where == "through a file" else _read_only(tmp_path)
+    line = one_error_line(argv(out, tmp_path), capsys)
+    assert line.startswith(f"error: {option}: "), line
+    assert "directory" in line

@@ -63,7 +63,7 @@ class ValidationReport:
     table
         One row per (rate, metric, statistic): ``rate, metric, statistic, analytic, sim_mean,
         ci_low, ci_high, rel_error, inside_ci`` plus ``tolerance``, ``holds``, ``fraction``
-        (of saturation).
+        (of saturation) and ``seeds`` (the replications' run seeds, space separated).
     verdicts
         One row per rate: ``rate, fraction, holds, worst, reason``.
     saturation_rate
@@ -216,6 +216,8 @@ def validate(
                         "inside_ci": bool(lo <= ana <= hi),
                         "tolerance": tol,
                         "holds": ok,
+                        # the replications' seeds, so any row can be re-simulated exactly
+                        "seeds": " ".join(str(t[1]) for t in tasks[j * reps : (j + 1) * reps]),
                     }
                 )
                 if not ok:

@@ -160,7 +160,57 @@ def read_bundle(directory: str | Path, field_name: str = "costs.profile") -> Pro
         if (d / "collectives.csv").is_file()
         else pd.DataFrame(columns=COLL_COLS)
     )
+    _check_sizes(dense, ["tp", "tokens"], "dense.csv", field_name)
+    _check_trend(dense, ["model", "tp", "op"], ["tokens"], "dense.csv", field_name)
+    if len(attn):
+        _check_sizes(attn, ["tp", "batch", "query", "kv"], "attention.csv", field_name)
     return ProfileBundle(meta=meta, dense=dense, attention=attn, collectives=coll, path=d)
+
+
+# A table in which most operators get an order of magnitude *faster* with more tokens is not
+# noise for the isotonic fit to smooth (it would flatten every curve to a constant) but a broken
+# table: columns swapped, units mixed, sizes mislabelled. Noise never does that to most curves at
+# once: launch-bound operators of a small model timed on a busy machine can measure 2-3x slower at
+# 1 token than at 64 (a cold first call, a context switch), so single curves, and small falls, pass.
+FALLING_SHARE = 0.5
+FALLING_FACTOR = 10.0
+
+
+def _check_sizes(df: pd.DataFrame, cols: list[str], name: str, field_name: str) -> None:
+    """Size columns must be finite numbers, ``tp``/``tokens``/``batch``/``query`` >= 1."""
+    for c in cols:
+        v = pd.to_numeric(df[c], errors="coerce")
+        low = 0 if c == "kv" else 1
+        if v.isna().any() or not np.isfinite(v.to_numpy(dtype=float)).all() or (v < low).any():
+            raise ScenarioError(field_name, f"{name}: column {c!r} must hold numbers >= {low}")
+
+
+def _check_trend(
+    df: pd.DataFrame, keys: list[str], sizes: list[str], name: str, field_name: str
+) -> None:
+    """Refuse a table whose curves mostly fall end to end (see :data:`FALLING_SHARE`)."""
+    med = pd.to_numeric(df["median_us"], errors="coerce")
+    falling: list[str] = []
+    curves = 0
+    for key, g in df.assign(_t=med).groupby(keys, sort=False):
+        if (g[sizes].nunique() < 2).all():
+            continue
+        lo = g[(g[sizes] == g[sizes].min()).all(axis=1)]["_t"]
+        hi = g[(g[sizes] == g[sizes].max()).all(axis=1)]["_t"]
+        if not len(lo) or not len(hi):
+            continue
+        curves += 1
+        t_lo, t_hi = float(lo.median()), float(hi.median())
+        if t_hi * FALLING_FACTOR < t_lo:
+            falling.append(f"{'/'.join(str(k) for k in key)} {t_lo:g} -> {t_hi:g} us")
+    if curves and len(falling) > FALLING_SHARE * curves:
+        raise ScenarioError(
+            field_name,
+            f"{name} is not monotone: {len(falling)} of {curves} curves get over "
+            f"{FALLING_FACTOR:g}x faster with more {'/'.join(sizes)} (e.g. "
+            f"{'; '.join(falling[:2])}); times must grow with size (allowed: noise in a few "
+            "points, which an isotonic fit repairs)",
+        )
 
 
 # --------------------------------------------------------------------------- Vidur import

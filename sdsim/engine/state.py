@@ -274,6 +274,14 @@ class StepColumns:
         if len(buf) >= self.BUFFER:
             self._drain()
 
+    def last(self) -> dict[str, float]:
+        """The most recent record as ``{field: value}`` (buffered or not), for check hooks."""
+        if self._buf:
+            return dict(zip(self.cols, (float(v) for v in self._buf[-1]), strict=True))
+        if self._size == 0:
+            raise IndexError("no step recorded yet")
+        return {name: float(col[self._size - 1]) for name, col in self.cols.items()}
+
     def extend(self, cols: dict[str, npt.NDArray[np.generic] | float | int]) -> None:
         """Append a block of records given as columns (arrays of equal length, or scalars)."""
         self._drain()
