@@ -46,3 +46,34 @@ def test_predict_matches_pins(case: dict) -> None:
         _check(p.summary[key], want, key)
     _check(p.saturation_rate, case["saturation_rate"], "saturation_rate")
     _check(p.speedup, case["speedup"], "speedup")
+
+
+@pytest.mark.parametrize("quantiles", [False, True])
+def test_predict_grid_rows_equal_predict(quantiles: bool) -> None:
+    """Every row of predict_grid is predict() at that point: the shared caches (cost model, work
+    law, curve, saturation rates per (k, alpha)) change no value. Rates 12 and 60 req/s: one
+    stable point, one past saturation (inf latencies); k = 0 and 3; two alphas."""
+    scn = sdsim.load_scenario(ROOT / "scenarios/default.yaml")
+    rates, ks, alphas = [12.0, 60.0], [0, 3], [0.6, 0.85]
+    df = sdsim.predict_grid(scn, rates, ks, alphas, quantiles=quantiles)
+    assert len(df) == 8
+    assert list(df[["rate", "k", "alpha"]].itertuples(index=False, name=None)) == [
+        (r, k, a) for r in rates for k in ks for a in alphas
+    ]
+    for row in df.to_dict("records"):
+        s = scn.with_overrides(
+            {"workload.rate": row["rate"], "spec.k": row["k"], "acceptance.alpha": row["alpha"]}
+        )
+        p = sdsim.predict(s, rates=[], k_values=[row["k"]], quantiles=quantiles)
+        for key, want in p.summary.items():
+            got = row[key]
+            if isinstance(want, float) and math.isnan(want):
+                assert math.isnan(got), key
+            else:
+                assert got == want, key
+        assert row["saturation_rate"] == p.saturation_rate
+        sp = row["speedup"]
+        assert sp == p.speedup or (math.isnan(sp) and math.isnan(p.speedup))
+        # pandas stores a missing reason (None) as NaN in an object column
+        om = row["outside_model"]
+        assert (om if isinstance(om, str) else None) == p.outside_model
