@@ -39,6 +39,7 @@ from scipy import special, stats
 
 from sdsim.analytic.coefficients import Coefficients
 from sdsim.analytic.gps import BirthDeath
+from sdsim.analytic.stepcurve import poisson_pmf
 from sdsim.analytic.work import RequestWork
 
 QUANTILES = (0.5, 0.9, 0.99)
@@ -436,11 +437,6 @@ def _uniform_mixture_cdf(
     return out
 
 
-def _poisson_pmf(k: FloatArray, mu: FloatArray) -> FloatArray:
-    """Poisson pmf (scipy.stats.poisson's formula, without its per-call overhead)."""
-    return np.asarray(np.exp(special.xlogy(k, mu) - special.gammaln(k + 1) - mu))
-
-
 def _ttft(
     co: Coefficients,
     lam: float,
@@ -475,13 +471,13 @@ def _ttft(
     idle = n0 == 0
     busy = ~idle
     cpb = cp_n[busy][:, None]
-    pa = _poisson_pmf(A[None, :], mu_pf[busy][:, None])
+    pa = poisson_pmf(A[None, :], mu_pf[busy][:, None])
     dur = d0[busy][:, None] + cpb * A[None, :]
     wb = pa * dur
     wb /= wb.sum(axis=1, keepdims=True)
     # base of the prefill step beyond the Poisson prefills of others (from the tagged model)
     pf_base = pf_mean[busy] - cp_n[busy] * lam * (wb * dur).sum(axis=1)
-    pa2 = _poisson_pmf(A[None, None, :], lam * dur[:, :, None])
+    pa2 = poisson_pmf(A[None, None, :], lam * dur[:, :, None])
     lo3 = pf_base[:, None, None] + cpb[:, :, None] * A[None, None, :]
     ww = wb[:, :, None] * pa2 * w0[busy][:, None, None]
     n_idle = int(idle.sum())
