@@ -26,6 +26,7 @@ from typing import Any as _Any
 _LAZY = {
     "predict": "sdsim.analytic.prediction",
     "Prediction": "sdsim.analytic.prediction",
+    "predict_grid": "sdsim.analytic.prediction",
     "fit_measurements": "sdsim.analytic.fitting",
     "FitResult": "sdsim.analytic.fitting",
     "load_sweep": "sdsim.sweep",
@@ -104,6 +105,7 @@ __all__ = [
     "load_sweep",
     "plan_sweep",
     "predict",
+    "predict_grid",
     "report_to_measurements",
     "run_sweep",
     "simulate",

@@ -208,6 +208,7 @@ def operating_point(
     work: RequestWork | None = None,
     model: StepCostModel | None = None,
     curve: StepCurve | None = None,
+    saturation_rate: float | None = None,
 ) -> OperatingPoint:
     """The operating point of one replica at draft length ``k`` and ``rate`` req/s.
 
@@ -221,6 +222,8 @@ def operating_point(
         Arrival rate per replica (req/s).
     work, model, curve
         Precomputed pieces (saves time when many rates share them).
+    saturation_rate
+        ``step_saturation_rate(curve, work)`` if already known (it does not depend on the rate).
 
     Returns
     -------
@@ -229,7 +232,7 @@ def operating_point(
     m = model if model is not None else build_cost_model(scn)
     w = work if work is not None else request_work(scn, k)
     c = curve if curve is not None else build_curve(scn, k, w, m)
-    sat = step_saturation_rate(c, w)
+    sat = step_saturation_rate(c, w) if saturation_rate is None else saturation_rate
     law = gps_law_from_curve(c, w, rate) if 0 < rate < sat else None
     _, frac = _decode_share(c, w)
     if law is not None and law.stable:

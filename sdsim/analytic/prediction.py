@@ -34,12 +34,16 @@ __all__ = [
     "gps_law",
     "mean_e2e_gps",
     "predict",
+    "predict_grid",
 ]
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 import numpy as np
 
@@ -59,6 +63,7 @@ from sdsim.analytic.operating import (
     kv_saturation_rate,
     local_lines,
     operating_point,
+    step_saturation_rate,
 )
 from sdsim.analytic.stepcurve import StepCurve
 from sdsim.analytic.tails import latency_distribution
@@ -281,6 +286,24 @@ def adaptive_k(
     return k
 
 
+@dataclass
+class _Shared:
+    """What predictions of one scenario shape share: the cost model, and per (draft length,
+    acceptance law) the work law, the step curve and the two saturation rates, none of which
+    depends on the arrival rate. At k = 0 every step emits one token whatever alpha is, so the
+    work law and curve are keyed by k alone there."""
+
+    model: StepCostModel
+    works: dict[tuple[int, str], RequestWork] = field(default_factory=dict)
+    curves: dict[tuple[int, str], StepCurve] = field(default_factory=dict)
+    sats: dict[tuple[int, str], float] = field(default_factory=dict)
+    kv_sats: dict[tuple[int, str], float] = field(default_factory=dict)
+
+
+def _law_key(scn: Scenario, k: int) -> tuple[int, str]:
+    return (k, scn.acceptance.model_dump_json() if k > 0 else "")
+
+
 def predict(
     scenario: Scenario,
     rates: Sequence[float] | None = None,
@@ -306,36 +329,63 @@ def predict(
     -------
     Prediction
     """
-    scn = scenario
+    _check_rate_driven(scenario)
+    return _predict(scenario, rates, k_values, quantiles, _Shared(build_cost_model(scenario)))
+
+
+def _check_rate_driven(scn: Scenario) -> None:
     if scn.workload.arrival in ("trace", "replay"):
         raise ScenarioError(
             "workload.arrival", "predict needs a rate-driven arrival process, not a trace"
         )
-    model = build_cost_model(scn)
+
+
+def _predict(
+    scn: Scenario,
+    rates: Sequence[float] | None,
+    k_values: Sequence[int] | None,
+    quantiles: bool,
+    shared: _Shared,
+) -> Prediction:
+    """:func:`predict` with the rate-independent pieces taken from (and added to) ``shared``."""
+    model = shared.model
     reps = scn.server.replicas
     lam = scn.workload.rate / reps  # every router gives each replica rate / replicas on average
-    works: dict[int, RequestWork] = {}
-    curves: dict[int, StepCurve] = {}
     ops: dict[tuple[int, float], OperatingPoint] = {}
 
     def op_for(kk: int, r: float) -> OperatingPoint:
-        if kk not in works:
-            works[kk] = request_work(scn, kk)
-        if kk not in curves:
-            curves[kk] = build_curve(scn, kk, works[kk], model)
+        lk = _law_key(scn, kk)
+        if lk not in shared.works:
+            shared.works[lk] = request_work(scn, kk)
+        w = shared.works[lk]
+        if lk not in shared.curves:
+            shared.curves[lk] = build_curve(scn, kk, w, model)
+        c = shared.curves[lk]
+        if lk not in shared.sats:
+            shared.sats[lk] = step_saturation_rate(c, w)
         key = (kk, float(r))
         if key not in ops:
             ops[key] = operating_point(
-                scn, kk, float(r), work=works[kk], model=model, curve=curves[kk]
+                scn, kk, float(r), work=w, model=model, curve=c, saturation_rate=shared.sats[lk]
             )
         return ops[key]
 
-    k = scn.spec.k if scn.spec.policy == "fixed" else adaptive_k(scn, lam, curves, model)
+    if scn.spec.policy == "fixed":
+        k = scn.spec.k
+    else:
+        # adaptive_k keys its curves by k alone: hand it (and take back) this acceptance law's
+        cs = {kk: c for (kk, ak), c in shared.curves.items() if ak == _law_key(scn, kk)[1]}
+        k = adaptive_k(scn, lam, cs, model)
+        for kk, c in cs.items():
+            shared.curves.setdefault(_law_key(scn, kk), c)
     op = op_for(k, lam)
     co = op.coefficients
     law = op.law
     gpu_sat = op.saturation_rate * reps
-    kv_sat = kv_saturation_rate(scn, op.curve, op.work, op.saturation_rate) * reps
+    lk = _law_key(scn, k)
+    if lk not in shared.kv_sats:
+        shared.kv_sats[lk] = kv_saturation_rate(scn, op.curve, op.work, op.saturation_rate)
+    kv_sat = shared.kv_sats[lk] * reps
     sat = min(gpu_sat, kv_sat)
     stable = lam * reps < gpu_sat and law.stable
     summary: dict[str, Any] = {}
@@ -440,3 +490,63 @@ def predict(
         kv_saturation_rate=kv_sat,
         outside_model=outside,
     )
+
+
+def predict_grid(
+    scenario: Scenario,
+    rates: Sequence[float],
+    ks: Sequence[int],
+    alphas: Sequence[float],
+    *,
+    quantiles: bool = True,
+) -> pd.DataFrame:
+    """:func:`predict` over every (rate, k, alpha) of a grid, sharing what does not depend on
+    the rate.
+
+    The cost model is built once; the work law, step curve and saturation rates once per
+    (k, alpha) (once in all for k = 0, the speedup's baseline). Each row equals
+    ``predict(scenario.with_overrides({"workload.rate": r, "spec.k": k,
+    "acceptance.alpha": a}), rates=[], k_values=[k], quantiles=quantiles)``.
+
+    Parameters
+    ----------
+    scenario
+        The scenario the grid varies (its rate, ``spec.k`` and ``acceptance.alpha`` are
+        replaced per point).
+    rates
+        Arrival rates (req/s, all replicas).
+    ks
+        Draft lengths.
+    alphas
+        Constant per-token acceptance probabilities.
+    quantiles
+        Compute the tail model (p50/p90/p99); False gives means only, about 100x faster.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per point, ordered rate-major then k then alpha: ``rate``, ``k``, ``alpha``,
+        the prediction's summary keys, ``saturation_rate``, ``speedup``, ``outside_model``.
+    """
+    import pandas as pd
+
+    _check_rate_driven(scenario)
+    shared = _Shared(build_cost_model(scenario))
+    rows: dict[tuple[int, int, int], dict[str, Any]] = {}
+    # (k, alpha) outermost so one curve serves every rate; rows are put back in grid order
+    for ik, k in enumerate(ks):
+        for ia, a in enumerate(alphas):
+            base = scenario.with_overrides({"spec.k": int(k), "acceptance.alpha": float(a)})
+            for ir, r in enumerate(rates):
+                scn = base.with_overrides({"workload.rate": float(r)})
+                p = _predict(scn, [], [int(k)], quantiles, shared)
+                rows[(ir, ik, ia)] = {
+                    "rate": float(r),
+                    "k": int(k),
+                    "alpha": float(a),
+                    **p.summary,
+                    "saturation_rate": p.saturation_rate,
+                    "speedup": p.speedup,
+                    "outside_model": p.outside_model,
+                }
+    return pd.DataFrame([rows[key] for key in sorted(rows)])

@@ -24,14 +24,14 @@ The step-weighted mean context (long requests stay longer in the batch) is
 
 from __future__ import annotations
 
-__all__ = ["MAX_CHUNKS", "StepCurve", "build_step_curve", "mean_context", "slopes"]
+__all__ = ["MAX_CHUNKS", "StepCurve", "build_step_curve", "mean_context", "poisson_pmf", "slopes"]
 
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
+from scipy import special
 
 from sdsim.analytic.work import RequestWork
 from sdsim.costs.step import StepCostModel, StepShape
@@ -151,6 +151,14 @@ class StepCurve:
         return bool(chunk_rate * float(top.max()) < 1.0)
 
 
+def poisson_pmf(q: npt.ArrayLike, mu: npt.ArrayLike) -> FloatArray:
+    """Poisson pmf by scipy.stats.poisson's own formula (``exp(xlogy(q, mu) - gammaln(q + 1) -
+    mu)``, the same floats) without its per-call argument handling, which costs more than the
+    arithmetic on the arrays used here."""
+    qa = np.asarray(q, dtype=np.float64)
+    return np.asarray(np.exp(special.xlogy(qa, mu) - special.gammaln(qa + 1) - mu))
+
+
 def _chain(mixed: FloatArray, chunk_rate: float) -> tuple[FloatArray, FloatArray]:
     """Stationary chunk law per row of ``mixed`` (see :meth:`StepCurve.chunk_law`)."""
     nq = mixed.shape[1]
@@ -160,15 +168,31 @@ def _chain(mixed: FloatArray, chunk_rate: float) -> tuple[FloatArray, FloatArray
         return pq, mixed[:, 0].copy()
     # transition q -> q' ~ Poisson(chunk_rate * mixed[n, q]), the last state absorbing the tail;
     # stationary law from (P^T - I) pi = 0 with sum(pi) = 1, one small solve per row, batched
-    mu = chunk_rate * mixed
+    mu_all = chunk_rate * mixed
+    # States the chain cannot reach: from any q <= Q, P(more than Q chunks next step) is at most
+    # Poisson(max mu over q <= Q)'s tail beyond Q; below 1e-16 the mass past Q moves t(n) by
+    # under 1e-13 relative, so the chain is solved on 0..Q only (Q is often a third of nq)
+    top_mu = np.maximum.accumulate(mu_all.max(axis=0))
+    tail = special.pdtrc(np.arange(nq, dtype=np.float64), top_mu)
+    small = np.nonzero(tail[:-1] < 1e-16)[0]
+    nq = int(small[0]) + 1 if small.shape[0] else nq
+    mu = mu_all[:, :nq]
     qs = np.arange(nq)
-    trans = stats.poisson.pmf(qs[None, None, :], mu[:, :, None])
+    # Poisson(mu) pmf by scipy's formula, exp(xlogy(q, mu) - gammaln(q + 1) - mu), with the
+    # log taken once per mu (for mu > 0 xlogy(q, mu) is q * log(mu), the same floats; a zero
+    # mu gets log(1e-300): pmf 1 at q = 0 and 0 beyond, as xlogy gives)
+    trans = np.exp(
+        qs[None, None, :] * np.log(np.maximum(mu, 1e-300))[:, :, None]
+        - special.gammaln(qs + 1.0)[None, None, :]
+        - mu[:, :, None]
+    )
     trans[:, :, -1] += np.clip(1.0 - trans.sum(axis=2), 0.0, None)
     a = np.transpose(trans, (0, 2, 1)) - np.eye(nq)[None]
     a[:, -1, :] = 1.0
     rhs = np.zeros((mu.shape[0], nq, 1))
     rhs[:, -1, 0] = 1.0
-    pq = np.clip(np.linalg.solve(a, rhs)[:, :, 0], 0.0, None)
+    pq = np.zeros_like(mixed)
+    pq[:, :nq] = np.clip(np.linalg.solve(a, rhs)[:, :, 0], 0.0, None)
     pq /= pq.sum(axis=1, keepdims=True)
     return pq, (pq * mixed).sum(axis=1)
 

@@ -39,6 +39,7 @@ from scipy import special, stats
 
 from sdsim.analytic.coefficients import Coefficients
 from sdsim.analytic.gps import BirthDeath
+from sdsim.analytic.stepcurve import poisson_pmf
 from sdsim.analytic.work import RequestWork
 
 QUANTILES = (0.5, 0.9, 0.99)
@@ -407,6 +408,35 @@ def _cdf_on_grid(
     return tot, x, cdf / tot
 
 
+def _uniform_mixture_cdf(
+    w: FloatArray, lo: FloatArray, ln: FloatArray, x: FloatArray
+) -> FloatArray:
+    """``sum_i w_i P(U_i <= x)`` for ``U_i`` uniform on ``[lo_i, lo_i + ln_i]`` (a point mass at
+    ``lo_i`` when ``ln_i = 0``), at sorted ``x``.
+
+    The mixture CDF is a sum of ramps ``c (x - t)_+`` (slope ``c = w / ln`` on at ``lo``, off at
+    ``lo + ln``) and steps, so it is read off cumulative sums over the sorted breakpoints:
+    O((components + grid) log) instead of components x grid.
+    """
+    ramp = ln > 0
+    c = w[ramp] / ln[ramp]
+    t = np.concatenate((lo[ramp], lo[ramp] + ln[ramp]))
+    cc = np.concatenate((c, -c))
+    order = np.argsort(t, kind="stable")
+    t, cc = t[order], cc[order]
+    slope = np.concatenate(([0.0], np.cumsum(cc)))
+    icept = np.concatenate(([0.0], np.cumsum(cc * t)))
+    i = np.searchsorted(t, x, side="right")  # breakpoints t <= x are on
+    out = slope[i] * x - icept[i]
+    pts = ~ramp
+    if pts.any():
+        lp = lo[pts]
+        op = np.argsort(lp, kind="stable")
+        cw = np.concatenate(([0.0], np.cumsum(w[pts][op])))
+        out = out + cw[np.searchsorted(lp[op], x, side="right")]
+    return out
+
+
 def _ttft(
     co: Coefficients,
     lam: float,
@@ -434,46 +464,31 @@ def _ttft(
     """
     amax = 12
     A = np.arange(amax + 1, dtype=np.float64)
-    comps_w, comps_lo, comps_len = [], [], []
+    # idle engine (n0 = 0): no residual, a prefill-only step (no one else to prefill, almost
+    # surely); busy bins: the arrival step has A ~ Poisson(mu_pf) prefills and is picked
+    # length-biased, the tagged's prefill step has A' ~ Poisson(lam * dur) others. All bins at
+    # once: axes (bin, A, A').
+    idle = n0 == 0
+    busy = ~idle
+    cpb = cp_n[busy][:, None]
+    pa = poisson_pmf(A[None, :], mu_pf[busy][:, None])
+    dur = d0[busy][:, None] + cpb * A[None, :]
+    wb = pa * dur
+    wb /= wb.sum(axis=1, keepdims=True)
     # base of the prefill step beyond the Poisson prefills of others (from the tagged model)
-    for i in range(n0.shape[0]):
-        if n0[i] == 0:
-            # idle engine: no residual, a prefill-only step (no one else to prefill, almost surely)
-            comps_w.append(np.array([w0[i]]))
-            comps_lo.append(np.array([co.c1p]))
-            comps_len.append(np.array([0.0]))
-            continue
-        pa = stats.poisson.pmf(A, mu_pf[i])
-        cpi = float(cp_n[i])
-        dur = d0[i] + cpi * A
-        wb = pa * dur
-        wb /= wb.sum()
-        # others prefilling in the tagged's prefill step ~ Poisson(lam * dur)
-        pf_base = pf_mean[i] - cpi * lam * float((wb * dur).sum())
-        pa2 = stats.poisson.pmf(A[None, :], lam * dur[:, None])
-        lo = pf_base + cpi * A[None, :]
-        ww = wb[:, None] * pa2 * w0[i]
-        comps_w.append(ww.ravel())
-        comps_lo.append(np.broadcast_to(lo, ww.shape).ravel())
-        comps_len.append(np.broadcast_to(dur[:, None], ww.shape).ravel())
-    w = np.concatenate(comps_w)
-    lo = np.concatenate(comps_lo)
-    ln = np.concatenate(comps_len)
+    pf_base = pf_mean[busy] - cp_n[busy] * lam * (wb * dur).sum(axis=1)
+    pa2 = poisson_pmf(A[None, None, :], lam * dur[:, :, None])
+    lo3 = pf_base[:, None, None] + cpb[:, :, None] * A[None, None, :]
+    ww = wb[:, :, None] * pa2 * w0[busy][:, None, None]
+    n_idle = int(idle.sum())
+    w = np.concatenate((w0[idle], ww.ravel()))
+    lo = np.concatenate((np.full(n_idle, co.c1p), np.broadcast_to(lo3, ww.shape).ravel()))
+    ln = np.concatenate((np.zeros(n_idle), np.broadcast_to(dur[:, :, None], ww.shape).ravel()))
     free_mass = float(w.sum())
     mean_free = float((w * (lo + ln / 2)).sum() / free_mass)
     hi = float((lo + ln).max())
     x = np.linspace(0.0, hi * 1.05, 2 * GRID)
-    cdf = np.zeros_like(x)
-    step = max(1, 2_000_000 // x.shape[0])
-    for j in range(0, w.shape[0], step):
-        sl = slice(j, j + step)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            u = np.where(
-                ln[sl, None] > 0,
-                (x[None, :] - lo[sl, None]) / np.where(ln[sl, None] > 0, ln[sl, None], 1.0),
-                np.where(x[None, :] >= lo[sl, None], 1.0, 0.0),
-            )
-        cdf += w[sl] @ np.clip(u, 0.0, 1.0)
+    cdf = _uniform_mixture_cdf(w, lo, ln, x)
     cdf /= free_mass
     out: dict[str, float] = {}
     parts: list[tuple[float, FloatArray, FloatArray]] = [(1.0 - p_wait, x, cdf)]
