@@ -314,7 +314,7 @@ def latency_distribution(
         W = (w0[:, None] * s_w[None, :]) * pg
         e2e_w.append(W.ravel())
         e2e_mu.append(mean_grid.ravel())
-        e2e_sd.append(np.sqrt(var_grid).ravel())
+        e2e_sd.append(np.sqrt(np.maximum(var_grid, 0.0)).ravel())
         mean_e2e += float((W * mean_grid).sum())
         ttft_pf_mean += pg * (t_pf_adj * s_w[None, :]).sum(axis=1)
         # waiting arrivals: the batch is full for the whole life
@@ -327,7 +327,7 @@ def latency_distribution(
         mean_e2e += float((ws * (mu_w + theta)).sum())
         if g > 1:
             tp_mu = t_dec / (g - 1)
-            tp_sd = np.sqrt(var_dec) / (g - 1)
+            tp_sd = np.sqrt(np.maximum(var_dec, 0.0)) / (g - 1)
             tpot_w.append(W.ravel())
             tpot_mu.append(tp_mu.ravel())
             tpot_sd.append(tp_sd.ravel())
