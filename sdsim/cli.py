@@ -827,9 +827,7 @@ def _pct(v: float) -> str:
     return f"{v * 100:+.1f}%" if math.isfinite(v) else "-"
 
 
-def _per_report(
-    values: list[Any] | None, reports: list[Path], option: str
-) -> list[Any] | None:
+def _per_report(values: list[Any] | None, reports: list[Path], option: str) -> list[Any] | None:
     """One value for every report: ``--k 4`` applies to all, ``--k 0 --k 4`` one per report."""
     if not values:
         return None

@@ -120,9 +120,9 @@ class KVCapacity:
         }
 
 
-def model_weight_bytes(model: ModelSpec, dtype: str = "bf16", shared_embedding: bool = False) -> (
-    float
-):
+def model_weight_bytes(
+    model: ModelSpec, dtype: str = "bf16", shared_embedding: bool = False
+) -> float:
     """Bytes of a model's weights as served.
 
     Parameters
@@ -221,9 +221,7 @@ def kv_capacity(scn: Scenario) -> KVCapacity:
             "server.tp, or give server.num_gpu_blocks",
         )
     blocks = derive_num_gpu_blocks(hbm, sv.gpu_memory_utilization, weights, reserve, per_tok, bs)
-    return KVCapacity(
-        "derived", blocks, bs, hbm, usable, weights, reserve, left, per_tok
-    )
+    return KVCapacity("derived", blocks, bs, hbm, usable, weights, reserve, left, per_tok)
 
 
 def num_gpu_blocks(scn: Scenario) -> int | None:

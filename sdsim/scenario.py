@@ -397,9 +397,7 @@ class WorkloadSpec(_Frozen):
         description="request CSV: with arrival: trace its times and lengths are replayed; with "
         "another arrival process only its lengths (in order, cycling)",
     )
-    report: str | None = Field(
-        default=None, description="GuideLLM/vLLM report for arrival: replay"
-    )
+    report: str | None = Field(default=None, description="GuideLLM/vLLM report for arrival: replay")
     benchmark: int | str | None = Field(
         default=None,
         description="benchmark of `report` to replay: 0-based index or benchmark id (default 0)",

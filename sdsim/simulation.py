@@ -15,23 +15,14 @@ from sdsim.costs.step import StepCostModel, build_cost_model
 from sdsim.engine.server import StepHook, run_simulation
 from sdsim.engine.state import STEP_FIELDS
 from sdsim.errors import ScenarioError
-from sdsim.metrics import build_requests_frame, build_steps_frame, summarize
+from sdsim.metrics import REQUEST_FIELDS, build_requests_frame, build_steps_frame, summarize
 from sdsim.scenario import Scenario
 from sdsim.workload import generate_workload
 
 # Columns of SimResult.requests (an empty frame with them when records are not kept).
 REQUEST_COLUMNS = (
     "request_id",
-    "arrival",
-    "first_scheduled",
-    "first_token",
-    "finish",
-    "prompt_tokens",
-    "output_tokens",
-    "steps",
-    "drafted",
-    "accepted",
-    "preemptions",
+    *REQUEST_FIELDS,
     "replica",
     "ttft",
     "e2e",

@@ -140,9 +140,9 @@ def _sd_model(x: npt.NDArray[np.float64], *p: float) -> npt.NDArray[np.float64]:
     return np.where(den > 1e-9, c1 / np.maximum(den, 1e-9), 1e9)
 
 
-def _linear_start(form: str, x: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> (
-    npt.NDArray[np.float64]
-):
+def _linear_start(
+    form: str, x: npt.NDArray[np.float64], y: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
     """Starting point: ``L = C1 + lambda L C2`` is linear in the coefficients (non-negative LS).
 
     Each row is divided by its latency so every row weighs by relative error, as in the fit.
@@ -179,9 +179,7 @@ def _fit_once(
     return np.asarray(popt), np.asarray(pcov)
 
 
-def fit_measurements(
-    df: pd.DataFrame, form: str = "auto", folds: int = 5
-) -> FitResult:
+def fit_measurements(df: pd.DataFrame, form: str = "auto", folds: int = 5) -> FitResult:
     """Fit the dense or SD form to a table of mean latencies.
 
     Parameters

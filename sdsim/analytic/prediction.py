@@ -150,13 +150,13 @@ class Prediction:
         }
 
 
-
 def _k_search_max(scn: Scenario) -> int:
     """Largest draft length a k search may try: spec.k_max, and no more positions than a
     per-position acceptance list defines."""
     a = scn.acceptance.alpha
     top = max(scn.spec.k_max, scn.spec.k)
     return min(top, len(a)) if isinstance(a, list) else top
+
 
 def _arrival_scv(scn: Scenario) -> float:
     """Squared CV of the gaps between arrivals at one replica (see the module docstring)."""
@@ -460,9 +460,7 @@ def _predict(
         sp, be = 1.0, math.nan
         op0 = op
 
-    ks = sorted(
-        set(k_values) if k_values is not None else {*range(_k_search_max(scn) + 1), k}
-    )
+    ks = sorted(set(k_values) if k_values is not None else {*range(_k_search_max(scn) + 1), k})
     if rates is None:
         sat0 = op_for(0, lam).saturation_rate * reps
         rates = [scn.workload.rate, *(f * sat0 for f in (0.1, 0.25, 0.5, 0.75, 0.9))]

@@ -375,8 +375,23 @@ def latency_distribution(
     # TTFT: residual (uniform over a length-biased step) + prefill step with Poisson prefills
     out.update(
         _ttft(
-            co, lam, n0, w0, d0, mu_pf, ttft_pf_mean, p_wait, theta, a_t, b_t, cp_n, cp_t, P,
-            nmax, t_full, nu,
+            co,
+            lam,
+            n0,
+            w0,
+            d0,
+            mu_pf,
+            ttft_pf_mean,
+            p_wait,
+            theta,
+            a_t,
+            b_t,
+            cp_n,
+            cp_t,
+            P,
+            nmax,
+            t_full,
+            nu,
         )
     )
     mean_batch = float((np.minimum(n_all, nmax) * pn).sum()) * e_s / nu

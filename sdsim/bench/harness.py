@@ -10,7 +10,7 @@ timed; the bundle keeps the median and the spread (min, max, std) in microsecond
 
 from __future__ import annotations
 
-__all__ = ["FULL_GRID", "QUICK_GRID", "Backend", "BenchGrid", "run_bench"]
+__all__ = ["FULL_GRID", "QUICK_GRID", "Backend", "BenchGrid", "gemm_shape", "run_bench"]
 
 import datetime as dt
 import platform
@@ -96,6 +96,24 @@ class Backend(Protocol):
     def release(self) -> None:
         """Free cached buffers between models."""
         ...
+
+
+def gemm_shape(model: ModelSpec, op: str) -> tuple[int, int] | None:
+    """(K, N) of the weight matrix behind a GEMM operator, or ``None`` when ``op`` is no GEMM.
+
+    One table for every backend, so numpy and torch time the same shapes.
+    """
+    m, h = model, model.hidden
+    shapes = {
+        "qkv": (h, m.q_dim + 2 * m.kv_dim),
+        "o": (m.q_dim, h),
+        "gate_up": (h, (m.mlp_mats - 1) * m.ffn),
+        "down": (m.ffn, h),
+        "lm_head": (h, m.vocab),
+        "eagle_fc": (2 * h, h),
+        "router": (h, max(m.experts, 1)),
+    }
+    return shapes.get(op)
 
 
 def layer_ops(model: ModelSpec) -> dict[str, int]:

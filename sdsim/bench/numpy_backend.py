@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from sdsim.bench.harness import gemm_shape
 from sdsim.models import ModelSpec
 from sdsim.rng import stream
 
@@ -76,17 +77,9 @@ class NumpyBackend:
     def dense(self, model: ModelSpec, op: str, tokens: int) -> Callable[[], Any]:
         """One call of a token-keyed operator."""
         m, t, h = model, tokens, model.hidden
-        gemm = {
-            "qkv": (h, m.q_dim + 2 * m.kv_dim),
-            "o": (m.q_dim, h),
-            "gate_up": (h, (m.mlp_mats - 1) * m.ffn),
-            "down": (m.ffn, h),
-            "lm_head": (h, m.vocab),
-            "eagle_fc": (2 * h, h),
-            "router": (h, max(m.experts, 1)),
-        }
-        if op in gemm:
-            k, n = gemm[op]
+        shape = gemm_shape(m, op)
+        if shape is not None:
+            k, n = shape
             x, w = self._x(t, k), self._w(k, n)
             return lambda: x @ w
         if op == "norm":

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sdsim.bench.harness import gemm_shape
 from sdsim.errors import ScenarioError
 from sdsim.models import ModelSpec
 
@@ -111,17 +112,9 @@ class TorchBackend:
         torch = self.torch
         F = torch.nn.functional
         m, t, h = model, tokens, model.hidden
-        gemm = {
-            "qkv": (h, m.q_dim + 2 * m.kv_dim),
-            "o": (m.q_dim, h),
-            "gate_up": (h, (m.mlp_mats - 1) * m.ffn),
-            "down": (m.ffn, h),
-            "lm_head": (h, m.vocab),
-            "eagle_fc": (2 * h, h),
-            "router": (h, max(m.experts, 1)),
-        }
-        if op in gemm:
-            k, n = gemm[op]
+        shape = gemm_shape(m, op)
+        if shape is not None:
+            k, n = shape
             x, w = self._x(t, k), self._w(k, n)
             return lambda: torch.matmul(x, w)
         if op == "norm":
