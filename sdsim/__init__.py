@@ -35,7 +35,12 @@ _LAZY = {
 }
 
 
+# DESIGN.md's short names for the same entry points
+_ALIASES = {"fit": "fit_measurements"}
+
+
 def __getattr__(name: str) -> _Any:
+    name = _ALIASES.get(name, name)
     if name in _LAZY:
         import importlib
 
@@ -98,6 +103,7 @@ __all__ = [
     "StepTime",
     "__version__",
     "derive_num_gpu_blocks",
+    "fit",
     "fit_measurements",
     "kv_bytes_per_token",
     "load_report",
