@@ -69,3 +69,23 @@ def test_frames_match_pinned_hashes(case: str) -> None:
     res = simulate(small(**CASES[case]), seed=5)
     got = (frame_hash(res.requests), frame_hash(res.steps))
     assert got == PINNED[case], f"{case}: {got}"
+
+
+@pytest.mark.parametrize("case", ["moderate load", "kv pressure"])
+def test_tape_prefetch_with_compaction_keeps_pinned_frames(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tapes written ahead 7 request ids at a time into a 1024-entry arena: every few admissions
+    # compact the arena, which must keep the prefetched tapes of requests not yet arrived.
+    import sdsim.engine.server as server_mod
+    import sdsim.engine.tape as tape_mod
+
+    init = tape_mod.AcceptanceTape.__init__
+
+    def tiny(self: Any, sampler: Any, k: Any, capacity: int = 0) -> None:
+        init(self, sampler, k, capacity=1024)
+
+    monkeypatch.setattr(tape_mod.AcceptanceTape, "__init__", tiny)
+    monkeypatch.setattr(server_mod, "TAPE_PREFETCH", 7)
+    res = simulate(small(**CASES[case]), seed=5)
+    assert (frame_hash(res.requests), frame_hash(res.steps)) == PINNED[case]
