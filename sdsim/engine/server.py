@@ -51,8 +51,12 @@ StepHook = Callable[["Engine", Batch], None]
 # saves less than its planning costs).
 MIN_RUN = 4
 
+# Request ids whose acceptance tapes are written ahead per bulk call (one engine, batch run).
+TAPE_PREFETCH = 2048
+
 # ndarray.sum goes through a Python wrapper; the ufunc reduction itself is what a step needs
 _sum = np.add.reduce
+_any = np.logical_or.reduce
 
 
 class Tracker:
@@ -267,6 +271,7 @@ class Engine:
         records = self.records
         cost = self.cost
         replica = self.replica
+        derived = t.derived_counts
         while not self.stopped:
             if self.run_ids.shape[0] == 0 and not self.waiting:
                 self._wake = env.event()
@@ -356,12 +361,17 @@ class Engine:
                 if done_pf.shape[0]:
                     self.n_prefilling -= int(done_pf.shape[0])
                     t.generated[done_pf] += 1
+                    t.prefill_done[done_pf] += 1
                     emitted += int(done_pf.shape[0])
                     ft = done_pf[np.isnan(t.first_token[done_pf])]
                     t.first_token[ft] = end
                     finishing = bool((t.generated[done_pf] >= t.output[done_pf]).any())
             if b:
-                pos = t.tape_pos[dec] + t.decode_counter[dec]
+                # each per-request array is gathered once and written back once
+                dc = t.decode_counter[dec]
+                pos = t.tape_pos[dec] + dc
+                gen = t.generated[dec]
+                need = t.output[dec] - gen
                 if fixed_tape:
                     acc = tape.arena[pos]
                 else:
@@ -369,14 +379,15 @@ class Engine:
                         tape.arena[pos], k, None if t.alpha is None else t.alpha[dec]
                     )
                     t.drafted[dec] += k
-                t.decode_counter[dec] += 1
-                t.steps[dec] += 1
+                t.decode_counter[dec] = dc + 1
+                if not derived:
+                    t.steps[dec] += 1
                 if adaptive is not None:
                     adaptive.observe(k, acc)
-                need = t.output[dec] - t.generated[dec]
                 emit = np.minimum(acc + 1, need)
-                t.generated[dec] += emit
-                t.accepted[dec] += emit - 1
+                t.generated[dec] = gen + emit
+                if not derived:
+                    t.accepted[dec] += emit - 1
                 esum = int(_sum(emit))
                 emitted += esum
                 acc_total = esum - b
@@ -385,7 +396,7 @@ class Engine:
                 kv.used -= int(_sum(batch.decode_blocks - kept))
                 kv.held[dec] = kept
                 if not finishing:
-                    finishing = bool((emit >= need).any())
+                    finishing = bool(_any(emit >= need))
             if finishing:
                 self._complete(end)
             records.append(
@@ -599,9 +610,10 @@ class Engine:
         b = int(dec.shape[0])
         te = block.tot_emit
         t.generated[dec] += te
-        t.accepted[dec] += te - m
         t.decode_counter[dec] += m
-        t.steps[dec] += m
+        if not t.derived_counts:
+            t.accepted[dec] += te - m
+            t.steps[dec] += m
         if self.adaptive is not None:
             t.drafted[dec] += k * m
             if block.observe_last:
@@ -753,6 +765,8 @@ def run_simulation(
     table = RequestTable(wl, capacity=1024 if streaming else None)
     fixed_k = scn.spec.k if scn.spec.policy == "fixed" else None
     table.fixed_k = fixed_k
+    # steps and accepted are filled at the end (or on harvest); a step hook sees them per step
+    table.derived_counts = on_step is None
     if step_sink is not None:
         records = StepColumns(1 << 16, flush=step_sink)
     else:
@@ -781,6 +795,9 @@ def run_simulation(
         for r in range(scn.server.replicas)
     ]
     table.on_resize.extend(e.table_resized for e in engines)
+    if not streaming and len(engines) == 1:
+        # one engine owns every request id (slot == id): write acceptance tapes ahead in bulk
+        engines[0].tape.prefetch = TAPE_PREFETCH
     done = tracker.done
     state = {"reason": "completed", "early": False}
     max_waiting = scn.limits.max_waiting
@@ -858,8 +875,10 @@ def run_simulation(
         assert request_sink is not None
         table.harvest(request_sink, everything=True)
         _sink_unarrived(wl, arrived[0], request_sink)
-    elif fixed_k is not None:
-        table.drafted[:] = table.steps * fixed_k
+    else:
+        table.derive_counts()
+        if fixed_k is not None:
+            table.drafted[:] = table.steps * fixed_k
     if step_sink is not None:
         records.finish()
     steps = records.as_dict()

@@ -61,6 +61,7 @@ _SLOT_FIELDS: dict[str, tuple[type, float]] = {
     "kv_blocks": (np.int64, 0),
     "tape_pos": (np.int64, 0),
     "tape_end": (np.int64, 0),
+    "prefill_done": (np.int64, 0),
 }
 
 # A sink receives harvested requests as a dict of equal-length arrays (record fields + "rid").
@@ -122,6 +123,7 @@ class RequestTable:
         self.kv_blocks: npt.NDArray[np.int64]
         self.tape_pos: npt.NDArray[np.int64]
         self.tape_end: npt.NDArray[np.int64]
+        self.prefill_done: npt.NDArray[np.int64]  # prefills completed (each emitted one token)
         # the per-request half of the acceptance hash (set by the simulation, see rng.counter_base)
         self.acc_base: npt.NDArray[np.uint64] = np.zeros(n, dtype=np.uint64)
         # reusable slots: free slots (a stack) and the occupied mask
@@ -130,6 +132,11 @@ class RequestTable:
         self.on_resize: list[Callable[[], None]] = []
         # fixed draft length: ``drafted`` is ``steps * fixed_k`` (filled at the end, not per step)
         self.fixed_k: int | None = None
+        # derived counts (batch simulation): the engine does not update ``steps`` and
+        # ``accepted`` per step; they follow from ``decode_counter`` (one per decode step) and
+        # ``generated - decode_counter - prefill_done`` (a decode step emits accepted + 1 tokens,
+        # a completed prefill one), filled by :meth:`derive_counts` and in :meth:`records`
+        self.derived_counts = False
 
     # ------------------------------------------------------------------ reusable slots
     def fill(
@@ -180,9 +187,21 @@ class RequestTable:
         self._free.extend(slots[::-1].tolist())
         return int(slots.shape[0])
 
+    def derive_counts(self) -> None:
+        """Fill ``steps`` and ``accepted`` from the counters (see ``derived_counts``)."""
+        if self.derived_counts:
+            self.steps[:] = self.decode_counter
+            np.subtract(self.generated - self.decode_counter, self.prefill_done, out=self.accepted)
+
     def records(self, slots: npt.NDArray[np.int64]) -> dict[str, npt.NDArray[np.generic]]:
         """The request record fields (and ``rid``, ``replica``, ``alpha``) of ``slots``."""
         fk = self.fixed_k
+        if self.derived_counts:
+            steps = self.decode_counter[slots]
+            accepted = self.generated[slots] - steps - self.prefill_done[slots]
+        else:
+            steps = self.steps[slots]
+            accepted = self.accepted[slots]
         out: dict[str, npt.NDArray[np.generic]] = {
             "rid": self.rid[slots],
             "arrival": self.arrival[slots],
@@ -191,9 +210,9 @@ class RequestTable:
             "finish": self.finish[slots],
             "prompt_tokens": self.prompt[slots],
             "output_tokens": self.output[slots],
-            "steps": self.steps[slots],
-            "drafted": self.drafted[slots] if fk is None else self.steps[slots] * fk,
-            "accepted": self.accepted[slots],
+            "steps": steps,
+            "drafted": self.drafted[slots] if fk is None else steps * fk,
+            "accepted": accepted,
             "preemptions": self.preemptions[slots],
             "replica": self.replica[slots],
         }
