@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -385,27 +385,17 @@ def resolve_model(ref: str, field: str = "target") -> ModelSpec:
 def eagle_head(verifier: ModelSpec) -> ModelSpec:
     """An EAGLE-style draft head: one decoder layer of the verifier's shape, a 2h -> h fusion
     projection, and the verifier's embedding and LM head (shared, so not counted again)."""
-    return ModelSpec(
+    # the verifier's layer shape; what a single dense head has no use for goes back to defaults
+    return replace(
+        verifier,
         name=f"eagle({verifier.name})",
         layers=1,
-        hidden=verifier.hidden,
-        heads=verifier.heads,
-        kv_heads=verifier.kv_heads,
-        head_dim=verifier.head_dim,
-        ffn=verifier.ffn,
-        vocab=verifier.vocab,
         tied_embeddings=True,
-        max_context=verifier.max_context,
-        experts=verifier.experts,
-        experts_per_token=verifier.experts_per_token,
-        gated_mlp=verifier.gated_mlp,
-        qkv_bias=verifier.qkv_bias,
-        o_bias=verifier.o_bias,
-        expert_bias=verifier.expert_bias,
-        qk_norm=verifier.qk_norm,
-        weight_bytes=verifier.weight_bytes,
-        expert_weight_bytes=verifier.expert_weight_bytes,
+        attention_sinks=False,
+        sliding_window=0,
+        sliding_layers=0,
         input_fc=2 * verifier.hidden,
+        published_params=None,
     )
 
 
