@@ -1010,6 +1010,9 @@ def run_simulation(
     if not streaming and len(engines) == 1:
         # one engine owns every request id (slot == id): write acceptance tapes ahead in bulk
         engines[0].tape.prefetch = TAPE_PREFETCH
+    elif len(engines) == 1:
+        # reusable slots: write tapes ahead by request id, copied in at first admission
+        engines[0].tape.ahead(wl.output, wl.alpha, key, TAPE_PREFETCH)
     done = tracker.done
     state = {"reason": "completed", "early": False}
     max_waiting = scn.limits.max_waiting
