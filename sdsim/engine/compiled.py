@@ -41,6 +41,17 @@ import numpy.typing as npt
 from sdsim.costs.step import StepCostModel, decode_step_times
 from sdsim.engine.state import FLOAT_ROWS, INT_ROWS
 
+
+def _jit(f: Any) -> Any:
+    """``numba.njit(cache=True)``: compiled once, then loaded from ``__pycache__`` (or numba's
+    user-wide cache when the package directory is read-only). Where no cache location is
+    writable at all, numba refuses ``cache=True``: compile in each process instead (~2 s)."""
+    try:
+        return numba.njit(cache=True)(f)
+    except RuntimeError:  # pragma: no cover - no writable cache location
+        return numba.njit(f)
+
+
 _I64 = npt.NDArray[np.int64]
 _F64 = npt.NDArray[np.float64]
 
@@ -92,7 +103,7 @@ def new_state(
     return es
 
 
-@numba.njit(cache=True)
+@_jit
 def _complete(ti: _I64, tf: _F64, es: _I64, rb: _I64, end: float) -> int:  # pragma: no cover
     """Retire running requests that emitted their last token (finish time ``end``, blocks
     freed), keeping the others in order. Returns how many finished."""
@@ -113,7 +124,7 @@ def _complete(ti: _I64, tf: _F64, es: _I64, rb: _I64, end: float) -> int:  # pra
     return nfin
 
 
-@numba.njit(cache=True)
+@_jit
 def step(  # pragma: no cover - compiled
     ti: _I64,
     tf: _F64,
@@ -330,7 +341,7 @@ def step(  # pragma: no cover - compiled
     return FORMED | need_tape, nfin, nadm, b, dec_ctx, pf_tokens, pf_ctx, npf
 
 
-@numba.njit(cache=True)
+@_jit
 def run_decode(  # pragma: no cover - compiled
     ti: _I64,
     tf: _F64,
@@ -507,43 +518,43 @@ class DecodeCostTable:
     def __init__(self, cost: StepCostModel, k: int) -> None:
         self.cost = cost
         self.k = k
-        self._parts: dict[int, tuple[int, npt.NDArray[np.float64]]] = {}
-        self.ctab = np.zeros((4, 1))
+        self.ctab = np.zeros((4, 1 << 12))
         self.cidx = np.zeros((3, 1), dtype=np.int64)
+        self._top = 0  # segments are appended; a grown range is written anew at the end
 
     def extend(self, b: int, ctx: int) -> None:
         """Price batches of ``b`` around context total ``ctx``."""
         span = b * (self.k + 1) * 16 + 256
-        got = self._parts.get(b)
-        if got is None:
-            lo, hi = max(0, ctx - span), ctx + span
-            self._parts[b] = (lo, self._price(b, lo, hi))
+        if b >= self.cidx.shape[1]:
+            cidx = np.zeros((3, max(b + 1, 2 * self.cidx.shape[1])), dtype=np.int64)
+            cidx[:, : self.cidx.shape[1]] = self.cidx
+            self.cidx = cidx
+        off, lo0, n0 = (int(v) for v in self.cidx[:, b])
+        if n0 == 0:
+            lo, vals = max(0, ctx - span), self._price(b, max(0, ctx - span), ctx + span)
         else:
-            lo0, vals = got
-            hi0 = lo0 + vals.shape[1]
-            grow = max(span, vals.shape[1])
+            vals = self.ctab[:, off : off + n0]
+            hi0 = lo0 + n0
+            grow = max(span, n0)
+            lo = lo0
             if ctx < lo0:
                 lo = max(0, min(ctx - span, lo0 - grow))
                 vals = np.concatenate([self._price(b, lo, lo0), vals], axis=1)
-                lo0 = lo
             if ctx >= hi0:
                 hi = max(ctx + span, hi0 + grow)
                 vals = np.concatenate([vals, self._price(b, hi0, hi)], axis=1)
-            self._parts[b] = (lo0, vals)
-        self._pack()
+        n = vals.shape[1]
+        if self._top + n > self.ctab.shape[1]:
+            size = self.ctab.shape[1]
+            while size < 2 * (self._top + n):
+                size *= 2
+            ctab = np.zeros((4, size))
+            ctab[:, : self._top] = self.ctab[:, : self._top]
+            self.ctab = ctab
+        self.ctab[:, self._top : self._top + n] = vals
+        self.cidx[:, b] = (self._top, lo, n)
+        self._top += n
 
     def _price(self, b: int, lo: int, hi: int) -> npt.NDArray[np.float64]:
         ctx = np.arange(lo, hi, dtype=np.int64)
         return np.array(decode_step_times(self.cost, b, ctx, self.k), dtype=np.float64)
-
-    def _pack(self) -> None:
-        bmax = max(self._parts)
-        cidx = np.zeros((3, bmax + 1), dtype=np.int64)
-        off = 0
-        blocks = []
-        for b, (lo, vals) in sorted(self._parts.items()):
-            cidx[:, b] = (off, lo, vals.shape[1])
-            off += vals.shape[1]
-            blocks.append(vals)
-        self.ctab = np.ascontiguousarray(np.concatenate(blocks, axis=1))
-        self.cidx = cidx
