@@ -354,6 +354,7 @@ def run_decode(  # pragma: no cover - compiled
     rmax: int,
     now: float,
     horizon: float,
+    hard: float,
     total0: float,
     draft0: float,
     verify0: float,
@@ -362,7 +363,8 @@ def run_decode(  # pragma: no cover - compiled
     cidx: _I64,
 ) -> tuple[int, int, float, int, int]:
     """Run decode-only steps from the batch just formed (every running request decoding) while
-    each step ends strictly before ``horizon`` (the next arrival or deadline), the KV cache holds
+    each step ends strictly before ``horizon`` (the next arrival or deadline; a last step that
+    starts before it may end after it, strictly before ``hard``), the KV cache holds
     every request's look-ahead slots, the head of the waiting queue would not be admitted,
     requests are left and the cost table has the step (``rmax`` steps at most, their records
     from column ``ri`` of ``rec``).
@@ -388,7 +390,8 @@ def run_decode(  # pragma: no cover - compiled
     nfin = 0
     miss_b = 0
     miss_ctx = 0
-    while m < rmax:
+    last = False
+    while m < rmax and not last:
         b = es[NRUN]
         if m == 0:
             d = total0
@@ -397,7 +400,9 @@ def run_decode(  # pragma: no cover - compiled
             ov = overhead0
             end = t + d
             if not end < horizon:
-                break
+                if not (t < horizon < end < hard):
+                    break
+                last = True
         else:
             if b == 0:
                 break
@@ -441,7 +446,9 @@ def run_decode(  # pragma: no cover - compiled
             d = ctab[0, j]
             end = t + d
             if not end < horizon:
-                break
+                if not (t < horizon < end < hard):
+                    break
+                last = True
             dr = ctab[1, j]
             ve = ctab[2, j]
             ov = ctab[3, j]

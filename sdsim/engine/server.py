@@ -78,6 +78,12 @@ class Tracker:
         self.progress = progress
         self.next_arrival = math.inf
         self.deadline = math.inf
+        # below the arrival after the next one (by a few ulps: the float SimPy will fire it at
+        # is only known when the next one has fired), and whether a decode run may include the
+        # step the next arrival falls into (see Engine._straddle)
+        self.after_next = math.inf
+        self.max_waiting = math.inf
+        self.solo = False
         self._next_report = 0
         self._every = max(1, total // 200)
 
@@ -555,12 +561,13 @@ class Engine:
             total = st.total
             if npf == 0 and b == es[ck.NRUN] and not es[ck.NPRE]:
                 horizon = min(tracker.next_arrival, tracker.deadline)
-                if now + total < horizon:
+                hard = self._straddle(horizon)
+                if now < horizon and now + total < hard:
                     ri = records.reserve(RUN_MAX)
                     m, nfin, end, miss_b, miss_ctx = run_decode(
                         t.ints, t.floats, tape.arena, es, self.rb, waiting.buf, records.rec, ri,
                         RUN_MAX,
-                        now, horizon, total, st.draft, st.verify, st.overhead, table.ctab,
+                        now, horizon, hard, total, st.draft, st.verify, st.overhead, table.ctab,
                         table.cidx,
                     )  # fmt: skip
                     if miss_b:
@@ -579,6 +586,21 @@ class Engine:
             start = now
             yield env.timeout(total)
             mode = both
+
+    def _straddle(self, horizon: float) -> float:
+        """Latest end for the last step of a decode run (the step the next arrival falls into).
+
+        A step that starts before an arrival does not see it, so a run may end with the step
+        during which the next request arrives, as long as nothing at that arrival can observe
+        the run's steps applied ahead of their time: one replica (the router reads completions),
+        no ``limits.max_waiting`` stop at it, only that one arrival before the step ends, and the
+        deadline after it. Returns ``horizon`` when the run must end before the arrival.
+        """
+        tr = self.tracker
+        assert tr is not None
+        if not tr.solo or tr.next_arrival >= tr.deadline or tr.waiting + 1 > tr.max_waiting:
+            return horizon
+        return min(tr.after_next, tr.deadline)
 
     def _finished(self, nf: int) -> None:
         """Count ``nf`` completions (the table was updated by a compiled kernel)."""
@@ -988,6 +1010,8 @@ def run_simulation(
     key = stream_key(seed, "acceptance")
     acc_base = table.acc_base if streaming else counter_base(key, np.arange(n, dtype=np.int64))
     tracker = Tracker(env, n, progress)
+    tracker.max_waiting = scn.limits.max_waiting
+    tracker.solo = scn.server.replicas == 1
     router = Router(scn.server.router, scn.server.replicas, n, seed)
     engines = [
         Engine(
@@ -1029,7 +1053,7 @@ def run_simulation(
         chunk = 4096
         for c0 in range(0, n, chunk):
             c1 = min(n, c0 + chunk)
-            arr = (wl.arrival[c0:c1] + api_delay).tolist()
+            arr = (wl.arrival[c0 : min(n, c1 + 1)] + api_delay).tolist()
             if streaming:
                 raw = wl.arrival[c0:c1].tolist()
                 prompt = wl.prompt[c0:c1].tolist()
@@ -1041,6 +1065,11 @@ def run_simulation(
                 dt = arr[i] - env.now
                 if dt > 0:
                     tracker.next_arrival = env.now + dt  # the float SimPy will fire it at
+                    if i + 1 < len(arr):
+                        a2 = arr[i + 1]
+                        tracker.after_next = a2 - abs(a2) * 1e-15
+                    else:
+                        tracker.after_next = math.inf
                     yield env.timeout(dt)
                 if streaming:
                     slot = table.fill(
