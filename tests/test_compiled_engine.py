@@ -37,6 +37,8 @@ KINDS: dict[str, dict[str, Any]] = {
         "workload.output_tokens": {"dist": "uniform", "low": 1, "high": 160},
     },
     "plain decoding": {"spec.k": 0, "workload.rate": 10.0},
+    # batches of up to ~80 requests: the kernels' running-set buffer grows (starts at 65)
+    "large batches": {"workload.rate": 150.0},
     # overload stopped by the waiting limit: a decode run may not include the step an arrival
     # falls into when that arrival can stop the run
     # (seed 0: the stopping arrival falls inside a decode run's last step)

@@ -528,7 +528,7 @@ class Engine:
                 ri = records._size
                 if ri >= records._cap or records._buf:
                     ri = records.reserve(1)
-            now = env.now
+            now = float(env.now)  # SimPy starts at int 0: one compiled signature
             code, nfin, nadm, b, dctx, pft, pfc, npf = step(
                 t.ints, t.floats, tape.arena, es, self.rb, waiting.buf, records.rec, ri, mode,
                 now, total, draft, verify, prefill, overhead, start,
