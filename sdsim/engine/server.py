@@ -14,6 +14,10 @@ Requests reach a replica ``server.api_delay_s`` after they arrive (API server, t
 by :class:`~sdsim.engine.router.Router`. A run stops when every request finished, or early when
 more than ``limits.max_waiting`` requests wait (all replicas together) or the clock passes
 ``limits.max_sim_time_s``.
+
+Two loops give the same records: the reference loop (numpy, per step; run with an ``on_step``
+hook, ``fast_forward=False``, the adaptive policy or per-step counters), and the compiled loop
+(:mod:`sdsim.engine.compiled`, numba) that ``run_simulation`` uses otherwise.
 """
 
 from __future__ import annotations
@@ -142,9 +146,13 @@ class Engine:
         Per-slot acceptance hash halves (``table.acc_base`` is used when it is set up by the
         simulation; computed from ``accept_key`` for slot == request id otherwise).
     fast_forward
-        Advance runs of steps in which nothing but decoding can happen (no arrival, completion,
-        admission, preemption or change of k) in one vectorised operation and one SimPy event.
-        Needs ``tracker`` (for the next arrival) and no ``on_step`` hook; results are identical.
+        The fast path. With a fixed k and derived per-request counters: the compiled loop
+        (:meth:`_loop_compiled`, :mod:`sdsim.engine.compiled`): one kernel call per step, and
+        runs of decode-only steps up to the next arrival (across completions) in one call and
+        one SimPy event. Under the adaptive policy: runs in which nothing but decoding can happen
+        (no arrival, completion, admission, preemption or change of k) in one vectorised
+        operation (:meth:`_plan`). Needs ``tracker`` (for the next arrival) and no ``on_step``
+        hook; results are identical to the reference loop's (``False``).
 
     Attributes
     ----------
