@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sdsim import simulate
 from sdsim.costs.step import StepShape, build_cost_model
@@ -133,3 +135,54 @@ def test_decode_cost_table_is_bit_identical_to_step(source: str) -> None:
             st = cost.step(StepShape(b, int(c), k))
             j = off + c - lo
             assert tuple(table.ctab[:, j]) == (st.total, st.draft, st.verify, st.overhead)
+
+
+@given(
+    rate=st.floats(2.0, 60.0),
+    k=st.integers(0, 6),
+    max_num_seqs=st.integers(1, 12),
+    budget=st.integers(40, 600),
+    blocks=st.one_of(st.none(), st.integers(30, 120)),
+    prefill_first=st.booleans(),
+    out_high=st.integers(1, 120),
+    replicas=st.integers(1, 3),
+    max_waiting=st.integers(3, 100),
+    seed=st.integers(0, 1000),
+)
+def test_compiled_loop_matches_reference_on_random_servers(
+    rate: float,
+    k: int,
+    max_num_seqs: int,
+    budget: int,
+    blocks: int | None,
+    prefill_first: bool,
+    out_high: int,
+    replicas: int,
+    max_waiting: int,
+    seed: int,
+) -> None:
+    # Random server limits (sequence cap, token budget below and above the prompts, KV caches
+    # that preempt, replicas behind the least-outstanding router, waiting limits that stop the
+    # run) and lengths: the compiled path gives the reference loop's records exactly.
+    over: dict[str, Any] = {
+        "workload.rate": rate,
+        "workload.num_requests": 60,
+        "warmup_requests": 0,
+        "spec.k": k,
+        "server.max_num_seqs": max_num_seqs,
+        "server.max_num_batched_tokens": budget,
+        "server.scheduler": "prefill-first" if prefill_first else "vllm-v1",
+        "workload.prompt_tokens": {"dist": "uniform", "low": 8, "high": 100},
+        "workload.output_tokens": {"dist": "uniform", "low": 1, "high": out_high},
+        "server.replicas": replicas,
+        "server.router": "least-outstanding",
+        "limits.max_waiting": max_waiting,
+    }
+    if blocks is not None:
+        over["server.num_gpu_blocks"] = blocks
+    scn = small(**over)
+    ref = simulate(scn, seed=seed, fast_forward=False)
+    got = simulate(scn, seed=seed, fast_forward=True)
+    pd.testing.assert_frame_equal(ref.requests, got.requests, check_exact=True)
+    pd.testing.assert_frame_equal(ref.steps, got.steps, check_exact=True)
+    assert ref.summary["stop_reason"] == got.summary["stop_reason"]
