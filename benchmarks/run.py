@@ -21,11 +21,13 @@ simulated requests and engine steps per wall second and per CPU second; peak res
 On a machine shared with other jobs wall time measures the others too: read the CPU columns.
 
 Run: `make bench`, or `.venv/bin/python benchmarks/run.py [CASE ...] [--quick] [--no-write]`
+(`--help` lists the cases; an unknown case or flag exits with status 2 and runs nothing)
 (`--quick` times (f) on 200 of its 1,000 points, two of its ten k values, and extrapolates).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -201,13 +203,37 @@ def table(results: dict[str, dict[str, float]]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def _parser() -> argparse.ArgumentParser:
+    cases = ", ".join(f"{k} ({v})" for k, v in CASES.items())
+    p = argparse.ArgumentParser(
+        prog="benchmarks/run.py",
+        description="Run the speed benchmark cases (each in its own process, pinned to one core), "
+        "print the table and, unless --no-write, record it in benchmarks/RESULTS.md.",
+        epilog=f"cases: {cases}",
+    )
+    p.add_argument("cases", nargs="*", metavar="CASE", help="cases to run (default: all)")
+    p.add_argument(
+        "--quick", action="store_true", help="time (f) on a subset of its points and scale"
+    )
+    p.add_argument(
+        "--no-write", action="store_true", help="print the table only; leave RESULTS.md alone"
+    )
+    p.add_argument("--child", metavar="CASE", help=argparse.SUPPRESS)
+    return p
+
+
 def main(argv: list[str]) -> None:
-    if argv[:1] == ["--child"]:
-        print(json.dumps(run_case(argv[1], "--quick" in argv)))
+    parser = _parser()
+    args = parser.parse_args(argv)  # exits 2 on an unknown flag
+    unknown = [c for c in args.cases + ([args.child] if args.child else []) if c not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
+    if args.child:
+        print(json.dumps(run_case(args.child, args.quick)))
         return
-    quick = "--quick" in argv
-    write = "--no-write" not in argv
-    names = [a for a in argv if not a.startswith("--")] or list(CASES)
+    quick = args.quick
+    write = not args.no_write
+    names = args.cases or list(CASES)
     results: dict[str, dict[str, float]] = {}
     load0 = os.getloadavg()
     for name in names:

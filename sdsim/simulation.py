@@ -83,9 +83,9 @@ def simulate(
     progress
         Called with ``(completed, total)`` as requests finish.
     fast_forward
-        Advance runs of steps in which only decoding can happen in one vectorised operation
-        (exact: the same seed gives the same records either way; an ``on_step`` hook turns it
-        off, since it needs every step).
+        The fast engine path: compiled per-step kernels, and runs of steps in which only
+        decoding can happen advanced in one call (exact: the same seed gives the same records
+        either way; an ``on_step`` hook turns it off, since it needs every step).
     keep_records
         ``False``: streaming statistics (:mod:`sdsim.streaming`). Requests and steps are reduced
         to running sums and quantile sketches as the run goes, so memory stays flat however

@@ -155,17 +155,17 @@ class KVCache:
     held
         Blocks held per request id (shared array; this replica's requests are the only ones it
         touches).
+    counts
+        Where ``used`` and ``peak`` are kept (2 int64 entries); a fresh array when ``None``.
 
-    Attributes
-    ----------
-    used
-        Blocks held by this replica's requests (including slots reserved for the running step).
-    peak
-        Largest ``used`` seen.
     """
 
     def __init__(
-        self, total_blocks: int | None, block_size: int, held: npt.NDArray[np.int64]
+        self,
+        total_blocks: int | None,
+        block_size: int,
+        held: npt.NDArray[np.int64],
+        counts: npt.NDArray[np.int64] | None = None,
     ) -> None:
         if total_blocks is not None and total_blocks < 1:
             raise ValueError(f"total_blocks must be >= 1 or None, got {total_blocks}")
@@ -176,8 +176,28 @@ class KVCache:
         self.capacity = total_blocks if total_blocks is not None else UNLIMITED_BLOCKS
         self.block_size = int(block_size)
         self.held = held
-        self.used = 0
-        self.peak = 0
+        # used and peak live in a 2-entry int64 array (a view of the engine's state array, which
+        # compiled kernels update)
+        self.counts = np.zeros(2, dtype=np.int64) if counts is None else counts
+        self.counts[:] = 0
+
+    @property
+    def used(self) -> int:
+        """Blocks held by this replica's requests (look-ahead slots of the running step too)."""
+        return int(self.counts[0])
+
+    @used.setter
+    def used(self, value: int) -> None:
+        self.counts[0] = value
+
+    @property
+    def peak(self) -> int:
+        """Largest ``used`` seen."""
+        return int(self.counts[1])
+
+    @peak.setter
+    def peak(self, value: int) -> None:
+        self.counts[1] = value
 
     @property
     def free(self) -> int:

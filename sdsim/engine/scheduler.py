@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sdsim.engine.kvcache import KVCache
-from sdsim.engine.state import RequestTable
+from sdsim.engine.state import IdQueue, RequestTable
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -80,7 +80,7 @@ class Batch:
 def form_batch(
     run: npt.NDArray[np.int64],
     n_prefilling: int,
-    waiting: deque[int],
+    waiting: deque[int] | IdQueue,
     table: RequestTable,
     k: int,
     max_num_seqs: int,
@@ -256,7 +256,10 @@ def _kv_cut(
 
 
 def _preempt(
-    ids: npt.NDArray[np.int64], table: RequestTable, kv: KVCache, waiting: deque[int]
+    ids: npt.NDArray[np.int64],
+    table: RequestTable,
+    kv: KVCache,
+    waiting: deque[int] | IdQueue,
 ) -> int:
     """Preempt ``ids`` by recomputation; returns how many of them were still prefilling."""
     if ids.shape[0] == 0:
@@ -291,7 +294,7 @@ def _reserve_one(kv: KVCache, rid: int, tokens: int) -> bool:
 def _prefill_first(
     run: npt.NDArray[np.int64],
     n_prefilling: int,
-    waiting: deque[int],
+    waiting: deque[int] | IdQueue,
     table: RequestTable,
     max_num_seqs: int,
     token_budget: int,

@@ -14,6 +14,10 @@ Requests reach a replica ``server.api_delay_s`` after they arrive (API server, t
 by :class:`~sdsim.engine.router.Router`. A run stops when every request finished, or early when
 more than ``limits.max_waiting`` requests wait (all replicas together) or the clock passes
 ``limits.max_sim_time_s``.
+
+Two loops give the same records: the reference loop (numpy, per step; run with an ``on_step``
+hook, ``fast_forward=False``, the adaptive policy or per-step counters), and the compiled loop
+(:mod:`sdsim.engine.compiled`, numba) that ``run_simulation`` uses otherwise.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from __future__ import annotations
 __all__ = ["Engine", "SimRun", "StepHook", "Tracker", "check_kv_fits", "run_simulation"]
 
 import math
-from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from heapq import heappush
@@ -34,11 +37,12 @@ from simpy.events import NORMAL
 
 from sdsim.acceptance import AcceptanceSampler, position_probs
 from sdsim.costs.step import StepCostModel, StepShape, StepTime, decode_step_times
+from sdsim.engine import compiled as ck
 from sdsim.engine.draft_length import AdaptiveDraftLength
 from sdsim.engine.kvcache import KVCache
 from sdsim.engine.router import Router
 from sdsim.engine.scheduler import Batch, form_batch
-from sdsim.engine.state import RequestTable, Sink, StepColumns
+from sdsim.engine.state import IdQueue, RequestTable, Sink, StepColumns
 from sdsim.engine.tape import AcceptanceTape
 from sdsim.memory import check_request_fits, kv_capacity, num_gpu_blocks
 from sdsim.rng import counter_base, stream_key
@@ -50,6 +54,9 @@ StepHook = Callable[["Engine", Batch], None]
 # Fast-forward is tried when at least this many steps fit before the next arrival (a shorter run
 # saves less than its planning costs).
 MIN_RUN = 4
+
+# Most steps one compiled decode run may take (its records are reserved up front).
+RUN_MAX = 4096
 
 # Request ids whose acceptance tapes are written ahead per bulk call (one engine, batch run).
 TAPE_PREFETCH = 2048
@@ -75,6 +82,12 @@ class Tracker:
         self.progress = progress
         self.next_arrival = math.inf
         self.deadline = math.inf
+        # below the arrival after the next one (by a few ulps: the float SimPy will fire it at
+        # is only known when the next one has fired), and whether a decode run may include the
+        # step the next arrival falls into (see Engine._straddle)
+        self.after_next = math.inf
+        self.max_waiting = math.inf
+        self.solo = False
         self._next_report = 0
         self._every = max(1, total // 200)
 
@@ -133,9 +146,13 @@ class Engine:
         Per-slot acceptance hash halves (``table.acc_base`` is used when it is set up by the
         simulation; computed from ``accept_key`` for slot == request id otherwise).
     fast_forward
-        Advance runs of steps in which nothing but decoding can happen (no arrival, completion,
-        admission, preemption or change of k) in one vectorised operation and one SimPy event.
-        Needs ``tracker`` (for the next arrival) and no ``on_step`` hook; results are identical.
+        The fast path. With a fixed k and derived per-request counters: the compiled loop
+        (:meth:`_loop_compiled`, :mod:`sdsim.engine.compiled`): one kernel call per step, and
+        runs of decode-only steps up to the next arrival (across completions) in one call and
+        one SimPy event. Under the adaptive policy: runs in which nothing but decoding can happen
+        (no arrival, completion, admission, preemption or change of k) in one vectorised
+        operation (:meth:`_plan`). Needs ``tracker`` (for the next arrival) and no ``on_step``
+        hook; results are identical to the reference loop's (``False``).
 
     Attributes
     ----------
@@ -182,8 +199,21 @@ class Engine:
         self.budget = scn.server.max_num_batched_tokens
         self.block_size = scn.server.block_size
         self.policy = scn.server.scheduler
-        self.kv = KVCache(num_gpu_blocks(scn), self.block_size, table.kv_blocks)
-        self.kv_in_step = 0
+        # engine state shared with the compiled kernels (sdsim.engine.compiled): KV counts,
+        # waiting-queue ends, running-set size, the current batch's shape; `rb` holds the running
+        # set and the current batch
+        self.es = ck.new_state(
+            0, self.block_size, self.max_num_seqs, self.budget, self.k, replica,
+            self.policy == "prefill-first",
+        )  # fmt: skip
+        self.rb = np.zeros((6, min(self.max_num_seqs, 64) + 1), dtype=np.int64)
+        self.kv = KVCache(
+            num_gpu_blocks(scn),
+            self.block_size,
+            table.kv_blocks,
+            counts=self.es[ck.KV_USED : ck.KV_PEAK + 1],
+        )
+        self.es[ck.KV_CAP] = self.kv.capacity
         self.adaptive: AdaptiveDraftLength | None = None
         if scn.spec.policy == "adaptive":
             self.adaptive = AdaptiveDraftLength(
@@ -201,9 +231,7 @@ class Engine:
         if acc_base is None:
             acc_base = counter_base(accept_key, np.arange(table.n, dtype=np.int64))
         table.acc_base = acc_base
-        self.run_ids: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
-        self.n_prefilling = 0
-        self.waiting: deque[int] = deque()
+        self.waiting = IdQueue(self.es[ck.WHEAD : ck.WTAIL + 1])
         self.outstanding = 0  # requests routed here and not finished (for the router)
         self.completed = 0
         self.preemptions = 0
@@ -216,6 +244,47 @@ class Engine:
         self._ff_skip = 0
         self.ff_steps = 0
         self.ff_blocks = 0
+
+    @property
+    def run_ids(self) -> npt.NDArray[np.int64]:
+        """Running requests in admission order (a copy)."""
+        return self.rb[ck.RUN, : self.es[ck.NRUN]].copy()
+
+    @run_ids.setter
+    def run_ids(self, ids: npt.NDArray[np.int64]) -> None:
+        n = int(ids.shape[0])
+        self._reserve_rb(n)
+        self.rb[ck.RUN, :n] = ids
+        self.es[ck.NRUN] = n
+
+    @property
+    def n_prefilling(self) -> int:
+        """Running requests still prefilling."""
+        return int(self.es[ck.NPFING])
+
+    @n_prefilling.setter
+    def n_prefilling(self, n: int) -> None:
+        self.es[ck.NPFING] = n
+
+    @property
+    def kv_in_step(self) -> int:
+        """Blocks in use while the last step ran (look-ahead slots included)."""
+        return int(self.es[ck.KV_IN_STEP])
+
+    @kv_in_step.setter
+    def kv_in_step(self, n: int) -> None:
+        self.es[ck.KV_IN_STEP] = n
+
+    def _reserve_rb(self, n: int) -> None:
+        """Make the running-set/batch buffer hold at least ``n`` requests."""
+        cap = self.rb.shape[1]
+        if n <= cap:
+            return
+        while cap < n:
+            cap *= 2
+        rb = np.zeros((self.rb.shape[0], cap), dtype=np.int64)
+        rb[:, : self.rb.shape[1]] = self.rb
+        self.rb = rb
 
     @property
     def acc_base(self) -> npt.NDArray[np.uint64]:
@@ -260,6 +329,14 @@ class Engine:
     # ------------------------------------------------------------------ loop
     def loop(self) -> Generator[simpy.Event, Any, None]:
         """The engine process: form a batch, run the step, apply its outcome; idle when empty."""
+        if (
+            self.fast_forward
+            and self.adaptive is None
+            and self.tape.k is not None
+            and self.t.derived_counts
+        ):
+            yield from self._loop_compiled()
+            return
         t = self.t
         env = self.env
         kv = self.kv
@@ -422,6 +499,171 @@ class Engine:
             )
             if self.on_step is not None:
                 self.on_step(self, batch)
+
+    def _loop_compiled(self) -> Generator[simpy.Event, Any, None]:
+        """The engine loop with the per-step work compiled (:mod:`sdsim.engine.compiled`).
+
+        Same steps, records and SimPy events as the reference loop, which still runs with an
+        ``on_step`` hook, the adaptive policy or per-step counters: one kernel call applies the
+        outcome of the step that ended and forms the next batch (the scheduler's Python
+        :func:`form_batch` only when it preempts, or for ``prefill-first`` admissions); the cost
+        model prices the batch; then either one SimPy timeout for the step, or, when the batch
+        is decode-only with nothing waiting, one compiled run of the decode steps that end
+        before the next arrival (across completions) and one event at its end.
+        """
+        t = self.t
+        env = self.env
+        es = self.es
+        tape = self.tape
+        records = self.records
+        cost = self.cost
+        tracker = self.tracker
+        assert tracker is not None
+        waiting = self.waiting
+        k = self.k
+        step = ck.step
+        run_decode = ck.run_decode
+        table = ck.DecodeCostTable(cost, k)
+        formed, idle, fallback, grow, empty = ck.FORMED, ck.IDLE, ck.FALLBACK, ck.GROW, ck.EMPTY
+        need_tape = ck.NEED_TAPE
+        pf_row = ck.PF
+        mode = ck.MODE_FORM
+        both = ck.MODE_OUTCOME | ck.MODE_FORM
+        total = draft = verify = prefill = overhead = start = 0.0
+        while not self.stopped:
+            ri = 0
+            if mode & ck.MODE_OUTCOME:
+                ri = records._size
+                if ri >= records._cap or records._buf:
+                    ri = records.reserve(1)
+            now = float(env.now)  # SimPy starts at int 0: one compiled signature
+            code, nfin, nadm, b, dctx, pft, pfc, npf = step(
+                t.ints, t.floats, tape.arena, es, self.rb, waiting.buf, records.rec, ri, mode,
+                now, total, draft, verify, prefill, overhead, start,
+            )  # fmt: skip
+            if mode & ck.MODE_OUTCOME:
+                records._size = ri + 1
+            if nfin:
+                self._finished(nfin)
+            c = code & 7
+            if c != formed:
+                if c == idle:
+                    self._wake = env.event()
+                    yield self._wake
+                    self._wake = None
+                    mode = ck.MODE_FORM
+                    continue
+                if c == grow:
+                    self._reserve_rb(2 * self.rb.shape[1])
+                    mode = ck.MODE_FORM
+                    continue
+                if c == fallback:
+                    b, dctx, pft, pfc, npf = self._form_python(k, now)
+                elif c == empty:  # pragma: no cover - prevented by check_kv_fits
+                    raise RuntimeError("engine step with nothing to run: the KV cache check failed")
+            if nadm:
+                if code & need_tape:
+                    tape.ensure(t, self.rb[pf_row, npf - nadm : npf].copy(), self._live)
+                tracker.waiting -= nadm
+            st = cost.step(StepShape(b, dctx, k, pft, pfc, npf))
+            total = st.total
+            if npf == 0 and b == es[ck.NRUN] and not es[ck.NPRE]:
+                horizon = min(tracker.next_arrival, tracker.deadline)
+                hard = self._straddle(horizon)
+                if now < horizon and now + total < hard:
+                    ri = records.reserve(RUN_MAX)
+                    m, nfin, end, miss_b, miss_ctx = run_decode(
+                        t.ints, t.floats, tape.arena, es, self.rb, waiting.buf, records.rec, ri,
+                        RUN_MAX,
+                        now, horizon, hard, total, st.draft, st.verify, st.overhead, table.ctab,
+                        table.cidx,
+                    )  # fmt: skip
+                    if miss_b:
+                        table.extend(miss_b, miss_ctx)
+                    if m:
+                        records._size = ri + m
+                        if m > 1:
+                            self.ff_steps += m
+                            self.ff_blocks += 1
+                        yield _timeout_at(env, end)
+                        if nfin:
+                            self._finished(nfin)
+                        mode = ck.MODE_FORM
+                        continue
+            draft, verify, prefill, overhead = st.draft, st.verify, st.prefill, st.overhead
+            start = now
+            yield env.timeout(total)
+            mode = both
+
+    def _straddle(self, horizon: float) -> float:
+        """Latest end for the last step of a decode run (the step the next arrival falls into).
+
+        A step that starts before an arrival does not see it, so a run may end with the step
+        during which the next request arrives, as long as nothing at that arrival can observe
+        the run's steps applied ahead of their time: one replica (the router reads completions),
+        no ``limits.max_waiting`` stop at it, only that one arrival before the step ends, and the
+        deadline after it. Returns ``horizon`` when the run must end before the arrival.
+        """
+        tr = self.tracker
+        assert tr is not None
+        if not tr.solo or tr.next_arrival >= tr.deadline or tr.waiting + 1 > tr.max_waiting:
+            return horizon
+        return min(tr.after_next, tr.deadline)
+
+    def _finished(self, nf: int) -> None:
+        """Count ``nf`` completions (the table was updated by a compiled kernel)."""
+        self.completed += nf
+        self.outstanding -= nf
+        if self.router is not None:
+            self.router.outstanding[self.replica] -= nf
+        if self.tracker is not None:
+            self.tracker.finished(nf)
+
+    def _form_python(self, k: int, now: float) -> tuple[int, int, int, int, int]:
+        """Form the batch with :func:`form_batch` (preemption, prefill-first admissions) and
+        load it into the compiled loop's state; returns the step's shape."""
+        t = self.t
+        es = self.es
+        waiting_before = len(self.waiting)
+        batch, run = form_batch(
+            self.run_ids, self.n_prefilling, self.waiting, t, k, self.max_num_seqs,
+            self.budget, self.policy, self.kv,
+        )  # fmt: skip
+        self.run_ids = run
+        npre = int(batch.preempted.shape[0])
+        if npre:
+            self.preemptions += npre
+            self.n_prefilling -= batch.preempted_prefilling
+        if batch.admitted:
+            self.n_prefilling += len(batch.admitted)
+            adm = np.asarray(batch.admitted, dtype=np.int64)
+            fresh = adm[np.isnan(t.first_scheduled[adm])]
+            t.first_scheduled[fresh] = now
+            self.tape.ensure(t, adm, self._live)
+        if self.tracker is not None:
+            self.tracker.waiting += len(self.waiting) - waiting_before
+        dec, pf = batch.decode_ids, batch.prefill_ids
+        b, npf = int(dec.shape[0]), int(pf.shape[0])
+        self._reserve_rb(max(b, npf))
+        rb = self.rb
+        rb[ck.DEC, :b] = dec
+        rb[ck.DCTX, :b] = batch.decode_context
+        rb[ck.DBLK, :b] = batch.decode_blocks
+        rb[ck.PF, :npf] = pf
+        rb[ck.CHUNK, :npf] = batch.prefill_chunks
+        es[ck.B] = b
+        es[ck.NPF] = npf
+        es[ck.NADM] = 0
+        es[ck.NPRE] = npre
+        es[ck.WAIT_BEFORE] = waiting_before
+        es[ck.KV_IN_STEP] = self.kv.used
+        if b + npf == 0:  # pragma: no cover - prevented by check_kv_fits
+            raise RuntimeError("engine step with nothing to run: the KV cache check failed")
+        dec_ctx = int(_sum(batch.decode_context)) if b else 0
+        if npf:
+            chunks = batch.prefill_chunks
+            return b, dec_ctx, int(_sum(chunks)), int(_sum(t.prefilled[pf] + chunks)), npf
+        return b, dec_ctx, 0, 0, 0
 
     def _complete(self, end: float) -> None:
         """Retire the running requests that have emitted their last token (at time ``end``)."""
@@ -776,6 +1018,8 @@ def run_simulation(
     key = stream_key(seed, "acceptance")
     acc_base = table.acc_base if streaming else counter_base(key, np.arange(n, dtype=np.int64))
     tracker = Tracker(env, n, progress)
+    tracker.max_waiting = scn.limits.max_waiting
+    tracker.solo = scn.server.replicas == 1
     router = Router(scn.server.router, scn.server.replicas, n, seed)
     engines = [
         Engine(
@@ -798,6 +1042,9 @@ def run_simulation(
     if not streaming and len(engines) == 1:
         # one engine owns every request id (slot == id): write acceptance tapes ahead in bulk
         engines[0].tape.prefetch = TAPE_PREFETCH
+    elif len(engines) == 1:
+        # reusable slots: write tapes ahead by request id, copied in at first admission
+        engines[0].tape.ahead(wl.output, wl.alpha, key, TAPE_PREFETCH)
     done = tracker.done
     state = {"reason": "completed", "early": False}
     max_waiting = scn.limits.max_waiting
@@ -814,7 +1061,7 @@ def run_simulation(
         chunk = 4096
         for c0 in range(0, n, chunk):
             c1 = min(n, c0 + chunk)
-            arr = (wl.arrival[c0:c1] + api_delay).tolist()
+            arr = (wl.arrival[c0 : min(n, c1 + 1)] + api_delay).tolist()
             if streaming:
                 raw = wl.arrival[c0:c1].tolist()
                 prompt = wl.prompt[c0:c1].tolist()
@@ -826,6 +1073,11 @@ def run_simulation(
                 dt = arr[i] - env.now
                 if dt > 0:
                     tracker.next_arrival = env.now + dt  # the float SimPy will fire it at
+                    if i + 1 < len(arr):
+                        a2 = arr[i + 1]
+                        tracker.after_next = a2 - abs(a2) * 1e-15
+                    else:
+                        tracker.after_next = math.inf
                     yield env.timeout(dt)
                 if streaming:
                     slot = table.fill(

@@ -15,9 +15,9 @@ Two layouts:
 
 from __future__ import annotations
 
-__all__ = ["STEP_FIELDS", "RequestTable", "StepColumns"]
+__all__ = ["FLOAT_ROWS", "INT_ROWS", "STEP_FIELDS", "IdQueue", "RequestTable", "StepColumns"]
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -64,6 +64,17 @@ _SLOT_FIELDS: dict[str, tuple[type, float]] = {
     "prefill_done": (np.int64, 0),
 }
 
+# Rows of the table's two 2-D arrays (``RequestTable.ints``, ``RequestTable.floats``): every
+# per-slot integer field is one row of ``ints`` (each attribute is a view of its row), so compiled
+# kernels (:mod:`sdsim.engine.compiled`) take the whole table as two arguments.
+INT_ROWS: tuple[str, ...] = (
+    "prompt",
+    "output",
+    "prefill_target",
+    *(n for n, (dt, _) in _SLOT_FIELDS.items() if dt is np.int64),
+)
+FLOAT_ROWS: tuple[str, ...] = tuple(n for n, (dt, _) in _SLOT_FIELDS.items() if dt is np.float64)
+
 # A sink receives harvested requests as a dict of equal-length arrays (record fields + "rid").
 Sink = Callable[[dict[str, npt.NDArray[np.generic]]], None]
 
@@ -90,25 +101,24 @@ class RequestTable:
 
     def __init__(self, wl: Workload, capacity: int | None = None) -> None:
         self.reusable = capacity is not None
+        n = len(wl) if capacity is None else max(16, int(capacity))
+        self.n = n
+        self._alloc(n)
         if capacity is None:
-            n = len(wl)
             self.arrival = wl.arrival
-            self.prompt = wl.prompt
-            self.output = wl.output
+            self.prompt[:] = wl.prompt
+            self.output[:] = wl.output
             self.alpha: npt.NDArray[np.float64] | None = wl.alpha
             self.rid = np.arange(n, dtype=np.int64)
-            self.prefill_target = wl.prompt.astype(np.int64).copy()
+            self.prefill_target[:] = wl.prompt
         else:
-            n = max(16, int(capacity))
             self.arrival = np.full(n, np.nan)
-            self.prompt = np.zeros(n, dtype=np.int64)
-            self.output = np.ones(n, dtype=np.int64)
+            self.output[:] = 1
             self.alpha = None if wl.alpha is None else np.zeros(n)
             self.rid = np.full(n, -1, dtype=np.int64)
-            self.prefill_target = np.zeros(n, dtype=np.int64)
-        self.n = n
-        for name, (dt, init) in _SLOT_FIELDS.items():
-            setattr(self, name, np.full(n, init, dtype=dt))
+        self.prompt: npt.NDArray[np.int64]
+        self.output: npt.NDArray[np.int64]
+        self.prefill_target: npt.NDArray[np.int64]
         self.first_scheduled: npt.NDArray[np.float64]
         self.first_token: npt.NDArray[np.float64]
         self.finish: npt.NDArray[np.float64]
@@ -137,6 +147,18 @@ class RequestTable:
         # ``generated - decode_counter - prefill_done`` (a decode step emits accepted + 1 tokens,
         # a completed prefill one), filled by :meth:`derive_counts` and in :meth:`records`
         self.derived_counts = False
+
+    def _alloc(self, n: int) -> None:
+        """Allocate ``ints``/``floats`` for ``n`` slots (initial values) and bind the row views."""
+        self.ints = np.zeros((len(INT_ROWS), n), dtype=np.int64)
+        self.floats = np.full((len(FLOAT_ROWS), n), np.nan)
+        for i, name in enumerate(INT_ROWS):
+            init = _SLOT_FIELDS[name][1] if name in _SLOT_FIELDS else 0
+            if init:
+                self.ints[i] = init
+            setattr(self, name, self.ints[i])
+        for i, name in enumerate(FLOAT_ROWS):
+            setattr(self, name, self.floats[i])
 
     # ------------------------------------------------------------------ reusable slots
     def fill(
@@ -223,11 +245,13 @@ class RequestTable:
     def _grow(self) -> None:
         """Double the slots in place (listeners in ``on_resize`` re-bind their references)."""
         n = self.n
-        for name, (dt, init) in _SLOT_FIELDS.items():
-            grown: npt.NDArray[np.generic] = np.full(2 * n, init, dtype=dt)
-            grown[:n] = getattr(self, name)
-            setattr(self, name, grown)
-        for name in ("arrival", "prompt", "output", "alpha", "rid", "prefill_target", "acc_base"):
+        ints, floats = self.ints, self.floats
+        self._alloc(2 * n)
+        self.ints[:, :n] = ints
+        for name in ("prompt", "output", "prefill_target"):
+            getattr(self, name)[n:] = 0
+        self.floats[:, :n] = floats
+        for name in ("arrival", "alpha", "rid", "acc_base"):
             cur = getattr(self, name)
             if cur is None:
                 continue
@@ -247,8 +271,10 @@ class RequestTable:
 class StepColumns:
     """Preallocated columns for step records (no DataFrame work in the loop).
 
-    Records are appended as tuples to a small Python buffer and moved into the numpy columns in
-    blocks (one conversion per :data:`BUFFER` steps instead of one per field per step); blocks of
+    Every field is a row of one float64 array ``rec`` (``cols[name]`` is a view of its row;
+    integer fields are exact as floats and come back as int64 from :meth:`as_dict`), so a compiled
+    kernel writes a record as one column of ``rec``. Python callers append tuples to a small
+    buffer, moved into ``rec`` in blocks (one conversion per :data:`BUFFER` steps); blocks of
     fast-forwarded steps arrive as arrays (:meth:`extend`). With ``flush`` given (streaming
     statistics), full columns are handed to it and emptied instead of growing.
 
@@ -271,8 +297,12 @@ class StepColumns:
         self._cap = max(self.BUFFER, capacity)
         self._flush = flush
         self._buf: list[tuple[float | int, ...]] = []
+        self._bind(np.zeros((len(STEP_FIELDS), self._cap)))
+
+    def _bind(self, rec: npt.NDArray[np.float64]) -> None:
+        self.rec = rec
         self.cols: dict[str, npt.NDArray[np.generic]] = {
-            name: np.zeros(self._cap, dtype=dt) for name, dt in STEP_FIELDS.items()
+            name: rec[i] for i, name in enumerate(STEP_FIELDS)
         }
 
     @property
@@ -311,21 +341,35 @@ class StepColumns:
             col[i : i + m] = cols[name]
         self._size += m
 
+    def reserve(self, m: int) -> int:
+        """Make room for ``m`` more records written straight into ``rec`` (buffered records are
+        moved in first); returns the column index of the first free record."""
+        if self._buf:
+            self._drain()
+        if self._size + m > self._cap:
+            self._reserve(m)
+        return self._size
+
+    def _typed(self, size: int) -> dict[str, npt.NDArray[np.generic]]:
+        return {
+            name: (col[:size] if dt is np.float64 else col[:size].astype(dt))
+            for (name, dt), col in zip(STEP_FIELDS.items(), self.rec, strict=True)
+        }
+
     def _reserve(self, m: int) -> None:
         if self._size + m <= self._cap:
             return
         if self._flush is not None and self._size:
-            self._flush({k: v[: self._size] for k, v in self.cols.items()})
+            self._flush(self._typed(self._size))
             self._size = 0
             if m <= self._cap:
                 return
         cap = self._cap
         while cap < self._size + m:
             cap *= 2
-        for name, col in self.cols.items():
-            new = np.zeros(cap, dtype=col.dtype)
-            new[: self._size] = col[: self._size]
-            self.cols[name] = new
+        new = np.zeros((len(STEP_FIELDS), cap))
+        new[:, : self._size] = self.rec[:, : self._size]
+        self._bind(new)
         self._cap = cap
 
     def _drain(self) -> None:
@@ -336,9 +380,7 @@ class StepColumns:
         self._reserve(m)
         i = self._size
         # one conversion for the whole buffer: rows -> columns
-        block = np.array(buf, dtype=np.float64)
-        for j, col in enumerate(self.cols.values()):
-            col[i : i + m] = block[:, j]
+        self.rec[:, i : i + m] = np.array(buf, dtype=np.float64).T
         self._size += m
         buf.clear()
 
@@ -346,10 +388,102 @@ class StepColumns:
         """Move buffered records into the columns (and hand everything to ``flush`` if set)."""
         self._drain()
         if self._flush is not None and self._size:
-            self._flush({k: v[: self._size] for k, v in self.cols.items()})
+            self._flush(self._typed(self._size))
             self._size = 0
 
     def as_dict(self) -> dict[str, npt.NDArray[np.generic]]:
         """Trimmed copies of the columns."""
         self._drain()
-        return {k: v[: self._size].copy() for k, v in self.cols.items()}
+        typed = self._typed(self._size)
+        return {k: v.copy() if v.base is not None else v for k, v in typed.items()}
+
+
+class IdQueue:
+    """A FIFO of request ids in a numpy buffer (what ``collections.deque`` offers the scheduler:
+    ``append``, ``popleft``, ``extendleft``, ``[0]``, ``len``, iteration), readable by compiled
+    kernels: the ids are ``buf[head:tail]`` with ``head, tail = ends[0], ends[1]``.
+
+    Parameters
+    ----------
+    ends
+        A 2-entry int64 array (a view of the engine's state array) holding head and tail.
+    capacity
+        Initial buffer size (grows as needed).
+    """
+
+    def __init__(self, ends: npt.NDArray[np.int64] | None = None, capacity: int = 64) -> None:
+        self.ends = np.zeros(2, dtype=np.int64) if ends is None else ends
+        self.buf = np.zeros(max(8, capacity), dtype=np.int64)
+        self.ends[0] = self.ends[1] = self.buf.shape[0] // 4  # room for extendleft
+
+    def __len__(self) -> int:
+        e = self.ends
+        return int(e[1] - e[0])
+
+    def __bool__(self) -> bool:
+        e = self.ends
+        return bool(e[1] > e[0])
+
+    def __iter__(self) -> Iterator[int]:
+        e = self.ends
+        return iter(self.buf[e[0] : e[1]].tolist())
+
+    def __getitem__(self, i: int) -> int:
+        e = self.ends
+        n = int(e[1] - e[0])
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("IdQueue index out of range")
+        return int(self.buf[e[0] + i])
+
+    def __array__(self, dtype: object = None, copy: object = None) -> npt.NDArray[np.int64]:
+        e = self.ends
+        out = self.buf[e[0] : e[1]].copy()
+        return out if dtype is None else out.astype(dtype)  # type: ignore[call-overload]
+
+    def _recentre(self, n_front: int, n_back: int) -> None:
+        """Move the ids so ``n_front`` fit before them and ``n_back`` after (growing)."""
+        h, t = int(self.ends[0]), int(self.ends[1])
+        n = t - h
+        size = self.buf.shape[0]
+        while size < 2 * (n + n_front + n_back) + 8:
+            size *= 2
+        new = np.zeros(size, dtype=np.int64)
+        h2 = n_front + (size - n - n_front - n_back) // 4
+        new[h2 : h2 + n] = self.buf[h:t]
+        self.buf = new
+        self.ends[0] = h2
+        self.ends[1] = h2 + n
+
+    def append(self, rid: int) -> None:
+        """Add ``rid`` at the back."""
+        t = int(self.ends[1])
+        if t >= self.buf.shape[0]:
+            self._recentre(0, 1)
+            t = int(self.ends[1])
+        self.buf[t] = rid
+        self.ends[1] = t + 1
+
+    def popleft(self) -> int:
+        """Remove and return the front id."""
+        h = int(self.ends[0])
+        if h >= self.ends[1]:
+            raise IndexError("pop from an empty IdQueue")
+        self.ends[0] = h + 1
+        return int(self.buf[h])
+
+    def extendleft(self, ids: Iterable[int]) -> None:
+        """Prepend each id in turn (as ``deque.extendleft``: the last one ends up first)."""
+        vals = list(ids)
+        if not vals:
+            return
+        if int(self.ends[0]) < len(vals):
+            self._recentre(len(vals), 0)
+        h = int(self.ends[0]) - len(vals)
+        self.buf[h : h + len(vals)] = vals[::-1]
+        self.ends[0] = h
+
+    def clear(self) -> None:
+        """Remove every id."""
+        self.ends[1] = self.ends[0]

@@ -19,6 +19,11 @@ simulation), the first admission of a request also writes the tapes of the next 
 request ids, which have not decoded yet: one vectorised call per few hundred admissions instead
 of one each (the per-call overhead dominated). The draws are the same pure functions of
 ``(request, counter)``, so the records do not change.
+
+With reusable slots (streaming statistics) a slot is not a request id, so tapes are written ahead
+by *request id* instead (:meth:`AcceptanceTape.ahead`, one engine): the tapes of the next
+``chunk`` fresh requests are computed in one call from the workload's lengths and the
+acceptance key, and a request's tape is copied into the arena when it is first admitted.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import numpy.typing as npt
 
 from sdsim.acceptance import AcceptanceSampler
 from sdsim.engine.state import RequestTable
-from sdsim.rng import counter_uniform_from_base
+from sdsim.rng import counter_base, counter_uniform_from_base
 
 
 class AcceptanceTape:
@@ -56,6 +61,33 @@ class AcceptanceTape:
         self.top = 0
         self.prefetch = 0  # request ids to write ahead (0: only the requests asked for)
         self.pre_hi = 0  # every id below this has a tape (prefetch mode)
+        # tapes written ahead by request id (reusable slots): see ahead()
+        self._src: tuple[npt.NDArray[np.int64], npt.NDArray[np.float64] | None, int] | None = None
+        self._chunk = 0
+        self._lo = self._hi = 0
+        self._vals: npt.NDArray[np.generic] = self.arena[:0]
+        self._starts: npt.NDArray[np.int64] = np.zeros(1, dtype=np.int64)
+
+    def ahead(
+        self,
+        output: npt.NDArray[np.int64],
+        alpha: npt.NDArray[np.float64] | None,
+        key: int,
+        chunk: int = 2048,
+    ) -> None:
+        """Write tapes ahead by request id (reusable slots, one engine).
+
+        Parameters
+        ----------
+        output, alpha
+            Every request's output length and acceptance rate (the workload's), by request id.
+        key
+            The acceptance stream's key (a request's draws are keyed by its id).
+        chunk
+            Request ids per bulk call.
+        """
+        self._src = (output, alpha, key)
+        self._chunk = max(1, int(chunk))
 
     def ensure(
         self,
@@ -77,6 +109,10 @@ class AcceptanceTape:
         new = ids[t.tape_end[ids] == 0]
         if new.shape[0] == 0:
             return
+        if self._src is not None:
+            new = self._from_ahead(t, new, live)
+            if new.shape[0] == 0:
+                return
         if self.prefetch:
             # ids at or above pre_hi have never been admitted (ids are admitted by this engine
             # only, and each admission below pre_hi already holds a tape): fresh, decode counter
@@ -113,6 +149,53 @@ class AcceptanceTape:
         self.top = start + total
         t.tape_pos[new] = start + rel_begin - ctr
         t.tape_end[new] = start + rel_end
+
+    def _from_ahead(
+        self,
+        t: RequestTable,
+        new: npt.NDArray[np.int64],
+        live: Callable[[], npt.NDArray[np.int64]],
+    ) -> npt.NDArray[np.int64]:
+        """Copy written-ahead tapes of fresh requests in ``new`` (slots) into the arena; returns
+        the slots left for the general path (not fresh, or ids already passed)."""
+        rest = []
+        for slot, rid in zip(new.tolist(), t.rid[new].tolist(), strict=True):
+            if t.decode_counter[slot] or t.generated[slot] or rid < self._lo:
+                rest.append(slot)  # pragma: no cover - fresh requests are admitted in id order
+                continue
+            if rid >= self._hi:
+                self._write_ahead(rid)
+            i = rid - self._lo
+            a, b = int(self._starts[i]), int(self._starts[i + 1])
+            n = b - a
+            if self.top + n > self.arena.shape[0]:
+                self._compact(t, live(), n)
+            top = self.top
+            self.arena[top : top + n] = self._vals[a:b]
+            self.top = top + n
+            t.tape_pos[slot] = top
+            t.tape_end[slot] = top + n
+        return np.asarray(rest, dtype=np.int64)
+
+    def _write_ahead(self, lo: int) -> None:
+        """Tapes of fresh requests ``lo .. lo + chunk - 1`` (every remaining step of each)."""
+        assert self._src is not None
+        output, alpha, key = self._src
+        hi = min(output.shape[0], lo + self._chunk)
+        lens = np.maximum(output[lo:hi], 1)
+        starts = np.zeros(hi - lo + 1, dtype=np.int64)
+        np.cumsum(lens, out=starts[1:])
+        total = int(starts[-1])
+        owner = np.repeat(np.arange(hi - lo), lens)
+        j = np.arange(total, dtype=np.int64) - starts[owner]
+        u = counter_uniform_from_base(counter_base(key, np.arange(lo, hi))[owner], j)
+        if self.k is None:
+            self._vals = u
+        else:
+            a = None if alpha is None else alpha[lo:hi][owner]
+            self._vals = self.sampler.sample(u, self.k, a)
+        self._starts = starts
+        self._lo, self._hi = lo, hi
 
     def read(self, t: RequestTable, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.generic]:
         """The draws of ``ids`` at their current decode counters (no counter is advanced)."""
