@@ -125,20 +125,40 @@ def step_saturation_rate(curve: StepCurve, work: RequestWork) -> float:
     p = curve.chunks_per_request
     top = curve.n_max * frac
 
-    def ok(lam: float) -> bool:
-        if not curve.stable(lam * p):
-            return False
-        return lam * nu * curve.step_time_at(top, lam * p) / curve.n_max < 1.0
+    def excess(lam: float) -> float:
+        return lam * nu * curve.step_time_at(top, lam * p) / curve.n_max - 1.0
 
     hi = curve.n_max / (nu * float(np.interp(top, np.arange(curve.decode.shape[0]), curve.decode)))
-    lo = 0.0
-    # t_lambda >= the decode-only step, so hi is unstable; 50 halvings reach 1e-15 relative
-    for _ in range(50):
-        mid = 0.5 * (lo + hi)
-        if ok(mid):
-            lo = mid
+    # prefill alone fills the GPU at chunk_rate x (largest marginal chunk cost) = 1
+    marg = float((curve.mixed[:, -1] - curve.mixed[:, -2]).max())
+    if p > 0 and marg > 0:
+        hi = min(hi, 1.0 / (p * marg))
+    # t_lambda >= the decode-only step, so hi is unstable (or at the prefill limit); the root of
+    # the increasing excess(lam) is bracketed in [0, hi] and found by regula falsi with the
+    # Illinois modification, keeping lo on the stable side, to 1e-15 relative
+    lo, f_lo = 0.0, -1.0
+    f_hi = excess(hi)
+    if f_hi < 0.0:
+        # the prefill limit comes first: the largest stable rate is just below it
+        return hi * (1.0 - 1e-15)
+    side = 0
+    for _ in range(100):
+        if hi - lo <= 1e-15 * hi:
+            break
+        mid = lo - f_lo * (hi - lo) / (f_hi - f_lo)
+        if not lo < mid < hi:
+            mid = 0.5 * (lo + hi)
+        f_mid = excess(mid)
+        if f_mid < 0.0 and curve.stable(mid * p):
+            lo, f_lo = mid, f_mid
+            if side == -1:
+                f_hi *= 0.5
+            side = -1
         else:
-            hi = mid
+            hi, f_hi = mid, max(f_mid, 0.0)
+            if side == 1:
+                f_lo *= 0.5
+            side = 1
     return lo
 
 

@@ -304,6 +304,34 @@ def _law_key(scn: Scenario, k: int) -> tuple[int, str]:
     return (k, scn.acceptance.model_dump_json() if k > 0 else "")
 
 
+def _pieces(
+    scn: Scenario, k: int, shared: _Shared
+) -> tuple[tuple[int, str], RequestWork, StepCurve]:
+    """The work law, step curve and saturation rate of ``(k, acceptance law)``, from ``shared``
+    or computed into it."""
+    lk = _law_key(scn, k)
+    if lk not in shared.works:
+        shared.works[lk] = request_work(scn, k)
+    w = shared.works[lk]
+    if lk not in shared.curves:
+        shared.curves[lk] = build_curve(scn, k, w, shared.model)
+    c = shared.curves[lk]
+    if lk not in shared.sats:
+        shared.sats[lk] = step_saturation_rate(c, w)
+    return lk, w, c
+
+
+def _prime(scn: Scenario, k: int, shared: _Shared, rates: Sequence[float]) -> None:
+    """Solve the chunk laws the points at ``rates`` (req/s, all replicas) will ask of the curve
+    of ``(k, acceptance law)`` in one batch (bit-identical to solving them one at a time)."""
+    lk, _, c = _pieces(scn, k, shared)
+    sat = shared.sats[lk]
+    reps = scn.server.replicas
+    p = c.chunks_per_request
+    lams = [float(r) / reps for r in rates]
+    c.prime([lam * p for lam in lams if 0 < lam < sat] + [min(lam, sat) * p for lam in lams])
+
+
 def predict(
     scenario: Scenario,
     rates: Sequence[float] | None = None,
@@ -354,15 +382,7 @@ def _predict(
     ops: dict[tuple[int, float], OperatingPoint] = {}
 
     def op_for(kk: int, r: float) -> OperatingPoint:
-        lk = _law_key(scn, kk)
-        if lk not in shared.works:
-            shared.works[lk] = request_work(scn, kk)
-        w = shared.works[lk]
-        if lk not in shared.curves:
-            shared.curves[lk] = build_curve(scn, kk, w, model)
-        c = shared.curves[lk]
-        if lk not in shared.sats:
-            shared.sats[lk] = step_saturation_rate(c, w)
+        lk, w, c = _pieces(scn, kk, shared)
         key = (kk, float(r))
         if key not in ops:
             ops[key] = operating_point(
@@ -535,6 +555,10 @@ def predict_grid(
     for ik, k in enumerate(ks):
         for ia, a in enumerate(alphas):
             base = scenario.with_overrides({"spec.k": int(k), "acceptance.alpha": float(a)})
+            if base.spec.policy == "fixed" and base.workload.arrival not in ("trace", "replay"):
+                _prime(base, int(k), shared, rates)
+                if int(k) > 0:
+                    _prime(base, 0, shared, rates)
             for ir, r in enumerate(rates):
                 scn = base.with_overrides({"workload.rate": float(r)})
                 p = _predict(scn, [], [int(k)], quantiles, shared)
