@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from sdsim.analytic.stepcurve import StepCurve, slopes
+from sdsim.analytic.stepcurve import StepCurve
 from sdsim.analytic.work import RequestWork
 from sdsim.costs.step import StepCostModel, StepShape
 from sdsim.scenario import Scenario
@@ -195,8 +195,8 @@ def tangent_coefficients(
     w = w / w.sum()
     x = np.clip(np.asarray(batches, dtype=np.float64), 1.0, float(curve.n_max))
     n_op = float(w @ x)
-    grad_v = slopes(curve.verify)
-    grad_d = slopes(curve.draft)
+    grad_v = curve.slopes_of("verify")
+    grad_d = curve.slopes_of("draft")
     e_v, e_d = float(w @ _interp(curve.verify, x)), float(w @ _interp(curve.draft, x))
     s_v, s_d = float(w @ _interp(grad_v, x)), float(w @ _interp(grad_d, x))
     c2v = s_v

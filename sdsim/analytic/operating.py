@@ -45,7 +45,7 @@ from sdsim.analytic.coefficients import (
     tangent_coefficients,
 )
 from sdsim.analytic.gps import BirthDeath, birth_death
-from sdsim.analytic.stepcurve import StepCurve, build_step_curve, mean_context, slopes
+from sdsim.analytic.stepcurve import StepCurve, build_step_curve, mean_context
 from sdsim.analytic.work import RequestWork, request_work
 from sdsim.costs.step import StepCostModel, build_cost_model
 from sdsim.scenario import Scenario
@@ -284,7 +284,7 @@ def local_lines(
     c = op.curve
     _, frac = _decode_share(c, op.work)
     grid = np.arange(c.decode.shape[0], dtype=np.float64)
-    grad = slopes(c.decode)
+    grad = c.slopes_of("decode")
     lam = min(op.rate, op.saturation_rate)
     cpc = c.chunk_cost(lam * c.chunks_per_request) * c.chunks_per_request
 

@@ -551,6 +551,10 @@ def predict_grid(
     _check_rate_driven(scenario)
     shared = _Shared(build_cost_model(scenario))
     rows: dict[tuple[int, int, int], dict[str, Any]] = {}
+    # each rate validated once: a point's scenario is its (k, alpha) scenario with that rate's
+    # workload (no cross-field check ties the rate to k or alpha, and the two overrides touch
+    # different blocks), the same fields as with_overrides of all three would give
+    workloads = [scenario.with_overrides({"workload.rate": float(r)}).workload for r in rates]
     # (k, alpha) outermost so one curve serves every rate; rows are put back in grid order
     for ik, k in enumerate(ks):
         for ia, a in enumerate(alphas):
@@ -560,7 +564,7 @@ def predict_grid(
                 if int(k) > 0:
                     _prime(base, 0, shared, rates)
             for ir, r in enumerate(rates):
-                scn = base.with_overrides({"workload.rate": float(r)})
+                scn = base.model_copy(update={"workload": workloads[ir]})
                 p = _predict(scn, [], [int(k)], quantiles, shared)
                 rows[(ir, ik, ia)] = {
                     "rate": float(r),

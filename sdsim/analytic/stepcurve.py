@@ -96,6 +96,15 @@ class StepCurve:
     overhead: float
     mixed: FloatArray
     _cache: dict[float, tuple[FloatArray, FloatArray]] = field(default_factory=dict, repr=False)
+    _slopes: dict[str, FloatArray] = field(default_factory=dict, repr=False)
+
+    def slopes_of(self, name: str) -> FloatArray:
+        """:func:`slopes` of ``decode``, ``verify`` or ``draft``, computed once per curve."""
+        got = self._slopes.get(name)
+        if got is None:
+            got = slopes(getattr(self, name))
+            self._slopes[name] = got
+        return got
 
     def chunk_law(self, chunk_rate: float) -> tuple[FloatArray, FloatArray]:
         """Stationary law of the chunks per step given ``n`` and the mean step it gives.
@@ -193,13 +202,15 @@ def _solve_rows(mu: FloatArray) -> FloatArray:
     # gammaln(j + 1) - mu) with the log taken once per mu (for mu > 0 xlogy(j, mu) is
     # j * log(mu), the same floats; a zero mu gets log(1e-300): pmf 1 at j = 0 and 0 beyond)
     a = np.empty((mu.shape[0], nq, nq))
-    a[:, :-1, :] = np.exp(
-        qs[None, :, None] * np.log(np.maximum(mu, 1e-300))[:, None, :]
-        - special.gammaln(qs + 1.0)[None, :, None]
-        - mu[:, None, :]
-    )
-    d = np.arange(nq - 1)
-    a[:, d, d] -= 1.0
+    x = a[:, :-1, :]
+    # in place, float operands (an int * float broadcast takes numpy's slow casting loop)
+    np.multiply(qs.astype(np.float64)[None, :, None], np.log(np.maximum(mu, 1e-300))[:, None, :],
+                out=x)  # fmt: skip
+    x -= special.gammaln(qs + 1.0)[None, :, None]
+    x -= mu[:, None, :]
+    np.exp(x, out=x)
+    flat = a.reshape(a.shape[0], nq * nq)
+    flat[:, 0 : (nq - 1) * (nq + 1) : nq + 1] -= 1.0  # the diagonal of rows 0..Q-2
     a[:, -1, :] = 1.0
     rhs = np.zeros((mu.shape[0], nq, 1))
     rhs[:, -1, 0] = 1.0
