@@ -55,6 +55,7 @@ from sdsim.analytic.meanfield import (
     mean_latency,
     speedup,
 )
+from sdsim.analytic.mixtures import LatencyLaw
 from sdsim.analytic.operating import (
     OperatingPoint,
     build_curve,
@@ -113,6 +114,9 @@ class Prediction:
         (``inf`` for an unlimited cache).
     outside_model
         Why this prediction is outside what the model covers (``None`` when it is inside).
+    latency_laws
+        The tail model's laws of ``e2e``, ``ttft`` and ``tpot`` (exact ``cdf`` and
+        ``quantiles``; empty when quantiles were not computed or the point is unstable).
     """
 
     summary: dict[str, Any]
@@ -128,6 +132,7 @@ class Prediction:
     gpu_saturation_rate: float = math.nan
     kv_saturation_rate: float = math.inf
     outside_model: str | None = None
+    latency_laws: dict[str, LatencyLaw] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (what `sdsim predict --json` prints)."""
@@ -409,9 +414,11 @@ def _predict(
     sat = min(gpu_sat, kv_sat)
     stable = lam * reps < gpu_sat and law.stable
     summary: dict[str, Any] = {}
+    laws: dict[str, LatencyLaw] = {}
     if quantiles and stable:
         tm = latency_distribution(co, op.work, law, lam, _arrival_scv(scn), local_lines(op))
         summary.update(tm.stats)
+        laws = tm.laws
         p_wait, mean_wait = tm.p_wait, tm.mean_wait
     else:
         for key in LATENCY_KEYS:
@@ -507,6 +514,7 @@ def _predict(
         gpu_saturation_rate=gpu_sat,
         kv_saturation_rate=kv_sat,
         outside_model=outside,
+        latency_laws=laws,
     )
 
 
