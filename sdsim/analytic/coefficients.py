@@ -168,6 +168,7 @@ def tangent_coefficients(
     batches: npt.NDArray[np.float64],
     weights: npt.NDArray[np.float64],
     chunk_rate: float,
+    chunk_law: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None,
 ) -> Coefficients:
     """The six stage coefficients as the tangent of the real step curve at an operating point.
 
@@ -185,6 +186,9 @@ def tangent_coefficients(
         Decode batches a request meets (fractional, >= 1) and their probabilities.
     chunk_rate
         Prefill chunks per second (prices the prefill a step carries).
+    chunk_law
+        The curve's chunk law ``(pq, t)`` at ``chunk_rate`` if already at hand (exact at the
+        rows the batches read); default :meth:`StepCurve.chunk_law`.
 
     Returns
     -------
@@ -217,7 +221,8 @@ def tangent_coefficients(
     span = span[(span >= 1) & (span <= curve.n_max)]
     real = curve.decode[span]
     err = float(np.max(np.abs(a + b * span - real) / real)) if span.size else 0.0
-    cp_n = _interp(curve.chunk_cost(chunk_rate), x)
+    cost = curve.chunk_cost(chunk_rate) if chunk_law is None else curve.chunk_cost_from(*chunk_law)
+    cp_n = _interp(cost, x)
     c_p = float(w @ cp_n) * curve.chunks_per_request
     pf = curve.chunks_per_request
     return Coefficients(

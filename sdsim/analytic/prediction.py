@@ -59,6 +59,7 @@ from sdsim.analytic.mixtures import LatencyLaw
 from sdsim.analytic.operating import (
     OperatingPoint,
     build_curve,
+    chunk_laws,
     gps_law_from_curve,
     kv_blocks_per_request,
     kv_saturation_rate,
@@ -327,14 +328,14 @@ def _pieces(
 
 
 def _prime(scn: Scenario, k: int, shared: _Shared, rates: Sequence[float]) -> None:
-    """Solve the chunk laws the points at ``rates`` (req/s, all replicas) will ask of the curve
-    of ``(k, acceptance law)`` in one batch (bit-identical to solving them one at a time)."""
-    lk, _, c = _pieces(scn, k, shared)
+    """Solve the chunk laws the points at ``rates`` (req/s, all replicas) will read from the
+    curve of ``(k, acceptance law)`` in one batch (the same floats as one point at a time)."""
+    lk, w, c = _pieces(scn, k, shared)
     sat = shared.sats[lk]
     reps = scn.server.replicas
-    p = c.chunks_per_request
     lams = [float(r) / reps for r in rates]
-    c.prime([lam * p for lam in lams if 0 < lam < sat] + [min(lam, sat) * p for lam in lams])
+    items = {(lam, True) if 0 < lam < sat else (min(lam, sat), False) for lam in lams}
+    chunk_laws(c, w, sorted(items))
 
 
 def predict(
