@@ -31,7 +31,7 @@ from scipy import special
 FloatArray = npt.NDArray[np.float64]
 
 # Points of the coarse CDF table that brackets each quantile.
-COARSE_GRID = 24
+COARSE_GRID = 16
 # Normal evaluations per block (components x points), to bound temporary memory.
 _BLOCK = 2_000_000
 _REL_TOL = 1e-13
@@ -58,6 +58,7 @@ def solve_quantiles(
     hi: float,
     probs: Sequence[float],
     grid: int = COARSE_GRID,
+    cdf: Callable[[FloatArray], FloatArray] | None = None,
 ) -> list[float]:
     """Roots of ``F(x) = p`` for a non-decreasing ``F`` given with its density.
 
@@ -65,6 +66,8 @@ def solve_quantiles(
     ----------
     cdf_pdf
         ``x -> (F(x), F'(x))`` over an array of points (``F'`` may be 0 where ``F`` jumps).
+    cdf
+        ``x -> F(x)`` alone, if cheaper (the coarse table needs no density).
     lo, hi
         Where to tabulate ``F`` to bracket the roots (``hi`` is doubled until ``F(hi) >= p``).
     probs
@@ -78,8 +81,9 @@ def solve_quantiles(
         ``inf{x : F(x) >= p}`` for each p to ``1e-13`` relative (``lo`` when ``F(lo) >= p``).
     """
     ps = np.asarray(probs, dtype=np.float64)
+    f_only = cdf if cdf is not None else (lambda x: cdf_pdf(x)[0])
     xg = np.linspace(lo, hi, grid)
-    fg, _ = cdf_pdf(xg)
+    fg = f_only(xg)
     fg = np.maximum.accumulate(fg)
     span = hi - lo if hi > lo else max(abs(hi), 1.0)
     for _ in range(60):
@@ -87,7 +91,7 @@ def solve_quantiles(
             break
         top = xg[-1] + span
         span *= 2.0
-        f_top, _ = cdf_pdf(np.array([top]))
+        f_top = f_only(np.array([top]))
         xg = np.append(xg, top)
         fg = np.append(fg, max(float(f_top[0]), float(fg[-1])))
     idx = np.searchsorted(fg, ps, side="left")
@@ -182,6 +186,12 @@ class NormalMixture:
 
     def cdf_pdf(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Normalised CDF and density at each x."""
+        return self._eval(x, True)
+
+    def _cdf_only(self, x: FloatArray) -> FloatArray:
+        return self._eval(x, False)[0]
+
+    def _eval(self, x: FloatArray, want_pdf: bool) -> tuple[FloatArray, FloatArray]:
         xs = np.asarray(x, dtype=np.float64)
         cdf = np.zeros(xs.shape[0])
         pdf = np.zeros(xs.shape[0])
@@ -192,15 +202,16 @@ class NormalMixture:
                 z = (xs[None, :] - mu[sl, None]) / sd[sl, None]
                 if le is None:
                     c = special.ndtr(z)
-                    d = np.exp(-0.5 * z * z) / (_SQRT_2PI * sd[sl, None])
+                    if want_pdf:
+                        pdf += w[sl] @ (np.exp(-0.5 * z * z) / (_SQRT_2PI * sd[sl, None]))
                 else:
                     # exponnorm with shape K = 1 / (lam sd): s = 1 / K (scipy's formula)
                     s = le[sl, None] * sd[sl, None]
                     tail = np.exp(s * (0.5 * s - z) + special.log_ndtr(z - s))
                     c = special.ndtr(z) - tail
-                    d = le[sl, None] * tail
+                    if want_pdf:
+                        pdf += w[sl] @ (le[sl, None] * tail)
                 cdf += w[sl] @ c
-                pdf += w[sl] @ d
         tot = self.total
         return cdf / tot, pdf / tot
 
@@ -211,7 +222,7 @@ class NormalMixture:
     def quantiles(self, probs: Sequence[float]) -> list[float]:
         """Exact quantiles (see :func:`solve_quantiles`)."""
         lo, hi = self.bounds()
-        return solve_quantiles(self.cdf_pdf, lo, hi, probs)
+        return solve_quantiles(self.cdf_pdf, lo, hi, probs, cdf=self._cdf_only)
 
 
 class UniformExpMixture:
