@@ -214,7 +214,7 @@ class StepCurve:
         """``t(n)`` at one (fractional) decode batch, without solving every row."""
         lo = int(min(max(math.floor(n), 0), self.n_max))
         hi = min(lo + 1, self.n_max)
-        _, t = _chain(self.mixed[[lo, hi]], chunk_rate)
+        _, t = _chain_rows(self.mixed[[lo, hi]], np.full(2, float(chunk_rate)), ladder=False)
         f = min(max(n - lo, 0.0), 1.0)
         return float(t[0] + (t[1] - t[0]) * f)
 
@@ -280,8 +280,12 @@ def _solve_rows(mu: FloatArray) -> FloatArray:
     return np.asarray(pi / pi.sum(axis=1, keepdims=True), dtype=np.float64)
 
 
-def _chain_rows(mixed: FloatArray, rates: FloatArray) -> tuple[FloatArray, FloatArray]:
-    """Stationary chunk law of each row of ``mixed`` at its own chunk rate ``rates[r]``.
+def _chain_rows(
+    mixed: FloatArray, rates: FloatArray, ladder: bool = True
+) -> tuple[FloatArray, FloatArray]:
+    """Stationary chunk law of each row of ``mixed`` at its own chunk rate ``rates[r]``
+    (``ladder=False``: the full chain at once, for a row or two where the shorter tries cost
+    more calls than they save).
 
     Returns ``pq`` (rows x chunk states) and the mean step ``t`` per row. Each row's result
     depends on that row alone, so solving many rows (or rates) at once gives the same floats as
@@ -293,7 +297,7 @@ def _chain_rows(mixed: FloatArray, rates: FloatArray) -> tuple[FloatArray, Float
     pq[idle, 0] = 1.0
     todo = np.nonzero(~idle)[0]
     done = np.zeros(rows, dtype=bool)
-    for size in (*(r for r in _RUNGS if r < nq), nq):
+    for size in (*(r for r in _RUNGS if r < nq and ladder), nq):
         if todo.shape[0] == 0:
             break
         if size < nq:
