@@ -132,3 +132,16 @@ def _ok(c: StepCurve, nu: float, top: float, lam: float) -> bool:
     """The stability condition step_saturation_rate looks for the edge of."""
     p = c.chunks_per_request
     return c.stable(lam * p) and lam * nu * c.step_time_at(top, lam * p) / c.n_max < 1.0
+
+
+def test_chunk_laws_batched_over_many_rates_equal_one_at_a_time() -> None:
+    """More rates in one batch than the per-curve caches keep (64): nothing is lost."""
+    c, w = _curve(k=4, alpha=0.7)
+    rates = np.linspace(1.0, 34.0, 70).tolist()
+    items = [(r, True) for r in rates] + [(r, False) for r in rates[::7]]
+    batch = operating.chunk_laws(c, w, items)  # type: ignore[arg-type]
+    for (r, law), (pq, t) in zip(items, batch, strict=True):
+        fresh, _ = _curve(k=4, alpha=0.7)
+        ((pq1, t1),) = operating.chunk_laws(fresh, w, [(r, law)])  # type: ignore[arg-type]
+        assert np.array_equal(t, t1) and np.array_equal(pq, pq1), (r, law)
+

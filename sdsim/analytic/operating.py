@@ -190,7 +190,8 @@ def chunk_laws(
     base = _base_rows(curve, frac)
     keys = [(float(lam) * p, bool(law)) for lam, law in items]
     first = {k: i for i, k in reversed(list(enumerate(keys)))}
-    todo = [(i, float(items[i][0])) for k, i in first.items() if k not in curve._assembled]
+    out = {k: curve._assembled[k] for k in first if k in curve._assembled}
+    todo = [(i, float(items[i][0])) for k, i in first.items() if k not in out]
     if todo:
         curve.solve_rows([(keys[i][0], base) for i, _ in todo])
         mids: dict[int, npt.NDArray[np.int64]] = {}
@@ -211,8 +212,11 @@ def chunk_laws(
                     exact[i] = np.union1d(mids[i], np.arange(min(reach, curve.n_max) + 1))
         curve.solve_rows([(keys[i][0], exact[i]) for i, _ in todo])
         for i, _ in todo:
-            curve._assembled[keys[i]] = _assemble(curve, keys[i][0], mids[i], exact[i])
-    return [curve._assembled[k] for k in keys]
+            out[keys[i]] = _assemble(curve, keys[i][0], mids[i], exact[i])
+        if len(curve._assembled) + len(todo) > 256:
+            curve._assembled.clear()
+        curve._assembled.update({keys[i]: out[keys[i]] for i, _ in todo})
+    return [out[k] for k in keys]
 
 
 def step_saturation_rate(curve: StepCurve, work: RequestWork) -> float:

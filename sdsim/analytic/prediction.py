@@ -584,4 +584,8 @@ def predict_grid(
                     "speedup": p.speedup,
                     "outside_model": p.outside_model,
                 }
+            if int(k) > 0:
+                # no later pair reads this curve's chunk laws (k = 0's serve every pair): free
+                # them (recomputed, the same floats, if the grid repeats this pair)
+                shared.curves[_law_key(base, int(k))].forget_laws()
     return pd.DataFrame([rows[key] for key in sorted(rows)])

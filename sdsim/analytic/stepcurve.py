@@ -152,6 +152,12 @@ class StepCurve:
         for i, r in enumerate(rates):
             self._cache[r] = (pq[i * rows : (i + 1) * rows], t[i * rows : (i + 1) * rows])
 
+    def forget_laws(self) -> None:
+        """Drop every cached chunk law (full or by rows) to free memory."""
+        self._cache.clear()
+        self._rows.clear()
+        self._assembled.clear()
+
     def solve_rows(self, wanted: Sequence[tuple[float, npt.NDArray[np.int64]]]) -> None:
         """Solve the chunk law exactly at the given rows for each given chunk rate, all in one
         batch, keeping what was solved before (:meth:`rows_solved` reads them back).
@@ -163,13 +169,13 @@ class StepCurve:
         mats: list[FloatArray] = []
         rates: list[FloatArray] = []
         where: list[tuple[float, npt.NDArray[np.int64]]] = []
+        new = {float(r) for r, _ in wanted} - set(self._rows)
+        if new and len(self._rows) + len(new) > 64:
+            self._rows.clear()  # (before this call's rates are registered, never among them)
         for rate, rows in wanted:
             key = float(rate)
             st = self._rows.get(key)
             if st is None:
-                if len(self._rows) > 256:
-                    self._rows.clear()
-                    self._assembled.clear()
                 st = (np.zeros((ns, nq)), np.zeros(ns), np.zeros(ns, dtype=bool))
                 full = self._cache.get(key)
                 if full is not None:
