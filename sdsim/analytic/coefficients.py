@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from sdsim.analytic.stepcurve import StepCurve, slopes
+from sdsim.analytic.stepcurve import StepCurve
 from sdsim.analytic.work import RequestWork
 from sdsim.costs.step import StepCostModel, StepShape
 from sdsim.scenario import Scenario
@@ -168,6 +168,7 @@ def tangent_coefficients(
     batches: npt.NDArray[np.float64],
     weights: npt.NDArray[np.float64],
     chunk_rate: float,
+    chunk_law: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None,
 ) -> Coefficients:
     """The six stage coefficients as the tangent of the real step curve at an operating point.
 
@@ -185,6 +186,9 @@ def tangent_coefficients(
         Decode batches a request meets (fractional, >= 1) and their probabilities.
     chunk_rate
         Prefill chunks per second (prices the prefill a step carries).
+    chunk_law
+        The curve's chunk law ``(pq, t)`` at ``chunk_rate`` if already at hand (exact at the
+        rows the batches read); default :meth:`StepCurve.chunk_law`.
 
     Returns
     -------
@@ -195,8 +199,8 @@ def tangent_coefficients(
     w = w / w.sum()
     x = np.clip(np.asarray(batches, dtype=np.float64), 1.0, float(curve.n_max))
     n_op = float(w @ x)
-    grad_v = slopes(curve.verify)
-    grad_d = slopes(curve.draft)
+    grad_v = curve.slopes_of("verify")
+    grad_d = curve.slopes_of("draft")
     e_v, e_d = float(w @ _interp(curve.verify, x)), float(w @ _interp(curve.draft, x))
     s_v, s_d = float(w @ _interp(grad_v, x)), float(w @ _interp(grad_d, x))
     c2v = s_v
@@ -217,7 +221,8 @@ def tangent_coefficients(
     span = span[(span >= 1) & (span <= curve.n_max)]
     real = curve.decode[span]
     err = float(np.max(np.abs(a + b * span - real) / real)) if span.size else 0.0
-    cp_n = _interp(curve.chunk_cost(chunk_rate), x)
+    cost = curve.chunk_cost(chunk_rate) if chunk_law is None else curve.chunk_cost_from(*chunk_law)
+    cp_n = _interp(cost, x)
     c_p = float(w @ cp_n) * curve.chunks_per_request
     pf = curve.chunks_per_request
     return Coefficients(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 __all__ = [
     "OperatingPoint",
+    "chunk_laws",
     "gps_law_from_curve",
     "kv_blocks_per_request",
     "kv_saturation_rate",
@@ -32,7 +33,7 @@ __all__ = [
 ]
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,7 +46,7 @@ from sdsim.analytic.coefficients import (
     tangent_coefficients,
 )
 from sdsim.analytic.gps import BirthDeath, birth_death
-from sdsim.analytic.stepcurve import StepCurve, build_step_curve, mean_context, slopes
+from sdsim.analytic.stepcurve import StepCurve, build_step_curve, mean_context
 from sdsim.analytic.work import RequestWork, request_work
 from sdsim.costs.step import StepCostModel, build_cost_model
 from sdsim.scenario import Scenario
@@ -92,14 +93,20 @@ def gps_law_from_curve(curve: StepCurve, work: RequestWork, rate: float) -> Birt
     p = curve.chunks_per_request
     if rate <= 0 or not curve.stable(rate * p):
         return BirthDeath(np.zeros(0), rate, curve.n_max, False)
+    ((pq, t),) = chunk_laws(curve, work, [(rate, True)])
+    return _gps_law(curve, work, rate, pq, t)
+
+
+def _gps_law(
+    curve: StepCurve, work: RequestWork, rate: float, pq: FloatArray, t: FloatArray
+) -> BirthDeath:
+    """:func:`gps_law_from_curve` with the chunk law ``(pq, t)`` at ``rate`` given."""
     nu, frac = _decode_share(curve, work)
-    t = curve.step_time(rate * p)
     grid = np.arange(t.shape[0], dtype=np.float64)
     # an arrival first waits out the step in progress (length-biased: half a step plus half its
     # squared CV), in system but holding no slot; below the cap it stretches the time in system
     # by that many steps (1-4% of a short request's life), at the cap it is queueing anyway
-    pq, _ = curve.chunk_law(rate * p)
-    n_mid = int(min(max(round(rate * nu * float(t[1])), 1), curve.n_max))
+    n_mid = _n_mid(curve, nu, rate, float(t[1]))
     tt = curve.mixed[n_mid]
     m1 = float(pq[n_mid] @ tt)
     cv2 = max(float(pq[n_mid] @ (tt * tt)) / (m1 * m1) - 1.0, 0.0)
@@ -115,6 +122,103 @@ def gps_law_from_curve(curve: StepCurve, work: RequestWork, rate: float) -> Birt
     return birth_death(rate, nu, fn, curve.n_max)
 
 
+def _n_mid(curve: StepCurve, nu: float, rate: float, t1: float) -> int:
+    return int(min(max(round(rate * nu * t1), 1), curve.n_max))
+
+
+# The chunk law of every decode batch n is a small linear solve per row, the bulk of the model's
+# cost. An operating point reads t(n) and the chunk costs only where its birth-death law has
+# mass (up to where the law is cut, its tail below 1e-12), at the concurrency cap (stability) and
+# at one mid row; rows beyond the law's reach shape only probabilities that the law then cuts.
+# So each point solves exactly: every _COARSE-th row, the rows around the cap, the mid row, and
+# every row up to a margin past where an approximate law (t interpolated between the coarse
+# rows) is cut; the rows it skips take interpolated values. Which rows are exact depends only on
+# the curve, the work law and the rate, never on what else was solved, so a point's floats are
+# the same whether it is predicted alone or in a grid.
+_COARSE = 16
+
+
+def _base_rows(curve: StepCurve, frac: float) -> npt.NDArray[np.int64]:
+    ns = curve.n_max + 1
+    top = int(min(max(math.floor(curve.n_max * frac), 0), curve.n_max))
+    rows = {0, 1, 2, ns - 1, max(top - 1, 0), top, min(top + 1, curve.n_max)}
+    rows.update(range(0, ns, _COARSE))
+    return np.array(sorted(rows), dtype=np.int64)
+
+
+def _assemble(
+    curve: StepCurve,
+    chunk_rate: float,
+    base: npt.NDArray[np.int64],
+    exact: npt.NDArray[np.int64],
+) -> tuple[FloatArray, FloatArray]:
+    """The chunk law with ``exact`` rows as solved and the others interpolated from ``base``."""
+    pq_s, t_s, _ = curve.rows_solved(chunk_rate)
+    ns = t_s.shape[0]
+    rows = np.arange(ns)
+    t = np.interp(rows.astype(np.float64), base.astype(np.float64), t_s[base])
+    pq = pq_s[base[np.searchsorted(base, rows, side="right") - 1]]
+    t[exact] = t_s[exact]
+    pq[exact] = pq_s[exact]
+    return pq, t
+
+
+def chunk_laws(
+    curve: StepCurve, work: RequestWork, items: Sequence[tuple[float, bool]]
+) -> list[tuple[FloatArray, FloatArray]]:
+    """The chunk laws ``(pq, t)`` operating points read, exact wherever they read them.
+
+    Parameters
+    ----------
+    curve, work
+        Step curve and work law of one draft length.
+    items
+        ``(rate, with_law)``: arrival rate per replica (req/s; the chunk rate is ``rate x
+        chunks_per_request``) and whether the birth-death law at that rate is wanted (else only
+        the rows around the concurrency cap and a few others are exact: a saturated point's
+        lines are taken there). Solved in one batch (rows are independent, so the floats do not
+        depend on the batch).
+
+    Returns
+    -------
+    list of (pq, t)
+        Per item: ``pq[n, q]`` and ``t[n]`` (see :meth:`StepCurve.chunk_law`), exact at every row
+        the operating point reads and interpolated elsewhere.
+    """
+    p = curve.chunks_per_request
+    nu, frac = _decode_share(curve, work)
+    base = _base_rows(curve, frac)
+    keys = [(float(lam) * p, bool(law)) for lam, law in items]
+    first = {k: i for i, k in reversed(list(enumerate(keys)))}
+    out = {k: curve._assembled[k] for k in first if k in curve._assembled}
+    todo = [(i, float(items[i][0])) for k, i in first.items() if k not in out]
+    if todo:
+        curve.solve_rows([(keys[i][0], base) for i, _ in todo])
+        mids: dict[int, npt.NDArray[np.int64]] = {}
+        for i, lam in todo:
+            t1 = float(curve.rows_solved(keys[i][0])[1][1])
+            mids[i] = np.union1d(base, [_n_mid(curve, nu, float(lam), t1)])
+        curve.solve_rows([(keys[i][0], mids[i]) for i, _ in todo if keys[i][1]])
+        exact: dict[int, npt.NDArray[np.int64]] = {}
+        for i, lam in todo:
+            exact[i] = mids[i]
+            if keys[i][1]:
+                pq_a, t_a = _assemble(curve, keys[i][0], mids[i], mids[i])
+                law = _gps_law(curve, work, float(lam), pq_a, t_a)
+                if law.stable:
+                    # the exact law is cut where the approximate one is, give or take rows of
+                    # relative mass 1e-3: a quarter more and 16 rows cover that many times over
+                    reach = math.ceil((1.25 * law.pmf.shape[0] + 16) * frac) + 2
+                    exact[i] = np.union1d(mids[i], np.arange(min(reach, curve.n_max) + 1))
+        curve.solve_rows([(keys[i][0], exact[i]) for i, _ in todo])
+        for i, _ in todo:
+            out[keys[i]] = _assemble(curve, keys[i][0], mids[i], exact[i])
+        if len(curve._assembled) + len(todo) > 256:
+            curve._assembled.clear()
+        curve._assembled.update({keys[i]: out[keys[i]] for i, _ in todo})
+    return [out[k] for k in keys]
+
+
 def step_saturation_rate(curve: StepCurve, work: RequestWork) -> float:
     """Largest arrival rate (req/s, one replica) the real step curve sustains.
 
@@ -125,20 +229,40 @@ def step_saturation_rate(curve: StepCurve, work: RequestWork) -> float:
     p = curve.chunks_per_request
     top = curve.n_max * frac
 
-    def ok(lam: float) -> bool:
-        if not curve.stable(lam * p):
-            return False
-        return lam * nu * curve.step_time_at(top, lam * p) / curve.n_max < 1.0
+    def excess(lam: float) -> float:
+        return lam * nu * curve.step_time_at(top, lam * p) / curve.n_max - 1.0
 
     hi = curve.n_max / (nu * float(np.interp(top, np.arange(curve.decode.shape[0]), curve.decode)))
-    lo = 0.0
-    # t_lambda >= the decode-only step, so hi is unstable; 50 halvings reach 1e-15 relative
-    for _ in range(50):
-        mid = 0.5 * (lo + hi)
-        if ok(mid):
-            lo = mid
+    # prefill alone fills the GPU at chunk_rate x (largest marginal chunk cost) = 1
+    marg = float((curve.mixed[:, -1] - curve.mixed[:, -2]).max())
+    if p > 0 and marg > 0:
+        hi = min(hi, 1.0 / (p * marg))
+    # t_lambda >= the decode-only step, so hi is unstable (or at the prefill limit); the root of
+    # the increasing excess(lam) is bracketed in [0, hi] and found by regula falsi with the
+    # Illinois modification, keeping lo on the stable side, to 1e-15 relative
+    lo, f_lo = 0.0, -1.0
+    f_hi = excess(hi)
+    if f_hi < 0.0:
+        # the prefill limit comes first: the largest stable rate is just below it
+        return hi * (1.0 - 1e-15)
+    side = 0
+    for _ in range(100):
+        if hi - lo <= 1e-15 * hi:
+            break
+        mid = lo - f_lo * (hi - lo) / (f_hi - f_lo)
+        if not lo < mid < hi:
+            mid = 0.5 * (lo + hi)
+        f_mid = excess(mid)
+        if f_mid < 0.0 and curve.stable(mid * p):
+            lo, f_lo = mid, f_mid
+            if side == -1:
+                f_hi *= 0.5
+            side = -1
         else:
-            hi = mid
+            hi, f_hi = mid, max(f_mid, 0.0)
+            if side == 1:
+                f_lo *= 0.5
+            side = 1
     return lo
 
 
@@ -247,7 +371,8 @@ def operating_point(
     prompt = float(scn.workload.prompt_tokens.mean)
     alone, _ = prefill_alone(m, k, max(1, round(prompt)), scn.server.max_num_batched_tokens)
     chunk_rate = min(rate, sat) * c.chunks_per_request
-    co = tangent_coefficients(c, w, prompt, alone, batches, weights, chunk_rate)
+    ((pq, t),) = chunk_laws(c, w, [(min(rate, sat), law.stable)])
+    co = tangent_coefficients(c, w, prompt, alone, batches, weights, chunk_rate, (pq, t))
     return OperatingPoint(k, rate, c, w, law, co, sat)
 
 
@@ -264,9 +389,10 @@ def local_lines(
     c = op.curve
     _, frac = _decode_share(c, op.work)
     grid = np.arange(c.decode.shape[0], dtype=np.float64)
-    grad = slopes(c.decode)
+    grad = c.slopes_of("decode")
     lam = min(op.rate, op.saturation_rate)
-    cpc = c.chunk_cost(lam * c.chunks_per_request) * c.chunks_per_request
+    ((pq, t),) = chunk_laws(c, op.work, [(lam, op.law.stable)])
+    cpc = c.chunk_cost_from(pq, t) * c.chunks_per_request
 
     def fn(n: npt.NDArray[np.float64]) -> tuple[FloatArray, FloatArray, FloatArray]:
         m = np.asarray(n, dtype=np.float64) + 1.0

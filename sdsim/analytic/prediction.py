@@ -55,9 +55,11 @@ from sdsim.analytic.meanfield import (
     mean_latency,
     speedup,
 )
+from sdsim.analytic.mixtures import LatencyLaw
 from sdsim.analytic.operating import (
     OperatingPoint,
     build_curve,
+    chunk_laws,
     gps_law_from_curve,
     kv_blocks_per_request,
     kv_saturation_rate,
@@ -113,6 +115,9 @@ class Prediction:
         (``inf`` for an unlimited cache).
     outside_model
         Why this prediction is outside what the model covers (``None`` when it is inside).
+    latency_laws
+        The tail model's laws of ``e2e``, ``ttft`` and ``tpot`` (exact ``cdf`` and
+        ``quantiles``; empty when quantiles were not computed or the point is unstable).
     """
 
     summary: dict[str, Any]
@@ -128,6 +133,7 @@ class Prediction:
     gpu_saturation_rate: float = math.nan
     kv_saturation_rate: float = math.inf
     outside_model: str | None = None
+    latency_laws: dict[str, LatencyLaw] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (what `sdsim predict --json` prints)."""
@@ -304,6 +310,34 @@ def _law_key(scn: Scenario, k: int) -> tuple[int, str]:
     return (k, scn.acceptance.model_dump_json() if k > 0 else "")
 
 
+def _pieces(
+    scn: Scenario, k: int, shared: _Shared
+) -> tuple[tuple[int, str], RequestWork, StepCurve]:
+    """The work law, step curve and saturation rate of ``(k, acceptance law)``, from ``shared``
+    or computed into it."""
+    lk = _law_key(scn, k)
+    if lk not in shared.works:
+        shared.works[lk] = request_work(scn, k)
+    w = shared.works[lk]
+    if lk not in shared.curves:
+        shared.curves[lk] = build_curve(scn, k, w, shared.model)
+    c = shared.curves[lk]
+    if lk not in shared.sats:
+        shared.sats[lk] = step_saturation_rate(c, w)
+    return lk, w, c
+
+
+def _prime(scn: Scenario, k: int, shared: _Shared, rates: Sequence[float]) -> None:
+    """Solve the chunk laws the points at ``rates`` (req/s, all replicas) will read from the
+    curve of ``(k, acceptance law)`` in one batch (the same floats as one point at a time)."""
+    lk, w, c = _pieces(scn, k, shared)
+    sat = shared.sats[lk]
+    reps = scn.server.replicas
+    lams = [float(r) / reps for r in rates]
+    items = {(lam, True) if 0 < lam < sat else (min(lam, sat), False) for lam in lams}
+    chunk_laws(c, w, sorted(items))
+
+
 def predict(
     scenario: Scenario,
     rates: Sequence[float] | None = None,
@@ -354,15 +388,7 @@ def _predict(
     ops: dict[tuple[int, float], OperatingPoint] = {}
 
     def op_for(kk: int, r: float) -> OperatingPoint:
-        lk = _law_key(scn, kk)
-        if lk not in shared.works:
-            shared.works[lk] = request_work(scn, kk)
-        w = shared.works[lk]
-        if lk not in shared.curves:
-            shared.curves[lk] = build_curve(scn, kk, w, model)
-        c = shared.curves[lk]
-        if lk not in shared.sats:
-            shared.sats[lk] = step_saturation_rate(c, w)
+        lk, w, c = _pieces(scn, kk, shared)
         key = (kk, float(r))
         if key not in ops:
             ops[key] = operating_point(
@@ -389,9 +415,11 @@ def _predict(
     sat = min(gpu_sat, kv_sat)
     stable = lam * reps < gpu_sat and law.stable
     summary: dict[str, Any] = {}
+    laws: dict[str, LatencyLaw] = {}
     if quantiles and stable:
         tm = latency_distribution(co, op.work, law, lam, _arrival_scv(scn), local_lines(op))
         summary.update(tm.stats)
+        laws = tm.laws
         p_wait, mean_wait = tm.p_wait, tm.mean_wait
     else:
         for key in LATENCY_KEYS:
@@ -487,6 +515,7 @@ def _predict(
         gpu_saturation_rate=gpu_sat,
         kv_saturation_rate=kv_sat,
         outside_model=outside,
+        latency_laws=laws,
     )
 
 
@@ -531,12 +560,20 @@ def predict_grid(
     _check_rate_driven(scenario)
     shared = _Shared(build_cost_model(scenario))
     rows: dict[tuple[int, int, int], dict[str, Any]] = {}
+    # each rate validated once: a point's scenario is its (k, alpha) scenario with that rate's
+    # workload (no cross-field check ties the rate to k or alpha, and the two overrides touch
+    # different blocks), the same fields as with_overrides of all three would give
+    workloads = [scenario.with_overrides({"workload.rate": float(r)}).workload for r in rates]
     # (k, alpha) outermost so one curve serves every rate; rows are put back in grid order
     for ik, k in enumerate(ks):
         for ia, a in enumerate(alphas):
             base = scenario.with_overrides({"spec.k": int(k), "acceptance.alpha": float(a)})
+            if base.spec.policy == "fixed" and base.workload.arrival not in ("trace", "replay"):
+                _prime(base, int(k), shared, rates)
+                if int(k) > 0:
+                    _prime(base, 0, shared, rates)
             for ir, r in enumerate(rates):
-                scn = base.with_overrides({"workload.rate": float(r)})
+                scn = base.model_copy(update={"workload": workloads[ir]})
                 p = _predict(scn, [], [int(k)], quantiles, shared)
                 rows[(ir, ik, ia)] = {
                     "rate": float(r),
@@ -547,4 +584,8 @@ def predict_grid(
                     "speedup": p.speedup,
                     "outside_model": p.outside_model,
                 }
+            if int(k) > 0:
+                # no later pair reads this curve's chunk laws (k = 0's serve every pair): free
+                # them (recomputed, the same floats, if the grid repeats this pair)
+                shared.curves[_law_key(base, int(k))].forget_laws()
     return pd.DataFrame([rows[key] for key in sorted(rows)])

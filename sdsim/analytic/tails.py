@@ -21,7 +21,8 @@ The published model gives only the mean. Here a tagged request's latency is buil
    the Allen-Cunneen heavy-traffic approximation ``(c_a^2 + c_s^2) / 2 / (mu_full - lambda)``.
 
 Given ``(n0, s)`` the latency is taken as normal with these moments (exponentially modified normal
-when it waits), and the quantiles of the mixture over ``(n0, s, g)`` are read off its CDF. TTFT is a
+when it waits), and the quantiles of the mixture over ``(n0, s, g)`` are the exact roots of its CDF
+(:mod:`~sdsim.analytic.mixtures`). TTFT is a
 mixture of uniforms (residual) shifted by prefill-step durations with Poisson prefill counts.
 """
 
@@ -35,19 +36,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-from scipy import special, stats
 
 from sdsim.analytic.coefficients import Coefficients
 from sdsim.analytic.gps import BirthDeath
+from sdsim.analytic.mixtures import LatencyLaw, NormalMixture, UniformExpMixture
 from sdsim.analytic.stepcurve import poisson_pmf
 from sdsim.analytic.work import RequestWork
 
 QUANTILES = (0.5, 0.9, 0.99)
 N0_BINS = 120
 S_BINS = 48
-GRID = 1200
 # Mixture components kept in the e2e/TPOT CDFs (n0 bins x s bins x output lengths): the quantiles
-# move by < 0.1% beyond this, and the CDF costs components x GRID normal evaluations.
+# move by < 0.1% beyond this, and each CDF evaluation costs one normal per component.
 MAX_COMPONENTS = 30_000
 
 FloatArray = npt.NDArray[np.float64]
@@ -69,12 +69,16 @@ class TailModel:
         Mean admission wait (seconds).
     mean_batch
         Time-average decoding batch the steps see.
+    laws
+        The mixture laws the quantiles are read from (``e2e``, ``tpot``, ``ttft``; each with an
+        exact ``cdf`` and ``quantile``), for checks and plots.
     """
 
     stats: dict[str, float] = field(default_factory=dict)
     p_wait: float = 0.0
     mean_wait: float = 0.0
     mean_batch: float = 0.0
+    laws: dict[str, LatencyLaw] = field(default_factory=dict, repr=False)
 
 
 def _bin(
@@ -117,22 +121,6 @@ def _window_count_moments(
     m1 = s0
     m2 = 2.0 * (s1 - (i1a - 1) * s0) - s0
     return m1, np.maximum(m2 - m1 * m1, 0.0)
-
-
-def _combine_quantiles(
-    parts: list[tuple[float, FloatArray, FloatArray]],
-) -> dict[float, float]:
-    """Quantiles of a mixture of CDFs given on their own grids: (weight, x, cdf)."""
-    lo = min(float(p[1][0]) for p in parts)
-    hi = max(float(p[1][-1]) for p in parts)
-    x = np.linspace(lo, hi, 4 * GRID)
-    cdf = np.zeros_like(x)
-    tot = 0.0
-    for wt, xs, cs in parts:
-        cdf += wt * np.interp(x, xs, cs, left=0.0, right=1.0)
-        tot += wt
-    cdf = np.maximum.accumulate(cdf / tot)
-    return {q: float(np.interp(q, cdf, x)) for q in QUANTILES}
 
 
 def latency_distribution(
@@ -340,41 +328,32 @@ def latency_distribution(
             tpot_mass += float(ws.sum())
 
     out: dict[str, float] = {"e2e_mean": mean_e2e / (1.0 - p_wait + p_wait)}
+    laws: dict[str, LatencyLaw] = {}
     # e2e quantiles: normal components for free arrivals, exponnorm for waiting ones
-    w_free = np.concatenate(e2e_w)
-    parts: list[tuple[float, FloatArray, FloatArray]] = []
-    parts.append(_cdf_on_grid(w_free, np.concatenate(e2e_mu), np.concatenate(e2e_sd), None))
+    e2e = NormalMixture(np.concatenate(e2e_w), np.concatenate(e2e_mu), np.concatenate(e2e_sd))
     if p_wait > 1e-9:
         ww = np.concatenate(wait_w)
-        parts.append(
-            _cdf_on_grid(
-                ww,
-                np.concatenate(wait_mu),
-                np.concatenate(wait_sd),
-                np.full(ww.shape[0], 1.0 / theta),
-            )
-        )
-    q = _combine_quantiles(parts)
-    for qq, name in zip(QUANTILES, ("p50", "p90", "p99"), strict=True):
-        out[f"e2e_{name}"] = q[qq]
+        e2e = e2e.plus(
+            NormalMixture(ww, np.concatenate(wait_mu), np.concatenate(wait_sd),
+                          np.full(ww.shape[0], 1.0 / theta))
+        )  # fmt: skip
+    laws["e2e"] = e2e
+    for qv, name in zip(e2e.quantiles(QUANTILES), ("p50", "p90", "p99"), strict=True):
+        out[f"e2e_{name}"] = qv
     # TPOT
     if tpot_mass > 0:
         out["tpot_mean"] = mean_tpot / tpot_mass
-        tq = _combine_quantiles(
-            [
-                _cdf_on_grid(
-                    np.concatenate(tpot_w), np.concatenate(tpot_mu), np.concatenate(tpot_sd), None
-                )
-            ]
+        tpot = NormalMixture(
+            np.concatenate(tpot_w), np.concatenate(tpot_mu), np.concatenate(tpot_sd)
         )
-        for qq, name in zip(QUANTILES, ("p50", "p90", "p99"), strict=True):
-            out[f"tpot_{name}"] = tq[qq]
+        laws["tpot"] = tpot
+        for qv, name in zip(tpot.quantiles(QUANTILES), ("p50", "p90", "p99"), strict=True):
+            out[f"tpot_{name}"] = qv
     else:
         for name in ("mean", "p50", "p90", "p99"):
             out[f"tpot_{name}"] = math.nan
     # TTFT: residual (uniform over a length-biased step) + prefill step with Poisson prefills
-    out.update(
-        _ttft(
+    ttft_stats, laws["ttft"] = _ttft(
             co,
             lam,
             n0,
@@ -393,63 +372,9 @@ def latency_distribution(
             t_full,
             nu,
         )
-    )
+    out.update(ttft_stats)
     mean_batch = float((np.minimum(n_all, nmax) * pn).sum()) * e_s / nu
-    return TailModel(out, p_wait, mean_wait, mean_batch)
-
-
-def _cdf_on_grid(
-    w: FloatArray, mu: FloatArray, sd: FloatArray, lam_exp: FloatArray | None
-) -> tuple[float, FloatArray, FloatArray]:
-    """(total weight, grid, CDF) of a normal (or exponnorm) mixture."""
-    keep = w > 1e-15
-    w, mu, sd = w[keep], mu[keep], np.maximum(sd[keep], 1e-12)
-    le = None if lam_exp is None else lam_exp[keep]
-    extra = 0.0 if le is None else float(np.max(10.0 / le))
-    lo = max(float(np.min(mu - 6 * sd)), 0.0)
-    hi = float(np.max(mu + 7 * sd)) + extra
-    x = np.linspace(lo, hi, GRID)
-    cdf = np.zeros(GRID)
-    step = max(1, 2_000_000 // GRID)
-    for i in range(0, w.shape[0], step):
-        sl = slice(i, i + step)
-        if le is None:
-            c = special.ndtr((x[None, :] - mu[sl, None]) / sd[sl, None])
-        else:
-            k = 1.0 / (le[sl, None] * sd[sl, None])
-            c = stats.exponnorm.cdf(x[None, :], k, loc=mu[sl, None], scale=sd[sl, None])
-        cdf += w[sl] @ c
-    tot = float(w.sum())
-    return tot, x, cdf / tot
-
-
-def _uniform_mixture_cdf(
-    w: FloatArray, lo: FloatArray, ln: FloatArray, x: FloatArray
-) -> FloatArray:
-    """``sum_i w_i P(U_i <= x)`` for ``U_i`` uniform on ``[lo_i, lo_i + ln_i]`` (a point mass at
-    ``lo_i`` when ``ln_i = 0``), at sorted ``x``.
-
-    The mixture CDF is a sum of ramps ``c (x - t)_+`` (slope ``c = w / ln`` on at ``lo``, off at
-    ``lo + ln``) and steps, so it is read off cumulative sums over the sorted breakpoints:
-    O((components + grid) log) instead of components x grid.
-    """
-    ramp = ln > 0
-    c = w[ramp] / ln[ramp]
-    t = np.concatenate((lo[ramp], lo[ramp] + ln[ramp]))
-    cc = np.concatenate((c, -c))
-    order = np.argsort(t, kind="stable")
-    t, cc = t[order], cc[order]
-    slope = np.concatenate(([0.0], np.cumsum(cc)))
-    icept = np.concatenate(([0.0], np.cumsum(cc * t)))
-    i = np.searchsorted(t, x, side="right")  # breakpoints t <= x are on
-    out = slope[i] * x - icept[i]
-    pts = ~ramp
-    if pts.any():
-        lp = lo[pts]
-        op = np.argsort(lp, kind="stable")
-        cw = np.concatenate(([0.0], np.cumsum(w[pts][op])))
-        out = out + cw[np.searchsorted(lp[op], x, side="right")]
-    return out
+    return TailModel(out, p_wait, mean_wait, mean_batch, laws)
 
 
 def _ttft(
@@ -470,7 +395,7 @@ def _ttft(
     nmax: int,
     t_full: float,
     nu: float,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], LatencyLaw]:
     """TTFT = residual of the arrival step + (wait) + the tagged's prefill step(s).
 
     For each n0 bin the arrival step has ``A`` prefills (Poisson), is picked length-biased, the
@@ -501,22 +426,16 @@ def _ttft(
     ln = np.concatenate((np.zeros(n_idle), np.broadcast_to(dur[:, :, None], ww.shape).ravel()))
     free_mass = float(w.sum())
     mean_free = float((w * (lo + ln / 2)).sum() / free_mass)
-    hi = float((lo + ln).max())
-    x = np.linspace(0.0, hi * 1.05, 2 * GRID)
-    cdf = _uniform_mixture_cdf(w, lo, ln, x)
-    cdf /= free_mass
     out: dict[str, float] = {}
-    parts: list[tuple[float, FloatArray, FloatArray]] = [(1.0 - p_wait, x, cdf)]
     mean = (1.0 - p_wait) * mean_free
+    t_pf_full, wait_p = 0.0, 0.0
     if p_wait > 1e-9:
         # waiting: Exp(theta) wait, then a prefill step in a full batch
         t_pf_full = P * (a + b * nmax) + cp * (1 + nmax / nu)
-        xs = np.linspace(0.0, t_pf_full + 12 * theta, 2 * GRID)
-        cw = np.where(xs >= t_pf_full, 1.0 - np.exp(-(xs - t_pf_full) / theta), 0.0)
-        parts.append((p_wait, xs, cw))
+        wait_p = p_wait
         mean += p_wait * (t_pf_full + theta + t_full / 2)
+    law = UniformExpMixture(w, lo, ln, 1.0 - p_wait, wait_p, t_pf_full, theta)
     out["ttft_mean"] = mean
-    q = _combine_quantiles(parts)
-    for qq, name in zip(QUANTILES, ("p50", "p90", "p99"), strict=True):
-        out[f"ttft_{name}"] = q[qq]
-    return out
+    for qv, name in zip(law.quantiles(QUANTILES), ("p50", "p90", "p99"), strict=True):
+        out[f"ttft_{name}"] = qv
+    return out, law

@@ -6,7 +6,9 @@ from sdsim.costs.step import (
     StepCostModel,
     StepShape,
     StepTime,
+    StepTimes,
     build_cost_model,
+    step_times,
 )
 
 __all__ = [
@@ -15,5 +17,7 @@ __all__ = [
     "StepCostModel",
     "StepShape",
     "StepTime",
+    "StepTimes",
     "build_cost_model",
+    "step_times",
 ]

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import nnls
 
-from sdsim.costs.step import LinearCoefficients, StepShape, StepTime
+from sdsim.costs.step import LinearCoefficients, StepShape, StepTime, StepTimes
 from sdsim.models import Drafter
 
 
@@ -55,16 +55,22 @@ class _Pass:
     """Token-dependent cost of one model's forward pass, tabulated per token count.
 
     Tables are filled for every token count at once (vectorised over a range that doubles when a
-    step needs more), so ``step()`` does list lookups, not operator arithmetic.
+    step needs more), so ``step()`` does list lookups, not operator arithmetic. ``dense_safe`` and
+    ``head_safe`` are the largest token counts a caller may read straight from ``_dense`` and
+    ``_head`` (inside the table, and not past a measured profile's grid before its one warning).
     """
 
     def __init__(self, ops: OperatorCosts) -> None:
         self.ops = ops
         self._dense: list[float] = []
         self._head: list[float] = []
+        self._dense_np: npt.NDArray[np.float64] = np.zeros(0)
+        self._head_np: npt.NDArray[np.float64] = np.zeros(0)
         # a measured profile warns when asked beyond its grid: check that once per pass
         self._limit = float(getattr(ops, "max_tokens", math.inf))
         self._checked = False
+        self.dense_safe = -1
+        self.head_safe = -1
 
     def _vec(self, name: str, t: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         f = getattr(self.ops, "op_vec", None)
@@ -80,6 +86,14 @@ class _Pass:
         o = self.ops
         for n, _ in o.layer_ops:
             o.op(n, tokens)  # the scalar path warns
+        self._set_safe()
+
+    def _set_safe(self) -> None:
+        top = len(self._dense) - 1
+        if not self._checked and self._limit < top:
+            top = max(math.floor(self._limit), -1)
+        self.dense_safe = top
+        self.head_safe = len(self._head) - 1
 
     def dense(self, tokens: int) -> float:
         """Every per-token operator of all layers plus once-per-pass ones, for ``tokens`` rows."""
@@ -92,6 +106,8 @@ class _Pass:
             )
             v[0] = 0.0
             self._dense = v.tolist()
+            self._dense_np = np.asarray(self._dense, dtype=np.float64)
+            self._set_safe()
         if tokens > self._limit and not self._checked:
             self._beyond(tokens)
         return self._dense[tokens]
@@ -103,7 +119,60 @@ class _Pass:
             v = self._vec("lm_head", t) + self._vec("sampling", t)
             v[0] = 0.0
             self._head = v.tolist()
+            self._head_np = np.asarray(self._head, dtype=np.float64)
+            self._set_safe()
         return self._head[rows]
+
+    def dense_arr(self, tokens: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        """:meth:`dense` elementwise (table reads: the same floats)."""
+        if tokens.size:
+            self.dense(int(tokens.max()))  # grows the table, warns past a profile's grid
+        return self._dense_np[tokens]
+
+    def head_arr(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        """:meth:`head` elementwise (table reads: the same floats)."""
+        if rows.size:
+            self.head(int(rows.max()))
+        return self._head_np[rows]
+
+
+def _roofline_consts(ops: OperatorCosts) -> tuple[float, ...] | None:
+    """The roofline's attention constants when ``ops`` prices attention with the roofline's own
+    code (so :func:`_roof_attn` may repeat it inline), else ``None``."""
+    from sdsim.costs.roofline import RooflineOps
+
+    t = type(ops)
+    if not isinstance(ops, RooflineOps):
+        return None
+    if (
+        t.decode_attention is not RooflineOps.decode_attention
+        or t.prefill_attention is not RooflineOps.prefill_attention
+        or getattr(t, "_attention", None) is not RooflineOps._attention
+    ):
+        return None
+    return tuple(ops._attn_consts)
+
+
+def _roof_attn(
+    consts: tuple[float, ...], batch: float, query: float, kv: float, causal: bool
+) -> float:
+    # RooflineOps._attention, repeated here (the same operations in the same order) so that one
+    # step makes one call instead of two method calls per attention
+    if batch <= 0 or query <= 0:
+        return 0.0
+    c_f, c_kv, c_q, floor, n_full, n_slide, window = consts
+    keys = kv - query / 2.0 if causal else kv
+    t = max(batch * query * max(keys, 0.0) * c_f, batch * (kv * c_kv + query * c_q), floor)
+    total = n_full * t
+    if n_slide:
+        kv_s = min(kv, window + query)
+        keys = kv_s - query / 2.0 if causal else kv_s
+        t = max(batch * query * max(keys, 0.0) * c_f, batch * (kv_s * c_kv + query * c_q), floor)
+        total += n_slide * t
+    return total
+
+
+_new_time = tuple.__new__  # StepTime without NamedTuple.__new__'s keyword handling
 
 
 class KernelStepCost:
@@ -137,49 +206,148 @@ class KernelStepCost:
         self.overhead_s = float(overhead_s)
         self.source = source
         self.drafter_prefills = drafter.prefills
+        self._v_roof = _roofline_consts(verifier)
+        self._d_roof = _roofline_consts(drafter_ops) if drafter_ops is not None else None
 
     # ------------------------------------------------------------------ one step
     def step(self, shape: StepShape) -> StepTime:
         """Duration and breakdown of one step."""
-        b, k = shape.decode_seqs, shape.k
-        pf = shape.prefill_tokens
+        b, dctx, k, pf, pctx, pseqs = shape
         ov = self.overhead_s
         if b == 0 and pf == 0:
-            return StepTime(ov, 0.0, 0.0, 0.0, ov)
-        vops = self.v.ops
+            return _new_time(StepTime, (ov, 0.0, 0.0, 0.0, ov))
+        v = self.v
         t_dec = b * (k + 1)
         verify = 0.0
         prefill = 0.0
+        dense_t = 0.0
         if b:
-            kv = shape.decode_context / b + (k + 1)
-            verify = self.v.dense(t_dec) + vops.decode_attention(b, k + 1, kv) + self.v.head(t_dec)
+            kv = dctx / b + (k + 1)
+            dense_t = v._dense[t_dec] if t_dec <= v.dense_safe else v.dense(t_dec)
+            head_t = v._head[t_dec] if t_dec <= v.head_safe else v.head(t_dec)
+            if self._v_roof is not None:
+                attn = _roof_attn(self._v_roof, b, k + 1, kv, False)
+            else:
+                attn = v.ops.decode_attention(b, k + 1, kv)
+            verify = dense_t + attn + head_t
         if pf:
-            seqs = max(shape.prefill_seqs, 1)
+            seqs = pseqs if pseqs > 1 else 1
             q = pf / seqs
-            cached = max(shape.prefill_context / seqs - q, 0.0)
-            prefill = (
-                self.v.dense(t_dec + pf)
-                - self.v.dense(t_dec)
-                + vops.prefill_attention(seqs, q, cached)
-                + self.v.head(seqs)
-            )
+            cached = max(pctx / seqs - q, 0.0)
+            t_all = t_dec + pf
+            dense_all = v._dense[t_all] if t_all <= v.dense_safe else v.dense(t_all)
+            if not b:
+                dense_t = v.dense(t_dec)
+            if self._v_roof is not None:
+                attn_p = _roof_attn(self._v_roof, seqs, q, cached + q, True)
+            else:
+                attn_p = v.ops.prefill_attention(seqs, q, cached)
+            head_s = v._head[seqs] if seqs <= v.head_safe else v.head(seqs)
+            prefill = dense_all - dense_t + attn_p + head_s
         draft = 0.0
         if k > 0:
             d = self.d
             if d is not None:
                 if b:
-                    kv_d = shape.decode_context / b + 1
-                    one = d.dense(b) + d.ops.decode_attention(b, 1, kv_d) + self._draft_head(b)
+                    kv_d = dctx / b + 1
+                    dd = d._dense[b] if b <= d.dense_safe else d.dense(b)
+                    if self._d_roof is not None:
+                        attn_d = _roof_attn(self._d_roof, b, 1, kv_d, False)
+                    else:
+                        attn_d = d.ops.decode_attention(b, 1, kv_d)
+                    one = dd + attn_d + (d._head[b] if b <= d.head_safe else d.head(b))
                     draft = k * one
                 if pf:
-                    seqs = max(shape.prefill_seqs, 1)
+                    seqs = pseqs if pseqs > 1 else 1
                     q = pf / seqs
-                    cached = max(shape.prefill_context / seqs - q, 0.0)
-                    prefill += d.dense(pf) + d.ops.prefill_attention(seqs, q, cached)
+                    cached = max(pctx / seqs - q, 0.0)
+                    dp = d._dense[pf] if pf <= d.dense_safe else d.dense(pf)
+                    if self._d_roof is not None:
+                        attn_dp = _roof_attn(self._d_roof, seqs, q, cached + q, True)
+                    else:
+                        attn_dp = d.ops.prefill_attention(seqs, q, cached)
+                    prefill += dp + attn_dp
             elif b:
                 draft = b * self.drafter.cpu_s_per_seq
         total = ov + prefill + draft + verify
-        return StepTime(total, prefill, draft, verify, ov)
+        return _new_time(StepTime, (total, prefill, draft, verify, ov))
+
+    # ------------------------------------------------------------------ many steps
+    def steps(
+        self,
+        decode_seqs: npt.ArrayLike,
+        decode_context: npt.ArrayLike,
+        k: npt.ArrayLike,
+        prefill_tokens: npt.ArrayLike = 0,
+        prefill_context: npt.ArrayLike = 0,
+        prefill_seqs: npt.ArrayLike = 0,
+    ) -> StepTimes:
+        """:meth:`step` elementwise over arrays of step shapes (broadcast together).
+
+        Returns a :class:`StepTimes` of float64 arrays, bit for bit what :meth:`step` gives for each
+        shape (the same operations in the same order; table reads for the pass costs).
+        """
+        b, dctx, kk, pf, pctx, pseqs = np.broadcast_arrays(
+            *(np.asarray(x, dtype=np.int64) for x in (decode_seqs, decode_context, k,
+                                                        prefill_tokens, prefill_context,
+                                                        prefill_seqs))
+        )  # fmt: skip
+        v = self.v
+        ov = self.overhead_s
+        shape = b.shape
+        has_b = b > 0
+        has_pf = pf > 0
+        k1 = kk + 1
+        t_dec = b * k1
+        bf = np.where(has_b, b, 1).astype(np.float64)
+        b0 = np.where(has_b, bf, 0.0)  # batch 0 where there is no decode: attention prices 0
+        kv = dctx / bf + k1
+        # table reads and attention only where the scalar path makes them (a measured profile
+        # warns when asked outside its grid)
+        dense_t = np.where(has_b, v.dense_arr(np.where(has_b, t_dec, 0)), 0.0)
+        verify = np.where(
+            has_b,
+            dense_t + _attn(v.ops, "decode_attention", b0, k1, kv)
+            + v.head_arr(np.where(has_b, t_dec, 0)),
+            0.0,
+        )  # fmt: skip
+        seqs = np.maximum(pseqs, 1)
+        sf = np.where(has_pf, seqs, 0).astype(np.float64)
+        sd = np.where(has_pf, sf, 1.0)
+        q = pf / sd
+        cached = np.maximum(pctx / sd - q, 0.0)
+        prefill = np.where(
+            has_pf,
+            v.dense_arr(np.where(has_pf, t_dec + pf, 0)) - dense_t
+            + _attn(v.ops, "prefill_attention", sf, q, cached)
+            + v.head_arr(np.where(has_pf, seqs, 0)),
+            0.0,
+        )  # fmt: skip
+        has_k = kk > 0
+        draft = np.zeros(shape)
+        d = self.d
+        if d is not None and has_k.any():
+            kb = has_k & has_b
+            kp = has_k & has_pf
+            rows = np.where(kb, b, 0)
+            one = (
+                d.dense_arr(rows)
+                + _attn(d.ops, "decode_attention", np.where(kb, bf, 0.0), np.ones(shape),
+                        dctx / bf + 1)
+                + d.head_arr(rows)
+            )  # fmt: skip
+            draft = np.where(kb, kk * one, 0.0)
+            extra = d.dense_arr(np.where(kp, pf, 0)) + _attn(
+                d.ops, "prefill_attention", np.where(kp, sf, 0.0), q, cached
+            )
+            prefill = np.where(kp, prefill + extra, prefill)
+        elif d is None:
+            draft = np.where(has_k & has_b, b * self.drafter.cpu_s_per_seq, 0.0)
+        total = ov + prefill + draft + verify
+        empty = ~has_b & ~has_pf
+        total = np.where(empty, ov, total)
+        return StepTimes(total, np.where(empty, 0.0, prefill), np.where(empty, 0.0, draft),
+                         np.where(empty, 0.0, verify), np.full(shape, ov))  # fmt: skip
 
     def decode_steps(
         self, decode_seqs: int, contexts: npt.NDArray[np.int64], k: int
@@ -217,6 +385,25 @@ class KernelStepCost:
     def linearize(self, k: int, max_batch: int = 256, context: int = 1024) -> LinearCoefficients:
         """Lines through the step cost (see :func:`fit_linear`)."""
         return fit_linear(self.step, k, max_batch, context, self.drafter_prefills)
+
+
+def _attn(
+    ops: OperatorCosts,
+    name: str,
+    a: npt.NDArray[np.float64],
+    b: npt.NDArray[np.float64],
+    c: npt.NDArray[np.float64],
+) -> npt.NDArray[np.float64]:
+    """``ops.decode_attention`` or ``ops.prefill_attention`` elementwise: the source's ``*_arr``
+    method when it has one (bit-identical), else one scalar call per entry."""
+    f = getattr(ops, f"{name}_arr", None)
+    a, b, c = np.broadcast_arrays(a, b, c)
+    if f is not None:
+        return np.asarray(f(a, b, c), dtype=np.float64)
+    g = getattr(ops, name)
+    flat = [float(g(x, y, z)) for x, y, z in zip(a.ravel().tolist(), b.ravel().tolist(),
+                                                  c.ravel().tolist(), strict=True)]  # fmt: skip
+    return np.asarray(flat, dtype=np.float64).reshape(a.shape)
 
 
 def _attn_vec(

@@ -389,6 +389,7 @@ class MonotoneCurve:
         self.ys: list[float] = np.asarray(fit, dtype=float).tolist()
         self.label = label
         self.warn = warn or _Warn()
+        self._np = (np.asarray(self.xs, dtype=np.float64), np.asarray(self.ys, dtype=np.float64))
         n = len(self.xs)
         self._slope_hi = (self.ys[-1] - self.ys[-2]) / (self.xs[-1] - self.xs[-2]) if n > 1 else 0.0
         if n == 1:
@@ -401,6 +402,26 @@ class MonotoneCurve:
         y = np.interp(xa, self.xs, self.ys)
         above = xa > self.xs[-1]
         return np.where(above, self.ys[-1] + self._slope_hi * (xa - self.xs[-1]), y)
+
+    def at(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """:meth:`__call__` elementwise (the same floats, the same warnings); unlike :meth:`vec`,
+        which uses ``np.interp``, this repeats the scalar path's arithmetic exactly."""
+        xa = np.asarray(x, dtype=np.float64)
+        xs, ys = self._np
+        lo_x, hi_x = self.xs[0], self.xs[-1]
+        if xa.size:
+            if float(xa.min()) < lo_x:
+                self.warn(self.label, "below", float(xa.min()), lo_x, hi_x)
+            if float(xa.max()) > hi_x:
+                self.warn(self.label, "above", float(xa.max()), lo_x, hi_x)
+        n = xs.shape[0]
+        above = self.ys[-1] + self._slope_hi * (xa - hi_x)
+        if n == 1:
+            return np.where(xa <= lo_x, self.ys[0], above)
+        i = np.clip(np.searchsorted(xs, xa, side="right"), 1, n - 1)
+        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+        mid = y0 + (y1 - y0) * (xa - x0) / (x1 - x0)
+        return np.where(xa <= lo_x, self.ys[0], np.where(xa >= hi_x, above, mid))
 
     def __call__(self, x: float) -> float:
         xs, ys = self.xs, self.ys
@@ -454,6 +475,48 @@ class GridInterpolator:
             return n - 1, (x - a[n - 1]) / (a[n] - a[n - 1])
         i = bisect.bisect_right(a, x) - 1
         return i, (x - a[i]) / (a[i + 1] - a[i])
+
+    def _locate_arr(
+        self, d: int, x: npt.NDArray[np.float64]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        # _locate elementwise: below the first point (0, 0), at or above the last the last cell
+        # extended, else the cell holding x (the same divisions as the scalar path)
+        a = self.axes[d]
+        if len(a) == 1:
+            return np.zeros(x.shape, dtype=np.int64), np.zeros(x.shape)
+        if x.size:
+            if float(x.min()) < a[0]:
+                self.warn(f"{self.label} axis {d}", "below", float(x.min()), a[0], a[-1])
+            if float(x.max()) > a[-1]:
+                self.warn(f"{self.label} axis {d}", "above", float(x.max()), a[0], a[-1])
+        aa = np.asarray(a, dtype=np.float64)
+        i = np.clip(np.searchsorted(aa, x, side="right") - 1, 0, len(a) - 2)
+        f = (x - aa[i]) / (aa[i + 1] - aa[i])
+        return i, np.where(x <= a[0], 0.0, f)
+
+    def at(self, *point: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """:meth:`__call__` elementwise over arrays of coordinates (the same floats)."""
+        coords = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in point))
+        loc = [self._locate_arr(d, x) for d, x in enumerate(coords)]
+        shape = coords[0].shape if coords else ()
+        total = np.zeros(shape)
+        for corner in range(1 << len(loc)):
+            if any(len(self.axes[d]) == 1 and corner >> d & 1 for d in range(len(loc))):
+                continue  # weight 0: the scalar path skips it
+            w = np.ones(shape)
+            idx: list[npt.NDArray[np.int64]] = []
+            for d, (i, f) in enumerate(loc):
+                if len(self.axes[d]) == 1:
+                    idx.append(i)
+                elif corner >> d & 1:
+                    idx.append(i + 1)
+                    w = w * f
+                else:
+                    idx.append(i)
+                    w = w * (1.0 - f)
+            v = self.values[tuple(idx)]
+            total = np.where(w != 0.0, total + w * v, total)
+        return np.maximum(total, 0.0)
 
     def curve_last(self, *prefix: float) -> MonotoneCurve:
         """The 1-D curve along the last axis at fixed leading coordinates."""
@@ -644,6 +707,50 @@ class ProfileOps:
             self._dcache[key] = c
         return self.layers * c(kv)
 
+    def decode_attention_arr(
+        self, batch: npt.ArrayLike, query: npt.ArrayLike, kv: npt.ArrayLike
+    ) -> npt.NDArray[np.float64]:
+        """:meth:`decode_attention` elementwise over arrays (the same floats)."""
+        b, q, v = np.broadcast_arrays(
+            *(np.asarray(x, dtype=np.float64) for x in (batch, query, kv))
+        )
+        if self._decode is None:
+            return _attn_arr(self.fallback, "decode_attention", b, q, v)
+        out = np.zeros(b.shape)
+        live = (b > 0) & (q > 0)
+        if not live.any():
+            return out
+        pairs = np.stack((b[live], q[live]), axis=1)
+        uniq, inv = np.unique(pairs, axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        vals = v[live]
+        res = np.empty(vals.shape)
+        for j, (bb, qq) in enumerate(uniq.tolist()):
+            key = (bb, qq)
+            c = self._dcache.get(key)
+            if c is None:
+                c = self._decode.curve_last(bb, qq)
+                self._dcache[key] = c
+            sel = inv == j
+            res[sel] = self.layers * c.at(vals[sel])
+        out[live] = res
+        return out
+
+    def prefill_attention_arr(
+        self, seqs: npt.ArrayLike, query: npt.ArrayLike, cached: npt.ArrayLike
+    ) -> npt.NDArray[np.float64]:
+        """:meth:`prefill_attention` elementwise over arrays (the same floats)."""
+        s, q, c = np.broadcast_arrays(
+            *(np.asarray(x, dtype=np.float64) for x in (seqs, query, cached))
+        )
+        if self._prefill is None:
+            return _attn_arr(self.fallback, "prefill_attention", s, q, c)
+        live = (s > 0) & (q > 0)
+        out = np.zeros(s.shape)
+        if live.any():
+            out[live] = self.layers * s[live] * self._prefill.at(q[live], c[live])
+        return out
+
     def prefill_attention(self, seqs: float, query: float, cached: float) -> float:
         """All layers' prefill attention: ``seqs`` chunks, each measured alone (batch 1)."""
         if seqs <= 0 or query <= 0:
@@ -655,3 +762,20 @@ class ProfileOps:
     def has(self, name: str) -> bool:
         """Whether the bundle measured this operator."""
         return name in self.curves
+
+
+def _attn_arr(
+    ops: Any,
+    name: str,
+    a: npt.NDArray[np.float64],
+    b: npt.NDArray[np.float64],
+    c: npt.NDArray[np.float64],
+) -> npt.NDArray[np.float64]:
+    """``ops.<name>`` elementwise: its ``<name>_arr`` when it has one, else one call per entry."""
+    f = getattr(ops, f"{name}_arr", None)
+    if f is not None:
+        return np.asarray(f(a, b, c), dtype=np.float64)
+    g = getattr(ops, name)
+    flat = [float(g(x, y, z)) for x, y, z in zip(a.ravel().tolist(), b.ravel().tolist(),
+                                                  c.ravel().tolist(), strict=True)]  # fmt: skip
+    return np.asarray(flat, dtype=np.float64).reshape(a.shape)

@@ -313,6 +313,51 @@ class RooflineOps:
         after ``cached`` tokens already in the KV cache."""
         return self._attention(seqs, query, cached + query, causal=True)
 
+    def _attention_arr(
+        self,
+        batch: npt.NDArray[np.float64],
+        query: npt.NDArray[np.float64],
+        kv: npt.NDArray[np.float64],
+        causal: bool,
+    ) -> npt.NDArray[np.float64]:
+        # _attention elementwise: the same operations in the same order (max is exact, and
+        # integer batch x query products below 2**53 are exact in float64 as in Python ints)
+        c_f, c_kv, c_q, floor, n_full, n_slide, window = self._attn_consts
+        bq = batch * query
+        qc = query * c_q
+        keys = kv - query / 2.0 if causal else kv
+        t = np.maximum(
+            np.maximum(bq * np.maximum(keys, 0.0) * c_f, batch * (kv * c_kv + qc)), floor
+        )
+        total = n_full * t
+        if n_slide:
+            kv_s = np.minimum(kv, window + query)
+            keys = kv_s - query / 2.0 if causal else kv_s
+            t = np.maximum(
+                np.maximum(bq * np.maximum(keys, 0.0) * c_f, batch * (kv_s * c_kv + qc)), floor
+            )
+            total = total + n_slide * t
+        return np.where((batch > 0) & (query > 0), total, 0.0)
+
+    def decode_attention_arr(
+        self, batch: npt.ArrayLike, query: npt.ArrayLike, kv: npt.ArrayLike
+    ) -> npt.NDArray[np.float64]:
+        """:meth:`decode_attention` elementwise over arrays of batches, queries and KV lengths,
+        bit for bit the same floats."""
+        b, q, v = np.broadcast_arrays(
+            *(np.asarray(x, dtype=np.float64) for x in (batch, query, kv))
+        )
+        return self._attention_arr(b, q, v, causal=False)
+
+    def prefill_attention_arr(
+        self, seqs: npt.ArrayLike, query: npt.ArrayLike, cached: npt.ArrayLike
+    ) -> npt.NDArray[np.float64]:
+        """:meth:`prefill_attention` elementwise over arrays, bit for bit the same floats."""
+        s, q, c = np.broadcast_arrays(
+            *(np.asarray(x, dtype=np.float64) for x in (seqs, query, cached))
+        )
+        return self._attention_arr(s, q, c + q, causal=True)
+
     # ------------------------------------------------------------------ reports
     def breakdown(self, tokens: float) -> dict[str, float]:
         """Per-layer operator times at ``tokens`` rows (seconds), for tables and checks."""

@@ -20,8 +20,10 @@ __all__ = [
     "StepCostModel",
     "StepShape",
     "StepTime",
+    "StepTimes",
     "build_cost_model",
     "decode_step_times",
+    "step_times",
 ]
 
 from dataclasses import dataclass
@@ -42,6 +44,17 @@ class StepTime(NamedTuple):
     draft: float
     verify: float
     overhead: float
+
+
+class StepTimes(NamedTuple):
+    """Many steps' durations and breakdowns (float64 arrays of one shape, seconds): what the
+    vectorised ``steps`` of a cost model returns, elementwise equal to :class:`StepTime`."""
+
+    total: npt.NDArray[np.float64]
+    prefill: npt.NDArray[np.float64]
+    draft: npt.NDArray[np.float64]
+    verify: npt.NDArray[np.float64]
+    overhead: npt.NDArray[np.float64]
 
 
 class StepShape(NamedTuple):
@@ -125,34 +138,68 @@ class LinearStepCost:
     def step(self, shape: StepShape) -> StepTime:
         """Duration and breakdown of one step (see :class:`LinearCosts` for the formula)."""
         c = self.c
-        b, k = shape.decode_seqs, shape.k
-        if b == 0 and shape.prefill_tokens == 0:
+        b, dctx, k, pf, pctx, _ = shape
+        if b == 0 and pf == 0:
             return StepTime(c.overhead_s, 0.0, 0.0, 0.0, c.overhead_s)
-        prefill = (
-            c.verify_per_token_s * shape.prefill_tokens
-            + c.verify_per_kv_token_s * shape.prefill_context
-        )
+        prefill = c.verify_per_token_s * pf + c.verify_per_kv_token_s * pctx
         if k > 0 and self.drafter_prefills:
-            prefill += c.draft_per_token_s * shape.prefill_tokens
+            prefill += c.draft_per_token_s * pf
         verify = 0.0
         draft = 0.0
         if b > 0:
             verify = (
                 c.verify_fixed_s
                 + c.verify_per_token_s * b * (k + 1)
-                + c.verify_per_kv_token_s * shape.decode_context
+                + c.verify_per_kv_token_s * dctx
             )
             if k > 0:
                 draft = k * (
-                    c.draft_fixed_s
-                    + c.draft_per_token_s * b
-                    + c.draft_per_kv_token_s * shape.decode_context
+                    c.draft_fixed_s + c.draft_per_token_s * b + c.draft_per_kv_token_s * dctx
                 )
         else:
             # a prefill-only step still pays the verifier's fixed cost (weights are read once)
             prefill += c.verify_fixed_s
         total = c.overhead_s + prefill + draft + verify
         return StepTime(total, prefill, draft, verify, c.overhead_s)
+
+    def steps(
+        self,
+        decode_seqs: npt.ArrayLike,
+        decode_context: npt.ArrayLike,
+        k: npt.ArrayLike,
+        prefill_tokens: npt.ArrayLike = 0,
+        prefill_context: npt.ArrayLike = 0,
+        prefill_seqs: npt.ArrayLike = 0,
+    ) -> StepTimes:
+        """:meth:`step` elementwise over arrays of step shapes (broadcast together): a
+        :class:`StepTimes` of float64 arrays, bit for bit what :meth:`step` gives."""
+        c = self.c
+        b, ctx, kk, pf, pctx, _ = np.broadcast_arrays(
+            *(np.asarray(x, dtype=np.int64) for x in (decode_seqs, decode_context, k,
+                                                        prefill_tokens, prefill_context,
+                                                        prefill_seqs))
+        )  # fmt: skip
+        has_b, has_k = b > 0, kk > 0
+        prefill = c.verify_per_token_s * pf + c.verify_per_kv_token_s * pctx
+        if self.drafter_prefills:
+            prefill = np.where(has_k, prefill + c.draft_per_token_s * pf, prefill)
+        verify = np.where(
+            has_b,
+            c.verify_fixed_s + c.verify_per_token_s * b * (kk + 1) + c.verify_per_kv_token_s * ctx,
+            0.0,
+        )
+        draft = np.where(
+            has_b & has_k,
+            kk * (c.draft_fixed_s + c.draft_per_token_s * b + c.draft_per_kv_token_s * ctx),
+            0.0,
+        )
+        # a prefill-only step still pays the verifier's fixed cost (weights are read once)
+        prefill = np.where(has_b, prefill, prefill + c.verify_fixed_s)
+        total = c.overhead_s + prefill + draft + verify
+        empty = ~has_b & (pf == 0)
+        ov = np.full(b.shape, c.overhead_s)
+        return StepTimes(np.where(empty, c.overhead_s, total), np.where(empty, 0.0, prefill),
+                         draft, verify, ov)  # fmt: skip
 
     def decode_steps(
         self, decode_seqs: int, contexts: npt.NDArray[np.int64], k: int
@@ -221,6 +268,38 @@ def build_cost_model(scn: Scenario) -> StepCostModel:
         return build_kernel_cost(scn)
     raise ScenarioError("costs.source", f"{src!r} is not a cost source; use auto, linear, "
                         "roofline or profile")  # fmt: skip
+
+
+def step_times(
+    cost: StepCostModel,
+    decode_seqs: npt.ArrayLike,
+    decode_context: npt.ArrayLike,
+    k: npt.ArrayLike,
+    prefill_tokens: npt.ArrayLike = 0,
+    prefill_context: npt.ArrayLike = 0,
+    prefill_seqs: npt.ArrayLike = 0,
+) -> StepTimes:
+    """``cost.step`` over arrays of step shapes (broadcast together): a :class:`StepTimes` of
+    float64 arrays.
+
+    Uses the model's vectorised ``steps`` when it has one (the shipped linear, roofline and profile
+    models: bit-identical to ``step`` elementwise), else calls ``step`` once per shape.
+    """
+    f = getattr(cost, "steps", None)
+    if f is not None:
+        out: StepTimes = f(decode_seqs, decode_context, k, prefill_tokens, prefill_context,
+                          prefill_seqs)  # fmt: skip
+        return out
+    cols = np.broadcast_arrays(
+        *(np.asarray(x, dtype=np.int64) for x in (decode_seqs, decode_context, k, prefill_tokens,
+                                                    prefill_context, prefill_seqs))
+    )  # fmt: skip
+    shape = cols[0].shape
+    flat = [c.ravel().tolist() for c in cols]
+    rows = [tuple(cost.step(StepShape(*sh))) for sh in zip(*flat, strict=True)]
+    arr = np.asarray(rows, dtype=np.float64).reshape(-1, 5)
+    t, p, d, v, o = (np.asarray(arr[:, i].reshape(shape), dtype=np.float64) for i in range(5))
+    return StepTimes(t, p, d, v, o)
 
 
 def decode_step_times(
