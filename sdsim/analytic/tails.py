@@ -13,7 +13,19 @@ The published model gives only the mean. Here a tagged request's latency is buil
    prefills lasts ``a + b n + c_p q``. New arrivals form a compound Poisson sum, survivors a
    binomial one;
    their exact first two moments are sums over the life's steps, and the self-excitation (longer
-   steps admit more arrivals) stretches the result by ``1 / (1 - lambda K / l)``;
+   steps admit more arrivals) stretches the result by ``1 / (1 - lambda K / l)``.
+   Which line ``(a, b, c_p)``: the step curve is not a line (a dense model's turns steeper once
+   compute-bound, an MoE model's flattens as the batch covers all experts), so the life is
+   linearised at the upper end of the batches it passes through. A request that finds the
+   batch above its life's mean batch (the batch drains) takes the tangent at ``n0``; one that
+   finds it below (the batch fills up) is solved on the curve itself: its mean number of others
+   ``x`` is the root of a scalar equation per cell, the steps cost ``T(x)`` and it fluctuates
+   with the tangent at ``x`` (:func:`_life_on_curve`). The tangent at a small ``n0`` of a
+   concave curve would price every arrival at the steep start of the curve: for
+   Qwen3-30B-A3B it gave ``1 - lambda K / l < 0``, i.e. no finite life at all (it was floored
+   at 1e-6 and produced components with means of -1e6 s). The curve is the one averaged over
+   the batch's fluctuation (normal, variance = the birth-death law's index of dispersion times
+   the mean), and the batch is capped at ``n_max``;
 4. **the step it arrives in**: the wait for the current step to end is the residual of a
    length-biased step, then its prefill step (shared with the other arrivals of that step);
 5. **admission waits** when the batch is full (``max_num_seqs`` or the token budget binds):
@@ -32,7 +44,8 @@ __all__ = ["LocalLines", "TailModel", "latency_distribution"]
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -123,6 +136,283 @@ def _window_count_moments(
     return m1, np.maximum(m2 - m1 * m1, 0.0)
 
 
+@dataclass
+class _Life:
+    """The tagged request's life on the real step curve, per (n0, s) cell."""
+
+    t_life: FloatArray  # mean life (seconds), own prefill step(s) included
+    t_dec: FloatArray  # mean decode window (seconds)
+    tbar: FloatArray  # mean step over the life
+    b: FloatArray  # tangent slope of the step curve at the life's mean batch
+    cp: FloatArray  # prefill cost of a request at the life's mean batch
+    den: FloatArray  # 1 - d(life)/d(life) through the arrivals: the self-excitation factor
+    capped: FloatArray  # 1.0 where the batch sits at the cap for the life, else 0.0
+    batch: FloatArray  # the life's mean number of others
+    step: FloatArray  # the real step with the tagged and that many others
+
+    def part(self, start: int, size: int, shape: tuple[int, int]) -> _Life:
+        """The cells ``start .. start + size`` (of flat arrays) as a grid of ``shape``."""
+        return _Life(
+            *(getattr(self, f.name)[start : start + size].reshape(shape) for f in fields(self))
+        )
+
+
+# Illinois regula falsi on the life's mean batch: iterations and tolerance (batches).
+_LIFE_ITER = 60
+_LIFE_TOL = 1e-9
+# Floor of the self-excitation factor in the variance (the mean never divides by it): a stable
+# root of the life equation has a factor > 0; only a root where the curve bends sharply can
+# come close to 0, and there the linear (delta-method) variance amplification is not meaningful.
+_DEN_FLOOR = 0.05
+
+
+# Gauss-Hermite nodes and weights (probabilists'): E[f(Z)], Z ~ N(0, 1), exact to degree 9
+_GH_Z, _GH_W = np.polynomial.hermite_e.hermegauss(5)
+_GH_W = _GH_W / _GH_W.sum()
+
+
+def _smoothed(lines: LocalLines, top: float, dispersion: float = 1.0) -> LocalLines:
+    """Lines of the step curve averaged over the batch's fluctuation around its mean.
+
+    The others in a step of the life fluctuate around their mean ``x`` (survivors leave by
+    chance, arrivals are Poisson): their count is taken as normal with variance
+    ``dispersion * x`` (the birth-death law's variance-to-mean ratio; 1 for Poisson), clipped to
+    ``[0, top]``. The mean step is then ``E[T(x + Z)]`` and the slope that moves it
+    ``E[T'(x + Z)]``: on a convex curve (a dense model turning compute-bound) a batch that
+    crosses the bend often pays the steeper slope, on a concave one (MoE expert coverage) the
+    flatter one. Returns ``x -> (a, b, c_p)`` with ``a + b (x + 1) = E[T(x + Z)]``.
+
+    ``lines`` is read on ``[0, top]`` only (``top``: the most others the birth-death law
+    reaches, where the step curve's chunk law is solved exactly); beyond, the curve continues
+    along its last tangent.
+    """
+    # tabulated on a half-batch grid once (the solver evaluates it ~10 times per cell); the
+    # smoothed curve is smooth on that scale, so linear interpolation is within ~1e-4 of it
+    xg = np.linspace(0.0, top, max(2, int(2 * top) + 1))
+    sd = np.sqrt(dispersion * xg)
+    pts = np.clip(xg[:, None] + sd[:, None] * _GH_Z, 0.0, top)
+    a, b, cp = lines(pts)
+    step_t = ((a + b * (pts + 1.0)) * _GH_W).sum(axis=-1)
+    b_t = (b * _GH_W).sum(axis=-1)
+    cp_t = (cp * _GH_W).sum(axis=-1)
+
+    def fn(n: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+        x = np.asarray(n, dtype=np.float64)
+        bb = np.interp(x, xg, b_t)
+        step = np.interp(x, xg, step_t) + b_t[-1] * np.maximum(x - top, 0.0)
+        return step - bb * (x + 1.0), bb, np.interp(x, xg, cp_t)
+
+    return fn
+
+
+def _life_on_curve(
+    lines: LocalLines,
+    lam: float,
+    surv_full: FloatArray,
+    cm1: FloatArray,
+    surv_dec: FloatArray,
+    ell: npt.NDArray[np.int64],
+    si: npt.NDArray[np.int64],
+    P: int,
+    cap: float,
+    q_full: float,
+) -> _Life:
+    """Mean life of a tagged request with its batch on the real step curve, per cell.
+
+    During the tagged's life of ``ell = s + P`` steps, the others in a step are its survivors
+    (``surv_full`` decoding steps in total) and the arrivals during the life, ``lambda tbar`` per
+    step, each decoding ``min(S', steps left)`` steps (``lambda tbar CM1[s]`` in total). With the
+    mean number of others ``x = (surv_full + lambda tbar CM1[s]) / ell``, the life is
+
+        t = ell T(x) - P b(x) + c_p(x) (1 + lambda t (s + 1) / ell)
+
+    (``T(x) = a + b (x + 1)`` is the real step with the tagged and ``x`` others; the tagged does
+    not decode in its own ``P`` prefill steps; every arrival adds its prefill once). Solved for
+    ``t`` at a given ``x`` this is linear, so the life is the root of the scalar equation
+    ``x = (surv_full + lambda t(x) CM1[s] / ell) / ell`` per cell.
+
+    Why not the tangent at ``n0`` for the whole life: the batch drifts from ``n0`` towards the
+    batch the arrivals build up, and on a concave curve (MoE: the expert coverage
+    ``1 - (1 - m/M)^T`` makes a step of a near-empty batch very steep, ~3.9 ms per request at 0
+    others against 0.06 ms at 20 for Qwen3-30B-A3B) the tangent at a small ``n0`` describes a
+    server that would be unstable at the rate: ``1 - lambda K / ell`` (the linear
+    self-excitation factor) goes below 0 and its solution is meaningless (negative lives of
+    -1e6 s). On the curve itself the slope falls as the batch grows, and the root is finite.
+
+    Bounds, both physical: the batch cannot hold more than ``cap`` others (``n_max - 1``); where
+    even ``x = cap`` leaves more arrivals than that, the cap regime governs the whole life (full
+    batch, step ``T(cap)``, arrivals wait), and the prefills admitted per step cannot exceed
+    the completions per step of a full batch (``q_full = n_max / nu``).
+
+    Parameters
+    ----------
+    lines
+        ``n -> (a, b, c_p)``, the tangent of the real step curve at ``n`` others.
+    lam
+        Arrival rate.
+    surv_full, surv_dec
+        Survivors' decoding steps in the life and in the decode window (cells).
+    cm1
+        ``CM1[s]``: an arrival's decoding steps inside the life, per unit of ``lambda tbar``.
+    ell, si
+        Life and decode steps of each ``s`` bin.
+    P
+        Prefill steps.
+    cap
+        Most others a step can hold (``n_max - 1``).
+    q_full
+        Admissions per step of a full batch.
+    """
+    shape = np.broadcast_shapes(surv_full.shape, np.shape(ell))
+    ellf = np.broadcast_to(np.maximum(ell, 1).astype(np.float64), shape)
+    sdec = np.broadcast_to(si.astype(np.float64), shape)
+    s1 = sdec + 1.0
+    cm = np.broadcast_to(cm1, shape)
+    sf = np.broadcast_to(surv_full, shape)
+
+    def life_at(x: FloatArray, e: FloatArray, s_1: FloatArray) -> tuple[FloatArray, ...]:
+        a, b, cp = lines(x)
+        step = a + b * (x + 1.0)
+        base = np.maximum(e * step - P * b + cp, 0.0)
+        # arrivals' prefills: lambda t (s + 1) / ell of them, at most q_full per step
+        pf = np.maximum(1.0 - lam * cp * s_1 / e, 1e-12)
+        t = np.minimum(base / pf, base + cp * s_1 * q_full)
+        return t, b, cp, step
+
+    def excess(x: FloatArray, idx: npt.NDArray[np.intp]) -> FloatArray:
+        t = life_at(x, ellf.ravel()[idx], s1.ravel()[idx])[0]
+        e = ellf.ravel()[idx]
+        return (sf.ravel()[idx] + lam * t / e * cm.ravel()[idx]) / e - x
+
+    n = int(np.prod(shape))
+    allidx = np.arange(n)
+    lo = np.minimum(sf.ravel() / ellf.ravel(), cap)
+    hi = np.full(n, float(cap))
+    f_lo = excess(lo, allidx)  # >= 0: the arrivals only add
+    f_hi = excess(hi, allidx)
+    capped = f_hi >= 0.0
+    x = np.where(capped, hi, lo)
+    todo = np.flatnonzero(~capped & (f_lo > 0.0))
+    lo, hi, f_lo, f_hi = lo[todo], hi[todo], f_lo[todo], f_hi[todo]
+    side = np.zeros(todo.shape[0], dtype=np.int64)
+    for _ in range(_LIFE_ITER):
+        if todo.shape[0] == 0:
+            break
+        xm = hi - f_hi * (hi - lo) / (f_hi - f_lo)
+        xm = np.clip(xm, lo, hi)
+        fm = excess(xm, todo)
+        up = fm >= 0.0
+        # Illinois: halve the stale end's value when the same end moves twice in a row
+        f_hi = np.where(up & (side == 1), f_hi * 0.5, f_hi)
+        f_lo = np.where(~up & (side == -1), f_lo * 0.5, f_lo)
+        lo = np.where(up, xm, lo)
+        f_lo = np.where(up, fm, f_lo)
+        hi = np.where(up, hi, xm)
+        f_hi = np.where(up, f_hi, fm)
+        side = np.where(up, 1, -1)
+        x[todo] = xm
+        done = (hi - lo <= _LIFE_TOL * (1.0 + xm)) | (np.abs(fm) <= _LIFE_TOL * 1e-3)
+        keep = ~done
+        todo, lo, hi, f_lo, f_hi, side = (v[keep] for v in (todo, lo, hi, f_lo, f_hi, side))
+    x = x.reshape(shape)
+    capf = capped.reshape(shape).astype(np.float64)
+    t_life, b, cp, step = life_at(x, ellf, s1)
+    tbar = t_life / ellf
+    # decode window [P + 1, ell]: the same arrivals, the survivors still decoding after the
+    # prefill, on the curve at that window's mean batch
+    xd = np.where(capf > 0, float(cap), (surv_dec + lam * tbar * cm) / np.maximum(sdec, 1.0))
+    xd = np.minimum(xd, cap)
+    a_d, b_d, cp_d = lines(xd)
+    step_d = a_d + b_d * (xd + 1.0)
+    t_dec = sdec * step_d + cp_d * sdec * np.minimum(lam * tbar, q_full)
+    # d t / d t through the arrivals at the root: their prefills (while below q_full per step)
+    # and, below the cap, their decoding steps at the curve's slope there
+    pf_on = (lam * tbar < q_full).astype(np.float64)
+    den = 1.0 - lam * (cp * s1 * pf_on + b * (1.0 - capf) * cm) / ellf
+    return _Life(t_life, t_dec, tbar, b, cp, np.maximum(den, _DEN_FLOOR), capf, x, step)
+
+
+@dataclass
+class _Linear:
+    """The life of every cell under one line per n0 row (the published tagged model)."""
+
+    t_life: FloatArray
+    t_dec: FloatArray
+    tbar: FloatArray
+    var_life: FloatArray
+    var_dec: FloatArray
+    den: FloatArray  # the self-excitation factor 1 - lambda K / ell (unfloored)
+    others: FloatArray  # the mean number of others over the life it implies
+
+
+def _life_spread(
+    lam: float,
+    N0: FloatArray,
+    v0: FloatArray,
+    b: FloatArray,
+    cp: FloatArray,
+    den: FloatArray,
+    tbar: FloatArray,
+    si: npt.NDArray[np.int64],
+    c_full: FloatArray,
+    cv_full: FloatArray,
+    c_dec: FloatArray,
+    cv_dec: FloatArray,
+    CM1: FloatArray,
+    CM2: FloatArray,
+    M1: FloatArray,
+) -> tuple[FloatArray, FloatArray]:
+    """Variance of the life and of its decode window (delta method around the mean path).
+
+    Survivors (binomial, and the spread of n0 within its bin) and arrivals (compound Poisson:
+    a prefill ``c_p`` plus ``b`` per decoding step) move the life by the line's slope; the
+    self-excitation (longer steps admit more arrivals) stretches the sum by ``1 / den``.
+    """
+    k2_full = cp**2 * (si + 1) + 2 * cp * b * CM1[si] + b**2 * CM2[si]
+    k2_dec = cp**2 * si + 2 * cp * b * (CM1[si] - M1[si]) + b**2 * CM2[si]
+    amp = 1.0 / den
+    var_life = amp**2 * (b**2 * N0 * cv_full + lam * tbar * k2_full + b**2 * c_full**2 * v0)
+    var_dec = amp**2 * (b**2 * N0 * cv_dec + lam * tbar * k2_dec + b**2 * c_dec**2 * v0)
+    return var_life, var_dec
+
+
+def _linear_life(
+    lam: float,
+    N0: FloatArray,
+    v0: FloatArray,
+    a: FloatArray,
+    b: FloatArray,
+    cp: FloatArray,
+    si: npt.NDArray[np.int64],
+    ell: npt.NDArray[np.int64],
+    c_full: FloatArray,
+    cv_full: FloatArray,
+    c_dec: FloatArray,
+    cv_dec: FloatArray,
+    CM1: FloatArray,
+    CM2: FloatArray,
+    M1: FloatArray,
+) -> _Linear:
+    """The life under the line ``(a, b, c_p)`` of each n0 row: ``base / (1 - lambda K / ell)``.
+
+    Only meaningful where ``den = 1 - lambda K / ell`` is well above 0; the caller checks.
+    """
+    e = np.maximum(ell, 1)
+    k_full = cp * (si + 1) + b * CM1[si]
+    k_dec = cp * si + b * CM1[si]
+    base_full = ell * a + cp + si * b + b * N0 * c_full
+    den = 1.0 - lam * k_full / e
+    safe = np.maximum(den, _DEN_FLOOR)
+    t_life = base_full / safe
+    tbar = t_life / e
+    others = (N0 * c_full + lam * tbar * CM1[si]) / e
+    t_dec = si * (a + b) + b * N0 * c_dec + lam * tbar * k_dec
+    var_life, var_dec = _life_spread(
+        lam, N0, v0, b, cp, safe, tbar, si, c_full, cv_full, c_dec, cv_dec, CM1, CM2, M1
+    )
+    return _Linear(t_life, t_dec, tbar, var_life, var_dec, den, others)
+
+
 def latency_distribution(
     co: Coefficients,
     work: RequestWork,
@@ -211,12 +501,21 @@ def latency_distribution(
 
     # time-average step (for the residual and the prefill counts)
     # mean step with n decoding and the prefill tax: (a + b n) / (1 - lambda c_p)
+    lines: LocalLines
     if local is not None:
-        a_n, b_n, cp_n = local(n0)
-        a_t, b_t, cp_t = (float(v[0]) for v in local(np.array([float(nmax - 1)])))
+        lines = local
     else:
-        a_n, b_n, cp_n = (np.full_like(n0, v) for v in (co.a, co.b, co.c_p))
-        a_t, b_t, cp_t = co.a, co.b, co.c_p
+
+        def lines(n: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+            return tuple(np.full(np.shape(n), v) for v in (co.a, co.b, co.c_p))  # type: ignore[return-value]
+
+    a_n, b_n, cp_n = lines(n0)
+    n_mean = float(n_all @ pn)
+    disp = float(((n_all - n_mean) ** 2) @ pn) / n_mean if n_mean > 0 else 1.0
+    # the others the law reaches (its support), at most n_max - 1 beside the tagged
+    smooth = _smoothed(lines, float(min(nmax - 1, pn.shape[0] - 1)), disp)
+    a_sm, b_sm, cp_sm = smooth(n0)
+    a_t, b_t, cp_t = (float(v[0]) for v in lines(np.array([float(nmax - 1)])))
     tax = np.maximum(1.0 - lam * cp_n, 1e-6)
     d0 = a_n + b_n * n0  # arrival step's decode part given n0 others
     mu_pf = lam * d0 / tax  # arrivals in the previous step, prefilled in the arrival step
@@ -252,43 +551,75 @@ def latency_distribution(
     mean_tpot = 0.0
     tpot_mass = 0.0
     ttft_pf_mean = np.zeros_like(n0)
-    for g, pg, spmf in zip(work.g_values, work.g_probs, work.steps_pmf, strict=True):
+    # s bins per output length, then the life of every (g, n0, s) cell solved in one pass
+    N0 = n0[:, None]
+    cells: list[tuple[Any, ...]] = []  # (s_w, s_v, si, ell, c_full, cv_full, c_dec, cv_dec, c_pf)
+    for spmf in work.steps_pmf:
         s_vals, s_w, s_v = _bin(np.arange(spmf.shape[0], dtype=np.float64), spmf, s_bins)
         si = np.rint(s_vals).astype(np.int64)
         ell = si + P
-        # per-n0 lines (columns broadcast against the s axis)
-        a, b, cp = a_n[:, None], b_n[:, None], cp_n[:, None]
-        # new arrivals' contribution (per unit of lambda t-bar): full life and decode window
-        k_full = cp * (si + 1) + b * CM1[si]
-        k2_full = cp**2 * (si + 1) + 2 * cp * b * CM1[si] + b**2 * CM2[si]
-        k_dec = cp * si + b * CM1[si]
-        k2_dec = cp**2 * si + 2 * cp * b * (CM1[si] - M1[si]) + b**2 * CM2[si]
         # survivors' decoding steps inside the life [1, ell] and the decode window [P+1, ell]
         c_full, cv_full = _window_count_moments(cq, cjq, 1, ell)
         c_dec, cv_dec = _window_count_moments(cq, cjq, P + 1, ell)
         c_pf, _ = _window_count_moments(cq, cjq, 1, np.full_like(ell, P))
+        cells.append((s_w, s_v, si, ell, c_full, cv_full, c_dec, cv_dec, c_pf))
 
+    def flat(f: Callable[[tuple[Any, ...]], npt.NDArray[Any]]) -> npt.NDArray[Any]:
+        # one value per (g, n0, s) cell, g-major then n0 then s (the order `part` reads back)
+        return np.concatenate(
+            [np.broadcast_to(f(c), (n0.shape[0], c[2].shape[0])).ravel() for c in cells]
+        )
+
+    lives = _life_on_curve(
+        smooth,
+        lam,
+        flat(lambda c: N0 * c[4]),
+        flat(lambda c: CM1[c[2]]),
+        flat(lambda c: N0 * c[6]),
+        flat(lambda c: c[3]),
+        flat(lambda c: c[2]),
+        P,
+        nmax - 1,
+        nmax / nu,
+    )
+    start = 0
+    for g, pg, (s_w, s_v, si, ell, c_full, cv_full, c_dec, cv_dec, c_pf) in zip(
+        work.g_values, work.g_probs, cells, strict=True
+    ):
+        # per-n0 lines (columns broadcast against the s axis): the steps near the tagged's
+        # arrival (the arrival step, its own prefill) see about n0 others
+        a, b, cp = a_n[:, None], b_n[:, None], cp_n[:, None]
         # grid (n0 x s)
-        N0 = n0[:, None]
-        base_full = ell * a + cp + si * b + b * N0 * c_full
-        den = 1.0 - lam * k_full / np.maximum(ell, 1)
-        den = np.maximum(den, 1e-6)
-        # cap: the batch cannot hold more than n_max decoding requests on average
-        t_full_life = base_full / den
-        tbar = t_full_life / np.maximum(ell, 1)
-        others_mean = (N0 * c_full + lam * tbar * CM1[si]) / np.maximum(ell, 1)
-        over = np.maximum(others_mean - (nmax - 1), 0.0)
-        t_life = t_full_life - b * over * ell
-        tbar = t_life / np.maximum(ell, 1)
-        amp = 1.0 / den
-        var_life = amp**2 * (
-            b**2 * N0 * cv_full + lam * tbar * k2_full + b**2 * c_full**2 * v0[:, None]
+        size = n0.shape[0] * si.shape[0]
+        life = lives.part(start, size, (n0.shape[0], si.shape[0]))
+        start += size
+        # the life linearised at the upper end of the batches it passes through:
+        # - arriving below the life's mean batch x (n0 < x: the batch fills up during the
+        #   life), the life is the root on the curve, and fluctuates with the tangent at x;
+        # - arriving above it (n0 > x: the batch drains), the tangent at n0, as the published
+        #   tagged-request model has it: the steeper end of a convex curve, which is what the
+        #   upper tail pays, and on a concave curve a flatter slope than below, so its
+        #   self-excitation stays well inside 1 (checked: else the curve's root is kept).
+        top = _linear_life(
+            lam, N0, v0[:, None], a_sm[:, None], b_sm[:, None], cp_sm[:, None], si, ell,
+            c_full, cv_full, c_dec, cv_dec, CM1, CM2, M1,
+        )  # fmt: skip
+        bl = life.b * (1.0 - life.capped)  # a full batch is refilled from the queue
+        curve = _life_spread(
+            lam, N0, v0[:, None], bl, life.cp, life.den, life.tbar, si,
+            c_full, cv_full, c_dec, cv_dec, CM1, CM2, M1,
+        )  # fmt: skip
+        use = (
+            (N0 > life.batch)
+            & (life.capped == 0)
+            & (top.den > _DEN_FLOOR)
+            & (top.others <= nmax - 1)
         )
-        # decode window (TPOT) and prefill window (TTFT part)
-        t_dec = si * (a + b) + b * N0 * c_dec + lam * tbar * k_dec - b * over * si
-        var_dec = amp**2 * (
-            b**2 * N0 * cv_dec + lam * tbar * k2_dec + b**2 * c_dec**2 * v0[:, None]
-        )
+        t_life = np.where(use, top.t_life, life.t_life)
+        t_dec = np.where(use, top.t_dec, life.t_dec)
+        tbar = np.where(use, top.tbar, life.tbar)
+        var_life = np.where(use, top.var_life, curve[0])
+        var_dec = np.where(use, top.var_dec, curve[1])
         # the tagged's own prefill step(s): survivors decode, arrivals of the arrival step prefill
         t_pf = t_life - t_dec
         # replace the prefill window's arrival count by the length-biased arrival step's
