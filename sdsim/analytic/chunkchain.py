@@ -29,7 +29,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from sdsim._jit import jit
+from sdsim._jit import jit, jit_eager
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -43,9 +43,12 @@ _TAIL_DIRECT = 1e-8
 
 
 @jit
-def _gth(mu: FloatArray, size: int, b: FloatArray, pi: FloatArray) -> None:  # pragma: no cover
+def _gth(
+    mu: FloatArray, size: int, b: FloatArray, pi: FloatArray, work: FloatArray
+) -> None:  # pragma: no cover - compiled
     """Stationary law of the chain on states ``0..size-1`` (the last absorbing the tail) by GTH
-    state reduction, into ``pi[:size]``; ``b`` is scratch (at least size x size).
+    state reduction, into ``pi[:size]``; ``b`` (at least size x size) and ``work`` (at least 3 x
+    size) are scratch.
 
     ``b[j, i] = P(i -> j)`` (the transpose, so the reduction's inner loop runs along a row).
     """
@@ -57,39 +60,52 @@ def _gth(mu: FloatArray, size: int, b: FloatArray, pi: FloatArray) -> None:  # p
         else:
             b[0, i] = 1.0
         big = big or mu[i] >= _LOG_PMF_MU
-    # p_j = p_(j-1) mu / j, all sources i at once
+    # p_j = p_(j-1) mu / j, all sources i at once (times 1/j: a division per entry costs more
+    # than the rest of the row)
     for j in range(1, m):
+        inv = 1.0 / j
         for i in range(size):
-            b[j, i] = b[j - 1, i] * mu[i] / j
+            b[j, i] = b[j - 1, i] * mu[i] * inv
     if big:  # exp(-mu) underflows: those sources term by term in logs
         for i in range(size):
             if mu[i] >= _LOG_PMF_MU:
                 lm = math.log(mu[i])
                 for j in range(m):
                     b[j, i] = math.exp(j * lm - math.lgamma(j + 1.0) - mu[i])
-    # the tail column P(i -> >= m): 1 - the rest where that is not small, else its own sum (the
-    # terms fall by mu / j < 1/2 there); 1e-8 of it is all the reduction needs either way
-    acc = pi
+    # the tail column P(i -> >= m): 1 - the rest where that is not small, else its own sum
+    acc = work[0]
+    term = work[1]
+    tail = work[2]
     for i in range(size):
         acc[i] = 0.0
     for j in range(m):
         for i in range(size):
             acc[i] += b[j, i]
+    ratio = 0.0  # largest term ratio mu / (m + 1) among the tails summed
     for i in range(size):
         rest = 1.0 - acc[i]
         if rest > _TAIL_DIRECT or mu[i] <= 0.0 or mu[i] >= _TAIL_SUM_RATIO * m:
             b[m, i] = max(rest, 0.0)
+            term[i] = 0.0
+            tail[i] = -1.0  # (taken from the rest: left alone below)
         else:
-            term = b[m - 1, i] * mu[i] / m
-            tail = 0.0
-            j = m
-            while term > tail * 1e-17:
-                tail += term
-                j += 1
-                term = term * mu[i] / j
-            b[m, i] = tail
+            term[i] = b[m - 1, i] * mu[i] / m
+            ratio = max(ratio, mu[i] / (m + 1))
+            tail[i] = 0.0
+    if ratio > 0.0:
+        # terms after the first fall by at least `ratio` each (< 1/2): enough of them that the
+        # rest is below 1e-16 of the sum, all tails at once
+        terms = min(math.ceil(math.log(1e-16) / math.log(ratio)) + 1, 64)
+        for n in range(terms):
+            inv = 1.0 / (m + 1 + n)
+            for i in range(size):
+                tail[i] += term[i]
+                term[i] = term[i] * mu[i] * inv
+        for i in range(size):
+            if tail[i] >= 0.0:
+                b[m, i] = tail[i]
+    f = term
     s_k = pi  # the reduction's sums, overwritten by the law from the bottom up
-    f = np.empty(size)
     for k in range(m, 0, -1):
         s = 0.0
         for j in range(k):
@@ -137,7 +153,7 @@ def _poisson_tail(mu: float, m: int) -> float:  # pragma: no cover - compiled
     return max(1.0 - s, 0.0)
 
 
-@jit
+@jit_eager("void(f8[:, ::1], f8[::1], i8[::1], f8, f8, f8[:, ::1], f8[::1])")
 def _chain_rows(
     mixed: FloatArray,
     rates: FloatArray,
@@ -151,6 +167,7 @@ def _chain_rows(
     a = np.empty((nq, nq))
     pi = np.empty(nq)
     mu = np.empty(nq)
+    work = np.empty((3, nq))
     for r in range(rows):
         for q in range(nq):
             pq[r, q] = 0.0
@@ -168,7 +185,7 @@ def _chain_rows(
                 continue
             if size < nq and _poisson_tail(mu[size - 1], size) >= gate:
                 continue
-            _gth(mu, size, a, pi)
+            _gth(mu, size, a, pi, work)
             if size == nq or pi[size - 1] < tail_mass:
                 for q in range(size):
                     pq[r, q] = pi[q]

@@ -369,7 +369,13 @@ def operating_point(
         batches = np.array([max(c.n_max * frac, 1.0)])
         weights = np.array([1.0])
     prompt = float(scn.workload.prompt_tokens.mean)
-    alone, _ = prefill_alone(m, k, max(1, round(prompt)), scn.server.max_num_batched_tokens)
+    akey = (max(1, round(prompt)), scn.server.max_num_batched_tokens)
+    got = c.alone.get(akey)
+    if got is None or got[0] is not m or c.k != k:
+        got = (m, prefill_alone(m, k, akey[0], akey[1]))
+        if c.k == k:
+            c.alone[akey] = got
+    alone = got[1][0]
     chunk_rate = min(rate, sat) * c.chunks_per_request
     ((pq, t),) = chunk_laws(c, w, [(min(rate, sat), law.stable)])
     co = tangent_coefficients(c, w, prompt, alone, batches, weights, chunk_rate, (pq, t))

@@ -107,6 +107,11 @@ class StepCurve:
     _assembled: dict[tuple[float, bool], tuple[FloatArray, FloatArray]] = field(
         default_factory=dict, repr=False
     )
+    # (prompt, budget) -> (cost model, sdsim.analytic.coefficients.prefill_alone's result at
+    # this k with that model): it depends on neither the rate nor alpha
+    alone: dict[tuple[int, int], tuple[object, tuple[float, int]]] = field(
+        default_factory=dict, repr=False
+    )
 
     def slopes_of(self, name: str) -> FloatArray:
         """:func:`slopes` of ``decode``, ``verify`` or ``draft``, computed once per curve."""
