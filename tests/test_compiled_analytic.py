@@ -107,3 +107,74 @@ def test_rows_are_independent_of_the_batch() -> None:
     for r in (0, 7, 39):
         pq1, t1 = chain_rows(mixed[[r]], rates[[r]], (8, 12, 16, 20, 24, 28), 1e-15, 1e-6)
         assert t1[0] == t[r] and np.array_equal(pq1[0], pq[r])
+
+
+def test_interp_at_is_numpy_interp_bit_for_bit() -> None:
+    from sdsim.analytic.coefficients import _interp_at
+
+    rng = np.random.default_rng(7)  # any seed: the check is exact equality
+    fp = np.cumsum(rng.uniform(-1.0, 2.0, size=257))
+    xs = np.concatenate([rng.uniform(0.0, 256.0, size=2000), np.arange(257.0), [255.999999]])
+    want = np.interp(xs, np.arange(257.0), fp)
+    got = np.array([_interp_at(fp, float(x)) for x in xs])
+    assert np.array_equal(got, want)
+
+
+def test_tangent_kernel_matches_the_numpy_reading() -> None:
+    """The compiled weighted means and line error equal numpy's to rounding (1e-12 relative:
+    sums of a few hundred positive terms in another order)."""
+    from sdsim.analytic.coefficients import _tangent
+
+    rng = np.random.default_rng(11)  # any seed
+    n = 257
+    curves = [np.cumsum(rng.uniform(0.001, 0.01, size=n)) for _ in range(6)]
+    verify, draft, gv, gd, cost, decode = curves
+    x = np.clip(np.sort(rng.uniform(0.5, 300.0, size=120)), 1.0, 256.0)
+    w = rng.uniform(0.0, 1.0, size=120)
+    w /= w.sum()
+    got = _tangent(x, w, verify, draft, gv, gd, cost, decode, 0.004)
+    grid = np.arange(n, dtype=np.float64)
+    n_op = float(w @ x)
+    e_v, e_d = float(w @ np.interp(x, grid, verify)), float(w @ np.interp(x, grid, draft))
+    s_v, s_d = float(w @ np.interp(x, grid, gv)), float(w @ np.interp(x, grid, gd))
+    a = 0.004 + (e_v - s_v * n_op) + (e_d - s_d * n_op)
+    b = s_v + s_d
+    cum = np.cumsum(w)
+    lo = x[min(int(np.searchsorted(cum, 0.01)), x.shape[0] - 1)]
+    hi = x[min(int(np.searchsorted(cum, 0.99)), x.shape[0] - 1)]
+    span = np.arange(int(np.floor(lo)), int(np.ceil(hi)) + 1)
+    span = span[(span >= 1) & (span <= n - 1)]
+    err = float(np.max(np.abs(a + b * span - decode[span]) / decode[span]))
+    cp = float(w @ np.interp(x, grid, cost))
+    np.testing.assert_allclose(got, (n_op, e_v, e_d, s_v, s_d, a, b, err, cp), rtol=1e-12)
+
+
+def _numpy_birth_death(rate: float, nu: float, t: np.ndarray) -> np.ndarray:
+    """The stationary law as it was computed with numpy before the core was compiled."""
+    n = np.arange(1, t.shape[0] + 1, dtype=np.float64)
+    ratio = rate * nu * t / n
+    top = float(ratio[-1])
+    logp = np.concatenate(([0.0], np.cumsum(np.log(ratio))))
+    extra = int(min(200_000, np.ceil(np.log(1e-12) / np.log(top)) + 1))
+    logp = np.concatenate((logp, logp[-1] + np.log(top) * np.arange(1, extra + 1)))
+    p = np.exp(logp - logp.max())
+    p /= p.sum()
+    cum = np.cumsum(p[::-1])[::-1]
+    p = p[: int(np.nonzero(cum > 1e-12)[0][-1]) + 1]
+    return np.asarray(p / p.sum())
+
+
+@pytest.mark.parametrize(("rate", "n_max"), [(5.0, 256), (30.0, 256), (18.0, 64), (0.2, 8)])
+def test_birth_death_core_matches_numpy(rate: float, n_max: int) -> None:
+    from sdsim.analytic.gps import birth_death
+
+    # a concave step curve (memory-bound then compute-bound), 1e-12 relative per probability:
+    # a few hundred log/exp/sums in another order (the cut index itself must agree exactly)
+    def t(n: np.ndarray) -> np.ndarray:
+        return np.asarray(0.012 + 0.0004 * n + 0.004 * np.sqrt(n))
+
+    law = birth_death(rate, 180.0 / 4.0, t, n_max)
+    assert law.stable  # (30 req/s at 256 and 18 at 64: top ratios 0.94 and 0.88, long tails)
+    want = _numpy_birth_death(rate, 180.0 / 4.0, t(np.arange(1, n_max + 1, dtype=np.float64)))
+    assert law.pmf.shape == want.shape
+    np.testing.assert_allclose(law.pmf, want, rtol=1e-12, atol=1e-300)
