@@ -33,6 +33,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from sdsim._jit import jit
+
 AlphaLike = float | Sequence[float] | npt.NDArray[np.float64]
 
 
@@ -142,19 +144,29 @@ def steps_to_finish_table(n_max: int, alpha: AlphaLike, k: int) -> npt.NDArray[n
     """
     if n_max > 8192:
         raise ValueError(f"n_max={n_max} too large for the exact table (<= 8192)")
-    pmf = tokens_per_step_pmf(alpha, k)
+    pmf = np.ascontiguousarray(tokens_per_step_pmf(alpha, k), dtype=np.float64)
     table = np.zeros((n_max + 1, n_max + 1))
     table[0, 0] = 1.0
+    _steps_table(table, pmf)
+    return table
+
+
+@jit
+def _steps_table(table: npt.NDArray[np.float64], pmf: npt.NDArray[np.float64]) -> None:
+    """Fill rows 1.. of ``table`` (row 0 given): ``T[n, s] = sum_x pmf[x-1] T[max(n-x, 0), s-1]``
+    (compiled; the same two roundings per term, in the same order, as the numpy row update
+    ``row[1:] += p * table[prev, :-1]`` it replaced, so the same floats)."""
+    n_max = table.shape[0] - 1
     for n in range(1, n_max + 1):
-        row = table[n]
-        for x in range(1, k + 2):
+        for x in range(1, pmf.shape[0] + 1):
             p = pmf[x - 1]
             if p == 0.0:
                 continue
             prev = max(n - x, 0)
-            # one more step than from `prev` tokens remaining
-            row[1:] += p * table[prev, :-1]
-    return table
+            # one more step than from `prev` tokens remaining; T[prev, s] is 0 for s > prev
+            # (at most one step per token), and adding p * 0 leaves a term unchanged
+            for s in range(1, min(prev + 1, n_max) + 1):
+                table[n, s] += p * table[prev, s - 1]
 
 
 def steps_to_finish_pmf(n: int, alpha: AlphaLike, k: int) -> npt.NDArray[np.float64]:

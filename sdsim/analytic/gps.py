@@ -29,6 +29,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import stats
 
+from sdsim._jit import jit
+
 # Stop extending the law once the remaining tail mass is below this (relative to the total).
 _TAIL = 1e-12
 _N_LIMIT = 200_000
@@ -117,21 +119,54 @@ def birth_death(
     top = float(ratio[-1])
     if top >= 1.0:
         return BirthDeath(np.zeros(0), rate, n_max, False)
-    logp = np.concatenate(([0.0], np.cumsum(np.log(ratio))))
     # geometric tail above the cap, cut where its mass is negligible
     extra = 0
     if top > 0:
         extra = int(min(_N_LIMIT, math.ceil(math.log(_TAIL) / math.log(top)) + 1))
-    tail = logp[-1] + np.log(top) * np.arange(1, extra + 1) if top > 0 else np.zeros(0)
-    logp = np.concatenate((logp, tail))
-    logp -= logp.max()
-    p = np.exp(logp)
-    p /= p.sum()
-    # drop the far tail for compactness (the mass there is < 1e-12)
-    cum = np.cumsum(p[::-1])[::-1]
-    last = int(np.nonzero(cum > _TAIL)[0][-1]) + 1 if np.any(cum > _TAIL) else p.shape[0]
-    p = p[: max(last, 1)]
-    return BirthDeath(p / p.sum(), rate, n_max, True)
+    return BirthDeath(_law(ratio, extra, _TAIL), rate, n_max, True)
+
+
+@jit
+def _law(ratio: npt.NDArray[np.float64], extra: int, cut: float) -> npt.NDArray[np.float64]:
+    """``pi(n) ~ prod_{i <= n} ratio[i - 1]`` for ``n <= len(ratio)``, then ``extra`` states
+    of the geometric tail at ``ratio[-1]``, normalised, the far tail (mass below ``cut``) dropped
+    and the rest normalised again (compiled: a dozen numpy calls on a few hundred entries cost
+    more than the arithmetic)."""  # pragma: no cover - compiled
+    n_max = ratio.shape[0]
+    size = n_max + 1 + extra
+    logp = np.empty(size)
+    logp[0] = 0.0
+    for i in range(n_max):
+        logp[i + 1] = logp[i] + math.log(ratio[i])
+    if extra > 0:
+        lt = math.log(ratio[n_max - 1])
+        for j in range(1, extra + 1):
+            logp[n_max + j] = logp[n_max] + lt * j
+    mx = logp[0]
+    for i in range(size):
+        mx = max(mx, logp[i])
+    total = 0.0
+    for i in range(size):
+        logp[i] = math.exp(logp[i] - mx)
+        total += logp[i]
+    for i in range(size):
+        logp[i] /= total
+    # drop the far tail for compactness (the mass there is below cut)
+    last = size
+    tail = 0.0
+    for i in range(size - 1, -1, -1):
+        tail += logp[i]
+        if tail > cut:
+            last = i + 1
+            break
+    last = max(last, 1)
+    p = logp[:last].copy()
+    total = 0.0
+    for i in range(last):
+        total += p[i]
+    for i in range(last):
+        p[i] /= total
+    return p
 
 
 def negative_binomial_law(a: float, b: float, rate: float, nu: float) -> stats.rv_discrete:

@@ -126,15 +126,15 @@ def _n_mid(curve: StepCurve, nu: float, rate: float, t1: float) -> int:
     return int(min(max(round(rate * nu * t1), 1), curve.n_max))
 
 
-# The chunk law of every decode batch n is a small linear solve per row, the bulk of the model's
-# cost. An operating point reads t(n) and the chunk costs only where its birth-death law has
-# mass (up to where the law is cut, its tail below 1e-12), at the concurrency cap (stability) and
-# at one mid row; rows beyond the law's reach shape only probabilities that the law then cuts.
+# The chunk law of every decode batch n is a small chain solved per row (compiled GTH), the bulk of
+# the model's cost. An operating point reads t(n) and the chunk costs only where its birth-death law
+# has mass (up to where the law is cut, its tail below 1e-12), at the concurrency cap (stability)
+# and at one mid row; rows beyond the law's reach shape only probabilities that the law then cuts.
 # So each point solves exactly: every _COARSE-th row, the rows around the cap, the mid row, and
-# every row up to a margin past where an approximate law (t interpolated between the coarse
-# rows) is cut; the rows it skips take interpolated values. Which rows are exact depends only on
-# the curve, the work law and the rate, never on what else was solved, so a point's floats are
-# the same whether it is predicted alone or in a grid.
+# every row up to a margin past where an approximate law (t interpolated between the coarse rows) is
+# cut; the rows it skips take interpolated values. Which rows are exact depends only on the curve,
+# the work law and the rate, never on what else was solved, so a point's floats are the same whether
+# it is predicted alone or in a grid.
 _COARSE = 16
 
 
@@ -369,7 +369,13 @@ def operating_point(
         batches = np.array([max(c.n_max * frac, 1.0)])
         weights = np.array([1.0])
     prompt = float(scn.workload.prompt_tokens.mean)
-    alone, _ = prefill_alone(m, k, max(1, round(prompt)), scn.server.max_num_batched_tokens)
+    akey = (max(1, round(prompt)), scn.server.max_num_batched_tokens)
+    got = c.alone.get(akey)
+    if got is None or got[0] is not m or c.k != k:
+        got = (m, prefill_alone(m, k, akey[0], akey[1]))
+        if c.k == k:
+            c.alone[akey] = got
+    alone = got[1][0]
     chunk_rate = min(rate, sat) * c.chunks_per_request
     ((pq, t),) = chunk_laws(c, w, [(min(rate, sat), law.stable)])
     co = tangent_coefficients(c, w, prompt, alone, batches, weights, chunk_rate, (pq, t))

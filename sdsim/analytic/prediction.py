@@ -304,6 +304,12 @@ class _Shared:
     curves: dict[tuple[int, str], StepCurve] = field(default_factory=dict)
     sats: dict[tuple[int, str], float] = field(default_factory=dict)
     kv_sats: dict[tuple[int, str], float] = field(default_factory=dict)
+    # k = 0 operating points by rate per replica: every point of a grid at that rate reads the
+    # same one as its speedup's baseline (the same inputs, so the same floats as computing it)
+    plain: dict[float, OperatingPoint] = field(default_factory=dict)
+    # KV blocks per replica by whether a drafter is loaded (the one thing of the grid's
+    # overrides the capacity reads: spec.k > 0)
+    kv_caps: dict[bool, int | None] = field(default_factory=dict)
 
 
 def _law_key(scn: Scenario, k: int) -> tuple[int, str]:
@@ -388,12 +394,17 @@ def _predict(
     ops: dict[tuple[int, float], OperatingPoint] = {}
 
     def op_for(kk: int, r: float) -> OperatingPoint:
-        lk, w, c = _pieces(scn, kk, shared)
         key = (kk, float(r))
         if key not in ops:
+            if kk == 0 and float(r) in shared.plain:
+                ops[key] = shared.plain[float(r)]
+                return ops[key]
+            lk, w, c = _pieces(scn, kk, shared)
             ops[key] = operating_point(
                 scn, kk, float(r), work=w, model=model, curve=c, saturation_rate=shared.sats[lk]
             )
+            if kk == 0:
+                shared.plain[float(r)] = ops[key]
         return ops[key]
 
     if scn.spec.policy == "fixed":
@@ -458,7 +469,10 @@ def _predict(
     summary["p_kv_full"] = 0.0
     from sdsim.memory import num_gpu_blocks  # the engine's capacity: given, derived or unlimited
 
-    kv_cap = num_gpu_blocks(scn)
+    speculating = scn.spec.k > 0 or scn.spec.policy == "adaptive"  # (as memory.kv_capacity)
+    if speculating not in shared.kv_caps:
+        shared.kv_caps[speculating] = num_gpu_blocks(scn)
+    kv_cap = shared.kv_caps[speculating]
     if kv_cap is not None:
         if law.stable:
             n_eng = np.minimum(np.arange(law.pmf.shape[0]), co.n_max)

@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special
 
+from sdsim.analytic.chunkchain import chain_rows
 from sdsim.analytic.work import RequestWork
 from sdsim.costs.step import StepCostModel, StepShape, step_times
 
@@ -104,6 +105,11 @@ class StepCurve:
     )
     # (chunk rate, kind) -> what sdsim.analytic.operating assembled from the solved rows
     _assembled: dict[tuple[float, bool], tuple[FloatArray, FloatArray]] = field(
+        default_factory=dict, repr=False
+    )
+    # (prompt, budget) -> (cost model, sdsim.analytic.coefficients.prefill_alone's result at
+    # this k with that model): it depends on neither the rate nor alpha
+    alone: dict[tuple[int, int], tuple[object, tuple[float, int]]] = field(
         default_factory=dict, repr=False
     )
 
@@ -255,35 +261,9 @@ def poisson_pmf(q: npt.ArrayLike, mu: npt.ArrayLike) -> FloatArray:
 # the full 33-state solve on average over that grid (the solve is O(Q^3)).
 _RUNGS = (8, 12, 16, 20, 24, 28)
 _TAIL_MASS = 1e-15
-_BLOCK = 256
-
-
-def _solve_rows(mu: FloatArray) -> FloatArray:
-    """Stationary law of ``q -> q' ~ Poisson(mu[r, q])`` on states ``0..Q-1`` (the last one
-    absorbing the tail), one small linear solve per row ``r``; rows are independent (the same
-    floats whatever else is in the batch)."""
-    nq = mu.shape[1]
-    qs = np.arange(nq - 1)
-    # A = P^T - I with its last row replaced by ones (sum(pi) = 1), so only the transitions into
-    # states 0..Q-2 are needed (the tail lumped into the last state would be overwritten):
-    # a[r, j, q] = P(q -> j) = Poisson(mu[r, q]) pmf at j, by scipy's formula exp(xlogy(j, mu) -
-    # gammaln(j + 1) - mu) with the log taken once per mu (for mu > 0 xlogy(j, mu) is
-    # j * log(mu), the same floats; a zero mu gets log(1e-300): pmf 1 at j = 0 and 0 beyond)
-    a = np.empty((mu.shape[0], nq, nq))
-    x = a[:, :-1, :]
-    # in place, float operands (an int * float broadcast takes numpy's slow casting loop)
-    np.multiply(qs.astype(np.float64)[None, :, None], np.log(np.maximum(mu, 1e-300))[:, None, :],
-                out=x)  # fmt: skip
-    x -= special.gammaln(qs + 1.0)[None, :, None]
-    x -= mu[:, None, :]
-    np.exp(x, out=x)
-    flat = a.reshape(a.shape[0], nq * nq)
-    flat[:, 0 : (nq - 1) * (nq + 1) : nq + 1] -= 1.0  # the diagonal of rows 0..Q-2
-    a[:, -1, :] = 1.0
-    rhs = np.zeros((mu.shape[0], nq, 1))
-    rhs[:, -1, 0] = 1.0
-    pi = np.clip(np.linalg.solve(a, rhs)[:, :, 0], 0.0, None)
-    return np.asarray(pi / pi.sum(axis=1, keepdims=True), dtype=np.float64)
+# a shorter size is tried only where it can pass: from its last state the next step's chance to
+# leave it is not already large
+_GATE = 1e-6
 
 
 def _chain_rows(
@@ -294,36 +274,13 @@ def _chain_rows(
     more calls than they save).
 
     Returns ``pq`` (rows x chunk states) and the mean step ``t`` per row. Each row's result
-    depends on that row alone, so solving many rows (or rates) at once gives the same floats as
-    solving them one by one.
+    depends on that row alone (a compiled loop over rows, :func:`sdsim.analytic.chunkchain.
+    chain_rows`: GTH state reduction), so solving many rows (or rates) at once gives the same
+    floats as solving them one by one.
     """
-    rows, nq = mixed.shape
-    pq = np.zeros((rows, nq))
-    idle = rates <= 0
-    pq[idle, 0] = 1.0
-    todo = np.nonzero(~idle)[0]
-    done = np.zeros(rows, dtype=bool)
-    for size in (*(r for r in _RUNGS if r < nq and ladder), nq):
-        if todo.shape[0] == 0:
-            break
-        if size < nq:
-            # try the short chain only where it can pass: from its last state the next step's
-            # chance to leave it is not already large
-            top = rates[todo] * mixed[todo, size - 1]
-            rows_here = todo[special.pdtrc(size - 1.0, top) < 1e-6]
-        else:
-            rows_here = todo
-        # blocks of rows small enough to stay in cache (rows are independent)
-        for i in range(0, rows_here.shape[0], _BLOCK):
-            blk = rows_here[i : i + _BLOCK]
-            pi = _solve_rows(rates[blk, None] * mixed[blk, :size])
-            ok = pi[:, -1] < _TAIL_MASS if size < nq else np.ones(blk.shape[0], dtype=bool)
-            pq[blk[ok], :size] = pi[ok]
-            done[blk[ok]] = True
-        todo = todo[~done[todo]]
-    t = (pq * mixed).sum(axis=1)
-    t[idle] = mixed[idle, 0]
-    return pq, t
+    nq = mixed.shape[1]
+    sizes = tuple(r for r in _RUNGS if r < nq) if ladder else ()
+    return chain_rows(mixed, rates, sizes, _TAIL_MASS, _GATE)
 
 
 def _chain(mixed: FloatArray, chunk_rate: float) -> tuple[FloatArray, FloatArray]:
