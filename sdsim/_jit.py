@@ -1,7 +1,6 @@
 """The numba ``njit`` wrapper the package's compiled kernels share.
 
-The engine (:mod:`sdsim.engine.compiled`) defines the same helper for itself; this copy serves
-the analytic model and the acceptance maths without importing the engine.
+Used by the engine (:mod:`sdsim.engine.compiled`), the analytic model and the acceptance maths.
 """
 
 from __future__ import annotations

@@ -34,23 +34,12 @@ __all__ = ["DecodeCostTable", "new_state", "run_decode", "step"]
 
 from typing import Any
 
-import numba
 import numpy as np
 import numpy.typing as npt
 
+from sdsim._jit import jit
 from sdsim.costs.step import StepCostModel, decode_step_times
 from sdsim.engine.state import FLOAT_ROWS, INT_ROWS
-
-
-def _jit(f: Any) -> Any:
-    """``numba.njit(cache=True)``: compiled once, then loaded from ``__pycache__`` (or numba's
-    user-wide cache when the package directory is read-only). Where no cache location is
-    writable at all, numba refuses ``cache=True``: compile in each process instead (~2 s)."""
-    try:
-        return numba.njit(cache=True)(f)
-    except RuntimeError:  # pragma: no cover - no writable cache location
-        return numba.njit(f)
-
 
 _I64 = npt.NDArray[np.int64]
 _F64 = npt.NDArray[np.float64]
@@ -103,7 +92,7 @@ def new_state(
     return es
 
 
-@_jit
+@jit
 def _complete(ti: _I64, tf: _F64, es: _I64, rb: _I64, end: float) -> int:  # pragma: no cover
     """Retire running requests that emitted their last token (finish time ``end``, blocks
     freed), keeping the others in order. Returns how many finished."""
@@ -124,7 +113,7 @@ def _complete(ti: _I64, tf: _F64, es: _I64, rb: _I64, end: float) -> int:  # pra
     return nfin
 
 
-@_jit
+@jit
 def step(  # pragma: no cover - compiled
     ti: _I64,
     tf: _F64,
@@ -341,7 +330,7 @@ def step(  # pragma: no cover - compiled
     return FORMED | need_tape, nfin, nadm, b, dec_ctx, pf_tokens, pf_ctx, npf
 
 
-@_jit
+@jit
 def run_decode(  # pragma: no cover - compiled
     ti: _I64,
     tf: _F64,
