@@ -114,6 +114,39 @@ def _complete(ti: _I64, tf: _F64, es: _I64, rb: _I64, end: float) -> int:  # pra
 
 
 @jit
+def _decode_outcome(  # pragma: no cover - compiled
+    ti: _I64, arena: npt.NDArray[Any], es: _I64, rb: _I64, b: int, bs: int
+) -> tuple[int, bool]:
+    """Outcome of the batch's ``b`` decodes: each reads its acceptance draw from its tape, emits
+    ``min(accepted + 1, tokens left)`` and keeps the KV blocks of what it holds now.
+
+    Returns the tokens emitted and whether a request emitted its last one.
+    """
+    esum = 0
+    rel = 0
+    finishing = False
+    for i in range(b):
+        r = rb[DEC, i]
+        dc = ti[DCOUNT, r]
+        acc = arena[ti[TPOS, r] + dc]
+        ti[DCOUNT, r] = dc + 1
+        gen = ti[GENERATED, r]
+        need = ti[OUTPUT, r] - gen
+        emit = acc + 1
+        if emit >= need:
+            emit = need
+            finishing = True
+        ti[GENERATED, r] = gen + emit
+        esum += emit
+        # keep blocks for prompt + generated - 1 tokens; the rejected drafts' slots go back
+        kept = (rb[DCTX, i] + emit + (bs - 2)) // bs
+        rel += rb[DBLK, i] - kept
+        ti[HELD, r] = kept
+    es[KV_USED] -= rel
+    return esum, finishing
+
+
+@jit
 def step(  # pragma: no cover - compiled
     ti: _I64,
     tf: _F64,
@@ -162,26 +195,8 @@ def step(  # pragma: no cover - compiled
                     tf[FIRST_TOKEN, r] = now
                 if ti[GENERATED, r] >= ti[OUTPUT, r]:
                     finishing = True
-        esum = 0
-        rel = 0
-        for i in range(b):
-            r = rb[DEC, i]
-            dc = ti[DCOUNT, r]
-            acc = arena[ti[TPOS, r] + dc]
-            ti[DCOUNT, r] = dc + 1
-            gen = ti[GENERATED, r]
-            need = ti[OUTPUT, r] - gen
-            emit = acc + 1
-            if emit >= need:
-                emit = need
-                finishing = True
-            ti[GENERATED, r] = gen + emit
-            esum += emit
-            # keep blocks for prompt + generated - 1 tokens; the rejected drafts' slots go back
-            kept = (rb[DCTX, i] + emit + (bs - 2)) // bs
-            rel += rb[DBLK, i] - kept
-            ti[HELD, r] = kept
-        es[KV_USED] -= rel
+        esum, fin = _decode_outcome(ti, arena, es, rb, b, bs)
+        finishing = finishing or fin
         emitted += esum
         if finishing:
             nfin = _complete(ti, tf, es, rb, now)
@@ -456,26 +471,7 @@ def run_decode(  # pragma: no cover - compiled
             es[KV_IN_STEP] = used
             es[B] = b
         # outcome (decode only)
-        esum = 0
-        rel = 0
-        finishing = False
-        for i in range(b):
-            r = rb[DEC, i]
-            dc = ti[DCOUNT, r]
-            acc = arena[ti[TPOS, r] + dc]
-            ti[DCOUNT, r] = dc + 1
-            gen = ti[GENERATED, r]
-            need = ti[OUTPUT, r] - gen
-            emit = acc + 1
-            if emit >= need:
-                emit = need
-                finishing = True
-            ti[GENERATED, r] = gen + emit
-            esum += emit
-            kept = (rb[DCTX, i] + emit + (bs - 2)) // bs
-            rel += rb[DBLK, i] - kept
-            ti[HELD, r] = kept
-        es[KV_USED] -= rel
+        esum, finishing = _decode_outcome(ti, arena, es, rb, b, bs)
         c = rec[:, ri + m]
         c[0] = t
         c[1] = d
