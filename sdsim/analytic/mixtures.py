@@ -21,12 +21,15 @@ __all__ = [
     "solve_quantiles",
 ]
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 from scipy import special
+
+from sdsim._jit import jit_eager
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -38,6 +41,56 @@ _REL_TOL = 1e-13
 # |F(x) - p| at which x is taken as the root (a few ulps of a probability near 1)
 _F_TOL = 1e-15
 _SQRT_2PI = float(np.sqrt(2.0 * np.pi))
+_SQRT1_2 = math.sqrt(0.5)
+# Below this z a normal component's CDF underflows past every double (Phi(-38.5) ~ 1e-324),
+# and its density too: the component adds exactly nothing, so its erfc is not evaluated.
+_Z_NONE = -38.5
+# Above this z, Phi(z) rounds to 1.0 (1 - Phi(z) < 8e-24), so the component adds its weight to
+# the CDF; its density there (exp(-50) ~ 2e-22 of its peak) is below the density's rounding and
+# is left out (the density only steers Newton steps).
+_Z_FULL = 10.0
+
+
+@jit_eager("void(f8[::1], f8[::1], f8[::1], f8[::1], b1, f8[::1], f8[::1])")
+def _normal_sums(
+    xs: FloatArray,
+    w: FloatArray,
+    mu: FloatArray,
+    sd: FloatArray,
+    want_pdf: bool,
+    cdf: FloatArray,
+    pdf: FloatArray,
+) -> None:  # pragma: no cover - compiled
+    """Add ``sum_i w_i Phi((x - mu_i) / sd_i)`` (and the density) at each x to cdf (pdf).
+
+    ``Phi`` as scipy's ``ndtr`` computes it (``0.5 + 0.5 erf`` near 0, ``0.5 erfc`` in the
+    tails, reflected above 0), summed component by component (numpy's ``w @ ndtr(z)`` sums in
+    BLAS's order instead: the totals differ by rounding only).
+    """
+    for j in range(xs.shape[0]):
+        x = xs[j]
+        c = 0.0
+        d = 0.0
+        for i in range(w.shape[0]):
+            z = (x - mu[i]) / sd[i]
+            if z < _Z_NONE:
+                continue
+            if z > _Z_FULL:
+                c += w[i]
+                continue
+            v = z * _SQRT1_2
+            av = abs(v)
+            if av < _SQRT1_2:
+                y = 0.5 + 0.5 * math.erf(v)
+            else:
+                y = 0.5 * math.erfc(av)
+                if v > 0.0:
+                    y = 1.0 - y
+            c += w[i] * y
+            if want_pdf:
+                d += w[i] * (math.exp(-0.5 * z * z) / (_SQRT_2PI * sd[i]))
+        cdf[j] += c
+        pdf[j] += d
 
 
 class LatencyLaw(Protocol):
@@ -197,20 +250,19 @@ class NormalMixture:
         pdf = np.zeros(xs.shape[0])
         step = max(1, _BLOCK // max(xs.shape[0], 1))
         for w, mu, sd, le in self.groups:
+            if le is None:
+                _normal_sums(np.ascontiguousarray(xs), w, mu, sd, want_pdf, cdf, pdf)
+                continue
             for i in range(0, w.shape[0], step):
                 sl = slice(i, i + step)
                 z = (xs[None, :] - mu[sl, None]) / sd[sl, None]
-                if le is None:
-                    c = special.ndtr(z)
-                    if want_pdf:
-                        pdf += w[sl] @ (np.exp(-0.5 * z * z) / (_SQRT_2PI * sd[sl, None]))
-                else:
-                    # exponnorm with shape K = 1 / (lam sd): s = 1 / K (scipy's formula)
-                    s = le[sl, None] * sd[sl, None]
-                    tail = np.exp(s * (0.5 * s - z) + special.log_ndtr(z - s))
-                    c = special.ndtr(z) - tail
-                    if want_pdf:
-                        pdf += w[sl] @ (le[sl, None] * tail)
+                # exponnorm with shape K = 1 / (lam sd): s = 1 / K (scipy's formula); few
+                # components (one per s bin and output length), left to numpy
+                s = le[sl, None] * sd[sl, None]
+                tail = np.exp(s * (0.5 * s - z) + special.log_ndtr(z - s))
+                c = special.ndtr(z) - tail
+                if want_pdf:
+                    pdf += w[sl] @ (le[sl, None] * tail)
                 cdf += w[sl] @ c
         tot = self.total
         return cdf / tot, pdf / tot
@@ -225,12 +277,47 @@ class NormalMixture:
         return solve_quantiles(self.cdf_pdf, lo, hi, probs, cdf=self._cdf_only)
 
 
+@jit_eager("void(f8[::1], f8[::1], f8[::1], f8[::1], f8[::1], f8[::1])")
+def _uniform_sums(
+    xs: FloatArray,
+    w: FloatArray,
+    lo: FloatArray,
+    ln: FloatArray,
+    cdf: FloatArray,
+    pdf: FloatArray,
+) -> None:  # pragma: no cover - compiled
+    """Add ``sum_i w_i U_i(x)`` and the ramps' density at each x to cdf and pdf.
+
+    ``U_i`` is the CDF of the uniform law on ``[lo_i, lo_i + ln_i]`` (a step at ``lo_i`` where
+    ``ln_i = 0``); a ramp's density ``w_i / ln_i`` counts on ``[lo_i, lo_i + ln_i)``.
+    """
+    m = xs.shape[0]
+    for i in range(w.shape[0]):
+        wi = w[i]
+        a = lo[i]
+        d = ln[i]
+        if d > 0.0:
+            b = a + d
+            c = wi / d
+            for j in range(m):
+                x = xs[j]
+                if x >= b:
+                    cdf[j] += wi
+                elif x >= a:
+                    cdf[j] += c * (x - a)
+                    pdf[j] += c
+        else:
+            for j in range(m):
+                if xs[j] >= a:
+                    cdf[j] += wi
+
+
 class UniformExpMixture:
     """TTFT's law: ``free`` x (mixture of uniforms on ``[lo_i, lo_i + ln_i]``, point masses where
     ``ln_i = 0``, weights ``w_i`` normalised) + ``wait`` x (``shift + Exp(mean theta)``).
 
-    The uniform part's CDF is a sum of ramps and steps, read off cumulative sums over the sorted
-    breakpoints (sorted once here, O(log) per point after).
+    The uniform part's CDF is a sum of ramps and steps, summed component by component (compiled,
+    all points of a call in one pass over the components: no sort of the ~40,000 breakpoints).
     """
 
     def __init__(
@@ -246,31 +333,22 @@ class UniformExpMixture:
         self.free, self.wait, self.shift, self.theta = free, wait, shift, theta
         self.w, self.lo, self.ln = w, lo, ln
         self.mass = float(w.sum())
-        ramp = ln > 0
-        c = w[ramp] / ln[ramp]
-        t = np.concatenate((lo[ramp], lo[ramp] + ln[ramp]))
-        cc = np.concatenate((c, -c))
-        order = np.argsort(t, kind="stable")
-        self._t, cc = t[order], cc[order]
-        self._slope = np.concatenate(([0.0], np.cumsum(cc)))
-        self._icept = np.concatenate(([0.0], np.cumsum(cc * self._t)))
-        pts = ~ramp
-        lp = lo[pts]
-        op = np.argsort(lp, kind="stable")
-        self._pt = lp[op]
-        self._cw = np.concatenate(([0.0], np.cumsum(w[pts][op])))
+        # contiguous float64 copies for the compiled sums
+        self._w = np.ascontiguousarray(w, dtype=np.float64)
+        self._lo = np.ascontiguousarray(lo, dtype=np.float64)
+        self._ln = np.ascontiguousarray(ln, dtype=np.float64)
         self.hi = float((lo + ln).max()) * 1.05 if lo.shape[0] else 1.0
         if wait > 0:
             self.hi = max(self.hi, shift + 12 * theta)
 
     def cdf_pdf(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
         """CDF and density at each x (the density leaves out the point masses)."""
-        xs = np.asarray(x, dtype=np.float64)
-        i = np.searchsorted(self._t, xs, side="right")  # breakpoints t <= x are on
-        u = self._slope[i] * xs - self._icept[i]
-        u = u + self._cw[np.searchsorted(self._pt, xs, side="right")]
+        xs = np.ascontiguousarray(x, dtype=np.float64)
+        u = np.zeros(xs.shape[0])
+        slope = np.zeros(xs.shape[0])
+        _uniform_sums(xs, self._w, self._lo, self._ln, u, slope)
         cdf = self.free * u / self.mass
-        pdf = self.free * self._slope[i] / self.mass
+        pdf = self.free * slope / self.mass
         if self.wait > 0:
             on = xs >= self.shift
             e = np.exp(-np.where(on, xs - self.shift, 0.0) / self.theta)
