@@ -21,7 +21,6 @@ __all__ = [
     "solve_quantiles",
 ]
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -41,56 +40,6 @@ _REL_TOL = 1e-13
 # |F(x) - p| at which x is taken as the root (a few ulps of a probability near 1)
 _F_TOL = 1e-15
 _SQRT_2PI = float(np.sqrt(2.0 * np.pi))
-_SQRT1_2 = math.sqrt(0.5)
-# Below this z a normal component's CDF underflows past every double (Phi(-38.5) ~ 1e-324),
-# and its density too: the component adds exactly nothing, so its erfc is not evaluated.
-_Z_NONE = -38.5
-# Above this z, Phi(z) rounds to 1.0 (1 - Phi(z) < 8e-24), so the component adds its weight to
-# the CDF; its density there (exp(-50) ~ 2e-22 of its peak) is below the density's rounding and
-# is left out (the density only steers Newton steps).
-_Z_FULL = 10.0
-
-
-@jit_eager("void(f8[::1], f8[::1], f8[::1], f8[::1], b1, f8[::1], f8[::1])")
-def _normal_sums(
-    xs: FloatArray,
-    w: FloatArray,
-    mu: FloatArray,
-    sd: FloatArray,
-    want_pdf: bool,
-    cdf: FloatArray,
-    pdf: FloatArray,
-) -> None:  # pragma: no cover - compiled
-    """Add ``sum_i w_i Phi((x - mu_i) / sd_i)`` (and the density) at each x to cdf (pdf).
-
-    ``Phi`` as scipy's ``ndtr`` computes it (``0.5 + 0.5 erf`` near 0, ``0.5 erfc`` in the
-    tails, reflected above 0), summed component by component (numpy's ``w @ ndtr(z)`` sums in
-    BLAS's order instead: the totals differ by rounding only).
-    """
-    for j in range(xs.shape[0]):
-        x = xs[j]
-        c = 0.0
-        d = 0.0
-        for i in range(w.shape[0]):
-            z = (x - mu[i]) / sd[i]
-            if z < _Z_NONE:
-                continue
-            if z > _Z_FULL:
-                c += w[i]
-                continue
-            v = z * _SQRT1_2
-            av = abs(v)
-            if av < _SQRT1_2:
-                y = 0.5 + 0.5 * math.erf(v)
-            else:
-                y = 0.5 * math.erfc(av)
-                if v > 0.0:
-                    y = 1.0 - y
-            c += w[i] * y
-            if want_pdf:
-                d += w[i] * (math.exp(-0.5 * z * z) / (_SQRT_2PI * sd[i]))
-        cdf[j] += c
-        pdf[j] += d
 
 
 class LatencyLaw(Protocol):
@@ -250,19 +199,20 @@ class NormalMixture:
         pdf = np.zeros(xs.shape[0])
         step = max(1, _BLOCK // max(xs.shape[0], 1))
         for w, mu, sd, le in self.groups:
-            if le is None:
-                _normal_sums(np.ascontiguousarray(xs), w, mu, sd, want_pdf, cdf, pdf)
-                continue
             for i in range(0, w.shape[0], step):
                 sl = slice(i, i + step)
                 z = (xs[None, :] - mu[sl, None]) / sd[sl, None]
-                # exponnorm with shape K = 1 / (lam sd): s = 1 / K (scipy's formula); few
-                # components (one per s bin and output length), left to numpy
-                s = le[sl, None] * sd[sl, None]
-                tail = np.exp(s * (0.5 * s - z) + special.log_ndtr(z - s))
-                c = special.ndtr(z) - tail
-                if want_pdf:
-                    pdf += w[sl] @ (le[sl, None] * tail)
+                if le is None:
+                    c = special.ndtr(z)
+                    if want_pdf:
+                        pdf += w[sl] @ (np.exp(-0.5 * z * z) / (_SQRT_2PI * sd[sl, None]))
+                else:
+                    # exponnorm with shape K = 1 / (lam sd): s = 1 / K (scipy's formula)
+                    s = le[sl, None] * sd[sl, None]
+                    tail = np.exp(s * (0.5 * s - z) + special.log_ndtr(z - s))
+                    c = special.ndtr(z) - tail
+                    if want_pdf:
+                        pdf += w[sl] @ (le[sl, None] * tail)
                 cdf += w[sl] @ c
         tot = self.total
         return cdf / tot, pdf / tot

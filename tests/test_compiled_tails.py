@@ -1,4 +1,5 @@
-"""The compiled mixture sums (sdsim/analytic/mixtures.py) against numpy/scipy references.
+"""The compiled kernels of the tail model against numpy references: the uniform-mixture sums
+(sdsim/analytic/mixtures.py) and the life root solve (sdsim/analytic/tails.py).
 
 Fixed inputs from a seeded generator (no randomness in the model); the tolerances are rounding
 level: the compiled loops sum component by component where numpy sums in BLAS's order.
@@ -7,47 +8,8 @@ level: the compiled loops sum component by component where numpy sums in BLAS's 
 from __future__ import annotations
 
 import numpy as np
-from scipy import special, stats
 
-from sdsim.analytic.mixtures import NormalMixture, UniformExpMixture, _normal_sums, _uniform_sums
-
-
-def _components(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    w = rng.random(n) * 10.0 ** rng.uniform(-14, 0, n)
-    mu = rng.uniform(0.0, 5.0, n)
-    sd = 10.0 ** rng.uniform(-6, 0.5, n)  # from far sharper than the spread to wider than it
-    return w, mu, sd
-
-
-def test_normal_sums_match_scipy() -> None:
-    w, mu, sd = _components(3_000, 1)
-    xs = np.concatenate((np.linspace(-3.0, 9.0, 41), mu[:20], mu[:20] + 10.0 * sd[:20]))
-    cdf = np.zeros(xs.shape[0])
-    pdf = np.zeros(xs.shape[0])
-    _normal_sums(xs, w, mu, sd, True, cdf, pdf)
-    z = (xs[None, :] - mu[:, None]) / sd[:, None]
-    ref_cdf = w @ special.ndtr(z)
-    ref_pdf = w @ (stats.norm.pdf(z) / sd[:, None])
-    # absolute in units of the total weight: sums of ~3,000 terms, each within an ulp or two
-    tot = w.sum()
-    np.testing.assert_allclose(cdf, ref_cdf, rtol=1e-13, atol=1e-15 * tot)
-    np.testing.assert_allclose(pdf, ref_pdf, rtol=1e-12, atol=1e-15 * float(np.max(w / sd)))
-    # without the density: the same CDF, the density left untouched
-    cdf2 = np.zeros(xs.shape[0])
-    pdf2 = np.zeros(xs.shape[0])
-    _normal_sums(xs, w, mu, sd, False, cdf2, pdf2)
-    assert np.array_equal(cdf2, cdf) and not pdf2.any()
-
-
-def test_normal_mixture_law_matches_scipy_sum() -> None:
-    w, mu, sd = _components(500, 2)
-    law = NormalMixture(w, mu, sd)
-    xs = np.linspace(0.0, 6.0, 25)
-    ref = (w @ stats.norm.cdf(xs[None, :], loc=mu[:, None], scale=sd[:, None])) / w.sum()
-    np.testing.assert_allclose(law.cdf(xs), ref, rtol=1e-13, atol=1e-16)
-    q = law.quantiles([0.5, 0.9, 0.99])
-    np.testing.assert_allclose(law.cdf(np.array(q)), [0.5, 0.9, 0.99], rtol=0, atol=1e-13)
+from sdsim.analytic.mixtures import UniformExpMixture, _uniform_sums
 
 
 def test_uniform_sums_match_numpy() -> None:
