@@ -1,5 +1,6 @@
-"""The compiled kernels of the tail model against numpy references: the uniform-mixture sums
-(sdsim/analytic/mixtures.py) and the life root solve (sdsim/analytic/tails.py).
+"""The compiled kernels of the tail model against numpy references: the mixture sums and the
+normal mixture's quantile refinement (sdsim/analytic/mixtures.py) and the life root solve
+(sdsim/analytic/tails.py).
 
 Fixed inputs from a seeded generator (no randomness in the model); the tolerances are rounding
 level: the compiled loops sum component by component where numpy sums in BLAS's order.
@@ -8,8 +9,71 @@ level: the compiled loops sum component by component where numpy sums in BLAS's 
 from __future__ import annotations
 
 import numpy as np
+from scipy import special, stats
 
-from sdsim.analytic.mixtures import UniformExpMixture, _uniform_sums
+from sdsim.analytic.mixtures import (
+    NormalMixture,
+    UniformExpMixture,
+    _normal_sums,
+    _uniform_sums,
+    solve_quantiles,
+)
+
+
+def _components(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    w = rng.random(n) * 10.0 ** rng.uniform(-14, 0, n)
+    mu = rng.uniform(0.0, 5.0, n)
+    sd = 10.0 ** rng.uniform(-6, 0.5, n)  # from far sharper than the spread to wider than it
+    return w, mu, sd
+
+
+def test_normal_sums_match_scipy() -> None:
+    w, mu, sd = _components(3_000, 1)
+    # a spread of points, points on component means and 10 sd above them (the cut-off)
+    xs = np.concatenate((np.linspace(-3.0, 9.0, 41), mu[:20], mu[:20] + 10.0 * sd[:20]))
+    cdf = np.zeros(xs.shape[0])
+    pdf = np.zeros(xs.shape[0])
+    _normal_sums(xs, w, mu, sd, True, cdf, pdf)
+    z = (xs[None, :] - mu[:, None]) / sd[:, None]
+    # rounding level: ~3,000 terms summed in another order, each within an ulp or two
+    tot = w.sum()
+    np.testing.assert_allclose(cdf, w @ special.ndtr(z), rtol=1e-13, atol=1e-15 * tot)
+    np.testing.assert_allclose(pdf, w @ (stats.norm.pdf(z) / sd[:, None]), rtol=1e-12,
+                               atol=1e-15 * float(np.max(w / sd)))  # fmt: skip
+    cdf2 = np.zeros(xs.shape[0])
+    pdf2 = np.zeros(xs.shape[0])
+    _normal_sums(xs, w, mu, sd, False, cdf2, pdf2)
+    assert np.array_equal(cdf2, cdf) and not pdf2.any()
+
+
+def test_normal_refine_equals_the_numpy_iteration() -> None:
+    """The compiled Newton refinement finds the numpy loop's roots (to its 1e-13 tolerance:
+    the CDF sums differ in the last bits, so the last step may differ)."""
+    probs = [0.001, 0.5, 0.9, 0.99, 0.999999]
+    for seed in (2, 5, 6):
+        w, mu, sd = _components(800, seed)
+        law = NormalMixture(w, mu, sd)
+        lo, hi = law.bounds()
+        fast = law.quantiles(probs)
+        slow = solve_quantiles(law.cdf_pdf, lo, hi, probs, cdf=law._cdf_only)
+        np.testing.assert_allclose(fast, slow, rtol=3e-13, atol=0)
+        # a root inside the table's range solves F = p to the solver's 1e-13 (relative, in x):
+        # p lies between F just below and just above it (scipy's CDF, summed independently;
+        # 0.001 may sit at the range's floor, 0, where F(0) >= p already)
+        q = np.array(fast)
+        inside = q > lo
+
+        def cdf(x: np.ndarray, w: np.ndarray = w, mu: np.ndarray = mu, sd: np.ndarray = sd
+                ) -> np.ndarray:  # fmt: skip
+            c = stats.norm.cdf(x[None, :], loc=mu[:, None], scale=sd[:, None])
+            return np.asarray(w @ c / w.sum())
+
+        pin = np.array(probs)[inside]
+        # (1e-14 in F: 800 terms summed in another order than the solver's)
+        assert (cdf(q[inside] * (1 - 3e-13)) <= pin + 1e-14).all()
+        assert (cdf(q[inside] * (1 + 3e-13)) >= pin - 1e-14).all()
+        assert inside[1:].all()
 
 
 def test_uniform_sums_match_numpy() -> None:
