@@ -84,10 +84,11 @@ def test_uniform_sums_match_numpy() -> None:
     ln = np.where(rng.random(n) < 0.1, 0.0, rng.uniform(0.0, 0.5, n))  # 10% point masses
     # points on breakpoints too (both ends of ramps, point masses)
     xs = np.concatenate((np.linspace(-0.1, 1.6, 53), lo[:10], lo[:10] + ln[:10]))
-    cdf = np.zeros(xs.shape[0])
-    pdf = np.zeros(xs.shape[0])
-    _uniform_sums(xs, w, lo, ln, cdf, pdf)
     ramp = ln > 0
+    out = np.empty((2, xs.shape[0]))
+    _uniform_sums(xs, w[ramp], lo[ramp], lo[ramp] + ln[ramp], w[ramp] / ln[ramp], w[~ramp],
+                  lo[~ramp], out)  # fmt: skip
+    cdf, pdf = out
     safe = np.where(ramp, ln, 1.0)
     u = np.where(ramp[:, None], np.clip((xs[None, :] - lo[:, None]) / safe[:, None], 0.0, 1.0),
                  (xs[None, :] >= lo[:, None]).astype(float))  # fmt: skip

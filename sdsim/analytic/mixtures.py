@@ -23,8 +23,9 @@ __all__ = [
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
+import numba
 import numpy as np
 import numpy.typing as npt
 from scipy import special
@@ -361,39 +362,52 @@ class NormalMixture:
         return solve_quantiles(self.cdf_pdf, lo, hi, probs, cdf=self._cdf_only, refine=refine)
 
 
-@jit_eager("void(f8[::1], f8[::1], f8[::1], f8[::1], f8[::1], f8[::1])")
+def _reassoc_jit(signature: str) -> Any:
+    """:func:`sdsim._jit.jit_eager` with reassociation allowed, so that a compiled sum over
+    components runs in SIMD lanes (it is then summed in another order: rounding only)."""
+
+    def wrap(f: Any) -> Any:
+        try:
+            return numba.njit(signature, cache=True, fastmath={"reassoc"})(f)
+        except RuntimeError:  # pragma: no cover - no writable cache location
+            return numba.njit(signature, fastmath={"reassoc"})(f)
+
+    return wrap
+
+
+@_reassoc_jit("void(f8[::1], f8[::1], f8[::1], f8[::1], f8[::1], f8[::1], f8[::1], f8[:, ::1])")
 def _uniform_sums(
     xs: FloatArray,
     w: FloatArray,
     lo: FloatArray,
-    ln: FloatArray,
-    cdf: FloatArray,
-    pdf: FloatArray,
+    hi: FloatArray,
+    dens: FloatArray,
+    pt_w: FloatArray,
+    pt_at: FloatArray,
+    out: FloatArray,
 ) -> None:  # pragma: no cover - compiled
-    """Add ``sum_i w_i U_i(x)`` and the ramps' density at each x to cdf and pdf.
+    """``sum_i w_i U_i(x)`` and the ramps' density at each x (``out``: 2 x len(xs), CDF then
+    density).
 
-    ``U_i`` is the CDF of the uniform law on ``[lo_i, lo_i + ln_i]`` (a step at ``lo_i`` where
-    ``ln_i = 0``); a ramp's density ``w_i / ln_i`` counts on ``[lo_i, lo_i + ln_i)``.
+    Ramps: uniform on ``[lo_i, hi_i]`` with density ``dens_i = w_i / (hi_i - lo_i)``; each term
+    is ``w_i`` at or past ``hi_i``, ``dens_i (x - lo_i)`` on the ramp, 0 below it (the density
+    counts on ``[lo_i, hi_i)``); point masses ``pt_w`` at ``pt_at``. Branch-free selects, so
+    the sum over components vectorises.
     """
     m = xs.shape[0]
-    for i in range(w.shape[0]):
-        wi = w[i]
-        a = lo[i]
-        d = ln[i]
-        if d > 0.0:
-            b = a + d
-            c = wi / d
-            for j in range(m):
-                x = xs[j]
-                if x >= b:
-                    cdf[j] += wi
-                elif x >= a:
-                    cdf[j] += c * (x - a)
-                    pdf[j] += c
-        else:
-            for j in range(m):
-                if xs[j] >= a:
-                    cdf[j] += wi
+    for j in range(m):
+        x = xs[j]
+        c = 0.0
+        d = 0.0
+        for i in range(w.shape[0]):
+            on = x >= lo[i]
+            top = x >= hi[i]
+            c += w[i] if top else (dens[i] * (x - lo[i]) if on else 0.0)
+            d += dens[i] if (on and not top) else 0.0
+        for i in range(pt_w.shape[0]):
+            c += pt_w[i] if x >= pt_at[i] else 0.0
+        out[0, j] = c
+        out[1, j] = d
 
 
 class UniformExpMixture:
@@ -417,10 +431,14 @@ class UniformExpMixture:
         self.free, self.wait, self.shift, self.theta = free, wait, shift, theta
         self.w, self.lo, self.ln = w, lo, ln
         self.mass = float(w.sum())
-        # contiguous float64 copies for the compiled sums
-        self._w = np.ascontiguousarray(w, dtype=np.float64)
-        self._lo = np.ascontiguousarray(lo, dtype=np.float64)
-        self._ln = np.ascontiguousarray(ln, dtype=np.float64)
+        # ramps (lo, lo + ln, density w / ln) and point masses, contiguous for the compiled sums
+        ramp = ln > 0
+        self._rw = np.ascontiguousarray(w[ramp], dtype=np.float64)
+        self._rlo = np.ascontiguousarray(lo[ramp], dtype=np.float64)
+        self._rhi = self._rlo + ln[ramp]
+        self._rdens = self._rw / ln[ramp]
+        self._pw = np.ascontiguousarray(w[~ramp], dtype=np.float64)
+        self._pat = np.ascontiguousarray(lo[~ramp], dtype=np.float64)
         self.hi = float((lo + ln).max()) * 1.05 if lo.shape[0] else 1.0
         if wait > 0:
             self.hi = max(self.hi, shift + 12 * theta)
@@ -428,9 +446,9 @@ class UniformExpMixture:
     def cdf_pdf(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
         """CDF and density at each x (the density leaves out the point masses)."""
         xs = np.ascontiguousarray(x, dtype=np.float64)
-        u = np.zeros(xs.shape[0])
-        slope = np.zeros(xs.shape[0])
-        _uniform_sums(xs, self._w, self._lo, self._ln, u, slope)
+        sums = np.empty((2, xs.shape[0]))
+        _uniform_sums(xs, self._rw, self._rlo, self._rhi, self._rdens, self._pw, self._pat, sums)
+        u, slope = sums[0], sums[1]
         cdf = self.free * u / self.mass
         pdf = self.free * slope / self.mass
         if self.wait > 0:
