@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special
 
-from sdsim._jit import jit_eager
+from sdsim._jit import jit, jit_eager
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -94,6 +94,37 @@ def _normal_sums(
         pdf[j] += d
 
 
+@jit
+def _normal_at(
+    x: float, w: FloatArray, mu: FloatArray, sd: FloatArray
+) -> tuple[float, float, float]:  # pragma: no cover - compiled
+    """The mixture's CDF, density and the density's slope at one x (unnormalised), each term as
+    :func:`_normal_sums` computes it (the slope: ``-z / sd`` times the term's density)."""
+    c = 0.0
+    d = 0.0
+    dd = 0.0
+    for i in range(w.shape[0]):
+        z = (x - mu[i]) / sd[i]
+        if z < _Z_NONE:
+            continue
+        if z > _Z_FULL:
+            c += w[i]
+            continue
+        v = z * _SQRT1_2
+        av = abs(v)
+        if av < _SQRT1_2:
+            y = 0.5 + 0.5 * math.erf(v)
+        else:
+            y = 0.5 * math.erfc(av)
+            if v > 0.0:
+                y = 1.0 - y
+        c += w[i] * y
+        g = w[i] * (math.exp(-0.5 * z * z) / (_SQRT_2PI * sd[i]))
+        d += g
+        dd -= g * z / sd[i]
+    return c, d, dd
+
+
 @jit_eager(
     "void(f8[::1], f8[::1], f8[::1], f8, f8[::1], f8[::1], f8[::1], f8[::1], f8[::1], f8[::1])"
 )
@@ -109,15 +140,14 @@ def _normal_refine(
     p: FloatArray,
     out: FloatArray,
 ) -> None:  # pragma: no cover - compiled
-    """:func:`solve_quantiles`' safeguarded Newton refinement for a normal mixture, compiled.
+    """:func:`solve_quantiles`' safeguarded refinement for a normal mixture, compiled.
 
-    The same iteration, one quantile at a time (each quantile's iterates depend only on its
-    own bracket), with the mixture's CDF and density summed by :func:`_normal_sums`: the
-    per-iteration numpy calls on ~1,000-6,000 components cost more than the sums themselves.
+    The same bracketing, stopping rules and safeguards, one quantile at a time (each
+    quantile's iterates depend only on its own bracket), with Halley steps instead of Newton
+    ones (the density's slope comes almost free with the density; cubic convergence saves
+    ~2 CDF evaluations per quantile); the per-iteration numpy calls on ~1,000-6,000
+    components also cost about as much as the sums themselves.
     """
-    xs = np.empty(1)
-    cdf = np.empty(1)
-    pdf = np.empty(1)
     for q in range(p.shape[0]):
         lo = a[q]
         hi = b[q]
@@ -126,12 +156,10 @@ def _normal_refine(
         x = lo + t * (hi - lo)
         res = x
         for _ in range(200):
-            xs[0] = x
-            cdf[0] = 0.0
-            pdf[0] = 0.0
-            _normal_sums(xs, w, mu, sd, True, cdf, pdf)
-            f = cdf[0] / tot
-            d = pdf[0] / tot
+            c, dn, ddn = _normal_at(x, w, mu, sd)
+            f = c / tot
+            d = dn / tot
+            dd = ddn / tot
             r = f - pq
             if r < 0.0:
                 lo = x
@@ -145,7 +173,9 @@ def _normal_refine(
             ok = False
             newton = 0.0
             if d > 0 and r != 0.0:
-                newton = x - r / d
+                # Halley: x - 2 r d / (2 d^2 - r d'); Newton where that denominator is not > 0
+                den = 2.0 * d * d - r * dd
+                newton = x - 2.0 * r * d / den if den > 0.0 else x - r / d
                 ok = lo < newton < hi
             nxt = newton if ok else 0.5 * (lo + hi)
             tol = _REL_TOL * max(abs(nxt), 1e-300)
