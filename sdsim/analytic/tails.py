@@ -47,9 +47,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import numba
 import numpy as np
 import numpy.typing as npt
 
+from sdsim._jit import jit_eager
 from sdsim.analytic.coefficients import Coefficients
 from sdsim.analytic.gps import BirthDeath
 from sdsim.analytic.mixtures import LatencyLaw, NormalMixture, UniformExpMixture
@@ -171,7 +173,187 @@ _GH_Z, _GH_W = np.polynomial.hermite_e.hermegauss(5)
 _GH_W = _GH_W / _GH_W.sum()
 
 
-def _smoothed(lines: LocalLines, top: float, dispersion: float = 1.0) -> LocalLines:
+class _Tabulated:
+    """``x -> (a, b, c_p)`` read off a table of the smoothed curve (see :func:`_smoothed`).
+
+    Linear interpolation in ``xg`` (``np.interp``); beyond ``top`` the step continues along the
+    last slope. Callable like any :data:`LocalLines`; :func:`_life_on_curve` also hands the
+    table itself to a compiled root solver that reads it the same way.
+    """
+
+    def __init__(
+        self, xg: FloatArray, step_t: FloatArray, b_t: FloatArray, cp_t: FloatArray, top: float
+    ) -> None:
+        self.xg, self.step_t, self.b_t, self.cp_t, self.top = xg, step_t, b_t, cp_t, top
+        # for the compiled reader: np.interp's slopes per table, and 1 / spacing to guess a
+        # point's interval (then checked against the knots themselves)
+        self.slopes = np.stack([_slopes(xg, v) for v in (b_t, step_t, cp_t)])
+        self.inv_h = (xg.shape[0] - 1) / (xg[-1] - xg[0]) if xg[-1] > xg[0] else 0.0
+
+    def __call__(self, n: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+        x = np.asarray(n, dtype=np.float64)
+        bb = np.interp(x, self.xg, self.b_t)
+        step = np.interp(x, self.xg, self.step_t) + self.b_t[-1] * np.maximum(x - self.top, 0.0)
+        return step - bb * (x + 1.0), bb, np.interp(x, self.xg, self.cp_t)
+
+
+@numba.njit(inline="always")
+def _knot(x: float, xp: FloatArray, inv_h: float) -> int:  # pragma: no cover - compiled
+    """The interval ``np.interp`` reads for ``x`` in an evenly spaced ``xp``: -1 below it,
+    ``len(xp)`` above it, else the ``j`` with ``xp[j] <= x < xp[j + 1]`` (``len - 1`` at the
+    last knot), as numpy's binary search finds it (guessed from the spacing, then moved to
+    the knots' own comparisons)."""
+    n = xp.shape[0]
+    if x < xp[0]:
+        return -1
+    if x > xp[n - 1]:
+        return n
+    j = min(max(int((x - xp[0]) * inv_h), 0), n - 1)
+    while j > 0 and xp[j] > x:
+        j -= 1
+    while j < n - 1 and xp[j + 1] <= x:
+        j += 1
+    return j
+
+
+@numba.njit(inline="always")
+def _interp_knot(
+    x: float, j: int, xp: FloatArray, fp: FloatArray, slopes: FloatArray, row: int
+) -> float:  # pragma: no cover - compiled
+    """``np.interp(x, xp, fp)`` on the interval ``j`` of :func:`_knot`, numpy's operations in
+    its order (``slopes[row, j] = (fp[j+1] - fp[j]) / (xp[j+1] - xp[j])``, as numpy precomputes
+    them; a point on a knot or past an end takes that knot's value)."""
+    n = xp.shape[0]
+    if j < 0:
+        return fp[0]
+    if j >= n - 1 or xp[j] == x:
+        return fp[min(j, n - 1)]
+    return slopes[row, j] * (x - xp[j]) + fp[j]
+
+
+def _slopes(xp: FloatArray, fp: FloatArray) -> FloatArray:
+    """``np.interp``'s per-interval slopes (the same division), one per knot (0 at the last)."""
+    out = np.zeros(fp.shape[0])
+    out[:-1] = (fp[1:] - fp[:-1]) / (xp[1:] - xp[:-1])
+    return out
+
+
+@numba.njit(inline="always")
+def _life_excess(
+    x: float,
+    xg: FloatArray,
+    step_t: FloatArray,
+    b_t: FloatArray,
+    cp_t: FloatArray,
+    sl: FloatArray,
+    inv_h: float,
+    top: float,
+    lam: float,
+    p: float,
+    q_full: float,
+    sf: float,
+    e: float,
+    s_1: float,
+    cm: float,
+) -> float:  # pragma: no cover - compiled
+    """:func:`_life_on_curve`'s ``excess`` for one cell, the same operations in the same order
+    (``sl``: the slopes of ``b_t``, ``step_t``, ``cp_t`` as three rows)."""
+    j = _knot(x, xg, inv_h)
+    bb = _interp_knot(x, j, xg, b_t, sl, 0)
+    step0 = _interp_knot(x, j, xg, step_t, sl, 1) + b_t[b_t.shape[0] - 1] * max(x - top, 0.0)
+    a = step0 - bb * (x + 1.0)
+    cp = _interp_knot(x, j, xg, cp_t, sl, 2)
+    step = a + bb * (x + 1.0)
+    base = max(e * step - p * bb + cp, 0.0)
+    pf = max(1.0 - lam * cp * s_1 / e, 1e-12)
+    t = min(base / pf, base + cp * s_1 * q_full)
+    return (sf + lam * t / e * cm) / e - x
+
+
+@jit_eager("void(f8[::1], f8[::1], f8[::1], f8[::1], f8[:, ::1], f8, f8, f8, f8, f8, f8, "
+           "f8[::1], f8[::1], f8[::1], f8[::1], f8[::1], b1[::1])")  # fmt: skip
+def _life_roots(
+    xg: FloatArray,
+    step_t: FloatArray,
+    b_t: FloatArray,
+    cp_t: FloatArray,
+    sl: FloatArray,
+    inv_h: float,
+    top: float,
+    lam: float,
+    p: float,
+    q_full: float,
+    cap: float,
+    sf: FloatArray,
+    ellf: FloatArray,
+    s1: FloatArray,
+    cm: FloatArray,
+    x_out: FloatArray,
+    capped: npt.NDArray[np.bool_],
+) -> None:  # pragma: no cover - compiled
+    """The vectorised Illinois iteration of :func:`_life_on_curve`, one cell at a time (each
+    cell's iterates depend on that cell only, so the floats are the same)."""
+    for i in range(sf.shape[0]):
+        e = ellf[i]
+        lo = min(sf[i] / e, cap)
+        hi = cap
+        f_lo = _life_excess(
+            lo, xg, step_t, b_t, cp_t, sl, inv_h, top, lam, p, q_full, sf[i], e, s1[i], cm[i]
+        )
+        f_hi = _life_excess(
+            hi, xg, step_t, b_t, cp_t, sl, inv_h, top, lam, p, q_full, sf[i], e, s1[i], cm[i]
+        )
+        capped[i] = f_hi >= 0.0
+        if capped[i]:
+            x_out[i] = hi
+            continue
+        x_out[i] = lo
+        if not f_lo > 0.0:
+            continue
+        side = 0
+        for _ in range(_LIFE_ITER):
+            den = f_hi - f_lo
+            if den == 0.0:  # cannot happen (f_lo >= 0 > f_hi throughout); bisect if it did
+                xm = 0.5 * (lo + hi)
+            else:
+                xm = hi - f_hi * (hi - lo) / den
+            xm = min(max(xm, lo), hi)
+            fm = _life_excess(
+                xm,
+                xg,
+                step_t,
+                b_t,
+                cp_t,
+                sl,
+                inv_h,
+                top,
+                lam,
+                p,
+                q_full,
+                sf[i],
+                e,
+                s1[i],
+                cm[i],
+            )
+            up = fm >= 0.0
+            if up:
+                if side == 1:
+                    f_hi = f_hi * 0.5
+                lo = xm
+                f_lo = fm
+                side = 1
+            else:
+                if side == -1:
+                    f_lo = f_lo * 0.5
+                hi = xm
+                f_hi = fm
+                side = -1
+            x_out[i] = xm
+            if hi - lo <= _LIFE_TOL * (1.0 + xm) or abs(fm) <= _LIFE_TOL * 1e-3:
+                break
+
+
+def _smoothed(lines: LocalLines, top: float, dispersion: float = 1.0) -> _Tabulated:
     """Lines of the step curve averaged over the batch's fluctuation around its mean.
 
     The others in a step of the life fluctuate around their mean ``x`` (survivors leave by
@@ -196,13 +378,48 @@ def _smoothed(lines: LocalLines, top: float, dispersion: float = 1.0) -> LocalLi
     b_t = (b * _GH_W).sum(axis=-1)
     cp_t = (cp * _GH_W).sum(axis=-1)
 
-    def fn(n: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
-        x = np.asarray(n, dtype=np.float64)
-        bb = np.interp(x, xg, b_t)
-        step = np.interp(x, xg, step_t) + b_t[-1] * np.maximum(x - top, 0.0)
-        return step - bb * (x + 1.0), bb, np.interp(x, xg, cp_t)
+    return _Tabulated(xg, step_t, b_t, cp_t, float(top))
 
-    return fn
+
+def _life_roots_numpy(
+    excess: Callable[[FloatArray, npt.NDArray[np.intp]], FloatArray],
+    sf: FloatArray,
+    ellf: FloatArray,
+    n: int,
+    cap: float,
+) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+    """:func:`_life_on_curve`'s root per cell for any ``lines``: Illinois regula falsi on
+    ``excess`` over all the cells still open at once."""
+    allidx = np.arange(n)
+    lo = np.minimum(sf.ravel() / ellf.ravel(), cap)
+    hi = np.full(n, float(cap))
+    f_lo = excess(lo, allidx)  # >= 0: the arrivals only add
+    f_hi = excess(hi, allidx)
+    capped = f_hi >= 0.0
+    x = np.where(capped, hi, lo)
+    todo = np.flatnonzero(~capped & (f_lo > 0.0))
+    lo, hi, f_lo, f_hi = lo[todo], hi[todo], f_lo[todo], f_hi[todo]
+    side = np.zeros(todo.shape[0], dtype=np.int64)
+    for _ in range(_LIFE_ITER):
+        if todo.shape[0] == 0:
+            break
+        xm = hi - f_hi * (hi - lo) / (f_hi - f_lo)
+        xm = np.clip(xm, lo, hi)
+        fm = excess(xm, todo)
+        up = fm >= 0.0
+        # Illinois: halve the stale end's value when the same end moves twice in a row
+        f_hi = np.where(up & (side == 1), f_hi * 0.5, f_hi)
+        f_lo = np.where(~up & (side == -1), f_lo * 0.5, f_lo)
+        lo = np.where(up, xm, lo)
+        f_lo = np.where(up, fm, f_lo)
+        hi = np.where(up, hi, xm)
+        f_hi = np.where(up, f_hi, fm)
+        side = np.where(up, 1, -1)
+        x[todo] = xm
+        done = (hi - lo <= _LIFE_TOL * (1.0 + xm)) | (np.abs(fm) <= _LIFE_TOL * 1e-3)
+        keep = ~done
+        todo, lo, hi, f_lo, f_hi, side = (v[keep] for v in (todo, lo, hi, f_lo, f_hi, side))
+    return x, capped
 
 
 def _life_on_curve(
@@ -285,35 +502,21 @@ def _life_on_curve(
         return (sf.ravel()[idx] + lam * t / e * cm.ravel()[idx]) / e - x
 
     n = int(np.prod(shape))
-    allidx = np.arange(n)
-    lo = np.minimum(sf.ravel() / ellf.ravel(), cap)
-    hi = np.full(n, float(cap))
-    f_lo = excess(lo, allidx)  # >= 0: the arrivals only add
-    f_hi = excess(hi, allidx)
-    capped = f_hi >= 0.0
-    x = np.where(capped, hi, lo)
-    todo = np.flatnonzero(~capped & (f_lo > 0.0))
-    lo, hi, f_lo, f_hi = lo[todo], hi[todo], f_lo[todo], f_hi[todo]
-    side = np.zeros(todo.shape[0], dtype=np.int64)
-    for _ in range(_LIFE_ITER):
-        if todo.shape[0] == 0:
-            break
-        xm = hi - f_hi * (hi - lo) / (f_hi - f_lo)
-        xm = np.clip(xm, lo, hi)
-        fm = excess(xm, todo)
-        up = fm >= 0.0
-        # Illinois: halve the stale end's value when the same end moves twice in a row
-        f_hi = np.where(up & (side == 1), f_hi * 0.5, f_hi)
-        f_lo = np.where(~up & (side == -1), f_lo * 0.5, f_lo)
-        lo = np.where(up, xm, lo)
-        f_lo = np.where(up, fm, f_lo)
-        hi = np.where(up, hi, xm)
-        f_hi = np.where(up, f_hi, fm)
-        side = np.where(up, 1, -1)
-        x[todo] = xm
-        done = (hi - lo <= _LIFE_TOL * (1.0 + xm)) | (np.abs(fm) <= _LIFE_TOL * 1e-3)
-        keep = ~done
-        todo, lo, hi, f_lo, f_hi, side = (v[keep] for v in (todo, lo, hi, f_lo, f_hi, side))
+    x: FloatArray
+    capped: npt.NDArray[np.bool_]
+    if isinstance(lines, _Tabulated):
+        x = np.empty(n)
+        capped = np.empty(n, dtype=np.bool_)
+        _life_roots(
+            lines.xg, lines.step_t, lines.b_t, lines.cp_t, lines.slopes,
+            lines.inv_h, lines.top,
+            float(lam), float(P), float(q_full), float(cap),
+            # (writable copies: the broadcast views are read-only, the kernel's signature not)
+            np.array(sf, dtype=np.float64).ravel(), np.array(ellf).ravel(),
+            np.array(s1).ravel(), np.array(cm, dtype=np.float64).ravel(), x, capped,
+        )  # fmt: skip
+    else:
+        x, capped = _life_roots_numpy(excess, sf, ellf, n, cap)
     x = x.reshape(shape)
     capf = capped.reshape(shape).astype(np.float64)
     t_life, b, cp, step = life_at(x, ellf, s1)
@@ -685,24 +888,24 @@ def latency_distribution(
             out[f"tpot_{name}"] = math.nan
     # TTFT: residual (uniform over a length-biased step) + prefill step with Poisson prefills
     ttft_stats, laws["ttft"] = _ttft(
-            co,
-            lam,
-            n0,
-            w0,
-            d0,
-            mu_pf,
-            ttft_pf_mean,
-            p_wait,
-            theta,
-            a_t,
-            b_t,
-            cp_n,
-            cp_t,
-            P,
-            nmax,
-            t_full,
-            nu,
-        )
+        co,
+        lam,
+        n0,
+        w0,
+        d0,
+        mu_pf,
+        ttft_pf_mean,
+        p_wait,
+        theta,
+        a_t,
+        b_t,
+        cp_n,
+        cp_t,
+        P,
+        nmax,
+        t_full,
+        nu,
+    )
     out.update(ttft_stats)
     mean_batch = float((np.minimum(n_all, nmax) * pn).sum()) * e_s / nu
     return TailModel(out, p_wait, mean_wait, mean_batch, laws)
