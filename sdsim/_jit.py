@@ -22,15 +22,20 @@ def jit(f: Any) -> Any:
         return numba.njit(f)
 
 
-def jit_eager(signature: str) -> Any:
+def jit_eager(signature: str, fastmath: set[str] | None = None) -> Any:
     """:func:`jit` with an explicit signature: compiled (or loaded from the cache) when the
     module defining the kernel is imported, not at its first call. The first kernel a process
-    loads also pays numba's one-off start (~0.15 s), which this moves to import time."""
+    loads also pays numba's one-off start (~0.15 s), which this moves to import time.
+
+    ``fastmath``: LLVM fast-math flags to allow (e.g. ``{"reassoc"}``, so a sum runs in SIMD
+    lanes, in another order: rounding only); none by default.
+    """
+    opts: dict[str, Any] = {} if not fastmath else {"fastmath": set(fastmath)}
 
     def wrap(f: Any) -> Any:
         try:
-            return numba.njit(signature, cache=True)(f)
+            return numba.njit(signature, cache=True, **opts)(f)
         except RuntimeError:  # no writable cache location (tests/test_jit.py)
-            return numba.njit(signature)(f)
+            return numba.njit(signature, **opts)(f)
 
     return wrap

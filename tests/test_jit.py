@@ -39,3 +39,8 @@ def test_jit_compiles_without_a_cache_location(no_cache_location: None) -> None:
 def test_jit_eager_compiles_without_a_cache_location(no_cache_location: None) -> None:
     f = jit_eager("float64(float64[:])")(_total)
     assert f(np.arange(4.0)) == 6.0
+
+
+def test_jit_eager_fastmath_without_a_cache_location(no_cache_location: None) -> None:
+    f = jit_eager("float64(float64[:])", fastmath={"reassoc"})(_total)
+    assert f(np.arange(4.0)) == 6.0

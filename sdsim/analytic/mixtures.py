@@ -25,7 +25,6 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-import numba
 import numpy as np
 import numpy.typing as npt
 from scipy import special
@@ -395,14 +394,7 @@ class NormalMixture:
 def _reassoc_jit(signature: str) -> Any:
     """:func:`sdsim._jit.jit_eager` with reassociation allowed, so that a compiled sum over
     components runs in SIMD lanes (it is then summed in another order: rounding only)."""
-
-    def wrap(f: Any) -> Any:
-        try:
-            return numba.njit(signature, cache=True, fastmath={"reassoc"})(f)
-        except RuntimeError:  # pragma: no cover - no writable cache location
-            return numba.njit(signature, fastmath={"reassoc"})(f)
-
-    return wrap
+    return jit_eager(signature, fastmath={"reassoc"})
 
 
 @_reassoc_jit("void(f8[::1], f8[::1], f8[::1], f8[::1], f8[::1], f8[::1], f8[::1], f8[:, ::1])")
