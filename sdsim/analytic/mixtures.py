@@ -25,6 +25,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+import numba
 import numpy as np
 import numpy.typing as npt
 from scipy import special
@@ -51,6 +52,18 @@ _Z_NONE = -38.5
 _Z_FULL = 10.0
 
 
+@numba.njit(inline="always")
+def _ndtr(z: float) -> float:  # pragma: no cover - compiled
+    """Phi(z) as scipy's ``ndtr`` computes it: ``0.5 + 0.5 erf`` near 0, ``0.5 erfc`` in the
+    tails, reflected above 0 (inlined into the kernels below)."""
+    v = z * _SQRT1_2
+    av = abs(v)
+    if av < _SQRT1_2:
+        return 0.5 + 0.5 * math.erf(v)
+    y = 0.5 * math.erfc(av)
+    return 1.0 - y if v > 0.0 else y
+
+
 @jit_eager("void(f8[::1], f8[::1], f8[::1], f8[::1], b1, f8[::1], f8[::1])")
 def _normal_sums(
     xs: FloatArray,
@@ -63,8 +76,7 @@ def _normal_sums(
 ) -> None:  # pragma: no cover - compiled
     """Add ``sum_i w_i Phi((x - mu_i) / sd_i)`` (and the density) at each x to cdf (pdf).
 
-    ``Phi`` as scipy's ``ndtr`` computes it (``0.5 + 0.5 erf`` near 0, ``0.5 erfc`` in the
-    tails, reflected above 0), summed component by component (numpy's ``w @ ndtr(z)`` sums in
+    ``Phi`` is :func:`_ndtr`, summed component by component (numpy's ``w @ ndtr(z)`` sums in
     BLAS's order instead: the totals differ by rounding only).
     """
     for j in range(xs.shape[0]):
@@ -78,15 +90,7 @@ def _normal_sums(
             if z > _Z_FULL:
                 c += w[i]
                 continue
-            v = z * _SQRT1_2
-            av = abs(v)
-            if av < _SQRT1_2:
-                y = 0.5 + 0.5 * math.erf(v)
-            else:
-                y = 0.5 * math.erfc(av)
-                if v > 0.0:
-                    y = 1.0 - y
-            c += w[i] * y
+            c += w[i] * _ndtr(z)
             if want_pdf:
                 d += w[i] * (math.exp(-0.5 * z * z) / (_SQRT_2PI * sd[i]))
         cdf[j] += c
@@ -109,15 +113,7 @@ def _normal_at(
         if z > _Z_FULL:
             c += w[i]
             continue
-        v = z * _SQRT1_2
-        av = abs(v)
-        if av < _SQRT1_2:
-            y = 0.5 + 0.5 * math.erf(v)
-        else:
-            y = 0.5 * math.erfc(av)
-            if v > 0.0:
-                y = 1.0 - y
-        c += w[i] * y
+        c += w[i] * _ndtr(z)
         g = w[i] * (math.exp(-0.5 * z * z) / (_SQRT_2PI * sd[i]))
         d += g
         dd -= g * z / sd[i]
