@@ -342,7 +342,6 @@ class Engine:
         kv = self.kv
         bs = kv.block_size
         adaptive = self.adaptive
-        tracker = self.tracker
         tape = self.tape
         fixed_tape = tape.k is not None
         records = self.records
@@ -361,44 +360,12 @@ class Engine:
             else:
                 k = self.k if adaptive is None else self._choose_k()
             self.k = k
-            waiting_before = len(self.waiting)
-            batch, self.run_ids = form_batch(
-                self.run_ids,
-                self.n_prefilling,
-                self.waiting,
-                t,
-                k,
-                self.max_num_seqs,
-                self.budget,
-                self.policy,
-                kv,
-            )
-            npre = int(batch.preempted.shape[0])
-            if npre:
-                self.preemptions += npre
-                self.n_prefilling -= batch.preempted_prefilling
             now = env.now
-            if batch.admitted:
-                self.n_prefilling += len(batch.admitted)
-                adm = np.asarray(batch.admitted, dtype=np.int64)
-                fresh = adm[np.isnan(t.first_scheduled[adm])]
-                t.first_scheduled[fresh] = now
-                tape.ensure(t, adm, self._live)
-            if tracker is not None:
-                tracker.waiting += len(self.waiting) - waiting_before
+            batch, waiting_before, npre = self._form(k, now)
             dec = batch.decode_ids
             pf = batch.prefill_ids
-            b = int(dec.shape[0])
-            npf = int(pf.shape[0])
-            if b + npf == 0:  # pragma: no cover - prevented by check_kv_fits
-                raise RuntimeError("engine step with nothing to run: the KV cache check failed")
-            dec_ctx = int(_sum(batch.decode_context)) if b else 0
-            if npf:
-                chunks = batch.prefill_chunks
-                pf_tokens = int(_sum(chunks))
-                pf_ctx = int(_sum(t.prefilled[pf] + chunks))
-            else:
-                pf_tokens = pf_ctx = 0
+            chunks = batch.prefill_chunks
+            b, dec_ctx, pf_tokens, pf_ctx, npf = _shape(batch, t)
             self.kv_in_step = kv.used
             st = cost.step(StepShape(b, dec_ctx, k, pf_tokens, pf_ctx, npf))
 
@@ -611,7 +578,7 @@ class Engine:
         return min(tr.after_next, tr.deadline)
 
     def _finished(self, nf: int) -> None:
-        """Count ``nf`` completions (the table was updated by a compiled kernel)."""
+        """Count ``nf`` completions (the table already records them)."""
         self.completed += nf
         self.outstanding -= nf
         if self.router is not None:
@@ -619,17 +586,16 @@ class Engine:
         if self.tracker is not None:
             self.tracker.finished(nf)
 
-    def _form_python(self, k: int, now: float) -> tuple[int, int, int, int, int]:
-        """Form the batch with :func:`form_batch` (preemption, prefill-first admissions) and
-        load it into the compiled loop's state; returns the step's shape."""
+    def _form(self, k: int, now: float) -> tuple[Batch, int, int]:
+        """Form the next batch with :func:`form_batch` and apply what forming it did (preempted
+        and admitted requests, their tapes, the waiting count); returns the batch, the queue
+        length before it and the number of requests it preempted."""
         t = self.t
-        es = self.es
         waiting_before = len(self.waiting)
-        batch, run = form_batch(
+        batch, self.run_ids = form_batch(
             self.run_ids, self.n_prefilling, self.waiting, t, k, self.max_num_seqs,
             self.budget, self.policy, self.kv,
         )  # fmt: skip
-        self.run_ids = run
         npre = int(batch.preempted.shape[0])
         if npre:
             self.preemptions += npre
@@ -642,6 +608,13 @@ class Engine:
             self.tape.ensure(t, adm, self._live)
         if self.tracker is not None:
             self.tracker.waiting += len(self.waiting) - waiting_before
+        return batch, waiting_before, npre
+
+    def _form_python(self, k: int, now: float) -> tuple[int, int, int, int, int]:
+        """Form the batch with :meth:`_form` (preemption, prefill-first admissions) and load it
+        into the compiled loop's state; returns the step's shape."""
+        es = self.es
+        batch, waiting_before, npre = self._form(k, now)
         dec, pf = batch.decode_ids, batch.prefill_ids
         b, npf = int(dec.shape[0]), int(pf.shape[0])
         self._reserve_rb(max(b, npf))
@@ -657,13 +630,8 @@ class Engine:
         es[ck.NPRE] = npre
         es[ck.WAIT_BEFORE] = waiting_before
         es[ck.KV_IN_STEP] = self.kv.used
-        if b + npf == 0:  # pragma: no cover - prevented by check_kv_fits
-            raise RuntimeError("engine step with nothing to run: the KV cache check failed")
-        dec_ctx = int(_sum(batch.decode_context)) if b else 0
-        if npf:
-            chunks = batch.prefill_chunks
-            return b, dec_ctx, int(_sum(chunks)), int(_sum(t.prefilled[pf] + chunks)), npf
-        return b, dec_ctx, 0, 0, 0
+        b, dec_ctx, pf_tokens, pf_ctx, npf = _shape(batch, self.t)
+        return b, dec_ctx, pf_tokens, pf_ctx, npf
 
     def _complete(self, end: float) -> None:
         """Retire the running requests that have emitted their last token (at time ``end``)."""
@@ -674,13 +642,7 @@ class Engine:
         t.finish[fin] = end
         self.kv.release(fin)
         self.run_ids = touched[~fin_mask]
-        nf = int(fin.shape[0])
-        self.completed += nf
-        self.outstanding -= nf
-        if self.router is not None:
-            self.router.outstanding[self.replica] -= nf
-        if self.tracker is not None:
-            self.tracker.finished(nf)
+        self._finished(int(fin.shape[0]))
 
     # ------------------------------------------------------------------ fast-forward
     def _plan(
@@ -892,6 +854,21 @@ class Engine:
         self.ff_blocks += 1
         if bool((t.generated[dec] >= t.output[dec]).any()):
             self._complete(float(block.times[-1]))
+
+
+def _shape(batch: Batch, t: RequestTable) -> tuple[int, int, int, int, int]:
+    """``(decode_seqs, decode_context, prefill_tokens, prefill_context, prefill_seqs)`` of a
+    formed batch: what the cost model prices."""
+    b = int(batch.decode_ids.shape[0])
+    pf = batch.prefill_ids
+    npf = int(pf.shape[0])
+    if b + npf == 0:  # pragma: no cover - prevented by check_kv_fits
+        raise RuntimeError("engine step with nothing to run: the KV cache check failed")
+    dec_ctx = int(_sum(batch.decode_context)) if b else 0
+    if npf:
+        chunks = batch.prefill_chunks
+        return b, dec_ctx, int(_sum(chunks)), int(_sum(t.prefilled[pf] + chunks)), npf
+    return b, dec_ctx, 0, 0, 0
 
 
 def _timeout_at(env: simpy.Environment, when: float) -> simpy.Event:
