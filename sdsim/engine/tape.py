@@ -133,22 +133,38 @@ class AcceptanceTape:
             keep = np.arange(self.pre_hi, dtype=np.int64) if self.prefetch else live()
             self._compact(t, keep, total)
         start = self.top
-        rel_end = np.cumsum(lens)
-        rel_begin = rel_end - lens
         ctr = t.decode_counter[new]
-        # entry index -> (request, counter): a ramp restarting at each request's first counter
-        owner = np.repeat(np.arange(new.shape[0]), lens)
-        j = np.arange(total, dtype=np.int64) - rel_begin[owner] + ctr[owner]
-        u = counter_uniform_from_base(t.acc_base[new][owner], j)
-        if self.k is None:
-            vals: npt.NDArray[np.generic] = u
-        else:
-            alpha = None if t.alpha is None else t.alpha[new][owner]
-            vals = self.sampler.sample(u, self.k, alpha)
+        vals, starts = self._values(
+            t.acc_base[new], lens, ctr, None if t.alpha is None else t.alpha[new]
+        )
         self.arena[start : start + total] = vals
         self.top = start + total
-        t.tape_pos[new] = start + rel_begin - ctr
-        t.tape_end[new] = start + rel_end
+        t.tape_pos[new] = start + starts[:-1] - ctr
+        t.tape_end[new] = start + starts[1:]
+
+    def _values(
+        self,
+        bases: npt.NDArray[np.uint64],
+        lens: npt.NDArray[np.int64],
+        first: npt.NDArray[np.int64] | int,
+        alpha: npt.NDArray[np.float64] | None,
+    ) -> tuple[npt.NDArray[np.generic], npt.NDArray[np.int64]]:
+        """Tape entries of requests with counter bases ``bases``: ``lens[i]`` draws each, from
+        decode counter ``first[i]`` on, laid end to end; returns them (accepted tokens, or the
+        uniforms when k is not fixed) and each request's start offset (plus the total at the end).
+        """
+        starts = np.zeros(lens.shape[0] + 1, dtype=np.int64)
+        np.cumsum(lens, out=starts[1:])
+        total = int(starts[-1])
+        # entry index -> (request, counter): a ramp restarting at each request's first counter
+        owner = np.repeat(np.arange(lens.shape[0]), lens)
+        j = np.arange(total, dtype=np.int64) - starts[owner]
+        if not isinstance(first, int):
+            j += first[owner]
+        u = counter_uniform_from_base(bases[owner], j)
+        if self.k is None:
+            return u, starts
+        return self.sampler.sample(u, self.k, None if alpha is None else alpha[owner]), starts
 
     def _from_ahead(
         self,
@@ -182,19 +198,12 @@ class AcceptanceTape:
         assert self._src is not None
         output, alpha, key = self._src
         hi = min(output.shape[0], lo + self._chunk)
-        lens = np.maximum(output[lo:hi], 1)
-        starts = np.zeros(hi - lo + 1, dtype=np.int64)
-        np.cumsum(lens, out=starts[1:])
-        total = int(starts[-1])
-        owner = np.repeat(np.arange(hi - lo), lens)
-        j = np.arange(total, dtype=np.int64) - starts[owner]
-        u = counter_uniform_from_base(counter_base(key, np.arange(lo, hi))[owner], j)
-        if self.k is None:
-            self._vals = u
-        else:
-            a = None if alpha is None else alpha[lo:hi][owner]
-            self._vals = self.sampler.sample(u, self.k, a)
-        self._starts = starts
+        self._vals, self._starts = self._values(
+            counter_base(key, np.arange(lo, hi)),
+            np.maximum(output[lo:hi], 1),
+            0,
+            None if alpha is None else alpha[lo:hi],
+        )
         self._lo, self._hi = lo, hi
 
     def read(self, t: RequestTable, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.generic]:
