@@ -349,38 +349,6 @@ class KernelStepCost:
         return StepTimes(total, np.where(empty, 0.0, prefill), np.where(empty, 0.0, draft),
                          np.where(empty, 0.0, verify), np.full(shape, ov))  # fmt: skip
 
-    def decode_steps(
-        self, decode_seqs: int, contexts: npt.NDArray[np.int64], k: int
-    ) -> tuple[npt.NDArray[np.float64], ...]:
-        """:meth:`step` of decode-only steps at many context totals: ``(total, draft, verify,
-        overhead)`` arrays, bit for bit what :meth:`step` gives. Attention is vectorised when the
-        operator source has ``decode_attention_vec`` (the roofline), else timed entry by entry."""
-        ctx = np.asarray(contexts, dtype=np.float64)
-        b = decode_seqs
-        ov = self.overhead_s
-        ovs = np.full(ctx.shape, ov)
-        if b <= 0:
-            return ovs, np.zeros_like(ctx), np.zeros_like(ctx), ovs
-        t_dec = b * (k + 1)
-        verify = (
-            self.v.dense(t_dec) + _attn_vec(self.v.ops, b, k + 1, ctx / b + (k + 1))
-        ) + self.v.head(t_dec)
-        draft = np.zeros_like(ctx)
-        if k > 0:
-            d = self.d
-            if d is not None:
-                one = (d.dense(b) + _attn_vec(d.ops, b, 1, ctx / b + 1)) + self._draft_head(b)
-                draft = k * one
-            else:
-                draft = np.full(ctx.shape, b * self.drafter.cpu_s_per_seq)
-        total = ((ov + 0.0) + draft) + verify
-        return total, draft, verify, ovs
-
-    def _draft_head(self, rows: int) -> float:
-        # an EAGLE head uses the verifier's LM head; a separate model its own (same op names)
-        assert self.d is not None
-        return self.d.head(rows)
-
     # ------------------------------------------------------------------ lines
     def linearize(self, k: int, max_batch: int = 256, context: int = 1024) -> LinearCoefficients:
         """Lines through the step cost (see :func:`fit_linear`)."""
@@ -404,15 +372,6 @@ def _attn(
     flat = [float(g(x, y, z)) for x, y, z in zip(a.ravel().tolist(), b.ravel().tolist(),
                                                   c.ravel().tolist(), strict=True)]  # fmt: skip
     return np.asarray(flat, dtype=np.float64).reshape(a.shape)
-
-
-def _attn_vec(
-    ops: OperatorCosts, batch: int, query: int, kv: npt.NDArray[np.float64]
-) -> npt.NDArray[np.float64]:
-    f = getattr(ops, "decode_attention_vec", None)
-    if f is not None:
-        return np.asarray(f(batch, query, kv), dtype=np.float64)
-    return np.array([ops.decode_attention(batch, query, float(x)) for x in kv.tolist()])
 
 
 def _batch_grid(max_batch: int) -> list[int]:

@@ -287,27 +287,6 @@ class RooflineOps:
         ``kv`` keys per request (mean)."""
         return self._attention(batch, query, kv, causal=False)
 
-    def decode_attention_vec(
-        self, batch: int, query: int, kv: npt.NDArray[np.float64]
-    ) -> npt.NDArray[np.float64]:
-        """:meth:`decode_attention` over an array of mean KV lengths, bit for bit the same floats
-        (the same operations in the same order; fast-forwarded engine steps use it)."""
-        kv = np.asarray(kv, dtype=np.float64)
-        if batch <= 0 or query <= 0:
-            return np.zeros_like(kv)
-        c_f, c_kv, c_q, floor, n_full, n_slide, window = self._attn_consts
-        bq = batch * query
-        qc = query * c_q
-        t = np.maximum(np.maximum(bq * np.maximum(kv, 0.0) * c_f, batch * (kv * c_kv + qc)), floor)
-        total = n_full * t
-        if n_slide:
-            kv_s = np.minimum(kv, window + query)
-            t = np.maximum(
-                np.maximum(bq * np.maximum(kv_s, 0.0) * c_f, batch * (kv_s * c_kv + qc)), floor
-            )
-            total = total + n_slide * t
-        return np.asarray(total, dtype=np.float64)
-
     def prefill_attention(self, seqs: float, query: float, cached: float) -> float:
         """All layers' causal prefill attention: ``seqs`` chunks of ``query`` tokens (mean), each
         after ``cached`` tokens already in the KV cache."""

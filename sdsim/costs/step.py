@@ -201,30 +201,6 @@ class LinearStepCost:
         return StepTimes(np.where(empty, c.overhead_s, total), np.where(empty, 0.0, prefill),
                          draft, verify, ov)  # fmt: skip
 
-    def decode_steps(
-        self, decode_seqs: int, contexts: npt.NDArray[np.int64], k: int
-    ) -> tuple[npt.NDArray[np.float64], ...]:
-        """:meth:`step` of decode-only steps (no prefill) at many context totals at once.
-
-        Returns ``(total, draft, verify, overhead)`` arrays, bit for bit what :meth:`step` gives
-        (the same operations in the same order).
-        """
-        c = self.c
-        b = decode_seqs
-        ctx = np.asarray(contexts, dtype=np.float64)
-        if b <= 0:
-            ov = np.full(ctx.shape, c.overhead_s)
-            return ov, np.zeros_like(ctx), np.zeros_like(ctx), ov
-        verify = (c.verify_fixed_s + c.verify_per_token_s * b * (k + 1)) + (
-            c.verify_per_kv_token_s * ctx
-        )
-        if k > 0:
-            draft = k * ((c.draft_fixed_s + c.draft_per_token_s * b) + c.draft_per_kv_token_s * ctx)
-        else:
-            draft = np.zeros_like(ctx)
-        total = ((c.overhead_s + 0.0) + draft) + verify
-        return total, draft, verify, np.full(ctx.shape, c.overhead_s)
-
     def linearize(self, k: int, max_batch: int = 256, context: int = 1024) -> LinearCoefficients:
         """Exact: the model is already linear."""
         c = self.c
@@ -305,16 +281,8 @@ def step_times(
 def decode_step_times(
     cost: StepCostModel, decode_seqs: int, contexts: npt.NDArray[np.int64], k: int
 ) -> tuple[npt.NDArray[np.float64], ...]:
-    """``(total, draft, verify, overhead)`` of decode-only steps at each context total.
-
-    Uses the model's vectorised ``decode_steps`` when it has one (bit-identical to ``step``),
-    else calls ``step`` once per entry. The engine's fast-forward prices a block of steps with it.
-    """
-    f = getattr(cost, "decode_steps", None)
-    if f is not None:
-        out: tuple[npt.NDArray[np.float64], ...] = f(decode_seqs, contexts, k)
-        return out
-    rows = [cost.step(StepShape(decode_seqs, int(c), k)) for c in np.asarray(contexts).tolist()]
-    arr = np.array([(r.total, r.draft, r.verify, r.overhead) for r in rows], dtype=np.float64)
-    arr = arr.reshape(-1, 4)
-    return arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3]
+    """``(total, draft, verify, overhead)`` of decode-only steps at each context total:
+    :func:`step_times` at ``decode_seqs`` requests and no prefill (bit-identical to ``step``).
+    The engine prices its decode runs with it."""
+    st = step_times(cost, decode_seqs, np.asarray(contexts, dtype=np.int64), k)
+    return st.total, st.draft, st.verify, st.overhead
