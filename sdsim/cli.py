@@ -223,7 +223,7 @@ def costs(
 ) -> None:
     """Step time vs decode batch (k = 0 and the scenario's k) and one prefill chunk."""
     from sdsim import step_time
-    from sdsim.costs.step import build_cost_model
+    from sdsim.costs.build import build_cost_model
 
     scn = _load(scenario, set_)
     if context is not None and context < 0:
@@ -919,7 +919,7 @@ def fit(
         report_to_measurements,
         several_configurations,
     )
-    from sdsim.reports.formats import Report
+    from sdsim.report_formats import Report
 
     ks = _per_report(k, reports, "--k")
     alphas = _per_report(alpha, reports, "--alpha")

@@ -25,6 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from sdsim.errors import ScenarioError
+from sdsim.sweep import load_sweep_dir, speedup_table, summarize_runs
 
 # Latency metrics are stored in seconds; plots show milliseconds below one second's scale.
 _SECONDS = ("e2e_", "ttft_", "tpot_", "queue_delay_")
@@ -252,8 +253,6 @@ def plot_sweep(
     list of Path
         Files written.
     """
-    from sdsim.sweep import load_sweep_dir, speedup_table, summarize_runs
-
     meta, runs = load_sweep_dir(out_dir)
     if len(runs) == 0:
         raise ScenarioError(str(out_dir), "the sweep has no finished runs yet")

@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import nnls
 
+from sdsim.costs.roofline import RooflineOps
 from sdsim.costs.step import LinearCoefficients, StepShape, StepTime, StepTimes
 from sdsim.models import Drafter
 
@@ -139,8 +140,6 @@ class _Pass:
 def _roofline_consts(ops: OperatorCosts) -> tuple[float, ...] | None:
     """The roofline's attention constants when ``ops`` prices attention with the roofline's own
     code (so :func:`_roof_attn` may repeat it inline), else ``None``."""
-    from sdsim.costs.roofline import RooflineOps
-
     t = type(ops)
     if not isinstance(ops, RooflineOps):
         return None

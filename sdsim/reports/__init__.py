@@ -9,6 +9,7 @@
   benchmarks through the simulator and compare measured, simulated and analytic latencies.
 """
 
+from sdsim.report_formats import Report, load_report, load_reports, parse_report
 from sdsim.reports.calibrate import (
     DenseFit,
     LinearCostFit,
@@ -23,9 +24,9 @@ from sdsim.reports.calibrate import (
     several_configurations,
 )
 from sdsim.reports.compare import Comparison, compare_report, comparison_figure
-from sdsim.reports.formats import Report, load_report, load_reports, parse_report
-from sdsim.reports.replay import replay_frame, replay_scenario
+from sdsim.reports.replay import replay_scenario
 from sdsim.reports.synthetic import simulated_report
+from sdsim.workload import replay_frame
 
 __all__ = [
     "Comparison",
