@@ -908,6 +908,7 @@ def fit(
         return
     import numpy as np
 
+    from sdsim.report_formats import Report
     from sdsim.reports import (
         costs_from_dense,
         fit_dense,
@@ -919,7 +920,6 @@ def fit(
         report_to_measurements,
         several_configurations,
     )
-    from sdsim.report_formats import Report
 
     ks = _per_report(k, reports, "--k")
     alphas = _per_report(alpha, reports, "--alpha")

@@ -25,7 +25,6 @@ from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
-from scipy.optimize import nnls
 
 from sdsim.costs.roofline import RooflineOps
 from sdsim.costs.step import LinearCoefficients, StepShape, StepTime, StepTimes
@@ -400,6 +399,10 @@ def fit_linear(
         With ``fit_error``: the largest relative error of the fitted lines, on the total step
         time, over B in 1..max_batch at KV length ``context``.
     """
+    # imported here: scipy.optimize adds a few tenths of a second to `import sdsim`, and only
+    # this fit needs it
+    from scipy.optimize import nnls
+
     kk = max(int(k), 0)
     ctx = max(int(context), 1)
     grid_b = _batch_grid(max_batch)
