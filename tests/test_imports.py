@@ -60,7 +60,7 @@ def _ancestors(name: str) -> list[str]:
 
 
 def import_graph(root: Path = ROOT, package: str = PACKAGE) -> dict[str, set[str]]:
-    """Module -> the modules of ``package`` (under ``root``) it imports (rules: module docstring)."""
+    """Module -> the modules of ``package`` under ``root`` it imports (rules: module docstring)."""
     files = {_module_name(p, root): p for p in sorted((root / package).rglob("*.py"))}
     packages = {n for n, p in files.items() if p.name == "__init__.py"}
     graph: dict[str, set[str]] = {}
