@@ -70,7 +70,10 @@ def test_derived_steps_are_tpot_times_acceptance(table: pd.DataFrame) -> None:
 def test_batch1_rows_are_all_carried_over(table: pd.DataFrame) -> None:
     old = pd.read_csv(BATCH1)
     for _, r in old.iterrows():
-        metric, value = ("tpot_ms", r.tpot_ms) if pd.notna(r.tpot_ms) else ("output_tok_per_s", r.output_tok_per_s)
+        if pd.notna(r.tpot_ms):
+            metric, value = "tpot_ms", r.tpot_ms
+        else:
+            metric, value = "output_tok_per_s", r.output_tok_per_s
         hit = table[
             table.source.str.startswith(r.source) & table.drafter.eq(r.drafter) & table.k.eq(r.k)
             & table.metric.eq(metric) & table.value.eq(value)
