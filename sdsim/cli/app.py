@@ -106,7 +106,7 @@ class LazyProgress:
 
 
 def fmt(v: Any) -> str:
-    """A number as the tables show it (4 significant digits, NaN and inf as ``-``)."""
+    """A value as the tables show it: 4 significant digits, NaN and inf as ``-``, yes/NO."""
     if isinstance(v, bool):
         return "yes" if v else "NO"
     if isinstance(v, float):
