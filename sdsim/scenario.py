@@ -29,6 +29,7 @@ __all__ = [
     "WorkloadSpec",
     "apply_overrides",
     "check_registry",
+    "check_tensor_parallel",
     "load_scenario",
     "parse_set_options",
     "scenario_from_dict",
@@ -56,11 +57,24 @@ from pydantic import (
 from sdsim.errors import ScenarioError, format_validation_error
 from sdsim.hardware import get_gpu
 from sdsim.memory import check_request_fits, kv_capacity
-from sdsim.models import resolve_model
+from sdsim.models import ModelSpec, resolve_model
 
 # Draft lengths beyond this are not a real configuration: acceptance probability to the 32nd power
 # is negligible for any drafter, and verify widths that large would be a prefill, not a decode step.
 MAX_K = 32
+
+# KV block sizes vLLM accepts (``CacheConfig.BlockSize`` in vllm/config/cache.py).
+BLOCK_SIZES = (1, 8, 16, 32, 64, 128, 256)
+
+# Simulated clocks stay below this many seconds (about 3 years): float64 then resolves
+# ~15 ns, far below any step time. A workload whose arrivals would run longer is refused.
+MAX_SPAN_S = 1e8
+
+# Upper bounds of the server's integer limits: beyond any real engine, and small enough that the
+# compiled engine's int64 arithmetic on them cannot overflow.
+MAX_NUM_SEQS = 1 << 20
+MAX_BATCHED_TOKENS = 1 << 30
+MAX_GPU_BLOCKS = 1 << 40
 
 
 class _Frozen(BaseModel):
@@ -95,7 +109,7 @@ class UniformLength(_Frozen):
     @model_validator(mode="after")
     def _order(self) -> UniformLength:
         if self.high < self.low:
-            raise ValueError(f"high must be >= low (low={self.low}, high={self.high})")
+            raise ScenarioError("high", f"must be >= low (low={self.low}, high={self.high})")
         return self
 
     @property
@@ -119,7 +133,7 @@ class LognormalLength(_Frozen):
     @model_validator(mode="after")
     def _order(self) -> LognormalLength:
         if self.max < self.min:
-            raise ValueError(f"max must be >= min (min={self.min}, max={self.max})")
+            raise ScenarioError("max", f"must be >= min (min={self.min}, max={self.max})")
         return self
 
 
@@ -178,7 +192,9 @@ class BetaAlpha(_Frozen):
 
     dist: Literal["beta"] = "beta"
     mean: float = Field(gt=0, lt=1)
-    concentration: float = Field(gt=0, description="a + b of the beta law; larger = tighter")
+    concentration: float = Field(
+        ge=1e-3, le=1e9, description="a + b of the beta law; larger = tighter"
+    )
 
     @property
     def a(self) -> float:
@@ -234,7 +250,9 @@ class DrafterSpec(_Frozen):
     @model_validator(mode="after")
     def _needs_model(self) -> DrafterSpec:
         if self.kind == "model" and not self.model:
-            raise ValueError("kind 'model' needs `model:` (a registry name or config.json path)")
+            raise ScenarioError(
+                "model", "kind 'model' needs `model:` (a registry name or config.json path)"
+            )
         return self
 
 
@@ -258,6 +276,9 @@ class SpecSpec(_Frozen):
     )
 
 
+_Blocks = Annotated[int, Field(ge=1, le=MAX_GPU_BLOCKS)]
+
+
 class ServerSpec(_Frozen):
     """Engine limits (vLLM's names), replicas and their router.
 
@@ -272,10 +293,13 @@ class ServerSpec(_Frozen):
     waiting queue (API server, tokenisation); per-step CPU overhead belongs to the cost model.
     """
 
-    max_num_seqs: int = Field(default=256, ge=1)
-    max_num_batched_tokens: int = Field(default=8192, ge=1)
-    block_size: int = Field(default=16, ge=1)
-    num_gpu_blocks: Annotated[int, Field(ge=1)] | Literal["unlimited"] | None = Field(
+    max_num_seqs: int = Field(default=256, ge=1, le=MAX_NUM_SEQS)
+    max_num_batched_tokens: int = Field(default=8192, ge=1, le=MAX_BATCHED_TOKENS)
+    block_size: int = Field(
+        default=16,
+        description=f"tokens per KV block; vLLM allows {', '.join(map(str, BLOCK_SIZES))}",
+    )
+    num_gpu_blocks: _Blocks | Literal["unlimited"] | None = Field(
         default=None,
         description="KV blocks per replica; null = derive from GPU memory, 'unlimited' = no limit",
     )
@@ -293,8 +317,20 @@ class ServerSpec(_Frozen):
     router: Literal["round-robin", "least-outstanding", "random"] = "round-robin"
     scheduler: Literal["vllm-v1", "prefill-first"] = "vllm-v1"
     api_delay_s: float = Field(
-        default=0.0, ge=0, description="per-request API/tokenisation delay before admission"
+        default=0.0,
+        ge=0,
+        le=3600,
+        description="per-request API/tokenisation delay before admission",
     )
+
+    @field_validator("block_size")
+    @classmethod
+    def _block_size(cls, v: int) -> int:
+        if v not in BLOCK_SIZES:
+            raise ValueError(
+                f"must be one of {', '.join(map(str, BLOCK_SIZES))} (vLLM's block sizes), got {v}"
+            )
+        return v
 
 
 class LinearCosts(_Frozen):
@@ -308,13 +344,13 @@ class LinearCosts(_Frozen):
     Defaults are an 8B-class verifier with an EAGLE-style head on an H100-class GPU.
     """
 
-    verify_fixed_s: float = Field(default=6.0e-3, ge=0)
-    verify_per_token_s: float = Field(default=1.5e-5, ge=0)
-    verify_per_kv_token_s: float = Field(default=4.0e-8, ge=0)
-    draft_fixed_s: float = Field(default=4.0e-4, ge=0)
-    draft_per_token_s: float = Field(default=1.0e-6, ge=0)
-    draft_per_kv_token_s: float = Field(default=1.0e-9, ge=0)
-    overhead_s: float = Field(default=5.0e-4, ge=0)
+    verify_fixed_s: float = Field(default=6.0e-3, ge=0, le=60)
+    verify_per_token_s: float = Field(default=1.5e-5, ge=0, le=1)
+    verify_per_kv_token_s: float = Field(default=4.0e-8, ge=0, le=1e-3)
+    draft_fixed_s: float = Field(default=4.0e-4, ge=0, le=60)
+    draft_per_token_s: float = Field(default=1.0e-6, ge=0, le=1)
+    draft_per_kv_token_s: float = Field(default=1.0e-9, ge=0, le=1e-3)
+    overhead_s: float = Field(default=5.0e-4, ge=0, le=60)
 
 
 class RooflineKnobs(_Frozen):
@@ -343,7 +379,7 @@ class CostsSpec(_Frozen):
     linear: LinearCosts = LinearCosts()
     profile: str | None = Field(default=None, description="profile bundle directory")
     overhead_s: float | None = Field(
-        default=None, ge=0, description="CPU overhead per step for roofline/profile sources"
+        default=None, ge=0, le=60, description="CPU overhead per step for roofline/profile sources"
     )
     dtype: Literal["bf16", "fp8"] = Field(
         default="bf16", description="roofline precision: weights, KV cache and peak FLOPs"
@@ -353,7 +389,9 @@ class CostsSpec(_Frozen):
     @model_validator(mode="after")
     def _profile_needs_path(self) -> CostsSpec:
         if self.source == "profile" and not self.profile:
-            raise ValueError("source 'profile' needs `profile:` (a profile bundle directory)")
+            raise ScenarioError(
+                "profile", "source 'profile' needs `profile:` (a profile bundle directory)"
+            )
         return self
 
     @property
@@ -391,7 +429,7 @@ class WorkloadSpec(_Frozen):
 
     arrival: Literal["poisson", "constant", "gamma", "trace", "replay"] = "poisson"
     rate: float = Field(default=4.0, gt=0, le=1e6, description="requests per second")
-    cv: float = Field(default=1.0, gt=0, le=100, description="gap CV for gamma arrivals")
+    cv: float = Field(default=1.0, ge=1e-4, le=100, description="gap CV for gamma arrivals")
     num_requests: int = Field(default=2000, ge=1, le=100_000_000)
     prompt_tokens: LengthSpec = FixedLength(value=512)
     output_tokens: LengthSpec = FixedLength(value=256)
@@ -414,9 +452,11 @@ class WorkloadSpec(_Frozen):
     @model_validator(mode="after")
     def _trace_needs_file(self) -> WorkloadSpec:
         if self.arrival == "trace" and not self.trace:
-            raise ValueError("arrival 'trace' needs `trace:` (path to a CSV)")
+            raise ScenarioError("trace", "arrival 'trace' needs `trace:` (path to a CSV)")
         if self.arrival == "replay" and not self.report:
-            raise ValueError("arrival 'replay' needs `report:` (path to a GuideLLM/vLLM report)")
+            raise ScenarioError(
+                "report", "arrival 'replay' needs `report:` (path to a GuideLLM/vLLM report)"
+            )
         return self
 
 
@@ -424,9 +464,12 @@ class LimitsSpec(_Frozen):
     """Bounds that stop an overloaded run instead of letting its queue grow forever."""
 
     max_waiting: int = Field(
-        default=20_000, ge=1, description="stop when more than this many wait (all replicas)"
+        default=20_000,
+        ge=1,
+        le=1_000_000_000,
+        description="stop when more than this many wait (all replicas)",
     )
-    max_sim_time_s: float | None = Field(default=None, gt=0)
+    max_sim_time_s: float | None = Field(default=None, gt=0, le=MAX_SPAN_S)
 
 
 class Scenario(_Frozen):
@@ -452,32 +495,42 @@ class Scenario(_Frozen):
     def _cross_checks(self) -> Scenario:
         a = self.acceptance.alpha
         if isinstance(a, list) and len(a) < max(self.spec.k, 1):
-            raise ValueError(
-                f"acceptance.alpha: per-position list has {len(a)} entries, needs >= spec.k "
-                f"({self.spec.k})"
+            raise ScenarioError(
+                "acceptance.alpha",
+                f"per-position list has {len(a)} entries, needs >= spec.k ({self.spec.k})",
             )
         if (
             isinstance(a, list)
             and self.spec.policy == "adaptive"
             and len(a) < max(self.spec.k, self.spec.k_max)
         ):
-            raise ValueError(
-                f"acceptance.alpha: per-position list has {len(a)} entries, the adaptive policy "
-                f"needs >= spec.k_max ({self.spec.k_max})"
+            raise ScenarioError(
+                "acceptance.alpha",
+                f"per-position list has {len(a)} entries, the adaptive policy needs >= "
+                f"spec.k_max ({self.spec.k_max})",
             )
         k_top = max(self.spec.k, self.spec.k_max) if self.spec.policy == "adaptive" else self.spec.k
         if self.server.max_num_batched_tokens < k_top + 1:
-            raise ValueError(
-                f"server.max_num_batched_tokens: must be >= k + 1 = {k_top + 1} (a decoding "
-                f"request verifies k + 1 tokens in one step), got "
-                f"{self.server.max_num_batched_tokens}"
+            raise ScenarioError(
+                "server.max_num_batched_tokens",
+                f"must be >= k + 1 = {k_top + 1} (a decoding request verifies k + 1 tokens in "
+                f"one step), got {self.server.max_num_batched_tokens}",
             )
-        if self.warmup_requests >= self.workload.num_requests and self.workload.arrival not in (
-            "trace",
-            "replay",
+        wl = self.workload
+        if self.warmup_requests >= wl.num_requests and wl.arrival not in ("trace", "replay"):
+            raise ScenarioError(
+                "warmup_requests", f"must be < workload.num_requests ({wl.num_requests})"
+            )
+        if (
+            wl.arrival in ("poisson", "constant", "gamma")
+            and wl.num_requests / wl.rate > MAX_SPAN_S
         ):
-            raise ValueError(
-                f"warmup_requests: must be < workload.num_requests ({self.workload.num_requests})"
+            raise ScenarioError(
+                "workload.rate",
+                f"{wl.num_requests} requests at {wl.rate:g} req/s arrive over "
+                f"{wl.num_requests / wl.rate:.3g} s; at most {MAX_SPAN_S:g} s is simulated "
+                f"(raise the rate to >= {wl.num_requests / MAX_SPAN_S:.3g} req/s or send fewer "
+                "requests)",
             )
         return self
 
@@ -577,7 +630,7 @@ def scenario_from_dict(data: Any, base_dir: Path | None = None) -> Scenario:
     try:
         scn = Scenario.model_validate(data)
     except ValidationError as exc:
-        raise format_validation_error(exc) from None
+        raise format_validation_error(exc, model=Scenario) from None
     check_registry(scn)
     return scn
 
@@ -596,8 +649,10 @@ def check_registry(scn: Scenario) -> None:
     if isinstance(scn.hardware, str):
         get_gpu(scn.hardware, "hardware")
     target = resolve_model(scn.target, "target")
+    check_tensor_parallel(target, scn.server.tp, "target")
     if scn.drafter.kind == "model" and scn.drafter.model:
-        resolve_model(scn.drafter.model, "drafter.model")
+        drafter = resolve_model(scn.drafter.model, "drafter.model")
+        check_tensor_parallel(drafter, scn.server.tp, "drafter.model")
     wl = scn.workload
     if wl.arrival != "trace":
         longest = wl.prompt_tokens.max + wl.output_tokens.max
@@ -617,6 +672,48 @@ def check_registry(scn: Scenario) -> None:
         check_request_fits(
             scn, wl.prompt_tokens.max + wl.output_tokens.max, cap, "the length laws allow"
         )
+
+
+def check_tensor_parallel(model: ModelSpec, tp: int, field: str = "target") -> None:
+    """Refuse a tensor-parallel size that does not split the model's layers, as vLLM does.
+
+    vLLM's rules (``ModelConfig.verify_with_parallel_config``, ``QKVParallelLinear`` and
+    ``MergedColumnParallelLinear`` in vllm/model_executor/layers/linear.py): the attention heads
+    divide evenly over the GPUs; the KV heads either divide evenly (``kv_heads >= tp``) or are
+    replicated, which needs ``tp`` to be a multiple of them; a dense MLP's intermediate size divides
+    evenly (each GPU holds a column slice of the gate and up projections).
+
+    Raises
+    ------
+    ScenarioError
+        Naming ``server.tp``.
+    """
+    if tp == 1 or _tp_fits(model, tp):
+        return
+    if model.heads % tp:
+        why = f"its {model.heads} attention heads do not divide evenly"
+    elif model.kv_heads >= tp and model.kv_heads % tp:
+        why = f"its {model.kv_heads} KV heads do not divide evenly"
+    elif model.kv_heads < tp and tp % model.kv_heads:
+        why = f"its {model.kv_heads} KV heads cannot be replicated evenly (tp must be a multiple)"
+    else:
+        why = f"its MLP intermediate size {model.ffn} does not divide evenly"
+    allowed = [d for d in range(1, 65) if _tp_fits(model, d)]
+    raise ScenarioError(
+        "server.tp",
+        f"{tp} GPUs cannot split {field} {model.name!r}: {why} (vLLM refuses it); allowed: "
+        f"{', '.join(map(str, allowed))}",
+    )
+
+
+def _tp_fits(model: ModelSpec, tp: int) -> bool:
+    if model.heads % tp:
+        return False
+    if (model.kv_heads >= tp and model.kv_heads % tp) or (
+        model.kv_heads < tp and tp % model.kv_heads
+    ):
+        return False
+    return model.is_moe or model.ffn % tp == 0
 
 
 def _resolve_paths(data: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 __all__ = ["run", "schema"]
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -15,14 +16,16 @@ from sdsim.cli.app import (
     ScenarioArg,
     SeedOpt,
     SetOpt,
-    check_writable,
+    check_records,
     err,
-    fmt,
     load,
     out,
     print_summary,
+    summary_json,
+    summary_notes,
 )
 from sdsim.memory import kv_capacity
+from sdsim.outputs import output_dir, write_run
 from sdsim.scenario import scenario_schema
 from sdsim.simulation import simulate
 
@@ -48,37 +51,35 @@ def run(
 ) -> None:
     """Simulate a scenario and print its latency summary."""
     scn = load(scenario, set_)
-    if out_dir is not None:
-        check_writable(out_dir)
+    check_records(scn, keep_records=not summary_only)
+    names = ["summary.json", "scenario.yaml"]
+    if not summary_only:
+        names = ["requests.csv", "steps.csv", *names]
+    dest = output_dir(out_dir, names) if out_dir is not None else None
     prog = LazyProgress(f"simulating {scn.name}")
     try:
         res = simulate(scn, seed=seed, progress=prog, keep_records=not summary_only)
     finally:
         prog.close()
-    written = "summary.json, scenario.yaml"
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if not summary_only:
-            res.requests.to_csv(out_dir / "requests.csv", index=False)
-            res.steps.to_csv(out_dir / "steps.csv", index=False)
-            written = "requests.csv, steps.csv, " + written
-        (out_dir / "summary.json").write_text(json.dumps(res.summary, indent=2, default=str) + "\n")
+    if dest is not None:
         # the resolved scenario reproduces the run: it carries the seed actually used
         ran = scn if seed is None else scn.with_overrides({"seed": int(seed)})
-        (out_dir / "scenario.yaml").write_text(ran.to_yaml())
+        files: dict[str, Callable[[Path], Any]] = {}
+        if not summary_only:
+            files["requests.csv"] = lambda p: res.requests.to_csv(p, index=False)
+            files["steps.csv"] = lambda p: res.steps.to_csv(p, index=False)
+        files["summary.json"] = lambda p: p.write_text(summary_json(res.summary))
+        files["scenario.yaml"] = lambda p: p.write_text(ran.to_yaml())
+        write_run(dest, files, "run")
     if json_out:
-        out.print_json(json.dumps(res.summary, default=str))
+        out.print_json(summary_json(res.summary))
     else:
         print_summary(res.summary, f"{scn.name}: k={scn.spec.k}, rate={scn.workload.rate:g} req/s")
         out.print(f"KV cache: {kv_capacity(scn).describe()}", highlight=False, soft_wrap=True)
         if out_dir is not None:
-            out.print(f"wrote {out_dir}/{written}")
-    if not res.summary["stable"]:
-        err.print(
-            f"[yellow]warning:[/] run is not stable ({res.summary['stop_reason']}; queue growth "
-            f"{fmt(res.summary['queue_growth_rps'])} req/s): the arrival rate exceeds what the "
-            "server sustains, so latencies grow with the run length"
-        )
+            out.print(f"wrote {out_dir}/{', '.join(names)}", soft_wrap=True)
+    for note in summary_notes(res.summary):
+        err.print(note, markup=False, highlight=False, soft_wrap=True)
 
 
 def schema() -> None:
