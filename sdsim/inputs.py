@@ -49,33 +49,36 @@ _LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 def check_expansion(data: Any, field: str, budget: int) -> None:
     """Refuse data nested deeper than :data:`MAX_DEPTH` or expanding to more than ``budget`` values.
 
-    The walk is iterative and stops as soon as a bound is crossed, so it costs at most ``budget``
-    steps however large the aliases make the document.
+    The walk is iterative (depth first) and stops as soon as a bound is crossed, so it costs at
+    most ``budget`` steps however large the aliases make the document; the error names the key
+    under which it was crossed (``acceptance.alpha``), or ``field`` at the top.
 
     Raises
     ------
     ScenarioError
-        ``field``: too deep, or too many values.
+        Too deep, or too many values.
     """
     count = 0
-    stack: list[tuple[Any, int]] = [(data, 0)]
+    # (node, depth, dotted key path, whether the path is frozen: keys inside lists are not named)
+    stack: list[tuple[Any, int, str, bool]] = [(data, 0, "", False)]
     while stack:
-        node, depth = stack.pop()
+        node, depth, where, frozen = stack.pop()
         count += 1
-        if count > budget:
-            raise ScenarioError(
-                field,
-                f"expands to more than {budget:,} values (YAML aliases nested inside each "
-                "other?); write the values out or use fewer aliases",
+        if count > budget or depth > MAX_DEPTH:
+            what = (
+                f"nested deeper than {MAX_DEPTH} levels"
+                if depth > MAX_DEPTH
+                else f"expands to more than {budget:,} values (YAML aliases nested inside each "
+                "other?); write the values out or use fewer aliases"
             )
-        if depth > MAX_DEPTH:
-            raise ScenarioError(field, f"nested deeper than {MAX_DEPTH} levels")
+            raise ScenarioError(where or field, f"{what} (in {field})" if where else what)
         if isinstance(node, dict):
             for k, v in node.items():
-                stack.append((k, depth + 1))
-                stack.append((v, depth + 1))
+                key = where if frozen else (f"{where}.{k}" if where else str(k))[:200]
+                stack.append((k, depth + 1, key, frozen))
+                stack.append((v, depth + 1, key, frozen))
         elif isinstance(node, list | tuple):
-            stack.extend((v, depth + 1) for v in node)
+            stack.extend((v, depth + 1, where, True) for v in node)
 
 
 def _budget(text: str | bytes) -> int:
@@ -174,10 +177,23 @@ def file_digest(path: str | Path) -> str:
     return "missing"
 
 
+# Digests of files already read, by (path, modification time, size): a sweep hashes the same
+# trace once, not once per grid point.
+_DIGESTS: dict[tuple[str, int, int], bytes] = {}
+
+
 def _feed(h: Any, f: Path) -> None:
     try:
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        st = f.stat()
+        key = (str(f.resolve()), st.st_mtime_ns, st.st_size)
+        if key not in _DIGESTS:
+            fh_hash = hashlib.sha256()
+            with f.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    fh_hash.update(chunk)
+            if len(_DIGESTS) > 4096:
+                _DIGESTS.clear()
+            _DIGESTS[key] = fh_hash.digest()
+        h.update(_DIGESTS[key])
     except OSError as exc:
         h.update(f"unreadable:{exc.__class__.__name__}".encode())

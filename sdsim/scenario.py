@@ -32,6 +32,7 @@ __all__ = [
     "check_tensor_parallel",
     "load_scenario",
     "parse_set_options",
+    "referenced_files",
     "scenario_from_dict",
     "scenario_hash",
     "scenario_schema",
@@ -56,8 +57,9 @@ from pydantic import (
 
 from sdsim.errors import ScenarioError, format_validation_error
 from sdsim.hardware import get_gpu
+from sdsim.inputs import file_digest, load_yaml
 from sdsim.memory import check_request_fits, kv_capacity
-from sdsim.models import ModelSpec, resolve_model
+from sdsim.models import MODELS, ModelSpec, resolve_model
 
 # Draft lengths beyond this are not a real configuration: acceptance probability to the 32nd power
 # is negligible for any drafter, and verify widths that large would be a prefill, not a decode step.
@@ -601,8 +603,10 @@ def parse_set_options(items: list[str] | None) -> dict[str, Any]:
         if not key:
             raise ScenarioError("--set", f"empty key in {item!r}")
         try:
-            out[key] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+            out[key] = load_yaml(raw, key) if raw.strip() else ""
+        except ScenarioError as exc:
+            if not exc.message.startswith("invalid YAML"):
+                raise
             out[key] = raw
     return out
 
@@ -775,12 +779,7 @@ def load_scenario(
             text = p.read_text()
         except (OSError, UnicodeDecodeError) as exc:
             raise ScenarioError(str(path), f"cannot read: {exc.__class__.__name__}") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ScenarioError(str(path), f"invalid YAML{where}") from None
+        data = load_yaml(text, str(path))
         if data is None:
             raise ScenarioError(str(path), "file is empty")
         base_dir = p.resolve().parent
@@ -794,7 +793,27 @@ def scenario_schema() -> dict[str, Any]:
     return Scenario.model_json_schema()
 
 
+def referenced_files(scenario: Scenario) -> dict[str, str]:
+    """The files a scenario reads, by field: a trace, a report, a profile bundle, the target's
+    and the drafter's ``config.json`` (registry names are not files and are left out)."""
+    refs: dict[str, str | None] = {
+        "workload.trace": scenario.workload.trace,
+        "workload.report": scenario.workload.report,
+        "costs.profile": scenario.costs.profile if scenario.costs.source == "profile" else None,
+        "target": scenario.target,
+        "drafter.model": scenario.drafter.model if scenario.drafter.kind == "model" else None,
+    }
+    out: dict[str, str] = {}
+    for field, ref in refs.items():
+        if ref and ref.strip().lower() not in MODELS and Path(ref).exists():
+            out[field] = ref
+    return out
+
+
 def scenario_hash(scenario: Scenario) -> str:
-    """A short stable hash of the resolved scenario (for sweep result rows)."""
-    blob = json.dumps(scenario.to_dict(), sort_keys=True).encode()
+    """A short stable hash of the resolved scenario and of the contents of every file it reads
+    (:func:`referenced_files`): editing a trace or a profile changes the hash, so sweep results
+    computed from the old contents are never resumed."""
+    files = {f: file_digest(p) for f, p in referenced_files(scenario).items()}
+    blob = json.dumps({"scenario": scenario.to_dict(), "files": files}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
