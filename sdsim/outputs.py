@@ -140,7 +140,8 @@ def output_dir(path: str | Path, files: Iterable[str], option: str = "--out") ->
             raise ScenarioError(
                 option,
                 f"{path} holds {', '.join(foreign)} of an earlier run that this run would not "
-                "replace; remove them or choose another directory",
+                f"replace; remove {'it' if len(foreign) == 1 else 'them'} or choose another "
+                "directory",
             )
     return d
 

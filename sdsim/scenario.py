@@ -9,6 +9,8 @@ scenario cannot drift while a simulation reads it. Every bad value becomes a one
 from __future__ import annotations
 
 __all__ = [
+    "BLOCK_SIZES",
+    "MAX_REQUESTS",
     "AcceptanceSpec",
     "BetaAlpha",
     "CostsSpec",
@@ -77,6 +79,9 @@ MAX_SPAN_S = 1e8
 MAX_NUM_SEQS = 1 << 20
 MAX_BATCHED_TOKENS = 1 << 30
 MAX_GPU_BLOCKS = 1 << 40
+
+# A run's workload arrays and streaming statistics take ~70 bytes per request (~0.7 GB here).
+MAX_REQUESTS = 10_000_000
 
 
 class _Frozen(BaseModel):
@@ -432,7 +437,13 @@ class WorkloadSpec(_Frozen):
     arrival: Literal["poisson", "constant", "gamma", "trace", "replay"] = "poisson"
     rate: float = Field(default=4.0, gt=0, le=1e6, description="requests per second")
     cv: float = Field(default=1.0, ge=1e-4, le=100, description="gap CV for gamma arrivals")
-    num_requests: int = Field(default=2000, ge=1, le=100_000_000)
+    num_requests: int = Field(
+        default=2000,
+        ge=1,
+        le=MAX_REQUESTS,
+        description=f"requests to simulate (at most {MAX_REQUESTS:,}: about 1 GB and tens of "
+        "minutes with --summary-only)",
+    )
     prompt_tokens: LengthSpec = FixedLength(value=512)
     output_tokens: LengthSpec = FixedLength(value=256)
     trace: str | None = Field(

@@ -21,6 +21,7 @@ from sdsim.costs.profile import write_bundle
 from sdsim.errors import ScenarioError
 from sdsim.memory import kv_capacity
 from sdsim.models import resolve_model
+from sdsim.outputs import atomic_write, figure_format, output_file
 
 
 def _batches(max_batch: int) -> list[int]:
@@ -39,7 +40,11 @@ def costs(
         typer.Option("--context", help="mean KV tokens per request (default: prompt + output/2)"),
     ] = None,
     plot: Annotated[
-        Path | None, typer.Option("--plot", help="save a plot of step time vs batch")
+        Path | None,
+        typer.Option(
+            "--plot",
+            help="save a plot of step time vs batch (format from the suffix; none: PNG)",
+        ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the table as JSON")] = False,
 ) -> None:
@@ -47,8 +52,7 @@ def costs(
     scn = load(scenario, set_)
     if context is not None and context < 0:
         raise ScenarioError("--context", "must be >= 0")
-    if plot is not None:
-        check_writable(plot.parent if str(plot.parent) else Path("."), "--plot")
+    dest = output_file(plot, "--plot", figure=True) if plot is not None else None
     wl = scn.workload
     ctx = int(wl.prompt_tokens.mean + wl.output_tokens.mean / 2) if context is None else context
     k = scn.spec.k
@@ -121,15 +125,16 @@ def costs(
             "" if cap.tokens is None else f"; ~{cap.tokens // max(ctx, 1)} requests of {ctx} tokens"
         )
         out.print(f"KV cache: {cap.describe()}{fits}", highlight=False, soft_wrap=True)
-    if plot is not None:
+    if plot is not None and dest is not None:
         # deferred: matplotlib takes a noticeable part of a second to import
         from sdsim.plots import step_time_figure
 
         title = f"{scn.target} on {hw} ({scn.costs.resolved_source})"
         fig = step_time_figure(rows, k, pf.total * 1e3, chunk, title=title)
-        fig.savefig(plot)
+        fmt_ = figure_format(dest)
+        atomic_write(dest, lambda p: fig.savefig(p, format=fmt_))
         if not json_out:
-            out.print(f"wrote {plot}")
+            out.print(f"wrote {plot} ({fmt_.upper()})", soft_wrap=True)
 
 
 def bench(

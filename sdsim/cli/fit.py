@@ -16,7 +16,6 @@ from sdsim.cli.app import (
     OptScenario,
     SeedOpt,
     SetOpt,
-    check_writable,
     err,
     fmt,
     load,
@@ -25,6 +24,7 @@ from sdsim.cli.app import (
     pct,
 )
 from sdsim.errors import ScenarioError
+from sdsim.outputs import atomic_write_text, output_dir, output_file, write_run
 from sdsim.reports import (
     check_fit_options,
     compare_report,
@@ -128,15 +128,14 @@ def fit(
     if ks is not None:
         over["spec.k"] = ks[0]
     scn = load_scenario(scenario, over)
-    if out_path is not None:
-        check_writable(out_path.parent if str(out_path.parent) else Path("."))
+    dest = output_file(out_path, "--out") if out_path is not None else None
     res = fit_reports(reports, scn, ks=ks, alphas=alphas, metric=metric, form=form, linear=linear)
     result = res.to_dict()
-    if out_path is not None:
+    if out_path is not None and dest is not None:
         fitted = res.fitted_scenario()
-        out_path.parent.mkdir(parents=True, exist_ok=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
         src = ", ".join(str(r) for r in reports)
-        out_path.write_text(f"# fitted by `sdsim fit` from {src}\n" + fitted.to_yaml())
+        atomic_write_text(dest, f"# fitted by `sdsim fit` from {src}\n" + fitted.to_yaml())
         result["scenario"] = str(out_path)
     if json_out:
         out.print_json(json.dumps(result, default=str))
@@ -227,7 +226,7 @@ def compare(
     """Replay every benchmark of a report; compare measured, simulated and analytic latency."""
     scn = load(scenario, set_)
     out_dir = out_dir if out_dir is not None else Path("out/compare")
-    check_writable(out_dir)
+    dest = output_dir(out_dir, ["comparison.csv", "comparison.png"])
     load_report(report)  # fail early on a bad file
     res = compare_report(report, scn, seed=seed, analytic=analytic)
     for note in res.notes:
@@ -251,7 +250,13 @@ def compare(
             pct(float(r["analytic_rel_error"])),
         )
     out.print(t)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tab.to_csv(out_dir / "comparison.csv", index=False)
-    comparison_figure(tab, out_dir / "comparison.png", title=f"{report.name} vs {scn.name}")
+    title = f"{report.name} vs {scn.name}"
+    write_run(
+        dest,
+        {
+            "comparison.csv": lambda p: tab.to_csv(p, index=False),
+            "comparison.png": lambda p: comparison_figure(tab, p, title=title),
+        },
+        "compare",
+    )
     out.print(f"wrote {out_dir}/comparison.csv, comparison.png")

@@ -22,7 +22,6 @@ from sdsim.cli.app import (
     ScenarioArg,
     SeedOpt,
     SetOpt,
-    check_writable,
     err,
     fmt,
     load,
@@ -32,6 +31,7 @@ from sdsim.cli.app import (
     print_summary,
 )
 from sdsim.errors import ScenarioError
+from sdsim.outputs import output_dir, write_run
 from sdsim.simulation import simulate
 
 
@@ -160,13 +160,12 @@ def validate(
     if jobs < 1:
         raise ScenarioError("--jobs", f"must be >= 1 (got {jobs})")
     target = out_dir if out_dir is not None else Path("out") / f"validate-{scn.name}"
-    check_writable(target)
+    dest = output_dir(target, ["validation.csv", "validation.png"])
     prog = LazyProgress(f"validating {scn.name}", delay_s=0.0)
     try:
         rep = _validate(scn, rates=parse_rates(rates), reps=reps, jobs=jobs, progress=prog)
     finally:
         prog.close()
-    target.mkdir(parents=True, exist_ok=True)
     cols = [
         "rate",
         "metric",
@@ -179,8 +178,15 @@ def validate(
         "inside_ci",
     ]
     extra = [c for c in rep.table.columns if c not in cols]
-    rep.table[cols + extra].to_csv(target / "validation.csv", index=False)
-    plot_validation(rep, scn, target / "validation.png")
+    table = rep.table[cols + extra]
+    write_run(
+        dest,
+        {
+            "validation.csv": lambda p: table.to_csv(p, index=False),
+            "validation.png": lambda p: plot_validation(rep, scn, p),
+        },
+        "validate",
+    )
     t = Table(
         title=f"{scn.name}: analytic vs simulated ({reps} replications per rate; "
         f"saturation {fmt(rep.saturation_rate)} req/s)"
