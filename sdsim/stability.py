@@ -11,15 +11,20 @@ Student's t with ``BATCHES - 2`` degrees of freedom when the queue does not grow
   is positive at one-sided significance :data:`ALPHA` (1%) **and** large enough to matter (the
   queue gains at least :data:`MIN_GROWTH_FRACTION` of the arrival rate: a slow approach to steady
   state, seen at high load in a short run, grows far slower than an overload);
-* ``stable``: the slope is not significant and the batches look independent (lag-1
-  autocorrelation of the residuals at most :data:`MAX_LAG1`, about two standard errors of the
-  statistic for independent batches), so the test's premise holds;
+* ``stable``: the queue's growth is below :data:`MIN_GROWTH_FRACTION` of the arrival rate with
+  99% confidence (the one-sided upper bound of the slope) and the batches look independent (lag-1
+  autocorrelation of the residuals at most :data:`MAX_LAG1`), so the test's premise holds;
 * ``undetermined`` ("not enough data to judge") otherwise: fewer than :data:`MIN_ARRIVALS`
   arrivals in the window, batches that are correlated (the queue's fluctuations are slower than a
   batch: run longer), or significant growth too small to call.
 
 False alarms: for a stationary queue whose batch means are independent, the test calls
-``unstable`` with probability at most ``ALPHA`` = 1%; the growth threshold lowers it further.
+``unstable`` with probability at most ``ALPHA`` = 1% (measured: 1.1% of 4,000 independent
+series reject the slope test); the growth threshold lowers it further. Batch means that stay
+correlated make the slope test reject more often (4% at a lag-1 correlation of 0.5, after the
+AR(1) widening of its error), which is what the growth threshold and the autocorrelation gate
+are for. The standard errors assume batch means nearly normal: hence the minimum number of
+arrivals.
 ``tests/test_stability.py`` measures the rate on independent series and the verdicts on clearly
 stable, clearly unstable and too-short simulated runs; ``notes/testing.md`` has the figures.
 """
@@ -51,7 +56,10 @@ POINTS_PER_BATCH = 32
 ALPHA = 0.01
 MIN_ARRIVALS = 200
 MIN_GROWTH_FRACTION = 0.05
-MAX_LAG1 = 0.8
+# Lag-1 autocorrelation of the batch residuals above which the batches are not independent
+# enough to call a run stable: ~2.7 standard errors (1/sqrt(20)) of its estimate for independent
+# batches, so fewer than 1% of independent series are sent to "not enough data".
+MAX_LAG1 = 0.6
 MAX_R = 0.95
 NOT_ENOUGH_DATA = "not enough data to judge"
 
