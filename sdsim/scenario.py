@@ -50,6 +50,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -86,6 +87,22 @@ MAX_REQUESTS = 10_000_000
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+def _path_like(v: Any) -> Any:
+    # a file path (or a registry name) the operating system can be asked about: stat() of a
+    # name with a NUL byte or longer than the system allows raises instead of answering "no"
+    if isinstance(v, str) and (
+        "\0" in v or len(v) > 4096 or any(len(part) > 255 for part in v.split("/"))
+    ):
+        raise ValueError(
+            "not a usable file path or name (a NUL byte, or longer than 4096 characters or 255 "
+            "per component)"
+        )
+    return v
+
+
+PathStr = Annotated[str, BeforeValidator(_path_like)]
 
 
 # --------------------------------------------------------------------------- lengths
@@ -252,7 +269,7 @@ class DrafterSpec(_Frozen):
     """The draft proposer: a separate small model, an EAGLE-style head, or n-gram lookup."""
 
     kind: Literal["model", "eagle", "ngram"] = "eagle"
-    model: str | None = Field(default=None, description="registry name or config.json path")
+    model: PathStr | None = Field(default=None, description="registry name or config.json path")
 
     @model_validator(mode="after")
     def _needs_model(self) -> DrafterSpec:
@@ -384,7 +401,7 @@ class CostsSpec(_Frozen):
 
     source: Literal["auto", "linear", "roofline", "profile"] = "auto"
     linear: LinearCosts = LinearCosts()
-    profile: str | None = Field(default=None, description="profile bundle directory")
+    profile: PathStr | None = Field(default=None, description="profile bundle directory")
     overhead_s: float | None = Field(
         default=None, ge=0, le=60, description="CPU overhead per step for roofline/profile sources"
     )
@@ -446,12 +463,14 @@ class WorkloadSpec(_Frozen):
     )
     prompt_tokens: LengthSpec = FixedLength(value=512)
     output_tokens: LengthSpec = FixedLength(value=256)
-    trace: str | None = Field(
+    trace: PathStr | None = Field(
         default=None,
         description="request CSV: with arrival: trace its times and lengths are replayed; with "
         "another arrival process only its lengths (in order, cycling)",
     )
-    report: str | None = Field(default=None, description="GuideLLM/vLLM report for arrival: replay")
+    report: PathStr | None = Field(
+        default=None, description="GuideLLM/vLLM report for arrival: replay"
+    )
     benchmark: int | str | None = Field(
         default=None,
         description="benchmark of `report` to replay: 0-based index or benchmark id (default 0)",
@@ -493,7 +512,7 @@ class Scenario(_Frozen):
     hardware: str | HardwareSpec = Field(
         default="h100-sxm", description="GPU registry name or an inline spec sheet"
     )
-    target: str = "llama-3.1-8b"
+    target: PathStr = "llama-3.1-8b"
     drafter: DrafterSpec = DrafterSpec()
     spec: SpecSpec = SpecSpec()
     acceptance: AcceptanceSpec = AcceptanceSpec()
@@ -731,6 +750,14 @@ def _tp_fits(model: ModelSpec, tp: int) -> bool:
     return model.is_moe or model.ffn % tp == 0
 
 
+def _exists(p: Path) -> bool:
+    # a name the system cannot look up (too long, a NUL byte) does not exist; validation says why
+    try:
+        return p.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def _resolve_paths(data: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
     if base_dir is None:
         return data
@@ -744,12 +771,12 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path | None) -> dict[str, Any
         sec = out.get(section)
         if isinstance(sec, dict) and isinstance(sec.get(key), str):
             p = Path(sec[key])
-            if not p.is_absolute() and not p.exists() and (base_dir / p).exists():
+            if not p.is_absolute() and not _exists(p) and _exists(base_dir / p):
                 sec[key] = str((base_dir / p).resolve())
     # `target: path/to/config.json` is a model given by its Hugging Face config file
     if isinstance(out.get("target"), str):
         p = Path(out["target"])
-        if not p.is_absolute() and not p.exists() and (base_dir / p).exists():
+        if not p.is_absolute() and not _exists(p) and _exists(base_dir / p):
             out["target"] = str((base_dir / p).resolve())
     return out
 
@@ -816,7 +843,7 @@ def referenced_files(scenario: Scenario) -> dict[str, str]:
     }
     out: dict[str, str] = {}
     for field, ref in refs.items():
-        if ref and ref.strip().lower() not in MODELS and Path(ref).exists():
+        if ref and ref.strip().lower() not in MODELS and _exists(Path(ref)):
             out[field] = ref
     return out
 

@@ -555,3 +555,12 @@ def test_also_error_names_the_field_not_pydantic_internals(
         load_scenario(DEFAULT, over)
     assert exc.value.field == field, str(exc.value)
     assert "constrained" not in str(exc.value) and "function-" not in str(exc.value)
+
+
+@pytest.mark.parametrize("value", ["x" * 5000, "a\0b", "dir/" + "y" * 300])
+@pytest.mark.parametrize("field", ["costs.profile", "workload.trace", "target"])
+def test_fuzz_found_unusable_paths_name_their_field(field: str, value: str) -> None:
+    # found by tests/test_fuzz.py: stat() of such a name raises (File name too long, embedded NUL)
+    with pytest.raises(ScenarioError) as exc:
+        load_scenario(DEFAULT, {field: value})
+    assert exc.value.field == field and "file path" in exc.value.message

@@ -283,7 +283,8 @@ def main(argv: list[str] | None = None) -> None:
         err.print("aborted", markup=False)
         sys.exit(130)
     except OSError as exc:  # an --out / --plot path the system refuses (read-only, not a dir)
-        where = exc.filename if exc.filename is not None else "file"
+        where = str(exc.filename) if exc.filename is not None else "file"
+        where = where if len(where) <= 200 else where[:197] + "..."
         err.print(
             f"error: {where}: {exc.strerror or exc.__class__.__name__}",
             markup=False,
