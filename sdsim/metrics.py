@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from sdsim._version import __version__
 from sdsim.records import SimRun
 
 REQUEST_FIELDS = (
@@ -178,7 +179,7 @@ def summarize(
     acc = done["accepted"].to_numpy()
     out["tokens_per_step_mean"] = float((st.sum() + acc.sum()) / st.sum()) if st.sum() else math.nan
     drafted = float(done["drafted"].sum())
-    out["acceptance_rate"] = float(acc.sum() / drafted) if drafted else float("nan")
+    out["draft_acceptance_rate"] = float(acc.sum() / drafted) if drafted else float("nan")
 
     start = steps["start"].to_numpy()
     sdur = steps["duration"].to_numpy()
@@ -215,6 +216,7 @@ def summarize(
     out["steps"] = len(steps)
     out["duration_s"] = float(run.end_time)
     out["seed"] = int(seed)
+    out["sdsim_version"] = __version__
     return out
 
 

@@ -73,7 +73,7 @@ KNOWN_METRICS: tuple[str, ...] = (
     *(k for k in SUMMARY_KEYS if k != "seed"),
     "measured",
     "queue_delay_mean",
-    "acceptance_rate",
+    "draft_acceptance_rate",
     "busy_fraction",
     "waiting_mean",
     "arrival_rate_obs",
