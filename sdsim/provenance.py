@@ -47,10 +47,10 @@ def sidecar(path: str | Path, seed: int | None, **extra: Any) -> Path:
     return dest
 
 
-def yaml_header(seed: int | None, what: str = "written") -> str:
-    """A first comment line for a YAML output: ``# written by sdsim 0.1.0 (seed 1)``."""
-    tail = f" (seed {int(seed)})" if seed is not None else ""
-    return f"# {what} by sdsim {__version__}{tail}\n"
+def yaml_header(seed: int | None, what: str = "") -> str:
+    """A first comment line for a YAML output: ``# sdsim 0.1.0, seed 1: <what>``."""
+    head = f"sdsim {__version__}" + (f", seed {int(seed)}" if seed is not None else "")
+    return f"# {head}" + (f": {what}" if what else "") + "\n"
 
 
 def png_metadata(seed: int | None, title: str = "") -> dict[str, str]:

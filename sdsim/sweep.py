@@ -65,6 +65,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sdsim.costs.build import build_cost_model
 from sdsim.errors import ScenarioError, format_validation_error
 from sdsim.metrics import SUMMARY_KEYS, t_confidence_interval
+from sdsim.provenance import provenance, sidecar, sidecar_path
 from sdsim.scenario import Scenario, load_scenario, scenario_from_dict, scenario_hash
 from sdsim.simulation import simulate
 
@@ -219,6 +220,8 @@ class SweepPlan:
         return {
             "name": self.name,
             "description": self.spec.description,
+            # run seeds derive from the base seed (derive_seed); each run's is in its row
+            **provenance(self.points[0].scenario.seed if self.points else None),
             "base": str(self.base),
             "fields": self.fields,
             "axes": [list(axis) for axis in self.spec.axes()],
@@ -907,17 +910,23 @@ def finish_sweep(
     import pyarrow as pa
 
     tmp = out / f".summary.{os.getpid()}.tmp"
-    pq.write_table(pa.Table.from_pandas(summary, preserve_index=False), tmp)
+    table = pa.Table.from_pandas(summary, preserve_index=False)
+    stamp = json.dumps(provenance(meta.get("seed"), seeds="per run in results/*.parquet"))
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"sdsim": stamp})
+    pq.write_table(table, tmp)
     os.replace(tmp, files[0])
     _write_atomic(files[1], summary.to_csv(index=False))
+    sidecar(files[1], meta.get("seed"), sweep=plan.name, seeds="per run in results/*.parquet")
     fail_path = out / "failures.csv"
     failures = runs[runs["error"].notna()] if len(runs) else runs
     if len(failures):
         cols = ["run_key", "point", "replication", "seed", *plan.fields, "error"]
         _write_atomic(fail_path, failures[cols].to_csv(index=False))
+        sidecar(fail_path, meta.get("seed"), sweep=plan.name, seeds="per run: column seed")
         files.append(fail_path)
     else:
         fail_path.unlink(missing_ok=True)
+        sidecar_path(fail_path).unlink(missing_ok=True)
     return SweepResult(
         out_dir=out,
         runs=runs,

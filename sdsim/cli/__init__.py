@@ -5,6 +5,7 @@ in one module per area and are registered here, in the order ``sdsim --help`` li
 """
 
 from sdsim.cli import costs, fit, predict, run, serve, sweep
+from sdsim.cli.acceptance import acceptance_app
 from sdsim.cli.app import app, main
 
 __all__ = ["app", "main"]
@@ -24,3 +25,4 @@ for _command in (
     serve.serve,
 ):
     app.command()(_command)
+app.add_typer(acceptance_app, name="acceptance")

@@ -25,6 +25,7 @@ from sdsim.cli.app import (
     pct,
 )
 from sdsim.errors import ScenarioError
+from sdsim.provenance import sidecar, yaml_header
 from sdsim.reports import (
     check_fit_options,
     compare_report,
@@ -136,7 +137,9 @@ def fit(
         fitted = res.fitted_scenario()
         out_path.parent.mkdir(parents=True, exist_ok=True)
         src = ", ".join(str(r) for r in reports)
-        out_path.write_text(f"# fitted by `sdsim fit` from {src}\n" + fitted.to_yaml())
+        out_path.write_text(
+            yaml_header(fitted.seed, f"fitted by `sdsim fit` from {src}") + fitted.to_yaml()
+        )
         result["scenario"] = str(out_path)
     if json_out:
         out.print_json(json.dumps(result, default=str))
@@ -253,5 +256,7 @@ def compare(
     out.print(t)
     out_dir.mkdir(parents=True, exist_ok=True)
     tab.to_csv(out_dir / "comparison.csv", index=False)
+    sidecar(out_dir / "comparison.csv", scn.seed if seed is None else seed,
+            report=str(report.name), scenario=scn.name)  # fmt: skip
     comparison_figure(tab, out_dir / "comparison.png", title=f"{report.name} vs {scn.name}")
     out.print(f"wrote {out_dir}/comparison.csv, comparison.png")

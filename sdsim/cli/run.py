@@ -76,7 +76,8 @@ def run(
         (out_dir / "summary.json").write_text(json.dumps(res.summary, indent=2, default=str) + "\n")
         # the resolved scenario reproduces the run: it carries the seed actually used
         ran = scn if seed is None else scn.with_overrides({"seed": int(seed)})
-        (out_dir / "scenario.yaml").write_text(yaml_header(run_seed) + ran.to_yaml())
+        head = yaml_header(run_seed, "the resolved scenario of this run")
+        (out_dir / "scenario.yaml").write_text(head + ran.to_yaml())
     if json_out:
         out.print_json(json.dumps(res.summary, default=str))
     else:

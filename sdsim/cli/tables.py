@@ -234,7 +234,7 @@ def render_table(
                 t = _build(*group, compact=True, wrap=True)
             console.print(t)
     for line in notes:
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, markup=False)
 
 
 def _split(
