@@ -129,7 +129,7 @@ def draft_acceptance_rate(alpha: AlphaLike, k: int) -> float:
 def position_rates(alpha: AlphaLike, k: int) -> npt.NDArray[np.float64]:
     """``P(draft position j accepted)`` for j = 1..k: ``alpha_1 ... alpha_j`` (vLLM's
     per-position acceptance rates)."""
-    return np.cumprod(position_probs(alpha, k))
+    return np.asarray(np.cumprod(position_probs(alpha, k)), dtype=np.float64)
 
 
 def alpha_for_length(length: float, k: int) -> float:

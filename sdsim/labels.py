@@ -117,6 +117,8 @@ METRICS: dict[str, Label] = {
     "speedup": Label("speedup vs k=0"),
     "p_wait": Label("P(wait for admission)"),
     "saturation_rate": Label("saturation rate", "req/s"),
+    "seed": Label("seed", integer=True),
+    "sdsim_version": Label("sdsim version"),
     "break_even_rate": Label("break-even rate", "req/s"),
 }
 

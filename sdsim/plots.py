@@ -192,12 +192,13 @@ def line_figure(
     axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
     for ax, panel in zip(axes, panels, strict=True):
         sub = df if not facet else df[df[facet].astype(str) == panel]
-        groups = sub.groupby(hue, sort=False, dropna=False) if hue else [((), sub)]
+        groups: list[tuple[Any, pd.DataFrame]] = (
+            list(sub.groupby(hue, sort=False, dropna=False)) if hue else [((), sub)]
+        )
         cats: list[str] | None = None
         marked = False
         banded = False
         dashed = False
-        groups = list(groups)
         for i, (key, grp) in enumerate(groups):
             grp = grp.copy()
             xs_all, cats = _x_positions(grp[x])

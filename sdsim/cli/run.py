@@ -87,7 +87,7 @@ def run(
             f"{scn.workload.rate:g} req/s",
             notes=["mean and quantiles over the measured requests (warm-up excluded)"],
         )
-        out.print(f"KV cache: {kv_capacity(scn).describe()}", highlight=False, soft_wrap=True)
+        out.print(f"KV cache: {kv_capacity(scn).describe()}", highlight=False)
         if out_dir is not None:
             out.print(f"wrote {out_dir}/{written}")
     if not res.summary["stable"]:
