@@ -20,6 +20,7 @@ __all__ = [
     "integer_field",
     "metric_label",
     "short_field",
+    "sig3",
     "time_unit",
 ]
 
@@ -219,16 +220,17 @@ def format_time(seconds: float, unit: str | None = None) -> str:
     if not math.isfinite(seconds):
         return "∞" if seconds > 0 else "-"
     name, factor = time_unit([seconds]) if unit is None else (unit, dict(_UNIT_FACTORS)[unit])
-    return f"{_sig3(seconds * factor)} {name}"
+    return f"{sig3(seconds * factor)} {name}"
 
 
 _UNIT_FACTORS = tuple((name, 1.0 / size) for name, size in _TIME_UNITS)
 
 
-def _sig3(v: float) -> str:
-    a = abs(v)
+def sig3(v: float) -> str:
+    """A number with three significant digits, no exponent: ``12.2``, ``4.45``, ``1,024``."""
+    a = abs(float(f"{v:.3g}"))  # the digits shown decide the format (99.96 shows as 100)
     if a >= 100 or a == 0:
-        return f"{v:.0f}"
+        return f"{v:,.0f}"
     if a >= 10:
         return f"{v:.1f}"
     return f"{v:.2f}"

@@ -11,16 +11,17 @@ from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from sdsim import step_time
 from sdsim.bench import FULL_GRID, QUICK_GRID, make_backend, run_bench
 from sdsim.cli.app import ScenarioArg, SetOpt, check_writable, err, load, out
+from sdsim.cli.tables import Column, render_table
 from sdsim.costs.build import build_cost_model
 from sdsim.costs.profile import write_bundle
 from sdsim.errors import ScenarioError
 from sdsim.memory import kv_capacity
 from sdsim.models import resolve_model
+from sdsim.provenance import png_metadata
 
 
 def _batches(max_batch: int) -> list[int]:
@@ -88,24 +89,16 @@ def costs(
             )
         )
     else:
-        table = Table(
-            title=f"{scn.name}: {scn.target} on {hw} x{scn.server.tp} "
-            f"({scn.costs.resolved_source}), KV {ctx} tokens/request",
-            header_style="bold",
-        )
-        for col in ("batch", "k=0 (ms)", f"k={k} (ms)", "draft", "verify", "overhead", "k=0 tok/s"):
-            table.add_column(col, justify="right")
-        for r in rows:
-            table.add_row(
-                str(r["batch"]),
-                f"{r['plain_ms']:.3f}",
-                f"{r['spec_ms']:.3f}",
-                f"{r['draft_ms']:.3f}",
-                f"{r['verify_ms']:.3f}",
-                f"{r['overhead_ms']:.3f}",
-                f"{r['plain_tok_s']:.0f}",
-            )
-        out.print(table)
+        render_table(
+            f"{scn.name}: {scn.target} on {hw} x{scn.server.tp} "
+            f"({scn.costs.resolved_source}), KV {ctx} tokens/request: step time by decode batch",
+            [Column("batch", "label", "requests"), Column("k=0 step", "time"),
+             Column(f"k={k} step", "time"), Column("of which draft", "time"),
+             Column("verify", "time"), Column("overhead", "time"),
+             Column("k=0 throughput", "num", "tok/s")],
+            [[str(r["batch"]), r["plain_ms"] / 1e3, r["spec_ms"] / 1e3, r["draft_ms"] / 1e3,
+              r["verify_ms"] / 1e3, r["overhead_ms"] / 1e3, r["plain_tok_s"]] for r in rows],
+        )  # fmt: skip
         out.print(
             f"prefill chunk of {chunk} tokens (k={k}): {pf.total * 1e3:.3f} ms "
             f"(prefill {pf.prefill * 1e3:.3f}, overhead {pf.overhead * 1e3:.3f})"
@@ -120,14 +113,15 @@ def costs(
         fits = (
             "" if cap.tokens is None else f"; ~{cap.tokens // max(ctx, 1)} requests of {ctx} tokens"
         )
-        out.print(f"KV cache: {cap.describe()}{fits}", highlight=False, soft_wrap=True)
+        out.print(f"KV cache: {cap.describe()}{fits}", highlight=False)
     if plot is not None:
         # deferred: matplotlib takes a noticeable part of a second to import
         from sdsim.plots import step_time_figure
 
         title = f"{scn.target} on {hw} ({scn.costs.resolved_source})"
         fig = step_time_figure(rows, k, pf.total * 1e3, chunk, title=title)
-        fig.savefig(plot)
+        png = str(plot).lower().endswith(".png")
+        fig.savefig(plot, metadata=png_metadata(None, title) if png else None)
         if not json_out:
             out.print(f"wrote {plot}")
 

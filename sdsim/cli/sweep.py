@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from sdsim.cli.app import SetOpt, check_writable, err, fmt, out
 from sdsim.cli.tables import Column, render_table
-from sdsim.labels import METRICS, short_field, time_unit
+from sdsim.labels import METRICS, short_field, sig3, time_unit
 from sdsim.scenario import parse_set_options
 from sdsim.sweep import load_sweep, plan_sweep, run_sweep
 
@@ -85,9 +85,7 @@ def _mean_ci_cells(summary: Any, m: str, n: int) -> tuple[str, list[str]]:
 
 
 def _num(v: float) -> str:
-    if not math.isfinite(v):
-        return fmt(v)
-    return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return sig3(v) if math.isfinite(v) else fmt(v)
 
 
 def print_sweep_summary(summary: Any, fields: list[str], metrics: list[str]) -> None:

@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from sdsim.labels import METRICS, metric_label, time_unit
+from sdsim.labels import METRICS, metric_label, sig3, time_unit
 
 # Width a table is laid out for when the output is not a terminal (files, pipes, CI logs).
 WIDTH = 100
@@ -97,15 +97,6 @@ def pct(v: float) -> str:
     return f"{v * 100:+.1f}%" if math.isfinite(v) else "-"
 
 
-def _sig3(v: float) -> str:
-    a = abs(v)
-    if a >= 100 or a == 0:
-        return f"{v:,.0f}"
-    if a >= 10:
-        return f"{v:.1f}"
-    return f"{v:.2f}"
-
-
 def time_cells(seconds: Sequence[Any]) -> tuple[str, list[str]]:
     """Durations (seconds) as cells in one unit chosen for all of them.
 
@@ -123,7 +114,7 @@ def time_cells(seconds: Sequence[Any]) -> tuple[str, list[str]]:
         elif math.isinf(v):
             cells.append("∞")
         else:
-            cells.append(_sig3(v * factor))
+            cells.append(sig3(v * factor))
     return unit, cells
 
 
