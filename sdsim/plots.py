@@ -39,7 +39,15 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from sdsim.errors import ScenarioError
-from sdsim.labels import METRICS, field_label, integer_field, metric_label, short_field, time_unit
+from sdsim.labels import (
+    FIELDS,
+    METRICS,
+    field_label,
+    integer_field,
+    metric_label,
+    short_field,
+    time_unit,
+)
 from sdsim.provenance import png_metadata, sidecar
 from sdsim.sweep import load_sweep_dir, speedup_table, summarize_runs
 
@@ -121,7 +129,9 @@ def choose_x(df: pd.DataFrame, fields: list[str], exclude: tuple[str, ...] = ())
 
 
 def _label(field: str, value: Any) -> str:
-    return f"{short_field(field)} = {value}"
+    lab = FIELDS.get(field)
+    unit = f" {lab.unit}" if lab is not None and lab.unit else ""
+    return f"{short_field(field)} = {value}{unit}"
 
 
 def _scale(metric: str, values: pd.Series | None = None) -> tuple[float, str]:
