@@ -9,6 +9,8 @@ Conventions (the glossary users read results by):
 * ``e2e = finish - arrival``, ``ttft = first_token - arrival``,
   ``tpot = (finish - first_token) / (output_tokens - 1)`` (undefined for one-token outputs),
   ``queue_delay = first_scheduled - arrival``.
+* ``draft_acceptance_rate`` = accepted / drafted tokens over the measured requests: the rate
+  servers report, not the model's ``acceptance.alpha`` (see :mod:`sdsim.acceptance`).
 * ``little_residual = (in_system_mean - lambda_obs * e2e_mean) / in_system_mean`` with
   ``lambda_obs`` the observed arrival rate in the window: Little's law says it tends to 0.
 * ``stable`` is false when the run was stopped at a saturation bound, or when the number in system
