@@ -1174,6 +1174,24 @@ def serve(
     uvicorn.run(application, host=host, port=port, log_level="warning")
 
 
+@app.command()
+def explore(
+    scenario: Annotated[
+        Path | None, typer.Argument(help="scenario YAML file (default: the built-in defaults)")
+    ] = None,
+    set_: SetOpt = None,
+    host: Annotated[str, typer.Option("--host", help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port (0 = any free port)")] = 8765,
+) -> None:
+    """Serve an interactive page of the model's panels (offline, loopback by default)."""
+    from sdsim.explore import serve as serve_explorer
+
+    scn = load_scenario(scenario, parse_set_options(set_))
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"[yellow]warning:[/] binding {host}: reachable beyond this machine")
+    serve_explorer(scn, host=host, port=port)
+
+
 # --- end reports / serve commands ---------------------------------------------------------------
 
 
