@@ -8,6 +8,7 @@
     busy: false,       // a view request is in flight
     seq: 0,            // view requests answered (drawn or refused)
     latencies: [],     // ms from a control change to the redrawn panels, one per answered change
+    timings: [],       // the same split: {answer: until the server's answer, draw: redrawing}
     view: null,        // the last drawn view (see sdsim/explore/panels.py: model_view)
     base: null,        // the base scenario (as started, or as loaded from a file)
     fields: {},        // control -> scenario field
@@ -138,10 +139,13 @@
         r = { ok: false, data: { error: "the sdsim server does not answer (stopped?)" } };
       }
       if (r.ok) {
+        const t1 = performance.now();
         clearErrors();
         S.view = r.data;
         await drawAll();
-        S.latencies.push(performance.now() - t0);
+        const t2 = performance.now();
+        S.latencies.push(t2 - t0);
+        S.timings.push({ answer: t1 - t0, draw: t2 - t1 });
         document.body.dataset.state = "ready";
         S.ready = true;
       } else {
