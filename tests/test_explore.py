@@ -345,3 +345,17 @@ def test_cli_bad_options_exit_2() -> None:
         assert r.returncode == 2, (args, r.stderr)
         assert says in r.stderr and "Traceback" not in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cli_without_plotly_says_what_to_install() -> None:
+    """Without the explore extra the command exits 2 with one line naming it."""
+    code = (
+        "import sys; sys.modules['plotly'] = None; sys.modules['plotly.offline'] = None\n"
+        "from sdsim.cli import main\n"
+        f"main(['explore', {str(DEFAULT)!r}, '--port', '0'])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert (
+        r.stderr.strip() == "error: explore: needs the plotly package: pip install 'sdsim[explore]'"
+    )
