@@ -32,6 +32,7 @@ from sdsim.scenario import BetaAlpha, UniformLength
 from tests.conftest import ROOT, small
 
 DEFAULT = ROOT / "scenarios/default.yaml"
+CLI = "import sys; from sdsim.cli import main; main(sys.argv[1:])"  # the `sdsim` entry point
 
 
 @pytest.fixture(scope="module")
@@ -340,7 +341,7 @@ def test_cli_bad_options_exit_2() -> None:
         (["explore", str(DEFAULT), "--port", "70000"], "--port: must be in 0..65535"),
         (["explore", str(DEFAULT), "--set", "workload.rate=-1"], "workload.rate"),
     ):
-        r = subprocess.run([sys.executable, "-m", "sdsim.cli", *args], capture_output=True,
+        r = subprocess.run([sys.executable, "-c", CLI, *args], capture_output=True,
                            text=True, timeout=120)  # fmt: skip
         assert r.returncode == 2, (args, r.stderr)
         assert says in r.stderr and "Traceback" not in r.stderr

@@ -63,7 +63,8 @@ def _chromium() -> tuple[str, str]:
 def explorer() -> Iterator[str]:
     """The real ``sdsim explore`` command on 127.0.0.1; yields its URL."""
     exe = Path(sys.executable).with_name("sdsim")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "sdsim.cli"]
+    entry = "import sys; from sdsim.cli import main; main(sys.argv[1:])"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", entry]
     proc = subprocess.Popen(
         [*cmd, "explore", str(ROOT / "scenarios/default.yaml"), "--host", "127.0.0.1",
          "--port", "0", "--set", "workload.num_requests=400", "--set", "warmup_requests=40"],
