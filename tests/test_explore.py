@@ -191,7 +191,7 @@ BAD = [
     ({"gpu": "h900"}, "hardware", "gpu", "unknown GPU 'h900'; known: a100-80gb"),
     ({"target": "llama-9"}, "target", "target", "unknown model 'llama-9'"),
     ({"alpha": "1.5"}, "acceptance.alpha", "alpha", "less than or equal to 1"),
-    ({"alpha_mode": "per-position", "alpha_list": "0.9, 0.8"}, "scenario", "alpha_list",
+    ({"alpha_mode": "per-position", "alpha_list": "0.9, 0.8"}, "acceptance.alpha", "alpha_list",
      "per-position list has 2 entries, needs >= spec.k"),
     ({"alpha_mode": "per-position", "alpha_list": "0.9, x"}, "acceptance.alpha", "alpha_list",
      "must be a number"),
@@ -202,7 +202,7 @@ BAD = [
     ({"cost_source": "profile"}, "costs", "cost_source", "needs `profile:`"),
     ({"cost_source": "guess"}, "costs.source", "cost_source", "'auto', 'linear'"),
     ({"drafter": "model", "drafter_model": ""}, "drafter", "drafter", "needs `model:`"),
-    ({"requests": "10"}, "scenario", "requests", "warmup_requests"),
+    ({"requests": "10"}, "warmup_requests", "requests", "must be < workload.num_requests (10)"),
 ]  # fmt: skip
 
 
@@ -219,7 +219,7 @@ def test_bad_input_is_400_naming_the_field(
     assert r.status_code == 400, r.text
     body = r.json()
     assert body["field"] == field and body["control"] == control, body
-    assert says in body["error"], body
+    assert body["error"].startswith(f"{field}: ") and says in body["error"], body
     assert "\n" not in body["error"] and "Traceback" not in r.text
 
 

@@ -50,6 +50,7 @@ from sdsim.explore.controls import (
     choices,
     control_for_error,
     controls_of,
+    error_field,
     scenario_with_controls,
 )
 from sdsim.explore.jobs import Jobs, check_runs
@@ -114,8 +115,9 @@ class _SecurityHeaders:
 
 def _error(exc: ScenarioError | _BadRequest, controls: dict[str, Any] | None = None) -> Response:
     if isinstance(exc, ScenarioError):
-        body = {"field": exc.field, "control": control_for_error(exc, controls or {}),
-                "error": str(exc)}  # fmt: skip
+        field, message = error_field(exc)
+        control = control_for_error(exc, controls or {})
+        body = {"field": field, "control": control, "error": f"{field}: {message}"}
     else:
         body = {"field": exc.field, "control": None, "error": str(exc)}
     return JSONResponse(body, status_code=400)

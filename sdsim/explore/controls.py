@@ -19,6 +19,7 @@ __all__ = [
     "choices",
     "control_for_error",
     "controls_of",
+    "error_field",
     "scenario_with_controls",
 ]
 
@@ -407,16 +408,22 @@ def scenario_with_controls(
     return scenario_from_dict(apply_overrides(base_scn.to_dict(), overrides)), overrides
 
 
+def error_field(exc: ScenarioError) -> tuple[str, str]:
+    """``(field, message)`` of a :class:`ScenarioError`, with a whole-scenario check's own field
+    taken from its message (``scenario: acceptance.alpha: list too short`` is about
+    ``acceptance.alpha``)."""
+    m = re.match(r"([a-z_]+(?:\.[a-z_]+)*): (.*)", exc.message)
+    if exc.field == "scenario" and m:
+        return m.group(1), m.group(2)
+    return exc.field, exc.message
+
+
 def control_for_error(exc: ScenarioError, controls: dict[str, Any]) -> str | None:
     """The control a :class:`ScenarioError` belongs beside, or ``None`` (shown above the panels).
 
-    A whole-scenario check names its field inside the message (``scenario: acceptance.alpha:
-    ...``); that field is used. Acceptance errors go to the control of the chosen alpha mode.
+    Acceptance errors go to the control of the chosen alpha mode.
     """
-    field = exc.field
-    m = re.match(r"([a-z_]+(?:\.[a-z_]+)*): ", exc.message)
-    if field == "scenario" and m:
-        field = m.group(1)
+    field, _ = error_field(exc)
     if field == "runs":  # the simulation's replications: a page control, not a scenario field
         return "runs"
     if field == "warmup_requests":

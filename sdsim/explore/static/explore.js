@@ -68,6 +68,16 @@
     }
   }
 
+  // switching to per-position alpha starts from the constant alpha at every position the draft
+  // length (or the adaptive policy's k_max) needs
+  function prefillPositions() {
+    const list = input("alpha_list");
+    if (input("alpha_mode").value !== "per-position" || list.value.trim() !== "") return;
+    const k = Number(input("k").value) || 1;
+    const kMax = input("adaptive").checked ? S.base.spec.k_max : 0;
+    list.value = Array(Math.max(k, kMax, 1)).fill(input("alpha").value).join(", ");
+  }
+
   function fillChoices(choices) {
     for (const [name, list] of Object.entries(choices)) {
       if (!Array.isArray(list)) continue;
@@ -445,7 +455,11 @@
         });
       }
       if (e.tagName === "SELECT" || e.type === "checkbox") {
-        e.addEventListener("change", (ev) => { updateVisibility(); changed(ev.timeStamp); });
+        e.addEventListener("change", (ev) => {
+          if (name === "alpha_mode") prefillPositions();
+          updateVisibility();
+          changed(ev.timeStamp);
+        });
       } else {
         // typing: wait for a pause; Enter or leaving the field sends at once
         e.addEventListener("input", () => {
