@@ -132,6 +132,29 @@ def test_view_is_the_analytic_model(client: Any, default: sdsim.Scenario) -> Non
     assert law["cap"] == default.server.max_num_seqs
 
 
+@pytest.mark.parametrize(
+    ("controls", "check"),
+    [
+        ({"adaptive": True}, lambda s: s.spec.policy == "adaptive"),
+        ({"alpha_mode": "beta", "alpha": "0.6", "alpha_concentration": "4"},
+         lambda s: s.acceptance.alpha == BetaAlpha(mean=0.6, concentration=4.0)),
+        ({"drafter": "ngram", "cost_source": "linear"},
+         lambda s: s.drafter.kind == "ngram" and s.costs.source == "linear"),
+    ],
+)  # fmt: skip
+def test_view_other_settings(
+    client: Any, default: sdsim.Scenario, controls: dict[str, Any], check: Any
+) -> None:
+    r = _view(client, default, **controls)
+    assert r.status_code == 200, r.text
+    v = r.json()
+    scn = sdsim.scenario.scenario_from_dict(v["scenario"])
+    assert check(scn)
+    p = sdsim.predict(scn, rates=[], k_values=[scn.spec.k])
+    assert v["point"]["e2e_p99"] == p.summary["e2e_p99"]
+    assert v["steps"]["k"] == p.summary["k_effective"]
+
+
 def test_view_past_saturation_has_no_batch_law(client: Any, default: sdsim.Scenario) -> None:
     v = _view(client, default, rate="500").json()
     assert v["point"]["stable"] is False
