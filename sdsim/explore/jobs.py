@@ -15,11 +15,11 @@ from __future__ import annotations
 __all__ = ["MAX_RUNS", "Jobs", "check_runs", "observed_batch_law", "simulate_here"]
 
 import itertools
+import queue
 import threading
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,14 +130,21 @@ class _Job:
 
 
 class Jobs:
-    """Simulation jobs: submitted from a request, run on one worker thread, polled by id."""
+    """Simulation jobs: submitted from a request, run one at a time on a worker thread, polled by
+    id. The thread is a daemon: stopping the server does not wait for a running simulation."""
 
     def __init__(self, keep: int = 64) -> None:
         self.keep = keep
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdsim-explore-sim")
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._jobs: OrderedDict[str, _Job] = OrderedDict()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        self._worker = threading.Thread(target=self._run, name="sdsim-explore-sim", daemon=True)
+        self._worker.start()
+
+    def _run(self) -> None:
+        while (work := self._queue.get()) is not None:
+            work()
 
     def submit(self, scn: Scenario, runs: int, key: str) -> str:
         """Queue a job; returns its id."""
@@ -165,7 +172,7 @@ class Jobs:
                 job.error = {"field": None, "error": f"simulation failed: {exc!r}"}
                 job.state = "error"
 
-        self._pool.submit(work)
+        self._queue.put(work)
         return jid
 
     def status(self, jid: str) -> dict[str, Any] | None:
@@ -184,5 +191,5 @@ class Jobs:
         }
 
     def close(self) -> None:
-        """Stop taking jobs; a running one finishes."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop taking jobs after the queued ones."""
+        self._queue.put(None)
