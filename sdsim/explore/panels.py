@@ -139,7 +139,8 @@ def break_even(rates: list[float], speedup: list[float]) -> float:
 def step_breakdown(scn: Scenario, k: int, model: Any = None) -> dict[str, Any]:
     """Step time vs decode batch at the mean KV length of a running request (prompt plus half
     the output, as ``sdsim costs``), split into its parts, beside plain decoding (seconds)."""
-    from sdsim.costs.step import build_cost_model, step_times
+    from sdsim.costs.build import build_cost_model
+    from sdsim.costs.step import step_times
 
     cost = model if model is not None else build_cost_model(scn)
     wl = scn.workload
@@ -199,7 +200,7 @@ def model_view(scn: Scenario, cache: ViewCache | None = None) -> dict[str, Any]:
         (:func:`batch_law`).
     """
     from sdsim.analytic.prediction import predict
-    from sdsim.costs.step import build_cost_model
+    from sdsim.costs.build import build_cost_model
 
     pred = predict(scn, rates=[], k_values=[scn.spec.k])
     model = build_cost_model(scn)
