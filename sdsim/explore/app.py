@@ -305,7 +305,7 @@ def serve(scenario: Scenario, host: str = "127.0.0.1", port: int = 8765) -> None
     ScenarioError
         A port outside 0..65535, an address that cannot be bound, or plotly missing.
     """
-    import uvicorn
+    import uvicorn  # deferred: only a running server needs it, not the tests of the app
 
     if not 0 <= port <= 65535:
         raise ScenarioError("--port", f"must be in 0..65535 (got {port})")

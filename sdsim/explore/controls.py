@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from typing import Any, get_args
 
 from sdsim.errors import ScenarioError
+from sdsim.hardware import gpu_names
+from sdsim.models import model_names, resolve_model
 from sdsim.scenario import (
     MAX_K,
     BetaAlpha,
@@ -78,9 +80,6 @@ ALPHA_MODES = ("constant", "per-position", "beta")
 
 def choices() -> dict[str, Any]:
     """What the page's lists offer, read from the registries and the scenario schema."""
-    from sdsim.hardware import gpu_names
-    from sdsim.models import model_names
-
     return {
         "gpu": gpu_names(),
         "target": model_names(),
@@ -250,8 +249,6 @@ def _same(a: Any, b: Any) -> bool:
 def _context(target: str) -> int:
     """The target's context length (a generous stand-in when the name is bad: the scenario's own
     validation then reports it)."""
-    from sdsim.models import resolve_model
-
     try:
         return resolve_model(target, "target").max_context
     except ScenarioError:

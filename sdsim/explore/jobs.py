@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 
 from sdsim.errors import ScenarioError
+from sdsim.metrics import t_confidence_interval
 from sdsim.scenario import Scenario
+from sdsim.simulation import simulate
 
 MAX_RUNS = 20
 STATS = tuple(f"{m}_{s}" for m in ("e2e", "ttft", "tpot") for s in ("mean", "p50", "p90", "p99"))
@@ -73,9 +75,6 @@ def simulate_here(
         of plain to speculative mean e2e (``None`` without speculation), ``batch_law``: mean time
         share of each batch size.
     """
-    from sdsim.metrics import t_confidence_interval
-    from sdsim.simulation import simulate
-
     check_runs(runs)
     speculative = scn.spec.k > 0 or scn.spec.policy == "adaptive"
     plain = scn.with_overrides({"spec.k": 0, "spec.policy": "fixed"}) if speculative else None

@@ -37,6 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from sdsim.analytic.prediction import gps_law, predict, predict_grid
+from sdsim.costs.build import build_cost_model
+from sdsim.costs.step import step_times
 from sdsim.scenario import Scenario
 
 # Fractions of the saturation rate the latency and speedup curves are drawn at: evenly spaced at
@@ -104,8 +107,6 @@ def curve(scn: Scenario, saturation_rate: float) -> dict[str, list[Any]]:
         value per rate (each point is :func:`sdsim.predict` of the scenario at that rate), and
         ``break_even_rate``: where that speedup falls through 1 (see :func:`break_even`).
     """
-    from sdsim.analytic.prediction import predict_grid
-
     rates = [f * saturation_rate for f in RATE_FRACTIONS]
     df = predict_grid(scn, rates, [scn.spec.k])
     out: dict[str, Any] = {"rate": [float(r) for r in df["rate"]]}
@@ -139,9 +140,6 @@ def break_even(rates: list[float], speedup: list[float]) -> float:
 def step_breakdown(scn: Scenario, k: int, model: Any = None) -> dict[str, Any]:
     """Step time vs decode batch at the mean KV length of a running request (prompt plus half
     the output, as ``sdsim costs``), split into its parts, beside plain decoding (seconds)."""
-    from sdsim.costs.build import build_cost_model
-    from sdsim.costs.step import step_times
-
     cost = model if model is not None else build_cost_model(scn)
     wl = scn.workload
     ctx = int(wl.prompt_tokens.mean + wl.output_tokens.mean / 2)
@@ -164,8 +162,6 @@ def step_breakdown(scn: Scenario, k: int, model: Any = None) -> dict[str, Any]:
 def batch_law(scn: Scenario, coefficients: Any, model: Any = None) -> dict[str, Any] | None:
     """The law of the engine's batch (requests holding a slot, ``min(N, max_num_seqs)``) of one
     replica at the scenario's rate; ``None`` past saturation (no stationary law)."""
-    from sdsim.analytic.prediction import gps_law
-
     lam = scn.workload.rate / scn.server.replicas
     law = gps_law(scn, coefficients, lam, model)
     if not law.stable:
@@ -199,9 +195,6 @@ def model_view(scn: Scenario, cache: ViewCache | None = None) -> dict[str, Any]:
         (:func:`curve`), ``steps`` (:func:`step_breakdown`) and ``batch_law``
         (:func:`batch_law`).
     """
-    from sdsim.analytic.prediction import predict
-    from sdsim.costs.build import build_cost_model
-
     pred = predict(scn, rates=[], k_values=[scn.spec.k])
     model = build_cost_model(scn)
     key = curve_key(scn)
