@@ -31,7 +31,8 @@ lint: $(STAMP_TEST)
 browser:
 	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
 	  echo "installing chromium and chromium-driver (apt-get)"; \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  { $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq \
 	      chromium chromium-driver >/dev/null; } \
 	  || echo "note: could not install chromium; the browser test will skip (or fail under CI)"; \
 	fi
