@@ -275,10 +275,12 @@ def plot_validation(
     rmax = max(float(df["rate"].max()), 0.0)
     grid = np.linspace(0.05 * sat, min(0.97 * sat, max(rmax, 0.1 * sat)), curve_points)
     curves: dict[str, list[float]] = {f"{m}_{s}": [] for m in METRICS for s in ("mean", "p99")}
+    limit = ""
     for r in grid:
         p = predict(
             scn.with_overrides({"workload.rate": float(r)}), rates=[], k_values=[scn.spec.k]
         )
+        limit = p.saturation_limit
         for key in curves:
             curves[key].append(float(p.summary.get(key, math.nan)))
     fig, axes = plt.subplots(
@@ -313,7 +315,7 @@ def plot_validation(
                 capsize=3,
                 label=f"simulated {st} (95% CI)",
             )
-        ax.axvline(sat, color="grey", ls=":", label="predicted saturation")
+        ax.axvline(sat, color="grey", ls=":", label=f"predicted saturation ({limit})")
         for key, value in (targets or {}).items():
             if key.startswith(f"{m}_"):
                 draw_target(ax, key, value, 1e3)

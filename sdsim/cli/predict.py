@@ -352,6 +352,9 @@ def validate(
 
 
 def _print_validation(rep: Any, scn: Scenario, reps: int) -> None:
+    from sdsim.analytic.prediction import predict as _predict  # deferred: see the docstring
+
+    limit = _predict(scn, rates=[], k_values=[scn.spec.k], quantiles=False).saturation_limit
     d = rep.table
     rows: list[list[Any]] = []
     failing: list[str] = []
@@ -370,7 +373,7 @@ def _print_validation(rep: Any, scn: Scenario, reps: int) -> None:
         rows.append([fmt(v["rate"]), v["fraction"], *cells, verdict])
     render_table(
         f"{scn.name}: analytic vs simulated ({reps} replications per rate; saturation "
-        f"{fmt(rep.saturation_rate)} req/s)",
+        f"{fmt(rep.saturation_rate)} req/s, {limit})",
         [Column("rate", "label", "req/s"), Column("load", "pct", "% of sat."),
          Column("e2e mean", "text"), Column("e2e p99", "text"), Column("TTFT mean", "text"),
          Column("TPOT mean", "text"), Column("verdict", "text")],
