@@ -120,29 +120,25 @@ def _by_rate(scn: Scenario, rates: Sequence[float]) -> list[Prediction]:
     ]
 
 
-def best_k(scn: Scenario, rate: float) -> tuple[int | None, dict[int, float]]:
-    """The draft length with the lowest tail-model e2e mean at ``rate``, and those means.
+def best_k(scn: Scenario, rates: Sequence[float]) -> list[tuple[int | None, dict[int, float]]]:
+    """Per rate: the draft length with the lowest tail-model e2e mean, and every k's mean.
 
-    Every k in ``0..spec.k_max`` is ranked by its birth-death mean (cheap); the three lowest
-    get the tail model, and the best of them by its mean wins (the two rankings differ only in
-    near ties). Saturated draft lengths are left out; ``None`` when every one is saturated.
+    Every k in ``0..spec.k_max`` (fixed, whatever the scenario's policy) is predicted at every
+    rate in one :func:`~sdsim.analytic.prediction.predict_grid`, which shares the cost model and
+    step curves. Saturated draft lengths are left out; the best k is ``None`` when every one is
+    saturated.
     """
-    from sdsim.analytic.prediction import _k_search_max  # the k range the model allows
-    from sdsim.analytic.prediction import predict as _predict
+    from sdsim.analytic.prediction import _k_search_max, predict_grid  # deferred: see docstring
 
-    ks = range(_k_search_max(scn) + 1)
-    quick: dict[int, float] = {}
-    for k in ks:
-        s = scn.with_overrides({"workload.rate": rate, "spec.k": k})
-        quick[k] = float(_predict(s, rates=[], k_values=[k], quantiles=False).summary["e2e_mean"])
-    finite = sorted((v, k) for k, v in quick.items() if math.isfinite(v))
-    means: dict[int, float] = {}
-    for _, k in finite[:3]:
-        s = scn.with_overrides({"workload.rate": rate, "spec.k": k})
-        means[k] = float(_predict(s, rates=[], k_values=[k]).summary["e2e_mean"])
-    if not means:
-        return None, means
-    return min(means, key=lambda kk: means[kk]), means
+    fixed = scn if scn.spec.policy == "fixed" else scn.with_overrides({"spec.policy": "fixed"})
+    ks = list(range(_k_search_max(scn) + 1))
+    grid = predict_grid(fixed, [float(r) for r in rates], ks, None)
+    means = grid["e2e_mean"].to_numpy(dtype=float).reshape(len(rates), len(ks))
+    out: list[tuple[int | None, dict[int, float]]] = []
+    for row in means:
+        finite = {k: float(v) for k, v in zip(ks, row, strict=True) if math.isfinite(v)}
+        out.append((min(finite, key=lambda kk: finite[kk]) if finite else None, finite))
+    return out
 
 
 def predict(
@@ -187,9 +183,8 @@ def predict(
         preds = _by_rate(scn, rate_list)
         rows: list[list[Any]] = []
         outside: list[str] = []
-        for r, q in zip(rate_list, preds, strict=True):
+        for r, q, (kb, _) in zip(rate_list, preds, best_k(scn, rate_list), strict=True):
             s = q.summary
-            kb, means = best_k(scn, r)
             if q.outside_model:
                 outside.append(f"* {fmt(r)} req/s is outside the model: {q.outside_model}")
             rows.append(
@@ -215,8 +210,7 @@ def predict(
         )
     else:
         rows = []
-        for r in shown:
-            kb, means = best_k(scn, r)
+        for r, (kb, means) in zip(shown, best_k(scn, shown), strict=True):
             e2e = means.get(kb, math.nan) if kb is not None else math.inf
             rows.append([fmt(r), "saturated" if kb is None else str(kb), e2e])
         render_table(
@@ -246,16 +240,15 @@ def advise(
 
     scn = load(scenario, set_)
     rlist = sorted(set(parse_rates(rates) or [scn.workload.rate]))
-    plain = _predict(scn.with_overrides({"spec.k": 0}), rates=[], k_values=[0], quantiles=False)
+    fixed = scn if scn.spec.policy == "fixed" else scn.with_overrides({"spec.policy": "fixed"})
+    plain = _predict(fixed.with_overrides({"spec.k": 0}), rates=[], k_values=[0], quantiles=False)
     prog = LazyProgress("confirming by simulation")
     total = len(rlist) * 3 if confirm else 0
     done = 0
     rows: list[list[Any]] = []
     try:
-        for r in rlist:
-            kbest, means = best_k(scn, r)
-            s0 = scn.with_overrides({"workload.rate": r, "spec.k": 0})
-            e0 = float(_predict(s0, rates=[], k_values=[0]).summary["e2e_mean"])
+        for r, (kbest, means) in zip(rlist, best_k(scn, rlist), strict=True):
+            e0 = means.get(0, math.inf)
             if kbest is None:
                 row: list[Any] = [fmt(r), "saturated", math.inf, e0, math.nan]
             else:
@@ -263,8 +256,8 @@ def advise(
                 row = [fmt(r), str(kbest), e, e0, e0 / e if math.isfinite(e0) else math.inf]
             if confirm:
                 sim: dict[int, float] = {}
-                for k in sorted(means, key=lambda kk: means[kk]):
-                    s = scn.with_overrides({"workload.rate": r, "spec.k": k})
+                for k in sorted(means, key=lambda kk: means[kk])[:3]:
+                    s = fixed.with_overrides({"workload.rate": r, "spec.k": k})
                     sim[k] = float(simulate(s, seed=seed).summary["e2e_mean"])
                     done += 1
                     prog(done, total)
