@@ -48,7 +48,7 @@ from sdsim.labels import (
     short_field,
     time_unit,
 )
-from sdsim.provenance import png_metadata, sidecar
+from sdsim.provenance import png_metadata, provenance, sidecar
 from sdsim.sweep import load_sweep_dir, speedup_table, summarize_runs
 
 _TIME_SUFFIXES = (("ms", 1e-3), ("us", 1e-6), ("µs", 1e-6), ("s", 1.0))
@@ -502,7 +502,8 @@ def plot_sweep(
             hpath = dest / f"{m}_heatmap.png"
             hf.savefig(hpath, dpi=110, metadata=png_metadata(meta.get("seed"), fig_title(hf)))
             written.append(hpath)
-    (dest / "plots.json").write_text(json.dumps([p.name for p in written], indent=1) + "\n")
+    index = provenance(meta.get("seed"), sweep=name, files=[p.name for p in written])
+    (dest / "plots.json").write_text(json.dumps(index, indent=1) + "\n")
     return written
 
 

@@ -62,6 +62,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sdsim._version import __version__
 from sdsim.costs.build import build_cost_model
 from sdsim.errors import ScenarioError, format_validation_error
 from sdsim.metrics import SUMMARY_KEYS, t_confidence_interval
@@ -488,6 +489,7 @@ def execute_run(task: RunTask) -> dict[str, Any]:
         "replication": task.replication,
         "scenario_hash": task.scenario_hash,
         "seed": task.seed,
+        "sdsim_version": __version__,
     }
     for k, v in task.overrides.items():
         row[k] = _column_value(v)
@@ -524,6 +526,12 @@ def _write_row(results: Path, row: dict[str, Any]) -> Path:
     pq.write_table(pa.Table.from_pylist([row]), tmp)
     os.replace(tmp, final)  # atomic: a reader sees the whole file or none
     return final
+
+
+def _stamped(table: Any, seed: int | None) -> Any:
+    """A pyarrow table with the sdsim version and base seed in its schema metadata (``sdsim``)."""
+    stamp = json.dumps(provenance(seed, seeds="per run: column seed of results/*.parquet"))
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), b"sdsim": stamp})
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -879,6 +887,7 @@ def _failed_row(task: RunTask, exc: BaseException) -> dict[str, Any]:
         "replication": task.replication,
         "scenario_hash": task.scenario_hash,
         "seed": task.seed,
+        "sdsim_version": __version__,
     }
     row.update({k: _column_value(v) for k, v in task.overrides.items()})
     row["error"] = " ".join(f"{type(exc).__name__}: {exc}".split())[:2000]
@@ -903,17 +912,16 @@ def finish_sweep(
         import pyarrow as pa
 
         pq.write_table(
-            pa.Table.from_pandas(analytic, preserve_index=False), out / "analytic.parquet"
+            _stamped(pa.Table.from_pandas(analytic, preserve_index=False), meta.get("seed")),
+            out / "analytic.parquet",
         )
     summary = summarize_runs(runs, meta, analytic)
     files = [out / "summary.parquet", out / "summary.csv"]
     import pyarrow as pa
 
     tmp = out / f".summary.{os.getpid()}.tmp"
-    table = pa.Table.from_pandas(summary, preserve_index=False)
-    stamp = json.dumps(provenance(meta.get("seed"), seeds="per run in results/*.parquet"))
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"sdsim": stamp})
-    pq.write_table(table, tmp)
+    pq.write_table(_stamped(pa.Table.from_pandas(summary, preserve_index=False), meta.get("seed")),
+                   tmp)  # fmt: skip
     os.replace(tmp, files[0])
     _write_atomic(files[1], summary.to_csv(index=False))
     sidecar(files[1], meta.get("seed"), sweep=plan.name, seeds="per run in results/*.parquet")
