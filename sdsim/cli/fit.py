@@ -242,5 +242,6 @@ def compare(
     tab.to_csv(out_dir / "comparison.csv", index=False)
     sidecar(out_dir / "comparison.csv", scn.seed if seed is None else seed,
             report=str(report.name), scenario=scn.name)  # fmt: skip
-    comparison_figure(tab, out_dir / "comparison.png", title=f"{report.name} vs {scn.name}")
+    comparison_figure(tab, out_dir / "comparison.png", title=f"{report.name} vs {scn.name}",
+                      seed=scn.seed if seed is None else seed)  # fmt: skip
     out.print(f"wrote {out_dir}/comparison.csv, comparison.png")
