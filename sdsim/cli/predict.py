@@ -35,7 +35,7 @@ from sdsim.cli.app import (
     parse_rates,
     print_summary,
 )
-from sdsim.cli.tables import Column, render_table
+from sdsim.cli.tables import Column, alpha_text, render_table
 from sdsim.errors import ScenarioError
 from sdsim.labels import format_time
 from sdsim.provenance import sidecar
@@ -167,10 +167,10 @@ def predict(
         out.print_json(json.dumps(d, default=str))
         return
     k = p.summary["k_effective"]
-    alpha = scn.acceptance.mean_alpha
     print_summary(
         p.summary,
-        f"{scn.name} (analytic): k={k}, α={alpha:.3g}, rate {scn.workload.rate:g} req/s",
+        f"{scn.name} (analytic): k={k}, {alpha_text(scn.acceptance)}, rate "
+        f"{scn.workload.rate:g} req/s",
         notes=[MEAN_NOTE],
         facts=("throughput_rps", "throughput_tps", "tokens_per_step_mean", "batch_mean",
                "in_system_mean", "stable"),
@@ -279,7 +279,7 @@ def advise(
     if confirm:
         cols += [Column("simulated best k", "text"), Column("its simulated e2e mean", "time")]
     render_table(
-        f"{scn.name}: best draft length by rate (α={scn.acceptance.mean_alpha:.3g}; k=0 "
+        f"{scn.name}: best draft length by rate ({alpha_text(scn.acceptance)}; k=0 "
         f"saturates at {saturation_text(plain)})",
         cols,
         rows,

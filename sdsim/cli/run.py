@@ -22,6 +22,7 @@ from sdsim.cli.app import (
     out,
     print_summary,
 )
+from sdsim.cli.tables import alpha_text
 from sdsim.labels import REQUEST_UNITS, STEP_UNITS
 from sdsim.memory import kv_capacity
 from sdsim.provenance import sidecar, yaml_header
@@ -83,7 +84,7 @@ def run(
     else:
         print_summary(
             res.summary,
-            f"{scn.name} (simulated): k={scn.spec.k}, α={scn.acceptance.mean_alpha:.3g}, rate "
+            f"{scn.name} (simulated): k={scn.spec.k}, {alpha_text(scn.acceptance)}, rate "
             f"{scn.workload.rate:g} req/s",
             notes=["mean and quantiles over the measured requests (warm-up excluded)"],
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = [
     "WIDTH",
     "Column",
+    "alpha_text",
     "fmt",
     "ms",
     "out",
@@ -68,6 +69,19 @@ class Column:
     header: str
     kind: Kind = "num"
     unit: str = ""
+
+
+def alpha_text(acceptance: Any) -> str:
+    """A scenario's acceptance law in a title: ``α=0.7``, ``α≈0.747 (preset NAME)`` (the mean
+    over positions), ``α≈0.7 (beta per request)``."""
+    a = acceptance.alpha
+    mean = f"{acceptance.mean_alpha:.3g}"
+    if isinstance(a, list):
+        return f"α≈{mean} " + (f"(preset {acceptance.preset})" if acceptance.preset
+                                else "(per position)")  # fmt: skip
+    if not isinstance(a, int | float):
+        return f"α≈{mean} (beta per request)"
+    return f"α={mean}"
 
 
 def fmt(v: Any) -> str:
