@@ -37,6 +37,7 @@ __all__ = [
     "execute_run",
     "load_sweep",
     "load_sweep_dir",
+    "open_executor",
     "plan_sweep",
     "read_runs",
     "run_sweep",
@@ -65,6 +66,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sdsim.errors import ScenarioError, format_validation_error
 from sdsim.metrics import SUMMARY_KEYS, t_confidence_interval
 from sdsim.scenario import Scenario, load_scenario, scenario_from_dict, scenario_hash
+from sdsim.slo import SLO_KEYS, slo_bounds
 
 # Summary scalars a sweep may keep: the DESIGN.md keys plus the simulator's diagnostics.
 KNOWN_METRICS: tuple[str, ...] = (
@@ -78,6 +80,7 @@ KNOWN_METRICS: tuple[str, ...] = (
     "queue_growth_rps",
     "steps",
     "duration_s",
+    *(f"slo_{what}_{k}" for k in SLO_KEYS for what in ("attainment", "margin")),
 )
 
 DEFAULT_METRICS: tuple[str, ...] = (
@@ -437,6 +440,13 @@ def plan_sweep(
                 )
             )
     name = spec.name or (Path(sweep_path).stem if sweep_path is not None else base_scn.name)
+    # points with SLOs report goodput and attainment per SLO whatever the file's metrics say
+    slo_metrics = ["goodput_rps"] if any(slo_bounds(p.scenario.slo) for p in points) else []
+    for p in points:
+        slo_metrics += [f"slo_attainment_{k}" for k in slo_bounds(p.scenario.slo)]
+    extra = [m for m in dict.fromkeys(slo_metrics) if m not in spec.metrics]
+    if extra:
+        spec = spec.model_copy(update={"metrics": [*spec.metrics, *extra]})
     return SweepPlan(spec=spec, name=name, base=base, fields=fields, points=points, tasks=tasks)
 
 
@@ -726,8 +736,17 @@ def analytic_table(plan: SweepPlan) -> pd.DataFrame:
 
 
 @contextlib.contextmanager
-def _executor(workers: int, dask: str | None) -> Iterator[tuple[cf.Executor, int]]:
-    """A concurrent.futures executor and how many runs to keep in flight."""
+def open_executor(workers: int, dask: str | None) -> Iterator[tuple[cf.Executor, int]]:
+    """A concurrent.futures executor and how many tasks to keep in flight.
+
+    Parameters
+    ----------
+    workers
+        Local worker processes (spawned); with ``dask="local"`` the LocalCluster's workers.
+    dask
+        ``None`` (a local process pool), ``"local"`` (start a LocalCluster) or the address of a
+        running Dask scheduler.
+    """
     if dask is None:
         import multiprocessing
 
@@ -847,7 +866,7 @@ def run_sweep(
         for task in todo:
             record(execute_run(task))
     elif todo:
-        with _executor(workers, dask) as (ex, window):
+        with open_executor(workers, dask) as (ex, window):
             pending: dict[cf.Future[dict[str, Any]], RunTask] = {}
             queue = iter(todo)
             try:
