@@ -348,9 +348,20 @@ def plan(
     verdicts: dict[str, SimVerdict] = {}
     if confirm > 0 and cands:
         _confirm(
-            scn, cands, screen, bounds, objective, confirm, max_confirm, replications,
-            workers, dask, out, sim_progress, verdicts,
-        )  # fmt: skip
+            scn,
+            cands,
+            screen,
+            bounds,
+            objective,
+            confirm,
+            max_confirm,
+            replications,
+            workers,
+            dask,
+            out,
+            sim_progress,
+            verdicts,
+        )
     best, best_scn = _best(scn, cands, bounds, confirm > 0)
     return PlanResult(
         rate=float(rate),
@@ -437,11 +448,16 @@ class Candidate:
         out: dict[str, Any] = {"rank": self.rank}
         out.update({f: _cell(self.overrides.get(f)) for f in fields if f != REPLICAS})
         out.update(
-            gpu=self.gpu, tp=self.tp, replicas_model=self.replicas_model,
-            gpus_model=self.gpus_model, cost_model=self.cost_at(self.gpus_model),
-            replicas=self.replicas, gpus=self.gpus, cost_per_mtok=self.cost,
+            gpu=self.gpu,
+            tp=self.tp,
+            replicas_model=self.replicas_model,
+            gpus_model=self.gpus_model,
+            cost_model=self.cost_at(self.gpus_model),
+            replicas=self.replicas,
+            gpus=self.gpus,
+            cost_per_mtok=self.cost,
             verdict=self.verdict,
-        )  # fmt: skip
+        )
         gpg = self.model.get("goodput_rps", math.nan) / self.gpus_model
         out["model_goodput_per_gpu"] = gpg
         for k in bounds:
@@ -593,9 +609,15 @@ def _confirm(
             configs = [cfg(by_group[g], i) for g, idx in want.items() for i in idx]
             if configs:
                 got = simulate_configs(
-                    scn, configs, bounds, replications=replications, out_dir=out,
-                    workers=workers, dask=dask, progress=progress,
-                )  # fmt: skip
+                    scn,
+                    configs,
+                    bounds,
+                    replications=replications,
+                    out_dir=out,
+                    workers=workers,
+                    dask=dask,
+                    progress=progress,
+                )
                 verdicts.update(got)
                 for g, idx in want.items():
                     for i in idx:
@@ -611,12 +633,16 @@ def _confirm(
         if done:
             if objective == "cost":
                 best = min(c.cost for c in done)
-                extra = [c.group for c in cands if c.group not in resolved
-                         and c.cost_at(c.gpus_model) < best]  # fmt: skip
+                extra = [
+                    c.group
+                    for c in cands
+                    if c.group not in resolved and c.cost_at(c.gpus_model) < best
+                ]
             else:
                 best_g = min(c.gpus for c in done)
-                extra = [c.group for c in cands if c.group not in resolved
-                         and c.gpus_model < best_g]  # fmt: skip
+                extra = [
+                    c.group for c in cands if c.group not in resolved and c.gpus_model < best_g
+                ]
         else:  # nothing simulated so far meets the SLOs: try the next-ranked groups
             extra = [c.group for c in cands if c.group not in resolved][:confirm]
         if not extra:

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sdsim.errors import ScenarioError
-from sdsim.scenario import Scenario, scenario_from_dict
+from sdsim.scenario import Scenario, SloSpec, scenario_from_dict
+from sdsim.slo import slo_bounds
 
 # Model summary keys kept for every priced configuration (besides the SLO keys).
 MODEL_KEYS = (
@@ -111,7 +112,7 @@ def screen_group(
     Parameters
     ----------
     scn
-        The group's scenario (its own replica count is ignored).
+        The group's scenario (its own replica count and SLOs are ignored).
     replicas
         Replica counts, ascending.
     rate
@@ -129,6 +130,8 @@ def screen_group(
     """
     from sdsim.analytic.prediction import LoadPredictor
 
+    if slo_bounds(scn.slo) != dict(bounds):  # the SLOs judged are the ones given
+        scn = scn.model_copy(update={"slo": SloSpec(**bounds)})
     need_q = any(k != "e2e_mean" for k in bounds)
     rows: list[dict[str, Any]] = [
         {"replicas": n, "status": "", "evaluated": False, "reason": None} for n in replicas
