@@ -1350,6 +1350,13 @@ def plan(
         soft_wrap=True,
     )
     _print_plan(res, show)
+    if res.unconfirmed:
+        err.print(
+            f"[yellow]warning:[/] {len(res.unconfirmed)} configuration(s) the model prices "
+            "below the chosen one were not simulated (at most max(12, --confirm) groups are); "
+            "re-run with a larger --confirm to settle them (finished runs are reused)",
+            soft_wrap=True,
+        )
     if res.best is None:
         out.print("[red]no configuration of the search meets the SLOs[/]")
         raise SystemExit(1)

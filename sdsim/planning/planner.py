@@ -72,6 +72,9 @@ class PlanResult:
         or monotonicity).
     fields
         The searched fields.
+    unconfirmed
+        Groups the model ranks cheaper than the chosen one that were not simulated because
+        ``max_confirm`` groups already were (raise it to settle them).
     """
 
     rate: float
@@ -83,6 +86,7 @@ class PlanResult:
     verdicts: dict[str, SimVerdict] = field(default_factory=dict)
     evaluations: int = 0
     fields: list[str] = field(default_factory=list)
+    unconfirmed: list[Candidate] = field(default_factory=list)
 
     def table(self) -> pd.DataFrame:
         """The ranked candidates as a table (what ``candidates.csv`` holds)."""
@@ -96,6 +100,7 @@ class PlanResult:
             {
                 "best": self.best.to_json(self.bounds) if self.best is not None else None,
                 "candidates": [c.to_json(self.bounds) for c in self.candidates],
+                "unconfirmed_cheaper_by_model": [c.to_json(self.bounds) for c in self.unconfirmed],
                 "rate": self.rate,
                 "slo": self.bounds,
                 "screen": {
@@ -346,8 +351,9 @@ def plan(
     cands = _frontiers(screen, bounds, table)
     _rank(cands, bounds, objective)
     verdicts: dict[str, SimVerdict] = {}
+    unconfirmed: list[Candidate] = []
     if confirm > 0 and cands:
-        _confirm(
+        unconfirmed = _confirm(
             scn,
             cands,
             screen,
@@ -373,6 +379,7 @@ def plan(
         verdicts=verdicts,
         evaluations=evaluations,
         fields=list(space.fields),
+        unconfirmed=unconfirmed,
     )
 
 
@@ -429,7 +436,7 @@ class Candidate:
         """GPUs of the simulated frontier when known, else the model's."""
         return (self.replicas if self.replicas is not None else self.replicas_model) * self.tp
 
-    def cost_at(self, gpus: int) -> float:
+    def cost_at(self, gpus: float) -> float:
         """USD per million output tokens with ``gpus`` GPUs at the planned rate."""
         return cost_per_million_tokens(gpus, self.price, self.output_tps)
 
@@ -531,13 +538,15 @@ def _frontiers(
 
 
 def _rank(cands: list[Candidate], bounds: Mapping[str, float], objective: str) -> None:
-    """Order in place by the objective (simulated where known, else the model's), then the
-    larger smallest margin; groups the simulation ruled out go last. Writes ``rank``."""
+    """Order in place: groups with a simulated frontier first, then those only the model
+    priced, then those the simulation ruled out; within each by the objective, then the larger
+    smallest margin. Writes ``rank``."""
 
     def key(c: Candidate) -> tuple[int, float, float, float]:
         o1, o2 = (c.cost, float(c.gpus)) if objective == "cost" else (float(c.gpus), c.cost)
         m = c.min_margin(bounds)
-        return (int(c.verdict == _NONE), o1, o2, -m if not math.isnan(m) else math.inf)
+        tier = 2 if c.verdict == _NONE else (0 if c.replicas is not None else 1)
+        return (tier, o1, o2, -m if not math.isnan(m) else math.inf)
 
     cands.sort(key=key)
     for i, c in enumerate(cands, 1):
@@ -547,7 +556,7 @@ def _rank(cands: list[Candidate], bounds: Mapping[str, float], objective: str) -
 # --------------------------------------------------------------------------- confirmation
 
 # replica counts above the model's frontier the walk tries before it gives a group up
-MAX_STEPS_UP = 6
+MAX_STEPS_UP = 3
 _NONE = "no replica count meets the SLOs"
 
 
@@ -565,9 +574,24 @@ def _confirm(
     out: Path | None,
     progress: Callable[[Any], None] | None,
     verdicts: dict[str, SimVerdict],
-) -> None:
+) -> list[Candidate]:
     """Simulate group frontiers until the cheapest confirmed one is known (see the module
-    docstring); fills each confirmed candidate's simulation fields and re-ranks."""
+    docstring); fills each confirmed candidate's simulation fields and re-ranks.
+
+    Each group's walk starts at the model's frontier and moves one replica count at a time
+    (down while the simulation meets the SLOs, up while it misses) until its own frontier is
+    bracketed, or ``MAX_STEPS_UP`` counts above the model's all miss. Groups are confirmed in
+    the order of their *expected* objective: the model's frontier shifted by the mean
+    correction the simulation made to groups confirmed so far (of the same GPU and tp when
+    there are any), so that a model that is optimistic for every group does not send the
+    walk through every group the model ranks first.
+
+    Returns
+    -------
+    list of Candidate
+        Groups the model ranks cheaper than the chosen one that were left unconfirmed because
+        ``max_confirm`` groups were simulated.
+    """
     reps = sorted(int(n) for n in screen["replicas"].unique())
     status = {
         (str(g), int(n)): str(s)
@@ -587,7 +611,7 @@ def _confirm(
         t = tested.setdefault(c.group, {})
         f = reps.index(c.replicas_model)
         if not t:
-            return [i for i in (f - 1, f, f + 1) if 0 <= i < len(reps) and not blocked(c, i)]
+            return [f]
         meeting = sorted(i for i, ok in t.items() if ok)
         if not meeting:
             top = max(t)
@@ -601,6 +625,18 @@ def _confirm(
             return []
         return [m - 1]
 
+    def objective_of(c: Candidate, gpus: float) -> float:
+        return c.cost_at(gpus) if objective == "cost" else gpus
+
+    def expected(c: Candidate) -> float:
+        """The objective at the model's frontier moved by the simulation's mean correction."""
+        done = [d for d in cands if resolved.get(d.group) is not None]
+        same = [d for d in done if (d.gpu, d.tp) == (c.gpu, c.tp)] or done
+        if not same:
+            return objective_of(c, c.gpus_model)
+        shift = sum((d.replicas or 0) - d.replicas_model for d in same) / len(same)
+        return objective_of(c, max(c.replicas_model + shift, 1) * c.tp)
+
     queue = [c.group for c in cands[:confirm]]
     while True:
         active = [by_group[g] for g in queue if g not in resolved]
@@ -609,15 +645,9 @@ def _confirm(
             configs = [cfg(by_group[g], i) for g, idx in want.items() for i in idx]
             if configs:
                 got = simulate_configs(
-                    scn,
-                    configs,
-                    bounds,
-                    replications=replications,
-                    out_dir=out,
-                    workers=workers,
-                    dask=dask,
-                    progress=progress,
-                )
+                    scn, configs, bounds, replications=replications, out_dir=out,
+                    workers=workers, dask=dask, progress=progress,
+                )  # fmt: skip
                 verdicts.update(got)
                 for g, idx in want.items():
                     for i in idx:
@@ -627,28 +657,24 @@ def _confirm(
             c = by_group[g]
             if c.verdict == "not simulated":
                 _fill_sim(c, resolved[g], reps, tested[g], verdicts, bounds, cfg)
-        if len(resolved) >= max_confirm:
-            break
         done = [c for c in cands if resolved.get(c.group) is not None]
+        open_ = [c for c in cands if c.group not in resolved]
         if done:
-            if objective == "cost":
-                best = min(c.cost for c in done)
-                extra = [
-                    c.group
-                    for c in cands
-                    if c.group not in resolved and c.cost_at(c.gpus_model) < best
-                ]
-            else:
-                best_g = min(c.gpus for c in done)
-                extra = [
-                    c.group for c in cands if c.group not in resolved and c.gpus_model < best_g
-                ]
+            best = min(objective_of(c, c.gpus) for c in done)
+            # the model may be optimistic, not (much) pessimistic: a group whose model frontier
+            # costs at least the best confirmed one cannot beat it
+            extra = [c for c in open_ if objective_of(c, c.gpus_model) < best]
         else:  # nothing simulated so far meets the SLOs: try the next-ranked groups
-            extra = [c.group for c in cands if c.group not in resolved][:confirm]
+            extra = open_
         if not extra:
-            break
-        queue += extra[: max_confirm - len(resolved)]
-    _rank(cands, bounds, objective)
+            _rank(cands, bounds, objective)
+            return []
+        room = max_confirm - len(resolved)
+        if room <= 0:
+            _rank(cands, bounds, objective)
+            return extra
+        extra.sort(key=expected)
+        queue += [c.group for c in extra[: min(room, max(confirm, 1))]]
 
 
 def _fill_sim(

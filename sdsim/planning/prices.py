@@ -107,7 +107,7 @@ def parse_price_options(items: list[str] | None, table: dict[str, float]) -> dic
     return out
 
 
-def cost_per_million_tokens(gpus: int, usd_per_gpu_hour: float, output_tps: float) -> float:
+def cost_per_million_tokens(gpus: float, usd_per_gpu_hour: float, output_tps: float) -> float:
     """USD per million output tokens: the GPUs' hourly price over the tokens they emit per hour.
 
     ``inf`` when nothing is emitted.
