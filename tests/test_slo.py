@@ -116,3 +116,15 @@ def test_sweep_reports_goodput_and_attainment(tmp_path) -> None:  # type: ignore
     res = run_sweep(plan, tmp_path / "out")
     assert res.summary["goodput_rps"].notna().all()
     assert res.summary["slo_attainment_ttft_p99"].between(0, 1).all()
+
+
+def test_validate_reports_goodput_beside_the_latencies() -> None:
+    from sdsim.analytic.validation import validate
+
+    scn = small(**{"slo.e2e_p99": 0.3, "workload.num_requests": 400})
+    rep = validate(scn, rates=[15.0], reps=2, jobs=1)
+    g = rep.table[rep.table["metric"] == "goodput"]
+    assert len(g) == 1 and g["statistic"].iloc[0] == "rps"
+    assert g["sim_mean"].iloc[0] > 0 and g["analytic"].iloc[0] > 0
+    assert (rep.table["statistic"] == "attainment_e2e_p99").sum() == 1
+    assert rep.verdicts["holds"].notna().all()  # the verdict still judges the latencies only
