@@ -6,12 +6,17 @@
 2. **Rank** the groups' frontiers by the objective: cost per million output tokens (GPUs x
    GPU-hour price / output tokens per hour; at a fixed rate the same order as the hourly bill),
    or GPUs; ties go to the larger smallest SLO margin.
-3. **Confirm** (simulation, :mod:`~sdsim.planning.confirm`), best-ranked group first: replicated
-   runs of the frontier and its neighbours (one replica fewer, one more), walking the replica
-   count until the simulation's own frontier is bracketed (its count meets the SLOs, the one
-   below does not). The simulated cost replaces the model's; any group the model ranks
-   cheaper than the best confirmed cost is confirmed too, so a group the model mis-prices
-   cannot win, or lose, on the model's word alone.
+3. **Confirm** (simulation, :mod:`~sdsim.planning.confirm`), best-ranked groups first:
+   replicated runs walking each group's replica count from the model's frontier (down while
+   the SLOs hold, up while they do not) until the simulation's own frontier is bracketed (its
+   count meets the SLOs, the one below does not). The simulated cost replaces the model's. Any
+   group the model prices below the best confirmed cost is confirmed too, in the order of its
+   expected cost (the model's frontier moved by the corrections the simulation made so far),
+   so a group the model mis-prices cannot win, or lose, on the model's word alone; except that
+   when two or more confirmed groups on the same GPU and tp all needed more replicas than the
+   model said, a group there whose frontier moved by the smallest such correction cannot beat
+   the best is left unsimulated, and its verdict says why. At most ``max_confirm`` groups are
+   simulated; those left over that the model prices below the choice are reported.
 
 The chosen configuration is the cheapest confirmed frontier.
 """
@@ -658,12 +663,14 @@ def _confirm(
             if c.verdict == "not simulated":
                 _fill_sim(c, resolved[g], reps, tested[g], verdicts, bounds, cfg)
         done = [c for c in cands if resolved.get(c.group) is not None]
-        open_ = [c for c in cands if c.group not in resolved]
+        open_ = [c for c in cands if c.group not in resolved and not c.verdict.startswith(_BY)]
         if done:
             best = min(objective_of(c, c.gpus) for c in done)
             # the model may be optimistic, not (much) pessimistic: a group whose model frontier
             # costs at least the best confirmed one cannot beat it
             extra = [c for c in open_ if objective_of(c, c.gpus_model) < best]
+            extra = [c for c in extra if not _settled_by_analogy(c, cands, resolved, best,
+                                                                 objective_of)]  # fmt: skip
         else:  # nothing simulated so far meets the SLOs: try the next-ranked groups
             extra = open_
         if not extra:
@@ -675,6 +682,31 @@ def _confirm(
             return extra
         extra.sort(key=expected)
         queue += [c.group for c in extra[: min(room, max(confirm, 1))]]
+
+
+_BY = "not simulated: "
+
+
+def _settled_by_analogy(
+    c: Candidate,
+    cands: list[Candidate],
+    resolved: dict[str, int | None],
+    best: float,
+    objective_of: Callable[[Candidate, float], float],
+) -> bool:
+    """Whether at least two confirmed groups on the same GPU at the same tp all needed more
+    replicas than the model said (or found none), by enough that ``c`` moved by the smallest
+    of those corrections cannot beat ``best``; if so, say so in ``c.verdict``."""
+    same = [d for d in cands if d.group in resolved and (d.gpu, d.tp) == (c.gpu, c.tp)]
+    if len(same) < 2:
+        return False
+    shifts = [(d.replicas - d.replicas_model) if d.replicas is not None else math.inf for d in same]
+    s = min(shifts)
+    if s <= 0 or objective_of(c, (c.replicas_model + s) * c.tp) < best:
+        return False
+    more = "found no count" if math.isinf(s) else f"needed >= {s:g} more replicas than the model"
+    c.verdict = f"{_BY}{len(same)} groups on {c.gpu} at tp {c.tp} {more}"
+    return True
 
 
 def _fill_sim(
