@@ -681,7 +681,13 @@ def _confirm(
             _rank(cands, bounds, objective)
             return extra
         extra.sort(key=expected)
-        queue += [c.group for c in extra[: min(room, max(confirm, 1))]]
+        # one group per (GPU, tp) a round: what the simulation learns about a kind of
+        # deployment orders, or settles, its other groups before they are simulated
+        picked: list[Candidate] = []
+        for c in extra:
+            if all((d.gpu, d.tp) != (c.gpu, c.tp) for d in picked):
+                picked.append(c)
+        queue += [c.group for c in picked[: min(room, max(confirm, 1))]]
 
 
 _BY = "not simulated: "
