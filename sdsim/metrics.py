@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from sdsim.engine.server import SimRun
+from sdsim.records import SimRun
 from sdsim.scenario import SloSpec
 from sdsim.slo import slo_bounds, slo_stats
 

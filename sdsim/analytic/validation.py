@@ -30,7 +30,8 @@ import pandas as pd
 from sdsim.analytic.prediction import Prediction, predict
 from sdsim.errors import ScenarioError
 from sdsim.metrics import t_confidence_interval
-from sdsim.scenario import Scenario
+from sdsim.scenario import Scenario, scenario_from_dict
+from sdsim.simulation import simulate
 from sdsim.slo import slo_bounds
 
 # Fractions of the predicted saturation rate validated by default.
@@ -80,9 +81,6 @@ class ValidationReport:
 
 def _sim_one(args: tuple[dict[str, Any], int]) -> dict[str, Any]:
     # A top-level function so a process pool can pickle it; the scenario travels as plain data.
-    from sdsim.scenario import scenario_from_dict
-    from sdsim.simulation import simulate
-
     data, seed = args
     res = simulate(scenario_from_dict(data), seed=seed)
     return {k: v for k, v in res.summary.items() if isinstance(v, (int, float, bool))}
