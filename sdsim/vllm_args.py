@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdsim.errors import ScenarioError
-from sdsim.models import hf_registry_name
+from sdsim.models import hf_registry_name, model_names
 from sdsim.scenario import Scenario
 
 # Flags that take no value (store_true / BooleanOptionalAction in vLLM).
@@ -319,8 +319,6 @@ def _registry(ref: str, what: str, imp: VllmImport) -> str:
         return name
     if ref.endswith(".json") or ref.startswith(("/", ".")):
         return ref
-    from sdsim.models import model_names
-
     raise ScenarioError(
         what,
         f"{ref!r} is not a model sdsim knows; known: {', '.join(model_names())} (or give the path "

@@ -20,9 +20,9 @@ for _command in (
     sweep.sweep,
     sweep.plot,
     plan.plan,
+    plan.from_vllm,
     fit.fit,
     fit.compare,
     serve.serve,
 ):
     app.command()(_command)
-app.command("from-vllm")(plan.from_vllm)

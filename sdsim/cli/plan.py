@@ -29,7 +29,12 @@ from sdsim.cli.app import (
 )
 from sdsim.cli.sweep import SweepBar
 from sdsim.errors import ScenarioError
+from sdsim.planning import load_prices, parse_price_options, parse_search_options
+from sdsim.planning import max_rate as find_max_rate
+from sdsim.planning import plan as plan_capacity
 from sdsim.scenario import Scenario, load_scenario, parse_set_options
+from sdsim.slo import parse_slo_options
+from sdsim.vllm_args import parse_vllm_command
 
 
 def _print_plan(res: Any, limit: int) -> None:
@@ -131,13 +136,6 @@ def plan(
     configuration as a scenario). With --max-rate: the highest rate the scenario's own
     configuration sustains within the SLOs (model bisection, confirmed by simulation).
     """
-    from sdsim.planning import (
-        load_prices,
-        parse_price_options,
-        parse_search_options,
-    )
-    from sdsim.slo import parse_slo_options
-
     bounds = parse_slo_options(slo)
     space = parse_search_options(search)
     sets = parse_set_options(set_)
@@ -162,13 +160,13 @@ def plan(
     if not space:
         raise ScenarioError("--search", "give at least one FIELD=VALUES to search")
     table = parse_price_options(price, load_prices(prices))
-    from sdsim.planning import plan as _plan
+    # matplotlib loads only when a plan draws its figure
     from sdsim.planning.pareto import plot_pareto
 
     screen_bar = LazyProgress("screening (analytic)")
     t0 = time.perf_counter()
     try:
-        res = _plan(
+        res = plan_capacity(
             scn, rate, space, bounds, prices=table, objective=objective, confirm=confirm,
             replications=replications, max_confirm=max(12, confirm), workers=workers,
             dask=dask, out_dir=target, screen_progress=screen_bar, sim_progress=bar,
@@ -235,12 +233,10 @@ def _plan_max_rate(
     bar: Any,
     json_out: bool,
 ) -> None:
-    from sdsim.planning import max_rate as _max_rate
-
     if rate is not None:
         scn = scn.with_overrides({"workload.rate": rate})
     try:
-        res = _max_rate(
+        res = find_max_rate(
             scn, bounds, replications=replications, simulate=confirm > 0, workers=workers,
             dask=dask, out_dir=target, progress=bar,
         )  # fmt: skip
@@ -296,8 +292,6 @@ def from_vllm(
 ) -> None:
     """A scenario from a `vllm serve` command line: every flag carried over, approximated, or
     listed as not modelled, ignored or unknown (never dropped silently)."""
-    from sdsim.vllm_args import parse_vllm_command
-
     imp = parse_vllm_command(command)
     base_scn = load_scenario(base, None) if base is not None else load_scenario(None, None)
     scn = imp.scenario(base_scn, hardware)

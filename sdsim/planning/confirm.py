@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sdsim.scenario import Scenario
+from sdsim.sweep import SweepSpec, plan_sweep, run_sweep
 
 # Run statistics kept for every simulated configuration (besides the SLO statistics).
 SIM_METRICS = (
@@ -109,8 +110,6 @@ def simulate_configs(
     dict
         Canonical JSON of a configuration's overrides -> its :class:`SimVerdict`.
     """
-    from sdsim.sweep import SweepSpec, plan_sweep, run_sweep
-
     if not configs:
         return {}
     fields = list(configs[0])

@@ -92,6 +92,7 @@ def model_max_rate(
     ScenarioError
         A scenario the model cannot price (trace arrivals).
     """
+    # the analytic model loads scipy and its compiled kernels: only when a plan needs it
     from sdsim.analytic.prediction import LoadPredictor
 
     need_q = any(k != "e2e_mean" for k in bounds)

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 __all__ = ["PlanResult", "plan"]
 
+import concurrent.futures as cf
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -43,6 +45,7 @@ from sdsim.planning.screen import ScreenTask, screen_chunk
 from sdsim.planning.space import REPLICAS, Group, SearchSpace
 from sdsim.scenario import Scenario
 from sdsim.slo import slo_bounds
+from sdsim.sweep import open_executor
 
 OBJECTIVES = ("cost", "gpus")
 # groups per executor task: big enough that a task outweighs its dispatch, small enough to share
@@ -187,11 +190,6 @@ def _run_screen(
         for c in todo:
             record(c, screen_chunk(c))
     elif todo:
-        import concurrent.futures as cf
-        import itertools
-
-        from sdsim.sweep import open_executor
-
         with open_executor(workers, dask) as (ex, window):
             pending: dict[cf.Future[list[dict[str, Any]]], ScreenTask] = {}
             queue = iter(todo)

@@ -128,6 +128,7 @@ def screen_group(
         its margin and attainment); ``output_tps`` (the stable throughput in tokens/s) on every
         stable row.
     """
+    # the analytic model loads scipy and its compiled kernels: only when a plan needs it
     from sdsim.analytic.prediction import LoadPredictor
 
     if slo_bounds(scn.slo) != dict(bounds):  # the SLOs judged are the ones given

@@ -33,8 +33,11 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
-from sdsim.errors import ScenarioError
+from sdsim.errors import ScenarioError, format_validation_error
+from sdsim.hardware import get_gpu
+from sdsim.models import resolve_model
 from sdsim.scenario import Scenario, apply_overrides
 
 REPLICAS = "server.replicas"
@@ -246,12 +249,6 @@ def _check_value(base: Scenario, field: str, value: Any) -> None:
     GPU or model name the registry does not know. What only a combination decides (weights
     that do not fit a GPU at some tp, a KV cache too small for a request) is left to the
     screen, which marks those configurations invalid."""
-    from pydantic import ValidationError
-
-    from sdsim.errors import format_validation_error
-    from sdsim.hardware import get_gpu
-    from sdsim.models import resolve_model
-
     try:
         Scenario.model_validate(apply_overrides(base.to_dict(), {field: value}))
         if field == "hardware" and isinstance(value, str):
