@@ -37,6 +37,12 @@ from sdsim.slo import parse_slo_options
 from sdsim.vllm_args import parse_vllm_command
 
 
+def _wide() -> Console:
+    """stdout's console, or a wide one when stdout is piped or redirected (a table read in a
+    file is not cut to 80 columns)."""
+    return out if out.is_terminal else Console(width=200)
+
+
 def _print_plan(res: Any, limit: int) -> None:
     """The ranked candidates: GPUs, cost, each SLO statistic (model -> simulated ± CI
     half-width), the smallest SLO margin, goodput per GPU and the simulation's verdict."""
@@ -70,8 +76,7 @@ def _print_plan(res: Any, limit: int) -> None:
         good = c.sim["goodput_rps"][0] if sim else c.model.get("goodput_rps", math.nan)
         cells += [f"{c.min_margin(res.bounds):+.0%}", f"{good / c.gpus:.3g}", c.verdict]
         t.add_row(*cells)
-    # piped or redirected output is not cut to 80 columns: the table is read in a file
-    (out if out.is_terminal else Console(width=200)).print(t)
+    _wide().print(t)
     if len(res.candidates) > limit:
         out.print(f"... {len(res.candidates) - limit} more in candidates.csv")
 
@@ -318,7 +323,7 @@ def from_vllm(
         t.add_row(flag, value, f"ignored: {why}")
     for flag, value in imp.unknown:
         t.add_row(flag, value, "[red]unknown flag: not used[/]")
-    out.print(t)
+    _wide().print(t)
     for note in imp.notes:
         out.print(f"note: {note}", soft_wrap=True, markup=False)
     if hardware is None and base is None:
