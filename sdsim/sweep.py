@@ -41,6 +41,7 @@ __all__ = [
     "plan_sweep",
     "read_runs",
     "run_sweep",
+    "run_tasks",
     "speedup_table",
     "summarize_runs",
 ]
@@ -56,7 +57,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -100,6 +101,8 @@ DEFAULT_METRICS: tuple[str, ...] = (
 # Columns every run row has besides the swept fields and the metrics.
 RUN_COLUMNS = ("run_key", "point", "point_key", "replication", "scenario_hash", "seed", "error")
 RESULTS_DIR = "results"
+T = TypeVar("T")  # a task of run_tasks
+R = TypeVar("R")  # its result
 META_FILE = "sweep.json"
 
 
@@ -786,6 +789,52 @@ def open_executor(workers: int, dask: str | None) -> Iterator[tuple[cf.Executor,
             cluster.close()
 
 
+def run_tasks(
+    fn: Callable[[T], R], tasks: list[T], *, workers: int = 1, dask: str | None = None
+) -> Iterator[tuple[T, cf.Future[R]]]:
+    """Run ``fn`` over ``tasks`` on an executor, yielding each task with its finished future as
+    it completes (in completion order), at most the executor's window in flight.
+
+    ``workers == 1`` without ``dask`` runs them in this process, in order. Pending tasks are
+    cancelled when the caller stops early (an exception, KeyboardInterrupt).
+
+    Parameters
+    ----------
+    fn
+        A picklable top-level function.
+    tasks
+        Its arguments, one task each (picklable).
+    workers, dask
+        As for :func:`open_executor`.
+    """
+    if not tasks:
+        return
+    if workers == 1 and dask is None:
+        for task in tasks:
+            done: cf.Future[R] = cf.Future()
+            try:
+                done.set_result(fn(task))
+            except Exception as exc:
+                done.set_exception(exc)
+            yield task, done
+        return
+    with open_executor(workers, dask) as (ex, window):
+        pending: dict[cf.Future[R], T] = {}
+        queue = iter(tasks)
+        try:
+            while True:
+                for task in itertools.islice(queue, max(window - len(pending), 0)):
+                    pending[ex.submit(fn, task)] = task
+                if not pending:
+                    break
+                finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                for fut in finished:
+                    yield pending.pop(fut), fut
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+
 def run_sweep(
     plan: SweepPlan,
     out_dir: str | Path,
@@ -858,31 +907,12 @@ def run_sweep(
 
     if progress is not None:
         progress(SweepProgress(len(plan.tasks), skipped, 0, 0, 0.0))
-    if todo and workers == 1 and dask is None:
-        for task in todo:
-            record(execute_run(task))
-    elif todo:
-        with open_executor(workers, dask) as (ex, window):
-            pending: dict[cf.Future[dict[str, Any]], RunTask] = {}
-            queue = iter(todo)
-            try:
-                while True:
-                    for task in itertools.islice(queue, max(window - len(pending), 0)):
-                        pending[ex.submit(execute_run, task)] = task
-                    if not pending:
-                        break
-                    finished_now, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                    for fut in finished_now:
-                        task = pending.pop(fut)
-                        try:
-                            row = fut.result()
-                        except Exception as exc:  # worker died, unpicklable result, ...
-                            row = _failed_row(task, exc)
-                        record(row)
-            except BaseException:
-                for fut in pending:
-                    fut.cancel()
-                raise
+    for task, fut in run_tasks(execute_run, todo, workers=workers, dask=dask):
+        try:
+            row = fut.result()
+        except Exception as exc:  # worker died, unpicklable result, ...
+            row = _failed_row(task, exc)
+        record(row)
     wall = time.perf_counter() - t0
     return finish_sweep(plan, out, with_analytic, skipped, done, failed, wall)
 

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 __all__ = ["PlanResult", "plan"]
 
-import concurrent.futures as cf
 import hashlib
-import itertools
 import json
 import math
 import os
@@ -45,7 +43,7 @@ from sdsim.planning.screen import ScreenTask, screen_chunk
 from sdsim.planning.space import REPLICAS, Group, SearchSpace
 from sdsim.scenario import Scenario
 from sdsim.slo import slo_bounds
-from sdsim.sweep import open_executor
+from sdsim.sweep import run_tasks
 
 OBJECTIVES = ("cost", "gpus")
 # groups per executor task: big enough that a task outweighs its dispatch, small enough to share
@@ -186,21 +184,8 @@ def _run_screen(
         if progress is not None:
             progress(done, total)
 
-    if todo and workers == 1 and dask is None:
-        for c in todo:
-            record(c, screen_chunk(c))
-    elif todo:
-        with open_executor(workers, dask) as (ex, window):
-            pending: dict[cf.Future[list[dict[str, Any]]], ScreenTask] = {}
-            queue = iter(todo)
-            while True:
-                for c in itertools.islice(queue, max(window - len(pending), 0)):
-                    pending[ex.submit(screen_chunk, c)] = c
-                if not pending:
-                    break
-                finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                for fut in finished:
-                    record(pending.pop(fut), fut.result())
+    for task, fut in run_tasks(screen_chunk, todo, workers=workers, dask=dask):
+        record(task, fut.result())
     return rows
 
 
