@@ -4,6 +4,7 @@ summary, and the sweep's columns."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,3 +129,18 @@ def test_validate_reports_goodput_beside_the_latencies() -> None:
     assert g["sim_mean"].iloc[0] > 0 and g["analytic"].iloc[0] > 0
     assert (rep.table["statistic"] == "attainment_e2e_p99").sum() == 1
     assert rep.verdicts["holds"].notna().all()  # the verdict still judges the latencies only
+
+
+def test_run_prints_goodput_when_the_scenario_has_slos(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sdsim.cli import main
+
+    path = tmp_path / "s.yaml"
+    path.write_text(small(**{"slo.ttft_p99": 0.019}).to_yaml())
+    main(["run", str(path), "--summary-only", "--out", str(tmp_path / "o")])
+    text = capsys.readouterr().out
+    assert "goodput_rps" in text and "ttft_p99 attainment / margin" in text
+    path.write_text(small().to_yaml())
+    main(["run", str(path), "--summary-only", "--out", str(tmp_path / "p")])
+    assert "goodput_rps" not in capsys.readouterr().out
