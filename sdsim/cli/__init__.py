@@ -4,7 +4,7 @@
 in one module per area and are registered here, in the order ``sdsim --help`` lists them.
 """
 
-from sdsim.cli import costs, fit, plan, predict, run, serve, sweep
+from sdsim.cli import costs, explore, fit, plan, predict, run, serve, sweep
 from sdsim.cli.app import app, main
 
 __all__ = ["app", "main"]
@@ -24,5 +24,6 @@ for _command in (
     fit.fit,
     fit.compare,
     serve.serve,
+    explore.explore,
 ):
     app.command()(_command)
