@@ -349,6 +349,7 @@ def _print_validation(rep: Any, scn: Scenario, reps: int) -> None:
 
     limit = _predict(scn, rates=[], k_values=[scn.spec.k], quantiles=False).saturation_limit
     d = rep.table
+    has_slo = bool((d["metric"] == "goodput").any())
     rows: list[list[Any]] = []
     failing: list[str] = []
     for _, v in rep.verdicts.sort_values("rate").iterrows():
@@ -358,6 +359,9 @@ def _print_validation(rep: Any, scn: Scenario, reps: int) -> None:
             e = float(row["rel_error"].iloc[0])
             ok = bool(row["holds"].iloc[0])
             cells.append(f"{e:+.1%}" if ok else f"[red]{e:+.1%}[/]")
+        if has_slo:  # reported beside the latencies, not judged
+            g = d[(d["rate"] == v["rate"]) & (d["metric"] == "goodput")].iloc[0]
+            cells.append(f"{fmt(float(g['analytic']))} / {fmt(float(g['sim_mean']))}")
         if v["holds"]:
             verdict = "holds"
         else:
@@ -369,7 +373,9 @@ def _print_validation(rep: Any, scn: Scenario, reps: int) -> None:
         f"{fmt(rep.saturation_rate)} req/s, {limit})",
         [Column("rate", "label", "req/s"), Column("load", "pct", "% of sat."),
          Column("e2e mean", "text"), Column("e2e p99", "text"), Column("TTFT mean", "text"),
-         Column("TPOT mean", "text"), Column("verdict", "text")],
+         Column("TPOT mean", "text"),
+         *([Column("goodput model / sim", "text", "req/s")] if has_slo else []),
+         Column("verdict", "text")],
         rows,
         notes=[
             "cells: analytic minus simulated, relative to the simulated mean (tail-model means "

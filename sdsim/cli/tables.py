@@ -327,5 +327,15 @@ def print_summary(
             rows.append([metric_label(key, unit), cell])
         else:
             rows.append([metric_label(key) if lab else key, fmt(v)])
+    slos = [k.removeprefix("slo_margin_") for k in summary if k.startswith("slo_margin_")]
+    if slos:  # the scenario has SLOs: goodput and how each one fares
+        for key in ("goodput_rps", "slo_attainment", "slo_met"):
+            if key in summary:
+                rows.append([metric_label(key), fmt(summary[key])])
+        for k in slos:
+            rows.append(
+                [f"SLO {k}: attainment / margin",
+                 f"{fmt(summary[f'slo_attainment_{k}'])} / {summary[f'slo_margin_{k}']:+.0%}"]
+            )  # fmt: skip
     render_table(None, [Column("quantity", "label"), Column("value", "text")], rows,
                  console=console)  # fmt: skip
