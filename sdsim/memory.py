@@ -182,20 +182,21 @@ def kv_capacity(scn: Scenario) -> KVCapacity:
     if isinstance(sv.num_gpu_blocks, int):
         return KVCapacity("given", sv.num_gpu_blocks, bs)
     from sdsim.costs.build import gpu_of
-    from sdsim.models import resolve_drafter, resolve_model
+    from sdsim.models import drafter_tp, resolve_drafter, resolve_model
 
     gpu = gpu_of(scn)
     tp = sv.tp
     dtype = scn.costs.dtype
     kv_elem = 1.0 if dtype == "fp8" else 2.0
     target = resolve_model(scn.target, "target")
-    drafter = resolve_drafter(scn.drafter.kind, scn.drafter.model, target)
+    drafter = resolve_drafter(scn.drafter.kind, scn.drafter.model, target, "drafter.model",
+                              scn.drafter.draft_vocab)  # fmt: skip
     weights = model_weight_bytes(target, dtype) / tp
     per_tok = _kv_per_token(target, tp, kv_elem)
     # plain decoding (k = 0, fixed) loads no drafter; the adaptive policy keeps it resident
     speculating = scn.spec.k > 0 or scn.spec.policy == "adaptive"
     if drafter.model is not None and speculating:
-        d_tp = tp if drafter.kind == "eagle" else 1  # as the cost model runs it
+        d_tp = drafter_tp(drafter, tp, scn.drafter.tp)  # as the cost model runs it
         weights += model_weight_bytes(drafter.model, dtype, drafter.kind == "eagle") / d_tp
         per_tok += _kv_per_token(drafter.model, d_tp, kv_elem)
     hbm = gpu.hbm_gb * 1e9

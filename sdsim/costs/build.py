@@ -1,17 +1,27 @@
-"""Build the kernel-derived StepCostModel (roofline or profile) a scenario asks for."""
+"""Build the kernel-derived StepCostModel (calibrated, roofline or profile) a scenario asks for."""
 
 from __future__ import annotations
 
-__all__ = ["build_kernel_cost", "efficiency_of", "gpu_of", "roofline_ops"]
+__all__ = [
+    "build_calibrated_cost",
+    "build_kernel_cost",
+    "calibration_of",
+    "drafter_of",
+    "efficiency_of",
+    "gpu_of",
+    "roofline_ops",
+]
 
 from dataclasses import replace
+from typing import Any
 
+from sdsim.costs.calibration import Calibration, load_calibration
 from sdsim.costs.kernel import KernelStepCost
 from sdsim.costs.roofline import DEFAULT_EFFICIENCY, Efficiency, RooflineOps
 from sdsim.costs.step import DEFAULT_OVERHEAD_S
 from sdsim.errors import ScenarioError
 from sdsim.hardware import GPUSpec, get_gpu
-from sdsim.models import ModelSpec, resolve_drafter, resolve_model
+from sdsim.models import Drafter, ModelSpec, drafter_tp, resolve_drafter, resolve_model
 from sdsim.scenario import HardwareSpec, Scenario
 
 
@@ -36,6 +46,83 @@ def roofline_ops(scn: Scenario, model: ModelSpec, tp: int | None = None) -> Roof
                        efficiency_of(scn), scn.costs.dtype)  # fmt: skip
 
 
+def drafter_of(scn: Scenario, target: ModelSpec) -> Drafter:
+    """The scenario's drafter, resolved against its target."""
+    d = scn.drafter
+    return resolve_drafter(d.kind, d.model, target, "drafter.model", d.draft_vocab)
+
+
+def calibration_of(scn: Scenario, base: Calibration | None = None) -> Calibration:
+    """The calibration a scenario prices with: ``base`` (default: ``costs.calibration``'s file,
+    else the shipped one) with ``costs.overhead_s`` and the ``costs.calibrated`` overrides of the
+    engine terms applied (``spec_step_s`` and ``draft_pass_s`` to the scenario's drafter kind).
+    Attention and all-reduce overrides are applied by :func:`build_calibrated_cost`."""
+    cal = base if base is not None else load_calibration(scn.costs.calibration)
+    knobs = scn.costs.calibrated
+    eng: dict[str, Any] = {}
+    for name in ("step_s", "per_seq_s", "per_token_s", "ngram_context_token_s",
+                 "graph_max_tokens", "eager_launch_s", "piecewise_layer_s"):  # fmt: skip
+        val = getattr(knobs, name)
+        if val is not None:
+            eng[name] = val
+    if scn.costs.overhead_s is not None:
+        eng["step_s"] = scn.costs.overhead_s
+    kind = scn.drafter.kind
+    for name in ("spec_step_s", "draft_pass_s"):
+        val = getattr(knobs, name)
+        if val is not None:
+            eng[name] = {**getattr(cal.engine, name).model_dump(), kind: val}
+    return cal.with_engine(**eng) if eng else cal
+
+
+def build_calibrated_cost(scn: Scenario, base: Calibration | None = None) -> Any:
+    """The calibrated step costs of the scenario's target and drafter on its GPU.
+
+    Parameters
+    ----------
+    scn
+        The scenario (GPU, models, ``server.tp``, ``drafter.tp``, ``costs``).
+    base
+        A calibration to use instead of ``costs.calibration`` (ablations, fits).
+
+    Returns
+    -------
+    sdsim.costs.calibrated.CalibratedStepCost
+
+    Raises
+    ------
+    ScenarioError
+        Unknown names, tp > 1 on a GPU without an interconnect, an unreadable or invalid
+        calibration file.
+    """
+    from sdsim.costs.calibrated import CalibratedOps, CalibratedStepCost
+
+    gpu = gpu_of(scn)
+    tp = scn.server.tp
+    if tp > 1 and gpu.interconnect_gbps <= 0:
+        raise ScenarioError("hardware.interconnect_gbps", "must be > 0 when server.tp > 1")
+    cal = calibration_of(scn, base)
+    terms = cal.gpu(gpu.name)
+    knobs = scn.costs.calibrated
+    att = {n: getattr(knobs, f"attention_{n}") for n in ("decode_memory", "verify_memory",
+                                                         "prefill_compute")}  # fmt: skip
+    att = {n: v for n, v in att.items() if v is not None}
+    if att:
+        terms = replace(terms, attention=terms.attention.model_copy(update=att))
+    if knobs.allreduce_latency_s is not None:
+        terms = replace(terms, allreduce=terms.allreduce.model_copy(
+            update={"latency_s": knobs.allreduce_latency_s}))  # fmt: skip
+    target = resolve_model(scn.target, "target")
+    drafter = drafter_of(scn, target)
+    dtype = scn.costs.dtype
+    v_ops = CalibratedOps(target, gpu, tp, dtype, terms, cal.engine)
+    d_ops = None
+    if drafter.model is not None:
+        d_ops = CalibratedOps(drafter.model, gpu, drafter_tp(drafter, tp, scn.drafter.tp), dtype,
+                              terms, cal.engine)  # fmt: skip
+    return CalibratedStepCost(v_ops, drafter, d_ops, cal.engine)
+
+
 def build_kernel_cost(scn: Scenario) -> KernelStepCost:
     """Roofline or profile step costs for the scenario's target and drafter.
 
@@ -53,8 +140,8 @@ def build_kernel_cost(scn: Scenario) -> KernelStepCost:
     if tp > 1 and gpu.interconnect_gbps <= 0:
         raise ScenarioError("hardware.interconnect_gbps", "must be > 0 when server.tp > 1")
     target = resolve_model(scn.target, "target")
-    drafter = resolve_drafter(scn.drafter.kind, scn.drafter.model, target)
-    d_tp = tp if drafter.kind == "eagle" else 1
+    drafter = drafter_of(scn, target)
+    d_tp = drafter_tp(drafter, tp, scn.drafter.tp)
     overhead = DEFAULT_OVERHEAD_S if scn.costs.overhead_s is None else scn.costs.overhead_s
     v_roof = roofline_ops(scn, target, tp)
     d_roof = roofline_ops(scn, drafter.model, d_tp) if drafter.model is not None else None
@@ -70,7 +157,7 @@ def build_kernel_cost(scn: Scenario) -> KernelStepCost:
         try:
             d_ops = ProfileOps(bundle, drafter.model, d_tp, d_roof, "drafter")
         except ScenarioError:
-            if drafter.kind == "model":
+            if not drafter.is_head:
                 raise
             # an EAGLE head has the verifier's layer shapes: time it with the verifier's curves
             d_ops = ProfileOps(bundle, target, d_tp, d_roof)
