@@ -23,7 +23,9 @@ TTFT, and end-to-end latency at a request rate, depend on queueing and are not c
 which ``C / n`` start (prefill) in an average step and the rest decode, over a context of
 ``prompt + output / 2`` tokens; a TPOT averages over one request's own decode steps, which
 carry it and the other ``C - 1`` (their prefills included). With a request rate instead of a
-concurrency, ``C`` follows from Little's law on the measured time (at most ``max_num_seqs``).
+concurrency, ``C`` follows from Little's law on the measured time; a rate that puts more than
+``max_num_seqs`` requests in flight is past the server's capacity (queueing, preemption) and
+not used.
 
 Readers: :func:`read_measurements` takes the public-measurements format
 (``sdsim/data/calibration/public-measurements.csv``: ``source, gpu, engine, engine_version,
@@ -73,7 +75,7 @@ METRICS = ("step_ms", "tpot_ms", "itl_ms", "ttft_ms", "e2e_s", "output_tok_per_s
 _PREFERENCE = ("tpot_ms", "itl_ms", "step_ms", "output_tok_per_s", "request_tok_per_s", "e2e_s",
                "request_per_s")  # fmt: skip
 # max_num_seqs a server runs with when a source does not say (vLLM's default): a request rate
-# past saturation queues requests, it does not batch more than this.
+# that needs more requests in flight than this is past the server's capacity.
 DEFAULT_MAX_NUM_SEQS = 256
 # Targets filed under names outside the registry that have a registry model's shapes: Llama 3
 # (8k rope) and 3.3 are Llama 3.1's architecture.
@@ -248,9 +250,12 @@ def _anchor(
     else:
         why = f"{metric} depends on queueing, not converted to a step time"
     if math.isnan(conc) and not math.isnan(step) and not math.isnan(rate):
-        # Little's law: requests in the system = rate x (steps per request x step time), of
-        # which at most max_num_seqs run
-        conc = min(rate * n * step, float(DEFAULT_MAX_NUM_SEQS))
+        # Little's law: requests in the system = rate x (steps per request x step time)
+        conc = rate * n * step
+        if conc > DEFAULT_MAX_NUM_SEQS:
+            why = (f"past the server's capacity: Little's law puts {conc:.0f} requests in "
+                   f"flight, more than max_num_seqs ({DEFAULT_MAX_NUM_SEQS}) run")
+            conc = float(DEFAULT_MAX_NUM_SEQS)
     if math.isnan(conc):
         conc = 1.0
     if metric in ("tpot_ms", "itl_ms", "step_ms"):
