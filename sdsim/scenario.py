@@ -372,12 +372,13 @@ class CalibratedKnobs(_Frozen):
 class CostsSpec(_Frozen):
     """Where step costs come from.
 
-    ``auto`` (the default) is the roofline from the scenario's GPU spec sheet and model
-    architectures. ``calibrated``: kernel costs from the spec sheet and the architectures with
-    efficiencies fitted to measured kernels, plus the per-pass, per-request and per-token host
-    costs of a real serving engine fitted to public measurements (the shipped calibration, or the
-    file ``calibration`` names; ``calibrated`` overrides single terms). ``linear`` uses the
-    coefficients in ``linear``; ``profile`` reads the measured profile bundle at ``profile``.
+    ``auto`` (the default) is ``calibrated``: kernel costs from the GPU's spec sheet and the
+    models' architectures with efficiencies fitted to measured kernels, plus the per-pass,
+    per-request and per-token host costs of a real serving engine fitted to public measurements
+    (the shipped calibration, or the file ``calibration`` names; ``calibrated`` overrides single
+    terms). ``roofline`` is the ideal spec-sheet roofline with a fixed CPU overhead per step;
+    ``linear`` uses the coefficients in ``linear``; ``profile`` reads the measured profile bundle
+    at ``profile``.
     """
 
     source: Literal["auto", "linear", "roofline", "profile", "calibrated"] = "auto"
@@ -407,8 +408,8 @@ class CostsSpec(_Frozen):
 
     @property
     def resolved_source(self) -> str:
-        """``auto`` resolved: the roofline."""
-        return "roofline" if self.source == "auto" else self.source
+        """``auto`` resolved: the calibrated model."""
+        return "calibrated" if self.source == "auto" else self.source
 
 
 # --------------------------------------------------------------------------- hardware

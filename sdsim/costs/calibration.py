@@ -27,6 +27,7 @@ profiles (notes/costs.md lists every anchor). A scenario names another file with
 from __future__ import annotations
 
 __all__ = [
+    "ABLATIONS",
     "FORMAT",
     "SHIPPED",
     "AllReduceTerms",
@@ -39,6 +40,7 @@ __all__ = [
     "GPUTerms",
     "GemmTerms",
     "ResolvedGPU",
+    "ablated",
     "load_calibration",
     "shipped_calibration",
     "write_calibration",
@@ -323,3 +325,53 @@ def write_calibration(cal: Calibration, path: str | Path) -> Path:
     data = cal.model_dump(mode="json", exclude_none=True)
     p.write_text(yaml.safe_dump(data, sort_keys=False, width=100))
     return p
+
+
+# The calibration's terms by group, each with what "off" means: the ideal roofline's equivalent
+# (its 0.5 ms CPU overhead per step, its efficiencies, no host cost per request or pass, no graph
+# effects), so that switching every group off leaves the roofline's kernel prices.
+ABLATIONS: dict[str, str] = {
+    "host_step": "fixed host time per step at the roofline's 0.5 ms",
+    "host_request": "no host time per request or logits row",
+    "host_spec": "no fixed speculative-step or per-draft-pass host time",
+    "gemm": "GEMMs at the roofline's efficiencies (memory 0.8, compute 0.75, no ridge loss)",
+    "attention": "attention at the roofline's efficiencies (decode and verify 0.7, prefill 0.55)",
+    "graphs": "no CUDA-graph padding, eager launch floor or piecewise-graph cost",
+    "allreduce": "all-reduce at the roofline's 8 us latency and 0.8 link efficiency",
+}
+
+
+def ablated(cal: Calibration, group: str) -> Calibration:
+    """``cal`` with one group of terms (:data:`ABLATIONS`) switched off.
+
+    Raises
+    ------
+    ScenarioError
+        Unknown group.
+    """
+    eng = cal.engine.model_dump()
+    gpus = {n: g.model_dump(exclude_none=True) for n, g in cal.gpus.items()}
+    zero = {k: 0.0 for k in ("eagle", "eagle3", "model", "ngram")}
+    if group == "host_step":
+        eng["step_s"] = 5e-4
+    elif group == "host_request":
+        eng["per_seq_s"] = eng["per_token_s"] = 0.0
+    elif group == "host_spec":
+        eng["spec_step_s"] = eng["draft_pass_s"] = zero
+    elif group == "graphs":
+        eng.update(eager_launch_s=2.5e-6, piecewise_layer_s=0.0, graph_max_tokens=1_000_000)
+    elif group in ("gemm", "attention", "allreduce"):
+        off = {
+            "gemm": {"memory_eff": 0.8, "compute_eff": 0.75, "ridge_dip": 0.0, "ridge_width": 1.0,
+                     "ridge_shift": 0.0, "floor_s": 2.5e-6},
+            "attention": {"decode_memory": 0.7, "verify_memory": 0.7, "prefill_compute": 0.55,
+                          "floor_s": 2.5e-6},
+            "allreduce": {"latency_s": 8e-6, "link_eff": 0.8},
+        }[group]  # fmt: skip
+        for g in gpus.values():
+            if group in g or "like" not in g:
+                g[group] = dict(off)
+    else:
+        raise ScenarioError("ablation", f"unknown group {group!r}; use {', '.join(ABLATIONS)}")
+    return Calibration.model_validate({**cal.model_dump(exclude_none=True), "engine": eng,
+                                       "gpus": gpus})  # fmt: skip
