@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from sdsim.engine.server import SimRun
+from sdsim.records import SimRun
 
 REQUEST_FIELDS = (
     "arrival",

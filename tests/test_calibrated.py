@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import sdsim
+from sdsim.costs.build import build_cost_model
 from sdsim.costs.calibrated import (
     CalibratedOps,
     CalibratedStepCost,
@@ -25,7 +26,7 @@ from sdsim.costs.calibration import (
     shipped_calibration,
 )
 from sdsim.costs.fit import anchor_of, predict_anchors
-from sdsim.costs.step import StepShape, build_cost_model, step_times
+from sdsim.costs.step import StepShape, step_times
 from sdsim.hardware import GPUS, get_gpu
 from sdsim.models import MODELS, eagle3_head, eagle_head, resolve_drafter
 

@@ -185,7 +185,8 @@ def test_engine_fit_recovers_known_terms(tmp_path: Path) -> None:
     back = load_calibration(out)
     assert back.engine == fit.calibration.engine and back.fit is not None
     scn = sdsim.load_scenario(None, {"costs.source": "calibrated", "costs.calibration": str(out)})
-    from sdsim.costs.step import StepShape, build_cost_model
+    from sdsim.costs.build import build_cost_model
+    from sdsim.costs.step import StepShape
 
     assert build_cost_model(scn).step(StepShape(0, 0, 4)).overhead == pytest.approx(1.7e-3)
 
@@ -281,7 +282,7 @@ def test_malformed_calibration_file(tmp_path: Path, edit: object, field: str) ->
     msg = str(e.value)
     assert msg.startswith("costs.calibration: ") and "\n" not in msg and field in msg
     scn = sdsim.load_scenario(None, {"costs.source": "calibrated", "costs.calibration": str(p)})
-    from sdsim.costs.step import build_cost_model
+    from sdsim.costs.build import build_cost_model
 
     with pytest.raises(ScenarioError, match=r"costs\.calibration"):
         build_cost_model(scn)

@@ -70,8 +70,10 @@ from sdsim.analytic.operating import (
 from sdsim.analytic.stepcurve import StepCurve
 from sdsim.analytic.tails import latency_distribution
 from sdsim.analytic.work import RequestWork, request_work
-from sdsim.costs.step import StepCostModel, build_cost_model
+from sdsim.costs.build import build_cost_model
+from sdsim.costs.step import StepCostModel
 from sdsim.errors import ScenarioError
+from sdsim.memory import num_gpu_blocks
 from sdsim.scenario import BetaAlpha, Scenario
 
 LATENCY_KEYS = tuple(
@@ -467,10 +469,9 @@ def _predict(
     summary["kv_demand_mean"] = summary["batch_mean"] * blocks
     outside: str | None = None
     summary["p_kv_full"] = 0.0
-    from sdsim.memory import num_gpu_blocks  # the engine's capacity: given, derived or unlimited
-
     speculating = scn.spec.k > 0 or scn.spec.policy == "adaptive"  # (as memory.kv_capacity)
     if speculating not in shared.kv_caps:
+        # the engine's capacity: given, derived or unlimited
         shared.kv_caps[speculating] = num_gpu_blocks(scn)
     kv_cap = shared.kv_caps[speculating]
     if kv_cap is not None:

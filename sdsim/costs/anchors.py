@@ -433,7 +433,7 @@ def _batch1(df: pd.DataFrame, p: Path) -> list[Anchor]:
 
 
 def _steps(df: pd.DataFrame, p: Path, scn: Any) -> list[Anchor]:
-    from sdsim.costs.build import gpu_of
+    from sdsim.memory import gpu_of
 
     fld = str(p)
     for c in STEP_COLUMNS:
@@ -460,7 +460,7 @@ def anchors_from_report(report: Any, scenario: Any) -> list[Anchor]:
     """Anchors from a GuideLLM / vLLM benchmark report (one per benchmark: its mean concurrency,
     mean lengths and mean TPOT), for the scenario's GPU, models, k and acceptance."""
     from sdsim.acceptance import expected_tokens_per_step
-    from sdsim.costs.build import gpu_of
+    from sdsim.memory import gpu_of
 
     gpu = gpu_of(scenario).name
     k = scenario.spec.k

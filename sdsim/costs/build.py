@@ -1,37 +1,31 @@
-"""Build the kernel-derived StepCostModel (calibrated, roofline or profile) a scenario asks for."""
+"""Build the StepCostModel a scenario asks for: calibrated, linear, roofline or a measured
+profile."""
 
 from __future__ import annotations
 
 __all__ = [
     "build_calibrated_cost",
+    "build_cost_model",
     "build_kernel_cost",
     "calibration_of",
     "drafter_of",
     "efficiency_of",
-    "gpu_of",
     "roofline_ops",
 ]
 
 from dataclasses import replace
 from typing import Any
 
+from sdsim.costs.calibrated import CalibratedOps, CalibratedStepCost
 from sdsim.costs.calibration import Calibration, load_calibration
 from sdsim.costs.kernel import KernelStepCost
+from sdsim.costs.profile import ProfileOps, read_bundle
 from sdsim.costs.roofline import DEFAULT_EFFICIENCY, Efficiency, RooflineOps
-from sdsim.costs.step import DEFAULT_OVERHEAD_S
+from sdsim.costs.step import DEFAULT_OVERHEAD_S, LinearStepCost, StepCostModel
 from sdsim.errors import ScenarioError
-from sdsim.hardware import GPUSpec, get_gpu
+from sdsim.memory import gpu_of
 from sdsim.models import Drafter, ModelSpec, drafter_tp, resolve_drafter, resolve_model
-from sdsim.scenario import HardwareSpec, Scenario
-
-
-def gpu_of(scn: Scenario) -> GPUSpec:
-    """The scenario's GPU: a registry entry or its inline spec sheet."""
-    hw = scn.hardware
-    if isinstance(hw, HardwareSpec):
-        return GPUSpec(hw.name, hw.bf16_tflops, hw.fp8_tflops, hw.hbm_gb, hw.hbm_tbps,
-                       hw.interconnect_gbps, hw.vendor)  # fmt: skip
-    return get_gpu(hw, "hardware")
+from sdsim.scenario import Scenario
 
 
 def efficiency_of(scn: Scenario) -> Efficiency:
@@ -75,7 +69,7 @@ def calibration_of(scn: Scenario, base: Calibration | None = None) -> Calibratio
     return cal.with_engine(**eng) if eng else cal
 
 
-def build_calibrated_cost(scn: Scenario, base: Calibration | None = None) -> Any:
+def build_calibrated_cost(scn: Scenario, base: Calibration | None = None) -> CalibratedStepCost:
     """The calibrated step costs of the scenario's target and drafter on its GPU.
 
     Parameters
@@ -85,18 +79,12 @@ def build_calibrated_cost(scn: Scenario, base: Calibration | None = None) -> Any
     base
         A calibration to use instead of ``costs.calibration`` (ablations, fits).
 
-    Returns
-    -------
-    sdsim.costs.calibrated.CalibratedStepCost
-
     Raises
     ------
     ScenarioError
         Unknown names, tp > 1 on a GPU without an interconnect, an unreadable or invalid
         calibration file.
     """
-    from sdsim.costs.calibrated import CalibratedOps, CalibratedStepCost
-
     gpu = gpu_of(scn)
     tp = scn.server.tp
     if tp > 1 and gpu.interconnect_gbps <= 0:
@@ -147,8 +135,6 @@ def build_kernel_cost(scn: Scenario) -> KernelStepCost:
     d_roof = roofline_ops(scn, drafter.model, d_tp) if drafter.model is not None else None
     if scn.costs.resolved_source == "roofline":
         return KernelStepCost(v_roof, drafter, d_roof, overhead, source="roofline")
-    from sdsim.costs.profile import ProfileOps, read_bundle
-
     assert scn.costs.profile is not None  # CostsSpec validation guarantees it
     bundle = read_bundle(scn.costs.profile)
     v_ops = ProfileOps(bundle, target, tp, v_roof)
@@ -165,3 +151,28 @@ def build_kernel_cost(scn: Scenario) -> KernelStepCost:
             d_ops.layers = drafter.model.layers
             d_ops.once_ops = d_roof.once_ops
     return KernelStepCost(v_ops, drafter, d_ops, overhead, source="profile")
+
+
+def build_cost_model(scn: Scenario) -> StepCostModel:
+    """The StepCostModel a scenario asks for.
+
+    ``costs.source``: ``auto`` and ``calibrated`` give the calibrated model (kernel terms fitted
+    to measured kernels, host terms to measured step times: :mod:`sdsim.costs.calibrated`);
+    ``roofline`` the ideal spec-sheet roofline for the scenario's GPU and models; ``profile``
+    reads a measured bundle (operator families it lacks come from the roofline); ``linear`` uses
+    the scenario's coefficients.
+
+    Raises
+    ------
+    ScenarioError
+        When the requested source cannot be built (unknown names, missing bundle).
+    """
+    src = scn.costs.resolved_source
+    if src == "linear":
+        return LinearStepCost(scn.costs.linear, drafter_prefills=scn.drafter.kind != "ngram")
+    if src == "calibrated":
+        return build_calibrated_cost(scn)
+    if src in ("roofline", "profile"):
+        return build_kernel_cost(scn)
+    raise ScenarioError("costs.source", f"{src!r} is not a cost source; use auto, calibrated, "
+                        "linear, roofline or profile")  # fmt: skip

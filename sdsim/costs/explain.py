@@ -90,8 +90,8 @@ def explain_steps(
     ScenarioError
         ``costs.source`` is not the calibrated model; a batch below 1 or k below 0.
     """
+    from sdsim.costs.build import build_cost_model
     from sdsim.costs.calibrated import CalibratedStepCost
-    from sdsim.costs.step import build_cost_model
 
     model = build_cost_model(scn)
     if not isinstance(model, CalibratedStepCost):

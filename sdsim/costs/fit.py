@@ -130,7 +130,7 @@ def collect_data(paths: Sequence[str | Path], scenario: Any = None) -> Calibrati
             elif f.name == "meta.yaml":
                 if scenario is None:
                     raise ScenarioError(str(f), "a profile bundle needs --scenario (its GPU)")
-                from sdsim.costs.build import gpu_of
+                from sdsim.memory import gpu_of
 
                 gemm.append(gemm_rows_from_bundle(read_bundle(f.parent), gpu_of(scenario).name))
                 data.files.append(str(f.parent))
