@@ -286,3 +286,49 @@ def test_malformed_calibration_file(tmp_path: Path, edit: object, field: str) ->
 
     with pytest.raises(ScenarioError, match=r"costs\.calibration"):
         build_cost_model(scn)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _exit2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    from sdsim.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
+    return lines[0]
+
+
+def test_cli_calibrate_and_explain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from sdsim.cli import main
+
+    p, _ = _anchors_csv(tmp_path, {"step_s": 1.6e-3, "per_seq_s": 2e-5})
+    out = tmp_path / "mine.yaml"
+    main(["calibrate", str(p), "--terms", "step_s,per_seq_s", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert "wrote" in text and "fit rms error" in text
+    assert load_calibration(out).engine.step_s == pytest.approx(1.6e-3, rel=1e-3)
+    default = str(ROOT / "scenarios/default.yaml")
+    main(["costs", default, "--explain", "--json", "--batch", "1", "--batch", "64", "--k", "4",
+          "--set", f"costs.calibration={out}", "--plot", str(tmp_path / "e.png")])  # fmt: skip
+    data = json.loads(capsys.readouterr().out)
+    rows = pd.DataFrame(data["rows"])
+    sums = rows.groupby("batch").agg(ms=("ms", "sum"), total=("total_ms", "first"))
+    assert np.allclose(sums["ms"], sums["total"]) and (tmp_path / "e.png").is_file()
+    assert rows[rows.part == "host_step"]["ms"].iloc[0] == pytest.approx(1.6)
+    # refusals: one line naming the term or the option
+    line = _exit2(["calibrate", str(p), "--terms", "step_s,draft_pass_s.eagle3", "--out",
+                   str(out)], capsys)  # fmt: skip
+    assert line.startswith("error: draft_pass_s.eagle3:")
+    assert "--k" in _exit2(["costs", default, "--k", "3"], capsys)
+    assert "costs.source" in _exit2(["costs", default, "--explain", "--set",
+                                     "costs.source=linear"], capsys)  # fmt: skip
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(out.read_text().replace("step_s: 0.0016", "step_s: -1"))
+    line = _exit2(["run", default, "--set", f"costs.calibration={bad}", "--summary-only"], capsys)
+    assert "costs.calibration" in line and "step_s" in line

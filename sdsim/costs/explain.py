@@ -21,19 +21,19 @@ import pandas as pd
 
 from sdsim.errors import ScenarioError
 
-# (part, group, label) in display order
-EXPLAIN_PARTS: tuple[tuple[str, str, str], ...] = (
-    ("host_step", "host", "host: per step"),
-    ("verify_host", "host", "host: per request and logits row"),
-    ("spec_fixed", "host", "host: speculative step (rejection, metadata)"),
-    ("draft_host", "host", "host: draft passes"),
-    ("verify_gemm", "verifier", "verifier: weight GEMMs"),
-    ("verify_other", "verifier", "verifier: norms, rotary, activation, embedding"),
-    ("verify_allreduce", "verifier", "verifier: all-reduce"),
-    ("verify_attention", "verifier", "verifier: attention"),
-    ("verify_logits", "verifier", "verifier: LM head and sampling"),
-    ("draft_first", "drafter", "drafter: first pass (over every verified token)"),
-    ("draft_later", "drafter", "drafter: passes 2..k"),
+# (part, group, label, short label) in display order
+EXPLAIN_PARTS: tuple[tuple[str, str, str, str], ...] = (
+    ("host_step", "host", "host: per step", "host/step"),
+    ("verify_host", "host", "host: per request and logits row", "host/request"),
+    ("spec_fixed", "host", "host: speculative step (rejection, metadata)", "host/spec"),
+    ("draft_host", "host", "host: draft passes", "host/draft"),
+    ("verify_gemm", "verifier", "verifier: weight GEMMs", "GEMMs"),
+    ("verify_other", "verifier", "verifier: norms, rotary, activation, embedding", "other"),
+    ("verify_allreduce", "verifier", "verifier: all-reduce", "all-reduce"),
+    ("verify_attention", "verifier", "verifier: attention", "attention"),
+    ("verify_logits", "verifier", "verifier: LM head and sampling", "logits"),
+    ("draft_first", "drafter", "drafter: first pass (over every verified token)", "draft 1"),
+    ("draft_later", "drafter", "drafter: passes 2..k", "draft 2..k"),
 )
 
 
@@ -83,7 +83,7 @@ def explain_steps(
     Returns
     -------
     pandas.DataFrame
-        Columns ``batch, k, part, group, label, ms, share, total_ms``.
+        Columns ``batch, k, part, group, label, short, ms, share, total_ms``.
 
     Raises
     ------
@@ -119,8 +119,9 @@ def explain_steps(
             # the pass table is a running maximum over token counts: what it adds goes to GEMMs
             gemm += dense - (gemm + other + ar)
             vals = {**p, "verify_gemm": gemm, "verify_other": other, "verify_allreduce": ar}
-            for part, group, label in EXPLAIN_PARTS:
+            for part, group, label, short in EXPLAIN_PARTS:
                 ms = vals.get(part, 0.0) * 1e3
                 rows.append({"batch": b, "k": k, "part": part, "group": group, "label": label,
-                             "ms": ms, "share": ms / (total * 1e3), "total_ms": total * 1e3})
+                             "short": short, "ms": ms, "share": ms / (total * 1e3),
+                             "total_ms": total * 1e3})  # fmt: skip
     return pd.DataFrame(rows)

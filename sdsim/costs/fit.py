@@ -137,7 +137,7 @@ def collect_data(paths: Sequence[str | Path], scenario: Any = None) -> Calibrati
             elif f.suffix == ".json" and explicit:
                 if scenario is None:
                     raise ScenarioError(str(f), "a benchmark report needs --scenario (its server)")
-                from sdsim.reports.formats import load_report
+                from sdsim.report_formats import load_report
 
                 data.anchors.extend(anchors_from_report(load_report(f), scenario))
                 data.files.append(str(f))
