@@ -213,6 +213,9 @@ def calibrate(
                      "were measured on (GPU, models, k, acceptance)"),
     ] = None,
     set_: SetOpt = None,
+    description: Annotated[
+        str | None, typer.Option("--description", help="what the calibration is, for the file")
+    ] = None,
 ) -> None:
     """Fit the calibrated cost model's terms to measurements and write a calibration file for
     `costs.calibration: FILE`: residuals per anchor, refusal of terms the data cannot identify."""
@@ -224,7 +227,7 @@ def calibrate(
     base_cal = load_calibration(base, "--base")
     data_set = collect_data(data, scn)
     names = [t.strip() for t in terms.split(",") if t.strip()]
-    fit = fit_calibration(data_set, base_cal, names, held_out or [])
+    fit = fit_calibration(data_set, base_cal, names, held_out or [], description=description)
     write_calibration(fit.calibration, out_file)
     table = Table(title="anchors: mean step time, measured vs the fitted model",
                   header_style="bold")  # fmt: skip
