@@ -8,10 +8,12 @@ random numbers across draft lengths (the same seed: the arrivals and lengths do 
 (:func:`sdsim.analytic.fitting.fit_measurements`, dense form) and derives, for each acceptance:
 
 * ``C1R = C1(k) / C1(0)`` (what SD does for a lone request) and ``C2R = C2(k) / C2(0)`` (what each
-  request in flight costs the others, relative to plain decoding): SD's advantage erodes with load
-  exactly when ``C2R > C1R``, and SD is slower than plain decoding from the **break-even** rate
-  ``lambda* = (C1(k) - C1(0)) / (C1(k) C2(0) - C1(0) C2(k))`` on, if that lies below both
-  saturations ``1 / C2``;
+  request in flight costs the others, relative to plain decoding). The speedup at rate
+  ``lambda`` is ``(1 / C1R) (1 - lambda C2(k)) / (1 - lambda C2(0))``: it falls with load when
+  ``C2R > 1`` and then crosses 1 at the **break-even** rate
+  ``lambda* = (C1(k) - C1(0)) / (C1(k) C2(0) - C1(0) C2(k))``, below both saturations
+  ``1 / C2``; with ``C2R < 1`` it grows with load (plain decoding saturates first). (An offline
+  benchmark's throughput speedup at a large batch is about ``1 / C2R``.)
 * the speedup ``L0(lambda) / Lk(lambda)`` at given fractions of plain decoding's saturation;
 * the best k (lowest fitted latency) at low and at high load.
 """
@@ -28,7 +30,11 @@ from typing import Any
 
 import pandas as pd
 
+from sdsim.analytic.fitting import fit_measurements
+from sdsim.analytic.prediction import predict
+from sdsim.costs.calibration import write_calibration
 from sdsim.errors import ScenarioError
+from sdsim.simulation import simulate as simulate_run
 
 FRACTIONS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.8)
 
@@ -66,15 +72,11 @@ def load_table(
     pandas.DataFrame
         ``alpha, k, fraction, rate, saturation, e2e_mean, stable, prompt_tokens, output_tokens``.
     """
-    import sdsim
-
     if 0 not in k_values:
         raise ScenarioError("k_values", "must include 0 (the plain-decoding baseline)")
     with tempfile.TemporaryDirectory() as tmp:
         base = scn
         if calibration is not None:
-            from sdsim.costs.calibration import write_calibration
-
             path = write_calibration(calibration, Path(tmp) / "calibration.yaml")
             base = scn.with_overrides({"costs.calibration": str(path)})
         rows = []
@@ -82,15 +84,15 @@ def load_table(
         for a in alphas:
             for k in k_values:
                 s = base.with_overrides({"acceptance.alpha": float(a), "spec.k": int(k)})
-                sat = float(sdsim.predict(s, rates=[], quantiles=False).saturation_rate)
+                sat = float(predict(s, rates=[], quantiles=False).saturation_rate)
                 for f in fractions:
                     rate = f * sat
                     r = s.with_overrides({"workload.rate": rate})
                     if simulate:
-                        summ = sdsim.simulate(r, seed=seed).summary
+                        summ = simulate_run(r, seed=seed).summary
                         e2e, stable = float(summ["e2e_mean"]), bool(summ["stable"])
                     else:
-                        p = sdsim.predict(r, rates=[], quantiles=False).summary
+                        p = predict(r, rates=[], quantiles=False).summary
                         e2e = float(p["e2e_mean"])
                         stable = math.isfinite(e2e)
                     rows.append({"alpha": float(a), "k": int(k), "fraction": f, "rate": rate,
@@ -130,8 +132,6 @@ def fit_load(table: pd.DataFrame, low: float = 0.1, high: float = 0.8) -> pd.Dat
         break_even_fraction`` (of plain decoding's saturation), ``speedup_low, speedup_high``,
         and per alpha ``best_k_low, best_k_high``.
     """
-    from sdsim.analytic.fitting import fit_measurements
-
     rows: list[dict[str, Any]] = []
     stable = table[table["stable"]]
     for a in sorted(set(stable["alpha"].astype(float))):

@@ -59,8 +59,10 @@ from typing import Any
 
 import pandas as pd
 
+from sdsim.acceptance import expected_tokens_per_step
 from sdsim.errors import ScenarioError
 from sdsim.hardware import GPUS
+from sdsim.memory import gpu_of
 from sdsim.models import MODELS
 
 MEASUREMENT_COLUMNS = (
@@ -433,8 +435,6 @@ def _batch1(df: pd.DataFrame, p: Path) -> list[Anchor]:
 
 
 def _steps(df: pd.DataFrame, p: Path, scn: Any) -> list[Anchor]:
-    from sdsim.memory import gpu_of
-
     fld = str(p)
     for c in STEP_COLUMNS:
         v = pd.to_numeric(df[c], errors="coerce")
@@ -459,9 +459,6 @@ def _steps(df: pd.DataFrame, p: Path, scn: Any) -> list[Anchor]:
 def anchors_from_report(report: Any, scenario: Any) -> list[Anchor]:
     """Anchors from a GuideLLM / vLLM benchmark report (one per benchmark: its mean concurrency,
     mean lengths and mean TPOT), for the scenario's GPU, models, k and acceptance."""
-    from sdsim.acceptance import expected_tokens_per_step
-    from sdsim.memory import gpu_of
-
     gpu = gpu_of(scenario).name
     k = scenario.spec.k
     al = expected_tokens_per_step(scenario.acceptance.mean_alpha, k) if k > 0 else 1.0

@@ -233,6 +233,7 @@ class CalibratedStepCost:
         # a draft model's first pass carries one extra slot per request (VLLM-STEP.md)
         self._extra = 1 if kind == "model" else 0
         self._va = (verifier._attn_decode, verifier._attn_verify, verifier._attn_consts)
+        self._has_first = bool(drafter_ops is not None and drafter_ops.first_ops)
         if drafter_ops is not None:
             self._da = (drafter_ops._attn_decode, drafter_ops._attn_verify,
                         drafter_ops._attn_consts)  # fmt: skip
@@ -271,17 +272,20 @@ class CalibratedStepCost:
             if d is not None:
                 extra = self._extra * b
                 t1 = t_dec + extra
-                first = 0.0
                 if b:
                     kv1 = dctx / b + (k + 1)
-                    first = (d.dense(t1) + d.first(t1)
-                             + attention_time(self._da[1], b, k + 1 + self._extra, kv1, False)
-                             + d.head(b))  # fmt: skip
+                    d1 = d._dense[t1] if t1 <= d.dense_safe else d.dense(t1)
+                    if self._has_first:
+                        d1 = d1 + d.first(t1)
+                    hb = d._head[b] if b <= d.head_safe else d.head(b)
+                    first = (d1 + attention_time(self._da[1], b, k + 1 + self._extra, kv1, False)
+                             + hb)  # fmt: skip
                     later = 0.0
                     if k > 1:
                         kv2 = dctx / b + (k + 2) / 2.0 + 1.0
-                        later = (k - 1) * (d.dense(b) + attention_time(self._da[0], b, 1, kv2,
-                                                                       False) + d.head(b))
+                        db = d._dense[b] if b <= d.dense_safe else d.dense(b)
+                        later = (k - 1) * (db + attention_time(self._da[0], b, 1, kv2, False)
+                                           + hb)  # fmt: skip
                     draft = first + later + k * self._pass
                 if pf:
                     q = pf / seqs

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sdsim.costs.build import build_cost_model
+from sdsim.costs.calibrated import CalibratedStepCost
 from sdsim.errors import ScenarioError
 
 # (part, group, label, short label) in display order
@@ -90,9 +92,6 @@ def explain_steps(
     ScenarioError
         ``costs.source`` is not the calibrated model; a batch below 1 or k below 0.
     """
-    from sdsim.costs.build import build_cost_model
-    from sdsim.costs.calibrated import CalibratedStepCost
-
     model = build_cost_model(scn)
     if not isinstance(model, CalibratedStepCost):
         raise ScenarioError("costs.source", f"--explain splits the calibrated model's step; "

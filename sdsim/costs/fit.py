@@ -51,9 +51,20 @@ import pandas as pd
 from scipy.optimize import nnls
 
 from sdsim.costs.anchors import Anchor, anchors_from_report, read_measurements
+from sdsim.costs.build import build_calibrated_cost
 from sdsim.costs.calibration import AnchorResidual, Calibration, FitRecord
+from sdsim.costs.kernelfit import (
+    fit_allreduce,
+    fit_gemm,
+    gemm_rows_from_bundle,
+    gemm_rows_from_vidur,
+)
+from sdsim.costs.profile import read_bundle
 from sdsim.errors import ScenarioError
 from sdsim.hardware import GPUS
+from sdsim.memory import gpu_of
+from sdsim.report_formats import load_report
+from sdsim.scenario import Scenario
 
 # Engine terms a fit may estimate (linear in the step time); the others (graph sizes, eager
 # launch floor, attention efficiencies) are read from the base calibration.
@@ -105,9 +116,6 @@ def collect_data(paths: Sequence[str | Path], scenario: Any = None) -> Calibrati
         A path that does not exist, a file in no known format (named explicitly), a report or
         step-time CSV without a scenario.
     """
-    from sdsim.costs.kernelfit import gemm_rows_from_bundle, gemm_rows_from_vidur
-    from sdsim.costs.profile import read_bundle
-
     data = CalibrationData()
     gemm: list[pd.DataFrame] = []
     for raw in paths:
@@ -130,15 +138,11 @@ def collect_data(paths: Sequence[str | Path], scenario: Any = None) -> Calibrati
             elif f.name == "meta.yaml":
                 if scenario is None:
                     raise ScenarioError(str(f), "a profile bundle needs --scenario (its GPU)")
-                from sdsim.memory import gpu_of
-
                 gemm.append(gemm_rows_from_bundle(read_bundle(f.parent), gpu_of(scenario).name))
                 data.files.append(str(f.parent))
             elif f.suffix == ".json" and explicit:
                 if scenario is None:
                     raise ScenarioError(str(f), "a benchmark report needs --scenario (its server)")
-                from sdsim.report_formats import load_report
-
                 data.anchors.extend(anchors_from_report(load_report(f), scenario))
                 data.files.append(str(f))
             elif f.suffix == ".csv":
@@ -195,8 +199,6 @@ def anchor_of(r: AnchorResidual) -> Anchor:
 
 
 def _scenario(a: Anchor) -> Any:
-    from sdsim.scenario import Scenario
-
     if a.drafter == "none":
         drafter: dict[str, Any] = {"kind": "eagle"}
     elif a.drafter == "model":
@@ -230,8 +232,6 @@ def _shapes(a: Anchor) -> tuple[list[npt.NDArray[np.int64]], npt.NDArray[np.floa
 
 def predict_anchors(anchors: Sequence[Anchor], cal: Calibration) -> npt.NDArray[np.float64]:
     """Mean step time (seconds) the calibrated model gives for each anchor (NaN for unused)."""
-    from sdsim.costs.build import build_calibrated_cost
-
     out = np.full(len(anchors), np.nan)
     groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     for i, a in enumerate(anchors):
@@ -358,8 +358,6 @@ def fit_calibration(
     ScenarioError
         Unknown or unidentifiable terms (named), too few anchors.
     """
-    from sdsim.costs.kernelfit import fit_allreduce, fit_gemm
-
     terms = list(dict.fromkeys(terms))
     for t in terms:
         if t not in ENGINE_TERMS:

@@ -34,7 +34,7 @@ from scipy.optimize import least_squares, linprog
 
 from sdsim.costs.calibrated import gemm_time
 from sdsim.costs.calibration import AllReduceTerms, GemmTerms
-from sdsim.costs.profile import ProfileBundle, read_vidur_mlp
+from sdsim.costs.profile import ProfileBundle, read_vidur_all_reduce, read_vidur_mlp
 from sdsim.errors import ScenarioError
 from sdsim.hardware import GPUSpec
 
@@ -168,8 +168,6 @@ def fit_allreduce(path: str | Path, gpu: GPUSpec) -> tuple[AllReduceTerms, dict[
     ScenarioError
         Not an all_reduce.csv, or fewer than 8 messages up to 16 MB.
     """
-    from sdsim.costs.profile import read_vidur_all_reduce
-
     df = read_vidur_all_reduce(path)
     df = df[(df["bytes"] <= 16 * 2**20) & (df["world"] >= 2)]
     if len(df) < 8:
