@@ -233,10 +233,12 @@ class CalibratedStepCost:
         # a draft model's first pass carries one extra slot per request (VLLM-STEP.md)
         self._extra = 1 if kind == "model" else 0
         self._va = (verifier._attn_decode, verifier._attn_verify, verifier._attn_consts)
+        self._va_dec, self._va_ver, self._va_pre = self._va
         self._has_first = bool(drafter_ops is not None and drafter_ops.first_ops)
         if drafter_ops is not None:
             self._da = (drafter_ops._attn_decode, drafter_ops._attn_verify,
                         drafter_ops._attn_consts)  # fmt: skip
+            self._da_dec, self._da_ver, self._da_pre = self._da
 
     # ------------------------------------------------------------------ one step
     def step(self, shape: StepShape) -> StepTime:
@@ -246,53 +248,56 @@ class CalibratedStepCost:
         if b == 0 and pf == 0:
             return _new_time(StepTime, (ov, 0.0, 0.0, 0.0, ov))
         v = self.v
-        t_dec = b * (k + 1)
+        k1 = k + 1
+        t_dec = b * k1
         verify = 0.0
         prefill = 0.0
         draft = 0.0
         dense_t = 0.0
         if b:
-            kv = dctx / b + (k + 1)
+            kv = dctx / b + k1
             dense_t = v._dense[t_dec] if t_dec <= v.dense_safe else v.dense(t_dec)
-            attn = attention_time(self._va[1] if k else self._va[0], b, k + 1, kv, False)
+            attn = attention_time(self._va_ver if k else self._va_dec, b, k1, kv, False)
             head = v._head[t_dec] if t_dec <= v.head_safe else v.head(t_dec)
             host = self._per_seq * b + self._per_token * t_dec
             verify = dense_t + attn + head + host + (self._spec if k else 0.0)
-        seqs = pseqs if pseqs > 1 else 1
         if pf:
+            seqs = pseqs if pseqs > 1 else 1
             q = pf / seqs
             cached = max(pctx / seqs - q, 0.0)
             t_all = t_dec + pf
             dense_all = v._dense[t_all] if t_all <= v.dense_safe else v.dense(t_all)
-            attn_p = attention_time(self._va[2], seqs, q, cached + q, True)
+            attn_p = attention_time(self._va_pre, seqs, q, cached + q, True)
             head_s = v._head[seqs] if seqs <= v.head_safe else v.head(seqs)
             prefill = (dense_all - dense_t) + attn_p + head_s + (self._pw + self._per_seq * seqs)
-        if k > 0:
+        if k:
             d = self.d
             if d is not None:
-                extra = self._extra * b
-                t1 = t_dec + extra
+                t1 = t_dec + self._extra * b
                 if b:
-                    kv1 = dctx / b + (k + 1)
+                    kv1 = dctx / b + k1
                     d1 = d._dense[t1] if t1 <= d.dense_safe else d.dense(t1)
                     if self._has_first:
                         d1 = d1 + d.first(t1)
                     hb = d._head[b] if b <= d.head_safe else d.head(b)
-                    first = (d1 + attention_time(self._da[1], b, k + 1 + self._extra, kv1, False)
-                             + hb)  # fmt: skip
+                    first = d1 + attention_time(self._da_ver, b, k1 + self._extra, kv1,
+                                                False) + hb  # fmt: skip
                     later = 0.0
                     if k > 1:
                         kv2 = dctx / b + (k + 2) / 2.0 + 1.0
                         db = d._dense[b] if b <= d.dense_safe else d.dense(b)
-                        later = (k - 1) * (db + attention_time(self._da[0], b, 1, kv2, False)
+                        later = (k - 1) * (db + attention_time(self._da_dec, b, 1, kv2, False)
                                            + hb)  # fmt: skip
                     draft = first + later + k * self._pass
                 if pf:
-                    q = pf / seqs
-                    cached = max(pctx / seqs - q, 0.0)
                     t1p = t1 + pf
-                    prefill += ((d.dense(t1p) + d.first(t1p)) - (d.dense(t1) + d.first(t1))
-                                + attention_time(self._da[2], seqs, q, cached + q, True))
+                    whole = d.dense(t1p)
+                    part = d.dense(t1)
+                    if self._has_first:
+                        whole = whole + d.first(t1p)
+                        part = part + d.first(t1)
+                    prefill += whole - part + attention_time(self._da_pre, seqs, q, cached + q,
+                                                             True)  # fmt: skip
             elif b:
                 draft = b * self._cpu_seq + self._ngram_ctx * dctx
         total = ov + prefill + draft + verify
@@ -330,15 +335,20 @@ class CalibratedStepCost:
         bf = np.where(has_b, b, 1).astype(np.float64)
         b0 = np.where(has_b, bf, 0.0)
         kv = dctx / bf + k1
+        k1f = k1.astype(np.float64)
         dense_t = np.where(has_b, v.dense_arr(np.where(has_b, t_dec, 0)), 0.0)
-        consts = np.where(has_k, 1, 0)
-        attn = np.where(consts == 1,
-                        attention_time_arr(self._va[1], b0, k1.astype(np.float64), kv, False),
-                        attention_time_arr(self._va[0], b0, k1.astype(np.float64), kv, False))
+        # each entry's attention at its own constants (decode for k = 0, verify for k > 0); a
+        # table of one k computes only the one it needs
+        any_k, any_plain = bool(has_k.any()), bool((~has_k).any())
+        if any_k and any_plain:
+            attn = np.where(has_k, attention_time_arr(self._va[1], b0, k1f, kv, False),
+                            attention_time_arr(self._va[0], b0, k1f, kv, False))  # fmt: skip
+        else:
+            attn = attention_time_arr(self._va[1] if any_k else self._va[0], b0, k1f, kv, False)
         out: dict[str, _F64] = {p: z for p in PARTS}
         out["host_step"] = np.full(shape, self.overhead_s)
         out["verify_dense"] = dense_t
-        out["verify_attention"] = np.where(has_b, attn, 0.0)
+        out["verify_attention"] = attn  # 0 where there is no decode (batch 0)
         out["verify_logits"] = np.where(has_b, v.head_arr(np.where(has_b, t_dec, 0)), 0.0)
         out["verify_host"] = np.where(has_b, self._per_seq * b + self._per_token * t_dec, 0.0)
         out["spec_fixed"] = np.where(has_b & has_k, self._spec, 0.0)
@@ -346,42 +356,52 @@ class CalibratedStepCost:
         sf = seqs.astype(np.float64)
         q = pf / sf
         cached = np.maximum(pctx / sf - q, 0.0)
-        sp = np.where(has_pf, sf, 0.0)
-        dense_all = v.dense_arr(np.where(has_pf, t_dec + pf, 0))
-        out["prefill_dense"] = np.where(has_pf, dense_all - dense_t, 0.0)
-        out["prefill_attention"] = np.where(
-            has_pf, attention_time_arr(self._va[2], sp, q, cached + q, True), 0.0)
-        out["prefill_logits"] = np.where(has_pf, v.head_arr(np.where(has_pf, seqs, 0)), 0.0)
-        out["prefill_host"] = np.where(has_pf, self._pw + self._per_seq * sf, 0.0)
+        if has_pf.any():
+            sp = np.where(has_pf, sf, 0.0)
+            dense_all = v.dense_arr(np.where(has_pf, t_dec + pf, 0))
+            out["prefill_dense"] = np.where(has_pf, dense_all - dense_t, 0.0)
+            out["prefill_attention"] = attention_time_arr(self._va[2], sp, q, cached + q, True)
+            out["prefill_logits"] = np.where(has_pf, v.head_arr(np.where(has_pf, seqs, 0)), 0.0)
+            out["prefill_host"] = np.where(has_pf, self._pw + self._per_seq * sf, 0.0)
         d = self.d
-        if d is not None:
-            kb = has_k & has_b
+        kb = has_k & has_b
+        kp = has_k & has_pf
+        if d is not None and (kb.any() or kp.any()):
             extra = self._extra * b
-            t1 = np.where(kb | (has_k & has_pf), t_dec + extra, 0)
+            t1 = np.where(kb | kp, t_dec + extra, 0)
             rows = np.where(kb, b, 0)
+            t1b = np.where(kb, t1, 0)
+            d1 = d.dense_arr(t1b)
+            if self._has_first:
+                d1 = d1 + d.first_arr(t1b)
             a1 = attention_time_arr(self._da[1], np.where(kb, bf, 0.0),
                                     (k1 + self._extra).astype(np.float64), kv, False)
-            first = d.dense_arr(np.where(kb, t1, 0)) + d.first_arr(np.where(kb, t1, 0)) + a1
-            out["draft_first"] = np.where(kb, first + d.head_arr(rows), 0.0)
-            kv2 = dctx / bf + (kk + 2) / 2.0 + 1.0
-            a2 = attention_time_arr(self._da[0], np.where(kb, bf, 0.0), np.ones(shape), kv2,
-                                    False)  # fmt: skip
-            later = (kk - 1) * (d.dense_arr(rows) + a2 + d.head_arr(rows))
-            out["draft_later"] = np.where(kb & (kk > 1), later, 0.0)
+            hb = d.head_arr(rows)
+            out["draft_first"] = np.where(kb, d1 + a1 + hb, 0.0)
+            kl = kb & (kk > 1)
+            if kl.any():
+                kv2 = dctx / bf + (kk + 2) / 2.0 + 1.0
+                a2 = attention_time_arr(self._da[0], np.where(kb, bf, 0.0), np.ones(shape), kv2,
+                                        False)  # fmt: skip
+                later = (kk - 1) * (d.dense_arr(rows) + a2 + hb)
+                out["draft_later"] = np.where(kl, later, 0.0)
             out["draft_host"] = np.where(kb, kk * self._pass, 0.0)
-            kp = has_k & has_pf
-            t1p = np.where(kp, t1 + pf, 0)
-            t1k = np.where(kp, t1, 0)
-            pdraft = ((d.dense_arr(t1p) + d.first_arr(t1p))
-                      - (d.dense_arr(t1k) + d.first_arr(t1k))
-                      + attention_time_arr(self._da[2], np.where(kp, sf, 0.0), q, cached + q,
-                                           True))  # fmt: skip
-            out["prefill_draft"] = np.where(kp, pdraft, 0.0)
-        else:
-            out["draft_host"] = np.where(has_k & has_b, b * self._cpu_seq + self._ngram_ctx * dctx,
-                                         0.0)  # fmt: skip
-        for p in PARTS[1:]:
-            out[p] = np.where(live, out[p], 0.0)
+            if kp.any():
+                t1p = np.where(kp, t1 + pf, 0)
+                t1k = np.where(kp, t1, 0)
+                whole = d.dense_arr(t1p)
+                part = d.dense_arr(t1k)
+                if self._has_first:
+                    whole = whole + d.first_arr(t1p)
+                    part = part + d.first_arr(t1k)
+                pdraft = (whole - part + attention_time_arr(self._da[2], np.where(kp, sf, 0.0),
+                                                            q, cached + q, True))  # fmt: skip
+                out["prefill_draft"] = np.where(kp, pdraft, 0.0)
+        elif d is None:
+            out["draft_host"] = np.where(kb, b * self._cpu_seq + self._ngram_ctx * dctx, 0.0)
+        if not live.all():
+            for p in PARTS[1:]:
+                out[p] = np.where(live, out[p], 0.0)
         return out
 
     def steps(

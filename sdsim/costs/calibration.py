@@ -302,7 +302,9 @@ def _load(p: Path, field: str) -> Calibration:
     if not p.is_file():
         raise ScenarioError(field, f"calibration file {str(p)!r} not found")
     try:
-        data = yaml.safe_load(p.read_text())
+        # libyaml's loader when present: the shipped file is read in every process that prices
+        # a step, and the pure-Python parser takes most of a tenth of a second over it
+        data = yaml.load(p.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except (OSError, UnicodeDecodeError):
         raise ScenarioError(field, f"cannot read {p.name}") from None
     except yaml.YAMLError:
