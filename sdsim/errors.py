@@ -62,7 +62,7 @@ def _loc_to_field(loc: tuple[Any, ...]) -> str:
         # pydantic puts union member tags and function names into the location; they mean
         # nothing to a user writing YAML, so keep only real field names.
         if (
-            text.startswith(("function-", "tagged-union", "union["))
+            text.startswith(("function-", "tagged-union", "union[", "constrained-"))
             or "[" in text
             or text
             in {

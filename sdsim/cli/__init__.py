@@ -4,7 +4,7 @@
 in one module per area and are registered here, in the order ``sdsim --help`` lists them.
 """
 
-from sdsim.cli import costs, fit, predict, run, serve, sweep
+from sdsim.cli import costs, explore, fit, predict, run, serve, sweep
 from sdsim.cli.app import app, main
 
 __all__ = ["app", "main"]
@@ -23,5 +23,6 @@ for _command in (
     fit.fit,
     fit.compare,
     serve.serve,
+    explore.explore,
 ):
     app.command()(_command)

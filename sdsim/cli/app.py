@@ -2,8 +2,8 @@
 
 Every user mistake ends with exit code 2 and one line on stderr naming the field and what is
 allowed; tracebacks are for bugs only. The commands live in one module per area (:mod:`.run`,
-:mod:`.costs`, :mod:`.predict`, :mod:`.sweep`, :mod:`.fit`, :mod:`.serve`); each parses its
-options, calls the library and prints.
+:mod:`.costs`, :mod:`.predict`, :mod:`.sweep`, :mod:`.fit`, :mod:`.serve`, :mod:`.explore`); each
+parses its options, calls the library and prints.
 """
 
 from __future__ import annotations
