@@ -332,3 +332,18 @@ def test_cli_calibrate_and_explain(tmp_path: Path, capsys: pytest.CaptureFixture
     bad.write_text(out.read_text().replace("step_s: 0.0016", "step_s: -1"))
     line = _exit2(["run", default, "--set", f"costs.calibration={bad}", "--summary-only"], capsys)
     assert "costs.calibration" in line and "step_s" in line
+
+
+def test_reports_become_anchors() -> None:
+    """A GuideLLM report: one anchor per benchmark (its mean concurrency, lengths and TPOT x the
+    scenario's expected tokens per step); `sdsim calibrate REPORT --scenario S` fits from them."""
+    scn = sdsim.load_scenario(None, {"spec.k": 0})
+    data = collect_data([ROOT / "tests/fixtures/guidellm_small.json"], scn)
+    assert len(data.anchors) == 2
+    a = data.anchors[1]
+    assert a.metric == "tpot_ms" and a.step_s == pytest.approx(0.09375)
+    assert a.batch > 1 and a.role == "fit"
+    fit = fit_calibration(data, shipped_calibration(), ["step_s"], command="t")
+    assert fit.terms["step_s"] > 0
+    with pytest.raises(ScenarioError, match="needs --scenario"):
+        collect_data([ROOT / "tests/fixtures/guidellm_small.json"])
