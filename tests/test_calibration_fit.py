@@ -347,3 +347,18 @@ def test_reports_become_anchors() -> None:
     assert fit.terms["step_s"] > 0
     with pytest.raises(ScenarioError, match="needs --scenario"):
         collect_data([ROOT / "tests/fixtures/guidellm_small.json"])
+
+
+def test_profile_bundle_feeds_the_gemm_fit_of_its_gpu() -> None:
+    """A bundle measured by `sdsim bench` is read as GEMM timings of the scenario's GPU (here an
+    inline spec sheet); the committed quick CPU bundle has 5 layer timings, too few for the
+    curve, and the fit says so in one line naming the term."""
+    scn = sdsim.load_scenario(None, {
+        "target": "llama-3.2-1b",
+        "hardware": {"name": "epyc", "bf16_tflops": 1.0, "hbm_gb": 64, "hbm_tbps": 0.05},
+    })  # fmt: skip
+    data = collect_data([ROOT / "profiles/cpu-numpy-llama-3.2-1b"], scn)
+    assert set(data.gemm_rows["gpu"]) == {"epyc"} and "epyc" in data.gpu_specs
+    with pytest.raises(ScenarioError, match="need >= 12") as e:
+        fit_calibration(data, shipped_calibration(), [], command="t")
+    assert e.value.field == "gemm"

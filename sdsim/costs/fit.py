@@ -61,7 +61,7 @@ from sdsim.costs.kernelfit import (
 )
 from sdsim.costs.profile import read_bundle
 from sdsim.errors import ScenarioError
-from sdsim.hardware import GPUS
+from sdsim.hardware import GPUS, GPUSpec
 from sdsim.memory import gpu_of
 from sdsim.report_formats import load_report
 from sdsim.scenario import Scenario
@@ -90,12 +90,15 @@ VIDUR_NETWORKS = {"h100_dgx": "h100-sxm"}
 
 @dataclass
 class CalibrationData:
-    """What :func:`collect_data` found: anchors, GEMM timings, all-reduce files, and the files."""
+    """What :func:`collect_data` found: anchors, GEMM timings, all-reduce files, the files, and
+    the spec sheets of GPUs the registry does not know."""
 
     anchors: list[Anchor] = field(default_factory=list)
     gemm_rows: pd.DataFrame = field(default_factory=pd.DataFrame)
     allreduce: dict[str, Path] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    # spec sheets of GPUs outside the registry (a scenario's inline hardware)
+    gpu_specs: dict[str, GPUSpec] = field(default_factory=dict)
 
 
 def collect_data(paths: Sequence[str | Path], scenario: Any = None) -> CalibrationData:
@@ -138,7 +141,9 @@ def collect_data(paths: Sequence[str | Path], scenario: Any = None) -> Calibrati
             elif f.name == "meta.yaml":
                 if scenario is None:
                     raise ScenarioError(str(f), "a profile bundle needs --scenario (its GPU)")
-                gemm.append(gemm_rows_from_bundle(read_bundle(f.parent), gpu_of(scenario).name))
+                spec = gpu_of(scenario)
+                gemm.append(gemm_rows_from_bundle(read_bundle(f.parent), spec.name))
+                data.gpu_specs.setdefault(spec.name, spec)
                 data.files.append(str(f.parent))
             elif f.suffix == ".json" and explicit:
                 if scenario is None:
@@ -369,7 +374,7 @@ def fit_calibration(
     if len(data.gemm_rows):
         for gpu, rows in data.gemm_rows.groupby("gpu"):
             g = str(gpu)
-            terms_g, rep = fit_gemm(rows, GPUS[g])
+            terms_g, rep = fit_gemm(rows, data.gpu_specs.get(g) or GPUS[g])
             gpus.setdefault(g, {})["gemm"] = terms_g.model_dump()
             kernels[g] = {"gemm_" + k: v for k, v in rep.items() if isinstance(v, int | float)}
             sources[f"gpus.{g}.gemm"] = (
