@@ -25,6 +25,7 @@ __all__ = [
     "RooflineKnobs",
     "Scenario",
     "ServerSpec",
+    "SloSpec",
     "SpecSpec",
     "UniformLength",
     "WorkloadSpec",
@@ -432,6 +433,32 @@ class HardwareSpec(_Frozen):
     vendor: str = "custom"
 
 
+# --------------------------------------------------------------------------- SLOs
+
+
+class SloSpec(_Frozen):
+    """Latency objectives, in seconds; unset ones do not apply.
+
+    Each field bounds the run statistic of the same name (``ttft_p99: 0.5``: the 99th
+    percentile of TTFT at most 0.5 s). The bound also applies to every request: a request meets
+    the SLOs when each latency that has an objective is within its bound, and ``goodput_rps``
+    counts those per second (:mod:`sdsim.slo`).
+    """
+
+    e2e_mean: float | None = Field(default=None, gt=0, le=1e6, description="mean e2e, s")
+    e2e_p50: float | None = Field(default=None, gt=0, le=1e6, description="median e2e, s")
+    e2e_p90: float | None = Field(default=None, gt=0, le=1e6, description="p90 e2e, s")
+    e2e_p99: float | None = Field(default=None, gt=0, le=1e6, description="p99 e2e, s")
+    ttft_mean: float | None = Field(default=None, gt=0, le=1e6, description="mean TTFT, s")
+    ttft_p50: float | None = Field(default=None, gt=0, le=1e6, description="median TTFT, s")
+    ttft_p90: float | None = Field(default=None, gt=0, le=1e6, description="p90 TTFT, s")
+    ttft_p99: float | None = Field(default=None, gt=0, le=1e6, description="p99 TTFT, s")
+    tpot_mean: float | None = Field(default=None, gt=0, le=1e6, description="mean TPOT, s")
+    tpot_p50: float | None = Field(default=None, gt=0, le=1e6, description="median TPOT, s")
+    tpot_p90: float | None = Field(default=None, gt=0, le=1e6, description="p90 TPOT, s")
+    tpot_p99: float | None = Field(default=None, gt=0, le=1e6, description="p99 TPOT, s")
+
+
 # --------------------------------------------------------------------------- workload
 
 
@@ -498,6 +525,7 @@ class Scenario(_Frozen):
     costs: CostsSpec = CostsSpec()
     workload: WorkloadSpec = WorkloadSpec()
     limits: LimitsSpec = LimitsSpec()
+    slo: SloSpec = SloSpec()
     warmup_requests: int = Field(default=100, ge=0)
     seed: int = Field(default=0, ge=0, lt=2**63)
 

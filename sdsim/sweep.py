@@ -37,9 +37,11 @@ __all__ = [
     "execute_run",
     "load_sweep",
     "load_sweep_dir",
+    "open_executor",
     "plan_sweep",
     "read_runs",
     "run_sweep",
+    "run_tasks",
     "speedup_table",
     "summarize_runs",
 ]
@@ -55,7 +57,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -67,6 +69,7 @@ from sdsim.errors import ScenarioError, format_validation_error
 from sdsim.metrics import SUMMARY_KEYS, t_confidence_interval
 from sdsim.scenario import Scenario, load_scenario, scenario_from_dict, scenario_hash
 from sdsim.simulation import simulate
+from sdsim.slo import SLO_KEYS, slo_bounds
 
 # Summary scalars a sweep may keep: the DESIGN.md keys plus the simulator's diagnostics.
 KNOWN_METRICS: tuple[str, ...] = (
@@ -80,6 +83,7 @@ KNOWN_METRICS: tuple[str, ...] = (
     "queue_growth_rps",
     "steps",
     "duration_s",
+    *(f"slo_{what}_{k}" for k in SLO_KEYS for what in ("attainment", "margin")),
 )
 
 DEFAULT_METRICS: tuple[str, ...] = (
@@ -97,6 +101,8 @@ DEFAULT_METRICS: tuple[str, ...] = (
 # Columns every run row has besides the swept fields and the metrics.
 RUN_COLUMNS = ("run_key", "point", "point_key", "replication", "scenario_hash", "seed", "error")
 RESULTS_DIR = "results"
+T = TypeVar("T")  # a task of run_tasks
+R = TypeVar("R")  # its result
 META_FILE = "sweep.json"
 
 
@@ -439,6 +445,13 @@ def plan_sweep(
                 )
             )
     name = spec.name or (Path(sweep_path).stem if sweep_path is not None else base_scn.name)
+    # points with SLOs report goodput and attainment per SLO whatever the file's metrics say
+    slo_metrics = ["goodput_rps"] if any(slo_bounds(p.scenario.slo) for p in points) else []
+    for p in points:
+        slo_metrics += [f"slo_attainment_{k}" for k in slo_bounds(p.scenario.slo)]
+    extra = [m for m in dict.fromkeys(slo_metrics) if m not in spec.metrics]
+    if extra:
+        spec = spec.model_copy(update={"metrics": [*spec.metrics, *extra]})
     return SweepPlan(spec=spec, name=name, base=base, fields=fields, points=points, tasks=tasks)
 
 
@@ -722,8 +735,17 @@ def analytic_table(plan: SweepPlan) -> pd.DataFrame:
 
 
 @contextlib.contextmanager
-def _executor(workers: int, dask: str | None) -> Iterator[tuple[cf.Executor, int]]:
-    """A concurrent.futures executor and how many runs to keep in flight."""
+def open_executor(workers: int, dask: str | None) -> Iterator[tuple[cf.Executor, int]]:
+    """A concurrent.futures executor and how many tasks to keep in flight.
+
+    Parameters
+    ----------
+    workers
+        Local worker processes (spawned); with ``dask="local"`` the LocalCluster's workers.
+    dask
+        ``None`` (a local process pool), ``"local"`` (start a LocalCluster) or the address of a
+        running Dask scheduler.
+    """
     if dask is None:
         import multiprocessing
 
@@ -765,6 +787,52 @@ def _executor(workers: int, dask: str | None) -> Iterator[tuple[cf.Executor, int
     finally:
         if cluster is not None:
             cluster.close()
+
+
+def run_tasks(
+    fn: Callable[[T], R], tasks: list[T], *, workers: int = 1, dask: str | None = None
+) -> Iterator[tuple[T, cf.Future[R]]]:
+    """Run ``fn`` over ``tasks`` on an executor, yielding each task with its finished future as
+    it completes (in completion order), at most the executor's window in flight.
+
+    ``workers == 1`` without ``dask`` runs them in this process, in order. Pending tasks are
+    cancelled when the caller stops early (an exception, KeyboardInterrupt).
+
+    Parameters
+    ----------
+    fn
+        A picklable top-level function.
+    tasks
+        Its arguments, one task each (picklable).
+    workers, dask
+        As for :func:`open_executor`.
+    """
+    if not tasks:
+        return
+    if workers == 1 and dask is None:
+        for task in tasks:
+            done: cf.Future[R] = cf.Future()
+            try:
+                done.set_result(fn(task))
+            except Exception as exc:
+                done.set_exception(exc)
+            yield task, done
+        return
+    with open_executor(workers, dask) as (ex, window):
+        pending: dict[cf.Future[R], T] = {}
+        queue = iter(tasks)
+        try:
+            while True:
+                for task in itertools.islice(queue, max(window - len(pending), 0)):
+                    pending[ex.submit(fn, task)] = task
+                if not pending:
+                    break
+                finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                for fut in finished:
+                    yield pending.pop(fut), fut
+        finally:
+            for fut in pending:
+                fut.cancel()
 
 
 def run_sweep(
@@ -839,31 +907,12 @@ def run_sweep(
 
     if progress is not None:
         progress(SweepProgress(len(plan.tasks), skipped, 0, 0, 0.0))
-    if todo and workers == 1 and dask is None:
-        for task in todo:
-            record(execute_run(task))
-    elif todo:
-        with _executor(workers, dask) as (ex, window):
-            pending: dict[cf.Future[dict[str, Any]], RunTask] = {}
-            queue = iter(todo)
-            try:
-                while True:
-                    for task in itertools.islice(queue, max(window - len(pending), 0)):
-                        pending[ex.submit(execute_run, task)] = task
-                    if not pending:
-                        break
-                    finished_now, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                    for fut in finished_now:
-                        task = pending.pop(fut)
-                        try:
-                            row = fut.result()
-                        except Exception as exc:  # worker died, unpicklable result, ...
-                            row = _failed_row(task, exc)
-                        record(row)
-            except BaseException:
-                for fut in pending:
-                    fut.cancel()
-                raise
+    for task, fut in run_tasks(execute_run, todo, workers=workers, dask=dask):
+        try:
+            row = fut.result()
+        except Exception as exc:  # worker died, unpicklable result, ...
+            row = _failed_row(task, exc)
+        record(row)
     wall = time.perf_counter() - t0
     return finish_sweep(plan, out, with_analytic, skipped, done, failed, wall)
 

@@ -32,6 +32,7 @@ from sdsim.errors import ScenarioError
 from sdsim.metrics import t_confidence_interval
 from sdsim.scenario import Scenario, scenario_from_dict
 from sdsim.simulation import simulate
+from sdsim.slo import slo_bounds
 
 # Fractions of the predicted saturation rate validated by default.
 DEFAULT_FRACTIONS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.8, 0.9, 0.95)
@@ -64,7 +65,9 @@ class ValidationReport:
     table
         One row per (rate, metric, statistic): ``rate, metric, statistic, analytic, sim_mean,
         ci_low, ci_high, rel_error, inside_ci`` plus ``tolerance``, ``holds``, ``fraction``
-        (of saturation) and ``seeds`` (the replications' run seeds, space separated).
+        (of saturation) and ``seeds`` (the replications' run seeds, space separated). With
+        SLOs in the scenario, rows ``goodput``/``rps`` and ``slo``/``attainment_<SLO>`` too
+        (reported, not judged: ``holds`` is empty).
     verdicts
         One row per rate: ``rate, fraction, holds, worst, reason``.
     saturation_rate
@@ -222,6 +225,24 @@ def validate(
                     bad.append((m, st, rel))
                 if math.isfinite(rel):
                     worst = max(worst, abs(rel) / tol)
+        # goodput and attainment per SLO (when the scenario has SLOs): reported beside the
+        # latencies, not judged (they follow from the latency laws the rows above judge)
+        for key in ("goodput_rps", *(f"slo_attainment_{k}" for k in slo_bounds(s.slo))):
+            if not slo_bounds(s.slo):
+                break
+            mean, lo, hi = t_confidence_interval([x.get(key, math.nan) for x in sims])
+            ana = float(pred.summary.get(key, math.nan))
+            rel = (ana - mean) / mean if mean and math.isfinite(mean) else math.nan
+            metric, _, stat = key.partition("_")
+            rows.append(
+                {
+                    "rate": r, "fraction": r / sat, "metric": metric, "statistic": stat,
+                    "analytic": ana, "sim_mean": mean, "ci_low": lo, "ci_high": hi,
+                    "rel_error": rel, "inside_ci": bool(lo <= ana <= hi),
+                    "tolerance": math.nan, "holds": None,
+                    "seeds": " ".join(str(t[1]) for t in tasks[j * reps : (j + 1) * reps]),
+                }
+            )  # fmt: skip
         verdicts.append(
             {
                 "rate": r,

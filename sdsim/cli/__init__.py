@@ -4,7 +4,7 @@
 in one module per area and are registered here, in the order ``sdsim --help`` lists them.
 """
 
-from sdsim.cli import costs, explore, fit, predict, run, serve, sweep
+from sdsim.cli import costs, explore, fit, plan, predict, run, serve, sweep
 from sdsim.cli.app import app, main
 
 __all__ = ["app", "main"]
@@ -20,6 +20,8 @@ for _command in (
     predict.validate,
     sweep.sweep,
     sweep.plot,
+    plan.plan,
+    plan.from_vllm,
     fit.fit,
     fit.compare,
     serve.serve,

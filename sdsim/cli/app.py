@@ -162,6 +162,15 @@ def print_summary(summary: dict[str, Any], title: str) -> None:
     ):
         if key in summary:
             t2.add_row(key, fmt(summary[key]))
+    slos = [k.removeprefix("slo_margin_") for k in summary if k.startswith("slo_margin_")]
+    if slos:  # the scenario has SLOs: goodput and how each one fares
+        for key in ("goodput_rps", "slo_attainment", "slo_met"):
+            t2.add_row(key, fmt(summary[key]))
+        for k in slos:
+            t2.add_row(
+                f"{k} attainment / margin",
+                f"{fmt(summary[f'slo_attainment_{k}'])} / {summary[f'slo_margin_{k}']:+.0%}",
+            )
     out.print(t2)
 
 

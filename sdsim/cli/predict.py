@@ -185,9 +185,13 @@ def validate(
         title=f"{scn.name}: analytic vs simulated ({reps} replications per rate; "
         f"saturation {fmt(rep.saturation_rate)} req/s)"
     )
-    for c in ("rate", "% sat", "e2e mean", "e2e p99", "TTFT mean", "TPOT mean", "verdict"):
-        t.add_column(c, justify="right" if c != "verdict" else "left")
     d = rep.table
+    has_slo = bool((d["metric"] == "goodput").any())
+    for c in ("rate", "% sat", "e2e mean", "e2e p99", "TTFT mean", "TPOT mean"):
+        t.add_column(c, justify="right")
+    if has_slo:
+        t.add_column("goodput req/s model / sim", justify="right")
+    t.add_column("verdict")
     for _, v in rep.verdicts.iterrows():
         cells = []
         for m, st in (("e2e", "mean"), ("e2e", "p99"), ("ttft", "mean"), ("tpot", "mean")):
@@ -195,6 +199,9 @@ def validate(
             e = float(row["rel_error"].iloc[0])
             ok = bool(row["holds"].iloc[0])
             cells.append(("" if ok else "[red]") + f"{e:+.1%}")
+        if has_slo:
+            g = d[(d["rate"] == v["rate"]) & (d["metric"] == "goodput")].iloc[0]
+            cells.append(f"{fmt(float(g['analytic']))} / {fmt(float(g['sim_mean']))}")
         verdict = "holds" if v["holds"] else f"breaks: {v['reason']} ({v['failing']})"
         t.add_row(fmt(v["rate"]), f"{v['fraction']:.0%}", *cells, verdict)
     out.print(t)

@@ -136,7 +136,7 @@ def sweep(
     finally:
         bar.close()
     if not quiet:
-        print_sweep_summary(res.summary, plan.fields, list(spec.metrics))
+        print_sweep_summary(res.summary, plan.fields, list(plan.spec.metrics))
     out.print(
         f"{plan.name}: {res.done} runs done, {res.failed} failed, {res.skipped} resumed from "
         f"disk, in {res.wall_s:.1f} s; wrote {out_dir}/results/, summary.csv, summary.parquet",
