@@ -13,6 +13,7 @@ for _command in (
     run.run,
     run.schema,
     costs.costs,
+    costs.calibrate,
     costs.bench,
     predict.predict,
     predict.advise,
