@@ -16,6 +16,7 @@ from __future__ import annotations
 __all__ = [
     "choose_x",
     "draw_target",
+    "explain_figure",
     "fig_title",
     "heatmap_figure",
     "line_figure",
@@ -324,6 +325,37 @@ def fig_title(fig: Figure) -> str:
     """A figure's title (suptitle, else its first axes' title), for the PNG metadata."""
     sup = fig.get_suptitle() if hasattr(fig, "get_suptitle") else ""
     return sup or (fig.axes[0].get_title() if fig.axes else "")
+
+
+def explain_figure(df: pd.DataFrame, *, title: str = "", per_token: bool = False) -> Figure:
+    """Stacked bars of a step's time by term (the table of :func:`sdsim.costs.explain.
+    explain_steps`), one bar per (batch, k); ``per_token`` divides by the decoding requests (the
+    time each request's step costs)."""
+    from matplotlib import colormaps
+
+    d = df.copy()
+    if per_token:
+        d["ms"] = d["ms"] / d["batch"]
+    keys = list(dict.fromkeys(zip(d["k"], d["batch"], strict=True)))
+    labels = list(dict.fromkeys(d["label"]))
+    fig = Figure(figsize=(max(6.0, 0.7 * len(keys) + 4.5), 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    cmap = colormaps["tab20"]
+    bottom = np.zeros(len(keys))
+    for i, lab in enumerate(labels):
+        sub = d[d["label"] == lab].set_index(["k", "batch"])["ms"]
+        vals = np.array([float(sub.get(key, 0.0)) for key in keys])
+        if not np.any(vals > 0):
+            continue
+        ax.bar(range(len(keys)), vals, bottom=bottom, color=cmap(i % 20), label=lab)
+        bottom += vals
+    ax.set_xticks(range(len(keys)), [f"B={b}\nk={k}" for k, b in keys])
+    ax.set_ylabel("ms per decoding request" if per_token else "step time (ms)")
+    ax.set_title(title or "where a step's time goes")
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(True, axis="y", alpha=0.3)
+    return fig
 
 
 def _parse_baseline(text: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "AcceptanceSpec",
     "BetaAlpha",
+    "CalibratedKnobs",
     "CostsSpec",
     "DrafterSpec",
     "EmpiricalLength",
@@ -253,15 +254,34 @@ class AcceptanceSpec(_Frozen):
 
 
 class DrafterSpec(_Frozen):
-    """The draft proposer: a separate small model, an EAGLE-style head, or n-gram lookup."""
+    """The draft proposer: a separate small model, an EAGLE-1 head (``eagle``), an EAGLE-3 head
+    (``eagle3``: fuses three of the verifier's hidden layers, drafts over its own smaller
+    vocabulary) or n-gram lookup."""
 
-    kind: Literal["model", "eagle", "ngram"] = "eagle"
+    kind: Literal["model", "eagle", "eagle3", "ngram"] = "eagle"
     model: str | None = Field(default=None, description="registry name or config.json path")
+    tp: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="kind 'model': the draft model's tensor-parallel degree (default 1; heads "
+        "always run at server.tp)",
+    )
+    draft_vocab: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="kind 'eagle3': the head's draft vocabulary (default 32000)",
+    )
 
     @model_validator(mode="after")
     def _needs_model(self) -> DrafterSpec:
         if self.kind == "model" and not self.model:
             raise ValueError("kind 'model' needs `model:` (a registry name or config.json path)")
+        if self.tp is not None and self.kind != "model":
+            raise ValueError("tp applies to kind 'model' only (heads run at server.tp)")
+        if self.draft_vocab is not None and self.kind != "eagle3":
+            raise ValueError("draft_vocab applies to kind 'eagle3' only")
         return self
 
 
@@ -358,24 +378,57 @@ class RooflineKnobs(_Frozen):
     allreduce_latency_s: float | None = Field(default=None, ge=0, le=1e-2)
 
 
+class CalibratedKnobs(_Frozen):
+    """Overrides of the calibrated model's terms (``None`` = the calibration file's value; see
+    :class:`sdsim.costs.calibration.EngineTerms` and :class:`~sdsim.costs.calibration.
+    AttentionTerms` for what each means and where its default comes from). ``spec_step_s`` and
+    ``draft_pass_s`` apply to the scenario's drafter kind."""
+
+    step_s: float | None = Field(default=None, ge=0, le=1.0)
+    per_seq_s: float | None = Field(default=None, ge=0, le=1.0)
+    per_token_s: float | None = Field(default=None, ge=0, le=1.0)
+    spec_step_s: float | None = Field(default=None, ge=0, le=1.0)
+    draft_pass_s: float | None = Field(default=None, ge=0, le=1.0)
+    ngram_context_token_s: float | None = Field(default=None, ge=0, le=1e-3)
+    graph_max_tokens: int | None = Field(default=None, ge=0, le=1_000_000)
+    eager_launch_s: float | None = Field(default=None, ge=0, le=1e-2)
+    piecewise_layer_s: float | None = Field(default=None, ge=0, le=1e-2)
+    attention_decode_memory: float | None = Field(default=None, gt=0, le=1)
+    attention_verify_memory: float | None = Field(default=None, gt=0, le=1)
+    attention_prefill_compute: float | None = Field(default=None, gt=0, le=1)
+    allreduce_latency_s: float | None = Field(default=None, ge=0, le=1e-2)
+
+
 class CostsSpec(_Frozen):
     """Where step costs come from.
 
-    ``auto`` (the default) is the roofline from the scenario's GPU spec sheet and model
-    architectures: it needs nothing but the registry and works offline. ``linear`` uses the
-    coefficients in ``linear``; ``profile`` reads the measured profile bundle at ``profile``.
+    ``auto`` (the default) is ``calibrated``: kernel costs from the GPU's spec sheet and the
+    models' architectures with efficiencies fitted to measured kernels, plus the per-pass,
+    per-request and per-token host costs of a real serving engine fitted to public measurements
+    (the shipped calibration, or the file ``calibration`` names; ``calibrated`` overrides single
+    terms). ``roofline`` is the ideal spec-sheet roofline with a fixed CPU overhead per step;
+    ``linear`` uses the coefficients in ``linear``; ``profile`` reads the measured profile bundle
+    at ``profile``.
     """
 
-    source: Literal["auto", "linear", "roofline", "profile"] = "auto"
+    source: Literal["auto", "linear", "roofline", "profile", "calibrated"] = "auto"
     linear: LinearCosts = LinearCosts()
     profile: str | None = Field(default=None, description="profile bundle directory")
+    calibration: str | None = Field(
+        default=None,
+        description="calibration file (`sdsim calibrate --out`); default: the shipped one",
+    )
     overhead_s: float | None = Field(
-        default=None, ge=0, description="CPU overhead per step for roofline/profile sources"
+        default=None,
+        ge=0,
+        description="CPU overhead per step for roofline/profile sources; for the calibrated "
+        "source, the per-step host cost (calibrated.step_s)",
     )
     dtype: Literal["bf16", "fp8"] = Field(
         default="bf16", description="roofline precision: weights, KV cache and peak FLOPs"
     )
     roofline: RooflineKnobs = RooflineKnobs()
+    calibrated: CalibratedKnobs = CalibratedKnobs()
 
     @model_validator(mode="after")
     def _profile_needs_path(self) -> CostsSpec:
@@ -385,8 +438,8 @@ class CostsSpec(_Frozen):
 
     @property
     def resolved_source(self) -> str:
-        """``auto`` resolved: the roofline."""
-        return "roofline" if self.source == "auto" else self.source
+        """``auto`` resolved: the calibrated model."""
+        return "calibrated" if self.source == "auto" else self.source
 
 
 # --------------------------------------------------------------------------- hardware
@@ -698,6 +751,7 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path | None) -> dict[str, Any
         ("workload", "trace"),
         ("workload", "report"),
         ("costs", "profile"),
+        ("costs", "calibration"),
         ("drafter", "model"),
     ):
         sec = out.get(section)

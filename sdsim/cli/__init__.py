@@ -14,6 +14,7 @@ for _command in (
     run.run,
     run.schema,
     costs.costs,
+    costs.calibrate,
     costs.bench,
     predict.predict,
     predict.advise,
