@@ -197,12 +197,38 @@ class AcceptanceSpec(_Frozen):
     ``alpha`` is either one probability (i.i.d. geometric acceptance), a list of per-position
     probabilities (position j accepted with probability alpha[j] given all before it were;
     the list must be at least ``spec.k`` long), or ``{dist: beta, mean, concentration}`` for a
-    per-request alpha.
+    per-request alpha. ``preset: NAME`` takes the per-position alpha measured for a
+    target/drafter/dataset pair (``sdsim acceptance list``); the resolved scenario keeps both.
+    ``alpha`` is the model parameter, not the draft acceptance rate a server reports (accepted
+    over drafted tokens): ``sdsim acceptance fit`` converts one into the other.
     """
 
     alpha: (
         Annotated[float, Field(ge=0, le=1)] | list[Annotated[float, Field(ge=0, le=1)]] | BetaAlpha
     ) = 0.7
+    preset: str | None = Field(
+        default=None, description="measured acceptance preset (sdsim acceptance list)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("preset") is None:
+            return data
+        from sdsim.acceptance_presets import get_preset
+
+        name = data["preset"]
+        try:
+            alpha = list(get_preset(str(name)).alpha)
+        except KeyError as exc:
+            raise ValueError(f"preset: {exc.args[0]}") from None
+        given = data.get("alpha")
+        if given is not None and given != alpha:
+            raise ValueError(
+                f"alpha: {given!r} disagrees with preset {name!r} (alpha {alpha}); give one of "
+                "the two (an override of acceptance.alpha replaces the preset)"
+            )
+        return {**data, "alpha": alpha}
 
     @field_validator("alpha", mode="before")
     @classmethod
@@ -532,6 +558,15 @@ class Scenario(_Frozen):
     @model_validator(mode="after")
     def _cross_checks(self) -> Scenario:
         a = self.acceptance.alpha
+        preset = self.acceptance.preset
+        if preset is not None and isinstance(a, list):
+            need = max(self.spec.k, self.spec.k_max if self.spec.policy == "adaptive" else 0)
+            if len(a) < need:
+                raise ValueError(
+                    f"acceptance.preset: {preset!r} is measured for draft lengths up to "
+                    f"{len(a)}; spec.k{'_max' if need > self.spec.k else ''} is {need} (lower it, "
+                    "or give acceptance.alpha)"
+                )
         if isinstance(a, list) and len(a) < max(self.spec.k, 1):
             raise ValueError(
                 f"acceptance.alpha: per-position list has {len(a)} entries, needs >= spec.k "
@@ -615,6 +650,14 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> d
                     raise ScenarioError(where, f"is a {type(nxt).__name__}, cannot set {key}")
             node = nxt
         node[parts[-1]] = value
+    # an override of the acceptance law replaces it whole: a new alpha drops a preset the data
+    # named, a new preset drops an alpha (the resolved alpha of the old preset included)
+    acc = out.get("acceptance")
+    keys = set(overrides or {})
+    if isinstance(acc, dict):
+        for given, dropped in (("alpha", "preset"), ("preset", "alpha")):
+            if f"acceptance.{given}" in keys and f"acceptance.{dropped}" not in keys:
+                acc.pop(dropped, None)
     return out
 
 

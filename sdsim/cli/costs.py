@@ -13,16 +13,17 @@ from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from sdsim import step_time
 from sdsim.bench import FULL_GRID, QUICK_GRID, make_backend, run_bench
 from sdsim.cli.app import ScenarioArg, SetOpt, check_writable, err, load, out
+from sdsim.cli.tables import Column, render_table
 from sdsim.costs.build import build_cost_model
 from sdsim.costs.profile import write_bundle
 from sdsim.errors import ScenarioError
 from sdsim.memory import kv_capacity
 from sdsim.models import resolve_model
+from sdsim.provenance import png_metadata
 
 
 def _batches(max_batch: int) -> list[int]:
@@ -108,24 +109,16 @@ def costs(
             )
         )
     else:
-        table = Table(
-            title=f"{scn.name}: {scn.target} on {hw} x{scn.server.tp} "
-            f"({scn.costs.resolved_source}), KV {ctx} tokens/request",
-            header_style="bold",
-        )
-        for col in ("batch", "k=0 (ms)", f"k={k} (ms)", "draft", "verify", "overhead", "k=0 tok/s"):
-            table.add_column(col, justify="right")
-        for r in rows:
-            table.add_row(
-                str(r["batch"]),
-                f"{r['plain_ms']:.3f}",
-                f"{r['spec_ms']:.3f}",
-                f"{r['draft_ms']:.3f}",
-                f"{r['verify_ms']:.3f}",
-                f"{r['overhead_ms']:.3f}",
-                f"{r['plain_tok_s']:.0f}",
-            )
-        out.print(table)
+        render_table(
+            f"{scn.name}: {scn.target} on {hw} x{scn.server.tp} "
+            f"({scn.costs.resolved_source}), KV {ctx} tokens/request: step time by decode batch",
+            [Column("batch", "label", "requests"), Column("k=0 step", "time"),
+             Column(f"k={k} step", "time"), Column("of which draft", "time"),
+             Column("verify", "time"), Column("overhead", "time"),
+             Column("k=0 throughput", "num", "tok/s")],
+            [[str(r["batch"]), r["plain_ms"] / 1e3, r["spec_ms"] / 1e3, r["draft_ms"] / 1e3,
+              r["verify_ms"] / 1e3, r["overhead_ms"] / 1e3, r["plain_tok_s"]] for r in rows],
+        )  # fmt: skip
         out.print(
             f"prefill chunk of {chunk} tokens (k={k}): {pf.total * 1e3:.3f} ms "
             f"(prefill {pf.prefill * 1e3:.3f}, overhead {pf.overhead * 1e3:.3f})"
@@ -140,14 +133,15 @@ def costs(
         fits = (
             "" if cap.tokens is None else f"; ~{cap.tokens // max(ctx, 1)} requests of {ctx} tokens"
         )
-        out.print(f"KV cache: {cap.describe()}{fits}", highlight=False, soft_wrap=True)
+        out.print(f"KV cache: {cap.describe()}{fits}", highlight=False)
     if plot is not None:
         # deferred: matplotlib takes a noticeable part of a second to import
         from sdsim.plots import step_time_figure
 
         title = f"{scn.target} on {hw} ({scn.costs.resolved_source})"
         fig = step_time_figure(rows, k, pf.total * 1e3, chunk, title=title)
-        fig.savefig(plot)
+        png = str(plot).lower().endswith(".png")
+        fig.savefig(plot, metadata=png_metadata(None, title) if png else None)
         if not json_out:
             out.print(f"wrote {plot}")
 
@@ -167,22 +161,26 @@ def _explain(
         for k in dict.fromkeys(df["k"]):
             d = df[df["k"] == k]
             bs = list(dict.fromkeys(d["batch"]))
-            table = Table(title=f"{scn.target} on {hw} x{scn.server.tp}, k = {k}: where a "
-                          "step's time goes (ms)", header_style="bold")  # fmt: skip
-            table.add_column("term")
-            for b in bs:
-                table.add_column(f"B={b}", justify="right")
+            rows = []
             for label in dict.fromkeys(d["label"]):
                 sub = d[d["label"] == label].set_index("batch")["ms"]
                 if (sub > 0).any():
-                    table.add_row(label, *(f"{sub[b]:.3f}" for b in bs))
+                    rows.append([label, *(float(sub[b]) for b in bs)])
             tot = d.groupby("batch")["total_ms"].first()
-            table.add_row("step", *(f"{tot[b]:.3f}" for b in bs), style="bold")
-            out.print(table)
+            rows.append(["step", *(float(tot[b]) for b in bs)])
+            render_table(
+                f"{scn.target} on {hw} x{scn.server.tp}, k = {k}: where a step's time goes",
+                [Column("term", "label"), *(Column(f"B={b}", "num", "ms") for b in bs)],
+                rows,
+            )
     if plot is not None:
         from sdsim.plots import explain_figure
 
-        explain_figure(df, title=f"{scn.target} on {hw}: where a step's time goes").savefig(plot)
+        title = f"{scn.target} on {hw}: where a step's time goes"
+        png = str(plot).lower().endswith(".png")
+        explain_figure(df, title=title).savefig(
+            plot, metadata=png_metadata(None, title) if png else None
+        )
         if not json_out:
             out.print(f"wrote {plot}")
 
@@ -229,17 +227,17 @@ def calibrate(
     names = [t.strip() for t in terms.split(",") if t.strip()]
     fit = fit_calibration(data_set, base_cal, names, held_out or [], description=description)
     write_calibration(fit.calibration, out_file)
-    table = Table(title="anchors: mean step time, measured vs the fitted model",
-                  header_style="bold")  # fmt: skip
-    for col in ("anchor", "GPU", "target", "drafter", "batch", "k", "measured ms",
-                "predicted ms", "error", "role"):  # fmt: skip
-        table.add_column(col, justify="right" if col[0] in "bkmpe" else "left")
     used = fit.anchors[fit.anchors["role"] != "unused"]
-    for r in used.to_dict("records"):
-        table.add_row(str(r["id"]), r["gpu"], r["target"], r["drafter"], f"{r['batch']:.3g}",
-                      str(r["k"]), f"{r['measured_ms']:.2f}", f"{r['predicted_ms']:.2f}",
-                      f"{r['error']:+.1%}", r["role"])  # fmt: skip
-    out.print(table)
+    render_table(
+        "anchors: mean step time, measured vs the fitted model",
+        [Column("anchor", "label"), Column("GPU", "text"), Column("target", "text"),
+         Column("drafter", "text"), Column("batch", "num"), Column("k", "text"),
+         Column("measured", "time"), Column("predicted", "time"),
+         Column("error", "signed_pct"), Column("role", "text")],
+        [[str(r["id"]), r["gpu"], r["target"], r["drafter"], float(r["batch"]), str(r["k"]),
+          r["measured_ms"] / 1e3, r["predicted_ms"] / 1e3, float(r["error"]), r["role"]]
+         for r in used.to_dict("records")],
+    )  # fmt: skip
     for g, rep in fit.kernels.items():
         parts = ", ".join(f"{k} {v:.3g}" for k, v in rep.items())
         out.print(f"kernels {g}: {parts}", highlight=False, soft_wrap=True)

@@ -55,6 +55,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sdsim.errors import ScenarioError, format_validation_error
+from sdsim.provenance import yaml_header
 
 FORMAT: Literal["sdsim-calibration/1"] = "sdsim-calibration/1"
 SHIPPED = Path(__file__).resolve().parents[1] / "data" / "calibration" / "shipped.yaml"
@@ -325,7 +326,8 @@ def write_calibration(cal: Calibration, path: str | Path) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     data = cal.model_dump(mode="json", exclude_none=True)
-    p.write_text(yaml.safe_dump(data, sort_keys=False, width=100))
+    head = yaml_header(None, "calibration file (costs.calibration)")
+    p.write_text(head + yaml.safe_dump(data, sort_keys=False, width=100))
     return p
 
 
