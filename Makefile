@@ -5,14 +5,14 @@ BIN := $(VENV)/bin
 STAMP_DEMO := $(VENV)/.demo-installed
 STAMP_TEST := $(VENV)/.test-installed
 
-.PHONY: demo test lint typecheck unit nbtest bench clean notebooks fuzz mutation
+.PHONY: demo test lint typecheck unit nbtest bench clean notebooks browser calibration fuzz mutation
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP_DEMO): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q -e '.[explore]'
 	touch $@
 
 $(STAMP_TEST): pyproject.toml | $(BIN)/python
@@ -26,7 +26,18 @@ lint: $(STAMP_TEST)
 	$(BIN)/ruff check sdsim tests benchmarks notebooks
 	$(BIN)/mypy sdsim
 
-unit: $(STAMP_TEST)
+# Headless Chromium and its WebDriver for the explorer's browser test (Debian packages; where
+# apt-get cannot install them the test says why it skips, except under CI where it fails).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  echo "installing chromium and chromium-driver (apt-get)"; \
+	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  { $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq \
+	      chromium chromium-driver >/dev/null; } \
+	  || echo "note: could not install chromium; the browser test will skip (or fail under CI)"; \
+	fi
+
+unit: $(STAMP_TEST) browser
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not realtime"
 	# wall-clock tests need a quiet machine: run them alone
 	$(BIN)/python -m pytest -q -p no:xdist -m realtime
@@ -61,6 +72,15 @@ mutation: $(STAMP_TEST)
 
 bench: $(STAMP_DEMO)
 	$(BIN)/python benchmarks/run.py
+
+# Refit the shipped calibration (sdsim/data/calibration/shipped.yaml) from its data: Vidur's kernel
+# profiles in ../shared and the public measurements in the package (notes/costs.md).
+CAL_TERMS := step_s,per_seq_s,spec_step_s.eagle,spec_step_s.eagle3,draft_pass_s.eagle,draft_pass_s.eagle3
+calibration: $(STAMP_DEMO)
+	$(BIN)/sdsim calibrate ../shared/data/vidur sdsim/data/calibration \
+	  --base sdsim/data/calibration/priors.yaml --terms $(CAL_TERMS) \
+	  --description "the shipped calibration: vLLM V1 host costs fitted to public measurements, kernel terms to Vidur's profiles" \
+	  --out sdsim/data/calibration/shipped.yaml
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis mutants

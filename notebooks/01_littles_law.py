@@ -48,11 +48,11 @@ N_REQUESTS = 1000 if SMALL else 3000
 # %% [markdown]
 # ## The scenario
 #
-# `scenarios/default.yaml` prices engine steps with the roofline of an H100. Here we pin the
-# **linear** step-cost model instead (`costs.source: linear`): a decode step of `n` requests
-# costs `a + b·n` seconds, which is exactly the shape the mean-field formula assumes, so any gap
-# between simulation and formula below is queueing, not cost-model curvature. (Notebook 2 looks
-# at the roofline's curvature.)
+# `scenarios/default.yaml` prices engine steps with the calibrated cost model of an H100. Here we
+# pin the **linear** step-cost model instead (`costs.source: linear`): a decode step of `n`
+# requests costs `a + b·n` seconds, which is exactly the shape the mean-field formula assumes,
+# so any gap between simulation and formula below is queueing, not cost-model curvature.
+# (Notebook 2 looks at the calibrated model's curvature.)
 
 # %%
 base = sdsim.load_scenario(
@@ -193,3 +193,12 @@ assert hockey["stable"].iloc[-1] is not True, "past capacity the run is never ca
 # 2. Run the single run at 1.05× capacity and print `little_residual`. Why does Little's law
 #    "fail" when the queue grows without bound?
 # 3. Halve `workload.output_tokens`. How do C1 and C2 change, and why does the knee move right?
+#
+# ## See it move
+#
+# The same hockey stick, live: `sdsim explore scenarios/default.yaml` (see
+# [`docs/explore.md`](../docs/explore.md)) opens a local page whose latency-vs-rate panel redraws
+# from the closed-form model as you move the rate, the draft length or the acceptance rate, next
+# to the speedup, the step time by batch and the batch-size law; "simulate here" adds simulated
+# points with their confidence intervals. Try exercise 3 there: type a smaller output length and
+# watch the saturation line move.

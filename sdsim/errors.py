@@ -27,6 +27,7 @@ from __future__ import annotations
 
 __all__ = ["ScenarioError", "format_validation_error"]
 
+import re
 import reprlib
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -171,6 +172,13 @@ def format_validation_error(exc: Any, prefix: str = "", model: Any = None) -> Sc
     if isinstance(cause, ScenarioError):
         field = ".".join(p for p in (field, cause.field) if p)
         msg = cause.message
+    elif first.get("type") == "value_error":
+        # a validator's ValueError whose message starts with a field name ("acceptance.alpha:
+        # ...") names the field better than the model it was raised in
+        named = re.match(r"([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*): (.+)", msg)
+        if named:
+            sub, msg = named.groups()
+            field = sub if not field or sub.startswith(f"{field}.") else f"{field}.{sub}"
     if prefix:
         field = f"{prefix}.{field}" if field else prefix
     if first.get("type") == "extra_forbidden":

@@ -29,6 +29,7 @@ __all__ = [
     "output_dir",
     "output_file",
     "resolve_output",
+    "sidecar_file",
     "write_run",
 ]
 
@@ -58,6 +59,10 @@ RUN_OUTPUTS = frozenset(
         "validation.png",
         "comparison.csv",
         "comparison.png",
+        "requests.csv.meta.json",
+        "steps.csv.meta.json",
+        "validation.csv.meta.json",
+        "comparison.csv.meta.json",
     }
 )
 
@@ -221,6 +226,15 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """:func:`atomic_write` of a text file."""
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def sidecar_file(name: str, seed: int | None, **extra: Any) -> tuple[str, Callable[[Path], Any]]:
+    """The provenance record ``<name>.meta.json`` of a run file (:func:`sdsim.provenance.sidecar`)
+    as a :func:`write_run` entry: its name and its writer."""
+    from sdsim.provenance import provenance, sidecar_path
+
+    text = json.dumps(provenance(seed, file=name, **extra), indent=1) + "\n"
+    return sidecar_path(name).name, lambda p: p.write_text(text)
 
 
 def _manifest(d: Path) -> dict[str, Any]:

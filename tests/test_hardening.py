@@ -152,12 +152,13 @@ def test_5_tensor_parallel_follows_vllm() -> None:
         with pytest.raises(ScenarioError, match="allowed: 1, 2, 4, 8, 16, 32") as exc:
             load_scenario(DEFAULT, {"server.tp": tp})
         assert exc.value.field == "server.tp"
-    # a separate draft model is split over the same GPUs: Qwen3-1.7B has 16 heads
-    with pytest.raises(ScenarioError, match=r"drafter\.model"):
+    # a separate draft model is split over its own GPUs: Qwen3-1.7B has 16 heads
+    with pytest.raises(ScenarioError, match=r"drafter\.model") as exc:
         load_scenario(
             DEFAULT,
-            {"server.tp": 32, "drafter.kind": "model", "drafter.model": "qwen3-1.7b"},
+            {"drafter.tp": 32, "drafter.kind": "model", "drafter.model": "qwen3-1.7b"},
         )
+    assert exc.value.field == "drafter.tp"
 
 
 # --------------------------------------------------------------------------- 6: --out paths

@@ -6,6 +6,7 @@ __all__ = ["run", "schema"]
 
 import json
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,8 +25,11 @@ from sdsim.cli.app import (
     summary_json,
     summary_notes,
 )
+from sdsim.cli.tables import alpha_text
+from sdsim.labels import REQUEST_UNITS, STEP_UNITS
 from sdsim.memory import kv_capacity
-from sdsim.outputs import output_dir, write_run
+from sdsim.outputs import output_dir, sidecar_file, write_run
+from sdsim.provenance import yaml_header
 from sdsim.scenario import scenario_schema
 from sdsim.simulation import simulate
 
@@ -36,7 +40,11 @@ def run(
     seed: SeedOpt = None,
     out_dir: Annotated[
         Path | None,
-        typer.Option("--out", help="write requests.csv, steps.csv, summary.json, scenario.yaml"),
+        typer.Option(
+            "--out",
+            help="write requests.csv, steps.csv (each with a .meta.json sidecar: sdsim version, "
+            "seed, units), summary.json, scenario.yaml",
+        ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     summary_only: Annotated[
@@ -54,7 +62,13 @@ def run(
     check_records(scn, keep_records=not summary_only)
     names = ["summary.json", "scenario.yaml"]
     if not summary_only:
-        names = ["requests.csv", "steps.csv", *names]
+        names = [
+            "requests.csv",
+            "requests.csv.meta.json",
+            "steps.csv",
+            "steps.csv.meta.json",
+            *names,
+        ]
     dest = output_dir(out_dir, names) if out_dir is not None else None
     prog = LazyProgress(f"simulating {scn.name}")
     try:
@@ -62,24 +76,42 @@ def run(
     finally:
         prog.close()
     if dest is not None:
+        run_seed = int(res.summary["seed"])
         # the resolved scenario reproduces the run: it carries the seed actually used
         ran = scn if seed is None else scn.with_overrides({"seed": int(seed)})
+        head = yaml_header(run_seed, "the resolved scenario of this run")
         files: dict[str, Callable[[Path], Any]] = {}
         if not summary_only:
-            files["requests.csv"] = lambda p: res.requests.to_csv(p, index=False)
-            files["steps.csv"] = lambda p: res.steps.to_csv(p, index=False)
+            for name, frame, units in (
+                ("requests.csv", res.requests, REQUEST_UNITS),
+                ("steps.csv", res.steps, STEP_UNITS),
+            ):
+                files[name] = partial(_to_csv, frame)
+                side, write_side = sidecar_file(name, run_seed, scenario=scn.name, units=units)
+                files[side] = write_side
         files["summary.json"] = lambda p: p.write_text(summary_json(res.summary))
-        files["scenario.yaml"] = lambda p: p.write_text(ran.to_yaml())
+        files["scenario.yaml"] = lambda p: p.write_text(head + ran.to_yaml())
         write_run(dest, files, "run")
     if json_out:
         out.print_json(summary_json(res.summary))
     else:
-        print_summary(res.summary, f"{scn.name}: k={scn.spec.k}, rate={scn.workload.rate:g} req/s")
-        out.print(f"KV cache: {kv_capacity(scn).describe()}", highlight=False, soft_wrap=True)
+        print_summary(
+            res.summary,
+            f"{scn.name} (simulated): k={scn.spec.k}, {alpha_text(scn.acceptance)}, rate "
+            f"{scn.workload.rate:g} req/s",
+            notes=["mean and quantiles over the measured requests (warm-up excluded)"],
+        )
+        out.print(f"KV cache: {kv_capacity(scn).describe()}", highlight=False)
         if out_dir is not None:
-            out.print(f"wrote {out_dir}/{', '.join(names)}", soft_wrap=True)
+            shown = ", ".join(n for n in names if not n.endswith(".meta.json"))
+            side = " (CSVs with their .meta.json)" if not summary_only else ""
+            out.print(f"wrote {out_dir}/{shown}{side}", soft_wrap=True)
     for note in summary_notes(res.summary):
         err.print(note, markup=False, highlight=False, soft_wrap=True)
+
+
+def _to_csv(frame: Any, path: Path) -> None:
+    frame.to_csv(path, index=False)
 
 
 def schema() -> None:
