@@ -83,6 +83,10 @@ MAX_NUM_SEQS = 1 << 20
 MAX_BATCHED_TOKENS = 1 << 30
 MAX_GPU_BLOCKS = 1 << 40
 
+# Lowest efficiency factor accepted (0.1% of a spec-sheet peak): a smaller one prices steps at
+# centuries, and such runs finish nothing.
+MIN_EFFICIENCY = 1e-3
+
 # A run's workload arrays and streaming statistics take ~70 bytes per request (~0.7 GB here).
 MAX_REQUESTS = 10_000_000
 
@@ -428,12 +432,12 @@ class RooflineKnobs(_Frozen):
     """Overrides of the roofline's efficiency factors (``None`` = the documented default in
     :class:`sdsim.costs.roofline.Efficiency`)."""
 
-    gemm_compute: float | None = Field(default=None, gt=0, le=1)
-    moe_compute: float | None = Field(default=None, gt=0, le=1)
-    attention_compute: float | None = Field(default=None, gt=0, le=1)
-    memory: float | None = Field(default=None, gt=0, le=1)
-    attention_memory: float | None = Field(default=None, gt=0, le=1)
-    link: float | None = Field(default=None, gt=0, le=1)
+    gemm_compute: float | None = Field(default=None, ge=MIN_EFFICIENCY, le=1)
+    moe_compute: float | None = Field(default=None, ge=MIN_EFFICIENCY, le=1)
+    attention_compute: float | None = Field(default=None, ge=MIN_EFFICIENCY, le=1)
+    memory: float | None = Field(default=None, ge=MIN_EFFICIENCY, le=1)
+    attention_memory: float | None = Field(default=None, ge=MIN_EFFICIENCY, le=1)
+    link: float | None = Field(default=None, ge=MIN_EFFICIENCY, le=1)
     launch_floor_s: float | None = Field(default=None, ge=0, le=1e-2)
     allreduce_latency_s: float | None = Field(default=None, ge=0, le=1e-2)
 
@@ -453,9 +457,9 @@ class CalibratedKnobs(_Frozen):
     graph_max_tokens: int | None = Field(default=None, ge=0, le=1_000_000)
     eager_launch_s: float | None = Field(default=None, ge=0, le=1e-2)
     piecewise_layer_s: float | None = Field(default=None, ge=0, le=1e-2)
-    attention_decode_memory: float | None = Field(default=None, gt=0, le=1)
-    attention_verify_memory: float | None = Field(default=None, gt=0, le=1)
-    attention_prefill_compute: float | None = Field(default=None, gt=0, le=1)
+    attention_decode_memory: float | None = Field(default=None, ge=MIN_EFFICIENCY, le=1)
+    attention_verify_memory: float | None = Field(default=None, ge=MIN_EFFICIENCY, le=1)
+    attention_prefill_compute: float | None = Field(default=None, ge=MIN_EFFICIENCY, le=1)
     allreduce_latency_s: float | None = Field(default=None, ge=0, le=1e-2)
 
 

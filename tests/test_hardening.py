@@ -565,3 +565,14 @@ def test_fuzz_found_unusable_paths_name_their_field(field: str, value: str) -> N
     with pytest.raises(ScenarioError) as exc:
         load_scenario(DEFAULT, {field: value})
     assert exc.value.field == field and "file path" in exc.value.message
+
+
+def test_fuzz_found_vanishing_efficiency_is_refused(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # found by tests/test_fuzz.py: gemm_compute = 5e-324 priced steps at ~1e300 s; the run said
+    # "completed" with nothing completed
+    no_simulation(monkeypatch)
+    line = one_error_line(["run", DEFAULT, *SMALL, "--set", "costs.roofline.gemm_compute=5e-324"],
+                          capsys)  # fmt: skip
+    assert line.startswith("error: costs.roofline.gemm_compute: ")
