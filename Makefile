@@ -63,7 +63,7 @@ MUTANTS ?=
 mutation: $(STAMP_TEST)
 	$(BIN)/python -m pip install -q -e '.[mutation]'
 	rm -rf mutants
-	$(BIN)/mutmut run $(MUTANTS) > /dev/null
+	$(BIN)/mutmut run $(foreach m,$(MUTANTS),'$(m)') > /dev/null
 	$(BIN)/mutmut export-cicd-stats
 	$(BIN)/python -c "import json; s = json.load(open('mutants/mutmut-cicd-stats.json')); \
 	n = s['killed'] + s['survived'] + s['no_tests'] + s['timeout'] + s['suspicious']; \

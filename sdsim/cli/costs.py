@@ -146,7 +146,7 @@ def costs(
         fig = step_time_figure(rows, k, pf.total * 1e3, chunk, title=title)
         _save_figure(fig, dest, title)
         if not json_out:
-            out.print(f"wrote {plot} ({figure_format(dest).upper()})", soft_wrap=True)
+            out.print(f"wrote {plot} ({figure_format(dest).upper()})")
 
 
 def _save_figure(fig: Any, dest: Path, title: str) -> None:
@@ -189,7 +189,7 @@ def _explain(
         title = f"{scn.target} on {hw}: where a step's time goes"
         _save_figure(explain_figure(df, title=title), dest, title)
         if not json_out:
-            out.print(f"wrote {plot} ({figure_format(dest).upper()})", soft_wrap=True)
+            out.print(f"wrote {plot} ({figure_format(dest).upper()})")
 
 
 def calibrate(

@@ -103,9 +103,10 @@ def run(
         )
         out.print(f"KV cache: {kv_capacity(scn).describe()}", highlight=False)
         if out_dir is not None:
-            shown = ", ".join(n for n in names if not n.endswith(".meta.json"))
-            side = " (CSVs with their .meta.json)" if not summary_only else ""
-            out.print(f"wrote {out_dir}/{shown}{side}", soft_wrap=True)
+            shown = "summary.json, scenario.yaml"
+            if not summary_only:
+                shown = "requests.csv, steps.csv (+ .meta.json), " + shown
+            out.print(f"wrote {out_dir}/{shown}")
     for note in summary_notes(res.summary):
         err.print(note, markup=False, highlight=False, soft_wrap=True)
 
