@@ -613,7 +613,8 @@ def read_runs(out_dir: str | Path, damaged: list[tuple[Path, str]] | None = None
     """
     results = Path(out_dir) / RESULTS_DIR
     rows: list[dict[str, Any]] = []
-    for f in sorted(results.glob("*.parquet")):
+    # a dot-file is the temporary of a writer killed mid-write (outputs.atomic_write), not a run
+    for f in sorted(f for f in results.glob("*.parquet") if not f.name.startswith(".")):
         got = read_result(f)
         if isinstance(got, str):
             if damaged is not None:
