@@ -63,3 +63,59 @@ def test_readme_links_every_notebook() -> None:
     assert "## Notebooks" in readme
     for src in SOURCES:
         assert f"notebooks/{src.stem}.ipynb" in readme, f"README does not link {src.stem}"
+
+
+# --------------------------------------------------------------------------- figure rules
+
+
+def _fig(**kw: bool):  # a two-panel figure, fully labelled unless told otherwise
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    ax = fig.subplots(1, 2, sharey=True)
+    ax[0].plot([1, 2], [3, 4], label="model")
+    ax[0].axhline(3.5, ls="--", label=None if kw.get("unlabelled_ref") else "target")
+    ax[0].errorbar([1, 2], [3, 4], yerr=[0.1, 0.1], label="simulated (95% CI)")
+    ax[1].hist([1, 2, 2, 3], label="runs")
+    if kw.get("scatter"):
+        ax[1].scatter([1], [2])
+    for a in ax:
+        a.set_xlabel("arrival rate (req/s)")
+        a.legend()
+    if not kw.get("no_ylabel"):
+        ax[0].set_ylabel("e2e p99 (s)")  # the right panel shares it
+    if kw.get("not_in_legend"):
+        ax[1].plot([1, 2], [1, 1], label="late line")
+    return fig
+
+
+def test_figure_rules_pass_a_labelled_figure() -> None:
+    from tests.notebook_figures import figure_problems
+
+    assert figure_problems(_fig()) == []
+
+
+@pytest.mark.parametrize(
+    ("kw", "problem"),
+    [
+        ({"unlabelled_ref": True}, "panel 1: a Line2D without a label"),
+        ({"no_ylabel": True}, "panel 1: no y-axis label"),
+        ({"scatter": True}, "panel 2: a PathCollection without a label"),
+        ({"not_in_legend": True}, "panel 2: 'late line' is not in the legend"),
+    ],
+)
+def test_figure_rules_name_what_is_missing(kw: dict[str, bool], problem: str) -> None:
+    from tests.notebook_figures import figure_problems
+
+    problems = figure_problems(_fig(**kw))
+    assert any(problem in p for p in problems), problems
+
+
+def test_notebook_runs_check_their_figures() -> None:
+    make = (ROOT / "Makefile").read_text()
+    assert "MPLBACKEND=module://tests.notebook_figures" in make
+    assert "nbfull:" in make  # the full-size run, documented in the README
+    assert "make nbfull" in (ROOT / "README.md").read_text()
