@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_DEMO := $(VENV)/.demo-installed
 STAMP_TEST := $(VENV)/.test-installed
 
-.PHONY: demo test lint typecheck unit nbtest nbfull bench clean notebooks browser calibration fuzz mutation
+.PHONY: demo test lint typecheck unit nbtest nbfull docfigures bench clean notebooks browser calibration fuzz mutation
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -58,6 +58,12 @@ notebooks: $(STAMP_TEST)
 	$(BIN)/jupytext --to ipynb notebooks/[0-9]*.py
 
 test: lint unit nbtest
+
+# The figures the README and notes/planning.md quote from the capacity plan's minutes of
+# simulation, recomputed and compared (tests/test_docs.py; the rest of that file runs in `make
+# test`). `python -m tests.test_docs --fix --long` rewrites stale ones in place.
+docfigures: $(STAMP_TEST)
+	SDSIM_DOCFIGURES=1 $(BIN)/python -m pytest -q -p no:xdist -m docfigures tests/test_docs.py
 
 # The fuzz suite at depth: 25x the examples `make test` runs, random rather than fixed
 # (tests/test_fuzz.py; SDSIM_FUZZ_SCALE=N sets another multiple).

@@ -28,7 +28,7 @@ from sdsim.cli.app import (
 from sdsim.cli.sweep import SweepBar
 from sdsim.cli.tables import Column, render_table
 from sdsim.errors import ScenarioError
-from sdsim.labels import METRICS, short_field, sig3, time_unit
+from sdsim.labels import METRICS, sig3, time_unit
 from sdsim.planning import load_prices, parse_price_options, parse_search_options
 from sdsim.planning import max_rate as find_max_rate
 from sdsim.planning import plan as plan_capacity
@@ -42,7 +42,7 @@ def _slo_header(metric: str, bound: float, unit: str, factor: float) -> str:
     """A column heading for one SLO, on two lines: ``e2e p99`` / ``≤ 20 s``."""
     lab = METRICS.get(metric)
     name = lab.name if lab is not None else metric
-    return f"{name}\n≤ {sig3(bound * factor)} {unit}"
+    return f"{name}\n≤ {bound * factor:g} {unit}"
 
 
 def _slo_units(bounds: dict[str, float]) -> dict[str, tuple[str, float]]:
@@ -57,7 +57,7 @@ def _print_plan(res: Any, limit: int) -> None:
     units = _slo_units(res.bounds)
     columns = [
         Column("#", "label"),
-        *(Column(short_field(f), "text") for f in fields),
+        *(Column(f.rsplit(".", 1)[-1], "text") for f in fields),
         Column("GPUs", "text", "replicas x tp"),
         Column("cost", "text", "$/Mtok"),
         *(Column(_slo_header(k, b, *units[k]), "text") for k, b in res.bounds.items()),
