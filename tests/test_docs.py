@@ -506,7 +506,7 @@ def readme_example(command_start: str) -> tuple[list[str], list[str]]:
     args = shlex.split(lines[0])
     quoted = [ln[2:] for ln in lines[1:] if ln.startswith("# ")]
     if not quoted:
-        quoted = text[at:].split("```", 2)[1].strip("\n").splitlines()
+        quoted = text[at:].split("```", 3)[2].strip("\n").splitlines()
     return args, quoted
 
 
