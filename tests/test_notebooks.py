@@ -119,3 +119,39 @@ def test_notebook_runs_check_their_figures() -> None:
     assert "MPLBACKEND=module://tests.notebook_figures" in make
     assert "nbfull:" in make  # the full-size run, documented in the README
     assert "make nbfull" in (ROOT / "README.md").read_text()
+
+
+def test_notebooks_extra_covers_what_the_notebooks_import() -> None:
+    # `pip install -e .[notebooks]` then opening a notebook must work: every package a notebook
+    # imports is a core dependency or in the extra, with Jupyter to open them and nbconvert to run
+    # them headless (checked by hand in a fresh venv; see the README's Notebooks section)
+    import ast
+    import re
+    import sys
+    import tomllib
+    from importlib.metadata import packages_distributions
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def names(reqs: list[str]) -> set[str]:
+        return {re.split(r"[\[<>=~! ;]", r, maxsplit=1)[0].lower().replace("_", "-")
+                for r in reqs}  # fmt: skip
+
+    extra = names(project["optional-dependencies"]["notebooks"])
+    allowed = names(project["dependencies"]) | extra
+    assert {"jupyterlab", "nbconvert", "ipykernel"} <= extra
+    assert "pyarrow" in extra  # notebook 05 runs a sweep, which writes parquet
+    dists = packages_distributions()
+    for src in SOURCES:
+        for node in ast.walk(ast.parse(src.read_text())):
+            mods = []
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                mods = [node.module]
+            for mod in mods:
+                top = mod.split(".")[0]
+                if top in sys.stdlib_module_names or top == "sdsim":
+                    continue
+                dist = {d.lower().replace("_", "-") for d in dists.get(top, [top])}
+                assert dist & allowed, f"{src.name} imports {top}: not in the notebooks extra"
