@@ -1,18 +1,18 @@
-"""Acceptance tapes: each request's acceptance draws, computed once, read by one gather per step.
+"""Acceptance tapes: each request's acceptance draws, computed once, read by the step.
 
 A request's j-th decode step uses the counter-based uniform ``counter_uniform(key, rid, j)``
 (:mod:`sdsim.rng`), so all its future draws are known the moment it is admitted. A decode step
 emits at least one token, so a request that still needs ``r`` tokens makes at most ``r`` more
-decode steps, preempted or not: its *tape* is the ``r`` draws from its current decode counter on.
-With a fixed draft length the tape holds the accepted draft tokens themselves (the truncated
-geometric inverted once per draw); under the adaptive policy it holds the uniforms (k is only
-known at the step).
+decode steps, preempted or not: its *tape* is the ``r`` draws from its current decode step on.
+The tape holds the accepted draft tokens of each draw at the largest draft length the engine may
+use (``k_cap``: the fixed k, or ``spec.k_max`` under the adaptive policy): the truncated
+geometric inverted once per draw. A step at draft length ``k <= k_cap`` accepts
+``min(entry, k)`` of them, the same as inverting the uniform at ``k`` (acceptance past position
+``k`` needs acceptance at ``k`` first).
 
-All tapes of one engine live in one arena (a flat array) with a bump pointer; a request's entry
-for decode counter ``c`` is ``arena[tape_pos + c]``. When the arena is full, the live tapes
+All tapes of one engine live in one arena (a flat int64 array) with a bump pointer; a request's
+entry for decode step ``s`` is ``arena[tape_pos + s]``. When the arena is full, the live tapes
 (requests not finished) are compacted to its front, and the arena doubles if they fill half of it.
-Reading a step's draws is then one gather instead of a hash and an inversion per step, and a
-fast-forwarded block of m steps reads an (m, batch) block of the arena in one gather.
 
 With ``prefetch`` set (one engine owning every request id, slot == request id, as in a batch
 simulation), the first admission of a request also writes the tapes of the next ``prefetch``
@@ -47,17 +47,16 @@ class AcceptanceTape:
     ----------
     sampler
         Inverts uniforms to accepted draft tokens.
-    k
-        The fixed draft length, or ``None`` (adaptive policy): the tape then holds uniforms.
+    k_cap
+        The largest draft length a step may use.
     capacity
         Initial arena entries.
     """
 
-    def __init__(self, sampler: AcceptanceSampler, k: int | None, capacity: int = 1 << 16) -> None:
+    def __init__(self, sampler: AcceptanceSampler, k_cap: int, capacity: int = 1 << 16) -> None:
         self.sampler = sampler
-        self.k = k
-        dt = np.float64 if k is None else np.int64
-        self.arena: npt.NDArray[np.generic] = np.zeros(max(1024, capacity), dtype=dt)
+        self.k_cap = int(k_cap)
+        self.arena: npt.NDArray[np.int64] = np.zeros(max(1024, capacity), dtype=np.int64)
         self.top = 0
         self.prefetch = 0  # request ids to write ahead (0: only the requests asked for)
         self.pre_hi = 0  # every id below this has a tape (prefetch mode)
@@ -65,7 +64,7 @@ class AcceptanceTape:
         self._src: tuple[npt.NDArray[np.int64], npt.NDArray[np.float64] | None, int] | None = None
         self._chunk = 0
         self._lo = self._hi = 0
-        self._vals: npt.NDArray[np.generic] = self.arena[:0]
+        self._vals: npt.NDArray[np.int64] = self.arena[:0]
         self._starts: npt.NDArray[np.int64] = np.zeros(1, dtype=np.int64)
 
     def ahead(
@@ -115,8 +114,8 @@ class AcceptanceTape:
                 return
         if self.prefetch:
             # ids at or above pre_hi have never been admitted (ids are admitted by this engine
-            # only, and each admission below pre_hi already holds a tape): fresh, decode counter
-            # and generated tokens 0
+            # only, and each admission below pre_hi already holds a tape): fresh, no decode step
+            # and no generated token yet
             lo = self.pre_hi
             hi = min(t.n, max(lo, int(new.max()) + 1) + self.prefetch)
             below = new[new < lo]
@@ -133,7 +132,7 @@ class AcceptanceTape:
             keep = np.arange(self.pre_hi, dtype=np.int64) if self.prefetch else live()
             self._compact(t, keep, total)
         start = self.top
-        ctr = t.decode_counter[new]
+        ctr = t.steps[new]
         vals, starts = self._values(
             t.acc_base[new], lens, ctr, None if t.alpha is None else t.alpha[new]
         )
@@ -148,10 +147,10 @@ class AcceptanceTape:
         lens: npt.NDArray[np.int64],
         first: npt.NDArray[np.int64] | int,
         alpha: npt.NDArray[np.float64] | None,
-    ) -> tuple[npt.NDArray[np.generic], npt.NDArray[np.int64]]:
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """Tape entries of requests with counter bases ``bases``: ``lens[i]`` draws each, from
-        decode counter ``first[i]`` on, laid end to end; returns them (accepted tokens, or the
-        uniforms when k is not fixed) and each request's start offset (plus the total at the end).
+        decode step ``first[i]`` on, laid end to end; returns them (accepted draft tokens at
+        ``k_cap``) and each request's start offset (plus the total at the end).
         """
         starts = np.zeros(lens.shape[0] + 1, dtype=np.int64)
         np.cumsum(lens, out=starts[1:])
@@ -162,9 +161,7 @@ class AcceptanceTape:
         if not isinstance(first, int):
             j += first[owner]
         u = counter_uniform_from_base(bases[owner], j)
-        if self.k is None:
-            return u, starts
-        return self.sampler.sample(u, self.k, None if alpha is None else alpha[owner]), starts
+        return self.sampler.sample(u, self.k_cap, None if alpha is None else alpha[owner]), starts
 
     def _from_ahead(
         self,
@@ -176,7 +173,7 @@ class AcceptanceTape:
         the slots left for the general path (not fresh, or ids already passed)."""
         rest = []
         for slot, rid in zip(new.tolist(), t.rid[new].tolist(), strict=True):
-            if t.decode_counter[slot] or t.generated[slot] or rid < self._lo:
+            if t.steps[slot] or t.generated[slot] or rid < self._lo:
                 rest.append(slot)  # pragma: no cover - fresh requests are admitted in id order
                 continue
             if rid >= self._hi:
@@ -206,29 +203,10 @@ class AcceptanceTape:
         )
         self._lo, self._hi = lo, hi
 
-    def read(self, t: RequestTable, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.generic]:
-        """The draws of ``ids`` at their current decode counters (no counter is advanced)."""
-        return self.arena[t.tape_pos[ids] + t.decode_counter[ids]]
-
-    def read_block(
-        self, t: RequestTable, ids: npt.NDArray[np.int64], m: int
-    ) -> npt.NDArray[np.generic]:
-        """Draws of ``ids`` for their next ``m`` decode steps, shape ``(m, len(ids))``."""
-        pos = t.tape_pos[ids] + t.decode_counter[ids]
-        return self.arena[pos[None, :] + np.arange(m, dtype=np.int64)[:, None]]
-
-    def accepted(
-        self, draws: npt.NDArray[np.generic], k: int, alpha: npt.NDArray[np.float64] | None
-    ) -> npt.NDArray[np.int64]:
-        """Accepted draft tokens from tape entries (a no-op for a fixed-k tape)."""
-        if self.k is not None:
-            return np.asarray(draws, dtype=np.int64)
-        return self.sampler.sample(np.asarray(draws, dtype=np.float64), k, alpha)
-
     def _compact(self, t: RequestTable, live: npt.NDArray[np.int64], extra: int) -> None:
         """Move the unread part of every live tape to the front of the arena (growing it)."""
         live = live[(t.tape_end[live] > 0) & np.isnan(t.finish[live])]
-        begin = t.tape_pos[live] + t.decode_counter[live]
+        begin = t.tape_pos[live] + t.steps[live]
         lens = np.maximum(t.tape_end[live] - begin, 0)
         total = int(lens.sum())
         size = self.arena.shape[0]
@@ -244,5 +222,5 @@ class AcceptanceTape:
         arena[:total] = moved
         self.arena = arena
         self.top = total
-        t.tape_pos[live] = (ends - lens) - t.decode_counter[live]
+        t.tape_pos[live] = (ends - lens) - t.steps[live]
         t.tape_end[live] = ends
