@@ -253,16 +253,6 @@ class KVCache:
         """Largest ``used`` while a step ran."""
         return int(self._e[0]["kv_peak"])
 
-    @property
-    def free(self) -> int:
-        """Blocks not held by any request."""
-        return self.capacity - self.used
-
-    def blocks_for(self, tokens: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        """Blocks needed to cache ``tokens`` tokens (elementwise ceiling division)."""
-        bs = self.block_size
-        return (np.asarray(tokens) + (bs - 1)) // bs
-
     def check(self, ids: npt.NDArray[np.int64]) -> None:
         """Assert block conservation: ``ids`` (all requests this replica holds blocks for) hold
         exactly ``used`` blocks, and ``0 <= used <= capacity``.

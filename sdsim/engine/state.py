@@ -28,7 +28,7 @@ __all__ = [
     "waiting_front",
 ]
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -287,9 +287,9 @@ def push_front(q: npt.NDArray[np.int64], r: int) -> None:
 
 
 class IdQueue:
-    """A FIFO of request ids in one numpy buffer (header: head and tail), readable and writable
-    by the compiled step functions; what ``collections.deque`` offers the rest of the engine:
-    ``append``, ``popleft``, ``extendleft``, ``[i]``, ``len``, iteration.
+    """A FIFO of request ids in one numpy buffer (header: head and tail): arrivals are appended
+    here, the step functions pop and push at the front (:func:`pop_front`, :func:`push_front`);
+    ``len``, iteration and ``numpy.asarray`` read it.
 
     Parameters
     ----------
@@ -313,15 +313,6 @@ class IdQueue:
     def __iter__(self) -> Iterator[int]:
         b = self.buf
         return iter(b[b[_HEAD] : b[_TAIL]].tolist())
-
-    def __getitem__(self, i: int) -> int:
-        b = self.buf
-        n = int(b[_TAIL] - b[_HEAD])
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError("IdQueue index out of range")
-        return int(b[b[_HEAD] + i])
 
     def __array__(self, dtype: object = None, copy: object = None) -> npt.NDArray[np.int64]:
         b = self.buf
@@ -358,30 +349,6 @@ class IdQueue:
             t = int(b[_TAIL])
         b[t] = rid
         b[_TAIL] = t + 1
-
-    def popleft(self) -> int:
-        """Remove and return the front id."""
-        b = self.buf
-        h = int(b[_HEAD])
-        if h >= b[_TAIL]:
-            raise IndexError("pop from an empty IdQueue")
-        b[_HEAD] = h + 1
-        return int(b[h])
-
-    def extendleft(self, ids: Iterable[int]) -> None:
-        """Prepend each id in turn (as ``deque.extendleft``: the last one ends up first)."""
-        vals = list(ids)
-        if not vals:
-            return
-        self.reserve_front(len(vals))
-        b = self.buf
-        h = int(b[_HEAD]) - len(vals)
-        b[h : h + len(vals)] = vals[::-1]
-        b[_HEAD] = h
-
-    def clear(self) -> None:
-        """Remove every id."""
-        self.buf[_TAIL] = self.buf[_HEAD]
 
 
 # --------------------------------------------------------------------------- step records
