@@ -18,16 +18,24 @@ import numba
 NO_JIT = os.environ.get("SDSIM_NO_JIT", "") not in ("", "0")
 
 
-def jit(f: Any) -> Any:
+def jit(f: Any = None, *, inline: bool = False) -> Any:
     """``numba.njit(cache=True)``: compiled once, then loaded from ``__pycache__`` (or numba's
     user-wide cache when the package directory is read-only). Where no cache location is
-    writable at all, numba refuses ``cache=True``: compile in each process instead (~2 s)."""
+    writable at all, numba refuses ``cache=True``: compile in each process instead (~2 s).
+
+    ``inline=True`` (``@jit(inline=True)``): the function is inlined into its compiled callers
+    (numba's ``inline="always"``), for small helpers called in a kernel's inner loops, where a
+    call costs more than the work.
+    """
+    if f is None:
+        return lambda g: jit(g, inline=inline)
     if NO_JIT:
         return f
+    opts: dict[str, Any] = {"inline": "always"} if inline else {}
     try:
-        return numba.njit(cache=True)(f)
+        return numba.njit(cache=True, **opts)(f)
     except RuntimeError:  # no writable cache location (tests/test_jit.py)
-        return numba.njit(f)
+        return numba.njit(**opts)(f)
 
 
 def jit_eager(signature: str, fastmath: set[str] | None = None) -> Any:

@@ -122,14 +122,31 @@ def test_steps_ahead_match_steps_on_the_clock(kind: str) -> None:
         assert got.summary["stable"] is False and 0 < got.requests.finish.notna().sum() < 300
 
 
-@pytest.mark.parametrize("kind", ["moderate", "kv pressure, varied"])
-def test_streaming_requests_match_kept_records(kind: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "tiny"), [("moderate", False), ("kv pressure, varied", False), ("moderate", True)]
+)
+def test_streaming_requests_match_kept_records(
+    kind: str, tiny: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Reusable slots, harvests and tapes written ahead by request id give every request the
-    # same record as one slot per request (exact floats, including the finish times).
+    # same record as one slot per request (exact floats, including the finish times). Tiny:
+    # tapes written 7 request ids at a time into a 1024-entry arena, so the arena is compacted
+    # (and grown) every few arrivals, keeping the tapes written ahead and not yet assigned.
     scn = small(**({} if kind == "moderate" else KINDS[kind]))
     wl = generate_workload(scn, 4)
     cost = build_cost_model(scn)
     kept = run_simulation(scn, wl, cost, 4)
+    if tiny:
+        import sdsim.engine.server as server_mod
+        import sdsim.engine.tape as tape_mod
+
+        init = tape_mod.AcceptanceTape.__init__
+
+        def small_arena(self: Any, sampler: Any, k: Any, capacity: int = 0) -> None:
+            init(self, sampler, k, capacity=1024)
+
+        monkeypatch.setattr(tape_mod.AcceptanceTape, "__init__", small_arena)
+        monkeypatch.setattr(server_mod, "TAPE_PREFETCH", 7)
     got: list[dict[str, np.ndarray]] = []
     steps: list[dict[str, np.ndarray]] = []
     run_simulation(scn, wl, cost, 4, request_sink=got.append, step_sink=steps.append)

@@ -157,19 +157,19 @@ def derive_num_gpu_blocks(
 # ``req`` is the request table (REQUEST records), ``e`` the replica's ENGINE record, ``r`` a slot.
 
 
-@jit
+@jit(inline=True)
 def blocks_for(tokens: int, block_size: int) -> int:
     """Blocks that cache ``tokens`` tokens (ceiling division)."""
     return (tokens + block_size - 1) // block_size
 
 
-@jit
+@jit(inline=True)
 def kv_free_blocks(e: Any) -> int:
     """Blocks no request holds."""
     return int(e["kv_capacity"] - e["kv_used"])
 
 
-@jit
+@jit(inline=True)
 def kv_hold(req: Any, e: Any, r: int, tokens: int) -> bool:
     """Make request ``r`` hold the blocks of ``tokens`` tokens, if the blocks it lacks are free.
 
@@ -185,7 +185,7 @@ def kv_hold(req: Any, e: Any, r: int, tokens: int) -> bool:
     return True
 
 
-@jit
+@jit(inline=True)
 def kv_keep(req: Any, e: Any, r: int, tokens: int) -> None:
     """Shrink request ``r``'s holding to the blocks of ``tokens`` tokens (the look-ahead slots
     of rejected draft tokens go back)."""
@@ -194,7 +194,7 @@ def kv_keep(req: Any, e: Any, r: int, tokens: int) -> None:
     req[r]["kv_blocks"] = kept
 
 
-@jit
+@jit(inline=True)
 def kv_free(req: Any, e: Any, r: int) -> None:
     """Release every block request ``r`` holds (finished, preempted or aborted)."""
     e["kv_used"] -= req[r]["kv_blocks"]

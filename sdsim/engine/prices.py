@@ -23,7 +23,7 @@ from sdsim.costs.step import StepCostModel, step_times
 from sdsim.engine.schema import PRICE, PRICE_SPAN, names
 
 
-@jit
+@jit(inline=True)
 def cached_price(prices: Any, spans: Any, decodes: int, context: int) -> int:
     """Row of ``prices`` holding the decode-only step of ``decodes`` requests at ``context``
     tokens in total, or -1 when the cache has none."""
@@ -64,11 +64,12 @@ class DecodePrices:
             self.spans = spans
         span = self.spans[decodes]
         off, lo0, n0 = int(span["offset"]), int(span["first"]), int(span["count"])
+        # (copies go through float64 views: numpy copies record arrays field by field)
         if n0 == 0:
             lo = max(0, context - reach)
             vals = self._price(decodes, lo, context + reach)
         else:
-            vals = self.rows[off : off + n0]
+            vals = _floats(self.rows)[off : off + n0]
             hi0 = lo0 + n0
             grow = max(reach, n0)
             lo = lo0
@@ -84,15 +85,24 @@ class DecodePrices:
             while size < 2 * (self._top + n):
                 size *= 2
             rows = np.zeros(size, dtype=PRICE)
-            rows[: self._top] = self.rows[: self._top]
+            _floats(rows)[: self._top] = _floats(self.rows)[: self._top]
             self.rows = rows
-        self.rows[self._top : self._top + n] = vals
+        _floats(self.rows)[self._top : self._top + n] = vals
         self.spans[decodes] = (self._top, lo, n)
         self._top += n
 
-    def _price(self, decodes: int, lo: int, hi: int) -> npt.NDArray[Any]:
+    def _price(self, decodes: int, lo: int, hi: int) -> npt.NDArray[np.float64]:
+        """Prices of contexts ``lo .. hi - 1`` as rows of PRICE's fields."""
         st = step_times(self.cost, decodes, np.arange(lo, hi, dtype=np.int64), self.k)
-        out = np.zeros(hi - lo, dtype=PRICE)
-        for name in names(PRICE):
-            out[name] = getattr(st, name)
+        out = np.empty((hi - lo, len(_FIELDS)))
+        for i, name in enumerate(_FIELDS):
+            out[:, i] = getattr(st, name)
         return out
+
+
+_FIELDS = names(PRICE)
+
+
+def _floats(rows: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """PRICE records as rows of float64 (every field is one)."""
+    return rows.view(np.float64).reshape(rows.shape[0], len(_FIELDS))

@@ -56,7 +56,7 @@ NO_ROOM = 2  # the running set, the batch or the queue's front needs more room (
 EMPTY = 3  # requests are present but none could be scheduled (the KV cache check failed)
 
 
-@jit
+@jit(inline=True)
 def form_batch(req: Any, e: Any, run: _I64, batch: Any, queue: _I64, k: int, now: float) -> int:
     """Form the next batch at ``now`` with draft length ``k`` (see the module docstring).
 
@@ -93,7 +93,7 @@ def form_batch(req: Any, e: Any, run: _I64, batch: Any, queue: _I64, k: int, now
     return FORMED if e["entries"] > 0 else EMPTY
 
 
-@jit
+@jit(inline=True)
 def _add_entry(
     e: Any, batch: Any, r: int, kind: int, tokens: int, context: int, blocks: int
 ) -> None:
@@ -114,7 +114,7 @@ def _add_entry(
         e["prefill_context"] += context + tokens
 
 
-@jit
+@jit(inline=True)
 def _schedule_running(
     req: Any, e: Any, run: _I64, batch: Any, queue: _I64, k: int
 ) -> tuple[int, bool]:
@@ -184,7 +184,7 @@ def _preempt_last(req: Any, e: Any, run: _I64, queue: _I64) -> None:
     e["preemptions"] += 1
 
 
-@jit
+@jit(inline=True)
 def _admit(
     req: Any, e: Any, run: _I64, batch: Any, queue: _I64, budget: int, now: float
 ) -> int:

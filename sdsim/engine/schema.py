@@ -191,6 +191,12 @@ PRICE = np.dtype([("total", _F), ("prefill", _F), ("draft", _F), ("verify", _F),
 PRICE_SPAN = np.dtype([("offset", _I), ("first", _I), ("count", _I)])
 
 
+# Every field of these records is 8 bytes wide: record arrays are copied and split into columns
+# as rows of 8-byte words (sdsim.engine.state).
+if not all(d.itemsize == 8 * len(d.names or ()) for d in (REQUEST, STEP, ENGINE, ENTRY, PRICE)):
+    raise TypeError("every engine record field must be 8 bytes wide")
+
+
 def names(dtype: np.dtype[np.void]) -> tuple[str, ...]:
     """The field names of one of these dtypes, in order."""
     return tuple(dtype.names or ())

@@ -86,7 +86,7 @@ class Tracker:
         self.deadline = math.inf
         # below the arrival after the next one (by a few ulps: the float SimPy will fire it at
         # is only known when the next one has fired), and whether a step may run ahead across
-        # the next arrival (see Engine._bounds)
+        # the next arrival (see Engine._hard)
         self.after_next = math.inf
         self.solo = False
         self._next_report = 0
@@ -335,7 +335,9 @@ class Engine:
         horizon = hard = -math.inf
         while not self.stopped:
             if ahead:
-                horizon, hard = self._bounds()
+                assert tracker is not None
+                horizon = min(tracker.next_arrival, tracker.deadline)
+                hard = self._hard(horizon)
             now = float(env.now)
             out = advance(
                 t.data,
@@ -377,7 +379,8 @@ class Engine:
                 if ahead and (end < horizon or clock < horizon < end < hard):
                     flags = base | steps.PRICE
                     continue
-                yield from until(env, clock)
+                if clock > now:
+                    yield from until(env, clock)
                 yield env.timeout(price[0])
                 flags = base | steps.PRICE | steps.ENDED
             elif code == past:
@@ -386,7 +389,8 @@ class Engine:
                 if between:
                     self._between_steps()
             elif code == pending:
-                yield from until(env, clock)
+                if clock > now:
+                    yield from until(env, clock)
                 yield env.timeout(total)
                 flags, price = base | steps.ENDED, _NO_PRICE
             elif code == stepped:
@@ -417,23 +421,22 @@ class Engine:
         if ad is not None:
             self.k = ad.choose(int(e["next_decodes"]), int(e["next_context"]))
 
-    def _bounds(self) -> tuple[float, float]:
-        """How far steps may run ahead: ``(horizon, hard)``.
+    def _hard(self, horizon: float) -> float:
+        """How far steps may run ahead of the clock.
 
         Every step run ahead ends strictly before ``horizon`` (the next arrival or the deadline),
-        except the step the next arrival falls into, which may end before ``hard``: a step that
-        starts before an arrival does not see it, so it is the same whenever it is applied, as
-        long as nothing at that arrival can observe it applied early: one replica (the router
-        reads completions), only that arrival before it ends, the deadline after it, and no
-        ``limits.max_waiting`` stop at it (checked by the step itself). ``hard == horizon``
-        when no such step may run.
+        except the step the next arrival falls into, which may end before the returned bound: a
+        step that starts before an arrival does not see it, so it is the same whenever it is
+        applied, as long as nothing at that arrival can observe it applied early: one replica
+        (the router reads completions), only that arrival before it ends, the deadline after it,
+        and no ``limits.max_waiting`` stop at it (checked by the step itself). Returns
+        ``horizon`` when no such step may run.
         """
         tr = self.tracker
         assert tr is not None
-        horizon = min(tr.next_arrival, tr.deadline)
         if not tr.solo or tr.next_arrival >= tr.deadline:
-            return horizon, horizon
-        return horizon, min(tr.after_next, tr.deadline)
+            return horizon
+        return min(tr.after_next, tr.deadline)
 
     def _make_room(self) -> None:
         """Grow the running set, the batch and the queue's front for the next formation."""
@@ -579,12 +582,14 @@ def run_simulation(
         )
         for r in range(replicas)
     ]
+    ahead = None  # reusable slots and one engine: the tape a request is pointed at on arrival
     if not streaming and len(engines) == 1:
         # one engine owns every request id (slot == id): write acceptance tapes ahead in bulk
         engines[0].tape.prefetch = TAPE_PREFETCH
     elif len(engines) == 1:
-        # reusable slots: write tapes ahead by request id, copied in at first admission
-        engines[0].tape.ahead(wl.output, wl.alpha, key, TAPE_PREFETCH)
+        # reusable slots: write tapes ahead by request id
+        ahead = engines[0]
+        ahead.tape.ahead(wl.output, wl.alpha, key, TAPE_PREFETCH)
     done = tracker.done
     state = {"reason": "completed", "early": False}
     max_waiting = scn.limits.max_waiting
@@ -629,6 +634,8 @@ def run_simulation(
                         bases[i],
                         request_sink,
                     )
+                    if ahead is not None:
+                        ahead.tape.assign(table, slot, rid, ahead._live)
                 else:
                     slot = rid
                 arrived[0] = rid + 1

@@ -54,6 +54,12 @@ def blank_requests(n: int) -> npt.NDArray[Any]:
     return np.repeat(_BLANK, n)
 
 
+def _words(rows: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
+    """Records whose fields are all 8 bytes wide (the schema's are) as rows of int64 words, so
+    copies are plain memory copies (numpy copies record arrays field by field)."""
+    return rows.view(np.int64).reshape(rows.shape[0], rows.dtype.itemsize // 8)
+
+
 class RequestTable:
     """All requests' state, one :data:`~sdsim.engine.schema.REQUEST` record per slot.
 
@@ -150,7 +156,7 @@ class RequestTable:
         """Double the slots (the new ones blank)."""
         n = self.n
         data = blank_requests(2 * n)
-        data[:n] = self.data
+        _words(data)[:n] = _words(self.data)
         self._bind(data)
         if self.occupied is not None:
             occ = np.zeros(2 * n, dtype=np.bool_)
@@ -253,25 +259,25 @@ class RequestTable:
 _HEAD, _TAIL, _FIRST = 0, 1, 2
 
 
-@jit
+@jit(inline=True)
 def waiting_count(q: npt.NDArray[np.int64]) -> int:
     """Requests in the queue."""
     return int(q[_TAIL] - q[_HEAD])
 
 
-@jit
+@jit(inline=True)
 def front_room(q: npt.NDArray[np.int64]) -> int:
     """Ids that :func:`push_front` can still put at the front."""
     return int(q[_HEAD] - _FIRST)
 
 
-@jit
+@jit(inline=True)
 def waiting_front(q: npt.NDArray[np.int64]) -> int:
     """The id at the front (the queue is not empty)."""
     return int(q[q[_HEAD]])
 
 
-@jit
+@jit(inline=True)
 def pop_front(q: npt.NDArray[np.int64]) -> int:
     """Remove and return the front id (the queue is not empty)."""
     r = q[q[_HEAD]]
@@ -279,7 +285,7 @@ def pop_front(q: npt.NDArray[np.int64]) -> int:
     return int(r)
 
 
-@jit
+@jit(inline=True)
 def push_front(q: npt.NDArray[np.int64], r: int) -> None:
     """Put ``r`` at the front (the caller made room: ``IdQueue.reserve_front``)."""
     q[_HEAD] -= 1
@@ -408,7 +414,7 @@ class StepLog:
                 self._e[0]["records"] = 0
             return
         rec = np.zeros(2 * self.rec.shape[0], dtype=STEP)
-        rec[:n] = self.rec[:n]
+        _words(rec)[:n] = _words(self.rec)[:n]
         self.rec = rec
 
     def clear(self) -> None:
@@ -426,11 +432,10 @@ class StepLog:
     def columns(self) -> dict[str, npt.NDArray[np.generic]]:
         """Copies of the records' columns (in :data:`~sdsim.engine.schema.STEP` order)."""
         n = self.size
-        # every STEP field is 8 bytes: read the records as rows of int64 words and split them
-        # into columns in one pass (a pass per field over an array of records is ~5x slower)
-        words = self.rec[:n].view(np.int64).reshape(n, len(STEP_FIELDS))
+        # the records' words split into columns in one pass (a pass per field over an array of
+        # records is ~5x slower)
         cols = np.empty((len(STEP_FIELDS), n), dtype=np.int64)
-        _split(words, cols)
+        _split(_words(self.rec)[:n], cols)
         return {name: cols[i].view(dt) for i, (name, dt) in enumerate(STEP_FIELDS.items())}
 
     def finish(self) -> None:

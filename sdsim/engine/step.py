@@ -25,7 +25,7 @@ Running ahead (fast-forward)
 :func:`advance` loops over that step ahead of the SimPy clock while nothing from outside the
 engine can happen: every step it runs ends strictly before ``horizon`` (the next arrival or the
 deadline), except that the last may be the step an arrival falls into (``hard``: see
-:meth:`sdsim.engine.server.Engine._bounds`). A step needs Python only to be priced (a batch with a
+:meth:`sdsim.engine.server.Engine._hard`). A step needs Python only to be priced (a batch with a
 prefill chunk, or a decode batch the price cache lacks) and between steps when a draft-length
 policy or a check hook must run; everything else happens inside one call, with the same integer
 arithmetic and the same float additions (``start + duration``) SimPy's clock would make, so the
@@ -93,7 +93,7 @@ LOG_FULL = 8  # ENDED: the step log has no room for the record; nothing was appl
 NEED_TAPE = 16  # an admitted request has no acceptance tape yet
 
 
-@jit
+@jit(inline=True)
 def apply_outcome(
     req: Any, e: Any, run: _I64, batch: Any, tape: _I64, log: Any, end: float
 ) -> int:
@@ -144,7 +144,7 @@ def apply_outcome(
     return finished
 
 
-@jit
+@jit(inline=True)
 def _record(e: Any, log: Any, end: float, emitted: int, accepted: int) -> None:
     """Write the record of the step in hand."""
     row = log[e["records"]]
@@ -360,7 +360,7 @@ def advance(
     )
 
 
-@jit
+@jit(inline=True)
 def _set_price(
     e: Any, total: float, prefill: float, draft: float, verify: float, overhead: float
 ) -> None:

@@ -22,8 +22,9 @@ of one each (the per-call overhead dominated). The draws are the same pure funct
 
 With reusable slots (streaming statistics) a slot is not a request id, so tapes are written ahead
 by *request id* instead (:meth:`AcceptanceTape.ahead`, one engine): the tapes of the next
-``chunk`` fresh requests are computed in one call from the workload's lengths and the
-acceptance key, and a request's tape is copied into the arena when it is first admitted.
+``chunk`` fresh requests are computed in one call from the workload's lengths and the acceptance
+key and laid in the arena, and a request is pointed at its tape when it arrives
+(:meth:`AcceptanceTape.assign`), so the step never waits for one.
 """
 
 from __future__ import annotations
@@ -60,12 +61,13 @@ class AcceptanceTape:
         self.top = 0
         self.prefetch = 0  # request ids to write ahead (0: only the requests asked for)
         self.pre_hi = 0  # every id below this has a tape (prefetch mode)
-        # tapes written ahead by request id (reusable slots): see ahead()
+        # tapes written ahead by request id (reusable slots): see ahead(); the chunk of ids
+        # lo .. hi - 1 lies in the arena from `_base`, request lo + i's tape at
+        # _base + _start_list[i] .. _base + _start_list[i + 1]
         self._src: tuple[npt.NDArray[np.int64], npt.NDArray[np.float64] | None, int] | None = None
         self._chunk = 0
-        self._lo = self._hi = 0
-        self._vals: npt.NDArray[np.int64] = self.arena[:0]
-        self._starts: npt.NDArray[np.int64] = np.zeros(1, dtype=np.int64)
+        self._lo = self._hi = self._base = 0
+        self._start_list: list[int] = [0]
 
     def ahead(
         self,
@@ -108,10 +110,6 @@ class AcceptanceTape:
         new = ids[t.tape_end[ids] == 0]
         if new.shape[0] == 0:
             return
-        if self._src is not None:
-            new = self._from_ahead(t, new, live)
-            if new.shape[0] == 0:
-                return
         if self.prefetch:
             # ids at or above pre_hi have never been admitted (ids are admitted by this engine
             # only, and each admission below pre_hi already holds a tape): fresh, no decode step
@@ -163,48 +161,46 @@ class AcceptanceTape:
         u = counter_uniform_from_base(bases[owner], j)
         return self.sampler.sample(u, self.k_cap, None if alpha is None else alpha[owner]), starts
 
-    def _from_ahead(
-        self,
-        t: RequestTable,
-        new: npt.NDArray[np.int64],
-        live: Callable[[], npt.NDArray[np.int64]],
-    ) -> npt.NDArray[np.int64]:
-        """Copy written-ahead tapes of fresh requests in ``new`` (slots) into the arena; returns
-        the slots left for the general path (not fresh, or ids already passed)."""
-        rest = []
-        for slot, rid in zip(new.tolist(), t.rid[new].tolist(), strict=True):
-            if t.steps[slot] or t.generated[slot] or rid < self._lo:
-                rest.append(slot)  # pragma: no cover - fresh requests are admitted in id order
-                continue
-            if rid >= self._hi:
-                self._write_ahead(rid)
-            i = rid - self._lo
-            a, b = int(self._starts[i]), int(self._starts[i + 1])
-            n = b - a
-            if self.top + n > self.arena.shape[0]:
-                self._compact(t, live(), n)
-            top = self.top
-            self.arena[top : top + n] = self._vals[a:b]
-            self.top = top + n
-            t.tape_pos[slot] = top
-            t.tape_end[slot] = top + n
-        return np.asarray(rest, dtype=np.int64)
+    def assign(
+        self, t: RequestTable, slot: int, rid: int, live: Callable[[], npt.NDArray[np.int64]]
+    ) -> None:
+        """Point fresh request ``rid``, placed in ``slot``, at its tape written ahead (requests
+        arrive in id order; :meth:`ahead` must have been called). ``live`` as for
+        :meth:`ensure`."""
+        if rid >= self._hi:
+            self._write_chunk(rid, t, live)
+        i = rid - self._lo
+        starts = self._start_list
+        t.tape_pos[slot] = self._base + starts[i]
+        t.tape_end[slot] = self._base + starts[i + 1]
 
-    def _write_ahead(self, lo: int) -> None:
-        """Tapes of fresh requests ``lo .. lo + chunk - 1`` (every remaining step of each)."""
+    def _write_chunk(
+        self, lo: int, t: RequestTable, live: Callable[[], npt.NDArray[np.int64]]
+    ) -> None:
+        """Lay the tapes of fresh requests ``lo .. lo + chunk - 1`` in the arena (every request
+        of the previous chunk has arrived and been assigned its tape)."""
         assert self._src is not None
         output, alpha, key = self._src
         hi = min(output.shape[0], lo + self._chunk)
-        self._vals, self._starts = self._values(
+        vals, starts = self._values(
             counter_base(key, np.arange(lo, hi)),
             np.maximum(output[lo:hi], 1),
             0,
             None if alpha is None else alpha[lo:hi],
         )
+        n = vals.shape[0]
+        if self.top + n > self.arena.shape[0]:
+            self._compact(t, live(), n)
+        self.arena[self.top : self.top + n] = vals
+        self._base = self.top
+        self._start_list = starts.tolist()
         self._lo, self._hi = lo, hi
+        self.top += n
 
     def _compact(self, t: RequestTable, live: npt.NDArray[np.int64], extra: int) -> None:
-        """Move the unread part of every live tape to the front of the arena (growing it)."""
+        """Move the unread part of every live tape to the front of the arena (growing it to hold
+        ``extra`` more entries). Tapes written ahead by request id are all assigned when this
+        runs (it runs before the next chunk is laid, or for a request of the general path)."""
         live = live[(t.tape_end[live] > 0) & np.isnan(t.finish[live])]
         begin = t.tape_pos[live] + t.steps[live]
         lens = np.maximum(t.tape_end[live] - begin, 0)
