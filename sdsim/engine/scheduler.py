@@ -73,13 +73,8 @@ def form_batch(req: Any, e: Any, run: _I64, batch: Any, queue: _I64, k: int, now
     e["k"] = k
     e["waiting_before"] = waiting
     e["entries"] = 0
-    e["decodes"] = 0
-    e["prefills"] = 0
     e["admitted"] = 0
     e["preempted"] = 0
-    e["decode_context"] = 0
-    e["prefill_tokens"] = 0
-    e["prefill_context"] = 0
     prefill_only = False
     if e["policy"] == PREFILL_FIRST and waiting > 0 and nrun < e["max_num_seqs"]:
         prefill_only = _prefill_only(req, e, run, batch, queue, now)
@@ -90,7 +85,28 @@ def form_batch(req: Any, e: Any, run: _I64, batch: Any, queue: _I64, k: int, now
     e["kv_in_step"] = e["kv_used"]
     if e["kv_used"] > e["kv_peak"]:
         e["kv_peak"] = e["kv_used"]
+    _tally(e, batch)
     return FORMED if e["entries"] > 0 else EMPTY
+
+
+@jit(inline=True)
+def _tally(e: Any, batch: Any) -> None:
+    """The step's shape, summed over its entries (what the cost model prices)."""
+    decodes = prefills = decode_context = prefill_tokens = prefill_context = 0
+    for i in range(e["entries"]):
+        s = batch[i]
+        if s["kind"] == DECODE:
+            decodes += 1
+            decode_context += s["context"]
+        else:
+            prefills += 1
+            prefill_tokens += s["tokens"]
+            prefill_context += s["context"] + s["tokens"]
+    e["decodes"] = decodes
+    e["prefills"] = prefills
+    e["decode_context"] = decode_context
+    e["prefill_tokens"] = prefill_tokens
+    e["prefill_context"] = prefill_context
 
 
 @jit(inline=True)
@@ -105,13 +121,6 @@ def _add_entry(
     s["context"] = context
     s["blocks"] = blocks
     e["entries"] += 1
-    if kind == DECODE:
-        e["decodes"] += 1
-        e["decode_context"] += context
-    else:
-        e["prefills"] += 1
-        e["prefill_tokens"] += tokens
-        e["prefill_context"] += context + tokens
 
 
 @jit(inline=True)
