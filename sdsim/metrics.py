@@ -38,7 +38,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from sdsim.engine.schema import ABORT_DONE
-from sdsim.engine.server import SimRun
+from sdsim.records import SimRun
 
 REQUEST_FIELDS = (
     "arrival",

@@ -54,6 +54,9 @@ from pydantic import (
 )
 
 from sdsim.errors import ScenarioError, format_validation_error
+from sdsim.hardware import get_gpu
+from sdsim.memory import check_request_fits, kv_capacity
+from sdsim.models import resolve_model
 
 # Draft lengths beyond this are not a real configuration: acceptance probability to the 32nd power
 # is negligible for any drafter, and verify widths that large would be a prefill, not a decode step.
@@ -590,9 +593,6 @@ def check_registry(scn: Scenario) -> None:
         ``config.json``, prompt + output tokens longer than the target's context, or a KV cache
         smaller than the shortest request the length laws can draw.
     """
-    from sdsim.hardware import get_gpu
-    from sdsim.models import resolve_model
-
     if isinstance(scn.hardware, str):
         get_gpu(scn.hardware, "hardware")
     target = resolve_model(scn.target, "target")
@@ -612,8 +612,6 @@ def check_registry(scn: Scenario) -> None:
     # KV capacity: weights that do not fit, or a cache smaller than the longest request, are
     # refused here, as a real engine refuses to start (lengths of traces and replayed reports are
     # checked when the simulation reads them).
-    from sdsim.memory import check_request_fits, kv_capacity
-
     cap = kv_capacity(scn)
     if wl.arrival not in ("trace", "replay") and wl.trace is None:
         check_request_fits(

@@ -55,16 +55,18 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sdsim.costs.build import build_cost_model
 from sdsim.errors import ScenarioError, format_validation_error
 from sdsim.metrics import SUMMARY_KEYS, t_confidence_interval
 from sdsim.scenario import Scenario, load_scenario, scenario_from_dict, scenario_hash
+from sdsim.simulation import simulate
 
 # Summary scalars a sweep may keep: the DESIGN.md keys plus the simulator's diagnostics.
 KNOWN_METRICS: tuple[str, ...] = (
@@ -443,8 +445,6 @@ def plan_sweep(
 def _check_costs(scn: Scenario, i: int, ov: dict[str, Any], checked: set[str]) -> None:
     """Build each distinct step-cost model of the sweep once, before any run, so that a missing or
     malformed profile bundle is bad input (exit 2) instead of every run failing."""
-    from sdsim.costs.step import build_cost_model
-
     data = scn.to_dict()
     key = _canonical({f: data[f] for f in ("hardware", "target", "drafter", "costs", "spec")}
                      | {"tp": scn.server.tp})  # fmt: skip
@@ -477,8 +477,6 @@ def execute_run(task: RunTask) -> dict[str, Any]:
     ``scenario_hash``, ``seed``), the swept fields as columns, every scalar of the summary,
     ``error`` (``None`` on success, else ``"ExceptionType: message"``) and ``wall_s``.
     """
-    from sdsim.simulation import simulate
-
     t0 = time.perf_counter()
     row: dict[str, Any] = {
         "run_key": task.run_key,
@@ -683,20 +681,18 @@ def speedup_table(
 
 
 def _analytic_predict() -> Callable[[Scenario], Any]:
-    """``sdsim.predict`` (the analytic model's public entry point), or a ScenarioError saying why
-    it cannot be used."""
-    import sdsim
-
+    """The analytic model's :func:`~sdsim.analytic.prediction.predict`, or a ScenarioError saying
+    why it cannot be used."""
     try:
-        fn = sdsim.predict
-    except (ImportError, AttributeError) as exc:
+        # imported on demand: the model loads scipy.stats (about a second), which a sweep without
+        # --with-analytic never needs
+        from sdsim.analytic.prediction import predict
+    except ImportError as exc:
         raise ScenarioError(
             "--with-analytic",
             f"the analytic model (sdsim.analytic) is not available in this installation ({exc})",
         ) from None
-    if not callable(fn):
-        raise ScenarioError("--with-analytic", "sdsim.predict is not callable")
-    return cast(Callable[[Scenario], Any], fn)
+    return predict
 
 
 def analytic_table(plan: SweepPlan) -> pd.DataFrame:

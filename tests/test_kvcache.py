@@ -9,11 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sdsim import simulate
-from sdsim.costs.step import build_cost_model
+from sdsim.costs.build import build_cost_model
 from sdsim.engine.kvcache import (
     blocks_for,
-    derive_num_gpu_blocks,
-    kv_bytes_per_token,
     kv_free,
     kv_free_blocks,
     kv_hold,
@@ -23,6 +21,7 @@ from sdsim.engine.scheduler import FORMED, Batch, form_batch
 from sdsim.engine.server import Engine
 from sdsim.engine.state import RequestTable
 from sdsim.errors import ScenarioError
+from sdsim.memory import derive_num_gpu_blocks, kv_bytes_per_token
 from sdsim.rng import counter_base, counter_uniform, counter_uniform_from_base
 from sdsim.workload import Workload
 from tests.conftest import small

@@ -25,7 +25,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sdsim import simulate
-from sdsim.costs.step import StepShape, build_cost_model
+from sdsim.costs.build import build_cost_model
+from sdsim.costs.step import StepShape
 from sdsim.engine.prices import DecodePrices, cached_price
 from sdsim.engine.server import run_simulation
 from sdsim.engine.state import (

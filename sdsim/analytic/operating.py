@@ -24,6 +24,7 @@ from __future__ import annotations
 __all__ = [
     "OperatingPoint",
     "chunk_laws",
+    "derive_coefficients",
     "gps_law_from_curve",
     "kv_blocks_per_request",
     "kv_saturation_rate",
@@ -48,7 +49,9 @@ from sdsim.analytic.coefficients import (
 from sdsim.analytic.gps import BirthDeath, birth_death
 from sdsim.analytic.stepcurve import StepCurve, build_step_curve, mean_context
 from sdsim.analytic.work import RequestWork, request_work
-from sdsim.costs.step import StepCostModel, build_cost_model
+from sdsim.costs.build import build_cost_model
+from sdsim.costs.step import StepCostModel
+from sdsim.memory import num_gpu_blocks
 from sdsim.scenario import Scenario
 
 FloatArray = npt.NDArray[np.float64]
@@ -283,9 +286,7 @@ def kv_saturation_rate(
 
     ``inf`` for an unlimited cache or when the demand stays below capacity up to ``gpu_rate``.
     """
-    from sdsim.memory import num_gpu_blocks  # the engine's capacity: given, derived or unlimited
-
-    cap = num_gpu_blocks(scn)
+    cap = num_gpu_blocks(scn)  # the engine's capacity: given, derived or unlimited
     if cap is None:
         return math.inf
     blocks = kv_blocks_per_request(scn, curve)
@@ -408,3 +409,32 @@ def local_lines(
         return a, b, np.interp(x, grid, cpc)
 
     return fn
+
+
+def derive_coefficients(
+    scn: Scenario,
+    k: int | None = None,
+    work: RequestWork | None = None,
+    rate: float | None = None,
+) -> Coefficients:
+    """Derive the stage coefficients from the scenario's StepCostModel (no simulation).
+
+    Parameters
+    ----------
+    scn
+        Scenario; its ``costs`` block chooses the StepCostModel via ``build_cost_model``.
+    k
+        Draft length; defaults to ``scn.spec.k``.
+    work
+        Precomputed :func:`~sdsim.analytic.work.request_work` for this k (saves time).
+    rate
+        Arrival rate per replica of the operating point the lines are the tangent at; default
+        the scenario's rate split over its replicas.
+
+    Returns
+    -------
+    Coefficients
+    """
+    kk = scn.spec.k if k is None else int(k)
+    lam = scn.workload.rate / scn.server.replicas if rate is None else float(rate)
+    return operating_point(scn, kk, lam, work=work).coefficients

@@ -70,8 +70,10 @@ from sdsim.analytic.operating import (
 from sdsim.analytic.stepcurve import StepCurve
 from sdsim.analytic.tails import latency_distribution
 from sdsim.analytic.work import RequestWork, request_work
-from sdsim.costs.step import StepCostModel, build_cost_model
+from sdsim.costs.build import build_cost_model
+from sdsim.costs.step import StepCostModel
 from sdsim.errors import ScenarioError
+from sdsim.memory import num_gpu_blocks
 from sdsim.scenario import BetaAlpha, Scenario
 
 LATENCY_KEYS = tuple(
@@ -467,10 +469,9 @@ def _predict(
     summary["kv_demand_mean"] = summary["batch_mean"] * blocks
     outside: str | None = None
     summary["p_kv_full"] = 0.0
-    from sdsim.memory import num_gpu_blocks  # the engine's capacity: given, derived or unlimited
-
     speculating = scn.spec.k > 0 or scn.spec.policy == "adaptive"  # (as memory.kv_capacity)
     if speculating not in shared.kv_caps:
+        # the engine's capacity: given, derived or unlimited
         shared.kv_caps[speculating] = num_gpu_blocks(scn)
     kv_cap = shared.kv_caps[speculating]
     if kv_cap is not None:
@@ -537,7 +538,7 @@ def predict_grid(
     scenario: Scenario,
     rates: Sequence[float],
     ks: Sequence[int],
-    alphas: Sequence[float],
+    alphas: Sequence[float] | None = None,
     *,
     quantiles: bool = True,
 ) -> pd.DataFrame:
@@ -559,15 +560,17 @@ def predict_grid(
     ks
         Draft lengths.
     alphas
-        Constant per-token acceptance probabilities.
+        Constant per-token acceptance probabilities; ``None`` keeps the scenario's own acceptance
+        law (constant, per position or per-request beta) at every point.
     quantiles
         Compute the tail model (p50/p90/p99); False gives means only, about 100x faster.
 
     Returns
     -------
     pandas.DataFrame
-        One row per point, ordered rate-major then k then alpha: ``rate``, ``k``, ``alpha``,
-        the prediction's summary keys, ``saturation_rate``, ``speedup``, ``outside_model``.
+        One row per point, ordered rate-major then k then alpha: ``rate``, ``k``, ``alpha``
+        (the law's mean when ``alphas`` is ``None``), the prediction's summary keys,
+        ``saturation_rate``, ``speedup``, ``outside_model``.
     """
     import pandas as pd
 
@@ -579,9 +582,13 @@ def predict_grid(
     # different blocks), the same fields as with_overrides of all three would give
     workloads = [scenario.with_overrides({"workload.rate": float(r)}).workload for r in rates]
     # (k, alpha) outermost so one curve serves every rate; rows are put back in grid order
+    laws: list[float | None] = [None] if alphas is None else [float(a) for a in alphas]
     for ik, k in enumerate(ks):
-        for ia, a in enumerate(alphas):
-            base = scenario.with_overrides({"spec.k": int(k), "acceptance.alpha": float(a)})
+        for ia, a in enumerate(laws):
+            over: dict[str, Any] = {"spec.k": int(k)}
+            if a is not None:
+                over["acceptance.alpha"] = a
+            base = scenario.with_overrides(over)
             if base.spec.policy == "fixed" and base.workload.arrival not in ("trace", "replay"):
                 _prime(base, int(k), shared, rates)
                 if int(k) > 0:
@@ -592,7 +599,7 @@ def predict_grid(
                 rows[(ir, ik, ia)] = {
                     "rate": float(r),
                     "k": int(k),
-                    "alpha": float(a),
+                    "alpha": base.acceptance.mean_alpha if a is None else a,
                     **p.summary,
                     "saturation_rate": p.saturation_rate,
                     "speedup": p.speedup,

@@ -30,7 +30,8 @@ import pandas as pd
 from sdsim.analytic.prediction import Prediction, predict
 from sdsim.errors import ScenarioError
 from sdsim.metrics import t_confidence_interval
-from sdsim.scenario import Scenario
+from sdsim.scenario import Scenario, scenario_from_dict
+from sdsim.simulation import simulate
 
 # Fractions of the predicted saturation rate validated by default.
 DEFAULT_FRACTIONS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.8, 0.9, 0.95)
@@ -77,9 +78,6 @@ class ValidationReport:
 
 def _sim_one(args: tuple[dict[str, Any], int]) -> dict[str, Any]:
     # A top-level function so a process pool can pickle it; the scenario travels as plain data.
-    from sdsim.scenario import scenario_from_dict
-    from sdsim.simulation import simulate
-
     data, seed = args
     res = simulate(scenario_from_dict(data), seed=seed)
     return {k: v for k, v in res.summary.items() if isinstance(v, (int, float, bool))}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 __all__ = [
     "Engine",
-    "SimRun",
     "StepHook",
     "Tracker",
     "check_kv_fits",
@@ -26,7 +25,6 @@ __all__ = [
 
 import math
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -53,6 +51,7 @@ from sdsim.engine.schema import (
 from sdsim.engine.state import IdQueue, RequestTable, Sink, StepLog
 from sdsim.engine.tape import AcceptanceTape
 from sdsim.memory import check_request_fits, kv_capacity, num_gpu_blocks
+from sdsim.records import SimRun
 from sdsim.rng import counter_base, stream_key
 from sdsim.scenario import Scenario
 from sdsim.workload import Workload
@@ -467,24 +466,6 @@ def _merge_logs(engines: list[Engine]) -> dict[str, npt.NDArray[np.generic]]:
         order = np.lexsort((steps["replica"], ends))
         steps = {k: v[order] for k, v in steps.items()}
     return steps
-
-
-@dataclass
-class SimRun:
-    """Raw outcome of a simulation: request table, step columns, stop reason, engine facts.
-
-    ``info`` holds run-level facts the summary reports: ``kv_blocks_total`` (per replica, ``None``
-    when unlimited), ``kv_peak_blocks`` (largest use on any replica), ``api_delay_s``,
-    ``replicas``.
-    """
-
-    table: RequestTable
-    steps: dict[str, npt.NDArray[np.generic]]
-    end_time: float
-    stopped_early: bool
-    stop_reason: str
-    engines: list[Engine]
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 def check_kv_fits(scn: Scenario, wl: Workload) -> None:
