@@ -58,7 +58,7 @@ from sdsim.scenario import BetaAlpha, Scenario
 _WORDS = (
     " the", " model", " of", " a", " server", " token", " and", " batch", " to", " step",
     " in", " queue", " is", " draft", " for", " speculative",
-)  # fmt: skip
+)
 
 # Largest output or prompt a request may ask for; beyond it a request is a mistake, not a load.
 MAX_REQUEST_TOKENS = 1_000_000

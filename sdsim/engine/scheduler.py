@@ -66,8 +66,9 @@ def form_batch(req: Any, e: Any, run: _I64, batch: Any, queue: _I64, k: int, now
     waiting = waiting_count(queue)
     if nrun == 0 and waiting == 0:
         return IDLE
-    # room for every admission the sequence cap allows, and for preempting every running request
-    most = nrun + min(waiting, max(e["max_num_seqs"] - nrun, 0))
+    # room for every admission the sequence cap and the token budget allow (an admission takes
+    # at least one token), and for preempting every running request
+    most = nrun + min(waiting, max(e["max_num_seqs"] - nrun, 0), e["token_budget"])
     if most > run.shape[0] or most > batch.shape[0] or front_room(queue) < nrun:
         return NO_ROOM
     e["k"] = k

@@ -442,7 +442,7 @@ class Engine:
         e = self.state[0]
         nrun = int(e["running"])
         room = max(int(e["max_num_seqs"]) - nrun, 0)
-        most = nrun + min(len(self.waiting), room, int(e["token_budget"]))
+        most = nrun + min(len(self.waiting), room, int(e["token_budget"]))  # as form_batch
         size = self.run.shape[0]
         while size < most:
             size *= 2

@@ -138,15 +138,15 @@ def apply_outcome(
     e["observed_accepted"] = observed
     e["observed_rejected"] = rejected
     finished = _complete(req, e, run, end) if finishing else 0
-    _record(e, log, end, prefill_emitted + decode_emitted, decode_emitted - e["decodes"])
+    _record(e, log, prefill_emitted + decode_emitted, decode_emitted - e["decodes"])
     e["phase"] = FREE
     e["clock"] = end
     return finished
 
 
 @jit(inline=True)
-def _record(e: Any, log: Any, end: float, emitted: int, accepted: int) -> None:
-    """Write the record of the step in hand."""
+def _record(e: Any, log: Any, emitted: int, accepted: int) -> None:
+    """Write the record of the step in hand (it started at ``e["clock"]``)."""
     row = log[e["records"]]
     row["start"] = e["clock"]
     row["duration"] = e["total"]

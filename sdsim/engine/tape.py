@@ -116,10 +116,7 @@ class AcceptanceTape:
             # and no generated token yet
             lo = self.pre_hi
             hi = min(t.n, max(lo, int(new.max()) + 1) + self.prefetch)
-            below = new[new < lo]
             new = np.arange(lo, hi, dtype=np.int64)
-            if below.shape[0]:  # pragma: no cover - every id below pre_hi has a tape
-                new = np.concatenate([below, new])
             self.pre_hi = hi
         # a decode step emits >= 1 token: at most output - generated more decode steps
         lens = np.maximum(t.output[new] - t.generated[new], 1)
