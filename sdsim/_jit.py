@@ -24,18 +24,21 @@ def jit(f: Any = None, *, inline: bool = False) -> Any:
     writable at all, numba refuses ``cache=True``: compile in each process instead (~2 s).
 
     ``inline=True`` (``@jit(inline=True)``): the function is inlined into its compiled callers
-    (numba's ``inline="always"``), for small helpers called in a kernel's inner loops, where a
-    call costs more than the work.
+    (numba's ``inline="always"``; a call passes every array argument by value) and is not
+    cached on its own: a kernel built from functions of several modules is cached only as its
+    entry point, whose cache key must then cover those modules (numba checks only the file that
+    defines the entry point; see :func:`sdsim.engine.step.advance`).
     """
     if f is None:
         return lambda g: jit(g, inline=inline)
     if NO_JIT:
         return f
-    opts: dict[str, Any] = {"inline": "always"} if inline else {}
+    if inline:
+        return numba.njit(inline="always")(f)
     try:
-        return numba.njit(cache=True, **opts)(f)
+        return numba.njit(cache=True)(f)
     except RuntimeError:  # no writable cache location (tests/test_jit.py)
-        return numba.njit(**opts)(f)
+        return numba.njit(f)
 
 
 def jit_eager(signature: str, fastmath: set[str] | None = None) -> Any:

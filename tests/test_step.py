@@ -111,6 +111,20 @@ def test_compiled_step_gives_the_records_of_the_plain_python_step() -> None:
             assert plain[f"{case}, {ff}"] == [frame_hash(res.requests), frame_hash(res.steps)]
 
 
+def test_compiled_step_cache_key_covers_every_module_it_is_built_from() -> None:
+    # numba caches the step under the file that defines its entry point; the key it carries
+    # (a hash of SOURCES) must cover every engine module with compiled functions, so that an
+    # edit to any of them recompiles the step instead of loading a stale one.
+    import sdsim.engine.step as step
+
+    engine = ROOT / "sdsim" / "engine"
+    compiled = {p.name for p in engine.glob("*.py") if "@jit" in p.read_text()}
+    assert compiled <= set(step.SOURCES) and (engine / "schema.py").name in step.SOURCES
+    if hasattr(step.advance, "py_func"):  # compiled (not under SDSIM_NO_JIT)
+        cells = [c.cell_contents for c in step.advance.py_func.__closure__ or ()]
+        assert step._sources_key() in cells
+
+
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_steps_ahead_match_steps_on_the_clock(kind: str) -> None:
     scn = small(**KINDS[kind])

@@ -71,8 +71,12 @@ def kv_hold(req: Any, e: Any, r: int, tokens: int) -> bool:
 
     Returns whether it holds them (a holding never shrinks here; nothing changes when not).
     """
-    want = blocks_for(tokens, e["block_size"])
-    add = want - req[r]["kv_blocks"]
+    bs = e["block_size"]
+    held = req[r]["kv_blocks"]
+    if tokens <= held * bs:
+        return True  # held already (most decode steps: no division)
+    want = blocks_for(tokens, bs)
+    add = want - held
     if add > kv_free_blocks(e):
         return False
     if add > 0:
@@ -83,10 +87,14 @@ def kv_hold(req: Any, e: Any, r: int, tokens: int) -> bool:
 
 @jit(inline=True)
 def kv_keep(req: Any, e: Any, r: int, tokens: int) -> None:
-    """Shrink request ``r``'s holding to the blocks of ``tokens`` tokens (the look-ahead slots
-    of rejected draft tokens go back)."""
-    kept = blocks_for(tokens, e["block_size"])
-    e["kv_used"] -= req[r]["kv_blocks"] - kept
+    """Shrink request ``r``'s holding to the blocks of ``tokens`` tokens, no more than it holds
+    (the look-ahead slots of rejected draft tokens go back)."""
+    bs = e["block_size"]
+    held = req[r]["kv_blocks"]
+    kept = held
+    while kept > 0 and (kept - 1) * bs >= tokens:  # blocks_for(tokens), without a division
+        kept -= 1
+    e["kv_used"] -= held - kept
     req[r]["kv_blocks"] = kept
 
 

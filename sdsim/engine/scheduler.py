@@ -174,7 +174,7 @@ def _schedule_running(
     return budget, blocked
 
 
-@jit
+@jit(inline=True)
 def _preempt_last(req: Any, e: Any, run: _I64, queue: _I64) -> None:
     """Preempt the most recently admitted running request by recomputation: its blocks are
     freed and it goes back to the front of the queue (preempted in turn from the back, the
@@ -218,7 +218,7 @@ def _admit(
     return budget
 
 
-@jit
+@jit(inline=True)
 def _prefill_only(
     req: Any, e: Any, run: _I64, batch: Any, queue: _I64, now: float
 ) -> bool:

@@ -46,6 +46,7 @@ __all__ = [
     "PENDING",
     "PRICE",
     "PRICED",
+    "SOURCES",
     "STEPPED",
     "TABLE",
     "UNPRICED",
@@ -53,7 +54,9 @@ __all__ = [
     "apply_outcome",
 ]
 
+import hashlib
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -168,7 +171,7 @@ def _record(e: Any, log: Any, emitted: int, accepted: int) -> None:
     e["records"] += 1
 
 
-@jit
+@jit(inline=True)
 def _complete(req: Any, e: Any, run: _I64, end: float) -> int:
     """Retire the running requests that emitted their last token (finish time ``end``, blocks
     freed), keeping the others in order. Returns how many finished."""
@@ -191,7 +194,7 @@ def _complete(req: Any, e: Any, run: _I64, end: float) -> int:
     return finished
 
 
-@jit
+@jit(inline=True)
 def _drop_aborted(req: Any, e: Any, run: _I64, queue: _I64, now: float) -> int:
     """Requests whose abort was asked for leave the running set and the queue at ``now``: blocks
     freed, finish time ``now``, marked aborted. Returns how many left."""
@@ -228,7 +231,7 @@ def _drop_aborted(req: Any, e: Any, run: _I64, queue: _I64, now: float) -> int:
     return left
 
 
-@jit
+@jit(inline=True)
 def _decoding(req: Any, e: Any, run: _I64) -> None:
     """Count the running requests that would decode next, and their context (what a draft-length
     policy reads before the next batch is formed)."""
@@ -243,8 +246,8 @@ def _decoding(req: Any, e: Any, run: _I64) -> None:
     e["next_context"] = context
 
 
-@jit
-def advance(
+@jit(inline=True)
+def _advance(
     req: Any,
     eng: Any,
     run: _I64,
@@ -265,7 +268,7 @@ def advance(
     verify: float,
     overhead: float,
 ) -> tuple[int, float, float, int, int, int, int, int, int, int]:
-    """Take the replica's step in hand as far as it can go without Python.
+    """Take the replica's step in hand as far as it can go without Python (:func:`advance`).
 
     Arrays: the request table, the ENGINE array (one record), the running set, the ENTRY array,
     the waiting queue, the acceptance tape arena, the step log (STEP records), and the price
@@ -371,3 +374,57 @@ def _set_price(
     e["verify_s"] = verify
     e["overhead_s"] = overhead
     e["phase"] = PRICED
+
+
+# The engine modules the compiled step's functions and constants come from.
+SOURCES = ("step.py", "scheduler.py", "kvcache.py", "state.py", "prices.py", "schema.py")
+
+
+def _sources_key() -> str:
+    """SHA-256 of :data:`SOURCES`: numba's on-disk cache checks only the file that defines the
+    cached function."""
+    here = Path(__file__).parent
+    h = hashlib.sha256()
+    for name in SOURCES:
+        h.update((here / name).read_bytes())
+    return h.hexdigest()
+
+
+def _entry(sources: str) -> Any:
+    """The compiled step's entry point (cached), keyed on ``sources`` (:func:`_sources_key`):
+    a closure variable is part of numba's cache key, so editing any module the step is built
+    from recompiles it."""
+
+    @jit
+    def advance(
+        req: Any,
+        eng: Any,
+        run: _I64,
+        batch: Any,
+        queue: _I64,
+        tape: _I64,
+        log: Any,
+        prices: Any,
+        spans: Any,
+        now: float,
+        horizon: float,
+        hard: float,
+        flags: int,
+        k: int,
+        total: float,
+        prefill: float,
+        draft: float,
+        verify: float,
+        overhead: float,
+    ) -> tuple[int, float, float, int, int, int, int, int, int, int]:
+        _ = sources
+        return _advance(
+            req, eng, run, batch, queue, tape, log, prices, spans, now, horizon, hard, flags, k,
+            total, prefill, draft, verify, overhead,
+        )
+
+    return advance
+
+
+# The step (see _advance), compiled and cached as one function.
+advance = _entry(_sources_key())
