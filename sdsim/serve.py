@@ -333,7 +333,11 @@ class _Client:
 
     async def next(self) -> tuple[int, bool, float] | None:
         get = asyncio.ensure_future(self.q.get())
-        done, _ = await asyncio.wait({get, self.gone}, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait({get, self.gone}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the response was cancelled (the client went away)
+            get.cancel()
+            raise
         if get not in done:
             get.cancel()
             return None

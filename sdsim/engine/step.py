@@ -328,8 +328,10 @@ def _advance(
         start = e["clock"]
         end = start + e["total"]
         inside = end < horizon
-        straddle = start < horizon < end < hard and waiting_count(queue) < e["max_waiting"]
-        if not flags & AHEAD or not (inside or straddle) or e["records"] >= log.shape[0]:
+        runs = inside or (
+            start < horizon < end < hard and waiting_count(queue) < e["max_waiting"]
+        )
+        if not flags & AHEAD or not runs or e["records"] >= log.shape[0]:
             code = PENDING  # on the SimPy clock (a full log is emptied at its end)
             break
         finished += apply_outcome(req, e, run, batch, tape, log, end)
