@@ -193,8 +193,8 @@ def test_client_that_disconnects_has_its_request_aborted(live_server: Any, strea
     # A client asks for 2,000 tokens and goes away: streaming, after its first chunk; not
     # streaming, when its read times out. Its request is aborted at the next step boundary after
     # the server sees the disconnect: it leaves the running set, frees its KV blocks and is
-    # marked aborted. The tolerance on when: one step (50 ms) plus 0.5 s for the server to see
-    # the closed socket on a loaded machine.
+    # marked aborted. The tolerance on when: one step (50 ms) plus 1 s for the server to see
+    # the closed socket on a loaded machine (the request would have run ~30 s).
     base, live = live_server
     body = {"prompt": list(range(64)), "max_tokens": 2000, "stream": stream}
     with httpx.Client(base_url=base, timeout=httpx.Timeout(30.0, read=1.0)) as client:
@@ -213,6 +213,6 @@ def test_client_that_disconnects_has_its_request_aborted(live_server: Any, strea
     finish = sim["finish"][0]
     assert finish is not None
     gone_sim = (gone - sim["t0_monotonic"]) / sim["time_scale"]
-    assert finish <= gone_sim + 0.05 + 0.5
+    assert finish <= gone_sim + 0.05 + 1.0
     assert sim["output_tokens"] == [2000]
     assert live.table.generated[0] < 200  # it stopped long before its 2,000 tokens
