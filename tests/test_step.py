@@ -383,3 +383,18 @@ def test_abort_mid_step_of_a_request_finishing_in_that_step_is_no_abort() -> Non
     assert table.generated.tolist() == [1, 1] and engine.kv.used == 0
     assert engine.run_ids.shape[0] == 0 and not engine.waiting
     assert not engine.abort(0) and not engine.abort(5)  # finished; not a request
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["server.max_num_seqs", "server.max_num_batched_tokens", "server.num_gpu_blocks",
+     "limits.max_waiting"],
+)
+def test_limits_beyond_int64_run_as_unlimited(field: str) -> None:
+    # The engine's counts are int64: a configured limit of 2**63 is unlimited in effect, and
+    # the run is the one with a large finite limit (no OverflowError from the step's state).
+    base = small(**{"workload.num_requests": 40, "warmup_requests": 2})
+    huge = simulate(base.with_overrides({field: 2**63}), seed=1)
+    large = simulate(base.with_overrides({field: 10**9}), seed=1)
+    assert huge.summary["completed"] == 40
+    pd.testing.assert_frame_equal(huge.steps, large.steps, check_exact=True)

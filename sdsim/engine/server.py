@@ -207,7 +207,7 @@ class Engine:
         e = self.state[0]
         e["replica"] = replica
         e["block_size"] = scn.server.block_size
-        e["kv_capacity"] = UNLIMITED_BLOCKS if blocks is None else blocks
+        e["kv_capacity"] = UNLIMITED_BLOCKS if blocks is None else min(blocks, UNLIMITED_BLOCKS)
         e["max_num_seqs"] = min(scn.server.max_num_seqs, _INT_CAP)
         e["token_budget"] = min(scn.server.max_num_batched_tokens, _INT_CAP)
         e["policy"] = PREFILL_FIRST if scn.server.scheduler == "prefill-first" else VLLM_V1
