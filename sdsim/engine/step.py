@@ -268,28 +268,7 @@ def _advance(
     verify: float,
     overhead: float,
 ) -> tuple[int, float, float, int, int, int, int, int, int, int]:
-    """Take the replica's step in hand as far as it can go without Python (:func:`advance`).
-
-    Arrays: the request table, the ENGINE array (one record), the running set, the ENTRY array,
-    the waiting queue, the acceptance tape arena, the step log (STEP records), and the price
-    cache (PRICE rows, PRICE_SPAN per batch size). ``now`` is the SimPy clock; ``horizon`` and
-    ``hard`` bound the steps run ahead (see the module docstring); ``k`` is the draft length of a
-    batch formed in this call; ``total`` ... ``overhead`` are a price (a
-    :class:`~sdsim.costs.step.StepTime`'s fields) when ``flags & PRICE``.
-
-    Flags: :data:`PRICE` (the formed batch costs this), :data:`ENDED` (the priced step ran on the
-    SimPy clock and ended at ``now``: apply it), :data:`AHEAD` (run steps ahead of the clock),
-    :data:`ONE_STEP` (return after each outcome), :data:`TABLE` (decode-only batches are priced
-    from the cache).
-
-    Returns ``(code, clock, total, finished, waiting_change, decode_seqs, decode_context,
-    prefill_tokens, prefill_context, prefill_seqs)``: what the replica needs next (``code &
-    CODE``: :data:`UNPRICED`, :data:`PENDING`, :data:`STEPPED`, :data:`PAST`, :data:`IDLE`,
-    :data:`NO_ROOM`, :data:`LOG_FULL`, :data:`EMPTY`; ``code & NEED_TAPE``), the time of its
-    last step boundary, the price of a :data:`PENDING` step, the requests that finished or were
-    aborted in this call, how much the waiting queue grew, and the shape of an
-    :data:`UNPRICED` batch.
-    """
+    """The body of :func:`advance` (inlined into it)."""
     e = eng[0]
     finished = 0
     waiting0 = waiting_count(queue)
@@ -419,7 +398,29 @@ def _entry(sources: str) -> Any:
         verify: float,
         overhead: float,
     ) -> tuple[int, float, float, int, int, int, int, int, int, int]:
-        _ = sources
+        """Take the replica's step in hand as far as it can go without Python.
+
+        Arrays: the request table, the ENGINE array (one record), the running set, the ENTRY
+        array, the waiting queue, the acceptance tape arena, the step log (STEP records), and
+        the price cache (PRICE rows, PRICE_SPAN per batch size). ``now`` is the SimPy clock;
+        ``horizon`` and ``hard`` bound the steps run ahead (see the module docstring); ``k`` is
+        the draft length of a batch formed in this call; ``total`` ... ``overhead`` are a price
+        (a :class:`~sdsim.costs.step.StepTime`'s fields) when ``flags & PRICE``.
+
+        Flags: :data:`PRICE` (the formed batch costs this), :data:`ENDED` (the priced step ran
+        on the SimPy clock and ended at ``now``: apply it), :data:`AHEAD` (run steps ahead of
+        the clock), :data:`ONE_STEP` (return after each outcome), :data:`TABLE` (decode-only
+        batches are priced from the cache).
+
+        Returns ``(code, clock, total, finished, waiting_change, decode_seqs, decode_context,
+        prefill_tokens, prefill_context, prefill_seqs)``: what the replica needs next (``code
+        & CODE``: :data:`UNPRICED`, :data:`PENDING`, :data:`STEPPED`, :data:`PAST`,
+        :data:`IDLE`, :data:`NO_ROOM`, :data:`LOG_FULL`, :data:`EMPTY`; ``code & NEED_TAPE``),
+        the time of its last step boundary, the price of a :data:`PENDING` step, the requests
+        that finished or were aborted in this call, how much the waiting queue grew, and the
+        shape of an :data:`UNPRICED` batch.
+        """
+        _ = sources  # the closure variable in the cache key
         return _advance(
             req, eng, run, batch, queue, tape, log, prices, spans, now, horizon, hard, flags, k,
             total, prefill, draft, verify, overhead,
