@@ -9,6 +9,8 @@ Conventions (the glossary users read results by):
 * ``e2e = finish - arrival``, ``ttft = first_token - arrival``,
   ``tpot = (finish - first_token) / (output_tokens - 1)`` (undefined for one-token outputs),
   ``queue_delay = first_scheduled - arrival``.
+* ``draft_acceptance_rate`` = accepted / drafted tokens over the measured requests: the rate
+  servers report, not the model's ``acceptance.alpha`` (see :mod:`sdsim.acceptance`).
 * ``little_residual = (in_system_mean - lambda_obs * e2e_mean) / in_system_mean`` with
   ``lambda_obs`` the observed arrival rate in the window: Little's law says it tends to 0.
 * ``stable`` is false when the run was stopped at a saturation bound, or when the number in system
@@ -37,8 +39,11 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from sdsim._version import __version__
 from sdsim.engine.schema import ABORT_DONE
 from sdsim.records import SimRun
+from sdsim.scenario import SloSpec
+from sdsim.slo import slo_bounds, slo_stats
 
 REQUEST_FIELDS = (
     "arrival",
@@ -64,6 +69,9 @@ SUMMARY_KEYS = (
     "little_residual",
     "stable",
     "preemptions",
+    "goodput_rps",
+    "slo_attainment",
+    "slo_met",
     "seed",
 )
 
@@ -141,9 +149,14 @@ def _overlap_weights(
 
 
 def summarize(
-    run: SimRun, requests: pd.DataFrame, steps: pd.DataFrame, warmup: int, seed: int
+    run: SimRun,
+    requests: pd.DataFrame,
+    steps: pd.DataFrame,
+    warmup: int,
+    seed: int,
+    slo: SloSpec | None = None,
 ) -> dict[str, Any]:
-    """The summary dict (DESIGN.md keys plus diagnostics).
+    """The summary dict (DESIGN.md keys plus diagnostics, goodput and SLO attainment).
 
     Parameters
     ----------
@@ -155,6 +168,9 @@ def summarize(
         Requests excluded from statistics.
     seed
         Recorded in the summary.
+    slo
+        The scenario's SLOs (:mod:`sdsim.slo`: ``goodput_rps``, ``slo_met``, attainment and
+        margin per SLO); ``None``: none set.
     """
     n = len(requests)
     warmup = min(warmup, max(n - 1, 0))
@@ -185,7 +201,7 @@ def summarize(
     acc = done["accepted"].to_numpy()
     out["tokens_per_step_mean"] = float((st.sum() + acc.sum()) / st.sum()) if st.sum() else math.nan
     drafted = float(done["drafted"].sum())
-    out["acceptance_rate"] = float(acc.sum() / drafted) if drafted else float("nan")
+    out["draft_acceptance_rate"] = float(acc.sum() / drafted) if drafted else float("nan")
 
     start = steps["start"].to_numpy()
     sdur = steps["duration"].to_numpy()
@@ -223,9 +239,20 @@ def summarize(
     out["preemptions"] = int(requests["preemptions"].sum())
     out["preempted_requests"] = int((requests["preemptions"] > 0).sum())
     _engine_facts(run, steps, t0, t1, out)
+    out.update(
+        slo_stats(
+            slo_bounds(slo) if slo is not None else {},
+            done["e2e"].to_numpy(dtype=np.float64),
+            done["ttft"].to_numpy(dtype=np.float64),
+            done["tpot"].to_numpy(dtype=np.float64),
+            len(meas),
+            out,
+        )
+    )
     out["steps"] = len(steps)
     out["duration_s"] = float(run.end_time)
     out["seed"] = int(seed)
+    out["sdsim_version"] = __version__
     return out
 
 

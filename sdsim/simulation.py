@@ -107,7 +107,7 @@ def simulate(
     cost = cost_model if cost_model is not None else build_cost_model(scenario)
     wl = generate_workload(scenario, s)
     if not keep_records:
-        acc = RunningSummary(wl.arrival, scenario.warmup_requests)
+        acc = RunningSummary(wl.arrival, scenario.warmup_requests, slo=scenario.slo)
         run = run_simulation(
             scenario,
             wl,
@@ -131,5 +131,5 @@ def simulate(
     )
     requests = build_requests_frame(run, scenario.warmup_requests)
     steps = build_steps_frame(run)
-    summary = summarize(run, requests, steps, scenario.warmup_requests, s)
+    summary = summarize(run, requests, steps, scenario.warmup_requests, s, scenario.slo)
     return SimResult(requests=requests, steps=steps, summary=summary, scenario=scenario)

@@ -37,9 +37,11 @@ __all__ = [
     "execute_run",
     "load_sweep",
     "load_sweep_dir",
+    "open_executor",
     "plan_sweep",
     "read_runs",
     "run_sweep",
+    "run_tasks",
     "speedup_table",
     "summarize_runs",
 ]
@@ -55,31 +57,35 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sdsim._version import __version__
 from sdsim.costs.build import build_cost_model
 from sdsim.errors import ScenarioError, format_validation_error
 from sdsim.metrics import SUMMARY_KEYS, t_confidence_interval
+from sdsim.provenance import provenance, sidecar, sidecar_path
 from sdsim.scenario import Scenario, load_scenario, scenario_from_dict, scenario_hash
 from sdsim.simulation import simulate
+from sdsim.slo import SLO_KEYS, slo_bounds
 
 # Summary scalars a sweep may keep: the DESIGN.md keys plus the simulator's diagnostics.
 KNOWN_METRICS: tuple[str, ...] = (
     *(k for k in SUMMARY_KEYS if k != "seed"),
     "measured",
     "queue_delay_mean",
-    "acceptance_rate",
+    "draft_acceptance_rate",
     "busy_fraction",
     "waiting_mean",
     "arrival_rate_obs",
     "queue_growth_rps",
     "steps",
     "duration_s",
+    *(f"slo_{what}_{k}" for k in SLO_KEYS for what in ("attainment", "margin")),
 )
 
 DEFAULT_METRICS: tuple[str, ...] = (
@@ -97,6 +103,8 @@ DEFAULT_METRICS: tuple[str, ...] = (
 # Columns every run row has besides the swept fields and the metrics.
 RUN_COLUMNS = ("run_key", "point", "point_key", "replication", "scenario_hash", "seed", "error")
 RESULTS_DIR = "results"
+T = TypeVar("T")  # a task of run_tasks
+R = TypeVar("R")  # its result
 META_FILE = "sweep.json"
 
 
@@ -219,6 +227,8 @@ class SweepPlan:
         return {
             "name": self.name,
             "description": self.spec.description,
+            # run seeds derive from the base seed (derive_seed); each run's is in its row
+            **provenance(self.points[0].scenario.seed if self.points else None),
             "base": str(self.base),
             "fields": self.fields,
             "axes": [list(axis) for axis in self.spec.axes()],
@@ -439,6 +449,13 @@ def plan_sweep(
                 )
             )
     name = spec.name or (Path(sweep_path).stem if sweep_path is not None else base_scn.name)
+    # points with SLOs report goodput and attainment per SLO whatever the file's metrics say
+    slo_metrics = ["goodput_rps"] if any(slo_bounds(p.scenario.slo) for p in points) else []
+    for p in points:
+        slo_metrics += [f"slo_attainment_{k}" for k in slo_bounds(p.scenario.slo)]
+    extra = [m for m in dict.fromkeys(slo_metrics) if m not in spec.metrics]
+    if extra:
+        spec = spec.model_copy(update={"metrics": [*spec.metrics, *extra]})
     return SweepPlan(spec=spec, name=name, base=base, fields=fields, points=points, tasks=tasks)
 
 
@@ -485,6 +502,7 @@ def execute_run(task: RunTask) -> dict[str, Any]:
         "replication": task.replication,
         "scenario_hash": task.scenario_hash,
         "seed": task.seed,
+        "sdsim_version": __version__,
     }
     for k, v in task.overrides.items():
         row[k] = _column_value(v)
@@ -521,6 +539,12 @@ def _write_row(results: Path, row: dict[str, Any]) -> Path:
     pq.write_table(pa.Table.from_pylist([row]), tmp)
     os.replace(tmp, final)  # atomic: a reader sees the whole file or none
     return final
+
+
+def _stamped(table: Any, seed: int | None) -> Any:
+    """A pyarrow table with the sdsim version and base seed in its schema metadata (``sdsim``)."""
+    stamp = json.dumps(provenance(seed, seeds="per run: column seed of results/*.parquet"))
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), b"sdsim": stamp})
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -722,8 +746,17 @@ def analytic_table(plan: SweepPlan) -> pd.DataFrame:
 
 
 @contextlib.contextmanager
-def _executor(workers: int, dask: str | None) -> Iterator[tuple[cf.Executor, int]]:
-    """A concurrent.futures executor and how many runs to keep in flight."""
+def open_executor(workers: int, dask: str | None) -> Iterator[tuple[cf.Executor, int]]:
+    """A concurrent.futures executor and how many tasks to keep in flight.
+
+    Parameters
+    ----------
+    workers
+        Local worker processes (spawned); with ``dask="local"`` the LocalCluster's workers.
+    dask
+        ``None`` (a local process pool), ``"local"`` (start a LocalCluster) or the address of a
+        running Dask scheduler.
+    """
     if dask is None:
         import multiprocessing
 
@@ -765,6 +798,52 @@ def _executor(workers: int, dask: str | None) -> Iterator[tuple[cf.Executor, int
     finally:
         if cluster is not None:
             cluster.close()
+
+
+def run_tasks(
+    fn: Callable[[T], R], tasks: list[T], *, workers: int = 1, dask: str | None = None
+) -> Iterator[tuple[T, cf.Future[R]]]:
+    """Run ``fn`` over ``tasks`` on an executor, yielding each task with its finished future as
+    it completes (in completion order), at most the executor's window in flight.
+
+    ``workers == 1`` without ``dask`` runs them in this process, in order. Pending tasks are
+    cancelled when the caller stops early (an exception, KeyboardInterrupt).
+
+    Parameters
+    ----------
+    fn
+        A picklable top-level function.
+    tasks
+        Its arguments, one task each (picklable).
+    workers, dask
+        As for :func:`open_executor`.
+    """
+    if not tasks:
+        return
+    if workers == 1 and dask is None:
+        for task in tasks:
+            done: cf.Future[R] = cf.Future()
+            try:
+                done.set_result(fn(task))
+            except Exception as exc:
+                done.set_exception(exc)
+            yield task, done
+        return
+    with open_executor(workers, dask) as (ex, window):
+        pending: dict[cf.Future[R], T] = {}
+        queue = iter(tasks)
+        try:
+            while True:
+                for task in itertools.islice(queue, max(window - len(pending), 0)):
+                    pending[ex.submit(fn, task)] = task
+                if not pending:
+                    break
+                finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                for fut in finished:
+                    yield pending.pop(fut), fut
+        finally:
+            for fut in pending:
+                fut.cancel()
 
 
 def run_sweep(
@@ -839,31 +918,12 @@ def run_sweep(
 
     if progress is not None:
         progress(SweepProgress(len(plan.tasks), skipped, 0, 0, 0.0))
-    if todo and workers == 1 and dask is None:
-        for task in todo:
-            record(execute_run(task))
-    elif todo:
-        with _executor(workers, dask) as (ex, window):
-            pending: dict[cf.Future[dict[str, Any]], RunTask] = {}
-            queue = iter(todo)
-            try:
-                while True:
-                    for task in itertools.islice(queue, max(window - len(pending), 0)):
-                        pending[ex.submit(execute_run, task)] = task
-                    if not pending:
-                        break
-                    finished_now, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                    for fut in finished_now:
-                        task = pending.pop(fut)
-                        try:
-                            row = fut.result()
-                        except Exception as exc:  # worker died, unpicklable result, ...
-                            row = _failed_row(task, exc)
-                        record(row)
-            except BaseException:
-                for fut in pending:
-                    fut.cancel()
-                raise
+    for task, fut in run_tasks(execute_run, todo, workers=workers, dask=dask):
+        try:
+            row = fut.result()
+        except Exception as exc:  # worker died, unpicklable result, ...
+            row = _failed_row(task, exc)
+        record(row)
     wall = time.perf_counter() - t0
     return finish_sweep(plan, out, with_analytic, skipped, done, failed, wall)
 
@@ -876,6 +936,7 @@ def _failed_row(task: RunTask, exc: BaseException) -> dict[str, Any]:
         "replication": task.replication,
         "scenario_hash": task.scenario_hash,
         "seed": task.seed,
+        "sdsim_version": __version__,
     }
     row.update({k: _column_value(v) for k, v in task.overrides.items()})
     row["error"] = " ".join(f"{type(exc).__name__}: {exc}".split())[:2000]
@@ -900,24 +961,29 @@ def finish_sweep(
         import pyarrow as pa
 
         pq.write_table(
-            pa.Table.from_pandas(analytic, preserve_index=False), out / "analytic.parquet"
+            _stamped(pa.Table.from_pandas(analytic, preserve_index=False), meta.get("seed")),
+            out / "analytic.parquet",
         )
     summary = summarize_runs(runs, meta, analytic)
     files = [out / "summary.parquet", out / "summary.csv"]
     import pyarrow as pa
 
     tmp = out / f".summary.{os.getpid()}.tmp"
-    pq.write_table(pa.Table.from_pandas(summary, preserve_index=False), tmp)
+    pq.write_table(_stamped(pa.Table.from_pandas(summary, preserve_index=False), meta.get("seed")),
+                   tmp)  # fmt: skip
     os.replace(tmp, files[0])
     _write_atomic(files[1], summary.to_csv(index=False))
+    sidecar(files[1], meta.get("seed"), sweep=plan.name, seeds="per run in results/*.parquet")
     fail_path = out / "failures.csv"
     failures = runs[runs["error"].notna()] if len(runs) else runs
     if len(failures):
         cols = ["run_key", "point", "replication", "seed", *plan.fields, "error"]
         _write_atomic(fail_path, failures[cols].to_csv(index=False))
+        sidecar(fail_path, meta.get("seed"), sweep=plan.name, seeds="per run: column seed")
         files.append(fail_path)
     else:
         fail_path.unlink(missing_ok=True)
+        sidecar_path(fail_path).unlink(missing_ok=True)
     return SweepResult(
         out_dir=out,
         runs=runs,

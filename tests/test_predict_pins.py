@@ -17,6 +17,12 @@ life's mean batch is now solved on the step curve itself instead of on the tange
 it found (that tangent made MoE lives diverge; tests/test_tail_physical.py). On these seven
 cases that moved the e2e/TPOT means and quantiles (and in_system_mean, which is Little's law on
 the e2e mean) by 0.001% to 0.28%; saturation, speedup, TTFT and every other key are unchanged.
+
+A third, a cost-model change (issue 14): ``costs.source: auto`` became the calibrated model
+(sdsim/costs/calibrated.py; the roofline was too cheap under load), so every case whose scenario
+prices with ``auto`` (all but kv-pressure, whose costs are linear) was re-pinned from the
+calibrated model; the rate corner of default.yaml moved from 40 to 30 req/s because 40 req/s is
+past the calibrated saturation of that configuration (39 req/s) and would pin only infinities.
 """
 
 from __future__ import annotations

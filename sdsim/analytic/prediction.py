@@ -28,17 +28,19 @@ What the engine does beyond one replica with a fixed k is mapped as follows:
 from __future__ import annotations
 
 __all__ = [
+    "LoadPredictor",
     "Prediction",
     "adaptive_k",
     "capacity",
     "gps_law",
+    "limiting_resource",
     "mean_e2e_gps",
     "predict",
     "predict_grid",
 ]
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +77,7 @@ from sdsim.costs.step import StepCostModel
 from sdsim.errors import ScenarioError
 from sdsim.memory import num_gpu_blocks
 from sdsim.scenario import BetaAlpha, Scenario
+from sdsim.slo import slo_bounds, slo_stats_from_laws
 
 LATENCY_KEYS = tuple(
     f"{m}_{s}" for m in ("e2e", "ttft", "tpot") for s in ("mean", "p50", "p90", "p99")
@@ -115,6 +118,11 @@ class Prediction:
     kv_saturation_rate
         Rate (req/s, all replicas) at which the mean KV demand reaches ``num_gpu_blocks``
         (``inf`` for an unlimited cache).
+    saturation_limit
+        What sets ``saturation_rate``: ``"KV cache"`` (the KV limit comes first), ``"admission
+        cap"`` (the batch is held at ``max_num_seqs`` or the token budget while a step there is
+        still mostly fixed cost, so a larger cap would carry more) or ``"GPU"`` (step time grows
+        with the batch at the cap: the GPU itself, or prefill filling it).
     outside_model
         Why this prediction is outside what the model covers (``None`` when it is inside).
     latency_laws
@@ -134,6 +142,7 @@ class Prediction:
     scenario: Scenario | None = None
     gpu_saturation_rate: float = math.nan
     kv_saturation_rate: float = math.inf
+    saturation_limit: str = "GPU"
     outside_model: str | None = None
     latency_laws: dict[str, LatencyLaw] = field(default_factory=dict, repr=False)
 
@@ -154,8 +163,34 @@ class Prediction:
             "linearization_error": self.coefficients.fit_error if self.coefficients else None,
             "gpu_saturation_rate": self.gpu_saturation_rate,
             "kv_saturation_rate": self.kv_saturation_rate,
+            "saturation_limit": self.saturation_limit,
             "outside_model": self.outside_model,
         }
+
+
+def limiting_resource(curve: StepCurve, work: RequestWork, gpu_rate: float, kv_rate: float) -> str:
+    """What limits the sustainable rate (see :attr:`Prediction.saturation_limit`).
+
+    At the step-curve limit the engine holds ``n_max`` requests; throughput there is
+    ``n / t(n)`` per step, whose elasticity in the batch is ``1 - n t'(n) / t(n)``: the share of
+    the step that does not grow with the batch. Above one half, most of a step is fixed cost
+    (weights read once per step), so the cap on concurrency, not the GPU, is what binds.
+    """
+    if kv_rate < gpu_rate:
+        return "KV cache"
+    p = curve.chunks_per_request
+    marg = float((curve.mixed[:, -1] - curve.mixed[:, -2]).max()) if p > 0 else 0.0
+    if marg > 0 and gpu_rate >= (1.0 / (p * marg)) * (1.0 - 1e-9):
+        return "GPU"  # prefill alone fills the GPU
+    nu = work.mean_steps + p
+    top = curve.n_max * work.mean_steps / nu
+    grid = np.arange(curve.decode.shape[0], dtype=np.float64)
+    t = float(np.interp(top, grid, curve.decode))
+    lo, hi = max(top - 1.0, 0.0), min(top + 1.0, float(curve.n_max))
+    slope = (float(np.interp(hi, grid, curve.decode)) - float(np.interp(lo, grid, curve.decode)))
+    slope /= max(hi - lo, 1e-12)
+    elasticity = 1.0 - top * slope / t if t > 0 else 0.0
+    return "admission cap" if elasticity > 0.5 else "GPU"
 
 
 def _k_search_max(scn: Scenario) -> int:
@@ -375,6 +410,54 @@ def predict(
     return _predict(scenario, rates, k_values, quantiles, _Shared(build_cost_model(scenario)))
 
 
+def _shifted_cdfs(
+    laws: dict[str, LatencyLaw], api: float
+) -> dict[str, Callable[[float], float]]:
+    """Each law's CDF as a function of the reported latency (the API delay is added to e2e and
+    TTFT after the laws)."""
+
+    def one(law: LatencyLaw, shift: float) -> Callable[[float], float]:
+        return lambda x: float(law.cdf(np.asarray([x - shift]))[0])
+
+    return {m: one(law, api if m in ("e2e", "ttft") else 0.0) for m, law in laws.items()}
+
+
+class LoadPredictor:
+    """:func:`predict` of one scenario at many loads (rate, replicas), sharing what does not
+    depend on the load: the cost model, the work law, the step curve and the saturation rates.
+
+    The speedup over k = 0 is not computed (``speedup`` and ``break_even_rate`` are NaN,
+    ``best_k`` is empty); everything else equals ``predict(scenario.with_overrides(
+    {"workload.rate": rate, "server.replicas": replicas}), rates=[], k_values=[k])``.
+
+    Parameters
+    ----------
+    scenario
+        The scenario whose load varies (rate-driven arrivals).
+    """
+
+    def __init__(self, scenario: Scenario) -> None:
+        _check_rate_driven(scenario)
+        self.scenario = scenario
+        self._shared = _Shared(build_cost_model(scenario))
+
+    def __call__(self, rate: float, replicas: int, *, quantiles: bool = True) -> Prediction:
+        """The prediction at ``rate`` req/s over ``replicas`` replicas (both validated as the
+        scenario fields ``workload.rate`` and ``server.replicas``)."""
+        base = self.scenario
+        if not (0 < rate <= 1e6) or not math.isfinite(rate):
+            raise ScenarioError("workload.rate", f"must be in (0, 1e6], got {rate}")
+        if not 1 <= int(replicas) <= 4096:
+            raise ScenarioError("server.replicas", f"must be in [1, 4096], got {replicas}")
+        scn = base.model_copy(
+            update={
+                "workload": base.workload.model_copy(update={"rate": float(rate)}),
+                "server": base.server.model_copy(update={"replicas": int(replicas)}),
+            }
+        )
+        return _predict(scn, [], [], quantiles, self._shared, baseline=False)
+
+
 def _check_rate_driven(scn: Scenario) -> None:
     if scn.workload.arrival in ("trace", "replay"):
         raise ScenarioError(
@@ -388,8 +471,10 @@ def _predict(
     k_values: Sequence[int] | None,
     quantiles: bool,
     shared: _Shared,
+    baseline: bool = True,
 ) -> Prediction:
-    """:func:`predict` with the rate-independent pieces taken from (and added to) ``shared``."""
+    """:func:`predict` with the rate-independent pieces taken from (and added to) ``shared``;
+    ``baseline=False`` skips the k = 0 point the speedup compares with (speedup NaN)."""
     model = shared.model
     reps = scn.server.replicas
     lam = scn.workload.rate / reps  # every router gives each replica rate / replicas on average
@@ -492,16 +577,19 @@ def _predict(
     if not stable and outside is None:
         outside = f"past the saturation rate {gpu_sat:.3g} req/s"
 
-    if k > 0:
+    summary.update(slo_stats_from_laws(slo_bounds(scn.slo), _shifted_cdfs(laws, api), summary))
+
+    if k > 0 and baseline:
         op0 = op_for(0, lam)
         co0 = op0.coefficients
         c1r = co.c1 / co0.c1
         c2r = co.c2 / co0.c2
         sp = float(speedup(c1r, c2r, lam * co0.c2)) if lam * co0.c2 < 1 else math.nan
         be = break_even_rate(c1r, c2r, co0.c2) * reps
+    elif k > 0:
+        sp, be = math.nan, math.nan
     else:
         sp, be = 1.0, math.nan
-        op0 = op
 
     ks = sorted(set(k_values) if k_values is not None else {*range(_k_search_max(scn) + 1), k})
     if rates is None:
@@ -529,6 +617,7 @@ def _predict(
         scenario=scn,
         gpu_saturation_rate=gpu_sat,
         kv_saturation_rate=kv_sat,
+        saturation_limit=limiting_resource(op.curve, op.work, gpu_sat / reps, kv_sat / reps),
         outside_model=outside,
         latency_laws=laws,
     )

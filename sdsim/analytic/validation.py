@@ -32,6 +32,7 @@ from sdsim.errors import ScenarioError
 from sdsim.metrics import t_confidence_interval
 from sdsim.scenario import Scenario, scenario_from_dict
 from sdsim.simulation import simulate
+from sdsim.slo import slo_bounds
 
 # Fractions of the predicted saturation rate validated by default.
 DEFAULT_FRACTIONS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.8, 0.9, 0.95)
@@ -64,7 +65,9 @@ class ValidationReport:
     table
         One row per (rate, metric, statistic): ``rate, metric, statistic, analytic, sim_mean,
         ci_low, ci_high, rel_error, inside_ci`` plus ``tolerance``, ``holds``, ``fraction``
-        (of saturation) and ``seeds`` (the replications' run seeds, space separated).
+        (of saturation) and ``seeds`` (the replications' run seeds, space separated). With
+        SLOs in the scenario, rows ``goodput``/``rps`` and ``slo``/``attainment_<SLO>`` too
+        (reported, not judged: ``holds`` is empty).
     verdicts
         One row per rate: ``rate, fraction, holds, worst, reason``.
     saturation_rate
@@ -222,6 +225,24 @@ def validate(
                     bad.append((m, st, rel))
                 if math.isfinite(rel):
                     worst = max(worst, abs(rel) / tol)
+        # goodput and attainment per SLO (when the scenario has SLOs): reported beside the
+        # latencies, not judged (they follow from the latency laws the rows above judge)
+        for key in ("goodput_rps", *(f"slo_attainment_{k}" for k in slo_bounds(s.slo))):
+            if not slo_bounds(s.slo):
+                break
+            mean, lo, hi = t_confidence_interval([x.get(key, math.nan) for x in sims])
+            ana = float(pred.summary.get(key, math.nan))
+            rel = (ana - mean) / mean if mean and math.isfinite(mean) else math.nan
+            metric, _, stat = key.partition("_")
+            rows.append(
+                {
+                    "rate": r, "fraction": r / sat, "metric": metric, "statistic": stat,
+                    "analytic": ana, "sim_mean": mean, "ci_low": lo, "ci_high": hi,
+                    "rel_error": rel, "inside_ci": bool(lo <= ana <= hi),
+                    "tolerance": math.nan, "holds": None,
+                    "seeds": " ".join(str(t[1]) for t in tasks[j * reps : (j + 1) * reps]),
+                }
+            )  # fmt: skip
         verdicts.append(
             {
                 "rate": r,
@@ -239,7 +260,11 @@ def validate(
 
 
 def plot_validation(
-    report: ValidationReport, scn: Scenario, path: str | Path, curve_points: int = 16
+    report: ValidationReport,
+    scn: Scenario,
+    path: str | Path,
+    curve_points: int = 16,
+    targets: dict[str, float] | None = None,
 ) -> None:
     """validation.png: latency vs rate (analytic curves, simulated points with CI bars, mean and
     p99 of e2e, TTFT and TPOT) and a panel of relative errors.
@@ -254,21 +279,29 @@ def plot_validation(
         Output PNG.
     curve_points
         Rates on each analytic curve.
+    targets
+        Summary key -> target (seconds), drawn as a line on that metric's panel
+        (:func:`sdsim.plots.parse_targets`).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from sdsim.plots import draw_target
+    from sdsim.provenance import png_metadata
+
     df = report.table
     sat = report.saturation_rate
     rmax = max(float(df["rate"].max()), 0.0)
     grid = np.linspace(0.05 * sat, min(0.97 * sat, max(rmax, 0.1 * sat)), curve_points)
     curves: dict[str, list[float]] = {f"{m}_{s}": [] for m in METRICS for s in ("mean", "p99")}
+    limit = ""
     for r in grid:
         p = predict(
             scn.with_overrides({"workload.rate": float(r)}), rates=[], k_values=[scn.spec.k]
         )
+        limit = p.saturation_limit
         for key in curves:
             curves[key].append(float(p.summary.get(key, math.nan)))
     fig, axes = plt.subplots(
@@ -303,9 +336,12 @@ def plot_validation(
                 capsize=3,
                 label=f"simulated {st} (95% CI)",
             )
-        ax.axvline(sat, color="grey", ls=":", label="predicted saturation")
+        ax.axvline(sat, color="grey", ls=":", label=f"predicted saturation ({limit})")
+        for key, value in (targets or {}).items():
+            if key.startswith(f"{m}_"):
+                draw_target(ax, key, value, 1e3)
         ax.set_title(f"{m.upper()} latency")
-        ax.set_ylabel("ms")
+        ax.set_ylabel(f"{m.upper() if m != 'e2e' else m} latency (ms)")
         ax.set_yscale("log")
         ax.legend(fontsize=7)
         ax2 = axes[1, col]
@@ -320,5 +356,5 @@ def plot_validation(
         ax2.legend(fontsize=7)
     fig.suptitle(f"{scn.name}: analytic model vs simulation (k={scn.spec.k})")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata=png_metadata(scn.seed, f"{scn.name}: validation"))
     plt.close(fig)
