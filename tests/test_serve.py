@@ -17,7 +17,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-from sdsim.serve import LiveEngine, count_tokens, create_app
+from sdsim.api_requests import count_tokens
+from sdsim.serve import LiveEngine, create_app
 from tests.conftest import small
 
 
