@@ -309,21 +309,31 @@ def report(
     checks.append((f"HTTP overhead on TTFT (client minus simulated, wall) {a.mean():.1f} ms in the "
                    f"first half, {b.mean():.1f} ms in the second: growth below {http_bound:g} ms",
                    b.mean() - a.mean() < http_bound))  # fmt: skip
-    # a client may hang up while reading chunks of a request the engine has already finished:
-    # nothing is left to abort then (its finish, on the server's clock, precedes the hang-up)
+    # Each hung-up request leaves the engine (aborted, or finished: the client may hang up while
+    # reading chunks already sent, or the last tokens may come before the server sees the
+    # closed socket) at a step boundary on the server's clock; the lag from the hang-up is what
+    # an abandoned request costs. Bound: 1 s of wall time (a step is ~15 simulated ms).
     t0_server = sim["t0_monotonic"]
-    unfinished = [r for r in left if r["rid"] >= 0 and not sim["aborted"][r["rid"]]
-                  and t0_server + sim["finish"][r["rid"]] * scale > r["gone"] + 0.05]  # fmt: skip
-    late = sum(1 for r in left if r["rid"] >= 0 and not sim["aborted"][r["rid"]]) - len(unfinished)
+    lag = np.array([t0_server + sim["finish"][r["rid"]] * scale - r["gone"] for r in left
+                    if r["rid"] >= 0 and sim["finish"][r["rid"]] is not None])  # fmt: skip
+    kept = [r for r in left if r["rid"] < 0 or sim["finish"][r["rid"]] is None]
+    finished = sum(1 for r in left if r["rid"] >= 0 and not sim["aborted"][r["rid"]])
+    lag_bound = 1.0
     checks.append((f"{len(left)} clients hung up mid-stream: {aborted} requests aborted by the "
-                   f"server, {late} had finished in the engine before the hang-up, "
-                   f"{len(unfinished)} left running", not unfinished))  # fmt: skip
+                   f"server, {finished} finished first; out of the engine {lag.mean() * 1e3:.0f} "
+                   f"ms after the hang-up on average (p99 {np.percentile(lag, 99) * 1e3:.0f} ms, "
+                   f"max {lag.max() * 1e3:.0f} ms < {lag_bound * 1e3:.0f} ms wall)",
+                   not kept and lag.max() < lag_bound))  # fmt: skip
     checks.append((f"after the last client: running {len(sim['running'])}, waiting "
                    f"{len(sim['waiting'])}, KV blocks used {sim['kv_blocks_used']}",
                    not sim["running"] and not sim["waiting"] and sim["kv_blocks_used"] == 0))
     checks.append((f"{len(bad)} requests failed or came back short", not bad))
     checks.append((f"server stopped on SIGTERM with status {code}", code == 0))
-    print(f"\n{len(rows)} requests in {took:.0f} s: {len(done)} served, {len(left)} hung up")
+    out = ROOT / "out" / "soak"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "requests.json").write_text(json.dumps({"clients": rows, "server": sim, "rss": rss}))
+    print(f"\n{len(rows)} requests in {took:.0f} s: {len(done)} served, {len(left)} hung up "
+          f"(per-request data: {out / 'requests.json'})")
     ok = True
     for text, passed in checks:
         ok &= passed

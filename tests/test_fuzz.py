@@ -1,15 +1,17 @@
 """Property-based fuzzing of every input a user hands sdsim: the scenario schema (values derived
 from the pydantic models plus adversarial ones, YAML aliases and deep nesting), the GuideLLM and
-vLLM report readers, and the ``config.json`` loader.
+vLLM report readers, the ``config.json`` loader, and the request bodies of `sdsim serve`.
 
 For every generated input the contract must hold: **exit code 2 and one line naming the field
 that was broken** (or a field the broken one is checked against), or **a valid run whose summary
 is strict JSON with finite numbers** (a NaN only where ``sdsim run`` explains it), within bounded
-time (a hard alarm per example) and memory (the process's peak resident size).
+time (a hard alarm per example) and memory (the process's peak resident size). For the server:
+**HTTP 400 with one line naming the field** (``param`` the same), or a valid response (usage
+counting the tokens sent), and the server still answering.
 
 Size: the CI profile (the default, ``make test``) runs a fixed, derandomized set of examples
-(``FUZZ_EXAMPLES``: 120 scenario mutations, 40 YAML-level attacks, 120 report mutations, 80
-config.json mutations); ``HYPOTHESIS_PROFILE=thorough`` (``make fuzz``) runs 25 times as many,
+(120 scenario mutations, 40 YAML-level attacks, 120 report mutations, 80 config.json mutations,
+120 request bodies); ``HYPOTHESIS_PROFILE=thorough`` (``make fuzz``) runs 25 times as many,
 randomly (``SDSIM_FUZZ_SCALE=N`` sets the multiple).
 """
 
