@@ -19,15 +19,9 @@ import yaml
 
 from sdsim.errors import ScenarioError
 from sdsim.metrics import t_confidence_interval
-from sdsim.sweep import (
-    SweepSpec,
-    load_sweep,
-    load_sweep_dir,
-    plan_sweep,
-    read_runs,
-    run_sweep,
-    speedup_table,
-)
+from sdsim.sweep import SweepSpec, load_sweep, plan_sweep, run_sweep
+from sdsim.sweep_store import load_sweep_dir, read_runs
+from sdsim.sweep_summary import speedup_table
 from tests.conftest import ROOT
 
 # A tiny base scenario: each run simulates in well under a second.
