@@ -8,6 +8,7 @@ on the server before these fixes (`notes/testing.md` has the table).
 from __future__ import annotations
 
 import json
+import math
 import re
 import signal
 import subprocess
@@ -189,6 +190,7 @@ class _Server:
             text=True,
         )
         self.lines: list[str] = []
+        self.stopped_at = math.nan  # when the server said it had stopped (monotonic)
         self.port: int | None = None
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -203,6 +205,8 @@ class _Server:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.lines.append(line.rstrip("\n"))
+            if "sdsim serve: stopped" in line:
+                self.stopped_at = time.monotonic()
             m = re.search(r"http://127\.0\.0\.1:(\d+)/v1", line)
             if m:
                 self.port = int(m.group(1))
@@ -214,6 +218,7 @@ class _Server:
         self._reader.join(timeout=5)
 
 
+@pytest.mark.realtime
 def test_13_sigterm_drains_then_aborts_and_exits_promptly(tmp_path: Path) -> None:
     # ~50 ms steps in real time: a 40-token request (~0.8 s) finishes within the 3 s drain, a
     # 2,000-token one (~35 s) does not and is aborted at the deadline. Also: --tokenizer counts
@@ -238,7 +243,8 @@ def test_13_sigterm_drains_then_aborts_and_exits_promptly(tmp_path: Path) -> Non
             got[name].append("(connection closed)")
         started[name].set()
 
-    threads = {k: threading.Thread(target=stream, args=(k, n)) for k, n in got_sizes().items()}
+    sizes = {"long": 2000, "short": 40}
+    threads = {k: threading.Thread(target=stream, args=(k, n)) for k, n in sizes.items()}
     try:
         assert "counted by" in server.lines[0] and str(tok) in server.lines[0], server.lines
         for name, t in threads.items():  # the long one first: both in flight at the signal
@@ -252,11 +258,16 @@ def test_13_sigterm_drains_then_aborts_and_exits_promptly(tmp_path: Path) -> Non
             t.join(timeout=10)
     finally:
         server.stop()
-    info = (took, server.lines, got)
-    print(f"SIGTERM to exit: {took:.2f} s with a 3 s drain")
+    stopped = server.stopped_at - t_signal
+    info = (stopped, took, server.lines, got)
+    print(f"SIGTERM to stopped: {stopped:.2f} s, to exit {took:.2f} s, with a 3 s drain")
     assert code == 0, info
-    # the drain deadline (3 s), then a prompt exit (1.5 s of slack for a loaded machine)
-    assert 2.5 < took < 3 + 1.5, info
+    # The server stops at the drain deadline (3 s) plus its own wind-down (measured 0.0-0.2 s;
+    # 1 s allowed for a loaded machine); the process then exits after Python's teardown of
+    # numpy, pandas and numba (0.5-0.9 s measured under load; 5 s allowed: what this catches is
+    # a server that waits on abandoned requests, ~35 s here)
+    assert 3.0 <= stopped < 3 + 1.0, info
+    assert took < stopped + 5, info
     assert got["short"][-1] == "data: [DONE]", info
     usage = json.loads(got["short"][-2].removeprefix("data: "))["usage"]
     assert usage == {"prompt_tokens": 5, "completion_tokens": 40, "total_tokens": 45}
@@ -266,10 +277,7 @@ def test_13_sigterm_drains_then_aborts_and_exits_promptly(tmp_path: Path) -> Non
     assert "1 request(s) finished while draining, 1 aborted" in server.lines[-1], info
 
 
-def got_sizes() -> dict[str, int]:
-    return {"long": 2000, "short": 40}
-
-
+@pytest.mark.realtime
 def test_13_sigterm_when_idle_exits_at_once(tmp_path: Path) -> None:
     scn = tmp_path / "s.yaml"
     scn.write_text(small().to_yaml())
@@ -282,8 +290,10 @@ def test_13_sigterm_when_idle_exits_at_once(tmp_path: Path) -> None:
         took = time.monotonic() - t0
     finally:
         server.stop()
-    print(f"SIGTERM to exit when idle: {took:.2f} s")
-    assert code == 0 and took < 2.0, (code, took, server.lines)
+    stopped = server.stopped_at - t0
+    print(f"SIGTERM to stopped when idle: {stopped:.2f} s, to exit {took:.2f} s")
+    # bounds as in the drain test, without the drain
+    assert code == 0 and stopped < 1.0 and took < stopped + 5, (code, took, server.lines)
 
 
 # --------------------------------------------------------------------------- --tokenizer
