@@ -10,23 +10,31 @@ from __future__ import annotations
 
 __all__ = [
     "AcceptanceSpec",
+    "AnalyticSpec",
     "BetaAlpha",
     "CalibratedKnobs",
     "CostsSpec",
     "DrafterSpec",
     "EmpiricalLength",
+    "ExponentialTime",
     "FixedLength",
+    "FixedTime",
     "GeometricLength",
     "HardwareSpec",
     "LengthSpec",
     "LimitsSpec",
     "LinearCosts",
     "LognormalLength",
+    "LognormalTime",
     "RooflineKnobs",
     "Scenario",
     "ServerSpec",
+    "SessionSpec",
+    "SharedPrefixSpec",
     "SloSpec",
     "SpecSpec",
+    "TimeSpec",
+    "TraceLength",
     "UniformLength",
     "WorkloadSpec",
     "apply_overrides",
@@ -59,10 +67,17 @@ from sdsim.models import resolve_model
 from sdsim.spec_base import Frozen as _Frozen
 from sdsim.workload_spec import (
     EmpiricalLength,
+    ExponentialTime,
     FixedLength,
+    FixedTime,
     GeometricLength,
     LengthSpec,
     LognormalLength,
+    LognormalTime,
+    SessionSpec,
+    SharedPrefixSpec,
+    TimeSpec,
+    TraceLength,
     UniformLength,
     WorkloadSpec,
 )
@@ -213,10 +228,12 @@ class ServerSpec(_Frozen):
     real engine: GPU memory x ``gpu_memory_utilization`` - weights of verifier and drafter (per
     tensor-parallel shard) - ``activation_reserve_gb``, divided by the KV bytes of one token
     (verifier and drafter caches both count); see :mod:`sdsim.memory`. ``unlimited`` switches the
-    limit off (block accounting still runs). ``scheduler`` is ``vllm-v1`` (running
-    requests first, chunked prefill, preemption by recomputation when the KV cache is short) or
-    ``prefill-first`` (older engines). ``api_delay_s`` delays every request before it reaches the
-    waiting queue (API server, tokenisation); per-step CPU overhead belongs to the cost model.
+    limit off (block accounting still runs). ``prefix_caching`` keeps the KV blocks of shared
+    prefixes and earlier turns for reuse (:mod:`sdsim.engine.kvcache`). ``scheduler`` is
+    ``vllm-v1`` (running requests first, chunked prefill, preemption by recomputation when the
+    KV cache is short) or ``prefill-first`` (older engines). ``api_delay_s`` delays every request
+    before it reaches the waiting queue (API server, tokenisation); per-step CPU overhead belongs
+    to the cost model.
     """
 
     max_num_seqs: int = Field(default=256, ge=1)
@@ -239,6 +256,11 @@ class ServerSpec(_Frozen):
     replicas: int = Field(default=1, ge=1, le=4096)
     router: Literal["round-robin", "least-outstanding", "random"] = "round-robin"
     scheduler: Literal["vllm-v1", "prefill-first"] = "vllm-v1"
+    prefix_caching: bool = Field(
+        default=True,
+        description="vLLM's automatic prefix caching (on by default in V1): full KV blocks of "
+        "a shared prompt prefix or an earlier turn are reused instead of prefilled again",
+    )
     api_delay_s: float = Field(
         default=0.0, ge=0, description="per-request API/tokenisation delay before admission"
     )
@@ -388,6 +410,18 @@ class SloSpec(_Frozen):
 # --------------------------------------------------------------------------- workload
 
 
+class AnalyticSpec(_Frozen):
+    """Inputs of the closed-form model that no other section gives."""
+
+    prefix_hit_rate: float | None = Field(
+        default=None,
+        ge=0,
+        lt=1,
+        description="share of prompt tokens served from the prefix cache (the model's input; "
+        "null: none)",
+    )
+
+
 class LimitsSpec(_Frozen):
     """Bounds that stop an overloaded run instead of letting its queue grow forever."""
 
@@ -413,6 +447,7 @@ class Scenario(_Frozen):
     costs: CostsSpec = CostsSpec()
     workload: WorkloadSpec = WorkloadSpec()
     limits: LimitsSpec = LimitsSpec()
+    analytic: AnalyticSpec = AnalyticSpec()
     slo: SloSpec = SloSpec()
     warmup_requests: int = Field(default=100, ge=0)
     seed: int = Field(default=0, ge=0, lt=2**63)
@@ -585,15 +620,24 @@ def check_registry(scn: Scenario) -> None:
     if scn.drafter.kind == "model" and scn.drafter.model:
         resolve_model(scn.drafter.model, "drafter.model")
     wl = scn.workload
+    pfx = wl.shared_prefix.tokens.max if wl.shared_prefix is not None else 0
     if wl.arrival != "trace":
-        longest = wl.prompt_tokens.max + wl.output_tokens.max
+        longest = pfx + wl.prompt_tokens.max + wl.output_tokens.max
         if longest > target.max_context:
-            too_long = wl.prompt_tokens.max >= target.max_context
+            too_long = pfx + wl.prompt_tokens.max >= target.max_context
+            with_pfx = f"shared prefix ({pfx}) + " if pfx else ""
             raise ScenarioError(
                 "workload.prompt_tokens" if too_long else "workload.output_tokens",
-                f"prompt ({wl.prompt_tokens.max}) + output ({wl.output_tokens.max}) tokens = "
-                f"{longest} exceed the context of target {scn.target!r} ({target.max_context} "
-                "tokens); shorten the lengths (or lower a length law's max)",
+                f"{with_pfx}prompt ({wl.prompt_tokens.max}) + output ({wl.output_tokens.max}) "
+                f"tokens = {longest} exceed the context of target {scn.target!r} "
+                f"({target.max_context} tokens); shorten the lengths (or lower a length law's max)",
+            )
+    if wl.sessions is not None and wl.sessions.max_context is not None:
+        if wl.sessions.max_context > target.max_context:
+            raise ScenarioError(
+                "workload.sessions.max_context",
+                f"{wl.sessions.max_context} tokens exceed the context of target {scn.target!r} "
+                f"({target.max_context} tokens)",
             )
     # KV capacity: weights that do not fit, or a cache smaller than the longest request, are
     # refused here, as a real engine refuses to start (lengths of traces and replayed reports are
@@ -601,8 +645,10 @@ def check_registry(scn: Scenario) -> None:
     cap = kv_capacity(scn)
     if wl.arrival not in ("trace", "replay") and wl.trace is None:
         check_request_fits(
-            scn, wl.prompt_tokens.max + wl.output_tokens.max, cap, "the length laws allow"
+            scn, pfx + wl.prompt_tokens.max + wl.output_tokens.max, cap, "the length laws allow"
         )
+        if wl.sessions is not None and wl.sessions.max_context is not None:
+            check_request_fits(scn, wl.sessions.max_context, cap, "(workload.sessions.max_context)")
 
 
 def _resolve_paths(data: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
@@ -621,6 +667,16 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path | None) -> dict[str, Any
             p = Path(sec[key])
             if not p.is_absolute() and not p.exists() and (base_dir / p).exists():
                 sec[key] = str((base_dir / p).resolve())
+    # length laws read from a trace CSV ({dist: trace, path: ...}), anywhere in the workload
+    stack = [out.get("workload")]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("dist") == "trace" and isinstance(node.get("path"), str):
+                p = Path(node["path"])
+                if not p.is_absolute() and not p.exists() and (base_dir / p).exists():
+                    node["path"] = str((base_dir / p).resolve())
+            stack.extend(node.values())
     # `target: path/to/config.json` is a model given by its Hugging Face config file
     if isinstance(out.get("target"), str):
         p = Path(out["target"])

@@ -1,4 +1,5 @@
-"""The workload section of a scenario: length laws and the request stream (``workload:``).
+"""The workload section of a scenario (``workload:``): length and time laws, the request stream,
+shared system prompts and multi-turn sessions.
 
 Validated, frozen pydantic models (:class:`sdsim.spec_base.Frozen`); :mod:`sdsim.scenario`
 assembles them into a :class:`~sdsim.scenario.Scenario` (and re-exports them), and
@@ -9,10 +10,17 @@ from __future__ import annotations
 
 __all__ = [
     "EmpiricalLength",
+    "ExponentialTime",
     "FixedLength",
+    "FixedTime",
     "GeometricLength",
     "LengthSpec",
     "LognormalLength",
+    "LognormalTime",
+    "SessionSpec",
+    "SharedPrefixSpec",
+    "TimeSpec",
+    "TraceLength",
     "UniformLength",
     "WorkloadSpec",
 ]
@@ -22,7 +30,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from sdsim.errors import ScenarioError
 from sdsim.spec_base import Frozen as _Frozen
+from sdsim.traces import trace_lengths
 
 # --------------------------------------------------------------------------- lengths
 
@@ -106,8 +116,42 @@ class EmpiricalLength(_Frozen):
         return max(self.values)
 
 
+class TraceLength(_Frozen):
+    """Lengths drawn uniformly at random from one column of a request trace CSV (the empirical
+    law of a real trace, e.g. Vidur's ``splitwise_conv.csv``), read when the scenario loads.
+
+    ``column`` is ``prompt_tokens`` or ``output_tokens`` (Vidur's ``num_prefill_tokens`` and
+    ``num_decode_tokens`` are read as those).
+    """
+
+    dist: Literal["trace"]
+    path: str = Field(description="request CSV (sdsim.traces.read_trace's columns)")
+    column: Literal["prompt_tokens", "output_tokens"]
+
+    @model_validator(mode="after")
+    def _readable(self) -> TraceLength:
+        try:
+            trace_lengths(self.path, self.column)
+        except ScenarioError as exc:
+            raise ValueError(exc.message) from None
+        return self
+
+    @property
+    def values(self) -> Any:
+        """The column's lengths (a numpy array, read once per file)."""
+        return trace_lengths(self.path, self.column)
+
+    @property
+    def mean(self) -> float:
+        return float(self.values.mean())
+
+    @property
+    def max(self) -> int:
+        return int(self.values.max())
+
+
 LengthSpec = Annotated[
-    FixedLength | UniformLength | LognormalLength | GeometricLength | EmpiricalLength,
+    FixedLength | UniformLength | LognormalLength | GeometricLength | EmpiricalLength | TraceLength,
     Field(discriminator="dist"),
 ]
 
@@ -127,11 +171,75 @@ def _length_shorthand(v: Any) -> Any:
     return v
 
 
+class ExponentialTime(_Frozen):
+    """Exponential times with the given mean (s)."""
+
+    dist: Literal["exponential"] = "exponential"
+    mean: float = Field(gt=0, le=1e6, description="s")
+
+
+class FixedTime(_Frozen):
+    """The same time every time (s)."""
+
+    dist: Literal["fixed"]
+    value: float = Field(ge=0, le=1e6, description="s")
+
+
+class LognormalTime(_Frozen):
+    """Lognormal times with the given mean (s) and coefficient of variation."""
+
+    dist: Literal["lognormal"]
+    mean: float = Field(gt=0, le=1e6, description="s")
+    cv: float = Field(gt=0, le=10)
+
+
+TimeSpec = Annotated[ExponentialTime | FixedTime | LognormalTime, Field(discriminator="dist")]
+
+
+class SharedPrefixSpec(_Frozen):
+    """Shared system prompts: ``prompts`` distinct prefixes, each of a length drawn once from
+    ``tokens``, prepended to the prompts of a ``share`` of the requests (sessions: to their
+    conversation), which one by a popularity law: ``zipf`` (prompt i, from 1, with probability
+    proportional to ``1 / i**zipf_s``) or ``uniform``."""
+
+    prompts: int = Field(ge=1, le=1_000_000, description="distinct system prompts")
+    tokens: LengthSpec = Field(description="length law of each prompt (drawn once per prompt)")
+    popularity: Literal["zipf", "uniform"] = "zipf"
+    zipf_s: float = Field(default=1.0, ge=0, le=10, description="Zipf exponent")
+    share: float = Field(default=1.0, ge=0, le=1, description="share of requests with one")
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _expand(cls, v: Any) -> Any:
+        return _length_shorthand(v)
+
+
+class SessionSpec(_Frozen):
+    """Multi-turn sessions, closed-loop: sessions start by the workload's arrival process at
+    ``rate / (mean turns)`` per second (so ``workload.rate`` stays the request rate); each sends
+    ``turns`` requests, the next one ``think_time_s`` after the previous answer finished, its
+    prompt the conversation so far (shared prefix, every earlier prompt and answer) plus new user
+    tokens (``workload.prompt_tokens``); answers are ``workload.output_tokens`` long. A session
+    ends early rather than send a turn whose prompt + answer exceed ``max_context`` tokens
+    (default: the target's context, or what the KV cache holds for one request if less)."""
+
+    turns: LengthSpec = Field(description="turns per session (a length law, >= 1)")
+    think_time_s: TimeSpec = ExponentialTime(mean=10.0)
+    max_context: int | None = Field(default=None, ge=2, le=10_000_000, description="tokens")
+
+    @field_validator("turns", mode="before")
+    @classmethod
+    def _expand(cls, v: Any) -> Any:
+        return _length_shorthand(v)
+
+
 class WorkloadSpec(_Frozen):
     """Requests: when they arrive and how long they are.
 
     ``arrival: trace`` reads arrival times and lengths from a CSV (``trace``); ``arrival: replay``
     takes them from one benchmark of a GuideLLM or vLLM report (``report``, ``benchmark``).
+    ``shared_prefix`` prepends shared system prompts; ``sessions`` makes the requests turns of
+    multi-turn conversations (:mod:`sdsim.traffic`).
     """
 
     arrival: Literal["poisson", "constant", "gamma", "trace", "replay"] = "poisson"
@@ -150,6 +258,8 @@ class WorkloadSpec(_Frozen):
         default=None,
         description="benchmark of `report` to replay: 0-based index or benchmark id (default 0)",
     )
+    shared_prefix: SharedPrefixSpec | None = None
+    sessions: SessionSpec | None = None
 
     @field_validator("prompt_tokens", "output_tokens", mode="before")
     @classmethod
@@ -162,4 +272,9 @@ class WorkloadSpec(_Frozen):
             raise ValueError("arrival 'trace' needs `trace:` (path to a CSV)")
         if self.arrival == "replay" and not self.report:
             raise ValueError("arrival 'replay' needs `report:` (path to a GuideLLM/vLLM report)")
+        if self.sessions is not None and (self.arrival in ("trace", "replay") or self.trace):
+            raise ValueError(
+                "sessions: start times come from arrival poisson, gamma or constant, lengths from "
+                "length laws (a trace's columns: {dist: trace, path: ..., column: ...})"
+            )
         return self
