@@ -35,43 +35,52 @@ __all__ = [
     "SweepSpec",
     "derive_seed",
     "execute_run",
+    "finish_sweep",
     "load_sweep",
-    "load_sweep_dir",
-    "open_executor",
     "plan_sweep",
-    "read_runs",
+    "resume_state",
     "run_sweep",
-    "run_tasks",
-    "speedup_table",
-    "summarize_runs",
 ]
 
-import concurrent.futures as cf
-import contextlib
 import hashlib
 import itertools
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sdsim._version import __version__
 from sdsim.costs.build import build_cost_model
 from sdsim.errors import ScenarioError, format_validation_error
-from sdsim.metrics import SUMMARY_KEYS, t_confidence_interval
-from sdsim.provenance import provenance, sidecar, sidecar_path
+from sdsim.executors import run_tasks
+from sdsim.inputs import load_yaml
+from sdsim.metrics import SUMMARY_KEYS
+from sdsim.outputs import DirectoryLock, atomic_write, atomic_write_text, resolve_output
+from sdsim.provenance import provenance, sidecar_path
 from sdsim.scenario import Scenario, load_scenario, scenario_from_dict, scenario_hash
 from sdsim.simulation import simulate
 from sdsim.slo import SLO_KEYS, slo_bounds
+from sdsim.sweep_store import (
+    LOCK_FILE,
+    META_FILE,
+    RESULTS_DIR,
+    canonical_json,
+    column_value,
+    pyarrow_modules,
+    read_result,
+    runs_frame,
+    stamped,
+    write_row,
+    write_sidecar,
+)
+from sdsim.sweep_summary import summarize_runs
 
 # Summary scalars a sweep may keep: the DESIGN.md keys plus the simulator's diagnostics.
 KNOWN_METRICS: tuple[str, ...] = (
@@ -100,12 +109,6 @@ DEFAULT_METRICS: tuple[str, ...] = (
     "stable",
 )
 
-# Columns every run row has besides the swept fields and the metrics.
-RUN_COLUMNS = ("run_key", "point", "point_key", "replication", "scenario_hash", "seed", "error")
-RESULTS_DIR = "results"
-T = TypeVar("T")  # a task of run_tasks
-R = TypeVar("R")  # its result
-META_FILE = "sweep.json"
 
 
 class SweepSpec(BaseModel):
@@ -284,6 +287,7 @@ class SweepResult:
     failed: int
     wall_s: float
     files: list[Path] = field(default_factory=list)
+    redone: list[tuple[str, str]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- loading, planning
@@ -301,21 +305,18 @@ def load_sweep(path: str | Path) -> SweepSpec:
     if not p.is_file():
         raise ScenarioError(str(path), "sweep file not found")
     try:
-        data = yaml.safe_load(p.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
         raise ScenarioError(
             str(path), f"cannot read sweep file: {exc.__class__.__name__}"
         ) from None
+    data = load_yaml(text, str(path))
     if not isinstance(data, dict):
         raise ScenarioError(str(path), "a sweep file must be a mapping (base, grid, ...)")
     try:
         return SweepSpec.model_validate(data)
     except ValidationError as exc:
-        raise format_validation_error(exc) from None
-
-
-def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+        raise format_validation_error(exc, model=SweepSpec) from None
 
 
 def _hash_words(text: str, n: int = 4) -> tuple[int, ...]:
@@ -343,13 +344,13 @@ def derive_seed(base_seed: int, scenario_name: str, point: dict[str, Any], repli
         A seed in [0, 2**63), from ``numpy.random.SeedSequence(base_seed, spawn_key=(hash words of
         the canonical JSON of name and point..., replication))``.
     """
-    words = _hash_words(_canonical({"scenario": scenario_name, "point": point}))
+    words = _hash_words(canonical_json({"scenario": scenario_name, "point": point}))
     ss = np.random.SeedSequence(int(base_seed), spawn_key=(*words, int(replication)))
     return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def _json_safe(v: Any) -> Any:
-    return json.loads(_canonical(v))
+    return json.loads(canonical_json(v))
 
 
 def _points(spec: SweepSpec) -> Iterator[dict[str, Any]]:
@@ -424,12 +425,12 @@ def plan_sweep(
         try:
             scn = load_scenario(base, {**fixed, **ov})
         except ScenarioError as exc:
-            shown = _canonical(ov)
+            shown = canonical_json(ov)
             shown = shown if len(shown) <= 120 else shown[:117] + "..."
             raise ScenarioError(exc.field, f"{exc.message} (sweep point {i}: {shown})") from None
         _check_costs(scn, i, ov, checked_costs)
         h = scenario_hash(scn)
-        key = hashlib.sha256(_canonical(ov).encode()).hexdigest()[:16]
+        key = hashlib.sha256(canonical_json(ov).encode()).hexdigest()[:16]
         points.append(Point(index=i, overrides=ov, key=key, scenario=scn, scenario_hash=h))
         seed_point = {k: v for k, v in ov.items() if k not in spec.common_random_numbers}
         data = scn.to_dict()
@@ -463,28 +464,20 @@ def _check_costs(scn: Scenario, i: int, ov: dict[str, Any], checked: set[str]) -
     """Build each distinct step-cost model of the sweep once, before any run, so that a missing or
     malformed profile bundle is bad input (exit 2) instead of every run failing."""
     data = scn.to_dict()
-    key = _canonical({f: data[f] for f in ("hardware", "target", "drafter", "costs", "spec")}
+    key = canonical_json({f: data[f] for f in ("hardware", "target", "drafter", "costs", "spec")}
                      | {"tp": scn.server.tp})  # fmt: skip
     if key in checked:
         return
     try:
         build_cost_model(scn)
     except ScenarioError as exc:
-        shown = _canonical(ov)
+        shown = canonical_json(ov)
         shown = shown if len(shown) <= 120 else shown[:117] + "..."
         raise ScenarioError(exc.field, f"{exc.message} (sweep point {i}: {shown})") from None
     checked.add(key)
 
 
 # --------------------------------------------------------------------------- one run
-
-
-def _column_value(v: Any) -> Any:
-    # Parquet columns need one type; lists and mappings (per-position alpha, length laws) are kept
-    # as their canonical JSON text.
-    if v is None or isinstance(v, bool | int | float | str):
-        return v
-    return _canonical(v)
 
 
 def execute_run(task: RunTask) -> dict[str, Any]:
@@ -505,7 +498,7 @@ def execute_run(task: RunTask) -> dict[str, Any]:
         "sdsim_version": __version__,
     }
     for k, v in task.overrides.items():
-        row[k] = _column_value(v)
+        row[k] = column_value(v)
     try:
         res = simulate(scenario_from_dict(task.scenario), seed=task.seed)
         for k, v in res.summary.items():
@@ -518,187 +511,6 @@ def execute_run(task: RunTask) -> dict[str, Any]:
         row["error"] = " ".join(f"{type(exc).__name__}: {exc}".split())[:2000]
     row["wall_s"] = time.perf_counter() - t0
     return row
-
-
-# --------------------------------------------------------------------------- storage
-
-
-def _pyarrow() -> Any:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:  # pragma: no cover - pyarrow is in the sweep and test extras
-        raise ScenarioError("sweep", "needs pyarrow: pip install 'sdsim[sweep]'") from None
-    return pa, pq
-
-
-def _write_row(results: Path, row: dict[str, Any]) -> Path:
-    pa, pq = _pyarrow()
-    final = results / f"{row['run_key']}.parquet"
-    tmp = results / f".{row['run_key']}.{os.getpid()}.tmp"
-    pq.write_table(pa.Table.from_pylist([row]), tmp)
-    os.replace(tmp, final)  # atomic: a reader sees the whole file or none
-    return final
-
-
-def _stamped(table: Any, seed: int | None) -> Any:
-    """A pyarrow table with the sdsim version and base seed in its schema metadata (``sdsim``)."""
-    stamp = json.dumps(provenance(seed, seeds="per run: column seed of results/*.parquet"))
-    return table.replace_schema_metadata({**(table.schema.metadata or {}), b"sdsim": stamp})
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def read_runs(out_dir: str | Path) -> pd.DataFrame:
-    """Every run row under ``DIR/results`` (one per point × replication), sorted by point.
-
-    Rows of runs that a later, changed sweep no longer contains are included; filter on
-    ``run_key`` (``sweep.json`` lists the current ones) to drop them.
-    """
-    _, pq = _pyarrow()
-    results = Path(out_dir) / RESULTS_DIR
-    frames = [pq.read_table(f).to_pandas() for f in sorted(results.glob("*.parquet"))]
-    if not frames:
-        return pd.DataFrame(columns=list(RUN_COLUMNS))
-    df = pd.concat(frames, ignore_index=True)
-    return df.sort_values(["point", "replication", "run_key"], kind="stable").reset_index(drop=True)
-
-
-def load_sweep_dir(out_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
-    """The metadata (``sweep.json``) and the current runs of a sweep output directory.
-
-    Raises
-    ------
-    ScenarioError
-        When DIR holds no sweep.
-    """
-    d = Path(out_dir)
-    meta_path = d / META_FILE
-    if not meta_path.is_file():
-        raise ScenarioError(str(out_dir), f"not a sweep output directory (no {META_FILE})")
-    meta = json.loads(meta_path.read_text())
-    runs = read_runs(d)
-    if len(runs):
-        runs = runs[runs["run_key"].isin(set(meta["run_keys"]))].reset_index(drop=True)
-    return meta, runs
-
-
-# --------------------------------------------------------------------------- summaries
-
-
-def _numeric(series: pd.Series) -> np.ndarray:
-    return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64)
-
-
-def summarize_runs(
-    runs: pd.DataFrame,
-    meta: dict[str, Any],
-    analytic: pd.DataFrame | None = None,
-    confidence: float = 0.95,
-) -> pd.DataFrame:
-    """Aggregate replications: one row per point with mean, std and t-based CI per metric.
-
-    Columns: ``point``, ``point_key``, the swept fields, ``runs`` (successful), ``failed``, and for
-    each metric ``M``: ``M`` (mean over successful replications), ``M_std`` (sample std),
-    ``M_ci_low``, ``M_ci_high`` (:func:`sdsim.metrics.t_confidence_interval`), plus ``M_analytic``
-    when ``analytic`` has it.
-    """
-    rows: list[dict[str, Any]] = []
-    ok_mask = runs["error"].isna() if len(runs) else pd.Series(dtype=bool)
-    for p in meta["points"]:
-        row: dict[str, Any] = {"point": p["point"], "point_key": p["point_key"]}
-        for f in meta["fields"]:
-            row[f] = _column_value(p["overrides"].get(f))
-        sel = runs[runs["point_key"] == p["point_key"]] if len(runs) else runs
-        ok = sel[ok_mask.loc[sel.index]] if len(sel) else sel
-        row["runs"] = len(ok)
-        row["failed"] = len(sel) - len(ok)
-        for m in meta["metrics"]:
-            vals = _numeric(ok[m]) if m in ok.columns and len(ok) else np.zeros(0)
-            mean, lo, hi = t_confidence_interval(vals, confidence)
-            finite = vals[np.isfinite(vals)]
-            row[m] = mean
-            row[f"{m}_std"] = float(finite.std(ddof=1)) if finite.size > 1 else math.nan
-            row[f"{m}_ci_low"] = lo
-            row[f"{m}_ci_high"] = hi
-        rows.append(row)
-    out = pd.DataFrame(rows)
-    if analytic is not None and len(analytic) and len(out):
-        cols = [c for c in analytic.columns if c.endswith("_analytic") or c == "analytic_error"]
-        out = out.merge(analytic[["point_key", *cols]], on="point_key", how="left")
-    return out
-
-
-def speedup_table(
-    runs: pd.DataFrame,
-    meta: dict[str, Any],
-    baseline: dict[str, Any],
-    metric: str = "e2e_mean",
-    confidence: float = 0.95,
-) -> pd.DataFrame:
-    """Speedup of every point over its baseline twin: ``metric(baseline) / metric(point)``.
-
-    The baseline twin of a point has the same values of every swept field except those in
-    ``baseline`` (e.g. ``{"spec.k": 0}``), which take the baseline's values. Replications are paired
-    by index (with ``common_random_numbers`` on the baseline field they share their random
-    numbers), the ratio is taken per replication and summarised by its mean and t-based CI.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per non-baseline point: swept fields, ``speedup``, ``speedup_ci_low``,
-        ``speedup_ci_high``, ``pairs``.
-
-    Raises
-    ------
-    ScenarioError
-        A baseline field that is not swept or a value the grid does not hold.
-    """
-    fields = list(meta["fields"])
-    for f, v in baseline.items():
-        if f not in fields:
-            raise ScenarioError("--speedup-vs", f"{f!r} is not a swept field (swept: {fields})")
-        values = {_canonical(p["overrides"].get(f)) for p in meta["points"]}
-        if _canonical(v) not in values:
-            raise ScenarioError("--speedup-vs", f"{f}={v!r} is not a value of the grid")
-    if metric not in runs.columns:
-        raise ScenarioError("--metric", f"{metric!r} is not in the sweep results")
-    others = [f for f in fields if f not in baseline]
-
-    def ident(ov: dict[str, Any]) -> str:
-        return _canonical({f: ov.get(f) for f in others})
-
-    ok = runs[runs["error"].isna()] if len(runs) else runs
-    by_point = (
-        {key: grp.set_index("replication")[metric] for key, grp in ok.groupby("point_key")}
-        if len(ok)
-        else {}
-    )
-    base_of: dict[str, str] = {}
-    for p in meta["points"]:
-        if all(_canonical(p["overrides"].get(f)) == _canonical(v) for f, v in baseline.items()):
-            base_of[ident(p["overrides"])] = p["point_key"]
-    rows = []
-    for p in meta["points"]:
-        ov = p["overrides"]
-        if all(_canonical(ov.get(f)) == _canonical(v) for f, v in baseline.items()):
-            continue
-        bkey = base_of.get(ident(ov))
-        row: dict[str, Any] = {"point": p["point"], "point_key": p["point_key"]}
-        row.update({f: _column_value(ov.get(f)) for f in fields})
-        ratios = np.zeros(0)
-        if bkey is not None and bkey in by_point and p["point_key"] in by_point:
-            b, s = by_point[bkey], by_point[p["point_key"]]
-            common = b.index.intersection(s.index)
-            ratios = _numeric(b.loc[common]) / _numeric(s.loc[common])
-        mean, lo, hi = t_confidence_interval(ratios, confidence)
-        row.update(speedup=mean, speedup_ci_low=lo, speedup_ci_high=hi, pairs=int(ratios.size))
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------- analytic
@@ -742,110 +554,6 @@ def analytic_table(plan: SweepPlan) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# --------------------------------------------------------------------------- executors
-
-
-@contextlib.contextmanager
-def open_executor(workers: int, dask: str | None) -> Iterator[tuple[cf.Executor, int]]:
-    """A concurrent.futures executor and how many tasks to keep in flight.
-
-    Parameters
-    ----------
-    workers
-        Local worker processes (spawned); with ``dask="local"`` the LocalCluster's workers.
-    dask
-        ``None`` (a local process pool), ``"local"`` (start a LocalCluster) or the address of a
-        running Dask scheduler.
-    """
-    if dask is None:
-        import multiprocessing
-
-        # spawn, not fork: workers start clean (no inherited threads or RNG state) on every OS.
-        ctx = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
-            yield ex, 2 * workers
-        return
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError:  # pragma: no cover - dask is in the sweep and test extras
-        raise ScenarioError(
-            "--dask", "needs dask.distributed: pip install 'sdsim[sweep]'"
-        ) from None
-    cluster = None
-    try:
-        if dask == "local":
-            cluster = LocalCluster(
-                n_workers=max(workers, 1),
-                threads_per_worker=1,  # the simulator is pure Python: processes, not threads
-                processes=True,
-                dashboard_address=None,
-            )
-            client = Client(cluster)
-        else:
-            try:
-                client = Client(dask, timeout=10)
-            except (OSError, TimeoutError) as exc:
-                raise ScenarioError("--dask", f"cannot connect to {dask}: {exc}") from None
-        try:
-            slots = max(1, sum(client.nthreads().values()))
-            ex = client.get_executor(pure=False)
-            try:
-                yield ex, 2 * slots
-            finally:
-                ex.shutdown(wait=False)
-        finally:
-            client.close()
-    finally:
-        if cluster is not None:
-            cluster.close()
-
-
-def run_tasks(
-    fn: Callable[[T], R], tasks: list[T], *, workers: int = 1, dask: str | None = None
-) -> Iterator[tuple[T, cf.Future[R]]]:
-    """Run ``fn`` over ``tasks`` on an executor, yielding each task with its finished future as
-    it completes (in completion order), at most the executor's window in flight.
-
-    ``workers == 1`` without ``dask`` runs them in this process, in order. Pending tasks are
-    cancelled when the caller stops early (an exception, KeyboardInterrupt).
-
-    Parameters
-    ----------
-    fn
-        A picklable top-level function.
-    tasks
-        Its arguments, one task each (picklable).
-    workers, dask
-        As for :func:`open_executor`.
-    """
-    if not tasks:
-        return
-    if workers == 1 and dask is None:
-        for task in tasks:
-            done: cf.Future[R] = cf.Future()
-            try:
-                done.set_result(fn(task))
-            except Exception as exc:
-                done.set_exception(exc)
-            yield task, done
-        return
-    with open_executor(workers, dask) as (ex, window):
-        pending: dict[cf.Future[R], T] = {}
-        queue = iter(tasks)
-        try:
-            while True:
-                for task in itertools.islice(queue, max(window - len(pending), 0)):
-                    pending[ex.submit(fn, task)] = task
-                if not pending:
-                    break
-                finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                for fut in finished:
-                    yield pending.pop(fut), fut
-        finally:
-            for fut in pending:
-                fut.cancel()
-
-
 def run_sweep(
     plan: SweepPlan,
     out_dir: str | Path,
@@ -887,18 +595,57 @@ def run_sweep(
         raise ScenarioError("--workers", f"must be >= 1 (got {workers})")
     if with_analytic:
         _analytic_predict()  # fail before any simulation
-    out = Path(out_dir)
+    out = resolve_output(out_dir, "--out")
+    with DirectoryLock(out, LOCK_FILE):
+        return _run_locked(plan, out, workers, dask, with_analytic, progress)
+
+
+def resume_state(plan: SweepPlan, out: Path) -> tuple[set[str], list[tuple[str, str]]]:
+    """Which of a plan's runs are finished on disk, after checking every result file there.
+
+    A result file is trusted when :func:`~sdsim.sweep_store.read_result` accepts it (one row, its
+    checksum, its run key) and its row is the plan's run (same point, scenario hash, seed,
+    replication). Any other file of a planned run is deleted, so that the run is redone.
+
+    Returns
+    -------
+    finished, redone
+        Run keys finished without error; ``(run_key, reason)`` of the deleted files.
+    """
+    results = out / RESULTS_DIR
+    finished: set[str] = set()
+    redone: list[tuple[str, str]] = []
+    for t in plan.tasks:
+        f = results / f"{t.run_key}.parquet"
+        if not f.exists():
+            continue
+        got = read_result(f)
+        if isinstance(got, dict):
+            ident = (got["point_key"], got["scenario_hash"], got["seed"], got["replication"])
+            if ident != (t.point_key, t.scenario_hash, t.seed, t.replication):
+                got = "belongs to another run"
+        if isinstance(got, str):
+            redone.append((t.run_key, got))
+            f.unlink(missing_ok=True)
+        elif got["error"] is None:
+            finished.add(t.run_key)
+    return finished, redone
+
+
+def _run_locked(
+    plan: SweepPlan,
+    out: Path,
+    workers: int,
+    dask: str | None,
+    with_analytic: bool,
+    progress: Callable[[SweepProgress], None] | None,
+) -> SweepResult:
     results = out / RESULTS_DIR
     results.mkdir(parents=True, exist_ok=True)
-    for stale in results.glob(".*.tmp"):  # partial writes of a killed run
+    for stale in results.glob(".*.tmp*"):  # partial writes of a killed run
         stale.unlink(missing_ok=True)
-    meta = plan.meta()
-    _write_atomic(out / META_FILE, json.dumps(meta, indent=1) + "\n")
-
-    existing = read_runs(out)
-    finished: set[str] = set()
-    if len(existing):
-        finished = set(existing.loc[existing["error"].isna(), "run_key"])
+    atomic_write_text(out / META_FILE, json.dumps(plan.meta(), indent=1) + "\n")
+    finished, redone = resume_state(plan, out)
     todo = [t for t in plan.tasks if t.run_key not in finished]
     skipped = len(plan.tasks) - len(todo)
     done = failed = 0
@@ -906,7 +653,7 @@ def run_sweep(
 
     def record(row: dict[str, Any]) -> None:
         nonlocal done, failed
-        _write_row(results, row)
+        write_row(results, row)
         if row["error"] is None:
             done += 1
         else:
@@ -925,7 +672,9 @@ def run_sweep(
             row = _failed_row(task, exc)
         record(row)
     wall = time.perf_counter() - t0
-    return finish_sweep(plan, out, with_analytic, skipped, done, failed, wall)
+    res = finish_sweep(plan, out, with_analytic, skipped, done, failed, wall)
+    res.redone = redone
+    return res
 
 
 def _failed_row(task: RunTask, exc: BaseException) -> dict[str, Any]:
@@ -938,7 +687,7 @@ def _failed_row(task: RunTask, exc: BaseException) -> dict[str, Any]:
         "seed": task.seed,
         "sdsim_version": __version__,
     }
-    row.update({k: _column_value(v) for k, v in task.overrides.items()})
+    row.update({k: column_value(v) for k, v in task.overrides.items()})
     row["error"] = " ".join(f"{type(exc).__name__}: {exc}".split())[:2000]
     row["wall_s"] = math.nan
     return row
@@ -953,33 +702,36 @@ def finish_sweep(
     failed: int,
     wall_s: float,
 ) -> SweepResult:
-    """Aggregate the runs on disk into ``summary.parquet``/``summary.csv`` (and failures.csv)."""
-    _, pq = _pyarrow()
-    meta, runs = load_sweep_dir(out)
+    """Aggregate the plan's runs into ``summary.parquet``/``summary.csv`` (and failures.csv).
+
+    The summary is built from the plan's own result files, each checked by
+    :func:`~sdsim.sweep_store.read_result` (never from ``sweep.json`` read back, which describes
+    whichever sweep wrote it last).
+    """
+    _, pq = pyarrow_modules()
+    meta = plan.meta()
+    rows = [read_result(out / RESULTS_DIR / f"{t.run_key}.parquet") for t in plan.tasks]
+    runs = runs_frame([r for r in rows if isinstance(r, dict)])
     analytic = analytic_table(plan) if with_analytic else None
     if analytic is not None:
         import pyarrow as pa
 
-        pq.write_table(
-            _stamped(pa.Table.from_pandas(analytic, preserve_index=False), meta.get("seed")),
-            out / "analytic.parquet",
-        )
+        atable = stamped(pa.Table.from_pandas(analytic, preserve_index=False), meta.get("seed"))
+        atomic_write(out / "analytic.parquet", lambda p: pq.write_table(atable, p))
     summary = summarize_runs(runs, meta, analytic)
     files = [out / "summary.parquet", out / "summary.csv"]
     import pyarrow as pa
 
-    tmp = out / f".summary.{os.getpid()}.tmp"
-    pq.write_table(_stamped(pa.Table.from_pandas(summary, preserve_index=False), meta.get("seed")),
-                   tmp)  # fmt: skip
-    os.replace(tmp, files[0])
-    _write_atomic(files[1], summary.to_csv(index=False))
-    sidecar(files[1], meta.get("seed"), sweep=plan.name, seeds="per run in results/*.parquet")
+    table = stamped(pa.Table.from_pandas(summary, preserve_index=False), meta.get("seed"))
+    atomic_write(files[0], lambda p: pq.write_table(table, p))
+    atomic_write_text(files[1], summary.to_csv(index=False))
+    write_sidecar(files[1], meta.get("seed"), sweep=plan.name, seeds="per run in results/*.parquet")
     fail_path = out / "failures.csv"
     failures = runs[runs["error"].notna()] if len(runs) else runs
     if len(failures):
         cols = ["run_key", "point", "replication", "seed", *plan.fields, "error"]
-        _write_atomic(fail_path, failures[cols].to_csv(index=False))
-        sidecar(fail_path, meta.get("seed"), sweep=plan.name, seeds="per run: column seed")
+        atomic_write_text(fail_path, failures[cols].to_csv(index=False))
+        write_sidecar(fail_path, meta.get("seed"), sweep=plan.name, seeds="per run: column seed")
         files.append(fail_path)
     else:
         fail_path.unlink(missing_ok=True)

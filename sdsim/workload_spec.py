@@ -9,6 +9,7 @@ assembles them into a :class:`~sdsim.scenario.Scenario` (and re-exports them), a
 from __future__ import annotations
 
 __all__ = [
+    "MAX_REQUESTS",
     "EmpiricalLength",
     "ExponentialTime",
     "FixedLength",
@@ -32,7 +33,12 @@ from pydantic import Field, field_validator, model_validator
 
 from sdsim.errors import ScenarioError
 from sdsim.spec_base import Frozen as _Frozen
+from sdsim.spec_base import PathStr
 from sdsim.traces import trace_lengths
+
+# A run's workload arrays and streaming statistics take ~70 bytes per request (~0.7 GB here).
+MAX_REQUESTS = 10_000_000
+
 
 # --------------------------------------------------------------------------- lengths
 
@@ -62,7 +68,7 @@ class UniformLength(_Frozen):
     @model_validator(mode="after")
     def _order(self) -> UniformLength:
         if self.high < self.low:
-            raise ValueError(f"high must be >= low (low={self.low}, high={self.high})")
+            raise ScenarioError("high", f"must be >= low (low={self.low}, high={self.high})")
         return self
 
     @property
@@ -86,7 +92,7 @@ class LognormalLength(_Frozen):
     @model_validator(mode="after")
     def _order(self) -> LognormalLength:
         if self.max < self.min:
-            raise ValueError(f"max must be >= min (min={self.min}, max={self.max})")
+            raise ScenarioError("max", f"must be >= min (min={self.min}, max={self.max})")
         return self
 
 
@@ -125,7 +131,7 @@ class TraceLength(_Frozen):
     """
 
     dist: Literal["trace"]
-    path: str = Field(description="request CSV (sdsim.traces.read_trace's columns)")
+    path: PathStr = Field(description="request CSV (sdsim.traces.read_trace's columns)")
     column: Literal["prompt_tokens", "output_tokens"]
 
     @model_validator(mode="after")
@@ -244,16 +250,24 @@ class WorkloadSpec(_Frozen):
 
     arrival: Literal["poisson", "constant", "gamma", "trace", "replay"] = "poisson"
     rate: float = Field(default=4.0, gt=0, le=1e6, description="requests per second")
-    cv: float = Field(default=1.0, gt=0, le=100, description="gap CV for gamma arrivals")
-    num_requests: int = Field(default=2000, ge=1, le=100_000_000)
+    cv: float = Field(default=1.0, ge=1e-4, le=100, description="gap CV for gamma arrivals")
+    num_requests: int = Field(
+        default=2000,
+        ge=1,
+        le=MAX_REQUESTS,
+        description=f"requests to simulate (at most {MAX_REQUESTS:,}: about 1 GB and tens of "
+        "minutes with --summary-only)",
+    )
     prompt_tokens: LengthSpec = FixedLength(value=512)
     output_tokens: LengthSpec = FixedLength(value=256)
-    trace: str | None = Field(
+    trace: PathStr | None = Field(
         default=None,
         description="request CSV: with arrival: trace its times and lengths are replayed; with "
         "another arrival process only its lengths (in order, cycling)",
     )
-    report: str | None = Field(default=None, description="GuideLLM/vLLM report for arrival: replay")
+    report: PathStr | None = Field(
+        default=None, description="GuideLLM/vLLM report for arrival: replay"
+    )
     benchmark: int | str | None = Field(
         default=None,
         description="benchmark of `report` to replay: 0-based index or benchmark id (default 0)",
@@ -269,9 +283,11 @@ class WorkloadSpec(_Frozen):
     @model_validator(mode="after")
     def _trace_needs_file(self) -> WorkloadSpec:
         if self.arrival == "trace" and not self.trace:
-            raise ValueError("arrival 'trace' needs `trace:` (path to a CSV)")
+            raise ScenarioError("trace", "arrival 'trace' needs `trace:` (path to a CSV)")
         if self.arrival == "replay" and not self.report:
-            raise ValueError("arrival 'replay' needs `report:` (path to a GuideLLM/vLLM report)")
+            raise ScenarioError(
+                "report", "arrival 'replay' needs `report:` (path to a GuideLLM/vLLM report)"
+            )
         if self.sessions is not None and (self.arrival in ("trace", "replay") or self.trace):
             raise ValueError(
                 "sessions: start times come from arrival poisson, gamma or constant, lengths from "

@@ -109,7 +109,7 @@ def _reason(
                 f"non-Poisson arrivals ({what}): the birth-death law assumes Poisson arrivals, "
                 "bursts meet larger batches than it predicts"
             )
-    if not all(s.get("stable", True) for s in sims):
+    if any(s.get("stable") is False for s in sims):
         why.append("simulation unstable (overload)")
     if frac >= 0.9:
         why.append(f"saturation ({frac:.0%} of capacity: batch fluctuations dominate)")
@@ -253,7 +253,7 @@ def validate(
                 "p_wait": float(pred.summary.get("p_wait", math.nan)),
                 "p_kv_full": float(pred.summary.get("p_kv_full", 0.0)),
                 "outside_model": pred.outside_model or "",
-                "sim_stable": all(bool(x.get("stable", True)) for x in sims),
+                "sim_stable": all(x.get("stable") is not False for x in sims),
             }
         )
     return ValidationReport(pd.DataFrame(rows), pd.DataFrame(verdicts), sat)

@@ -27,7 +27,6 @@ from sdsim.cli.app import (
     ScenarioArg,
     SeedOpt,
     SetOpt,
-    check_writable,
     err,
     fmt,
     load,
@@ -38,7 +37,7 @@ from sdsim.cli.app import (
 from sdsim.cli.tables import Column, alpha_text, render_table
 from sdsim.errors import ScenarioError
 from sdsim.labels import format_time
-from sdsim.provenance import sidecar
+from sdsim.outputs import output_dir, sidecar_file, write_run
 from sdsim.scenario import Scenario
 from sdsim.simulation import simulate
 
@@ -316,13 +315,12 @@ def validate(
         raise ScenarioError("--jobs", f"must be >= 1 (got {jobs})")
     target_lines = _parse_targets(targets)
     target = out_dir if out_dir is not None else Path("out") / f"validate-{scn.name}"
-    check_writable(target)
+    dest = output_dir(target, ["validation.csv", "validation.csv.meta.json", "validation.png"])
     prog = LazyProgress(f"validating {scn.name}", delay_s=0.0)
     try:
         rep = _validate(scn, rates=parse_rates(rates), reps=reps, jobs=jobs, progress=prog)
     finally:
         prog.close()
-    target.mkdir(parents=True, exist_ok=True)
     cols = [
         "rate",
         "metric",
@@ -335,11 +333,20 @@ def validate(
         "inside_ci",
     ]
     extra = [c for c in rep.table.columns if c not in cols]
-    rep.table[cols + extra].to_csv(target / "validation.csv", index=False)
-    sidecar(target / "validation.csv", scn.seed, scenario=scn.name, replications=reps,
-            units={"analytic": "s", "sim_mean": "s", "ci_low": "s", "ci_high": "s",
-                   "rate": "req/s"})  # fmt: skip
-    plot_validation(rep, scn, target / "validation.png", targets=target_lines)
+    table = rep.table[cols + extra]
+    units = {"analytic": "s", "sim_mean": "s", "ci_low": "s", "ci_high": "s", "rate": "req/s"}
+    side, write_side = sidecar_file(
+        "validation.csv", scn.seed, scenario=scn.name, replications=reps, units=units
+    )
+    write_run(
+        dest,
+        {
+            "validation.csv": lambda p: table.to_csv(p, index=False),
+            side: write_side,
+            "validation.png": lambda p: plot_validation(rep, scn, p, targets=target_lines),
+        },
+        "validate",
+    )
     _print_validation(rep, scn, reps)
     out.print(f"wrote {target}/validation.csv, validation.png", highlight=False, soft_wrap=True)
 
