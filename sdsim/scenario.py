@@ -783,7 +783,7 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path | None) -> dict[str, Any
         sec = out.get(section)
         if isinstance(sec, dict) and isinstance(sec.get(key), str):
             p = Path(sec[key])
-            if not p.is_absolute() and not p.exists() and (base_dir / p).exists():
+            if not p.is_absolute() and not _exists(p) and _exists(base_dir / p):
                 sec[key] = str((base_dir / p).resolve())
     # length laws read from a trace CSV ({dist: trace, path: ...}), anywhere in the workload
     stack = [out.get("workload")]
@@ -792,7 +792,7 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path | None) -> dict[str, Any
         if isinstance(node, dict):
             if node.get("dist") == "trace" and isinstance(node.get("path"), str):
                 p = Path(node["path"])
-                if not p.is_absolute() and not p.exists() and (base_dir / p).exists():
+                if not p.is_absolute() and not _exists(p) and _exists(base_dir / p):
                     node["path"] = str((base_dir / p).resolve())
             stack.extend(node.values())
     # `target: path/to/config.json` is a model given by its Hugging Face config file

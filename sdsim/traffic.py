@@ -21,6 +21,7 @@ __all__ = [
     "ConversationPlan",
     "conversation_plan",
     "max_context",
+    "prefix_lengths",
     "prefix_popularity",
     "sample_lengths",
     "sample_times",
@@ -102,6 +103,11 @@ def prefix_popularity(spec: SharedPrefixSpec) -> _F64:
     return zipf_weights(spec.prompts, spec.zipf_s)
 
 
+def prefix_lengths(spec: SharedPrefixSpec, seed: int) -> _I64:
+    """The shared prefixes' lengths (tokens), drawn once per run (stream ``prefix_tokens``)."""
+    return sample_lengths(spec.tokens, spec.prompts, stream(seed, "prefix_tokens"))
+
+
 def shared_prefixes(spec: SharedPrefixSpec, n: int, seed: int) -> tuple[_I64, _I64]:
     """Which shared prefix each of ``n`` requests (or sessions) starts with, and its length.
 
@@ -112,7 +118,7 @@ def shared_prefixes(spec: SharedPrefixSpec, n: int, seed: int) -> tuple[_I64, _I
         (0 without one). The prefixes' lengths are drawn once (stream ``prefix_tokens``), the
         choices from the popularity law (stream ``prefix_choice``).
     """
-    lengths = sample_lengths(spec.tokens, spec.prompts, stream(seed, "prefix_tokens"))
+    lengths = prefix_lengths(spec, seed)
     rng = stream(seed, "prefix_choice")
     group = rng.choice(spec.prompts, size=n, p=prefix_popularity(spec)).astype(np.int64)
     if spec.share < 1.0:

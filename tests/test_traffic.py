@@ -170,3 +170,29 @@ def test_splitwise_length_laws() -> None:
         assert abs(wl.prompt.mean() / spec.mean - 1) < 0.03
         assert abs(wl.output.mean() / scn.workload.output_tokens.mean - 1) < 0.03
         assert set(np.unique(wl.prompt)) <= set(np.unique(spec.values))  # type: ignore[union-attr]
+
+
+def test_the_model_prices_the_whole_prompt_and_prefills_what_the_cache_lacks() -> None:
+    from sdsim import predict
+    from sdsim.analytic.prefix import prompt_means
+    from sdsim.traffic import prefix_lengths
+
+    sp = {"prompts": 3, "tokens": {"dist": "uniform", "low": 500, "high": 900}, "share": 0.5}
+    scn = small(**{"workload.shared_prefix": sp})
+    pm = prompt_means(scn)
+    lengths = prefix_lengths(scn.workload.shared_prefix, scn.seed)  # type: ignore[arg-type]
+    p = prefix_popularity(scn.workload.shared_prefix)  # type: ignore[arg-type]
+    assert pm.context == pytest.approx(128 + 0.5 * float(p @ lengths), rel=1e-12)
+    assert (pm.prefill, pm.hit_rate) == (pm.context, 0.0)
+    hit = small(**{"workload.shared_prefix": sp, "analytic.prefix_hit_rate": 0.6})
+    assert prompt_means(hit).prefill == pytest.approx(0.4 * pm.context)
+    # caching off: the given hit rate does not apply
+    off = hit.with_overrides({"server.prefix_caching": False})
+    assert prompt_means(off).prefill == pm.context
+    # less prefill, lower latency, the same context
+    a = predict(scn, rates=[], k_values=[4], quantiles=False).summary["e2e_mean"]
+    b = predict(hit, rates=[], k_values=[4], quantiles=False).summary["e2e_mean"]
+    assert b < a
+    # sessions: a turn's prompt is the conversation so far (the plan's mean turn prompt)
+    turns = chat(**{"workload.num_requests": 500})
+    assert prompt_means(turns).context > 2 * turns.workload.prompt_tokens.mean
