@@ -47,6 +47,7 @@ from sdsim.analytic.coefficients import (
     tangent_coefficients,
 )
 from sdsim.analytic.gps import BirthDeath, birth_death
+from sdsim.analytic.prefix import prompt_means
 from sdsim.analytic.stepcurve import StepCurve, build_step_curve, mean_context
 from sdsim.analytic.work import RequestWork, request_work
 from sdsim.costs.build import build_cost_model
@@ -314,12 +315,12 @@ def build_curve(
 ) -> StepCurve:
     """The step curve of a scenario at draft length ``k``."""
     m = model if model is not None else build_cost_model(scn)
-    prompt = float(scn.workload.prompt_tokens.mean)
+    pm = prompt_means(scn)  # whole prompt (context) and the part prefilled (prefix cache)
     return build_step_curve(
         m,
         k,
-        mean_context(prompt, work),
-        prompt,
+        mean_context(pm.context, work),
+        pm.prefill,
         scn.server.max_num_batched_tokens,
         concurrency_cap(scn, k),
     )
@@ -369,7 +370,7 @@ def operating_point(
         law = law if law is not None else BirthDeath(np.zeros(0), rate, c.n_max, False)
         batches = np.array([max(c.n_max * frac, 1.0)])
         weights = np.array([1.0])
-    prompt = float(scn.workload.prompt_tokens.mean)
+    prompt = prompt_means(scn).prefill
     akey = (max(1, round(prompt)), scn.server.max_num_batched_tokens)
     got = c.alone.get(akey)
     if got is None or got[0] is not m or c.k != k:
