@@ -318,8 +318,8 @@ SCENARIOS = [
     Quote(
         "scenarios/prefix-affinity-4x.yaml",
         r"Seed 0, 3000 requests: prefix_hit_rate (?P<hit>[\d.]+) with prefix-affinity against "
-        r"(?P<hit_rr>[\d.]+) round-robin; TTFT mean (?P<ttft>[\d.]+) ms against (?P<ttft_rr>[\d.]+) "
-        r"ms; e2e mean (?P<e2e>[\d.]+) s against (?P<e2e_rr>[\d.]+) s",
+        r"(?P<hit_rr>[\d.]+) round-robin; TTFT mean (?P<ttft>[\d.]+) ms against "
+        r"(?P<ttft_rr>[\d.]+) ms; e2e mean (?P<e2e>[\d.]+) s against (?P<e2e_rr>[\d.]+) s",
         lambda: {
             "hit": sim("prefix-affinity-4x")["prefix_hit_rate"],
             "hit_rr": sim("prefix-affinity-4x", **{"server.router": "round-robin"})[
