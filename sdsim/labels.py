@@ -70,6 +70,7 @@ FIELDS: dict[str, Label] = {
     "acceptance.preset": Label("acceptance preset"),
     "server.replicas": Label("replicas", integer=True),
     "server.router": Label("router"),
+    "server.affinity_imbalance": Label("affinity imbalance bound", "requests", integer=True),
     "server.scheduler": Label("scheduler"),
     "server.max_num_seqs": Label("max running requests (max_num_seqs)", integer=True),
     "server.max_num_batched_tokens": Label("token budget per step", "tokens", integer=True),

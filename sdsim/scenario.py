@@ -288,7 +288,16 @@ class ServerSpec(_Frozen):
     )
     tp: int = Field(default=1, ge=1, le=64)
     replicas: int = Field(default=1, ge=1, le=4096)
-    router: Literal["round-robin", "least-outstanding", "random"] = "round-robin"
+    router: Literal["round-robin", "least-outstanding", "random", "prefix-affinity"] = (
+        "round-robin"
+    )
+    affinity_imbalance: int = Field(
+        default=16,
+        ge=0,
+        le=1_000_000,
+        description="prefix-affinity router: route to the least-outstanding replica instead when "
+        "the replica the prefix names has more than this many requests outstanding beyond it",
+    )
     scheduler: Literal["vllm-v1", "prefill-first"] = "vllm-v1"
     prefix_caching: bool = Field(
         default=True,

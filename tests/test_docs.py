@@ -316,6 +316,23 @@ SCENARIOS = [
         },
     ),
     Quote(
+        "scenarios/prefix-affinity-4x.yaml",
+        r"Seed 0, 3000 requests: prefix_hit_rate (?P<hit>[\d.]+) with prefix-affinity against "
+        r"(?P<hit_rr>[\d.]+) round-robin; TTFT mean (?P<ttft>[\d.]+) ms against "
+        r"(?P<ttft_rr>[\d.]+) ms; e2e mean (?P<e2e>[\d.]+) s against (?P<e2e_rr>[\d.]+) s",
+        lambda: {
+            "hit": sim("prefix-affinity-4x")["prefix_hit_rate"],
+            "hit_rr": sim("prefix-affinity-4x", **{"server.router": "round-robin"})[
+                "prefix_hit_rate"
+            ],
+            "ttft": 1e3 * sim("prefix-affinity-4x")["ttft_mean"],
+            "ttft_rr": 1e3
+            * sim("prefix-affinity-4x", **{"server.router": "round-robin"})["ttft_mean"],
+            "e2e": sim("prefix-affinity-4x")["e2e_mean"],
+            "e2e_rr": sim("prefix-affinity-4x", **{"server.router": "round-robin"})["e2e_mean"],
+        },
+    ),
+    Quote(
         "scenarios/trace-replay.yaml",
         r"the same server as default.yaml \(saturation ~(?P<sat>\d+) req/s",
         lambda: {"sat": pred("default").saturation_rate},

@@ -12,8 +12,8 @@ What the engine does beyond one replica with a fixed k is mapped as follows:
 
 * replicas: every router sends each replica ``rate / replicas`` on average; the gaps a replica
   sees have squared CV ``c^2 / N`` (round-robin and least-outstanding, which keeps replicas as
-  even as round-robin) or ``1 - 1/N + c^2 / N`` (random thinning), which only the admission-wait
-  term uses;
+  even as round-robin) or ``1 - 1/N + c^2 / N`` (random thinning, and prefix-affinity, which
+  splits by a hash of the prefix), which only the admission-wait term uses;
 * ``spec.policy: adaptive``: predicted with the k the policy chooses at the predicted mean
   decode batch (the argmax of ``batch x E[X](alpha_hat, k) / t_k(batch)``, ``alpha_hat`` the
   truncated-geometric estimate the policy converges to), iterated to a fixed point;
@@ -213,7 +213,8 @@ def _arrival_scv(scn: Scenario) -> float:
     n = scn.server.replicas
     if n == 1:
         return c2
-    if scn.server.router == "random":
+    if scn.server.router in ("random", "prefix-affinity"):
+        # prefix-affinity splits the stream by a hash of the prefix: as a random split
         return 1.0 - 1.0 / n + c2 / n
     return c2 / n
 

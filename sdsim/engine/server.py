@@ -37,7 +37,7 @@ from sdsim.engine import step as steps
 from sdsim.engine.draft_length import AdaptiveDraftLength
 from sdsim.engine.kvcache import UNLIMITED_BLOCKS, KVCache
 from sdsim.engine.prices import DecodePrices
-from sdsim.engine.router import Router
+from sdsim.engine.router import Router, affinity_keys
 from sdsim.engine.scheduler import Batch
 from sdsim.engine.schema import (
     ABORT_REQUESTED,
@@ -579,7 +579,12 @@ def run_simulation(
         log_capacity = int(min(max(1024, wl.output.sum() // 16 // replicas), 5_000_000))
     tracker = Tracker(env, n, progress)
     tracker.solo = replicas == 1
-    router = Router(scn.server.router, replicas, n, seed)
+    keys = None
+    if scn.server.router == "prefix-affinity":
+        keys = affinity_keys(wl.prefix_group, wl.prefix_len, wl.conv, scn.server.block_size, n)
+    router = Router(
+        scn.server.router, replicas, n, seed, keys=keys, imbalance=scn.server.affinity_imbalance
+    )
     engines = [
         Engine(
             env,

@@ -139,7 +139,7 @@ class SessionArrivals:
             self.key,
             (group, plen, int(wl.conv[turn]), int(wl.turn[turn]), follow),
         )
-        r = self.router.choose(rid)
+        r = self.router.choose(rid, turn)
         if follow:
             self._inflight[r][rid] = turn
         self.engines[r].enqueue(rid)
