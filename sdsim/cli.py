@@ -574,64 +574,93 @@ def advise(
 def validate(
     scenario: ScenarioArg,
     rates: RatesOpt = None,
-    reps: Annotated[int, typer.Option("--reps", help="seeded replications per rate")] = 3,
+    reps: Annotated[
+        int, typer.Option("--reps", help="replications per stage of the sequential runs")
+    ] = 2,
+    target: Annotated[
+        float, typer.Option("--target", help="relative 95% CI half-width the p99s are run to")
+    ] = 0.03,
+    max_requests: Annotated[
+        int, typer.Option("--max-requests", help="most requests simulated per rate")
+    ] = 400_000,
+    initial: Annotated[
+        int, typer.Option("--initial", help="requests per replication in the first stage")
+    ] = 10_000,
+    all_: Annotated[
+        bool,
+        typer.Option("--all", help="SCENARIO is a directory: every rate-driven scenario in it"),
+    ] = False,
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="directory for validation.csv and .png")
     ] = None,
     set_: SetOpt = None,
     jobs: Annotated[int, typer.Option("--jobs", help="worker processes")] = 2,
 ) -> None:
-    """Check the analytic model against seeded simulations, rate by rate."""
-    from sdsim.analytic.validation import plot_validation
-    from sdsim.analytic.validation import validate as _validate
+    """Check the analytic model against steady-state simulations, rate by rate."""
+    from sdsim.analytic.validation import TOO_WIDE, validate_many, write_reports
 
-    scn = _load(scenario, set_)
-    if reps < 1:
-        raise ScenarioError("--reps", f"must be >= 1 (got {reps})")
     if jobs < 1:
         raise ScenarioError("--jobs", f"must be >= 1 (got {jobs})")
-    target = out_dir if out_dir is not None else Path("out") / f"validate-{scn.name}"
-    _check_writable(target)
-    prog = _LazyProgress(f"validating {scn.name}", delay_s=0.0)
+    if all_:
+        if not scenario.is_dir():
+            raise ScenarioError("--all", f"{scenario} is not a directory of scenarios")
+        scns = [_load(p, set_) for p in sorted(scenario.glob("*.yaml"))]
+        scns = [s for s in scns if s.workload.arrival not in ("trace", "replay")]
+        if not scns:
+            raise ScenarioError("--all", f"no rate-driven scenario in {scenario}")
+        if rates:
+            raise ScenarioError("--rates", "not with --all (each scenario takes its own loads)")
+    else:
+        scns = [_load(scenario, set_)]
+    name = "all" if all_ else scns[0].name
+    dest = out_dir if out_dir is not None else Path("out") / f"validate-{name}"
+    _check_writable(dest)
+    prog = _LazyProgress(f"validating {name} (requests)", delay_s=0.0)
     try:
-        rep = _validate(scn, rates=_parse_rates(rates), reps=reps, jobs=jobs, progress=prog)
+        reports = validate_many(
+            scns,
+            None if all_ else [_parse_rates(rates)],
+            target=target,
+            max_requests=max_requests,
+            initial=initial,
+            reps=reps,
+            jobs=jobs,
+            progress=prog,
+        )
     finally:
         prog.close()
-    target.mkdir(parents=True, exist_ok=True)
-    cols = [
-        "rate",
-        "metric",
-        "statistic",
-        "analytic",
-        "sim_mean",
-        "ci_low",
-        "ci_high",
-        "rel_error",
-        "inside_ci",
-    ]
-    extra = [c for c in rep.table.columns if c not in cols]
-    rep.table[cols + extra].to_csv(target / "validation.csv", index=False)
-    plot_validation(rep, scn, target / "validation.png")
-    t = Table(
-        title=f"{scn.name}: analytic vs simulated ({reps} replications per rate; "
-        f"saturation {_fmt(rep.saturation_rate)} req/s)"
-    )
-    for c in ("rate", "% sat", "e2e mean", "e2e p99", "TTFT mean", "TPOT mean", "verdict"):
-        t.add_column(c, justify="right" if c != "verdict" else "left")
-    d = rep.table
-    for _, v in rep.verdicts.iterrows():
-        cells = []
-        for m, st in (("e2e", "mean"), ("e2e", "p99"), ("ttft", "mean"), ("tpot", "mean")):
-            row = d[(d["rate"] == v["rate"]) & (d["metric"] == m) & (d["statistic"] == st)]
-            e = float(row["rel_error"].iloc[0])
-            ok = bool(row["holds"].iloc[0])
-            cells.append(("" if ok else "[red]") + f"{e:+.1%}")
-        verdict = "holds" if v["holds"] else f"breaks: {v['reason']} ({v['failing']})"
-        t.add_row(_fmt(v["rate"]), f"{v['fraction']:.0%}", *cells, verdict)
-    out.print(t)
+    files = write_reports(reports, scns, dest)
+    for rep in reports:
+        t = Table(
+            title=f"{rep.scenario}: analytic vs simulated at steady state (saturation "
+            f"{_fmt(rep.saturation_rate)} req/s; error ± the simulation's 95% CI)"
+        )
+        for c in ("rate", "% sat", "requests", "e2e mean", "e2e p99", "TTFT p99", "TPOT p99"):
+            t.add_column(c, justify="right")
+        t.add_column("verdict", justify="left")
+        d = rep.table
+        for _, v in rep.verdicts.iterrows():
+            cells = []
+            for m, st in (("e2e", "mean"), ("e2e", "p99"), ("ttft", "p99"), ("tpot", "p99")):
+                row = d[(d["rate"] == v["rate"]) & (d["metric"] == m) & (d["statistic"] == st)]
+                r = row.iloc[0]
+                style = {"holds": "", "fails": "[red]"}.get(str(r["verdict"]), "[yellow]")
+                cells.append(f"{style}{r['rel_error']:+.1%}±{r['ci_half_width']:.0%}")
+            if v["verdict"] == "holds":
+                verdict = "holds"
+            elif v["verdict"] == TOO_WIDE:
+                verdict = f"{TOO_WIDE}: {v['undecided']}"
+            else:
+                verdict = f"breaks: {v['reason']} ({v['failing']})"
+            t.add_row(
+                _fmt(v["rate"]), f"{v['fraction']:.0%}", f"{int(v['requests']):,}", *cells, verdict
+            )
+        out.print(t)
     out.print(
-        "tolerances: e2e mean 5%, e2e p50/p90/p99 10%, TTFT and TPOT means 10% "
-        f"(errors are analytic vs simulated mean). Wrote {target}/validation.csv, validation.png"
+        "tolerances: means 5% (e2e) / 10% (TTFT, TPOT); p50-p99 10% (e2e, TPOT) / 15% (TTFT). "
+        "A statistic holds when its whole CI is within tolerance (plain), fails when all of it "
+        f"is outside (red), else the CI is too wide to judge (yellow). Wrote "
+        f"{', '.join(str(f) for f in files)}"
     )
 
 

@@ -149,7 +149,9 @@ def test_kv_saturation_onset_and_outside_model() -> None:
 def test_validate_marks_kv_saturated_rates() -> None:
     scn = small(**{"server.num_gpu_blocks": 600, "workload.num_requests": 300})
     kv = predict(scn, rates=[], k_values=[4], quantiles=False).kv_saturation_rate
-    rep = validate(scn, rates=[0.3 * kv, 1.05 * kv], reps=1, jobs=1)
+    rep = validate(
+        scn, rates=[0.3 * kv, 1.05 * kv], reps=1, jobs=1, initial=300, max_requests=300
+    )
     v = rep.verdicts
     assert not bool(v.iloc[1]["holds"]) and "KV cache saturated" in v.iloc[1]["reason"]
     assert v.iloc[0]["outside_model"] == ""

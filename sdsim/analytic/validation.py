@@ -1,9 +1,14 @@
-"""Check the analytic model against the simulation, rate by rate, with confidence intervals.
+"""Check the analytic model against the simulation, rate by rate, with steady-state CIs.
 
-For each rate, N seeded replications of ``sdsim.simulate`` give a t-based confidence interval of
-each summary statistic (:func:`sdsim.metrics.t_confidence_interval`); the analytic prediction is
-set beside it with its relative error, and a verdict says where the model holds within tolerance
-and, where it does not, the likely reason (saturation, the admission cap, prefill interference).
+For each rate, :mod:`sdsim.steadystate` runs replications until the 95% CIs of the p99s are
+narrow enough (``target``, relative half-width) or the request budget is spent: every run's
+warm-up is cut by MSER-5, the replications are batched, and percentile CIs are read off the
+pooled sample (so they never leave the data's range). The analytic prediction is set beside
+each estimate with its relative error and the range of errors the CI allows, and every
+statistic gets one of three verdicts: **holds** (the whole CI lies within the tolerance of the
+prediction), **fails** (all of it lies outside) or **CI too wide to judge**. A rate holds when
+all its statistics hold and the prediction is inside the model; where it does not, the reason
+names what the model leaves out (saturation, KV pressure, an assumption ``predict`` flags).
 """
 
 from __future__ import annotations
@@ -12,14 +17,15 @@ __all__ = [
     "DEFAULT_FRACTIONS",
     "TOLERANCES",
     "ValidationReport",
+    "plot_error_map",
     "plot_validation",
     "validate",
+    "validate_many",
+    "write_reports",
 ]
 
 import math
-import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,13 +35,19 @@ import pandas as pd
 
 from sdsim.analytic.prediction import Prediction, predict
 from sdsim.errors import ScenarioError
-from sdsim.metrics import t_confidence_interval
 from sdsim.scenario import Scenario
+from sdsim.steadystate import (
+    DEFAULT_INITIAL,
+    DEFAULT_MAX_REQUESTS,
+    DEFAULT_TARGET,
+    Sequential,
+    SteadyState,
+    run_sequential,
+)
 
 # Fractions of the predicted saturation rate validated by default.
 DEFAULT_FRACTIONS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.8, 0.9, 0.95)
-# (metric, statistic) -> relative tolerance the model is held to (the issue's targets; quantiles
-# not named there get the p99 tolerance).
+# (metric, statistic) -> relative tolerance the model is held to.
 TOLERANCES: dict[tuple[str, str], float] = {
     ("e2e", "mean"): 0.05,
     ("e2e", "p50"): 0.10,
@@ -52,6 +64,7 @@ TOLERANCES: dict[tuple[str, str], float] = {
 }
 METRICS = ("e2e", "ttft", "tpot")
 STATISTICS = ("mean", "p50", "p90", "p99")
+TOO_WIDE = "CI too wide to judge"
 
 
 @dataclass
@@ -61,34 +74,31 @@ class ValidationReport:
     Attributes
     ----------
     table
-        One row per (rate, metric, statistic): ``rate, metric, statistic, analytic, sim_mean,
-        ci_low, ci_high, rel_error, inside_ci`` plus ``tolerance``, ``holds``, ``fraction``
-        (of saturation) and ``seeds`` (the replications' run seeds, space separated).
+        One row per (rate, metric, statistic): ``rate, fraction, metric, statistic, analytic,
+        sim, ci_low, ci_high, rel_error, err_low, err_high, ci_half_width, tolerance, verdict``
+        (``holds`` / ``fails`` / :data:`TOO_WIDE`), ``holds`` (bool), ``requests`` (simulated
+        at that rate), ``seeds`` and ``deleted`` (the replications' run seeds and warm-up cuts,
+        space separated, so any row can be re-simulated exactly).
     verdicts
-        One row per rate: ``rate, fraction, holds, worst, reason``.
+        One row per rate: ``rate, fraction, verdict`` (``holds`` / ``breaks`` /
+        :data:`TOO_WIDE`), ``holds``, ``failing``, ``undecided``, ``reason``, ``p_wait``,
+        ``p_kv_full``, ``outside_model``, ``sim_stable``, ``requests``, ``target_met``.
     saturation_rate
         Predicted saturation rate (req/s).
+    scenario
+        The scenario's name.
     """
 
     table: pd.DataFrame
     verdicts: pd.DataFrame
     saturation_rate: float
-
-
-def _sim_one(args: tuple[dict[str, Any], int]) -> dict[str, Any]:
-    # A top-level function so a process pool can pickle it; the scenario travels as plain data.
-    from sdsim.scenario import scenario_from_dict
-    from sdsim.simulation import simulate
-
-    data, seed = args
-    res = simulate(scenario_from_dict(data), seed=seed)
-    return {k: v for k, v in res.summary.items() if isinstance(v, (int, float, bool))}
+    scenario: str = ""
 
 
 def _reason(
-    pred: Prediction, frac: float, bad: list[tuple[str, str, float]], sims: list[dict[str, Any]]
+    pred: Prediction, frac: float, bad: list[tuple[str, str, float]], stable: bool
 ) -> str:
-    if not bad and not pred.outside_model:
+    if not bad and not pred.outside_model and stable:
         return "holds"
     why: list[str] = []
     if pred.outside_model:
@@ -99,16 +109,7 @@ def _reason(
             f"KV pressure (P(KV demand > capacity)={pkv:.0%}: preemption by recomputation "
             "is not in the model)"
         )
-    scn = pred.scenario
-    if scn is not None and scn.workload.arrival != "poisson":
-        w = scn.workload
-        what = f"gamma gaps with CV {w.cv:g}" if w.arrival == "gamma" else w.arrival
-        if not (w.arrival == "gamma" and w.cv == 1.0):
-            why.append(
-                f"non-Poisson arrivals ({what}): the birth-death law assumes Poisson arrivals, "
-                "bursts meet larger batches than it predicts"
-            )
-    if not all(s.get("stable", True) for s in sims):
+    if not stable:
         why.append("simulation unstable (overload)")
     if frac >= 0.9:
         why.append(f"saturation ({frac:.0%} of capacity: batch fluctuations dominate)")
@@ -116,128 +117,237 @@ def _reason(
     if pw > 0.005:
         why.append(f"admission cap (P(wait)={pw:.1%}; heavy-traffic wait approximation)")
     co = pred.coefficients
-    if co is not None:
-        lam = pred.summary["throughput_rps"] / max(
-            1, pred.scenario.server.replicas if pred.scenario else 1
-        )
-        share = lam * co.c_p
-        if any(m == "ttft" for m, _, _ in bad) and share > 0.15 and pw <= 0.005:
-            why.append(f"prefill interference (prefill takes {share:.0%} of GPU time)")
     if co is not None and co.fit_error > 0.05:
         why.append(
             f"step time far from linear over the batches met ({co.linearization} is off by up "
-            f"to {co.fit_error:.0%}; tails use per-batch tangents)"
+            f"to {co.fit_error:.0%})"
         )
     if not why:
         why.append("model error")
     return "; ".join(why)
 
 
+def _verdict(ana: float, lo: float, hi: float, tol: float) -> tuple[str, float, float]:
+    """Three-way verdict of one statistic and the range of relative errors its CI allows."""
+    if not (math.isfinite(ana) and math.isfinite(lo) and math.isfinite(hi)) or lo <= 0:
+        return TOO_WIDE, math.nan, math.nan
+    e_lo, e_hi = ana / hi - 1.0, ana / lo - 1.0
+    if e_lo >= -tol and e_hi <= tol:
+        return "holds", e_lo, e_hi
+    if e_lo > tol or e_hi < -tol:
+        return "fails", e_lo, e_hi
+    return TOO_WIDE, e_lo, e_hi
+
+
+def _rows(
+    r: float, sat: float, pred: Prediction, st: SteadyState
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    bad: list[tuple[str, str, float]] = []
+    undecided: list[str] = []
+    for m in METRICS:
+        for stat in STATISTICS:
+            key = f"{m}_{stat}"
+            est = st.estimates[key]
+            ana = float(pred.summary.get(key, math.nan))
+            tol = TOLERANCES[(m, stat)]
+            rel = ana / est.value - 1.0 if est.value and math.isfinite(est.value) else math.nan
+            if not math.isfinite(ana) and not math.isfinite(est.value):
+                verdict, e_lo, e_hi = "n/a", math.nan, math.nan  # e.g. TPOT of 1-token answers
+            else:
+                verdict, e_lo, e_hi = _verdict(ana, est.low, est.high, tol)
+            rows.append(
+                {
+                    "rate": r,
+                    "fraction": r / sat,
+                    "metric": m,
+                    "statistic": stat,
+                    "analytic": ana,
+                    "sim": est.value,
+                    "ci_low": est.low,
+                    "ci_high": est.high,
+                    "rel_error": rel,
+                    "err_low": e_lo,
+                    "err_high": e_hi,
+                    "ci_half_width": est.rel_half_width,
+                    "tolerance": tol,
+                    "verdict": verdict,
+                    "holds": verdict in ("holds", "n/a"),
+                    "requests": st.requests,
+                    "seeds": " ".join(str(x) for x in st.seeds),
+                    "deleted": " ".join(str(x) for x in st.deleted),
+                }
+            )
+            if verdict == "fails":
+                bad.append((m, stat, rel))
+            elif verdict == TOO_WIDE:
+                undecided.append(f"{key} {rel:+.1%} (CI ±{est.rel_half_width:.1%})")
+    frac = r / sat
+    broken = bool(bad) or bool(pred.outside_model) or not st.stable
+    verdict = "breaks" if broken else (TOO_WIDE if undecided else "holds")
+    return rows, {
+        "rate": r,
+        "fraction": frac,
+        "verdict": verdict,
+        "holds": verdict == "holds",
+        "failing": ", ".join(f"{m}_{s} {e:+.1%}" for m, s, e in bad) or "-",
+        "undecided": "; ".join(undecided) or "-",
+        "reason": _reason(pred, frac, bad, st.stable) if broken else verdict,
+        "p_wait": float(pred.summary.get("p_wait", math.nan)),
+        "p_kv_full": float(pred.summary.get("p_kv_full", 0.0)),
+        "outside_model": pred.outside_model or "",
+        "sim_stable": st.stable,
+        "requests": st.requests,
+        "target_met": st.target_met,
+    }
+
+
+def _rates(scn: Scenario, rates: Sequence[float] | None) -> tuple[list[float], float]:
+    base = predict(scn, rates=[], k_values=[scn.spec.k], quantiles=False)
+    sat = base.saturation_rate
+    rs = [round(f * sat, 6) for f in DEFAULT_FRACTIONS] if rates is None else list(rates)
+    out = [float(r) for r in rs]
+    for r in out:
+        if not (r > 0 and math.isfinite(r)):
+            raise ScenarioError("--rates", f"rates must be positive numbers (got {r})")
+    return out, sat
+
+
+def validate_many(
+    scns: Sequence[Scenario],
+    rates: Sequence[Sequence[float] | None] | None = None,
+    *,
+    target: float = DEFAULT_TARGET,
+    max_requests: int = DEFAULT_MAX_REQUESTS,
+    initial: int = DEFAULT_INITIAL,
+    reps: int = 2,
+    jobs: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[ValidationReport]:
+    """:func:`validate` for several scenarios, their simulations sharing one process pool.
+
+    Parameters are :func:`validate`'s, ``rates`` one entry (or ``None``) per scenario.
+    """
+    if reps < 1:
+        raise ScenarioError("--reps", f"must be >= 1 (got {reps})")
+    if not 0 < target < 1:
+        raise ScenarioError("--target", f"must lie in (0, 1) (got {target})")
+    if initial < 10:
+        raise ScenarioError("--initial", f"must be >= 10 requests (got {initial})")
+    if max_requests < reps * initial:
+        raise ScenarioError(
+            "--max-requests", f"must be >= reps x initial = {reps * initial} (got {max_requests})"
+        )
+    plans: list[tuple[Scenario, list[float], float, list[Sequential]]] = []
+    for i, scn in enumerate(scns):
+        rs, sat = _rates(scn, None if rates is None else rates[i])
+        seqs = [
+            Sequential(
+                scn.with_overrides({"workload.rate": r}).to_dict(),
+                scn.seed,
+                target=target,
+                initial=initial,
+                max_requests=max_requests,
+                reps=reps,
+            )
+            for r in rs
+        ]
+        plans.append((scn, rs, sat, seqs))
+    njobs = jobs if jobs is not None else 2
+    run_sequential([s for p in plans for s in p[3]], jobs=njobs, progress=progress)
+    reports = []
+    for scn, rs, sat, seqs in plans:
+        rows: list[dict[str, Any]] = []
+        verdicts: list[dict[str, Any]] = []
+        for r, seq in zip(rs, seqs, strict=True):
+            assert seq.result is not None
+            one = scn.with_overrides({"workload.rate": r})
+            pred = predict(one, rates=[], k_values=[scn.spec.k])
+            rr, v = _rows(r, sat, pred, seq.result)
+            rows.extend(rr)
+            verdicts.append(v)
+        reports.append(ValidationReport(pd.DataFrame(rows), pd.DataFrame(verdicts), sat, scn.name))
+    return reports
+
+
 def validate(
     scn: Scenario,
     rates: Sequence[float] | None = None,
-    reps: int = 3,
+    reps: int = 2,
     jobs: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    *,
+    target: float = DEFAULT_TARGET,
+    max_requests: int = DEFAULT_MAX_REQUESTS,
+    initial: int = DEFAULT_INITIAL,
 ) -> ValidationReport:
-    """Run the simulation at several rates and compare with the analytic prediction.
+    """Simulate a scenario at several rates to steady state and compare with the prediction.
 
     Parameters
     ----------
     scn
-        Scenario (its rate is replaced by each validated rate).
+        Scenario (its rate and length are replaced per run).
     rates
         Arrival rates (req/s); default :data:`DEFAULT_FRACTIONS` of the predicted saturation.
     reps
-        Seeded replications per rate (seeds ``scn.seed .. scn.seed + reps - 1``).
+        Replications per stage of the sequential procedure (seeds ``scn.seed``, ``+1``, ...).
     jobs
-        Worker processes (default: ``min(2, cpu count)``; 1 runs in this process).
+        Worker processes (default 2; 1 runs in this process).
     progress
-        Called with (simulations done, total).
+        Called with (requests simulated, requests planned so far).
+    target
+        Relative CI half-width the p99s of e2e, TTFT and TPOT are run to.
+    max_requests
+        Most requests simulated per rate (the budget that bounds the run length).
+    initial
+        Requests per replication in the first stage.
 
     Returns
     -------
     ValidationReport
     """
-    if reps < 1:
-        raise ScenarioError("--reps", f"must be >= 1 (got {reps})")
-    base = predict(scn, rates=[], k_values=[scn.spec.k], quantiles=False)
-    sat = base.saturation_rate
-    if rates is None:
-        rates = [round(f * sat, 6) for f in DEFAULT_FRACTIONS]
-    rates = [float(r) for r in rates]
-    for r in rates:
-        if not (r > 0 and math.isfinite(r)):
-            raise ScenarioError("--rates", f"rates must be positive numbers (got {r})")
-    scns = [scn.with_overrides({"workload.rate": r}) for r in rates]
-    tasks = [(s.to_dict(), scn.seed + i) for s in scns for i in range(reps)]
-    total = len(tasks)
-    results: list[dict[str, Any]] = []
-    njobs = jobs if jobs is not None else min(2, os.cpu_count() or 1)
-    if progress is not None:
-        progress(0, total)
-    if njobs <= 1:
-        for i, t in enumerate(tasks):
-            results.append(_sim_one(t))
-            if progress is not None:
-                progress(i + 1, total)
-    else:
-        with ProcessPoolExecutor(max_workers=njobs) as pool:
-            for i, res in enumerate(pool.map(_sim_one, tasks)):
-                results.append(res)
-                if progress is not None:
-                    progress(i + 1, total)
-    rows: list[dict[str, Any]] = []
-    verdicts: list[dict[str, Any]] = []
-    for j, (r, s) in enumerate(zip(rates, scns, strict=True)):
-        pred = predict(s, rates=[], k_values=[s.spec.k])
-        sims = results[j * reps : (j + 1) * reps]
-        bad: list[tuple[str, str, float]] = []
-        worst = 0.0
-        for m in METRICS:
-            for st in STATISTICS:
-                key = f"{m}_{st}"
-                mean, lo, hi = t_confidence_interval([x.get(key, math.nan) for x in sims])
-                ana = float(pred.summary.get(key, math.nan))
-                rel = (ana - mean) / mean if mean and math.isfinite(mean) else math.nan
-                tol = TOLERANCES[(m, st)]
-                ok = bool(math.isfinite(rel) and abs(rel) <= tol)
-                rows.append(
-                    {
-                        "rate": r,
-                        "fraction": r / sat,
-                        "metric": m,
-                        "statistic": st,
-                        "analytic": ana,
-                        "sim_mean": mean,
-                        "ci_low": lo,
-                        "ci_high": hi,
-                        "rel_error": rel,
-                        "inside_ci": bool(lo <= ana <= hi),
-                        "tolerance": tol,
-                        "holds": ok,
-                        # the replications' seeds, so any row can be re-simulated exactly
-                        "seeds": " ".join(str(t[1]) for t in tasks[j * reps : (j + 1) * reps]),
-                    }
-                )
-                if not ok:
-                    bad.append((m, st, rel))
-                if math.isfinite(rel):
-                    worst = max(worst, abs(rel) / tol)
-        verdicts.append(
-            {
-                "rate": r,
-                "fraction": r / sat,
-                "holds": not bad and not pred.outside_model,
-                "failing": ", ".join(f"{m}_{st} {e:+.1%}" for m, st, e in bad) or "-",
-                "reason": _reason(pred, r / sat, bad, sims),
-                "p_wait": float(pred.summary.get("p_wait", math.nan)),
-                "p_kv_full": float(pred.summary.get("p_kv_full", 0.0)),
-                "outside_model": pred.outside_model or "",
-                "sim_stable": all(bool(x.get("stable", True)) for x in sims),
-            }
-        )
-    return ValidationReport(pd.DataFrame(rows), pd.DataFrame(verdicts), sat)
+    return validate_many(
+        [scn],
+        None if rates is None else [rates],
+        target=target,
+        max_requests=max_requests,
+        initial=initial,
+        reps=reps,
+        jobs=jobs,
+        progress=progress,
+    )[0]
+
+
+def write_reports(
+    reports: Sequence[ValidationReport], scns: Sequence[Scenario], out_dir: str | Path
+) -> list[Path]:
+    """Write what ``sdsim validate`` leaves on disk: per scenario ``validation.csv`` and
+    ``validation.png`` (in ``out_dir`` for one scenario, in ``out_dir/NAME/`` for several), and
+    for several also ``validation-all.csv`` and the error map ``validation-map.png``.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    many = len(reports) > 1
+    for rep, scn in zip(reports, scns, strict=True):
+        d = out / scn.name if many else out
+        d.mkdir(parents=True, exist_ok=True)
+        rep.table.to_csv(d / "validation.csv", index=False)
+        plot_validation(rep, scn, d / "validation.png")
+        files += [d / "validation.csv", d / "validation.png"]
+    if many:
+        frames = [r.table.assign(scenario=r.scenario) for r in reports]
+        allt = pd.concat(frames, ignore_index=True)
+        allt = allt[["scenario", *[c for c in allt.columns if c != "scenario"]]]
+        allt.to_csv(out / "validation-all.csv", index=False)
+        plot_error_map(reports, out / "validation-map.png")
+        files += [out / "validation-all.csv", out / "validation-map.png"]
+    return files
 
 
 def plot_validation(
@@ -290,15 +400,15 @@ def plot_validation(
             yerr = (
                 np.vstack(
                     [
-                        (d["sim_mean"] - d["ci_low"]).to_numpy(),
-                        (d["ci_high"] - d["sim_mean"]).to_numpy(),
+                        (d["sim"] - d["ci_low"]).to_numpy(),
+                        (d["ci_high"] - d["sim"]).to_numpy(),
                     ]
                 )
                 * 1e3
             )
             ax.errorbar(
                 d["rate"],
-                d["sim_mean"] * 1e3,
+                d["sim"] * 1e3,
                 yerr=yerr,
                 fmt="o",
                 color=colors[st],
@@ -311,16 +421,67 @@ def plot_validation(
         ax.set_yscale("log")
         ax.legend(fontsize=7)
         ax2 = axes[1, col]
-        for st, mk in (("mean", "o-"), ("p50", "^-"), ("p90", "s-"), ("p99", "d-")):
+        for st, mk in (("mean", "o"), ("p50", "^"), ("p90", "s"), ("p99", "d")):
             d = df[(df["metric"] == m) & (df["statistic"] == st)]
-            ax2.plot(d["rate"], d["rel_error"] * 100, mk, label=st)
+            e = d["rel_error"].to_numpy() * 100
+            lo = np.nan_to_num(e - d["err_low"].to_numpy() * 100)
+            hi = np.nan_to_num(d["err_high"].to_numpy() * 100 - e)
+            ax2.errorbar(d["rate"], e, yerr=np.vstack([lo, hi]), fmt=mk + "-", capsize=2,
+                         label=st)  # fmt: skip
         tol = TOLERANCES[(m, "mean")] * 100
         ax2.axhspan(-tol, tol, color="green", alpha=0.1, label=f"±{tol:.0f}% (mean target)")
         ax2.axhline(0, color="black", lw=0.5)
         ax2.set_xlabel("arrival rate (req/s)")
-        ax2.set_ylabel("analytic vs simulated (%)")
+        ax2.set_ylabel("analytic vs simulated (%, 95% CI)")
         ax2.legend(fontsize=7)
     fig.suptitle(f"{scn.name}: analytic model vs simulation (k={scn.spec.k})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_error_map(reports: Sequence[ValidationReport], path: str | Path) -> None:
+    """Where the model holds: relative error of the mean and the p99 of e2e, TTFT and TPOT
+    against the load (fraction of the predicted saturation), one line per scenario, with the
+    range of errors each estimate's 95% CI allows and the tolerance band shaded.
+
+    Parameters
+    ----------
+    reports
+        From :func:`validate_many` (one per scenario).
+    path
+        Output PNG.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5), sharex=True)
+    for row, stat in enumerate(("mean", "p99")):
+        for col, m in enumerate(METRICS):
+            ax = axes[row, col]
+            tol = TOLERANCES[(m, stat)] * 100
+            ax.axhspan(-tol, tol, color="green", alpha=0.08)
+            ax.axhline(0, color="black", lw=0.5)
+            for i, rep in enumerate(reports):
+                d = rep.table[(rep.table["metric"] == m) & (rep.table["statistic"] == stat)]
+                if not len(d):
+                    continue
+                e = d["rel_error"].to_numpy() * 100
+                lo = np.nan_to_num(e - d["err_low"].to_numpy() * 100)
+                hi = np.nan_to_num(d["err_high"].to_numpy() * 100 - e)
+                x = d["fraction"].to_numpy() + (i - len(reports) / 2) * 0.003
+                ax.errorbar(x, e, yerr=np.vstack([lo, hi]), fmt="o-", ms=3, lw=1, capsize=2,
+                            color=f"C{i % 10}", label=rep.scenario)  # fmt: skip
+            ax.set_title(f"{m.upper()} {stat}: analytic vs simulated (±{tol:.0f}% shaded)")
+            ax.set_ylabel("error (%)")
+            lim = max(3 * tol, 10.0)
+            ax.set_ylim(-lim, lim)
+            if row == 1:
+                ax.set_xlabel("load (fraction of the predicted saturation rate)")
+    axes[0, 0].legend(fontsize=7, loc="lower left")
+    fig.suptitle("Where the closed-form model holds (errors with the simulation's 95% CI)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
