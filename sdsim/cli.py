@@ -477,6 +477,8 @@ def predict(
             f"[yellow]warning:[/] rate {scn.workload.rate:g} req/s is at or past the predicted "
             f"saturation ({_fmt(p.saturation_rate)} req/s): latency grows without bound"
         )
+    elif p.outside_model:
+        err.print(f"[yellow]warning:[/] outside the model: {p.outside_model}")
 
 
 def _fit_measurements_csv(measurements: Path, form: str, json_out: bool) -> None:

@@ -92,6 +92,7 @@ def birth_death(
     nu: float,
     step_time: Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]],
     n_max: int,
+    dispersion: npt.NDArray[np.float64] | None = None,
 ) -> BirthDeath:
     """Stationary law of the GPS birth-death model with a concurrency cap.
 
@@ -105,6 +106,13 @@ def birth_death(
         ``t(n)``: seconds per step with n requests in the batch (vectorised over n >= 1).
     n_max
         Concurrency cap; states above it wait at the service rate of ``n_max``.
+    dispersion
+        ``F(n)`` for ``n = 1..n_max`` (> 0): how many times more variance than Poisson
+        arrivals and departures the noise that drives ``N`` has there. Each log-ratio
+        ``log(lambda / phi(n))`` is divided by it: near the mode, where the birth-death law is
+        the diffusion with drift ``lambda - phi(n)`` and variance ``lambda + phi(n)``, this
+        scales the variance by ``F`` and keeps the mode (``F = 1``: the plain law). Above the
+        cap the tail takes ``F(n_max)``.
 
     Returns
     -------
@@ -116,6 +124,8 @@ def birth_death(
     t = np.asarray(step_time(n), dtype=np.float64)
     # birth/death ratio lambda / phi(n) with phi(n) = n / (nu t(n))
     ratio = rate * nu * t / n
+    if dispersion is not None:
+        ratio = np.exp(np.log(ratio) / np.asarray(dispersion, dtype=np.float64))
     top = float(ratio[-1])
     if top >= 1.0:
         return BirthDeath(np.zeros(0), rate, n_max, False)

@@ -24,10 +24,12 @@ from __future__ import annotations
 __all__ = [
     "OperatingPoint",
     "chunk_laws",
+    "dispersion",
     "gps_law_from_curve",
     "kv_blocks_per_request",
     "kv_saturation_rate",
     "local_lines",
+    "local_steps",
     "operating_point",
     "step_saturation_rate",
 ]
@@ -46,12 +48,16 @@ from sdsim.analytic.coefficients import (
     tangent_coefficients,
 )
 from sdsim.analytic.gps import BirthDeath, birth_death
-from sdsim.analytic.stepcurve import StepCurve, build_step_curve, mean_context
-from sdsim.analytic.work import RequestWork, request_work
+from sdsim.analytic.stepcurve import LocalSteps, StepCurve, build_step_curve, mean_context
+from sdsim.analytic.work import RequestWork, discretize_length, request_work
 from sdsim.costs.step import StepCostModel, build_cost_model
 from sdsim.scenario import Scenario
 
 FloatArray = npt.NDArray[np.float64]
+
+# Bins of the prompt-length law the TTFT model prices the tagged's own prefill at (equal mass
+# up to 95%, finer in the tail: sdsim.analytic.work).
+PROMPT_BINS = 16
 
 
 @dataclass
@@ -88,17 +94,59 @@ def _decode_share(curve: StepCurve, work: RequestWork) -> tuple[float, float]:
     return nu, work.mean_steps / nu
 
 
-def gps_law_from_curve(curve: StepCurve, work: RequestWork, rate: float) -> BirthDeath:
-    """Birth-death law of the number in system of one replica at ``rate`` (req/s)."""
+def gps_law_from_curve(
+    curve: StepCurve, work: RequestWork, rate: float, ca2: float = 1.0
+) -> BirthDeath:
+    """Birth-death law of the number in system of one replica at ``rate`` (req/s), for
+    arrivals whose counts have index of dispersion ``ca2`` (1: Poisson; see
+    :func:`dispersion`)."""
     p = curve.chunks_per_request
     if rate <= 0 or not curve.stable(rate * p):
         return BirthDeath(np.zeros(0), rate, curve.n_max, False)
     ((pq, t),) = chunk_laws(curve, work, [(rate, True)])
-    return _gps_law(curve, work, rate, pq, t)
+    return _gps_law(curve, work, rate, pq, t, ca2)
+
+
+def dispersion(
+    curve: StepCurve,
+    work: RequestWork,
+    rate: float,
+    pq: FloatArray,
+    t: FloatArray,
+    ca2: float = 1.0,
+) -> FloatArray:
+    """``F(n)``, ``n = 1..n_max``: the variance of the noise driving the number in system,
+    relative to Poisson arrivals whose prefill costs nothing.
+
+    An arrival's prefill makes the step it lands in longer by ``c_p`` (its chunks' cost at that
+    batch), during which ``lambda c_p`` more requests arrive on average: a step-time branching
+    process with ratio ``m = lambda c_p``, so that the arrivals a batch takes in come in
+    clusters whose counts have index of dispersion ``1 / (1 - m)^2`` (Borel clusters; in time
+    terms: every arrival also holds back the ``lambda c_p / (1 - lambda c_p)`` departures its
+    prefill delays). Arrivals that are themselves over- or under-dispersed (index ``ca2``)
+    multiply it. Clustered arrivals stay together in the batch for the share ``kappa`` of a
+    life (:meth:`~sdsim.analytic.work.RequestWork.shared_life`), so the number in system has
+    ``Var N = E[N] (1 + kappa (I - 1))`` with ``I = ca2 / (1 - m)^2``: the GPS law's own
+    over-dispersion ``1 / (1 - rho)`` then acts on that noise (:func:`~sdsim.analytic.gps.
+    birth_death`'s ``dispersion``). With prefill that is cheap beside a decode step
+    (``m -> 0``) and Poisson arrivals, ``F = 1``.
+    """
+    _, frac = _decode_share(curve, work)
+    grid = np.arange(t.shape[0], dtype=np.float64)
+    n = np.arange(1, curve.n_max + 1, dtype=np.float64)
+    cpc = curve.chunk_cost_from(pq, t) * curve.chunks_per_request
+    m = np.minimum(rate * np.interp(np.maximum(n * frac, 1.0), grid, cpc), 0.9)
+    kappa = work.shared_life(curve.chunks_per_request)
+    return np.maximum(1.0 + kappa * (ca2 / (1.0 - m) ** 2 - 1.0), 0.05)
 
 
 def _gps_law(
-    curve: StepCurve, work: RequestWork, rate: float, pq: FloatArray, t: FloatArray
+    curve: StepCurve,
+    work: RequestWork,
+    rate: float,
+    pq: FloatArray,
+    t: FloatArray,
+    ca2: float = 1.0,
 ) -> BirthDeath:
     """:func:`gps_law_from_curve` with the chunk law ``(pq, t)`` at ``rate`` given."""
     nu, frac = _decode_share(curve, work)
@@ -119,7 +167,7 @@ def _gps_law(
         base = np.where(nd >= 1.0, np.interp(nd, grid, t), t[1] * np.maximum(nd, 1e-9))
         return np.where(n < curve.n_max, base * stretch, base)
 
-    return birth_death(rate, nu, fn, curve.n_max)
+    return birth_death(rate, nu, fn, curve.n_max, dispersion(curve, work, rate, pq, t, ca2))
 
 
 def _n_mid(curve: StepCurve, nu: float, rate: float, t1: float) -> int:
@@ -321,6 +369,7 @@ def build_curve(
         prompt,
         scn.server.max_num_batched_tokens,
         concurrency_cap(scn, k),
+        discretize_length(scn.workload.prompt_tokens, PROMPT_BINS),
     )
 
 
@@ -408,3 +457,13 @@ def local_lines(
         return a, b, np.interp(x, grid, cpc)
 
     return fn
+
+
+def local_steps(op: OperatingPoint) -> LocalSteps:
+    """The chunk law, step table and prompt shifts of the operating point's curve at its rate
+    (:class:`~sdsim.analytic.stepcurve.LocalSteps`)."""
+    c = op.curve
+    _, frac = _decode_share(c, op.work)
+    lam = min(op.rate, op.saturation_rate)
+    ((pq, _),) = chunk_laws(c, op.work, [(lam, op.law.stable)])
+    return LocalSteps(pq, c.mixed, c.prompt_shift, c.prompt_w, frac)

@@ -64,6 +64,7 @@ from sdsim.analytic.operating import (
     kv_blocks_per_request,
     kv_saturation_rate,
     local_lines,
+    local_steps,
     operating_point,
     step_saturation_rate,
 )
@@ -73,6 +74,12 @@ from sdsim.analytic.work import RequestWork, request_work
 from sdsim.costs.step import StepCostModel, build_cost_model
 from sdsim.errors import ScenarioError
 from sdsim.scenario import BetaAlpha, Scenario
+
+# P(KV demand > capacity) above which a prediction is marked outside the model: preemption then
+# happens often enough to move TTFT (kv-pressure.yaml at 80% of its KV limit, P = 0.6%: TTFT p99
+# 8% above the model) and, held there for long, can set off a preemption cascade (a 100,000-
+# request run of llama70b-tp4-a100.yaml at P = 0.6% had one, its mean e2e 2.4x the model's).
+KV_PRESSURE = 0.005
 
 LATENCY_KEYS = tuple(
     f"{m}_{s}" for m in ("e2e", "ttft", "tpot") for s in ("mean", "p50", "p90", "p99")
@@ -428,7 +435,9 @@ def _predict(
     summary: dict[str, Any] = {}
     laws: dict[str, LatencyLaw] = {}
     if quantiles and stable:
-        tm = latency_distribution(co, op.work, law, lam, _arrival_scv(scn), local_lines(op))
+        tm = latency_distribution(
+            co, op.work, law, lam, _arrival_scv(scn), local_lines(op), local_steps(op)
+        )
         summary.update(tm.stats)
         laws = tm.laws
         p_wait, mean_wait = tm.p_wait, tm.mean_wait
@@ -485,6 +494,12 @@ def _predict(
                 f"KV cache saturated: mean demand {summary['kv_demand_mean']:.0f} of "
                 f"{kv_cap} blocks at or past {kv_sat:.3g} req/s "
                 "(preemption by recomputation is not in the model)"
+            )
+        elif summary["p_kv_full"] > KV_PRESSURE:
+            outside = (
+                f"KV pressure: the requests in the engine need more than the {kv_cap} KV blocks "
+                f"{summary['p_kv_full']:.1%} of the time (preemption by recomputation, and the "
+                "rare collapses it can set off near the KV limit, are not in the model)"
             )
     else:
         summary["kv_saturated"] = False

@@ -55,7 +55,7 @@ from sdsim._jit import jit_eager
 from sdsim.analytic.coefficients import Coefficients
 from sdsim.analytic.gps import BirthDeath
 from sdsim.analytic.mixtures import LatencyLaw, NormalMixture, UniformExpMixture
-from sdsim.analytic.stepcurve import poisson_pmf
+from sdsim.analytic.stepcurve import LocalSteps, poisson_pmf
 from sdsim.analytic.work import RequestWork
 
 QUANTILES = (0.5, 0.9, 0.99)
@@ -623,6 +623,7 @@ def latency_distribution(
     rate: float,
     ca2: float = 1.0,
     local: LocalLines | None = None,
+    steps: LocalSteps | None = None,
 ) -> TailModel:
     """Mean and quantiles of e2e, TTFT and TPOT for one scenario at one rate.
 
@@ -905,6 +906,7 @@ def latency_distribution(
         nmax,
         t_full,
         nu,
+        steps,
     )
     out.update(ttft_stats)
     mean_batch = float((np.minimum(n_all, nmax) * pn).sum()) * e_s / nu
@@ -929,6 +931,7 @@ def _ttft(
     nmax: int,
     t_full: float,
     nu: float,
+    steps: LocalSteps | None = None,
 ) -> tuple[dict[str, float], LatencyLaw]:
     """TTFT = residual of the arrival step + (wait) + the tagged's prefill step(s).
 
@@ -945,19 +948,45 @@ def _ttft(
     idle = n0 == 0
     busy = ~idle
     cpb = cp_n[busy][:, None]
-    pa = poisson_pmf(A[None, :], mu_pf[busy][:, None])
-    dur = d0[busy][:, None] + cpb * A[None, :]
+    exact = steps is not None and P == 1
+    if exact:
+        assert steps is not None
+        r = steps.rows(n0[busy])
+        pq = steps.pq[r, : amax + 1]
+        pa = pq / pq.sum(axis=1, keepdims=True)
+        dur = steps.mixed[r, : amax + 1]
+    else:
+        pa = poisson_pmf(A[None, :], mu_pf[busy][:, None])
+        dur = d0[busy][:, None] + cpb * A[None, :]
     wb = pa * dur
     wb /= wb.sum(axis=1, keepdims=True)
-    # base of the prefill step beyond the Poisson prefills of others (from the tagged model)
-    pf_base = pf_mean[busy] - cp_n[busy] * lam * (wb * dur).sum(axis=1)
     pa2 = poisson_pmf(A[None, None, :], lam * dur[:, :, None])
-    lo3 = pf_base[:, None, None] + cpb[:, :, None] * A[None, None, :]
     ww = wb[:, :, None] * pa2 * w0[busy][:, None, None]
     n_idle = int(idle.sum())
-    w = np.concatenate((w0[idle], ww.ravel()))
-    lo = np.concatenate((np.full(n_idle, co.c1p), np.broadcast_to(lo3, ww.shape).ravel()))
-    ln = np.concatenate((np.zeros(n_idle), np.broadcast_to(dur[:, :, None], ww.shape).ravel()))
+    if exact:
+        assert steps is not None
+        # the tagged's prefill step: its own chunk and the A' that arrived during the arrival
+        # step, priced by the cost model itself (a step of several chunks turns compute-bound),
+        # shifted by how much longer or shorter its own prompt is than the mean one
+        lo3 = steps.mixed[r, 1 : amax + 2][:, None, :]
+        pw = steps.prompt_w
+        sh = steps.prompt_shift[r]
+        w4 = ww[..., None] * pw
+        keep = w4 > 1e-13 * float(w0.sum())
+        w = np.concatenate((w0[idle, None] * pw, w4[keep]), axis=None)
+        lo_idle = co.c1p + steps.prompt_shift[0][None, :] * np.ones((n_idle, 1))
+        lo_busy = np.broadcast_to(lo3[..., None] + sh[:, None, None, :], w4.shape)[keep]
+        lo = np.concatenate((lo_idle.ravel(), lo_busy))
+        ln = np.concatenate(
+            (np.zeros(n_idle * pw.shape[0]), np.broadcast_to(dur[:, :, None, None], w4.shape)[keep])
+        )
+    else:
+        # base of the prefill step beyond the Poisson prefills of others (tagged model)
+        pf_base = pf_mean[busy] - cp_n[busy] * lam * (wb * dur).sum(axis=1)
+        lo3 = pf_base[:, None, None] + cpb[:, :, None] * A[None, None, :]
+        w = np.concatenate((w0[idle], ww.ravel()))
+        lo = np.concatenate((np.full(n_idle, co.c1p), np.broadcast_to(lo3, ww.shape).ravel()))
+        ln = np.concatenate((np.zeros(n_idle), np.broadcast_to(dur[:, :, None], ww.shape).ravel()))
     free_mass = float(w.sum())
     mean_free = float((w * (lo + ln / 2)).sum() / free_mass)
     out: dict[str, float] = {}
