@@ -187,14 +187,19 @@ def test_adaptive_k_matches_the_simulated_policy() -> None:
 
 
 def test_replicas_split_the_rate() -> None:
+    # random routing thins a Poisson stream into Poisson streams: each replica is the one-replica
+    # server at half the rate, exactly; round-robin makes each replica's gaps Erlang-2 (index of
+    # dispersion 1/2), a slightly narrower law of the number in system and lower latency
     one = predict(roofline(**{"workload.rate": 60.0}), rates=[], k_values=[4])
-    two = predict(
-        roofline(**{"workload.rate": 120.0, "server.replicas": 2}), rates=[], k_values=[4]
-    )
+    over = {"workload.rate": 120.0, "server.replicas": 2, "server.router": "random"}
+    two = predict(roofline(**over), rates=[], k_values=[4])
     assert two.saturation_rate == pytest.approx(2 * one.saturation_rate, rel=1e-9)
     for key in ("e2e_mean", "tpot_mean", "ttft_mean", "batch_mean"):
         assert two.summary[key] == pytest.approx(one.summary[key], rel=1e-9)
     assert two.summary["in_system_mean"] == pytest.approx(2 * one.summary["in_system_mean"])
+    rr = predict(roofline(**{**over, "server.router": "round-robin"}), rates=[], k_values=[4])
+    assert rr.summary["e2e_p99"] < two.summary["e2e_p99"]
+    assert rr.summary["e2e_mean"] == pytest.approx(two.summary["e2e_mean"], rel=0.02)
 
 
 def test_api_delay_shifts_ttft_and_e2e_only() -> None:

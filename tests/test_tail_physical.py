@@ -19,7 +19,15 @@ import numpy as np
 import pytest
 
 import sdsim
-from sdsim.analytic.tails import LocalLines, _life_on_curve, _linear_life
+from sdsim.analytic.arrivals import arrival_view
+from sdsim.analytic.lifetime import (
+    LocalLines,
+    Tabulated,
+    Window,
+    life_on_curve,
+    linear_life,
+    smoothed,
+)
 from sdsim.metrics import t_confidence_interval
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,18 +51,23 @@ def _assert_physical(p: sdsim.Prediction) -> None:
     s = p.summary
     for metric in ("e2e", "tpot"):
         law = p.latency_laws[metric]
-        for _w, mu, sd, *_ in law.groups:  # type: ignore[attr-defined]
-            assert np.all(mu > 0), f"{metric}: a component with mean {mu.min():.3g} s"
-            assert np.all(np.isfinite(sd)) and np.all(sd >= 0), metric
+        _w, mu, sd, _lam = law.gauss  # type: ignore[attr-defined]
+        assert np.all(mu > 0), f"{metric}: a component with mean {mu.min():.3g} s"
+        assert np.all(np.isfinite(sd)) and np.all(sd >= 0), metric
     for metric in ("e2e", "ttft", "tpot"):
         qs = [s[f"{metric}_{q}"] for q in ("p50", "p90", "p99")]
         assert all(math.isfinite(q) and q > 0 for q in qs), (metric, qs)
         assert qs[0] <= qs[1] <= qs[2], (metric, qs)
         assert s[f"{metric}_mean"] > 0
     # the tail model's mean against the birth-death mean (Little's law on the GPS law, no tail
-    # model at all): on every shipped scenario from 5% to 95% load they agree to 2.2%; the
-    # broken components moved the MoE mean by -35% (8.1 req/s) and -500% (6.5 req/s)
-    assert s["e2e_mean"] == pytest.approx(s["e2e_mean_gps"], rel=0.05)
+    # model at all): on every shipped scenario from 5% to 95% load they agree to 3%; the
+    # broken components moved the MoE mean by -35% (8.1 req/s) and -500% (6.5 req/s). Not for
+    # clumped arrivals (bursty-gamma.yaml): a birth-death law with the clumps' noise is wide
+    # enough near the mode but its mean drifts up at low load (x2 at 5%), which the tail model,
+    # with its clumps explicit, does not follow (and predict marks them outside the model)
+    assert p.scenario is not None
+    if arrival_view(p.scenario).batch == 1.0:
+        assert s["e2e_mean"] == pytest.approx(s["e2e_mean_gps"], rel=0.05)
 
 
 @pytest.mark.parametrize("frac", [0.1, 0.2, 0.25, 0.5, 0.95])
@@ -84,8 +97,8 @@ def test_full_batch_regime_is_physical(name: str, over: dict) -> None:
     p = sdsim.predict(_at(name, 0.97, **over), rates=[], k_values=None)
     s = p.summary
     for metric in ("e2e", "tpot"):
-        for _w, mu, sd, *_ in p.latency_laws[metric].groups:  # type: ignore[attr-defined]
-            assert np.all(mu > 0) and np.all(np.isfinite(sd))
+        _w, mu, sd, _lam = p.latency_laws[metric].gauss  # type: ignore[attr-defined]
+        assert np.all(mu > 0) and np.all(np.isfinite(sd))
     assert all(math.isfinite(s[f"e2e_{q}"]) and s[f"e2e_{q}"] > 0 for q in ("p50", "p90", "p99"))
     assert s["p_wait"] > 0.5
 
@@ -96,6 +109,11 @@ def _lines(a: float, b: float, cp: float) -> LocalLines:
         return np.full(shape, a), np.full(shape, b), np.full(shape, cp)
 
     return fn
+
+
+def _table(lines: LocalLines, top: float = 255.0) -> Tabulated:
+    """The lines tabulated on the solver's half-batch grid, unsmoothed (dispersion 0)."""
+    return smoothed(lines, top, 0.0)
 
 
 def _cells() -> dict[str, np.ndarray]:
@@ -118,19 +136,18 @@ def test_life_on_a_line_is_the_linear_model() -> None:
     # base / (1 - lambda K / ell), to the solver's tolerance
     a, b, cp, lam = 0.008, 5e-5, 0.006, 20.0
     c = _cells()
-    life = _life_on_curve(
-        _lines(a, b, cp), lam, c["surv_full"], c["cm1"], c["surv_dec"], c["ell"], c["si"],
-        1, 255.0, 1e9,
+    life = life_on_curve(
+        _table(_lines(a, b, cp)), lam, c["surv_full"], c["cm1"], c["surv_dec"], c["ell"],
+        c["si"], 1, 255.0, 1e9,
     )  # fmt: skip
     si, ell = c["si"][0], c["ell"][0]
     n0 = np.array([0.0, 3.0, 12.0, 40.0])[:, None]
     c_full = c["surv_full"][1] / 3.0
-    cm1_full = np.zeros(int(si.max()) + 1)
-    cm1_full[si] = c["cm1"][0]
-    lin = _linear_life(
-        lam, n0, np.zeros_like(n0), np.full_like(n0, a), np.full_like(n0, b),
-        np.full_like(n0, cp), si, ell, c_full, np.zeros_like(c_full), c_full * 0.97,
-        np.zeros_like(c_full), cm1_full, cm1_full, np.zeros_like(cm1_full),
+    zero = np.zeros_like(c_full)
+    win = Window(si, ell, c_full, zero, c_full * 0.97, zero, zero, c["cm1"][0], c["cm1"][0], zero)
+    lin = linear_life(
+        np.float64(lam), n0, np.zeros_like(n0), np.full_like(n0, a), np.full_like(n0, b),
+        np.full_like(n0, cp), win,
     )  # fmt: skip
     assert np.all(lin.den > 0.1)
     np.testing.assert_allclose(life.t_life, lin.t_life, rtol=1e-8)
@@ -153,9 +170,10 @@ def test_life_on_a_concave_curve_is_finite_where_the_tangent_diverges() -> None:
     _, b0, _ = lines(np.zeros(1))
     k_over_ell = cp * (c["si"][0] + 1) / c["ell"][0] + b0 * c["cm1"][0] / c["ell"][0]
     assert np.any(1.0 - lam * k_over_ell < 0)
-    life = _life_on_curve(
-        lines, lam, c["surv_full"], c["cm1"], c["surv_dec"], c["ell"], c["si"], 1, 255.0, 1e9
-    )
+    life = life_on_curve(
+        _table(lines), lam, c["surv_full"], c["cm1"], c["surv_dec"], c["ell"], c["si"], 1,
+        255.0, 1e9,
+    )  # fmt: skip
     assert np.all(np.isfinite(life.t_life)) and np.all(life.t_life > 0)
     assert np.all((life.den > 0) & (life.den <= 1))
     # the root solves its own equation: x = (survivors + lambda tbar CM1) / ell
@@ -171,9 +189,9 @@ def test_life_beyond_the_cap_is_the_full_batch() -> None:
     # ell full-batch steps T(cap) plus the prefills a full batch admits (q_full per step)
     a, b, cp, lam, cap, q_full = 0.008, 0.001, 0.004, 60.0, 15.0, 0.12
     c = _cells()
-    life = _life_on_curve(
-        _lines(a, b, cp), lam, c["surv_full"], c["cm1"], c["surv_dec"], c["ell"], c["si"],
-        1, cap, q_full,
+    life = life_on_curve(
+        _table(_lines(a, b, cp), cap), lam, c["surv_full"], c["cm1"], c["surv_dec"], c["ell"],
+        c["si"], 1, cap, q_full,
     )  # fmt: skip
     capped = life.capped > 0
     assert capped.any() and (~capped).any()

@@ -41,13 +41,14 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from sdsim.analytic.arrivals import ArrivalView, arrival_view
 from sdsim.analytic.coefficients import (
     Coefficients,
     concurrency_cap,
     prefill_alone,
     tangent_coefficients,
 )
-from sdsim.analytic.gps import BirthDeath, birth_death
+from sdsim.analytic.gps import BirthDeath, birth_death, modulated_birth_death, noisy
 from sdsim.analytic.stepcurve import LocalSteps, StepCurve, build_step_curve, mean_context
 from sdsim.analytic.work import RequestWork, discretize_length, request_work
 from sdsim.costs.step import StepCostModel, build_cost_model
@@ -78,6 +79,8 @@ class OperatingPoint:
         Local lines and stage coefficients at this point.
     saturation_rate
         Largest sustainable rate of this replica from the real step curve (req/s).
+    arrivals
+        How the model sees the replica's arrivals (:mod:`sdsim.analytic.arrivals`).
     """
 
     k: int
@@ -87,6 +90,7 @@ class OperatingPoint:
     law: BirthDeath
     coefficients: Coefficients
     saturation_rate: float
+    arrivals: ArrivalView
 
 
 def _decode_share(curve: StepCurve, work: RequestWork) -> tuple[float, float]:
@@ -95,16 +99,46 @@ def _decode_share(curve: StepCurve, work: RequestWork) -> tuple[float, float]:
 
 
 def gps_law_from_curve(
-    curve: StepCurve, work: RequestWork, rate: float, ca2: float = 1.0
+    curve: StepCurve, work: RequestWork, rate: float, arrivals: ArrivalView | None = None
 ) -> BirthDeath:
-    """Birth-death law of the number in system of one replica at ``rate`` (req/s), for
-    arrivals whose counts have index of dispersion ``ca2`` (1: Poisson; see
-    :func:`dispersion`)."""
+    """Law of the number in system of one replica at ``rate`` (req/s): the GPS birth-death law
+    for arrivals in one state (Poisson by default; their index of dispersion enters
+    :func:`dispersion`), the quasi-birth-death law of :func:`~sdsim.analytic.gps.
+    modulated_birth_death` for two (bursts), each state's departures priced with the prefill
+    chunks of its own arrival rate."""
+    view = arrivals if arrivals is not None else ArrivalView(rate)
     p = curve.chunks_per_request
     if rate <= 0 or not curve.stable(rate * p):
         return BirthDeath(np.zeros(0), rate, curve.n_max, False)
-    ((pq, t),) = chunk_laws(curve, work, [(rate, True)])
-    return _gps_law(curve, work, rate, pq, t, ca2)
+    if view.states == 1:
+        ((pq, t),) = chunk_laws(curve, work, [(rate, True)])
+        return _gps_law(curve, work, rate, pq, t, view.ca2)
+    births, deaths = [], []
+    for lam in view.rates:
+        # a state's prefill load at its own rate (capped just short of what prefill alone fills)
+        lam_c = max(min(float(lam), _prefill_limit(curve) * (1 - 1e-9)), 1e-12)
+        ((pq, t),) = chunk_laws(curve, work, [(lam_c, False)])
+        mu = _departures(curve, work, lam_c, pq, t)
+        f = dispersion(curve, work, lam_c, pq, t, view.ca2)
+        # level n's birth pairs with level n + 1's death: both at n + 1's noise
+        up, down = noisy(lam, mu, f)
+        births.append(up)
+        deaths.append(down)
+    return modulated_birth_death(
+        np.vstack(births), np.vstack(deaths), np.asarray(view.leave), rate
+    )
+
+
+def _step_scale(curve: StepCurve) -> float:
+    """A step's length for the clumping of arrivals: a decode step with one request and one
+    chunk of prefill (the order of the steps arrivals fall into)."""
+    return float(curve.mixed[min(1, curve.n_max), 1])
+
+
+def _prefill_limit(curve: StepCurve) -> float:
+    """Arrival rate at which prefill alone fills the GPU (``inf`` without prefill cost)."""
+    top = float((curve.mixed[:, -1] - curve.mixed[:, -2]).max())
+    return 1.0 / (curve.chunks_per_request * top) if top > 0 else math.inf
 
 
 def dispersion(
@@ -140,15 +174,11 @@ def dispersion(
     return np.maximum(1.0 + kappa * (ca2 / (1.0 - m) ** 2 - 1.0), 0.05)
 
 
-def _gps_law(
-    curve: StepCurve,
-    work: RequestWork,
-    rate: float,
-    pq: FloatArray,
-    t: FloatArray,
-    ca2: float = 1.0,
-) -> BirthDeath:
-    """:func:`gps_law_from_curve` with the chunk law ``(pq, t)`` at ``rate`` given."""
+def _step_times(
+    curve: StepCurve, work: RequestWork, rate: float, pq: FloatArray, t: FloatArray
+) -> Callable[[FloatArray], FloatArray]:
+    """``n -> t(n)``: the mean step with ``n`` in system (the decoding share of them, the
+    chunk law's prefill), stretched below the cap by the wait for the step in progress."""
     nu, frac = _decode_share(curve, work)
     grid = np.arange(t.shape[0], dtype=np.float64)
     # an arrival first waits out the step in progress (length-biased: half a step plus half its
@@ -160,13 +190,36 @@ def _gps_law(
     cv2 = max(float(pq[n_mid] @ (tt * tt)) / (m1 * m1) - 1.0, 0.0)
     stretch = 1.0 + 0.5 * (1.0 + cv2) / nu
 
-    def fn(n: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    def fn(n: FloatArray) -> FloatArray:
         nd = n * frac
         # below one decoding request the state is a lone request partly in prefill: its decode
         # share of one step (its prefill time is added to the latency separately)
         base = np.where(nd >= 1.0, np.interp(nd, grid, t), t[1] * np.maximum(nd, 1e-9))
-        return np.where(n < curve.n_max, base * stretch, base)
+        return np.asarray(np.where(n < curve.n_max, base * stretch, base))
 
+    return fn
+
+
+def _departures(
+    curve: StepCurve, work: RequestWork, rate: float, pq: FloatArray, t: FloatArray
+) -> FloatArray:
+    """``phi(n) = n / (nu t(n))`` for ``n = 1..n_max``."""
+    nu, _ = _decode_share(curve, work)
+    n = np.arange(1, curve.n_max + 1, dtype=np.float64)
+    return n / (nu * _step_times(curve, work, rate, pq, t)(n))
+
+
+def _gps_law(
+    curve: StepCurve,
+    work: RequestWork,
+    rate: float,
+    pq: FloatArray,
+    t: FloatArray,
+    ca2: float = 1.0,
+) -> BirthDeath:
+    """The one-state law of :func:`gps_law_from_curve` with the chunk law ``(pq, t)`` given."""
+    nu, _ = _decode_share(curve, work)
+    fn = _step_times(curve, work, rate, pq, t)
     return birth_death(rate, nu, fn, curve.n_max, dispersion(curve, work, rate, pq, t, ca2))
 
 
@@ -341,7 +394,7 @@ def kv_saturation_rate(
         return math.inf
 
     def demand(lam: float) -> float:
-        law = gps_law_from_curve(curve, work, lam)
+        law = gps_law_from_curve(curve, work, lam, arrival_view(scn, lam, _step_scale(curve)))
         return _engine_mean(law) * blocks if law.stable else math.inf
 
     lo, hi = 0.0, gpu_rate * (1 - 1e-9)
@@ -406,7 +459,8 @@ def operating_point(
     w = work if work is not None else request_work(scn, k)
     c = curve if curve is not None else build_curve(scn, k, w, m)
     sat = step_saturation_rate(c, w) if saturation_rate is None else saturation_rate
-    law = gps_law_from_curve(c, w, rate) if 0 < rate < sat else None
+    view = arrival_view(scn, rate, _step_scale(c))
+    law = gps_law_from_curve(c, w, rate, view) if 0 < rate < sat else None
     _, frac = _decode_share(c, w)
     if law is not None and law.stable:
         n = np.arange(law.pmf.shape[0], dtype=np.float64)
@@ -428,7 +482,7 @@ def operating_point(
     chunk_rate = min(rate, sat) * c.chunks_per_request
     ((pq, t),) = chunk_laws(c, w, [(min(rate, sat), law.stable)])
     co = tangent_coefficients(c, w, prompt, alone, batches, weights, chunk_rate, (pq, t))
-    return OperatingPoint(k, rate, c, w, law, co, sat)
+    return OperatingPoint(k, rate, c, w, law, co, sat, view)
 
 
 def local_lines(
@@ -459,11 +513,12 @@ def local_lines(
     return fn
 
 
-def local_steps(op: OperatingPoint) -> LocalSteps:
-    """The chunk law, step table and prompt shifts of the operating point's curve at its rate
-    (:class:`~sdsim.analytic.stepcurve.LocalSteps`)."""
+def local_steps(op: OperatingPoint, rate: float | None = None) -> LocalSteps:
+    """The chunk law (at ``rate``, default the operating point's), step table and prompt shifts
+    of the operating point's curve (:class:`~sdsim.analytic.stepcurve.LocalSteps`)."""
     c = op.curve
     _, frac = _decode_share(c, op.work)
-    lam = min(op.rate, op.saturation_rate)
-    ((pq, _),) = chunk_laws(c, op.work, [(lam, op.law.stable)])
-    return LocalSteps(pq, c.mixed, c.prompt_shift, c.prompt_w, frac)
+    lam = min(op.rate if rate is None else float(rate), op.saturation_rate)
+    lam = min(lam, _prefill_limit(c) * (1 - 1e-9))
+    ((pq, _),) = chunk_laws(c, op.work, [(max(lam, 1e-12), op.law.stable and rate is None)])
+    return LocalSteps(pq, c.mixed, c.prompt_shift, c.prompt_w, frac, c.chunk_cap)

@@ -92,6 +92,8 @@ class LocalSteps:
     frac
         Decoding share of the requests in system (``E[S] / nu``): ``n`` others put about
         ``n frac`` requests in the decode batch.
+    chunk_cap
+        Most prefill chunks one step takes (the token budget over the chunk).
     """
 
     pq: FloatArray
@@ -99,6 +101,7 @@ class LocalSteps:
     prompt_shift: FloatArray
     prompt_w: FloatArray
     frac: float
+    chunk_cap: float = math.inf
 
     def rows(self, n: npt.ArrayLike) -> npt.NDArray[np.int64]:
         """The decode-batch row nearest ``n frac`` for each ``n`` others."""
@@ -126,6 +129,8 @@ class StepCurve:
         The prompt-length law in bins (probabilities) and, per decode batch ``n`` and bin,
         how much longer a step with one chunk of that bin's length is than one with a
         mean-length chunk (``prompt_shift[n, i]``; one zero column for a fixed length).
+    chunk_cap
+        Most chunks one step takes (the token budget over the chunk).
     """
 
     k: int
@@ -140,6 +145,7 @@ class StepCurve:
     mixed: FloatArray
     prompt_w: FloatArray = field(default_factory=lambda: np.ones(1))
     prompt_shift: FloatArray = field(default_factory=lambda: np.zeros((1, 1)))
+    chunk_cap: float = math.inf
     _cache: dict[float, tuple[FloatArray, FloatArray]] = field(default_factory=dict, repr=False)
     _slopes: dict[str, FloatArray] = field(default_factory=dict, repr=False)
     # chunk rate -> (pq, t, solved): rows of the chunk law solved so far (see solve_rows)
@@ -396,4 +402,5 @@ def build_step_curve(
         one = step_times(model, n[:, None], dctx[:, None], k, xs[None, :], xs[None, :], 1).total
         shift = np.asarray(one, dtype=np.float64) - mixed[:, 1:2]
         pw = np.asarray(prompt_law[1], dtype=np.float64)
-    return StepCurve(k, ctx, n_max, chunk, nchunks, dec, ver, dra, overhead, mixed, pw, shift)
+    return StepCurve(k, ctx, n_max, chunk, nchunks, dec, ver, dra, overhead, mixed, pw, shift,
+                     float(max(1, budget // chunk)))  # fmt: skip
