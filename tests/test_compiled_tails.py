@@ -9,8 +9,6 @@ order.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 from scipy import optimize, special, stats
