@@ -716,7 +716,7 @@ class _SweepBar:
 
 
 def _print_sweep_summary(summary: Any, fields: list[str], metrics: list[str]) -> None:
-    table = Table(title="sweep summary: mean ± 95% CI half-width", header_style="bold")
+    table = Table(title="sweep summary: estimate [95% CI]", header_style="bold")
     for f in fields:
         table.add_column(f.rsplit(".", 1)[-1])
     table.add_column("runs", justify="right")
@@ -729,8 +729,9 @@ def _print_sweep_summary(summary: Any, fields: list[str], metrics: list[str]) ->
         cells.append(f"{row['runs']}" + (f" ({row['failed']} failed)" if row["failed"] else ""))
         for m in shown:
             mean = float(row[m]) * scales[m]
-            half = (float(row[f"{m}_ci_high"]) - float(row[f"{m}_ci_low"])) / 2 * scales[m]
-            cell = _fmt(mean) + (f" ± {half:.2g}" if math.isfinite(half) and half > 0 else "")
+            lo, hi = (float(row[f"{m}_ci_{b}"]) * scales[m] for b in ("low", "high"))
+            ok = math.isfinite(lo) and math.isfinite(hi) and hi > lo
+            cell = _fmt(mean) + (f" [{lo:.3g}, {hi:.3g}]" if ok else "")
             if f"{m}_analytic" in row.index:
                 cell += f" (model {_fmt(float(row[f'{m}_analytic']) * scales[m])})"
             cells.append(cell)

@@ -41,7 +41,9 @@ __all__ = [
     "log_t_interval",
     "mean_estimate",
     "mser_truncation",
+    "pool_runs",
     "quantile_estimate",
+    "run_columns",
     "run_estimates",
     "run_sequential",
     "simulate_series",
@@ -54,6 +56,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -209,6 +212,9 @@ class Estimate:
         Observations it rests on.
     batches
         Batches the variance came from.
+    se
+        Standard error of ``value`` (for a quantile: the interval's half-width over the t
+        quantile, on the value scale).
     """
 
     value: float
@@ -216,6 +222,7 @@ class Estimate:
     high: float
     n: int
     batches: int
+    se: float = math.nan
 
     @property
     def rel_half_width(self) -> float:
@@ -269,10 +276,10 @@ def quantile_estimate(
     if nb < 2:
         return Estimate(q, math.nan, math.nan, n, nb)
     se = float(z.std(ddof=1)) / math.sqrt(nb)
-    half = _t(nb - 1, confidence) * se
-    lo = float(np.quantile(pooled, min(max(p - half, 0.0), 1.0)))
-    hi = float(np.quantile(pooled, min(max(p + half, 0.0), 1.0)))
-    return Estimate(q, lo, hi, n, nb)
+    t = _t(nb - 1, confidence)
+    lo = float(np.quantile(pooled, min(max(p - t * se, 0.0), 1.0)))
+    hi = float(np.quantile(pooled, min(max(p + t * se, 0.0), 1.0)))
+    return Estimate(q, lo, hi, n, nb, (hi - lo) / (2.0 * t))
 
 
 def log_t_interval(
@@ -310,7 +317,7 @@ def mean_estimate(series: Sequence[npt.ArrayLike], confidence: float = 0.95) -> 
         m - _t(nb - 1, confidence) * se,
         m + _t(nb - 1, confidence) * se,
     )
-    return Estimate(m, lo, hi, n, nb)
+    return Estimate(m, lo, hi, n, nb, se)
 
 
 def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -356,6 +363,61 @@ def run_estimates(
         for st in STATISTICS[1:]:
             out[f"{m}_{st}"] = quantile_estimate(ss, _P[st], confidence)
     return out
+
+
+def run_columns(requests: pd.DataFrame, confidence: float = 0.95) -> dict[str, float | int]:
+    """One run's steady-state statistics as sweep columns: its warm-up cut
+    (``ss_deleted``, ``ss_settled``) and, for every ``{metric}_{statistic}``, the estimate over
+    the rest (``..._ss``), its within-run batch-means standard error (``..._ss_se``) and the
+    batches it rests on (``..._ss_batches``), so that replications pool into CIs
+    (:func:`pool_runs`).
+
+    Parameters
+    ----------
+    requests
+        The run's requests frame (arrival order: ``e2e``, ``ttft``, ``tpot``).
+    """
+    a = mser_truncation(requests["e2e"].to_numpy(dtype=np.float64))
+    b = mser_truncation(requests["ttft"].to_numpy(dtype=np.float64))
+    cut = max(a.deleted, b.deleted)
+    est = run_estimates(
+        {m: [requests[m].to_numpy(dtype=np.float64)[cut:]] for m in METRICS}, confidence
+    )
+    out: dict[str, float | int] = {"ss_deleted": cut, "ss_settled": bool(a.settled and b.settled)}
+    for key, e in est.items():
+        out[f"{key}_ss"] = e.value
+        out[f"{key}_ss_se"] = e.se
+        out[f"{key}_ss_batches"] = e.batches
+    return out
+
+
+def pool_runs(
+    values: npt.ArrayLike,
+    ses: npt.ArrayLike,
+    batches: npt.ArrayLike,
+    confidence: float = 0.95,
+) -> tuple[float, float, float]:
+    """Replications' steady-state estimates pooled: their mean and a log-scale interval from
+    their within-run standard errors (``se^2 = sum se_r^2 / R^2``, ``df = sum (B_r - 1)``).
+
+    Returns
+    -------
+    mean, low, high
+        NaN bounds where a run has no standard error (too few batches).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    e = np.asarray(ses, dtype=np.float64)
+    nb = np.asarray(batches, dtype=np.float64)
+    ok = np.isfinite(v)
+    if not ok.any():
+        return (math.nan, math.nan, math.nan)
+    v, e, nb = v[ok], e[ok], nb[ok]
+    m = float(v.mean())
+    if not np.all(np.isfinite(e)) or not np.all(nb >= 2):
+        return (m, math.nan, math.nan)
+    se = math.sqrt(float((e * e).sum())) / v.shape[0]
+    lo, hi = log_t_interval(m, se, int((nb - 1).sum()), confidence)
+    return (m, lo, hi)
 
 
 # --------------------------------------------------------------------------- sequential runs

@@ -63,8 +63,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sdsim.errors import ScenarioError, format_validation_error
-from sdsim.metrics import SUMMARY_KEYS, t_confidence_interval
+from sdsim.metrics import SUMMARY_KEYS
 from sdsim.scenario import Scenario, load_scenario, scenario_from_dict, scenario_hash
+from sdsim.steadystate import run_columns
+from sdsim.sweepstats import canonical, column_value, speedup_table, summarize_runs
 
 # Summary scalars a sweep may keep: the DESIGN.md keys plus the simulator's diagnostics.
 KNOWN_METRICS: tuple[str, ...] = (
@@ -302,10 +304,6 @@ def load_sweep(path: str | Path) -> SweepSpec:
         raise format_validation_error(exc) from None
 
 
-def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
 def _hash_words(text: str, n: int = 4) -> tuple[int, ...]:
     digest = hashlib.sha256(text.encode()).digest()
     return tuple(int.from_bytes(digest[4 * i : 4 * i + 4], "little") for i in range(n))
@@ -331,13 +329,13 @@ def derive_seed(base_seed: int, scenario_name: str, point: dict[str, Any], repli
         A seed in [0, 2**63), from ``numpy.random.SeedSequence(base_seed, spawn_key=(hash words of
         the canonical JSON of name and point..., replication))``.
     """
-    words = _hash_words(_canonical({"scenario": scenario_name, "point": point}))
+    words = _hash_words(canonical({"scenario": scenario_name, "point": point}))
     ss = np.random.SeedSequence(int(base_seed), spawn_key=(*words, int(replication)))
     return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def _json_safe(v: Any) -> Any:
-    return json.loads(_canonical(v))
+    return json.loads(canonical(v))
 
 
 def _points(spec: SweepSpec) -> Iterator[dict[str, Any]]:
@@ -412,12 +410,12 @@ def plan_sweep(
         try:
             scn = load_scenario(base, {**fixed, **ov})
         except ScenarioError as exc:
-            shown = _canonical(ov)
+            shown = canonical(ov)
             shown = shown if len(shown) <= 120 else shown[:117] + "..."
             raise ScenarioError(exc.field, f"{exc.message} (sweep point {i}: {shown})") from None
         _check_costs(scn, i, ov, checked_costs)
         h = scenario_hash(scn)
-        key = hashlib.sha256(_canonical(ov).encode()).hexdigest()[:16]
+        key = hashlib.sha256(canonical(ov).encode()).hexdigest()[:16]
         points.append(Point(index=i, overrides=ov, key=key, scenario=scn, scenario_hash=h))
         seed_point = {k: v for k, v in ov.items() if k not in spec.common_random_numbers}
         data = scn.to_dict()
@@ -446,14 +444,14 @@ def _check_costs(scn: Scenario, i: int, ov: dict[str, Any], checked: set[str]) -
     from sdsim.costs.step import build_cost_model
 
     data = scn.to_dict()
-    key = _canonical({f: data[f] for f in ("hardware", "target", "drafter", "costs", "spec")}
+    key = canonical({f: data[f] for f in ("hardware", "target", "drafter", "costs", "spec")}
                      | {"tp": scn.server.tp})  # fmt: skip
     if key in checked:
         return
     try:
         build_cost_model(scn)
     except ScenarioError as exc:
-        shown = _canonical(ov)
+        shown = canonical(ov)
         shown = shown if len(shown) <= 120 else shown[:117] + "..."
         raise ScenarioError(exc.field, f"{exc.message} (sweep point {i}: {shown})") from None
     checked.add(key)
@@ -462,20 +460,14 @@ def _check_costs(scn: Scenario, i: int, ov: dict[str, Any], checked: set[str]) -
 # --------------------------------------------------------------------------- one run
 
 
-def _column_value(v: Any) -> Any:
-    # Parquet columns need one type; lists and mappings (per-position alpha, length laws) are kept
-    # as their canonical JSON text.
-    if v is None or isinstance(v, bool | int | float | str):
-        return v
-    return _canonical(v)
-
-
 def execute_run(task: RunTask) -> dict[str, Any]:
     """Simulate one run and return its result row (never raises for a failing simulation).
 
     The row holds the run's identity (``run_key``, ``point``, ``point_key``, ``replication``,
-    ``scenario_hash``, ``seed``), the swept fields as columns, every scalar of the summary,
-    ``error`` (``None`` on success, else ``"ExceptionType: message"``) and ``wall_s``.
+    ``scenario_hash``, ``seed``), the swept fields as columns, every scalar of the summary, the
+    steady-state statistics of :func:`sdsim.steadystate.run_columns` (MSER-5 warm-up cut,
+    ``{metric}_ss`` with its batch-means standard error), ``error`` (``None`` on success, else
+    ``"ExceptionType: message"``) and ``wall_s``.
     """
     from sdsim.simulation import simulate
 
@@ -489,7 +481,7 @@ def execute_run(task: RunTask) -> dict[str, Any]:
         "seed": task.seed,
     }
     for k, v in task.overrides.items():
-        row[k] = _column_value(v)
+        row[k] = column_value(v)
     try:
         res = simulate(scenario_from_dict(task.scenario), seed=task.seed)
         for k, v in res.summary.items():
@@ -497,6 +489,7 @@ def execute_run(task: RunTask) -> dict[str, Any]:
                 continue
             if isinstance(v, bool | int | float | str) or v is None:
                 row[k] = v
+        row.update(run_columns(res.requests))
         row["error"] = None
     except Exception as exc:  # a failing run is recorded, the sweep goes on
         row["error"] = " ".join(f"{type(exc).__name__}: {exc}".split())[:2000]
@@ -563,120 +556,6 @@ def load_sweep_dir(out_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
     if len(runs):
         runs = runs[runs["run_key"].isin(set(meta["run_keys"]))].reset_index(drop=True)
     return meta, runs
-
-
-# --------------------------------------------------------------------------- summaries
-
-
-def _numeric(series: pd.Series) -> np.ndarray:
-    return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64)
-
-
-def summarize_runs(
-    runs: pd.DataFrame,
-    meta: dict[str, Any],
-    analytic: pd.DataFrame | None = None,
-    confidence: float = 0.95,
-) -> pd.DataFrame:
-    """Aggregate replications: one row per point with mean, std and t-based CI per metric.
-
-    Columns: ``point``, ``point_key``, the swept fields, ``runs`` (successful), ``failed``, and for
-    each metric ``M``: ``M`` (mean over successful replications), ``M_std`` (sample std),
-    ``M_ci_low``, ``M_ci_high`` (:func:`sdsim.metrics.t_confidence_interval`), plus ``M_analytic``
-    when ``analytic`` has it.
-    """
-    rows: list[dict[str, Any]] = []
-    ok_mask = runs["error"].isna() if len(runs) else pd.Series(dtype=bool)
-    for p in meta["points"]:
-        row: dict[str, Any] = {"point": p["point"], "point_key": p["point_key"]}
-        for f in meta["fields"]:
-            row[f] = _column_value(p["overrides"].get(f))
-        sel = runs[runs["point_key"] == p["point_key"]] if len(runs) else runs
-        ok = sel[ok_mask.loc[sel.index]] if len(sel) else sel
-        row["runs"] = len(ok)
-        row["failed"] = len(sel) - len(ok)
-        for m in meta["metrics"]:
-            vals = _numeric(ok[m]) if m in ok.columns and len(ok) else np.zeros(0)
-            mean, lo, hi = t_confidence_interval(vals, confidence)
-            finite = vals[np.isfinite(vals)]
-            row[m] = mean
-            row[f"{m}_std"] = float(finite.std(ddof=1)) if finite.size > 1 else math.nan
-            row[f"{m}_ci_low"] = lo
-            row[f"{m}_ci_high"] = hi
-        rows.append(row)
-    out = pd.DataFrame(rows)
-    if analytic is not None and len(analytic) and len(out):
-        cols = [c for c in analytic.columns if c.endswith("_analytic") or c == "analytic_error"]
-        out = out.merge(analytic[["point_key", *cols]], on="point_key", how="left")
-    return out
-
-
-def speedup_table(
-    runs: pd.DataFrame,
-    meta: dict[str, Any],
-    baseline: dict[str, Any],
-    metric: str = "e2e_mean",
-    confidence: float = 0.95,
-) -> pd.DataFrame:
-    """Speedup of every point over its baseline twin: ``metric(baseline) / metric(point)``.
-
-    The baseline twin of a point has the same values of every swept field except those in
-    ``baseline`` (e.g. ``{"spec.k": 0}``), which take the baseline's values. Replications are paired
-    by index (with ``common_random_numbers`` on the baseline field they share their random
-    numbers), the ratio is taken per replication and summarised by its mean and t-based CI.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per non-baseline point: swept fields, ``speedup``, ``speedup_ci_low``,
-        ``speedup_ci_high``, ``pairs``.
-
-    Raises
-    ------
-    ScenarioError
-        A baseline field that is not swept or a value the grid does not hold.
-    """
-    fields = list(meta["fields"])
-    for f, v in baseline.items():
-        if f not in fields:
-            raise ScenarioError("--speedup-vs", f"{f!r} is not a swept field (swept: {fields})")
-        values = {_canonical(p["overrides"].get(f)) for p in meta["points"]}
-        if _canonical(v) not in values:
-            raise ScenarioError("--speedup-vs", f"{f}={v!r} is not a value of the grid")
-    if metric not in runs.columns:
-        raise ScenarioError("--metric", f"{metric!r} is not in the sweep results")
-    others = [f for f in fields if f not in baseline]
-
-    def ident(ov: dict[str, Any]) -> str:
-        return _canonical({f: ov.get(f) for f in others})
-
-    ok = runs[runs["error"].isna()] if len(runs) else runs
-    by_point = (
-        {key: grp.set_index("replication")[metric] for key, grp in ok.groupby("point_key")}
-        if len(ok)
-        else {}
-    )
-    base_of: dict[str, str] = {}
-    for p in meta["points"]:
-        if all(_canonical(p["overrides"].get(f)) == _canonical(v) for f, v in baseline.items()):
-            base_of[ident(p["overrides"])] = p["point_key"]
-    rows = []
-    for p in meta["points"]:
-        ov = p["overrides"]
-        if all(_canonical(ov.get(f)) == _canonical(v) for f, v in baseline.items()):
-            continue
-        bkey = base_of.get(ident(ov))
-        row: dict[str, Any] = {"point": p["point"], "point_key": p["point_key"]}
-        row.update({f: _column_value(ov.get(f)) for f in fields})
-        ratios = np.zeros(0)
-        if bkey is not None and bkey in by_point and p["point_key"] in by_point:
-            b, s = by_point[bkey], by_point[p["point_key"]]
-            common = b.index.intersection(s.index)
-            ratios = _numeric(b.loc[common]) / _numeric(s.loc[common])
-        mean, lo, hi = t_confidence_interval(ratios, confidence)
-        row.update(speedup=mean, speedup_ci_low=lo, speedup_ci_high=hi, pairs=int(ratios.size))
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------- analytic
@@ -881,7 +760,7 @@ def _failed_row(task: RunTask, exc: BaseException) -> dict[str, Any]:
         "scenario_hash": task.scenario_hash,
         "seed": task.seed,
     }
-    row.update({k: _column_value(v) for k, v in task.overrides.items()})
+    row.update({k: column_value(v) for k, v in task.overrides.items()})
     row["error"] = " ".join(f"{type(exc).__name__}: {exc}".split())[:2000]
     row["wall_s"] = math.nan
     return row
