@@ -1,13 +1,12 @@
 """Latency laws as mixtures, with exact CDFs and quantiles.
 
 The tail model (:mod:`sdsim.analytic.tails`) describes each latency as a weighted mixture of
-three kinds of components:
+two kinds of components:
 
 * **Gaussian**: normal ``N(mu, sd^2)``, or exponentially modified normal (``+ Exp(lam)``, for a
   request that waits for admission) when ``lam > 0``;
 * **uniform**: a ramp on ``[lo, hi)`` (a uniform residual of a step), or a point mass where
-  ``lo == hi``;
-* **exponential**: ``shift + Exp(mean theta)``.
+  ``lo == hi``.
 
 One compiled evaluator gives the CDF, the density and the density's slope at a point (summed
 component by component), one compiled loop applies it over many points, and one compiled
@@ -90,9 +89,6 @@ def _at(
     ulo: FloatArray,
     uhi: FloatArray,
     udens: FloatArray,
-    ew: FloatArray,
-    esh: FloatArray,
-    eth: FloatArray,
 ) -> tuple[float, float, float]:  # pragma: no cover - compiled
     """The mixture's (unnormalised) CDF, density and density slope at ``x``.
 
@@ -101,7 +97,6 @@ def _at(
     ``lam`` times that exponential term, slope ``lam (phi(z) / sd - density)``. Uniform terms
     branch-free (so that loop runs in SIMD lanes): ``w`` at or past ``hi``, ``dens (x - lo)``
     on the ramp, the density on ``[lo, hi)`` (a point mass has ``lo == hi``, ``dens = 0``).
-    Exponential terms: ``w (1 - exp(-(x - shift) / theta))`` past the shift.
     """
     c = 0.0
     d = 0.0
@@ -138,20 +133,11 @@ def _at(
         top = x >= uhi[i]
         cu += uw[i] if top else (udens[i] * (x - ulo[i]) if on else 0.0)
         du += udens[i] if (on and not top) else 0.0
-    c += cu
-    d += du
-    for i in range(ew.shape[0]):
-        if x >= esh[i]:
-            e = math.exp(-(x - esh[i]) / eth[i])
-            c += ew[i] * (1.0 - e)
-            f = ew[i] * e / eth[i]
-            d += f
-            dd -= f / eth[i]
-    return c, d, dd
+    return c + cu, d + du, dd
 
 
-# the eleven component arrays the kernels take (see _at)
-_ARRAYS = ", ".join(["f8[::1]"] * 11)
+# the eight component arrays the kernels take (see _at)
+_ARRAYS = ", ".join(["f8[::1]"] * 8)
 
 
 @jit_eager(f"void(f8[::1], i8, {_ARRAYS}, f8[:, ::1])", fastmath={"reassoc"})
@@ -166,15 +152,12 @@ def _sums(
     ulo: FloatArray,
     uhi: FloatArray,
     udens: FloatArray,
-    ew: FloatArray,
-    esh: FloatArray,
-    eth: FloatArray,
     out: FloatArray,
 ) -> None:  # pragma: no cover - compiled
     """:func:`_at` at each x: ``out[0]`` the CDF, ``out[1]`` the density, ``out[2]`` its
     slope (unnormalised; reassociation allowed, so sums may run in SIMD lanes: rounding only)."""
     for j in range(xs.shape[0]):
-        c, d, dd = _at(xs[j], want, gw, gmu, gsd, glam, uw, ulo, uhi, udens, ew, esh, eth)
+        c, d, dd = _at(xs[j], want, gw, gmu, gsd, glam, uw, ulo, uhi, udens)
         out[0, j] = c
         out[1, j] = d
         out[2, j] = dd
@@ -193,9 +176,6 @@ def _refine(
     ulo: FloatArray,
     uhi: FloatArray,
     udens: FloatArray,
-    ew: FloatArray,
-    esh: FloatArray,
-    eth: FloatArray,
     tot: float,
     a: FloatArray,
     b: FloatArray,
@@ -221,7 +201,7 @@ def _refine(
         x = lo + t * (hi - lo)
         res = x
         for _ in range(200):
-            c, dn, ddn = _at(x, _SLOPE, gw, gmu, gsd, glam, uw, ulo, uhi, udens, ew, esh, eth)
+            c, dn, ddn = _at(x, _SLOPE, gw, gmu, gsd, glam, uw, ulo, uhi, udens)
             f = c / tot
             d = dn / tot
             dd = ddn / tot
@@ -268,11 +248,11 @@ def _f(*arrays: npt.ArrayLike) -> list[FloatArray]:
 
 
 class Mixture:
-    """A weighted mixture of Gaussian, uniform and exponential components (module docstring).
+    """A weighted mixture of Gaussian and uniform components (module docstring).
 
-    Build it with :meth:`normals`, :meth:`uniforms` and :meth:`exponential` and pool with
-    :meth:`plus`; weights need not sum to 1 (the CDF is normalised by their total). Components
-    with weight below 1e-15 are dropped and Gaussian standard deviations floored at 1e-12 s.
+    Build it with :meth:`normals` and :meth:`uniforms` and pool with :meth:`plus`; weights
+    need not sum to 1 (the CDF is normalised by their total). Components with weight below
+    1e-15 are dropped and Gaussian standard deviations floored at 1e-12 s.
 
     Attributes
     ----------
@@ -280,21 +260,17 @@ class Mixture:
         ``(w, mu, sd, lam)``: Gaussian components (``lam = 0``: normal).
     unif
         ``(w, lo, hi)``: ramps and point masses.
-    expo
-        ``(w, shift, theta)``: shifted exponentials.
     """
 
     def __init__(
         self,
         gauss: tuple[FloatArray, FloatArray, FloatArray, FloatArray] | None = None,
         unif: tuple[FloatArray, FloatArray, FloatArray] | None = None,
-        expo: tuple[FloatArray, FloatArray, FloatArray] | None = None,
     ) -> None:
         e = np.zeros(0)
         g = gauss if gauss is not None else (e, e, e, e)
         u = unif if unif is not None else (e, e, e)
-        x = expo if expo is not None else (e, e, e)
-        gk, uk, xk = (np.asarray(t[0]) > 1e-15 for t in (g, u, x))
+        gk, uk = (np.asarray(t[0]) > 1e-15 for t in (g, u))
         gw, gmu, gsd, glam = _f(*(np.asarray(v)[gk] for v in g))
         self.gauss = (gw, gmu, np.maximum(gsd, 1e-12), glam)
         uw, ulo, uhi = _f(*(np.asarray(v)[uk] for v in u))
@@ -303,8 +279,6 @@ class Mixture:
         self._udens = np.ascontiguousarray(
             np.where(ln > 0, uw / np.where(ln > 0, ln, 1.0), 0.0), dtype=np.float64
         )
-        xw, xsh, xth = _f(*(np.asarray(v)[xk] for v in x))
-        self.expo = (xw, xsh, xth)
 
     @classmethod
     def normals(
@@ -325,29 +299,23 @@ class Mixture:
         lo_ = np.asarray(lo, dtype=np.float64)
         return cls(unif=(np.asarray(w, dtype=np.float64), lo_, lo_ + np.asarray(ln)))
 
-    @classmethod
-    def exponential(cls, w: float, shift: float, theta: float) -> Mixture:
-        """One ``shift + Exp(mean theta)`` component of weight ``w``."""
-        return cls(expo=(np.array([w]), np.array([shift]), np.array([theta])))
-
     def plus(self, other: Mixture) -> Mixture:
         """The pooled mixture of ``self`` and ``other`` (weights as given)."""
         gauss = tuple(np.concatenate(t) for t in zip(self.gauss, other.gauss, strict=True))
         unif = tuple(np.concatenate(t) for t in zip(self.unif, other.unif, strict=True))
-        expo = tuple(np.concatenate(t) for t in zip(self.expo, other.expo, strict=True))
-        return Mixture(gauss, unif, expo)  # type: ignore[arg-type]
+        return Mixture(gauss, unif)  # type: ignore[arg-type]
 
     @property
     def total(self) -> float:
         """Sum of the component weights."""
-        return float(self.gauss[0].sum() + self.unif[0].sum() + self.expo[0].sum())
+        return float(self.gauss[0].sum() + self.unif[0].sum())
 
     def _arrays(self) -> tuple[FloatArray, ...]:
-        return (*self.gauss, self.unif[0], self.unif[1], self.unif[2], self._udens, *self.expo)
+        return (*self.gauss, self.unif[0], self.unif[1], self.unif[2], self._udens)
 
     def bounds(self) -> tuple[float, float]:
-        """Where nearly all the mass lies: from ``max(min(mu - 6 sd, lo, shift), 0)`` to the
-        largest of ``mu + 7 sd + 10 / lam``, ``hi`` and ``shift + 12 theta``."""
+        """Where nearly all the mass lies: from ``max(min(mu - 6 sd, lo), 0)`` to the larger of
+        ``mu + 7 sd + 10 / lam`` and ``hi``."""
         gw, gmu, gsd, glam = self.gauss
         los: list[float] = []
         his: list[float] = []
@@ -358,9 +326,6 @@ class Mixture:
         if self.unif[0].shape[0]:
             los.append(float(self.unif[1].min()))
             his.append(float(self.unif[2].max()) * 1.05)
-        if self.expo[0].shape[0]:
-            los.append(float(self.expo[1].min()))
-            his.append(float(np.max(self.expo[1] + 12 * self.expo[2])))
         if not los:
             return 0.0, 1.0
         return max(min(los), 0.0), max(max(his), 1e-300)
