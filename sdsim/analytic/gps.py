@@ -30,6 +30,7 @@ __all__ = [
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -76,14 +77,14 @@ class BirthDeath:
         col = self.joint[:, state]
         return np.asarray(col / col.sum())
 
-    @property
+    @cached_property
     def mean(self) -> float:
         """E[N], time-average number in system."""
         if not self.stable:
             return math.inf
         return float(np.arange(self.pmf.shape[0]) @ self.pmf)
 
-    @property
+    @cached_property
     def var(self) -> float:
         """Var[N]."""
         if not self.stable:
@@ -208,11 +209,28 @@ def noisy(
     F`` and ``phi' = phi + lambda (F - 1)``. ``F < 1`` (regular arrivals) lowers the variance
     down to what the drift allows (``|lambda - phi|``; a birth-death process has no less).
     """
-    lam, phi, f = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in
-                                        (births, deaths, dispersion)))  # fmt: skip
-    drift = lam - phi
-    var = np.maximum(lam * (2.0 * f - 1.0) + phi, np.abs(drift) + 1e-9 * (lam + phi))
-    return 0.5 * (var + drift), 0.5 * (var - drift)
+    phi = np.ascontiguousarray(deaths, dtype=np.float64)
+    lam = np.ascontiguousarray(np.broadcast_to(np.asarray(births, dtype=np.float64), phi.shape))
+    f = np.ascontiguousarray(np.broadcast_to(np.asarray(dispersion, dtype=np.float64), phi.shape))
+    up, down = np.empty_like(phi), np.empty_like(phi)
+    _noisy(lam.ravel(), phi.ravel(), f.ravel(), up.ravel(), down.ravel())
+    return up, down
+
+
+@jit
+def _noisy(
+    lam: npt.NDArray[np.float64],
+    phi: npt.NDArray[np.float64],
+    f: npt.NDArray[np.float64],
+    up: npt.NDArray[np.float64],
+    down: npt.NDArray[np.float64],
+) -> None:  # pragma: no cover - compiled
+    """:func:`noisy` element by element (its numpy form costs a dozen calls per law)."""
+    for i in range(lam.shape[0]):
+        drift = lam[i] - phi[i]
+        var = max(lam[i] * (2.0 * f[i] - 1.0) + phi[i], abs(drift) + 1e-9 * (lam[i] + phi[i]))
+        up[i] = 0.5 * (var + drift)
+        down[i] = 0.5 * (var - drift)
 
 
 def modulated_birth_death(

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from sdsim._jit import jit_eager
 from sdsim.analytic.arrivals import ArrivalView, arrival_view
 from sdsim.analytic.coefficients import (
     Coefficients,
@@ -166,12 +167,48 @@ def dispersion(
     (``m -> 0``) and Poisson arrivals, ``F = 1``.
     """
     _, frac = _decode_share(curve, work)
-    grid = np.arange(t.shape[0], dtype=np.float64)
-    n = np.arange(1, curve.n_max + 1, dtype=np.float64)
-    cpc = curve.chunk_cost_from(pq, t) * curve.chunks_per_request
-    m = np.minimum(rate * np.interp(np.maximum(n * frac, 1.0), grid, cpc), 0.9)
-    kappa = work.shared_life(curve.chunks_per_request)
-    return np.maximum(1.0 + kappa * (ca2 / (1.0 - m) ** 2 - 1.0), 0.05)
+    out = np.empty(curve.n_max)
+    first = curve.mixed[:, 1] - curve.mixed[:, 0]
+    _dispersion(np.ascontiguousarray(pq), t, curve.decode, np.ascontiguousarray(first),
+                float(curve.chunks_per_request), frac, float(rate),
+                work.shared_life(curve.chunks_per_request), float(ca2), out)  # fmt: skip
+    return out
+
+
+@jit_eager("void(f8[:, ::1], f8[::1], f8[::1], f8[::1], f8, f8, f8, f8, f8, f8[::1])")
+def _dispersion(
+    pq: FloatArray,
+    t: FloatArray,
+    decode: FloatArray,
+    first: FloatArray,
+    chunks: float,
+    frac: float,
+    rate: float,
+    kappa: float,
+    ca2: float,
+    out: FloatArray,
+) -> None:  # pragma: no cover - compiled
+    """:func:`dispersion`'s ``F(n)`` into ``out`` (``n = 1..len(out)``): a chunk's cost at a
+    row is :meth:`~sdsim.analytic.stepcurve.StepCurve.chunk_cost_from`'s (the step's prefill
+    part over the chunks it carries on average, the first chunk's cost where it carries almost
+    none), read at the decode batch ``n frac`` (linear interpolation on the integer grid);
+    ``m = rate x chunks x cost`` capped at 0.9, ``F = max(1 + kappa (ca2 / (1 - m)^2 - 1),
+    0.05)``."""
+    last = t.shape[0] - 1
+    for i in range(out.shape[0]):
+        x = max((i + 1) * frac, 1.0)
+        j = min(int(x), last)
+        k = min(j + 1, last)
+        c = 0.0
+        for r, wgt in ((j, 1.0 - (x - j)), (k, x - j)):
+            if wgt <= 0.0:
+                continue
+            eq = 0.0
+            for q in range(pq.shape[1]):
+                eq += pq[r, q] * q
+            c += wgt * ((t[r] - decode[r]) / eq if eq > 1e-9 else first[r])
+        m = min(rate * c * chunks, 0.9)
+        out[i] = max(1.0 + kappa * (ca2 / ((1.0 - m) * (1.0 - m)) - 1.0), 0.05)
 
 
 def _step_times(
@@ -216,11 +253,14 @@ def _gps_law(
     pq: FloatArray,
     t: FloatArray,
     ca2: float = 1.0,
+    noise: bool = True,
 ) -> BirthDeath:
-    """The one-state law of :func:`gps_law_from_curve` with the chunk law ``(pq, t)`` given."""
+    """The one-state law of :func:`gps_law_from_curve` with the chunk law ``(pq, t)`` given
+    (``noise=False``: the plain GPS law, without :func:`dispersion`)."""
     nu, _ = _decode_share(curve, work)
     fn = _step_times(curve, work, rate, pq, t)
-    return birth_death(rate, nu, fn, curve.n_max, dispersion(curve, work, rate, pq, t, ca2))
+    disp = dispersion(curve, work, rate, pq, t, ca2) if noise else None
+    return birth_death(rate, nu, fn, curve.n_max, disp)
 
 
 def _n_mid(curve: StepCurve, nu: float, rate: float, t1: float) -> int:
@@ -305,10 +345,12 @@ def chunk_laws(
             exact[i] = mids[i]
             if keys[i][1]:
                 pq_a, t_a = _assemble(curve, keys[i][0], mids[i], mids[i])
-                law = _gps_law(curve, work, float(lam), pq_a, t_a)
+                law = _gps_law(curve, work, float(lam), pq_a, t_a, noise=False)
                 if law.stable:
-                    # the exact law is cut where the approximate one is, give or take rows of
-                    # relative mass 1e-3: a quarter more and 16 rows cover that many times over
+                    # the exact plain law is cut where the approximate one is, give or take
+                    # rows of relative mass 1e-3: a quarter more and 16 rows cover that many
+                    # times over; the law with the prefill bursts' noise reaches a little
+                    # further, its mass there (~1e-6) on rows interpolated between exact ones
                     reach = math.ceil((1.25 * law.pmf.shape[0] + 16) * frac) + 2
                     exact[i] = np.union1d(mids[i], np.arange(min(reach, curve.n_max) + 1))
         curve.solve_rows([(keys[i][0], exact[i]) for i, _ in todo])
@@ -398,14 +440,31 @@ def kv_saturation_rate(
         return _engine_mean(law) * blocks if law.stable else math.inf
 
     lo, hi = 0.0, gpu_rate * (1 - 1e-9)
-    if demand(hi) < cap:
+    f_hi = demand(hi) - cap
+    if f_hi < 0:
         return math.inf
-    for _ in range(24):  # 2^-24: the rate to 1e-7 of the GPU limit
-        mid = 0.5 * (lo + hi)
-        if demand(mid) < cap:
-            lo = mid
+    # the demand rises smoothly with the rate: regula falsi with the Illinois modification,
+    # to 1e-7 of the GPU limit (6-10 laws instead of bisection's 24), bisecting where the
+    # demand is infinite (an unstable law)
+    f_lo = -float(cap)
+    side = 0
+    for _ in range(60):
+        if hi - lo <= 1e-7 * gpu_rate:
+            break
+        mid = lo - f_lo * (hi - lo) / (f_hi - f_lo) if math.isfinite(f_hi) else 0.5 * (lo + hi)
+        if not lo < mid < hi:
+            mid = 0.5 * (lo + hi)
+        f_mid = demand(mid) - cap
+        if f_mid < 0:
+            lo, f_lo = mid, f_mid
+            if side == -1:
+                f_hi *= 0.5
+            side = -1
         else:
-            hi = mid
+            hi, f_hi = mid, f_mid
+            if side == 1:
+                f_lo *= 0.5
+            side = 1
     return 0.5 * (lo + hi)
 
 

@@ -161,6 +161,10 @@ class StepCurve:
     alone: dict[tuple[int, int], tuple[object, tuple[float, int]]] = field(
         default_factory=dict, repr=False
     )
+    # the latest chunk laws (the arrays themselves) and their chunk costs
+    _costs: list[tuple[tuple[FloatArray, FloatArray], FloatArray]] = field(
+        default_factory=list, repr=False
+    )
 
     def slopes_of(self, name: str) -> FloatArray:
         """:func:`slopes` of ``decode``, ``verify`` or ``draft``, computed once per curve."""
@@ -262,14 +266,21 @@ class StepCurve:
         return self._rows[float(chunk_rate)]
 
     def chunk_cost_from(self, pq: FloatArray, t: FloatArray) -> FloatArray:
-        """:meth:`chunk_cost` from a given chunk law ``(pq, t)``."""
+        """:meth:`chunk_cost` from a given chunk law ``(pq, t)`` (the last few laws' results
+        are kept: an operating point reads its law's chunk cost three times)."""
+        for law, cost in self._costs:
+            if law[0] is pq and law[1] is t:
+                return cost
         q = np.arange(self.mixed.shape[1], dtype=np.float64)
         eq = pq @ q
         extra = t - self.decode
         first = self.mixed[:, 1] - self.mixed[:, 0]
         with np.errstate(divide="ignore", invalid="ignore"):
             per = np.where(eq > 1e-9, extra / np.where(eq > 1e-9, eq, 1.0), first)
-        return np.asarray(per, dtype=np.float64)
+        out = np.asarray(per, dtype=np.float64)
+        self._costs.insert(0, ((pq, t), out))
+        del self._costs[4:]
+        return out
 
     def step_time_at(self, n: float, chunk_rate: float) -> float:
         """``t(n)`` at one (fractional) decode batch, without solving every row."""

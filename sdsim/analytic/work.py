@@ -13,7 +13,8 @@ from __future__ import annotations
 __all__ = ["RequestWork", "discretize_length", "request_work"]
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -177,13 +178,14 @@ class RequestWork:
     steps_pmf: list[npt.NDArray[np.float64]]
     steps_marginal: npt.NDArray[np.float64]
     tokens_per_step: float
+    _kappa: dict[int, float] = field(default_factory=dict, compare=False, repr=False)
 
-    @property
+    @cached_property
     def mean_output(self) -> float:
         """E[g]."""
         return float(self.g_values @ self.g_probs)
 
-    @property
+    @cached_property
     def mean_steps(self) -> float:
         """E[S], the exact decode steps per request (the paper's g / E)."""
         s = np.arange(self.steps_marginal.shape[0], dtype=np.float64)
@@ -199,12 +201,16 @@ class RequestWork:
         the number in system (``Var N = E[N] (1 + kappa (I - 1))`` for arrivals whose counts
         have index of dispersion ``I``; exact for batch arrivals in an infinite-server queue).
         """
-        surv = np.cumsum(self.steps_marginal[::-1])[::-1]  # P(S >= s), s = 0..
-        life = np.concatenate((np.ones(max(prefill_steps, 0)), surv))  # P(L > u), u = 0..
-        total = float(life.sum())
-        return float((life * life).sum() / total) if total > 0 else 1.0
+        got = self._kappa.get(prefill_steps)
+        if got is None:
+            surv = np.cumsum(self.steps_marginal[::-1])[::-1]  # P(S >= s), s = 0..
+            life = np.concatenate((np.ones(max(prefill_steps, 0)), surv))  # P(L > u), u = 0..
+            total = float(life.sum())
+            got = float((life * life).sum() / total) if total > 0 else 1.0
+            self._kappa[prefill_steps] = got
+        return got
 
-    @property
+    @cached_property
     def var_steps(self) -> float:
         """Var[S] (acceptance luck and output-length spread together)."""
         s = np.arange(self.steps_marginal.shape[0], dtype=np.float64)
