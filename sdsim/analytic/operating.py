@@ -172,6 +172,10 @@ def dispersion(
     _dispersion(np.ascontiguousarray(pq), t, curve.decode, np.ascontiguousarray(first),
                 float(curve.chunks_per_request), frac, float(rate),
                 work.shared_life(curve.chunks_per_request), float(ca2), out)  # fmt: skip
+    # a full batch admits only as many as it completes, whatever arrives: the arrivals that
+    # queue bring no prefill with them, so above the cap (the last entry, which the queue's
+    # levels take) their own burstiness is all the noise there is
+    out[-1] = max(1.0 + work.shared_life(curve.chunks_per_request) * (ca2 - 1.0), 0.05)
     return out
 
 
