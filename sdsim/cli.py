@@ -648,16 +648,18 @@ def validate(
                 r = row.iloc[0]
                 style = {"holds": "", "fails": "[red]"}.get(str(r["verdict"]), "[yellow]")
                 cells.append(f"{style}{r['rel_error']:+.1%}±{r['ci_half_width']:.0%}")
-            if v["verdict"] == "holds":
-                verdict = "holds"
-            elif v["verdict"] == TOO_WIDE:
-                verdict = f"{TOO_WIDE}: {v['undecided']}"
-            else:
-                verdict = f"breaks: {v['reason']} ({v['failing']})"
+            verdict = {"holds": "holds", TOO_WIDE: "CI too wide"}.get(str(v["verdict"]), "breaks")
+            if v["outside_model"]:
+                verdict = "outside model"
             t.add_row(
                 _fmt(v["rate"]), f"{v['fraction']:.0%}", f"{int(v['requests']):,}", *cells, verdict
             )
         out.print(t)
+        for _, v in rep.verdicts.iterrows():
+            if v["verdict"] == TOO_WIDE:
+                out.print(f"  {_fmt(v['rate'])} req/s: {TOO_WIDE}: {v['undecided']}")
+            elif v["verdict"] != "holds":
+                out.print(f"  {_fmt(v['rate'])} req/s: {v['reason']} ({v['failing']})")
     out.print(
         "tolerances: means 5% (e2e) / 10% (TTFT, TPOT); p50-p99 10% (e2e, TPOT) / 15% (TTFT). "
         "A statistic holds when its whole CI is within tolerance (plain), fails when all of it "
