@@ -5,14 +5,14 @@ BIN := $(VENV)/bin
 STAMP_DEMO := $(VENV)/.demo-installed
 STAMP_TEST := $(VENV)/.test-installed
 
-.PHONY: demo test lint typecheck unit nbtest bench clean notebooks
+.PHONY: demo test lint typecheck unit nbtest bench clean notebooks browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP_DEMO): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q -e '.[explore]'
 	touch $@
 
 $(STAMP_TEST): pyproject.toml | $(BIN)/python
@@ -26,7 +26,18 @@ lint: $(STAMP_TEST)
 	$(BIN)/ruff check sdsim tests benchmarks notebooks
 	$(BIN)/mypy sdsim
 
-unit: $(STAMP_TEST)
+# Headless Chromium and its WebDriver for the explorer's browser test (Debian packages; where
+# apt-get cannot install them the test says why it skips, except under CI where it fails).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  echo "installing chromium and chromium-driver (apt-get)"; \
+	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  { $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq \
+	      chromium chromium-driver >/dev/null; } \
+	  || echo "note: could not install chromium; the browser test will skip (or fail under CI)"; \
+	fi
+
+unit: $(STAMP_TEST) browser
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not realtime"
 	# wall-clock tests need a quiet machine: run them alone
 	$(BIN)/python -m pytest -q -p no:xdist -m realtime

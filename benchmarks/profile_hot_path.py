@@ -14,7 +14,7 @@ from pathlib import Path
 from pyinstrument import Profiler
 
 import sdsim
-from sdsim.costs.step import build_cost_model
+from sdsim.costs.build import build_cost_model
 from sdsim.engine.server import run_simulation
 from sdsim.workload import generate_workload
 

@@ -1,6 +1,6 @@
 """Speed benchmark suite (`make bench`; not part of `make test`).
 
-Seven fixed cases, each run in its own process pinned to one CPU core (except (g), which uses
+Eight fixed cases, each run in its own process pinned to one CPU core (except (g), which uses
 `sdsim validate`'s own worker pool), printed as one table and written to benchmarks/RESULTS.md
 with the machine's core count and load:
 
@@ -11,7 +11,13 @@ with the machine's core count and load:
 (e) 1,000,000 requests of the default, summary-only (streaming statistics);
 (f) `sdsim.predict_grid` over a 1,000-point grid of rate x k x alpha, means only (the tail model
     off: `quantiles=False`); (f-q) the same grid with the tail quantiles;
-(g) `sdsim validate scenarios/default.yaml` with its defaults.
+(g) `sdsim validate scenarios/default.yaml` with its defaults;
+(h) `sdsim plan`'s analytic screen of a 10,080-configuration search (replicas 1..40 x k 0..6 x tp
+    1,2,4,8 x three GPUs x max_num_seqs 64,128,256) of the default scenario at 200 req/s against
+    p99 e2e <= 2.5 s and p99 TTFT <= 0.15 s, no simulation (`confirm=0`);
+(x) `sdsim explore`'s server side: what the page gets after a control change that redraws the
+    model curves (k or alpha moved: 13 rates with quantiles, the point, step times, batch law),
+    per change, the mean of 8; (x-rate) the same after a rate change (the curves are cached).
 
 Plus two linearity checks: (a) against the same at 2,000 requests, and (e) against 100,000
 requests (10x the workload should take <= 11x the time).
@@ -52,8 +58,11 @@ CASES: dict[str, str] = {
     "f": "predict_grid, 1,000 points of rate x k x alpha, means only",
     "f-q": "predict_grid, 1,000 points of rate x k x alpha, with quantiles",
     "g": "sdsim validate scenarios/default.yaml (defaults)",
+    "h": "plan: analytic screen of 10,080 configurations (replicas x k x tp x GPU x max_num_seqs)",
     "a-2k": "linearity: (a) at 2,000 requests",
     "e-100k": "linearity: (e) at 100,000 requests",
+    "x": "explore: one view after a k or alpha change (curves recomputed), mean of 8",
+    "x-rate": "explore: one view after a rate change (curves cached), mean of 8",
 }
 TARGETS = {
     "a": ("req/wall-s", 20_000),
@@ -62,6 +71,10 @@ TARGETS = {
     "f": ("wall-s", 1),
     "f-q": ("wall-s", 1),
     "g": ("wall-s", 120),
+    "h": ("wall-s", 10),
+    # the page's ~200 ms from a control change to the redrawn panels, less ~50 ms of drawing
+    "x": ("wall-s", 0.15),
+    "x-rate": ("wall-s", 0.15),
 }
 
 
@@ -132,6 +145,47 @@ def _validate() -> dict[str, float]:
     return {"wall": wall, "cpu": cpu + kids.ru_utime + kids.ru_stime}
 
 
+def _plan_screen() -> dict[str, float]:
+    import sdsim
+    from sdsim.planning import parse_search_options, plan
+
+    scn = sdsim.load_scenario(ROOT / "scenarios/default.yaml", {"costs.source": "roofline"})
+    sdsim.predict(scn)  # the one-off imports and compiled-kernel load are not timed
+    space = parse_search_options(
+        ["server.replicas=1..40", "spec.k=0..6", "server.tp=1,2,4,8",
+         "hardware=h100-sxm,h200,a100-80gb", "server.max_num_seqs=64,128,256"]
+    )  # fmt: skip
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = plan(scn, 200.0, space, {"e2e_p99": 2.5, "ttft_p99": 0.15}, confirm=0)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "configurations": float(len(res.screen)),
+        "evaluations": float(res.evaluations),
+    }
+
+
+def _explore(rates: bool) -> dict[str, float]:
+    import sdsim
+    from sdsim.explore.panels import ViewCache, model_view
+
+    scn = sdsim.load_scenario(ROOT / "scenarios/default.yaml")
+    cache = ViewCache()
+    model_view(scn, cache)  # the page's first view: loads the compiled kernels, not timed
+    if rates:
+        changes = [{"workload.rate": 25.0 - 0.5 * i} for i in range(1, 9)]
+    else:
+        changes = [{"spec.k": k} for k in (5, 6, 3, 2)]
+        changes += [{"acceptance.alpha": a} for a in (0.69, 0.68, 0.71, 0.72)]
+    scns = [scn.with_overrides(c) for c in changes]
+    t0, c0 = time.perf_counter(), time.process_time()
+    for s in scns:
+        model_view(s, cache)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"wall": wall / len(scns), "cpu": cpu / len(scns)}
+
+
 def run_case(name: str, quick: bool) -> dict[str, float]:
     """Run one case in this process and return its measurements."""
     if name != "g":
@@ -161,6 +215,10 @@ def run_case(name: str, quick: bool) -> dict[str, float]:
         out = _predict_grid(quick, quantiles=True)
     elif name == "g":
         out = _validate()
+    elif name == "h":
+        out = _plan_screen()
+    elif name in ("x", "x-rate"):
+        out = _explore(rates=name == "x-rate")
     else:
         raise SystemExit(f"unknown case {name!r}; known: {', '.join(CASES)}")
     out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -196,6 +254,8 @@ def table(results: dict[str, dict[str, float]]) -> str:
             what += f" (timed on {int(r['points'])} points, scaled to 1,000)"
         if "rate" in r:
             what += f" (rate {r['rate']:.2f} req/s)"
+        if "evaluations" in r:
+            what += f" ({int(r['evaluations']):,} model predictions)"
         rows.append(
             f"| {name} | {what} | {_fmt(wall, 2)} | {_fmt(cpu, 2)} "
             f"| {_fmt(req / wall if req else None)} | {_fmt(req / cpu if req else None)} "

@@ -193,3 +193,12 @@ assert not hockey["stable"].iloc[-1], "past capacity the run should be flagged u
 # 2. Run the single run at 1.05× capacity and print `little_residual`. Why does Little's law
 #    "fail" when the queue grows without bound?
 # 3. Halve `workload.output_tokens`. How do C1 and C2 change, and why does the knee move right?
+#
+# ## See it move
+#
+# The same hockey stick, live: `sdsim explore scenarios/default.yaml` (see
+# [`docs/explore.md`](../docs/explore.md)) opens a local page whose latency-vs-rate panel redraws
+# from the closed-form model as you move the rate, the draft length or the acceptance rate, next
+# to the speedup, the step time by batch and the batch-size law; "simulate here" adds simulated
+# points with their confidence intervals. Try exercise 3 there: type a smaller output length and
+# watch the saturation line move.

@@ -35,9 +35,9 @@ import numpy as np
 import pandas as pd
 
 import sdsim
-from sdsim.analytic.coefficients import derive_coefficients
+from sdsim.analytic.operating import derive_coefficients
 from sdsim.analytic.prediction import gps_law
-from sdsim.costs.step import build_cost_model
+from sdsim.costs.build import build_cost_model
 from sdsim.hardware import get_gpu
 
 SMALL = os.environ.get("SDSIM_NOTEBOOK_SMALL", "") not in ("", "0")

@@ -9,42 +9,40 @@ sizing helpers :func:`derive_num_gpu_blocks` and :func:`kv_bytes_per_token`, the
 readers :func:`load_report` and :func:`report_to_measurements`, and the types they return.
 """
 
+from typing import Any as _Any
+
+from sdsim._version import __version__
+from sdsim.costs.build import build_cost_model as _build_cost_model
+from sdsim.costs.step import StepShape as _StepShape
 from sdsim.costs.step import StepTime
-from sdsim.engine.kvcache import derive_num_gpu_blocks, kv_bytes_per_token
 from sdsim.errors import ScenarioError
+from sdsim.memory import derive_num_gpu_blocks, kv_bytes_per_token
 from sdsim.reports import Report, load_report, report_to_measurements
 from sdsim.scenario import Scenario, load_scenario
 from sdsim.simulation import SimResult, simulate
-
-__version__ = "0.1.0"
-
-from typing import Any as _Any
-
-# Heavy parts load lazily: the analytic model pulls in scipy, sweeps pull in pyarrow (and dask on
-# demand). The sweep module is `sdsim.sweep`, so its entry points are exposed under their own names:
-# a function `sdsim.sweep` would be shadowed by the submodule as soon as anything imports it.
-_LAZY = {
-    "predict": "sdsim.analytic.prediction",
-    "Prediction": "sdsim.analytic.prediction",
-    "predict_grid": "sdsim.analytic.prediction",
-    "fit_measurements": "sdsim.analytic.fitting",
-    "FitResult": "sdsim.analytic.fitting",
-    "load_sweep": "sdsim.sweep",
-    "plan_sweep": "sdsim.sweep",
-    "run_sweep": "sdsim.sweep",
-}
-
 
 # DESIGN.md's short names for the same entry points
 _ALIASES = {"fit": "fit_measurements"}
 
 
 def __getattr__(name: str) -> _Any:
+    # The analytic model and sweeps load on first use: the model pulls in scipy.stats (about a
+    # second), sweeps pyarrow (and dask on demand), and a simulation needs neither. The sweep
+    # module is `sdsim.sweep`, so its entry points are exposed under their own names: a function
+    # `sdsim.sweep` would be shadowed by the submodule as soon as anything imports it.
     name = _ALIASES.get(name, name)
-    if name in _LAZY:
-        import importlib
+    if name in ("predict", "Prediction", "predict_grid"):
+        from sdsim.analytic import prediction
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return getattr(prediction, name)
+    if name in ("fit_measurements", "FitResult"):
+        from sdsim.analytic import fitting
+
+        return getattr(fitting, name)
+    if name in ("load_sweep", "plan_sweep", "run_sweep"):
+        from sdsim import sweep
+
+        return getattr(sweep, name)
     raise AttributeError(f"module 'sdsim' has no attribute {name!r}")
 
 
@@ -75,14 +73,12 @@ def step_time(
     StepTime
         total, prefill, draft, verify, overhead (seconds).
     """
-    from sdsim.costs.step import StepShape, build_cost_model
-
     if decode_seqs < 0 or context_tokens < 0 or prefill_tokens < 0:
         raise ScenarioError("step_time", "decode_seqs, context_tokens, prefill_tokens must be >= 0")
     kk = scenario.spec.k if k is None else int(k)
-    model = build_cost_model(scenario)
+    model = _build_cost_model(scenario)
     return model.step(
-        StepShape(
+        _StepShape(
             decode_seqs=decode_seqs,
             decode_context=decode_seqs * context_tokens,
             k=kk,

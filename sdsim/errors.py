@@ -15,7 +15,7 @@ The contract (``tests/test_bad_input.py`` checks it case by case):
   :func:`sdsim.load_scenario` / :func:`sdsim.scenario.scenario_from_dict` (fields, unknown names,
   unknown GPU or model, prompt + output beyond the target's context, a KV cache that cannot hold
   one request, unreadable or invalid YAML), :func:`sdsim.simulate` (seed, trace files, the drawn
-  workload's longest request against the KV cache), :func:`sdsim.costs.step.build_cost_model`
+  workload's longest request against the KV cache), :func:`sdsim.costs.build.build_cost_model`
   (missing profile bundle, CSV without the needed columns, sizes that are not numbers, a table
   whose curves mostly fall by an order of magnitude as work grows),
   :func:`sdsim.sweep.load_sweep` / :func:`sdsim.sweep.plan_sweep` (sweep keys, swept fields that
@@ -62,7 +62,7 @@ def _loc_to_field(loc: tuple[Any, ...]) -> str:
         # pydantic puts union member tags and function names into the location; they mean
         # nothing to a user writing YAML, so keep only real field names.
         if (
-            text.startswith(("function-", "tagged-union", "union["))
+            text.startswith(("function-", "tagged-union", "union[", "constrained-"))
             or "[" in text
             or text
             in {

@@ -35,6 +35,9 @@ __all__ = [
     "UNLIMITED",
     "KVCapacity",
     "check_request_fits",
+    "derive_num_gpu_blocks",
+    "gpu_of",
+    "kv_bytes_per_token",
     "kv_capacity",
     "model_weight_bytes",
     "num_gpu_blocks",
@@ -44,15 +47,128 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sdsim.engine.kvcache import derive_num_gpu_blocks, kv_bytes_per_token
 from sdsim.errors import ScenarioError
+from sdsim.hardware import GPUSpec, get_gpu
+from sdsim.models import ModelSpec, resolve_drafter, resolve_model
 
 if TYPE_CHECKING:
-    from sdsim.models import ModelSpec
+    # types only: sdsim.scenario imports this module to check the KV fit of every scenario it builds
     from sdsim.scenario import Scenario
 
 # The scenario value that switches the KV limit off.
 UNLIMITED = "unlimited"
+
+
+def kv_bytes_per_token(
+    layers: int, kv_heads: int, head_dim: int, dtype_bytes: float = 2.0
+) -> float:
+    """Bytes of KV cache one token needs in one model (keys and values, every layer).
+
+    Parameters
+    ----------
+    layers
+        Transformer layers that keep a KV cache.
+    kv_heads
+        Key/value heads per layer (after grouped-query sharing), per tensor-parallel shard when
+        sizing a shard.
+    head_dim
+        Dimension of one head.
+    dtype_bytes
+        Bytes per cached element (2 for fp16/bf16, 1 for fp8).
+
+    Returns
+    -------
+    float
+        ``2 * layers * kv_heads * head_dim * dtype_bytes``.
+    """
+    if layers < 0 or kv_heads < 0 or head_dim < 0 or dtype_bytes <= 0:
+        raise ValueError(
+            "layers, kv_heads, head_dim must be >= 0 and dtype_bytes > 0, got "
+            f"{layers}, {kv_heads}, {head_dim}, {dtype_bytes}"
+        )
+    return 2.0 * layers * kv_heads * head_dim * dtype_bytes
+
+
+def derive_num_gpu_blocks(
+    hbm_bytes: float,
+    gpu_memory_utilization: float,
+    weight_bytes: float,
+    activation_reserve_bytes: float,
+    kv_bytes_per_token: float,
+    block_size: int,
+) -> int:
+    """How many KV blocks fit on a GPU (what vLLM computes at start-up).
+
+    ``floor((hbm_bytes * gpu_memory_utilization - weight_bytes - activation_reserve_bytes)
+    / (kv_bytes_per_token * block_size))``.
+
+    Parameters
+    ----------
+    hbm_bytes
+        GPU memory (bytes), per device of one replica (per shard under tensor parallelism, with
+        the other arguments per shard too).
+    gpu_memory_utilization
+        Fraction of memory the engine may use, in (0, 1].
+    weight_bytes
+        Weights resident on the device: verifier plus drafter.
+    activation_reserve_bytes
+        Memory kept for activations, CUDA graphs and the sampler (what a profiling run measures).
+    kv_bytes_per_token
+        KV bytes one token needs, summed over every model that keeps a cache (verifier and
+        drafter; see :func:`kv_bytes_per_token`).
+    block_size
+        Tokens per block.
+
+    Returns
+    -------
+    int
+        Number of blocks (>= 1).
+
+    Raises
+    ------
+    ScenarioError
+        When an input is out of range or nothing is left for the KV cache (field
+        ``server.num_gpu_blocks``, since giving it explicitly is the way out).
+    """
+    if not (0 < gpu_memory_utilization <= 1):
+        raise ScenarioError(
+            "server.gpu_memory_utilization", f"must be in (0, 1], got {gpu_memory_utilization}"
+        )
+    if block_size < 1:
+        raise ScenarioError("server.block_size", f"must be >= 1, got {block_size}")
+    for name, v in (
+        ("hbm_bytes", hbm_bytes),
+        ("weight_bytes", weight_bytes),
+        ("activation_reserve_bytes", activation_reserve_bytes),
+    ):
+        if not math.isfinite(v) or v < 0:
+            raise ScenarioError("server.num_gpu_blocks", f"{name} must be finite and >= 0, got {v}")
+    if not math.isfinite(kv_bytes_per_token) or kv_bytes_per_token <= 0:
+        raise ScenarioError(
+            "server.num_gpu_blocks", f"kv_bytes_per_token must be > 0, got {kv_bytes_per_token}"
+        )
+    left = hbm_bytes * gpu_memory_utilization - weight_bytes - activation_reserve_bytes
+    blocks = math.floor(left / (kv_bytes_per_token * block_size)) if left > 0 else 0
+    if blocks < 1:
+        raise ScenarioError(
+            "server.num_gpu_blocks",
+            f"no memory left for the KV cache: {hbm_bytes / 2**30:.1f} GiB x "
+            f"{gpu_memory_utilization:g} - weights {weight_bytes / 2**30:.1f} GiB - reserve "
+            f"{activation_reserve_bytes / 2**30:.1f} GiB leaves less than one block; use a larger "
+            "GPU, more tensor parallelism, or set server.num_gpu_blocks",
+        )
+    return int(blocks)
+
+
+def gpu_of(scn: Scenario) -> GPUSpec:
+    """The scenario's GPU: a registry entry or its inline spec sheet."""
+    hw = scn.hardware
+    if isinstance(hw, str):
+        return get_gpu(hw, "hardware")
+    return GPUSpec(
+        hw.name, hw.bf16_tflops, hw.fp8_tflops, hw.hbm_gb, hw.hbm_tbps, hw.interconnect_gbps,
+        hw.vendor,
+    )
 
 
 @dataclass(frozen=True)
@@ -181,9 +297,6 @@ def kv_capacity(scn: Scenario) -> KVCapacity:
         return KVCapacity("unlimited", None, bs)
     if isinstance(sv.num_gpu_blocks, int):
         return KVCapacity("given", sv.num_gpu_blocks, bs)
-    from sdsim.costs.build import gpu_of
-    from sdsim.models import resolve_drafter, resolve_model
-
     gpu = gpu_of(scn)
     tp = sv.tp
     dtype = scn.costs.dtype

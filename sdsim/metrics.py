@@ -34,7 +34,9 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from sdsim.engine.server import SimRun
+from sdsim.records import SimRun
+from sdsim.scenario import SloSpec
+from sdsim.slo import slo_bounds, slo_stats
 
 REQUEST_FIELDS = (
     "arrival",
@@ -60,6 +62,9 @@ SUMMARY_KEYS = (
     "little_residual",
     "stable",
     "preemptions",
+    "goodput_rps",
+    "slo_attainment",
+    "slo_met",
     "seed",
 )
 
@@ -136,9 +141,14 @@ def _overlap_weights(
 
 
 def summarize(
-    run: SimRun, requests: pd.DataFrame, steps: pd.DataFrame, warmup: int, seed: int
+    run: SimRun,
+    requests: pd.DataFrame,
+    steps: pd.DataFrame,
+    warmup: int,
+    seed: int,
+    slo: SloSpec | None = None,
 ) -> dict[str, Any]:
-    """The summary dict (DESIGN.md keys plus diagnostics).
+    """The summary dict (DESIGN.md keys plus diagnostics, goodput and SLO attainment).
 
     Parameters
     ----------
@@ -150,6 +160,9 @@ def summarize(
         Requests excluded from statistics.
     seed
         Recorded in the summary.
+    slo
+        The scenario's SLOs (:mod:`sdsim.slo`: ``goodput_rps``, ``slo_met``, attainment and
+        margin per SLO); ``None``: none set.
     """
     n = len(requests)
     warmup = min(warmup, max(n - 1, 0))
@@ -212,6 +225,16 @@ def summarize(
     out["preemptions"] = int(requests["preemptions"].sum())
     out["preempted_requests"] = int((requests["preemptions"] > 0).sum())
     _engine_facts(run, steps, t0, t1, out)
+    out.update(
+        slo_stats(
+            slo_bounds(slo) if slo is not None else {},
+            done["e2e"].to_numpy(dtype=np.float64),
+            done["ttft"].to_numpy(dtype=np.float64),
+            done["tpot"].to_numpy(dtype=np.float64),
+            len(meas),
+            out,
+        )
+    )
     out["steps"] = len(steps)
     out["duration_s"] = float(run.end_time)
     out["seed"] = int(seed)

@@ -22,6 +22,7 @@ __all__ = [
     "ModelSpec",
     "eagle_head",
     "get_model",
+    "hf_registry_name",
     "load_hf_config",
     "model_from_hf_config",
     "model_names",
@@ -364,6 +365,35 @@ def load_hf_config(path: str | Path, field: str = "target") -> ModelSpec:
         return model_from_hf_config(cfg, name=label or "custom")
     except (ValueError, TypeError) as exc:
         raise ScenarioError(field, str(exc)) from None
+
+
+# Hugging Face repository names whose architecture is a registry entry under another name.
+_HF_ALIASES = {
+    # Llama 3.3 70B has Llama 3.1 70B's config.json (layers, heads, FFN, vocab, 128k context)
+    "llama-3.3-70b": "llama-3.1-70b",
+}
+# Suffixes of a repository name that do not change the architecture (tuning, packaging, a
+# quantisation whose precision the scenario sets with costs.dtype).
+_HF_SUFFIXES = ("-instruct", "-chat", "-hf", "-base", "-fp8-dynamic", "-fp8", "-w8a8", "-bf16")
+
+
+def hf_registry_name(repo_id: str) -> str | None:
+    """The registry name of a Hugging Face model (``meta-llama/Llama-3.1-8B-Instruct`` ->
+    ``llama-3.1-8b``), or ``None`` when the registry has no model of that architecture.
+
+    The organisation is dropped, the name lower-cased, instruction/packaging suffixes
+    (``-Instruct``, ``-FP8``, ...) and a ``Meta-`` prefix removed.
+    """
+    name = repo_id.strip().rstrip("/").rsplit("/", 1)[-1].lower()
+    changed = True
+    while changed:
+        changed = False
+        for suffix in _HF_SUFFIXES:
+            if name.endswith(suffix):
+                name, changed = name[: -len(suffix)], True
+    name = name.removeprefix("meta-")
+    name = _HF_ALIASES.get(name, name)
+    return name if name in MODELS else None
 
 
 def _looks_like_path(ref: str) -> bool:

@@ -1,8 +1,9 @@
-"""Figures from DataFrames: a metric against a swept field, heatmaps, speedup curves.
+"""Figures from DataFrames: a metric against a swept field, heatmaps, speedup curves, step times.
 
-Everything here takes tables (a sweep's summary or speedup table) and returns matplotlib
-``Figure`` objects built without pyplot, so no global backend or figure state is touched; saving
-uses the Agg canvas. :func:`plot_sweep` draws the standard figures of a sweep output directory.
+Everything here takes tables (a sweep's summary or speedup table, a step-time table) and returns
+matplotlib ``Figure`` objects built without pyplot, so no global backend or figure state is touched;
+saving uses the Agg canvas. :func:`plot_sweep` draws the standard figures of a sweep output
+directory.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ __all__ = [
     "heatmap_figure",
     "line_figure",
     "plot_sweep",
+    "step_time_figure",
 ]
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from sdsim.errors import ScenarioError
+from sdsim.sweep import load_sweep_dir, speedup_table, summarize_runs
 
 # Latency metrics are stored in seconds; plots show milliseconds below one second's scale.
 _SECONDS = ("e2e_", "ttft_", "tpot_", "queue_delay_")
@@ -252,8 +256,6 @@ def plot_sweep(
     list of Path
         Files written.
     """
-    from sdsim.sweep import load_sweep_dir, speedup_table, summarize_runs
-
     meta, runs = load_sweep_dir(out_dir)
     if len(runs) == 0:
         raise ScenarioError(str(out_dir), "the sweep has no finished runs yet")
@@ -362,3 +364,43 @@ def plot_sweep(
             written.append(hpath)
     (dest / "plots.json").write_text(json.dumps([p.name for p in written], indent=1) + "\n")
     return written
+
+
+def step_time_figure(
+    rows: Sequence[Mapping[str, Any]],
+    k: int,
+    prefill_ms: float,
+    prefill_tokens: int,
+    title: str = "",
+) -> Figure:
+    """Step time against the decode batch, without and with speculation (what `sdsim costs` draws).
+
+    Parameters
+    ----------
+    rows
+        One mapping per batch size with ``batch``, ``plain_ms`` (k = 0) and ``spec_ms`` (k = ``k``).
+    k
+        Draft length of ``spec_ms``.
+    prefill_ms, prefill_tokens
+        One prefill chunk's step time and size, drawn as a horizontal reference.
+    title
+        Figure title.
+
+    Returns
+    -------
+    Figure
+    """
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    bs = [r["batch"] for r in rows]
+    ax.plot(bs, [r["plain_ms"] for r in rows], "o-", label="k=0")
+    ax.plot(bs, [r["spec_ms"] for r in rows], "s-", label=f"k={k}")
+    ax.axhline(prefill_ms, ls="--", color="grey", label=f"prefill {prefill_tokens} tok")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("decoding requests in the step")
+    ax.set_ylabel("step time (ms)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -24,6 +24,7 @@ __all__ = [
     "RooflineKnobs",
     "Scenario",
     "ServerSpec",
+    "SloSpec",
     "SpecSpec",
     "UniformLength",
     "WorkloadSpec",
@@ -54,6 +55,9 @@ from pydantic import (
 )
 
 from sdsim.errors import ScenarioError, format_validation_error
+from sdsim.hardware import get_gpu
+from sdsim.memory import check_request_fits, kv_capacity
+from sdsim.models import resolve_model
 
 # Draft lengths beyond this are not a real configuration: acceptance probability to the 32nd power
 # is negligible for any drafter, and verify widths that large would be a prefill, not a decode step.
@@ -376,6 +380,32 @@ class HardwareSpec(_Frozen):
     vendor: str = "custom"
 
 
+# --------------------------------------------------------------------------- SLOs
+
+
+class SloSpec(_Frozen):
+    """Latency objectives, in seconds; unset ones do not apply.
+
+    Each field bounds the run statistic of the same name (``ttft_p99: 0.5``: the 99th
+    percentile of TTFT at most 0.5 s). The bound also applies to every request: a request meets
+    the SLOs when each latency that has an objective is within its bound, and ``goodput_rps``
+    counts those per second (:mod:`sdsim.slo`).
+    """
+
+    e2e_mean: float | None = Field(default=None, gt=0, le=1e6, description="mean e2e, s")
+    e2e_p50: float | None = Field(default=None, gt=0, le=1e6, description="median e2e, s")
+    e2e_p90: float | None = Field(default=None, gt=0, le=1e6, description="p90 e2e, s")
+    e2e_p99: float | None = Field(default=None, gt=0, le=1e6, description="p99 e2e, s")
+    ttft_mean: float | None = Field(default=None, gt=0, le=1e6, description="mean TTFT, s")
+    ttft_p50: float | None = Field(default=None, gt=0, le=1e6, description="median TTFT, s")
+    ttft_p90: float | None = Field(default=None, gt=0, le=1e6, description="p90 TTFT, s")
+    ttft_p99: float | None = Field(default=None, gt=0, le=1e6, description="p99 TTFT, s")
+    tpot_mean: float | None = Field(default=None, gt=0, le=1e6, description="mean TPOT, s")
+    tpot_p50: float | None = Field(default=None, gt=0, le=1e6, description="median TPOT, s")
+    tpot_p90: float | None = Field(default=None, gt=0, le=1e6, description="p90 TPOT, s")
+    tpot_p99: float | None = Field(default=None, gt=0, le=1e6, description="p99 TPOT, s")
+
+
 # --------------------------------------------------------------------------- workload
 
 
@@ -476,6 +506,7 @@ class Scenario(_Frozen):
     costs: CostsSpec = CostsSpec()
     workload: WorkloadSpec = WorkloadSpec()
     limits: LimitsSpec = LimitsSpec()
+    slo: SloSpec = SloSpec()
     warmup_requests: int = Field(default=100, ge=0)
     seed: int = Field(default=0, ge=0, lt=2**63)
 
@@ -624,9 +655,6 @@ def check_registry(scn: Scenario) -> None:
         ``config.json``, prompt + output tokens longer than the target's context, or a KV cache
         smaller than the shortest request the length laws can draw.
     """
-    from sdsim.hardware import get_gpu
-    from sdsim.models import resolve_model
-
     if isinstance(scn.hardware, str):
         get_gpu(scn.hardware, "hardware")
     target = resolve_model(scn.target, "target")
@@ -646,8 +674,6 @@ def check_registry(scn: Scenario) -> None:
     # KV capacity: weights that do not fit, or a cache smaller than the longest request, are
     # refused here, as a real engine refuses to start (lengths of traces and replayed reports are
     # checked when the simulation reads them).
-    from sdsim.memory import check_request_fits, kv_capacity
-
     cap = kv_capacity(scn)
     if wl.arrival not in ("trace", "replay") and wl.trace is None:
         check_request_fits(

@@ -45,10 +45,11 @@ from typing import Any
 import numpy as np
 import simpy
 
-from sdsim.costs.step import build_cost_model
+from sdsim.costs.build import build_cost_model
 from sdsim.engine.scheduler import Batch
 from sdsim.engine.server import Engine
 from sdsim.engine.state import RequestTable, StepColumns
+from sdsim.memory import kv_capacity
 from sdsim.rng import stream, stream_key
 from sdsim.scenario import BetaAlpha, Scenario
 from sdsim.workload import Workload
@@ -364,8 +365,6 @@ def create_app(
     max_waiting = scn.limits.max_waiting
     # a request the KV cache cannot hold would never finish: refuse it as vLLM does
     # (prompt + output - 1 cached tokens plus the k look-ahead slots)
-    from sdsim.memory import kv_capacity
-
     kv_tokens = kv_capacity(scn).tokens
     k_top = scn.spec.k if scn.spec.policy == "fixed" else max(scn.spec.k, scn.spec.k_max)
 

@@ -11,12 +11,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sdsim.costs.step import StepCostModel, build_cost_model
+from sdsim.costs.build import build_cost_model
+from sdsim.costs.step import StepCostModel
 from sdsim.engine.server import StepHook, run_simulation
 from sdsim.engine.state import STEP_FIELDS
 from sdsim.errors import ScenarioError
 from sdsim.metrics import REQUEST_FIELDS, build_requests_frame, build_steps_frame, summarize
 from sdsim.scenario import Scenario
+from sdsim.streaming import RunningSummary
 from sdsim.workload import generate_workload
 
 # Columns of SimResult.requests (an empty frame with them when records are not kept).
@@ -102,9 +104,7 @@ def simulate(
     cost = cost_model if cost_model is not None else build_cost_model(scenario)
     wl = generate_workload(scenario, s)
     if not keep_records:
-        from sdsim.streaming import RunningSummary
-
-        acc = RunningSummary(wl.arrival, scenario.warmup_requests)
+        acc = RunningSummary(wl.arrival, scenario.warmup_requests, slo=scenario.slo)
         run = run_simulation(
             scenario,
             wl,
@@ -128,5 +128,5 @@ def simulate(
     )
     requests = build_requests_frame(run, scenario.warmup_requests)
     steps = build_steps_frame(run)
-    summary = summarize(run, requests, steps, scenario.warmup_requests, s)
+    summary = summarize(run, requests, steps, scenario.warmup_requests, s, scenario.slo)
     return SimResult(requests=requests, steps=steps, summary=summary, scenario=scenario)

@@ -52,7 +52,7 @@ __all__ = [
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -446,6 +446,10 @@ class SteadyState:
         Every replication ran to completion without a saturation stop or a growing queue.
     target_met
         Every statistic of :data:`TARGET_STATISTICS` reached the target half-width.
+    attainment
+        With SLO bounds: the fraction of retained requests within each (``"e2e_p99"`` ...:
+        the request's metric at most the bound; a request without a TPOT meets a TPOT bound)
+        and within all (``"all"``), batch-means intervals.
     """
 
     estimates: dict[str, Estimate]
@@ -455,6 +459,7 @@ class SteadyState:
     settled: bool
     stable: bool
     target_met: bool
+    attainment: dict[str, Estimate] = field(default_factory=dict)
 
     @property
     def requests(self) -> int:
@@ -509,8 +514,10 @@ class Sequential:
         initial: int = DEFAULT_INITIAL,
         max_requests: int = DEFAULT_MAX_REQUESTS,
         reps: int = 2,
+        slo: Mapping[str, float] | None = None,
     ) -> None:
         self.data, self.seed, self.target = data, int(seed), float(target)
+        self.slo = dict(slo or {})
         self.initial, self.max_requests, self.reps = int(initial), int(max_requests), int(reps)
         self.runs: list[dict[str, object]] = []
         self.cuts: list[Truncation] = []
@@ -548,6 +555,17 @@ class Sequential:
             for m in METRICS
         }
         est = run_estimates(series)
+        attain: dict[str, Estimate] = {}
+        if self.slo:
+            within = {
+                k: [np.where(np.isnan(x), k.startswith("tpot"), x <= b)
+                    for x in series[k.split("_")[0]]]
+                for k, b in self.slo.items()
+            }  # fmt: skip
+            for k, ind in within.items():
+                attain[k] = mean_estimate([i.astype(np.float64) for i in ind])
+            both = [np.logical_and.reduce(parts) for parts in zip(*within.values(), strict=True)]
+            attain["all"] = mean_estimate([b.astype(np.float64) for b in both])
         st = SteadyState(
             est,
             [int(r["seed"]) for r in self.runs],  # type: ignore[call-overload]
@@ -556,6 +574,7 @@ class Sequential:
             all(c.settled for c in self.cuts),
             all(bool(r["stable"]) for r in self.runs),
             False,
+            attain,
         )
         st.target_met = st.worst_half_width() <= self.target
         return st

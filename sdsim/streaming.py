@@ -28,6 +28,8 @@ import numpy as np
 import numpy.typing as npt
 
 from sdsim.metrics import UNSTABLE_GROWTH_FRACTION
+from sdsim.scenario import SloSpec
+from sdsim.slo import SloCounter, slo_bounds
 
 _GRID = 64
 _FINE = 4096
@@ -139,9 +141,17 @@ class RunningSummary:
         Requests excluded from latency statistics (by arrival order).
     accuracy
         Relative accuracy of the quantile sketches.
+    slo
+        The scenario's SLOs (goodput and attainment, :mod:`sdsim.slo`).
     """
 
-    def __init__(self, arrival: npt.NDArray[np.float64], warmup: int, accuracy: float = 0.005):
+    def __init__(
+        self,
+        arrival: npt.NDArray[np.float64],
+        warmup: int,
+        accuracy: float = 0.005,
+        slo: SloSpec | None = None,
+    ):
         n = int(arrival.shape[0])
         self.n = n
         self.warmup = min(warmup, max(n - 1, 0))
@@ -149,6 +159,7 @@ class RunningSummary:
         self.t_last = float(arrival[-1]) if n else 0.0
         self.arrival = arrival
         self.metrics = {m: _Moments(accuracy) for m in ("e2e", "ttft", "tpot")}
+        self.slo = SloCounter(slo_bounds(slo) if slo is not None else {})
         self.completed = 0
         self.measured = 0
         self.finished_in_window = 0
@@ -214,6 +225,7 @@ class RunningSummary:
         with np.errstate(divide="ignore", invalid="ignore"):
             tpot = np.where(out > 1, (fm - ft) / (out - 1), np.nan)
         self.metrics["tpot"].add(tpot)
+        self.slo.add(fm - am, ft - am, tpot)
         qd = np.asarray(r["first_scheduled"], dtype=np.float64)[meas] - am
         qd = qd[~np.isnan(qd)]
         self.queue_delay_sum += float(qd.sum())
@@ -322,6 +334,7 @@ class RunningSummary:
             out["kv_util_mean"] = float(self.kv_w / (span * total * replicas))
         else:
             out["kv_util_mean"] = math.nan
+        out.update(self.slo.stats(self.n - self.warmup, out))
         out["steps"] = self.n_steps
         out["duration_s"] = float(end_time)
         out["seed"] = int(seed)

@@ -61,6 +61,9 @@ def _interval(m: str, ok: pd.DataFrame, confidence: float) -> tuple[float, float
     if vals.size < 2:
         return mean, math.nan, math.nan
     se = float(vals.std(ddof=1)) / math.sqrt(vals.size)
+    if m.startswith("slo_attainment"):  # a fraction: the t-interval, kept inside [0, 1]
+        _, lo, hi = t_confidence_interval(vals, confidence)
+        return mean, max(lo, 0.0), min(hi, 1.0)
     if np.all(vals > 0):
         lo, hi = log_t_interval(mean, se, int(vals.size) - 1, confidence)
         return mean, lo, hi

@@ -7,7 +7,7 @@ requests (common random numbers).
 
 from __future__ import annotations
 
-__all__ = ["Workload", "generate_workload", "read_trace", "sample_lengths"]
+__all__ = ["Workload", "generate_workload", "read_trace", "replay_frame", "sample_lengths"]
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from sdsim.errors import ScenarioError
+from sdsim.report_formats import load_report
 from sdsim.rng import stream
 from sdsim.scenario import (
     BetaAlpha,
@@ -217,6 +218,51 @@ def _mmpp_arrivals(
     return np.concatenate(out)[:n]
 
 
+def replay_frame(report: str | Path, benchmark: int | str | None = None) -> pd.DataFrame:
+    """Arrival times and lengths of one benchmark, ready for the engine.
+
+    Parameters
+    ----------
+    report
+        GuideLLM or vLLM report file.
+    benchmark
+        0-based index or ``benchmark_id``; ``None`` is the first benchmark.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``arrival`` (the request's ``start`` in the report, s), ``prompt_tokens``,
+        ``output_tokens``, sorted by arrival.
+
+    Raises
+    ------
+    ScenarioError
+        Unknown benchmark, no per-request start times, or lengths below one token.
+    """
+    rep = load_report(report)
+    i = rep.resolve(benchmark, field="workload.benchmark")
+    df = rep.benchmark_requests(i)
+    if df.empty:
+        raise ScenarioError("workload.benchmark", f"benchmark {i} has no per-request records")
+    start = df["start"].to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(start)):
+        raise ScenarioError(
+            "workload.report",
+            f"benchmark {i} has no per-request start times (vLLM: save with --save-detailed "
+            "from a version that writes start_times); it cannot be replayed",
+        )
+    for c in ("prompt_tokens", "output_tokens"):
+        if (df[c] < 1).any():
+            raise ScenarioError("workload.report", f"benchmark {i}: some {c} are below 1")
+    return pd.DataFrame(
+        {
+            "arrival": start,
+            "prompt_tokens": df["prompt_tokens"].to_numpy(dtype=np.int64),
+            "output_tokens": df["output_tokens"].to_numpy(dtype=np.int64),
+        }
+    )
+
+
 def generate_workload(scn: Scenario, seed: int | None = None) -> Workload:
     """Generate the requests of a scenario.
 
@@ -235,8 +281,6 @@ def generate_workload(scn: Scenario, seed: int | None = None) -> Workload:
     s = scn.seed if seed is None else int(seed)
     w = scn.workload
     if w.arrival == "replay":
-        from sdsim.reports.replay import replay_frame  # lazy: report parsing is not always needed
-
         assert w.report is not None
         df = replay_frame(w.report, w.benchmark)
         if w.num_requests < len(df):

@@ -14,7 +14,6 @@ import pytest
 from sdsim import simulate
 from sdsim.acceptance import steps_to_finish_moments
 from sdsim.analytic import predict
-from sdsim.analytic.coefficients import derive_coefficients
 from sdsim.analytic.fitting import _sd_model, fit_measurements, mean_steps
 from sdsim.analytic.gps import birth_death, negative_binomial_law
 from sdsim.analytic.meanfield import (
@@ -23,6 +22,7 @@ from sdsim.analytic.meanfield import (
     speedup,
 )
 from sdsim.analytic.moe import expert_fraction, moe_mean_latency
+from sdsim.analytic.operating import derive_coefficients
 from sdsim.analytic.work import discretize_length, request_work
 from sdsim.cli import main
 from sdsim.errors import ScenarioError

@@ -19,7 +19,8 @@ from sdsim.analytic.operating import (
 from sdsim.analytic.prediction import capacity
 from sdsim.analytic.validation import validate
 from sdsim.analytic.work import request_work
-from sdsim.costs.step import StepShape, build_cost_model
+from sdsim.costs.build import build_cost_model
+from sdsim.costs.step import StepShape
 from sdsim.metrics import t_confidence_interval
 from tests.conftest import small
 

@@ -330,7 +330,7 @@ def command(cmd: str, tmp: Path, over: dict[str, Any]) -> tuple[list[str], Calla
     """argv of the CLI command and the library call it makes."""
     from sdsim.analytic import predict
     from sdsim.analytic.validation import validate
-    from sdsim.costs.step import build_cost_model
+    from sdsim.costs.build import build_cost_model
     from sdsim.sweep import load_sweep, plan_sweep
 
     if cmd == "sweep":

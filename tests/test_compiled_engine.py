@@ -19,7 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sdsim import simulate
-from sdsim.costs.step import StepShape, build_cost_model
+from sdsim.costs.build import build_cost_model
+from sdsim.costs.step import StepShape
 from sdsim.engine.compiled import DecodeCostTable
 from sdsim.engine.server import run_simulation
 from sdsim.engine.state import IdQueue

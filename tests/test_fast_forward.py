@@ -12,7 +12,8 @@ import simpy
 
 import sdsim.engine.tape as tape_mod
 from sdsim import simulate
-from sdsim.costs.step import StepShape, build_cost_model, decode_step_times
+from sdsim.costs.build import build_cost_model
+from sdsim.costs.step import StepShape, decode_step_times
 from sdsim.engine.server import _timeout_at, run_simulation
 from sdsim.workload import generate_workload
 from tests.conftest import small

@@ -10,11 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sdsim import simulate
-from sdsim.engine.kvcache import KVCache, derive_num_gpu_blocks, kv_bytes_per_token
+from sdsim.engine.kvcache import KVCache
 from sdsim.engine.scheduler import Batch, form_batch
 from sdsim.engine.server import Engine
 from sdsim.engine.state import RequestTable
 from sdsim.errors import ScenarioError
+from sdsim.memory import derive_num_gpu_blocks, kv_bytes_per_token
 from sdsim.rng import counter_base, counter_uniform, counter_uniform_from_base
 from sdsim.workload import Workload
 from tests.conftest import small

@@ -89,3 +89,26 @@ def test_predict_grid_rows_equal_predict(quantiles: bool) -> None:
         # pandas stores a missing reason (None) as NaN in an object column
         om = row["outside_model"]
         assert (om if isinstance(om, str) else None) == p.outside_model
+
+
+def test_predict_grid_keeps_the_scenario_acceptance_law() -> None:
+    """``alphas=None``: every row is predict() with the scenario's own acceptance law (here per
+    position, which a constant alpha cannot express), bit for bit."""
+    scn = sdsim.load_scenario(
+        ROOT / "scenarios/default.yaml", {"acceptance.alpha": [0.9, 0.8, 0.6, 0.4, 0.3]}
+    )
+    rates = [10.0, 25.0]
+    df = sdsim.predict_grid(scn, rates, [3, 5])
+    assert list(df[["rate", "k"]].itertuples(index=False, name=None)) == [
+        (r, k) for r in rates for k in (3, 5)
+    ]
+    assert (df["alpha"] == scn.acceptance.mean_alpha).all()
+    for row in df.to_dict("records"):
+        s = scn.with_overrides({"workload.rate": row["rate"], "spec.k": row["k"]})
+        p = sdsim.predict(s, rates=[], k_values=[row["k"]])
+        for key in ("e2e_mean", "e2e_p99", "ttft_p99", "tpot_mean", "batch_mean"):
+            assert row[key] == p.summary[key], key
+        assert row["speedup"] == p.speedup
+    # the law matters: a constant alpha at the same mean gives other latencies
+    flat = sdsim.predict_grid(scn, rates, [3], [scn.acceptance.mean_alpha])
+    assert flat["e2e_mean"].tolist() != df[df["k"] == 3]["e2e_mean"].tolist()

@@ -282,3 +282,12 @@ def test_cli_costs_table_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[
     with pytest.raises(SystemExit) as exc:
         main(["costs", str(ROOT / "scenarios/default.yaml"), "--set", "hardware=h900"])
     assert exc.value.code == 2
+
+
+def test_cli_costs_json_and_plot_together(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    png = tmp_path / "costs.png"
+    main(["costs", str(ROOT / "scenarios/default.yaml"), "--json", "--plot", str(png)])
+    assert json.loads(capsys.readouterr().out)["rows"]  # stdout stays pure JSON
+    assert png.stat().st_size > 1000

@@ -64,7 +64,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sdsim import simulate
-from sdsim.costs.step import build_cost_model
+from sdsim.costs.build import build_cost_model
 from sdsim.engine.scheduler import Batch
 from sdsim.engine.server import Engine, run_simulation
 from sdsim.scenario import Scenario

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from sdsim import simulate
-from sdsim.costs.step import build_cost_model
+from sdsim.costs.build import build_cost_model
 from sdsim.engine.router import Router
 from sdsim.engine.scheduler import Batch
 from sdsim.engine.server import Engine, run_simulation

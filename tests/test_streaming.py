@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from sdsim import simulate
-from sdsim.costs.step import build_cost_model
+from sdsim.costs.build import build_cost_model
 from sdsim.engine.server import run_simulation
 from sdsim.streaming import LogHistogram, RunningSummary
 from sdsim.workload import generate_workload

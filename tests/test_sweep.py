@@ -401,9 +401,9 @@ def test_with_analytic_puts_predictions_beside_simulated_values(
             raise ValueError("unstable")
         return types.SimpleNamespace(summary={"e2e_mean": 1.0 + scenario.spec.k, "ttft_mean": 0.5})
 
-    import sdsim
+    from sdsim.analytic import prediction
 
-    monkeypatch.setattr(sdsim, "predict", predict, raising=False)
+    monkeypatch.setattr(prediction, "predict", predict)
     sweep = {"grid": {"spec.k": [0, 2, 3]}, "replications": 2, "metrics": ["e2e_mean", "e2e_p99"]}
     plan = plan_of(write_sweep(tmp_path, sweep))
     res = run_sweep(plan, tmp_path / "o", workers=1, with_analytic=True)

@@ -41,7 +41,6 @@ from __future__ import annotations
 __all__ = [
     "Coefficients",
     "concurrency_cap",
-    "derive_coefficients",
     "prefill_alone",
     "tangent_coefficients",
 ]
@@ -299,34 +298,3 @@ def tangent_coefficients(
         linearization=f"tangent at mean decode batch {n_op:.1f}",
         n_op=n_op,
     )
-
-
-def derive_coefficients(
-    scn: Scenario,
-    k: int | None = None,
-    work: RequestWork | None = None,
-    rate: float | None = None,
-) -> Coefficients:
-    """Derive the stage coefficients from the scenario's StepCostModel (no simulation).
-
-    Parameters
-    ----------
-    scn
-        Scenario; its ``costs`` block chooses the StepCostModel via ``build_cost_model``.
-    k
-        Draft length; defaults to ``scn.spec.k``.
-    work
-        Precomputed :func:`~sdsim.analytic.work.request_work` for this k (saves time).
-    rate
-        Arrival rate per replica of the operating point the lines are the tangent at; default
-        the scenario's rate split over its replicas.
-
-    Returns
-    -------
-    Coefficients
-    """
-    from sdsim.analytic.operating import operating_point
-
-    kk = scn.spec.k if k is None else int(k)
-    lam = scn.workload.rate / scn.server.replicas if rate is None else float(rate)
-    return operating_point(scn, kk, lam, work=work).coefficients

@@ -16,10 +16,17 @@ e2e_mean`` (``ttft_mean``, ``tpot_mean`` optional and carried along).
 
 from __future__ import annotations
 
-__all__ = ["REQUIRED_COLUMNS", "FitResult", "fit_measurements", "mean_steps"]
+__all__ = [
+    "REQUIRED_COLUMNS",
+    "FitResult",
+    "fit_measurements",
+    "mean_steps",
+    "read_measurements",
+]
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -81,6 +88,22 @@ class FitResult:
             if self.n
             else math.nan,
         }
+
+
+def read_measurements(path: str | Path) -> pd.DataFrame:
+    """A measurements table (CSV with the :data:`REQUIRED_COLUMNS`) as read from ``path``.
+
+    Raises
+    ------
+    ScenarioError
+        A missing file or one that is not CSV, named by its path.
+    """
+    if not Path(path).exists():
+        raise ScenarioError(str(path), "measurements file not found")
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ScenarioError(str(path), f"cannot parse CSV: {exc.__class__.__name__}") from None
 
 
 def mean_steps(

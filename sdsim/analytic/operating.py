@@ -24,6 +24,7 @@ from __future__ import annotations
 __all__ = [
     "OperatingPoint",
     "chunk_laws",
+    "derive_coefficients",
     "dispersion",
     "gps_law_from_curve",
     "kv_blocks_per_request",
@@ -52,7 +53,9 @@ from sdsim.analytic.coefficients import (
 from sdsim.analytic.gps import BirthDeath, birth_death, modulated_birth_death, noisy
 from sdsim.analytic.stepcurve import LocalSteps, StepCurve, build_step_curve, mean_context
 from sdsim.analytic.work import RequestWork, discretize_length, request_work
-from sdsim.costs.step import StepCostModel, build_cost_model
+from sdsim.costs.build import build_cost_model
+from sdsim.costs.step import StepCostModel
+from sdsim.memory import num_gpu_blocks
 from sdsim.scenario import Scenario
 
 FloatArray = npt.NDArray[np.float64]
@@ -430,9 +433,7 @@ def kv_saturation_rate(
 
     ``inf`` for an unlimited cache or when the demand stays below capacity up to ``gpu_rate``.
     """
-    from sdsim.memory import num_gpu_blocks  # the engine's capacity: given, derived or unlimited
-
-    cap = num_gpu_blocks(scn)
+    cap = num_gpu_blocks(scn)  # the engine's capacity: given, derived or unlimited
     if cap is None:
         return math.inf
     blocks = kv_blocks_per_request(scn, curve)
@@ -585,3 +586,32 @@ def local_steps(op: OperatingPoint, rate: float | None = None) -> LocalSteps:
     lam = min(lam, _prefill_limit(c) * (1 - 1e-9))
     ((pq, _),) = chunk_laws(c, op.work, [(max(lam, 1e-12), op.law.stable and rate is None)])
     return LocalSteps(pq, c.mixed, c.prompt_shift, c.prompt_w, frac, c.chunk_cap)
+
+
+def derive_coefficients(
+    scn: Scenario,
+    k: int | None = None,
+    work: RequestWork | None = None,
+    rate: float | None = None,
+) -> Coefficients:
+    """Derive the stage coefficients from the scenario's StepCostModel (no simulation).
+
+    Parameters
+    ----------
+    scn
+        Scenario; its ``costs`` block chooses the StepCostModel via ``build_cost_model``.
+    k
+        Draft length; defaults to ``scn.spec.k``.
+    work
+        Precomputed :func:`~sdsim.analytic.work.request_work` for this k (saves time).
+    rate
+        Arrival rate per replica of the operating point the lines are the tangent at; default
+        the scenario's rate split over its replicas.
+
+    Returns
+    -------
+    Coefficients
+    """
+    kk = scn.spec.k if k is None else int(k)
+    lam = scn.workload.rate / scn.server.replicas if rate is None else float(rate)
+    return operating_point(scn, kk, lam, work=work).coefficients

@@ -28,6 +28,7 @@ What the engine does beyond one replica with a fixed k is mapped as follows:
 from __future__ import annotations
 
 __all__ = [
+    "LoadPredictor",
     "Prediction",
     "adaptive_k",
     "capacity",
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -72,9 +73,12 @@ from sdsim.analytic.operating import (
 from sdsim.analytic.stepcurve import StepCurve
 from sdsim.analytic.tails import latency_distribution
 from sdsim.analytic.work import RequestWork, request_work
-from sdsim.costs.step import StepCostModel, build_cost_model
+from sdsim.costs.build import build_cost_model
+from sdsim.costs.step import StepCostModel
 from sdsim.errors import ScenarioError
+from sdsim.memory import num_gpu_blocks
 from sdsim.scenario import BetaAlpha, Scenario
+from sdsim.slo import slo_bounds, slo_stats_from_laws
 
 # P(KV demand > capacity) above which a prediction is marked outside the model: preemption then
 # happens often enough to move TTFT (kv-pressure.yaml at 80% of its KV limit, P = 0.6%: TTFT p99
@@ -388,6 +392,54 @@ def predict(
     return _predict(scenario, rates, k_values, quantiles, _Shared(build_cost_model(scenario)))
 
 
+def _shifted_cdfs(
+    laws: dict[str, LatencyLaw], api: float
+) -> dict[str, Callable[[float], float]]:
+    """Each law's CDF as a function of the reported latency (the API delay is added to e2e and
+    TTFT after the laws)."""
+
+    def one(law: LatencyLaw, shift: float) -> Callable[[float], float]:
+        return lambda x: float(law.cdf(np.asarray([x - shift]))[0])
+
+    return {m: one(law, api if m in ("e2e", "ttft") else 0.0) for m, law in laws.items()}
+
+
+class LoadPredictor:
+    """:func:`predict` of one scenario at many loads (rate, replicas), sharing what does not
+    depend on the load: the cost model, the work law, the step curve and the saturation rates.
+
+    The speedup over k = 0 is not computed (``speedup`` and ``break_even_rate`` are NaN,
+    ``best_k`` is empty); everything else equals ``predict(scenario.with_overrides(
+    {"workload.rate": rate, "server.replicas": replicas}), rates=[], k_values=[k])``.
+
+    Parameters
+    ----------
+    scenario
+        The scenario whose load varies (rate-driven arrivals).
+    """
+
+    def __init__(self, scenario: Scenario) -> None:
+        _check_rate_driven(scenario)
+        self.scenario = scenario
+        self._shared = _Shared(build_cost_model(scenario))
+
+    def __call__(self, rate: float, replicas: int, *, quantiles: bool = True) -> Prediction:
+        """The prediction at ``rate`` req/s over ``replicas`` replicas (both validated as the
+        scenario fields ``workload.rate`` and ``server.replicas``)."""
+        base = self.scenario
+        if not (0 < rate <= 1e6) or not math.isfinite(rate):
+            raise ScenarioError("workload.rate", f"must be in (0, 1e6], got {rate}")
+        if not 1 <= int(replicas) <= 4096:
+            raise ScenarioError("server.replicas", f"must be in [1, 4096], got {replicas}")
+        scn = base.model_copy(
+            update={
+                "workload": base.workload.model_copy(update={"rate": float(rate)}),
+                "server": base.server.model_copy(update={"replicas": int(replicas)}),
+            }
+        )
+        return _predict(scn, [], [], quantiles, self._shared, baseline=False)
+
+
 def _check_rate_driven(scn: Scenario) -> None:
     if scn.workload.arrival in ("trace", "replay"):
         raise ScenarioError(
@@ -401,8 +453,10 @@ def _predict(
     k_values: Sequence[int] | None,
     quantiles: bool,
     shared: _Shared,
+    baseline: bool = True,
 ) -> Prediction:
-    """:func:`predict` with the rate-independent pieces taken from (and added to) ``shared``."""
+    """:func:`predict` with the rate-independent pieces taken from (and added to) ``shared``;
+    ``baseline=False`` skips the k = 0 point the speedup compares with (speedup NaN)."""
     model = shared.model
     reps = scn.server.replicas
     lam = scn.workload.rate / reps  # every router gives each replica rate / replicas on average
@@ -484,10 +538,9 @@ def _predict(
     summary["kv_demand_mean"] = summary["batch_mean"] * blocks
     outside: str | None = None
     summary["p_kv_full"] = 0.0
-    from sdsim.memory import num_gpu_blocks  # the engine's capacity: given, derived or unlimited
-
     speculating = scn.spec.k > 0 or scn.spec.policy == "adaptive"  # (as memory.kv_capacity)
     if speculating not in shared.kv_caps:
+        # the engine's capacity: given, derived or unlimited
         shared.kv_caps[speculating] = num_gpu_blocks(scn)
     kv_cap = shared.kv_caps[speculating]
     if kv_cap is not None:
@@ -517,16 +570,19 @@ def _predict(
     if arrivals is not None:
         outside = arrivals if outside is None else f"{outside}; {arrivals}"
 
-    if k > 0:
+    summary.update(slo_stats_from_laws(slo_bounds(scn.slo), _shifted_cdfs(laws, api), summary))
+
+    if k > 0 and baseline:
         op0 = op_for(0, lam)
         co0 = op0.coefficients
         c1r = co.c1 / co0.c1
         c2r = co.c2 / co0.c2
         sp = float(speedup(c1r, c2r, lam * co0.c2)) if lam * co0.c2 < 1 else math.nan
         be = break_even_rate(c1r, c2r, co0.c2) * reps
+    elif k > 0:
+        sp, be = math.nan, math.nan
     else:
         sp, be = 1.0, math.nan
-        op0 = op
 
     ks = sorted(set(k_values) if k_values is not None else {*range(_k_search_max(scn) + 1), k})
     if rates is None:
@@ -563,7 +619,7 @@ def predict_grid(
     scenario: Scenario,
     rates: Sequence[float],
     ks: Sequence[int],
-    alphas: Sequence[float],
+    alphas: Sequence[float] | None = None,
     *,
     quantiles: bool = True,
 ) -> pd.DataFrame:
@@ -585,15 +641,17 @@ def predict_grid(
     ks
         Draft lengths.
     alphas
-        Constant per-token acceptance probabilities.
+        Constant per-token acceptance probabilities; ``None`` keeps the scenario's own acceptance
+        law (constant, per position or per-request beta) at every point.
     quantiles
         Compute the tail model (p50/p90/p99); False gives means only, about 100x faster.
 
     Returns
     -------
     pandas.DataFrame
-        One row per point, ordered rate-major then k then alpha: ``rate``, ``k``, ``alpha``,
-        the prediction's summary keys, ``saturation_rate``, ``speedup``, ``outside_model``.
+        One row per point, ordered rate-major then k then alpha: ``rate``, ``k``, ``alpha``
+        (the law's mean when ``alphas`` is ``None``), the prediction's summary keys,
+        ``saturation_rate``, ``speedup``, ``outside_model``.
     """
     import pandas as pd
 
@@ -605,9 +663,13 @@ def predict_grid(
     # different blocks), the same fields as with_overrides of all three would give
     workloads = [scenario.with_overrides({"workload.rate": float(r)}).workload for r in rates]
     # (k, alpha) outermost so one curve serves every rate; rows are put back in grid order
+    laws: list[float | None] = [None] if alphas is None else [float(a) for a in alphas]
     for ik, k in enumerate(ks):
-        for ia, a in enumerate(alphas):
-            base = scenario.with_overrides({"spec.k": int(k), "acceptance.alpha": float(a)})
+        for ia, a in enumerate(laws):
+            over: dict[str, Any] = {"spec.k": int(k)}
+            if a is not None:
+                over["acceptance.alpha"] = a
+            base = scenario.with_overrides(over)
             if base.spec.policy == "fixed" and base.workload.arrival not in ("trace", "replay"):
                 _prime(base, int(k), shared, rates)
                 if int(k) > 0:
@@ -618,7 +680,7 @@ def predict_grid(
                 rows[(ir, ik, ia)] = {
                     "rate": float(r),
                     "k": int(k),
-                    "alpha": float(a),
+                    "alpha": base.acceptance.mean_alpha if a is None else a,
                     **p.summary,
                     "saturation_rate": p.saturation_rate,
                     "speedup": p.speedup,

@@ -36,6 +36,7 @@ import pandas as pd
 from sdsim.analytic.prediction import Prediction, predict
 from sdsim.errors import ScenarioError
 from sdsim.scenario import Scenario
+from sdsim.slo import slo_bounds
 from sdsim.steadystate import (
     DEFAULT_INITIAL,
     DEFAULT_MAX_REQUESTS,
@@ -78,7 +79,9 @@ class ValidationReport:
         sim, ci_low, ci_high, rel_error, err_low, err_high, ci_half_width, tolerance, verdict``
         (``holds`` / ``fails`` / :data:`TOO_WIDE`), ``holds`` (bool), ``requests`` (simulated
         at that rate), ``seeds`` and ``deleted`` (the replications' run seeds and warm-up cuts,
-        space separated, so any row can be re-simulated exactly).
+        space separated, so any row can be re-simulated exactly). With SLOs in the scenario,
+        rows ``goodput``/``rps`` and ``slo``/``attainment_<SLO>`` too (reported, not judged:
+        ``verdict`` and ``holds`` empty).
     verdicts
         One row per rate: ``rate, fraction, verdict`` (``holds`` / ``breaks`` /
         :data:`TOO_WIDE`), ``holds``, ``failing``, ``undecided``, ``reason``, ``p_wait``,
@@ -182,6 +185,26 @@ def _rows(
                 bad.append((m, stat, rel))
             elif verdict == TOO_WIDE:
                 undecided.append(f"{key} {rel:+.1%} (CI ±{est.rel_half_width:.1%})")
+    # goodput and attainment per SLO (when the scenario has SLOs): reported beside the
+    # latencies, not judged (they follow from the latency laws the rows above judge)
+    for key, est in st.attainment.items():
+        if key == "all":
+            scale, metric, stat, pkey = r, "goodput", "rps", "goodput_rps"
+        else:
+            scale, metric, stat, pkey = 1.0, "slo", f"attainment_{key}", f"slo_attainment_{key}"
+        ana = float(pred.summary.get(pkey, math.nan))
+        sim = est.value * scale
+        rows.append(
+            {
+                "rate": r, "fraction": r / sat, "metric": metric, "statistic": stat,
+                "analytic": ana, "sim": sim, "ci_low": est.low * scale,
+                "ci_high": est.high * scale, "rel_error": ana / sim - 1.0 if sim else math.nan,
+                "err_low": math.nan, "err_high": math.nan, "ci_half_width": est.rel_half_width,
+                "tolerance": math.nan, "verdict": "", "holds": None, "requests": st.requests,
+                "seeds": " ".join(str(x) for x in st.seeds),
+                "deleted": " ".join(str(x) for x in st.deleted),
+            }
+        )  # fmt: skip
     frac = r / sat
     broken = bool(bad) or bool(pred.outside_model) or not st.stable
     verdict = "breaks" if broken else (TOO_WIDE if undecided else "holds")
@@ -249,6 +272,7 @@ def validate_many(
                 initial=initial,
                 max_requests=max_requests,
                 reps=reps,
+                slo=slo_bounds(scn.slo),
             )
             for r in rs
         ]

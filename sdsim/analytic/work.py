@@ -20,7 +20,11 @@ import numpy as np
 import numpy.typing as npt
 from scipy import stats
 
-from sdsim.acceptance import steps_to_finish_moments, steps_to_finish_table
+from sdsim.acceptance import (
+    expected_tokens_per_step,
+    steps_to_finish_moments,
+    steps_to_finish_table,
+)
 from sdsim.scenario import (
     BetaAlpha,
     EmpiricalLength,
@@ -232,8 +236,6 @@ def request_work(scn: Scenario, k: int | None = None) -> RequestWork:
     -------
     RequestWork
     """
-    from sdsim.acceptance import expected_tokens_per_step
-
     kk = scn.spec.k if k is None else int(k)
     g, pg = discretize_length(scn.workload.output_tokens)
     ns = g - 1

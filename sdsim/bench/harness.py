@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-import sdsim
+from sdsim._version import __version__
 from sdsim.costs.profile import FORMAT, ProfileBundle
 from sdsim.models import ModelSpec
 
@@ -226,7 +226,7 @@ def run_bench(
         "backend": backend.name,
         "dtype": backend.dtype,
         "versions": {
-            "sdsim": sdsim.__version__,
+            "sdsim": __version__,
             "python": platform.python_version(),
             "numpy": np.__version__,
             **backend.versions(),

@@ -15,8 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 from sdsim.bench.harness import gemm_shape
+from sdsim.bench.numpy_backend import _cpu_name
 from sdsim.errors import ScenarioError
 from sdsim.models import ModelSpec
+from sdsim.rng import stream
 
 
 def torch_available() -> bool:
@@ -63,8 +65,6 @@ class TorchBackend:
             raise ScenarioError("--dtype", f"unknown dtype {dtype!r}; use {sorted(set(_DTYPES))}")
         self.dtype = _DTYPES[dtype]
         self.tdtype = getattr(torch, self.dtype)
-        from sdsim.rng import stream
-
         self.gen = torch.Generator(device=self.dev)
         self.gen.manual_seed(int(stream(seed, "bench").integers(0, 2**62)))
         self._weights: dict[tuple[int, int], Any] = {}
@@ -78,8 +78,6 @@ class TorchBackend:
         """GPU name, or the CPU."""
         if self.cuda:
             return f"cuda: {self.torch.cuda.get_device_name(self.dev)}"
-        from sdsim.bench.numpy_backend import _cpu_name
-
         return f"cpu: {_cpu_name()} (torch, {self.torch.get_num_threads()} threads)"
 
     def versions(self) -> dict[str, str]:

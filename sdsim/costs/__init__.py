@@ -1,5 +1,6 @@
 """Step-cost models: what one engine step costs (linear, roofline, measured profiles)."""
 
+from sdsim.costs.build import build_cost_model
 from sdsim.costs.step import (
     LinearCoefficients,
     LinearStepCost,
@@ -7,7 +8,6 @@ from sdsim.costs.step import (
     StepShape,
     StepTime,
     StepTimes,
-    build_cost_model,
     step_times,
 )
 

@@ -1,27 +1,19 @@
-"""Build the kernel-derived StepCostModel (roofline or profile) a scenario asks for."""
+"""Build the StepCostModel a scenario asks for: linear, roofline or a measured profile."""
 
 from __future__ import annotations
 
-__all__ = ["build_kernel_cost", "efficiency_of", "gpu_of", "roofline_ops"]
+__all__ = ["build_cost_model", "build_kernel_cost", "efficiency_of", "roofline_ops"]
 
 from dataclasses import replace
 
 from sdsim.costs.kernel import KernelStepCost
+from sdsim.costs.profile import ProfileOps, read_bundle
 from sdsim.costs.roofline import DEFAULT_EFFICIENCY, Efficiency, RooflineOps
-from sdsim.costs.step import DEFAULT_OVERHEAD_S
+from sdsim.costs.step import DEFAULT_OVERHEAD_S, LinearStepCost, StepCostModel
 from sdsim.errors import ScenarioError
-from sdsim.hardware import GPUSpec, get_gpu
+from sdsim.memory import gpu_of
 from sdsim.models import ModelSpec, resolve_drafter, resolve_model
-from sdsim.scenario import HardwareSpec, Scenario
-
-
-def gpu_of(scn: Scenario) -> GPUSpec:
-    """The scenario's GPU: a registry entry or its inline spec sheet."""
-    hw = scn.hardware
-    if isinstance(hw, HardwareSpec):
-        return GPUSpec(hw.name, hw.bf16_tflops, hw.fp8_tflops, hw.hbm_gb, hw.hbm_tbps,
-                       hw.interconnect_gbps, hw.vendor)  # fmt: skip
-    return get_gpu(hw, "hardware")
+from sdsim.scenario import Scenario
 
 
 def efficiency_of(scn: Scenario) -> Efficiency:
@@ -60,8 +52,6 @@ def build_kernel_cost(scn: Scenario) -> KernelStepCost:
     d_roof = roofline_ops(scn, drafter.model, d_tp) if drafter.model is not None else None
     if scn.costs.resolved_source == "roofline":
         return KernelStepCost(v_roof, drafter, d_roof, overhead, source="roofline")
-    from sdsim.costs.profile import ProfileOps, read_bundle
-
     assert scn.costs.profile is not None  # CostsSpec validation guarantees it
     bundle = read_bundle(scn.costs.profile)
     v_ops = ProfileOps(bundle, target, tp, v_roof)
@@ -78,3 +68,24 @@ def build_kernel_cost(scn: Scenario) -> KernelStepCost:
             d_ops.layers = drafter.model.layers
             d_ops.once_ops = d_roof.once_ops
     return KernelStepCost(v_ops, drafter, d_ops, overhead, source="profile")
+
+
+def build_cost_model(scn: Scenario) -> StepCostModel:
+    """The StepCostModel a scenario asks for.
+
+    ``costs.source``: ``auto`` and ``roofline`` give the spec-sheet roofline for the scenario's GPU
+    and models; ``profile`` reads a measured bundle (operator families it lacks come from the
+    roofline); ``linear`` uses the scenario's coefficients.
+
+    Raises
+    ------
+    ScenarioError
+        When the requested source cannot be built (unknown names, missing bundle).
+    """
+    src = scn.costs.resolved_source
+    if src == "linear":
+        return LinearStepCost(scn.costs.linear, drafter_prefills=scn.drafter.kind != "ngram")
+    if src in ("roofline", "profile"):
+        return build_kernel_cost(scn)
+    raise ScenarioError("costs.source", f"{src!r} is not a cost source; use auto, linear, "
+                        "roofline or profile")  # fmt: skip

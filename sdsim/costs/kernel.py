@@ -25,8 +25,8 @@ from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
-from scipy.optimize import nnls
 
+from sdsim.costs.roofline import RooflineOps
 from sdsim.costs.step import LinearCoefficients, StepShape, StepTime, StepTimes
 from sdsim.models import Drafter
 
@@ -139,8 +139,6 @@ class _Pass:
 def _roofline_consts(ops: OperatorCosts) -> tuple[float, ...] | None:
     """The roofline's attention constants when ``ops`` prices attention with the roofline's own
     code (so :func:`_roof_attn` may repeat it inline), else ``None``."""
-    from sdsim.costs.roofline import RooflineOps
-
     t = type(ops)
     if not isinstance(ops, RooflineOps):
         return None
@@ -401,6 +399,10 @@ def fit_linear(
         With ``fit_error``: the largest relative error of the fitted lines, on the total step
         time, over B in 1..max_batch at KV length ``context``.
     """
+    # imported here: scipy.optimize adds a few tenths of a second to `import sdsim`, and only
+    # this fit needs it
+    from scipy.optimize import nnls
+
     kk = max(int(k), 0)
     ctx = max(int(context), 1)
     grid_b = _batch_grid(max_batch)

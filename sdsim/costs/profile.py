@@ -61,7 +61,6 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import yaml
-from scipy.optimize import isotonic_regression
 
 from sdsim.errors import ScenarioError
 from sdsim.models import ModelSpec
@@ -375,6 +374,10 @@ class MonotoneCurve:
     def __init__(
         self, xs: npt.ArrayLike, ys: npt.ArrayLike, label: str = "", warn: _Warn | None = None
     ) -> None:
+        # imported here: scipy.optimize adds a few tenths of a second to `import sdsim`, and only
+        # measured bundles need it
+        from scipy.optimize import isotonic_regression
+
         x = np.asarray(xs, dtype=float)
         y = np.asarray(ys, dtype=float)
         if x.size == 0:

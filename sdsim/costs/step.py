@@ -21,7 +21,6 @@ __all__ = [
     "StepShape",
     "StepTime",
     "StepTimes",
-    "build_cost_model",
     "decode_step_times",
     "step_times",
 ]
@@ -32,8 +31,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from sdsim.errors import ScenarioError
-from sdsim.scenario import LinearCosts, Scenario
+from sdsim.scenario import LinearCosts
 
 
 class StepTime(NamedTuple):
@@ -221,29 +219,6 @@ class LinearStepCost:
 # input preparation and output processing of a vLLM-class engine with CUDA graphs, of the order of
 # the linear model's default.
 DEFAULT_OVERHEAD_S = 5.0e-4
-
-
-def build_cost_model(scn: Scenario) -> StepCostModel:
-    """The StepCostModel a scenario asks for.
-
-    ``costs.source``: ``auto`` and ``roofline`` give the spec-sheet roofline for the scenario's GPU
-    and models; ``profile`` reads a measured bundle (operator families it lacks come from the
-    roofline); ``linear`` uses the scenario's coefficients.
-
-    Raises
-    ------
-    ScenarioError
-        When the requested source cannot be built (unknown names, missing bundle).
-    """
-    src = scn.costs.resolved_source
-    if src == "linear":
-        return LinearStepCost(scn.costs.linear, drafter_prefills=scn.drafter.kind != "ngram")
-    if src in ("roofline", "profile"):
-        from sdsim.costs.build import build_kernel_cost
-
-        return build_kernel_cost(scn)
-    raise ScenarioError("costs.source", f"{src!r} is not a cost source; use auto, linear, "
-                        "roofline or profile")  # fmt: skip
 
 
 def step_times(

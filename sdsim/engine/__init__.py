@@ -1,10 +1,11 @@
 """The simulated serving engine: SimPy processes, batching, KV cache, router, request state."""
 
 from sdsim.engine.draft_length import AdaptiveDraftLength
-from sdsim.engine.kvcache import KVCache, derive_num_gpu_blocks, kv_bytes_per_token
+from sdsim.engine.kvcache import KVCache
 from sdsim.engine.router import Router
 from sdsim.engine.scheduler import Batch, form_batch
-from sdsim.engine.server import Engine, SimRun, run_simulation
+from sdsim.engine.server import Engine, run_simulation
+from sdsim.records import SimRun
 
 __all__ = [
     "AdaptiveDraftLength",
@@ -13,8 +14,6 @@ __all__ = [
     "KVCache",
     "Router",
     "SimRun",
-    "derive_num_gpu_blocks",
     "form_batch",
-    "kv_bytes_per_token",
     "run_simulation",
 ]

@@ -22,11 +22,11 @@ hook, ``fast_forward=False``, the adaptive policy or per-step counters), and the
 
 from __future__ import annotations
 
-__all__ = ["Engine", "SimRun", "StepHook", "Tracker", "check_kv_fits", "run_simulation"]
+__all__ = ["Engine", "StepHook", "Tracker", "check_kv_fits", "run_simulation"]
 
 import math
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from heapq import heappush
 from typing import Any
 
@@ -45,6 +45,7 @@ from sdsim.engine.scheduler import Batch, form_batch
 from sdsim.engine.state import IdQueue, RequestTable, Sink, StepColumns
 from sdsim.engine.tape import AcceptanceTape
 from sdsim.memory import check_request_fits, kv_capacity, num_gpu_blocks
+from sdsim.records import SimRun
 from sdsim.rng import counter_base, stream_key
 from sdsim.scenario import Scenario
 from sdsim.workload import Workload
@@ -893,24 +894,6 @@ def _timeout_at(env: simpy.Environment, when: float) -> simpy.Event:
     ev._value = None
     heappush(env._queue, (when, NORMAL, next(env._eid), ev))
     return ev
-
-
-@dataclass
-class SimRun:
-    """Raw outcome of a simulation: request table, step columns, stop reason, engine facts.
-
-    ``info`` holds run-level facts the summary reports: ``kv_blocks_total`` (per replica, ``None``
-    when unlimited), ``kv_peak_blocks`` (largest use on any replica), ``api_delay_s``,
-    ``replicas``.
-    """
-
-    table: RequestTable
-    steps: dict[str, npt.NDArray[np.generic]]
-    end_time: float
-    stopped_early: bool
-    stop_reason: str
-    engines: list[Engine]
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 def check_kv_fits(scn: Scenario, wl: Workload) -> None:

@@ -39,7 +39,7 @@ __all__ = [
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -47,8 +47,11 @@ import pandas as pd
 
 from sdsim.acceptance import steps_to_finish_moments
 from sdsim.errors import ScenarioError
-from sdsim.reports.formats import Report
+from sdsim.report_formats import Report
 from sdsim.scenario import BetaAlpha, LinearCosts, Scenario
+
+if TYPE_CHECKING:
+    from sdsim.analytic.fitting import FitResult
 
 MEASUREMENT_COLUMNS = (
     "rate",
@@ -151,12 +154,13 @@ class DenseFit:
             return np.where(den > 0, self.c1 / den, np.inf)
 
 
-def _analytic_api() -> Any:
-    """The ``sdsim`` package, whose ``fit_measurements`` is the analytic model's public fit (loaded
-    lazily; typed loosely because ``sdsim`` exposes it through a module ``__getattr__``)."""
-    import sdsim
+def _fit_measurements(table: pd.DataFrame, form: str) -> FitResult:
+    """:func:`sdsim.analytic.fitting.fit_measurements` of ``table`` in ``form``."""
+    # imported on demand: importing sdsim.analytic loads the whole analytic model (scipy.stats,
+    # about a second), which `import sdsim` (it reads reports through this package) never needs
+    from sdsim.analytic.fitting import fit_measurements
 
-    return sdsim
+    return fit_measurements(table, form=form)
 
 
 def _usable(
@@ -248,9 +252,7 @@ def fit_dense(
             c1, c2 = float(y.mean()), 0.0
         se1 = se2 = math.nan
     else:
-        res = _analytic_api().fit_measurements(
-            analytic_table(measurements[ok], metric), form="dense"
-        )
+        res = _fit_measurements(analytic_table(measurements[ok], metric), form="dense")
         c1, c2 = res.coefficients["C1"], res.coefficients["C2"]
         se1, se2 = res.stderr["C1"], res.stderr["C2"]
     fit = DenseFit(c1, c2, se1, se2, math.nan, metric, pd.DataFrame())
@@ -286,7 +288,7 @@ class SDFit:
         Per benchmark: k, alpha, rate, measured and predicted mean e2e, relative error, used.
     """
 
-    result: Any
+    result: FitResult
     table: pd.DataFrame = field(repr=False)
 
 
@@ -326,7 +328,7 @@ def fit_sd(
             "the SD form needs benchmarks at several draft lengths or acceptance rates (one "
             "report per configuration, with --k/--alpha given once per report)",
         )
-    res = _analytic_api().fit_measurements(analytic_table(m), form="sd")
+    res = _fit_measurements(analytic_table(m), form="sd")
     y = m["e2e_mean"].to_numpy(dtype=np.float64)
     pred = y - np.asarray(res.residuals, dtype=np.float64)
     table = pd.DataFrame(

@@ -16,15 +16,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from sdsim.errors import ScenarioError
-from sdsim.reports.formats import Report, load_report
+from sdsim.report_formats import Report, load_report
 from sdsim.reports.replay import replay_scenario
 from sdsim.scenario import Scenario
+from sdsim.simulation import simulate
 
 METRICS = ("ttft", "tpot", "e2e")
 STATS = ("mean", "p50", "p90", "p99")
@@ -64,7 +65,9 @@ def _analytic(
     The model's own refusals (a scenario it cannot price) become a note and NaN, never an abort:
     the measured and simulated columns are still worth having.
     """
-    import sdsim
+    # imported on demand: the analytic model loads scipy.stats (about a second), which `import
+    # sdsim` (it reads reports through this package) and --no-analytic never need
+    from sdsim.analytic.prediction import predict
 
     over: dict[str, Any] = {
         "workload.arrival": "poisson",
@@ -79,7 +82,7 @@ def _analytic(
         notes.append(f"benchmark {i}: no achieved rate, analytic model skipped")
         return {}
     try:
-        pred = cast(Any, sdsim).predict(scenario.with_overrides(over))
+        pred = predict(scenario.with_overrides(over))
     except (ScenarioError, ValueError, ArithmeticError) as exc:
         notes.append(f"benchmark {i}: analytic model refused ({exc})")
         return {}
@@ -113,8 +116,6 @@ def compare_report(
     analytic
         Also fill the analytic column with ``sdsim.predict``.
     """
-    from sdsim.simulation import simulate
-
     rep: Report = load_report(report)
     notes: list[str] = []
     which = [rep.resolve(b) for b in benchmarks] if benchmarks else list(range(len(rep.benchmarks)))

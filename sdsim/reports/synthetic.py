@@ -2,7 +2,7 @@
 
 Useful to check calibration end to end (simulate a known scenario at several rates, fit the report,
 compare the fitted coefficients with the known ones) and to feed simulated runs to tools that read
-GuideLLM reports. Only the fields :mod:`sdsim.reports.formats` reads are written, with GuideLLM's
+GuideLLM reports. Only the fields :mod:`sdsim.report_formats` reads are written, with GuideLLM's
 units and definitions (``time_per_output_token_ms`` includes the TTFT, ``inter_token_latency_ms``
 does not).
 """

@@ -1,0 +1,257 @@
+"""`sdsim fit` (the analytic model and step costs from measurements or reports) and `sdsim
+compare` (a report replayed through the simulator and the model)."""
+
+from __future__ import annotations
+
+__all__ = ["compare", "fit"]
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from sdsim.cli.app import (
+    OptScenario,
+    SeedOpt,
+    SetOpt,
+    check_writable,
+    err,
+    fmt,
+    load,
+    ms,
+    out,
+    pct,
+)
+from sdsim.errors import ScenarioError
+from sdsim.reports import (
+    check_fit_options,
+    compare_report,
+    comparison_figure,
+    fit_reports,
+    load_report,
+)
+from sdsim.scenario import load_scenario, parse_set_options
+
+ReportArgs = Annotated[
+    list[Path], typer.Argument(help="GuideLLM (JSON/YAML) or vLLM bench serve (JSON) report(s)")
+]
+
+
+def _per_report(values: list[Any] | None, reports: list[Path], option: str) -> list[Any] | None:
+    """One value for every report: ``--k 4`` applies to all, ``--k 0 --k 4`` one per report."""
+    if not values:
+        return None
+    if len(values) == 1:
+        return values * len(reports)
+    if len(values) != len(reports):
+        raise ScenarioError(
+            option,
+            f"give one {option} for all reports or one per report ({len(reports)}), "
+            f"got {len(values)}",
+        )
+    return values
+
+
+def _fit_measurements_csv(measurements: Path, form: str, json_out: bool) -> None:
+    """Fit the dense (C1, C2) or six-coefficient SD form to a measurements table (`sdsim fit`)."""
+    # deferred: importing sdsim.analytic loads the whole model (scipy.stats, about a second)
+    from sdsim.analytic.fitting import fit_measurements, read_measurements
+
+    res = fit_measurements(read_measurements(measurements), form=form)
+    if json_out:
+        out.print_json(json.dumps(res.to_dict()))
+        return
+    t = Table(title=f"{res.form} fit of {measurements.name} ({res.n} rows)")
+    t.add_column("coefficient")
+    t.add_column("value (ms)", justify="right")
+    t.add_column("std. error (ms)", justify="right")
+    for n, v in res.coefficients.items():
+        t.add_row(n, fmt(v * 1e3), fmt(res.stderr[n] * 1e3))
+    out.print(t)
+    out.print(
+        f"R² = {fmt(res.r2)}; max |relative residual| = "
+        f"{fmt(float(abs(res.rel_residuals).max()))}; leave-some-out mean |relative error| = "
+        f"{fmt(res.loo_error)}"
+    )
+
+
+def fit(
+    reports: ReportArgs,
+    scenario: OptScenario = None,
+    set_: SetOpt = None,
+    alpha: Annotated[
+        list[float] | None,
+        typer.Option(
+            "--alpha", help="acceptance the server ran with (once for all reports, or per report)"
+        ),
+    ] = None,
+    k: Annotated[
+        list[int] | None,
+        typer.Option("--k", help="draft length the server ran with (once, or once per report)"),
+    ] = None,
+    metric: Annotated[str, typer.Option("--metric", help="mean latency to fit")] = "e2e_mean",
+    linear: Annotated[
+        bool, typer.Option("--linear/--no-linear", help="also fit linear step costs")
+    ] = True,
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="write a scenario YAML that uses the fitted costs")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print results as JSON")] = False,
+    form: Annotated[
+        str,
+        typer.Option(
+            "--form",
+            help="dense | sd | auto (auto: reports get the dense form per (k, alpha) and the SD "
+            "form when they cover several; a CSV gets sd when it has k > 0 and >= 8 rows)",
+        ),
+    ] = "auto",
+) -> None:
+    """Fit the analytic model to measurements (a CSV, or GuideLLM / vLLM reports).
+
+    Both go through `sdsim.fit_measurements`. A CSV (columns rate, alpha, k, prompt_tokens,
+    output_tokens, e2e_mean) gets the dense or six-coefficient SD form. Reports get the dense
+    model L = C1/(1 - rate*C2) per draft length and acceptance, the six stage coefficients when
+    they cover several (one report per configuration: --k 0 --k 4 in the reports' order), and,
+    from per-request timings, linear step costs for a fitted scenario (--out).
+    """
+    check_fit_options(form, alpha, k)
+    if len(reports) == 1 and reports[0].suffix.lower() == ".csv":
+        _fit_measurements_csv(reports[0], form, json_out)
+        return
+    ks = _per_report(k, reports, "--k")
+    alphas = _per_report(alpha, reports, "--alpha")
+    over: dict[str, Any] = parse_set_options(set_)
+    if alphas is not None:
+        over["acceptance.alpha"] = alphas[0]
+    if ks is not None:
+        over["spec.k"] = ks[0]
+    scn = load_scenario(scenario, over)
+    if out_path is not None:
+        check_writable(out_path.parent if str(out_path.parent) else Path("."))
+    res = fit_reports(reports, scn, ks=ks, alphas=alphas, metric=metric, form=form, linear=linear)
+    result = res.to_dict()
+    if out_path is not None:
+        fitted = res.fitted_scenario()
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        src = ", ".join(str(r) for r in reports)
+        out_path.write_text(f"# fitted by `sdsim fit` from {src}\n" + fitted.to_yaml())
+        result["scenario"] = str(out_path)
+    if json_out:
+        out.print_json(json.dumps(result, default=str))
+        return
+    for kk, aa, dense in res.dense:
+        cfg = f" (k={kk}, alpha={aa:g})" if res.several else ""
+        t = Table(title=f"dense fit of {metric}{cfg}: L = C1 / (1 - rate * C2)")
+        for c in ("coefficient", "value", "std. error"):
+            t.add_column(c, justify="right" if c != "coefficient" else "left")
+        t.add_row("C1 (ms)", ms(dense.c1), ms(dense.c1_se))
+        t.add_row("C2 (ms)", ms(dense.c2), ms(dense.c2_se))
+        t.add_row("saturation (req/s)", fmt(dense.saturation_rate), "")
+        t.add_row("R²", fmt(dense.r2), "")
+        out.print(t)
+        t2 = Table(title="predicted vs measured")
+        for c in ("benchmark", "strategy", "rate (req/s)", "measured (ms)", "predicted (ms)",
+                  "error"):  # fmt: skip
+            t2.add_column(c, justify="right")
+        for r in dense.table.to_dict(orient="records"):
+            t2.add_row(
+                str(r["benchmark"]) + ("" if r["used"] else " (not fitted)"),
+                str(r["strategy"]),
+                fmt(float(r["rate"])),
+                ms(float(r["measured"])),
+                ms(float(r["predicted"])),
+                pct(float(r["rel_error"])),
+            )
+        out.print(t2)
+    if res.sd is not None:
+        sd = res.sd.result
+        t = Table(title=f"SD fit of e2e_mean over {sd.n} benchmarks: six stage coefficients")
+        for c in ("coefficient", "value (ms)", "std. error (ms)"):
+            t.add_column(c, justify="right" if c != "coefficient" else "left")
+        for n, v in sd.coefficients.items():
+            t.add_row(n, fmt(v * 1e3), fmt(sd.stderr[n] * 1e3))
+        out.print(t)
+        t2 = Table(title="SD form: predicted vs measured")
+        for c in ("benchmark", "k", "alpha", "rate (req/s)", "measured (ms)", "predicted (ms)",
+                  "error"):  # fmt: skip
+            t2.add_column(c, justify="right")
+        for r in res.sd.table.to_dict(orient="records"):
+            t2.add_row(
+                str(r["benchmark"]),
+                str(int(r["k"])),
+                fmt(float(r["alpha"])),
+                fmt(float(r["rate"])),
+                ms(float(r["measured"])),
+                ms(float(r["predicted"])),
+                pct(float(r["rel_error"])),
+            )
+        out.print(t2)
+        out.print(
+            f"R² = {fmt(sd.r2)}; leave-some-out mean |relative error| = {fmt(sd.loo_error)}"
+        )
+    lin = res.linear
+    if lin is not None:
+        t3 = Table(title=f"linear step costs from {lin.requests} requests (R² {fmt(lin.r2)})")
+        for c in ("field", "value", "std. error"):
+            t3.add_column(c, justify="right" if c != "field" else "left")
+        t3.add_row("verify_fixed_s", fmt(lin.verify_fixed_s), fmt(lin.verify_fixed_se))
+        t3.add_row(
+            "verify_per_token_s", fmt(lin.verify_per_token_s), fmt(lin.verify_per_token_se)
+        )
+        out.print(t3)
+        if lin.clipped:
+            err.print("[yellow]warning:[/] a fitted step cost hit its lower bound 0")
+    elif linear:
+        err.print(
+            f"note: linear step costs not fitted ({res.linear_note}); derived from C1, C2 instead"
+        )
+    if out_path is not None:
+        out.print(f"wrote {out_path}")
+
+
+def compare(
+    report: Annotated[Path, typer.Argument(help="GuideLLM or vLLM report to replay")],
+    scenario: OptScenario = None,
+    set_: SetOpt = None,
+    seed: SeedOpt = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="write comparison.csv and comparison.png (default out/compare)"),
+    ] = None,
+    analytic: Annotated[
+        bool, typer.Option("--analytic/--no-analytic", help="include the analytic model")
+    ] = True,
+) -> None:
+    """Replay every benchmark of a report; compare measured, simulated and analytic latency."""
+    scn = load(scenario, set_)
+    out_dir = out_dir if out_dir is not None else Path("out/compare")
+    check_writable(out_dir)
+    load_report(report)  # fail early on a bad file
+    res = compare_report(report, scn, seed=seed, analytic=analytic)
+    for note in res.notes:
+        err.print(f"note: {note}", markup=False, highlight=False)
+    tab = res.table
+    if tab.empty:
+        raise ScenarioError("report", "no benchmark could be replayed")
+    t = Table(title=f"{report.name}: measured vs simulated vs analytic (ms)")
+    for c in ("bench", "rate", "metric", "stat", "measured", "simulated", "err", "analytic", "err"):
+        t.add_column(c, justify="right")
+    for r in tab.to_dict(orient="records"):
+        t.add_row(
+            str(r["benchmark"]),
+            fmt(float(r["rate"])),
+            str(r["metric"]),
+            str(r["stat"]),
+            ms(float(r["measured"])),
+            ms(float(r["simulated"])),
+            pct(float(r["sim_rel_error"])),
+            ms(float(r["analytic"])),
+            pct(float(r["analytic_rel_error"])),
+        )
+    out.print(t)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tab.to_csv(out_dir / "comparison.csv", index=False)
+    comparison_figure(tab, out_dir / "comparison.png", title=f"{report.name} vs {scn.name}")
+    out.print(f"wrote {out_dir}/comparison.csv, comparison.png")
