@@ -556,7 +556,7 @@ def _predict(
                 f"{kv_cap} blocks at or past {kv_sat:.3g} req/s "
                 "(preemption by recomputation is not in the model)"
             )
-        elif summary["p_kv_full"] > KV_PRESSURE:
+        elif stable and summary["p_kv_full"] > KV_PRESSURE:
             outside = (
                 f"KV pressure: the requests in the engine need more than the {kv_cap} KV blocks "
                 f"{summary['p_kv_full']:.1%} of the time (preemption by recomputation, and the "
