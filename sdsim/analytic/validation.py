@@ -77,9 +77,10 @@ class ValidationReport:
     table
         One row per (rate, metric, statistic): ``rate, fraction, metric, statistic, analytic,
         sim, ci_low, ci_high, rel_error, err_low, err_high, ci_half_width, tolerance, verdict``
-        (``holds`` / ``fails`` / :data:`TOO_WIDE`), ``holds`` (bool), ``requests`` (simulated
-        at that rate), ``seeds`` and ``deleted`` (the replications' run seeds and warm-up cuts,
-        space separated, so any row can be re-simulated exactly). With SLOs in the scenario,
+        (``holds`` / ``fails`` / :data:`TOO_WIDE`), ``holds`` (bool), ``outside_model``
+        (predict says the rate is outside the model), ``requests`` (simulated at that rate),
+        ``seeds`` and ``deleted`` (the replications' run seeds and warm-up cuts, space
+        separated, so any row can be re-simulated exactly). With SLOs in the scenario,
         rows ``goodput``/``rps`` and ``slo``/``attainment_<SLO>`` too (reported, not judged:
         ``verdict`` and ``holds`` empty).
     verdicts
@@ -176,6 +177,7 @@ def _rows(
                     "tolerance": tol,
                     "verdict": verdict,
                     "holds": verdict in ("holds", "n/a"),
+                    "outside_model": bool(pred.outside_model),
                     "requests": st.requests,
                     "seeds": " ".join(str(x) for x in st.seeds),
                     "deleted": " ".join(str(x) for x in st.deleted),
@@ -200,7 +202,8 @@ def _rows(
                 "analytic": ana, "sim": sim, "ci_low": est.low * scale,
                 "ci_high": est.high * scale, "rel_error": ana / sim - 1.0 if sim else math.nan,
                 "err_low": math.nan, "err_high": math.nan, "ci_half_width": est.rel_half_width,
-                "tolerance": math.nan, "verdict": "", "holds": None, "requests": st.requests,
+                "tolerance": math.nan, "verdict": "", "holds": None,
+                "outside_model": bool(pred.outside_model), "requests": st.requests,
                 "seeds": " ".join(str(x) for x in st.seeds),
                 "deleted": " ".join(str(x) for x in st.deleted),
             }
@@ -467,7 +470,8 @@ def plot_validation(
 def plot_error_map(reports: Sequence[ValidationReport], path: str | Path) -> None:
     """Where the model holds: relative error of the mean and the p99 of e2e, TTFT and TPOT
     against the load (fraction of the predicted saturation), one line per scenario, with the
-    range of errors each estimate's 95% CI allows and the tolerance band shaded.
+    range of errors each estimate's 95% CI allows and the tolerance band shaded; points that
+    ``predict`` marks outside the model are drawn hollow.
 
     Parameters
     ----------
@@ -496,8 +500,12 @@ def plot_error_map(reports: Sequence[ValidationReport], path: str | Path) -> Non
                 lo = np.nan_to_num(e - d["err_low"].to_numpy() * 100)
                 hi = np.nan_to_num(d["err_high"].to_numpy() * 100 - e)
                 x = d["fraction"].to_numpy() + (i - len(reports) / 2) * 0.003
+                color = f"C{i % 10}"
                 ax.errorbar(x, e, yerr=np.vstack([lo, hi]), fmt="o-", ms=3, lw=1, capsize=2,
-                            color=f"C{i % 10}", label=rep.scenario)  # fmt: skip
+                            color=color, label=rep.scenario)  # fmt: skip
+                if "outside_model" in d:
+                    out = d["outside_model"].to_numpy(dtype=bool)
+                    ax.plot(x[out], e[out], "o", ms=7, mfc="white", mec=color, zorder=3)
             ax.set_title(f"{m.upper()} {stat}: analytic vs simulated (±{tol:.0f}% shaded)")
             ax.set_ylabel("error (%)")
             lim = max(3 * tol, 10.0)
@@ -505,7 +513,8 @@ def plot_error_map(reports: Sequence[ValidationReport], path: str | Path) -> Non
             if row == 1:
                 ax.set_xlabel("load (fraction of the predicted saturation rate)")
     axes[0, 0].legend(fontsize=7, loc="lower left")
-    fig.suptitle("Where the closed-form model holds (errors with the simulation's 95% CI)")
+    fig.suptitle("Where the closed-form model holds (errors with the simulation's 95% CI; "
+                 "hollow: predict says outside the model)")  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
