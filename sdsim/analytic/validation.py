@@ -19,6 +19,7 @@ __all__ = [
     "ValidationReport",
     "plot_error_map",
     "plot_validation",
+    "reports_from_csv",
     "validate",
     "validate_many",
     "write_reports",
@@ -28,10 +29,13 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 from sdsim.analytic.prediction import Prediction, predict
 from sdsim.errors import ScenarioError
@@ -467,7 +471,19 @@ def plot_validation(
     plt.close(fig)
 
 
-def plot_error_map(reports: Sequence[ValidationReport], path: str | Path) -> None:
+def reports_from_csv(path: str | Path) -> list[ValidationReport]:
+    """The reports of a ``validation-all.csv`` (from ``sdsim validate --all``), one per
+    scenario, for :func:`plot_error_map` (their ``verdicts`` are left empty)."""
+    df = pd.read_csv(path)
+    return [
+        ValidationReport(g.drop(columns="scenario"), pd.DataFrame(), math.nan, str(name))
+        for name, g in df.groupby("scenario", sort=False)
+    ]
+
+
+def plot_error_map(
+    reports: Sequence[ValidationReport], path: str | Path | None = None
+) -> Figure | None:
     """Where the model holds: relative error of the mean and the p99 of e2e, TTFT and TPOT
     against the load (fraction of the predicted saturation), one line per scenario, with the
     range of errors each estimate's 95% CI allows and the tolerance band shaded; points that
@@ -476,16 +492,16 @@ def plot_error_map(reports: Sequence[ValidationReport], path: str | Path) -> Non
     Parameters
     ----------
     reports
-        From :func:`validate_many` (one per scenario).
+        From :func:`validate_many` (one per scenario), or rebuilt from ``validation-all.csv``.
     path
-        Output PNG.
+        Output PNG; ``None`` returns the figure instead (e.g. to show in a notebook).
     """
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5), sharex=True)
+    fig = Figure(figsize=(16, 8.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 3, sharex=True)
     for row, stat in enumerate(("mean", "p99")):
         for col, m in enumerate(METRICS):
             ax = axes[row, col]
@@ -516,5 +532,7 @@ def plot_error_map(reports: Sequence[ValidationReport], path: str | Path) -> Non
     fig.suptitle("Where the closed-form model holds (errors with the simulation's 95% CI; "
                  "hollow: predict says outside the model)")  # fmt: skip
     fig.tight_layout()
+    if path is None:
+        return fig
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return None
