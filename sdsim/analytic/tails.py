@@ -33,7 +33,7 @@ __all__ = ["TailModel", "latency_distribution"]
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -292,7 +292,7 @@ def _arrival_step(
 
 @dataclass
 class _Cells:
-    """One output length's (n0 x s) cells of free arrivals of one state."""
+    """Every (g, n0, s) cell of free arrivals of one state, flat (g-major, then n0, then s)."""
 
     w: FloatArray  # weights (state share x n0 weight x s weight x g probability)
     mean: FloatArray  # e2e mean
@@ -301,6 +301,7 @@ class _Cells:
     tp_mean: FloatArray  # TPOT mean (NaN for one-token outputs)
     tp_var: FloatArray
     tbar: FloatArray
+    row: npt.NDArray[np.int64]  # the cell's n0 bin
 
 
 def _lives(
@@ -314,88 +315,87 @@ def _lives(
     P: int,
     nmax: int,
     q_full: float,
-) -> list[_Cells]:
+) -> _Cells:
     """Every (g, n0, s) cell's life, solved on the curve in one pass (two with states: the
-    rate over a life depends on its length)."""
-    N0 = seen.n0[:, None]
-    v0 = seen.v0[:, None]
-    a_n, b_n, cp_n = lines(seen.n0)
-    a_sm, b_sm, cp_sm = (x[:, None] for x in smooth(seen.n0))
-    shapes = [(seen.n0.shape[0], b.win.si.shape[0]) for b in wins]
+    rate over a life depends on its length), all cells at once."""
+    nb = seen.n0.shape[0]
+    rows = np.arange(nb)
+    shapes = [(nb, b.win.si.shape[0]) for b in wins]
 
-    def flat(f: Callable[[Window], npt.ArrayLike]) -> npt.NDArray[Any]:
+    def flat(f: Callable[[_SBins, int], npt.ArrayLike]) -> npt.NDArray[Any]:
         # one value per (g, n0, s) cell, g-major then n0 then s (the order lives come back in)
         return np.concatenate(
-            [np.broadcast_to(f(b.win), sh).ravel() for b, sh in zip(wins, shapes, strict=True)]
-        )
-
-    def solve(lam: FloatArray) -> Life:
-        return life_on_curve(
-            smooth, lam, flat(lambda w: N0 * w.c_full), flat(lambda w: w.cm1),
-            flat(lambda w: N0 * w.c_dec), flat(lambda w: w.ell), flat(lambda w: w.si),
-            P, nmax - 1, q_full,
+            [np.broadcast_to(f(b, i), sh).ravel()
+             for i, (b, sh) in enumerate(zip(wins, shapes, strict=True))]
         )  # fmt: skip
 
-    n_cells = sum(a * b for a, b in shapes)
-    lam_cells = np.full(n_cells, seen.lam if view.states == 1 else view.rate)
-    lives = solve(lam_cells)
+    def field_of(name: str) -> npt.NDArray[Any]:
+        return flat(lambda b, i: getattr(b.win, name)[None, :])
+
+    row = flat(lambda b, i: rows[:, None])
+    win = Window(*(field_of(f.name) for f in fields(Window)))
+    s_w = flat(lambda b, i: b.w[None, :])
+    s_v = flat(lambda b, i: b.v[None, :])
+    g = flat(lambda b, i: float(work.g_values[i]))
+    pg = flat(lambda b, i: float(work.g_probs[i]))
+    N0, v0 = seen.n0[row], seen.v0[row]
+
+    def solve(lam: FloatArray) -> Life:
+        return life_on_curve(smooth, lam, N0 * win.c_full, win.cm1, N0 * win.c_dec, win.ell,
+                             win.si, P, nmax - 1, q_full)  # fmt: skip
+
+    lam = np.full(row.shape[0], seen.lam if view.states == 1 else view.rate)
+    life = solve(lam)
     if view.states > 1:
         # the rate during a life starts at the state's and relaxes to the mean
-        lam_cells = view.rate_over(seen.state, lives.t_life)
-        lives = solve(lam_cells)
-    out: list[_Cells] = []
-    start = 0
-    for g, pg, sb, sh in zip(work.g_values, work.g_probs, wins, shapes, strict=True):
-        win, s_w, s_v = sb.win, sb.w, sb.v
-        size = sh[0] * sh[1]
-        life = lives.part(start, size, sh)
-        lam = lam_cells[start : start + size].reshape(sh)
-        start += size
-        cvar = view.count_var(life.t_life)
-        # the life linearised at the upper end of the batches it passes through:
-        # - arriving below the life's mean batch x (n0 < x: the batch fills up during the
-        #   life), the life is the root on the curve, and fluctuates with the tangent at x;
-        # - arriving above it (n0 > x: the batch drains), the tangent at n0: the steeper end of
-        #   a convex curve, which is what the upper tail pays, and on a concave curve a flatter
-        #   slope than below, so its self-excitation stays well inside 1 (checked: else the
-        #   curve's root is kept).
-        top = linear_life(lam, N0, v0, a_sm, b_sm, cp_sm, win, cvar)
-        bl = life.b * (1.0 - life.capped)  # a full batch is refilled from the queue
-        var_c, var_dc = life_spread(lam, N0, v0, bl, life.cp, life.den, life.tbar, win, cvar)
-        use = (N0 > life.batch) & (life.capped == 0) & (top.den > _DEN_FLOOR)
-        use &= top.others <= nmax - 1
-        t_dec = np.where(use, top.t_dec, life.t_dec)
-        tbar = np.where(use, top.tbar, life.tbar)
-        var_life = np.where(use, top.var_life, var_c)
-        var_dec = np.where(use, top.var_dec, var_dc)
-        # the tagged's own prefill window: survivors decode, the arrival step's arrivals
-        # prefill (the length-biased arrival step's count, not the life's mean one)
-        a, b, cp = a_n[:, None], b_n[:, None], cp_n[:, None]
-        pf_n = np.minimum(seen.lam * step.d_biased, step.cap)[:, None]
-        t_pf = P * a + cp + b * N0 * win.c_pf + cp * pf_n
-        mean = step.r_mean[:, None] + t_dec + t_pf
-        var = step.r_var[:, None] + var_life + cp**2 * pf_n
-        if view.batch > 1.0:
-            # batch-mates: as many ahead as behind, all prefilled in the tagged's step; those
-            # behind then decode beside it (those ahead are among the others it found)
-            ey, vy = view.batch_mates()
-            amp = 1.0 / np.where(use, np.maximum(top.den, _DEN_FLOOR), life.den)
-            per = b * win.m1 * amp
-            t_pf = t_pf + 2.0 * ey * cp
-            t_dec = t_dec + ey * per
-            mean = mean + 2.0 * ey * cp + ey * per
-            var = var + 2.0 * vy * cp**2 + vy * per**2
-            var_dec = var_dec + vy * per**2
-        # within-bin spread of s: each extra step costs about one step time
-        var = var + tbar**2 * s_v[None, :]
-        var_dec = var_dec + tbar**2 * s_v[None, :]
-        w = seen.share * (seen.w0[:, None] * s_w[None, :]) * pg
-        if g > 1:
-            tp_mean, tp_var = t_dec / (g - 1), var_dec / (g - 1) ** 2
-        else:
-            tp_mean = tp_var = np.full(sh, math.nan)
-        out.append(_Cells(w, mean, var, t_pf, tp_mean, tp_var, tbar))
-    return out
+        lam = view.rate_over(seen.state, life.t_life)
+        life = solve(lam)
+    cvar = view.count_var(life.t_life)
+    # the life linearised at the upper end of the batches it passes through:
+    # - arriving below the life's mean batch x (n0 < x: the batch fills up during the life),
+    #   the life is the root on the curve, and fluctuates with the tangent at x;
+    # - arriving above it (n0 > x: the batch drains), the tangent at n0: the steeper end of a
+    #   convex curve, which is what the upper tail pays, and on a concave curve a flatter slope
+    #   than below, so its self-excitation stays well inside 1 (checked: else the curve's root
+    #   is kept).
+    a_sm, b_sm, cp_sm = (x[row] for x in smooth(seen.n0))
+    top = linear_life(lam, N0, v0, a_sm, b_sm, cp_sm, win, cvar)
+    bl = life.b * (1.0 - life.capped)  # a full batch is refilled from the queue
+    var_c, var_dc = life_spread(lam, N0, v0, bl, life.cp, life.den, life.tbar, win, cvar)
+    use = (N0 > life.batch) & (life.capped == 0) & (top.den > _DEN_FLOOR)
+    use &= top.others <= nmax - 1
+    t_dec = np.where(use, top.t_dec, life.t_dec)
+    tbar = np.where(use, top.tbar, life.tbar)
+    var_life = np.where(use, top.var_life, var_c)
+    var_dec = np.where(use, top.var_dec, var_dc)
+    # the tagged's own prefill window: survivors decode, the arrival step's arrivals prefill
+    # (the length-biased arrival step's count, not the life's mean one)
+    a_n, b_n, cp_n = lines(seen.n0)
+    a, b, cp = a_n[row], b_n[row], cp_n[row]
+    pf_n = np.minimum(seen.lam * step.d_biased, step.cap)[row]
+    t_pf = P * a + cp + b * N0 * win.c_pf + cp * pf_n
+    mean = step.r_mean[row] + t_dec + t_pf
+    var = step.r_var[row] + var_life + cp**2 * pf_n
+    if view.batch > 1.0:
+        # batch-mates: as many ahead as behind, all prefilled in the tagged's step; those
+        # behind then decode beside it (those ahead are among the others it found)
+        ey, vy = view.batch_mates()
+        amp = 1.0 / np.where(use, np.maximum(top.den, _DEN_FLOOR), life.den)
+        per = b * win.m1 * amp
+        t_pf = t_pf + 2.0 * ey * cp
+        t_dec = t_dec + ey * per
+        mean = mean + 2.0 * ey * cp + ey * per
+        var = var + 2.0 * vy * cp**2 + vy * per**2
+        var_dec = var_dec + vy * per**2
+    # within-bin spread of s: each extra step costs about one step time
+    var = var + tbar**2 * s_v
+    var_dec = var_dec + tbar**2 * s_v
+    w = seen.share * seen.w0[row] * s_w * pg
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tp_mean = np.where(g > 1, t_dec / (g - 1), math.nan)
+        tp_var = np.where(g > 1, var_dec / (g - 1) ** 2, math.nan)
+    # the prefill part per n0 bin (the TTFT law's base where it prices steps by lines)
+    return _Cells(w, mean, var, t_pf * s_w * pg, tp_mean, tp_var, tbar, row)
 
 
 # ---------------------------------------------------------------- 5. admission waits
@@ -653,14 +653,17 @@ def latency_distribution(
         a_n, b_n, cp_n = lines(seen.n0)
         cap = steps[state].chunk_cap if steps else math.inf
         step = _arrival_step(a_n, b_n, cp_n, seen.n0, seen.lam, cap)
-        cells = _lives(seen, arrivals, wins, work, smooth, lines, step, P, nmax, q_full)
-        pf_mean = np.zeros_like(seen.n0)
-        for c, sb, pg in zip(cells, wins, work.g_probs, strict=True):
-            g_e2e.append(_Components(c.w, c.mean, np.sqrt(np.maximum(c.var, 0.0))))
-            pf_mean += pg * (c.t_pf * sb.w[None, :]).sum(axis=1)
-            if np.isfinite(c.tp_mean).all():
-                g_tpot.append(_Components(c.w, c.tp_mean, np.sqrt(np.maximum(c.tp_var, 0.0))))
-        tbar_full = float(cells[0].tbar[-1].mean())
+        c = _lives(seen, arrivals, wins, work, smooth, lines, step, P, nmax, q_full)
+        g_e2e.append(_Components(c.w, c.mean, np.sqrt(np.maximum(c.var, 0.0))))
+        pf_mean = np.asarray(
+            np.bincount(c.row, weights=c.t_pf, minlength=seen.n0.shape[0]), dtype=np.float64
+        )
+        tp = np.isfinite(c.tp_mean)
+        if tp.any():
+            g_tpot.append(
+                _Components(c.w[tp], c.tp_mean[tp], np.sqrt(np.maximum(c.tp_var[tp], 0.0)))
+            )
+        tbar_full = float(c.tbar[c.row == c.row.max()].mean())
         if seen.p_wait > 1e-9:
             we, wt, wf, mw = _waits(seen, full, work, wins, tbar_full, nmax)
             g_e2e += we
