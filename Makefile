@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_DEMO := $(VENV)/.demo-installed
 STAMP_TEST := $(VENV)/.test-installed
 
-.PHONY: demo test lint typecheck unit nbtest bench clean notebooks browser
+.PHONY: demo test lint typecheck unit nbtest bench clean notebooks browser calibration
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -54,6 +54,15 @@ test: lint unit nbtest
 
 bench: $(STAMP_DEMO)
 	$(BIN)/python benchmarks/run.py
+
+# Refit the shipped calibration (sdsim/data/calibration/shipped.yaml) from its data: Vidur's kernel
+# profiles in ../shared and the public measurements in the package (notes/costs.md).
+CAL_TERMS := step_s,per_seq_s,spec_step_s.eagle,spec_step_s.eagle3,draft_pass_s.eagle,draft_pass_s.eagle3
+calibration: $(STAMP_DEMO)
+	$(BIN)/sdsim calibrate ../shared/data/vidur sdsim/data/calibration \
+	  --base sdsim/data/calibration/priors.yaml --terms $(CAL_TERMS) \
+	  --description "the shipped calibration: vLLM V1 host costs fitted to public measurements, kernel terms to Vidur's profiles" \
+	  --out sdsim/data/calibration/shipped.yaml
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 CASES: dict[str, str] = {
-    "a": "default (k=4, alpha=0.7, 25 req/s), 20,000 requests",
+    "a": "default (k=4, alpha=0.7, 22 req/s), 20,000 requests",
     "b": "plain twin (k=0), 20,000 requests",
     "c": "default at 10% load, 20,000 requests",
     "d": "KV pressure near saturation (3000 blocks, 31 req/s), 20,000 requests",

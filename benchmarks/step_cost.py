@@ -40,7 +40,8 @@ def main() -> None:
     base = sdsim.load_scenario(ROOT / "scenarios/default.yaml")
     cases = {
         "linear": base.with_overrides({"costs.source": "linear"}),
-        "roofline": base,
+        "roofline": base.with_overrides({"costs.source": "roofline"}),
+        "calibrated (default)": base,
         "profile (cpu bundle)": base.with_overrides(
             {
                 "target": "llama-3.2-1b",

@@ -48,11 +48,11 @@ N_REQUESTS = 1000 if SMALL else 3000
 # %% [markdown]
 # ## The scenario
 #
-# `scenarios/default.yaml` prices engine steps with the roofline of an H100. Here we pin the
-# **linear** step-cost model instead (`costs.source: linear`): a decode step of `n` requests
-# costs `a + b·n` seconds, which is exactly the shape the mean-field formula assumes, so any gap
-# between simulation and formula below is queueing, not cost-model curvature. (Notebook 2 looks
-# at the roofline's curvature.)
+# `scenarios/default.yaml` prices engine steps with the calibrated cost model of an H100. Here we
+# pin the **linear** step-cost model instead (`costs.source: linear`): a decode step of `n`
+# requests costs `a + b·n` seconds, which is exactly the shape the mean-field formula assumes,
+# so any gap between simulation and formula below is queueing, not cost-model curvature.
+# (Notebook 2 looks at the calibrated model's curvature.)
 
 # %%
 base = sdsim.load_scenario(

@@ -38,6 +38,7 @@ import sdsim
 from sdsim.analytic.operating import derive_coefficients
 from sdsim.analytic.prediction import gps_law
 from sdsim.costs.build import build_cost_model
+from sdsim.costs.calibration import shipped_calibration
 from sdsim.hardware import get_gpu
 
 SMALL = os.environ.get("SDSIM_NOTEBOOK_SMALL", "") not in ("", "0")
@@ -126,18 +127,22 @@ assert sim_var / sim_mean > 1.5 and law_var / law_mean > 1.3
 #
 # ## Step time vs batch: memory-bound, then compute-bound
 #
-# Now the step cost itself, from the **roofline** of the H100's spec sheet and the Llama-3.1-8B
-# architecture (`costs.source: auto`, the default). A decode step reads all weights once
-# (~16 GB) whatever the batch; each token adds its FLOPs (~16 GFLOP) and each request reads its
-# KV cache. With speculative decoding every request sends `k + 1` tokens through the verifier, so
-# the same batch carries `k + 1` times the FLOPs.
+# Now the step cost itself, from the default **calibrated** cost model (`costs.source: auto`):
+# the H100's spec sheet and the Llama-3.1-8B architecture, with GEMM efficiencies fitted to
+# measured kernels and a serving engine's host costs per step and per request (notes/costs.md).
+# A decode step reads all weights once (~16 GB) whatever the batch; each token adds its FLOPs
+# (~16 GFLOP) and each request reads its KV cache and costs some host time. With speculative
+# decoding every request sends `k + 1` tokens through the verifier, so the same batch carries
+# `k + 1` times the FLOPs.
 
 # %%
-roof = sdsim.load_scenario(ROOT / "scenarios" / "plain.yaml")
+server = sdsim.load_scenario(ROOT / "scenarios" / "plain.yaml")
 gpu = get_gpu("h100-sxm")
 # ridge point: tokens per pass at which weight-streaming GEMMs turn compute-bound (bf16 weights are
-# 2 bytes per parameter and cost 2 FLOPs per token, so one FLOP per weight byte per token)
-ridge = (gpu.bf16_tflops * 0.75) / (gpu.hbm_tbps * 0.8)  # the roofline's default efficiencies
+# 2 bytes per parameter and cost 2 FLOPs per token, so one FLOP per weight byte per token), at the
+# efficiencies fitted to the H100's measured GEMMs
+gemm = shipped_calibration().gpu("h100-sxm").gemm
+ridge = (gpu.bf16_tflops * gemm.compute_eff) / (gpu.hbm_tbps * gemm.memory_eff)
 print(f"ridge point ≈ {ridge:.0f} tokens per forward pass")
 
 ctx = 640  # a request's mean KV length: 512-token prompt + half of 256 output tokens
@@ -145,11 +150,11 @@ ns = np.unique(np.geomspace(1, 512, 40).astype(int))
 fig, ax = plt.subplots(1, 2, figsize=(11, 4))
 table = {}
 for k in (0, 2, 4):
-    t = np.array([sdsim.step_time(roof, decode_seqs=int(b), context_tokens=ctx, k=k).total
+    t = np.array([sdsim.step_time(server, decode_seqs=int(b), context_tokens=ctx, k=k).total
                   for b in ns])
     ax[0].plot(ns, 1e3 * t, label=f"k = {k} ({k + 1} tokens/request)")
     ax[1].plot(ns * (k + 1), 1e6 * t / (ns * (k + 1)), label=f"k = {k}")
-    table[k] = {b: 1e3 * sdsim.step_time(roof, decode_seqs=b, context_tokens=ctx, k=k).total
+    table[k] = {b: 1e3 * sdsim.step_time(server, decode_seqs=b, context_tokens=ctx, k=k).total
                 for b in (1, 32, 64, 128, 256)}
 ax[0].set_xlabel("decoding requests in the step")
 ax[0].set_ylabel("step time (ms)")
@@ -165,10 +170,11 @@ pd.DataFrame(table).rename_axis("batch").round(2).add_prefix("step ms, k=")
 
 # %% [markdown]
 # Left: at k = 0 the step time barely moves for small batches (reading the weights dominates) and
-# grows with the KV reads; at k = 4 the slope steepens sharply once the batch carries more tokens
-# than the ridge point. Right: the cost per token falls as the fixed weight read is shared, until
-# the pass becomes compute-bound and it stops falling. This is why speculative decoding is nearly
-# free at low load and expensive at high load (notebook 3).
+# grows with the KV reads and the host's per-request work; at k = 4 the slope steepens sharply
+# once the batch carries more tokens than the ridge point (measured GEMMs are slowest around it).
+# Right: the cost per token falls as the fixed weight read is shared, until the pass becomes
+# compute-bound and it stops falling. This is why speculative decoding is nearly free at low load
+# and expensive at high load (notebook 3).
 #
 # ## Prefill interference on TTFT
 #
@@ -216,7 +222,7 @@ interference.round(1)
 #
 # 1. Re-run the batch histogram at `rate = 15` and `rate = 38`. How does the over-dispersion
 #    ratio change? Compare it with `1/(1 − ρ)`.
-# 2. Plot the step-time curve for `hardware: a100-80gb` (`roof.with_overrides({"hardware":
+# 2. Plot the step-time curve for `hardware: a100-80gb` (`server.with_overrides({"hardware":
 #    "a100-80gb"})`). Where is its ridge point?
 # 3. Set `server.scheduler: prefill-first` in the interference table. Which of TTFT and TPOT
 #    improves, and which pays?

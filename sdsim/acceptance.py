@@ -13,14 +13,31 @@ A constant alpha is the i.i.d. case of Leviathan et al. (ICML 2023):
 
 A request that still needs ``r`` tokens emits ``min(X, r)``; :func:`steps_to_finish_pmf` gives the
 exact law of the number of steps to emit N tokens by dynamic programming over tokens remaining.
+
+From measurements back to the model (what ``sdsim acceptance fit`` does):
+
+* the **acceptance length** ``E[X]`` at draft length k (vLLM's "mean acceptance length", EAGLE's
+  tau) gives one constant alpha: :func:`alpha_for_length`;
+* acceptance lengths at several k give per-position ``alpha_j``: :func:`fit_positions`;
+* vLLM's **per-position acceptance rates** ("acceptance at token j": drafts whose position j was
+  accepted, over all drafts) are the survival ``alpha_1 ... alpha_j``:
+  :func:`alphas_from_position_rates`; EAGLE's "n-alpha" is already the conditional ``alpha_j``;
+* the **draft acceptance rate** (accepted over drafted tokens, vLLM's "draft acceptance rate",
+  the simulation summary's ``draft_acceptance_rate``) is ``(E[X] - 1) / k``, a measured quantity
+  that falls with k even when alpha does not: :func:`draft_acceptance_rate`. It is not alpha.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "AcceptanceSampler",
+    "alpha_for_length",
+    "alphas_from_position_rates",
+    "draft_acceptance_rate",
     "expected_tokens_per_step",
+    "fit_positions",
     "position_probs",
+    "position_rates",
     "steps_to_finish_moments",
     "steps_to_finish_pmf",
     "steps_to_finish_table",
@@ -28,6 +45,8 @@ __all__ = [
     "tokens_per_step_var",
 ]
 
+import itertools
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -99,6 +118,111 @@ def expected_tokens_per_step(alpha: AlphaLike, k: int) -> float:
         return (1.0 - al ** (k + 1)) / (1.0 - al)
     a = position_probs(alpha, k)
     return float(1.0 + np.cumprod(a).sum())
+
+
+def draft_acceptance_rate(alpha: AlphaLike, k: int) -> float:
+    """Accepted over drafted tokens, ``(E[X] - 1) / k``: what a server measures and reports as its
+    acceptance rate (NaN at k = 0). For a constant alpha it is below alpha for every k > 1."""
+    return (expected_tokens_per_step(alpha, k) - 1.0) / k if k > 0 else math.nan
+
+
+def position_rates(alpha: AlphaLike, k: int) -> npt.NDArray[np.float64]:
+    """``P(draft position j accepted)`` for j = 1..k: ``alpha_1 ... alpha_j`` (vLLM's
+    per-position acceptance rates)."""
+    return np.asarray(np.cumprod(position_probs(alpha, k)), dtype=np.float64)
+
+
+def alpha_for_length(length: float, k: int) -> float:
+    """The constant alpha whose acceptance length at draft length ``k`` is ``length``.
+
+    Solves ``(1 - alpha^(k+1)) / (1 - alpha) = length`` (increasing in alpha) by bisection to
+    1e-12.
+
+    Raises
+    ------
+    ValueError
+        ``k < 1`` or ``length`` outside ``[1, k + 1]``.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1 to fit alpha, got {k}")
+    if not 1.0 <= length <= k + 1:
+        raise ValueError(f"acceptance length must lie in [1, k+1] = [1, {k + 1}], got {length}")
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if expected_tokens_per_step(mid, k) < length:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def alphas_from_position_rates(rates: Sequence[float]) -> list[float]:
+    """Per-position alpha from per-position acceptance rates ``r_j = alpha_1 ... alpha_j``.
+
+    ``alpha_1 = r_1``, ``alpha_j = r_j / r_(j-1)`` (1 where ``r_(j-1)`` is 0).
+
+    Raises
+    ------
+    ValueError
+        Rates outside [0, 1] or increasing with j (a draft cannot be accepted at position j more
+        often than at j - 1; rates rounded to two digits may tie, which is allowed).
+    """
+    r = [float(x) for x in rates]
+    if not r:
+        raise ValueError("no per-position rates given")
+    if any(not 0.0 <= x <= 1.0 for x in r):
+        raise ValueError("per-position rates must lie in [0, 1]")
+    if any(b > a + 1e-12 for a, b in itertools.pairwise(r)):
+        raise ValueError(f"per-position rates must not increase with the position, got {r}")
+    out = [r[0]]
+    for prev, cur in itertools.pairwise(r):
+        out.append(cur / prev if prev > 0 else 1.0)
+    return out
+
+
+def fit_positions(lengths: dict[int, float], smoothness: float = 0.05) -> list[float]:
+    """Per-position alpha (positions 1..max k) from acceptance lengths measured at several k.
+
+    Least squares on the relative errors of ``E[X](alpha, k)`` against each measured length,
+    with ``alpha_j`` in [0, 1] and a weak penalty ``smoothness * (alpha_(j+1) - alpha_j)`` that
+    settles what the lengths leave open (positions 1 and 2 when the smallest k measured is 2) and
+    damps the noise of lengths rounded to two digits. With one k it returns the constant alpha of
+    :func:`alpha_for_length` at every position.
+
+    Parameters
+    ----------
+    lengths
+        Draft length k -> measured acceptance length (tokens per step).
+    smoothness
+        Weight of the penalty on neighbouring differences.
+
+    Returns
+    -------
+    list of float
+        ``alpha_1 .. alpha_K``, K the largest k measured.
+    """
+    if not lengths:
+        raise ValueError("no acceptance lengths given")
+    for k, length in lengths.items():
+        if k < 1 or not 1.0 <= length <= k + 1:
+            raise ValueError(f"acceptance length at k={k} must lie in [1, {k + 1}], got {length}")
+    kmax = max(lengths)
+    if len(lengths) == 1:
+        return [alpha_for_length(lengths[kmax], kmax)] * kmax
+    from scipy.optimize import least_squares  # only fitting needs it
+
+    ks = sorted(lengths)
+    target = np.array([lengths[k] for k in ks])
+
+    def residuals(a: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        surv = np.cumprod(a)
+        model = np.array([1.0 + surv[:k].sum() for k in ks])
+        return np.concatenate(((model - target) / target, smoothness * np.diff(a)))
+
+    x0 = np.full(kmax, alpha_for_length(lengths[kmax], kmax))
+    res = least_squares(residuals, x0, bounds=(0.0, 1.0), xtol=1e-12, ftol=1e-12, gtol=1e-12)
+    return [float(v) for v in res.x]
 
 
 def tokens_per_step_var(alpha: AlphaLike, k: int) -> float:

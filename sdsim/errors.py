@@ -27,6 +27,7 @@ from __future__ import annotations
 
 __all__ = ["ScenarioError", "format_validation_error"]
 
+import re
 from typing import Any
 
 
@@ -103,6 +104,12 @@ def format_validation_error(exc: Any, prefix: str = "") -> ScenarioError:
         field = f"{prefix}.{field}" if field else prefix
     msg = str(first.get("msg", "invalid value"))
     msg = msg.removeprefix("Value error, ")
+    # a validator's message that starts with a field name ("acceptance.alpha: ...") names the
+    # field better than the model it was raised in
+    named = re.match(r"([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*): (.+)", msg)
+    if named and first.get("type") == "value_error":
+        sub, msg = named.groups()
+        field = sub if not field or sub.startswith(f"{field}.") else f"{field}.{sub}"
     if first.get("type") == "extra_forbidden":
         msg = "unknown field (check the spelling; `sdsim schema` lists the allowed fields)"
     elif "input" in first and first.get("type") not in {"missing"}:

@@ -14,7 +14,7 @@ per GPU, with
   80 GiB, so the derived capacity is about 7% conservative);
 * weights: verifier parameters / ``server.tp`` plus the drafter's when the scenario speculates
   (k > 0 or the adaptive policy: a plain-decoding server loads no drafter). A separate draft model
-  runs at TP 1, as in :func:`sdsim.costs.build.build_kernel_cost`, so it is whole on one GPU; an
+  runs at ``drafter.tp`` (default 1: whole on one GPU; :func:`sdsim.models.drafter_tp`); an
   EAGLE head is sharded like its verifier and shares the verifier's embedding and LM head; n-gram
   lookup has no weights. Precision as served (``costs.dtype: fp8`` stores 1-byte weights; MoE
   experts keep their own ``expert_weight_bytes``);
@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from sdsim.errors import ScenarioError
 from sdsim.hardware import GPUSpec, get_gpu
-from sdsim.models import ModelSpec, resolve_drafter, resolve_model
+from sdsim.models import ModelSpec, drafter_tp, resolve_drafter, resolve_model
 
 if TYPE_CHECKING:
     # types only: sdsim.scenario imports this module to check the KV fit of every scenario it builds
@@ -302,13 +302,14 @@ def kv_capacity(scn: Scenario) -> KVCapacity:
     dtype = scn.costs.dtype
     kv_elem = 1.0 if dtype == "fp8" else 2.0
     target = resolve_model(scn.target, "target")
-    drafter = resolve_drafter(scn.drafter.kind, scn.drafter.model, target)
+    drafter = resolve_drafter(scn.drafter.kind, scn.drafter.model, target, "drafter.model",
+                              scn.drafter.draft_vocab)  # fmt: skip
     weights = model_weight_bytes(target, dtype) / tp
     per_tok = _kv_per_token(target, tp, kv_elem)
     # plain decoding (k = 0, fixed) loads no drafter; the adaptive policy keeps it resident
     speculating = scn.spec.k > 0 or scn.spec.policy == "adaptive"
     if drafter.model is not None and speculating:
-        d_tp = tp if drafter.kind == "eagle" else 1  # as the cost model runs it
+        d_tp = drafter_tp(drafter, tp, scn.drafter.tp)  # as the cost model runs it
         weights += model_weight_bytes(drafter.model, dtype, drafter.kind == "eagle") / d_tp
         per_tok += _kv_per_token(drafter.model, d_tp, kv_elem)
     hbm = gpu.hbm_gb * 1e9

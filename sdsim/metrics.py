@@ -9,6 +9,8 @@ Conventions (the glossary users read results by):
 * ``e2e = finish - arrival``, ``ttft = first_token - arrival``,
   ``tpot = (finish - first_token) / (output_tokens - 1)`` (undefined for one-token outputs),
   ``queue_delay = first_scheduled - arrival``.
+* ``draft_acceptance_rate`` = accepted / drafted tokens over the measured requests: the rate
+  servers report, not the model's ``acceptance.alpha`` (see :mod:`sdsim.acceptance`).
 * ``little_residual = (in_system_mean - lambda_obs * e2e_mean) / in_system_mean`` with
   ``lambda_obs`` the observed arrival rate in the window: Little's law says it tends to 0.
 * ``stable`` is false when the run was stopped at a saturation bound, or when the number in system
@@ -34,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from sdsim._version import __version__
 from sdsim.records import SimRun
 from sdsim.scenario import SloSpec
 from sdsim.slo import slo_bounds, slo_stats
@@ -191,7 +194,7 @@ def summarize(
     acc = done["accepted"].to_numpy()
     out["tokens_per_step_mean"] = float((st.sum() + acc.sum()) / st.sum()) if st.sum() else math.nan
     drafted = float(done["drafted"].sum())
-    out["acceptance_rate"] = float(acc.sum() / drafted) if drafted else float("nan")
+    out["draft_acceptance_rate"] = float(acc.sum() / drafted) if drafted else float("nan")
 
     start = steps["start"].to_numpy()
     sdur = steps["duration"].to_numpy()
@@ -238,6 +241,7 @@ def summarize(
     out["steps"] = len(steps)
     out["duration_s"] = float(run.end_time)
     out["seed"] = int(seed)
+    out["sdsim_version"] = __version__
     return out
 
 

@@ -15,11 +15,14 @@ room for output); Llama 3.1/3.2 and gpt-oss list 131072.
 from __future__ import annotations
 
 __all__ = [
+    "EAGLE3_DRAFT_VOCAB",
     "EAGLE_FC",
     "MODELS",
     "NGRAM_CPU_S_PER_SEQ",
     "Drafter",
     "ModelSpec",
+    "drafter_tp",
+    "eagle3_head",
     "eagle_head",
     "get_model",
     "hf_registry_name",
@@ -45,6 +48,10 @@ NGRAM_CPU_S_PER_SEQ = 20e-6
 # An EAGLE head fuses the verifier's last hidden state with the next token's embedding through a
 # (2 * hidden -> hidden) projection before its one decoder layer (Li et al., EAGLE, ICML 2024).
 EAGLE_FC = "eagle_fc"
+
+# An EAGLE-3 head drafts over its own, smaller vocabulary (draft ids map to target ids through a
+# table): 32,000 tokens in yuhuili/EAGLE3-LLaMA3.1-Instruct-8B's config (``draft_vocab_size``).
+EAGLE3_DRAFT_VOCAB = 32000
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,14 @@ class ModelSpec:
         Bytes per expert weight when experts are stored differently (gpt-oss ships MXFP4 experts:
         4 bits plus one 8-bit scale per 32 values = 4.25 bits); ``None`` = ``weight_bytes``.
     input_fc
-        Input width of an extra fusion projection into ``hidden`` (EAGLE heads: 2 * hidden).
+        Input width of an extra fusion projection into ``hidden`` run in every pass (EAGLE-1
+        heads: 2 * hidden, the token's embedding next to the verifier's hidden state).
+    first_pass_fc
+        Input width of a fusion projection into ``hidden`` run only in a step's first draft pass
+        (EAGLE-3 heads: 3 * hidden, three of the verifier's hidden layers combined).
+    qkv_input
+        Input width of the QKV projection when it is not ``hidden`` (EAGLE-3's decoder layer
+        reads the embedding and the hidden state side by side: 2 * hidden); 0 = ``hidden``.
     published_params
         Published total parameter count (for the 2% check), if known.
     """
@@ -111,6 +125,8 @@ class ModelSpec:
     weight_bytes: float = 2.0
     expert_weight_bytes: float | None = None
     input_fc: int = 0
+    first_pass_fc: int = 0
+    qkv_input: int = 0
     published_params: float | None = None
 
     # ------------------------------------------------------------------ derived sizes
@@ -130,6 +146,11 @@ class ModelSpec:
         return self.kv_heads * self.head_dim
 
     @property
+    def qkv_in(self) -> int:
+        """Input width of the QKV projection."""
+        return self.qkv_input or self.hidden
+
+    @property
     def mlp_mats(self) -> int:
         """Matrices per MLP (3 when gated)."""
         return 3 if self.gated_mlp else 2
@@ -137,7 +158,7 @@ class ModelSpec:
     def attn_params_per_layer(self) -> int:
         """Attention weights of one layer (QKV, O, their biases, QK norms, sinks)."""
         h = self.hidden
-        p = h * (self.q_dim + 2 * self.kv_dim) + self.q_dim * h
+        p = self.qkv_in * (self.q_dim + 2 * self.kv_dim) + self.q_dim * h
         if self.qkv_bias:
             p += self.q_dim + 2 * self.kv_dim
         if self.o_bias:
@@ -169,7 +190,7 @@ class ModelSpec:
     def param_count(self) -> int:
         """Total parameters derived from the architecture."""
         per_layer = self.attn_params_per_layer() + self.mlp_params_per_layer() + 2 * self.hidden
-        fc = self.input_fc * self.hidden
+        fc = (self.input_fc + self.first_pass_fc) * self.hidden
         return self.layers * per_layer + self.embedding_params() + self.hidden + fc
 
     def active_param_count(self) -> int:
@@ -429,6 +450,22 @@ def eagle_head(verifier: ModelSpec) -> ModelSpec:
     )
 
 
+def eagle3_head(verifier: ModelSpec, draft_vocab: int = EAGLE3_DRAFT_VOCAB) -> ModelSpec:
+    """An EAGLE-3 draft head (Li et al., EAGLE-3, 2025; vLLM ``llama_eagle3.py``): one decoder
+    layer of the verifier's width whose QKV projection reads the token embedding and the hidden
+    state side by side (2 * hidden), a 3h -> h projection that fuses three of the verifier's
+    hidden layers in a step's first draft pass only, and its own LM head over ``draft_vocab``
+    tokens (the embedding is the verifier's, shared)."""
+    return replace(
+        eagle_head(verifier),
+        name=f"eagle3({verifier.name})",
+        vocab=draft_vocab,
+        input_fc=0,
+        first_pass_fc=3 * verifier.hidden,
+        qkv_input=2 * verifier.hidden,
+    )
+
+
 @dataclass(frozen=True)
 class Drafter:
     """The draft proposer as the cost model sees it.
@@ -436,14 +473,15 @@ class Drafter:
     Attributes
     ----------
     kind
-        ``model`` (a separate small LM), ``eagle`` (a head on the verifier) or ``ngram``.
+        ``model`` (a separate small LM), ``eagle`` (an EAGLE-1 head on the verifier), ``eagle3``
+        (an EAGLE-3 head) or ``ngram``.
     model
-        The network run per draft pass (the small LM, or the EAGLE head); ``None`` for n-gram.
+        The network run per draft pass (the small LM, or the head); ``None`` for n-gram.
     cpu_s_per_seq
         CPU time per request per step (n-gram lookup); 0 for GPU drafters.
     """
 
-    kind: Literal["model", "eagle", "ngram"]
+    kind: Literal["model", "eagle", "eagle3", "ngram"]
     model: ModelSpec | None
     cpu_s_per_seq: float = 0.0
 
@@ -452,17 +490,41 @@ class Drafter:
         """Whether the drafter also runs over prompt tokens (GPU drafters keep their own KV)."""
         return self.model is not None
 
+    @property
+    def is_head(self) -> bool:
+        """Whether the drafter is a head on the verifier (EAGLE-1 or EAGLE-3): it runs at the
+        verifier's tensor-parallel degree and reads its hidden states."""
+        return self.kind in ("eagle", "eagle3")
+
 
 def resolve_drafter(
-    kind: str, model_ref: str | None, verifier: ModelSpec, field: str = "drafter.model"
+    kind: str,
+    model_ref: str | None,
+    verifier: ModelSpec,
+    field: str = "drafter.model",
+    draft_vocab: int | None = None,
 ) -> Drafter:
-    """The drafter of a scenario's ``drafter`` block."""
+    """The drafter of a scenario's ``drafter`` block (``draft_vocab``: EAGLE-3's draft
+    vocabulary, default :data:`EAGLE3_DRAFT_VOCAB`)."""
     if kind == "ngram":
         return Drafter("ngram", None, NGRAM_CPU_S_PER_SEQ)
     if kind == "eagle":
         return Drafter("eagle", eagle_head(verifier))
+    if kind == "eagle3":
+        return Drafter("eagle3", eagle3_head(verifier, draft_vocab or EAGLE3_DRAFT_VOCAB))
     if kind == "model":
         if not model_ref:
             raise ScenarioError(field, "kind 'model' needs `model:` (a registry name or path)")
         return Drafter("model", resolve_model(model_ref, field))
-    raise ScenarioError("drafter.kind", f"unknown drafter kind {kind!r}; use model, eagle, ngram")
+    raise ScenarioError(
+        "drafter.kind", f"unknown drafter kind {kind!r}; use model, eagle, eagle3, ngram"
+    )
+
+
+def drafter_tp(drafter: Drafter, target_tp: int, requested: int | None = None) -> int:
+    """Tensor-parallel degree a drafter runs at: a head (EAGLE-1/3) lives inside the verifier and
+    is sharded like it; a separate draft model runs at ``requested`` (``drafter.tp``), whole on
+    one GPU by default."""
+    if drafter.is_head:
+        return max(1, int(target_tp))
+    return max(1, int(requested)) if requested else 1

@@ -4,14 +4,23 @@ Everything here takes tables (a sweep's summary or speedup table, a step-time ta
 matplotlib ``Figure`` objects built without pyplot, so no global backend or figure state is touched;
 saving uses the Agg canvas. :func:`plot_sweep` draws the standard figures of a sweep output
 directory.
+
+Axes are labelled with their unit from :mod:`sdsim.labels` (``workload.rate`` -> "arrival rate
+(req/s)", latencies in s, ms or µs chosen for the values drawn); integer fields get integer ticks;
+every line drawn has a legend entry; ``--target METRIC=VALUE`` lines (:func:`parse_targets`) mark a
+service-level target.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "choose_x",
+    "draw_target",
+    "explain_figure",
+    "fig_title",
     "heatmap_figure",
     "line_figure",
+    "parse_targets",
     "plot_sweep",
     "step_time_figure",
 ]
@@ -24,14 +33,81 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from sdsim.errors import ScenarioError
+from sdsim.labels import (
+    FIELDS,
+    METRICS,
+    field_label,
+    integer_field,
+    metric_label,
+    short_field,
+    time_unit,
+)
+from sdsim.provenance import png_metadata, provenance, sidecar
 from sdsim.sweep import load_sweep_dir, speedup_table, summarize_runs
 
-# Latency metrics are stored in seconds; plots show milliseconds below one second's scale.
-_SECONDS = ("e2e_", "ttft_", "tpot_", "queue_delay_")
+_TIME_SUFFIXES = (("ms", 1e-3), ("us", 1e-6), ("µs", 1e-6), ("s", 1.0))
+
+
+def parse_targets(items: Sequence[str] | None, option: str = "--target") -> dict[str, float]:
+    """Targets from ``--target e2e_p99=10 --target ttft_p99=500ms``.
+
+    A latency target is in seconds unless it carries a unit (``s``, ``ms``, ``us``/``µs``);
+    other metrics take their own unit (``throughput_rps=20``).
+
+    Returns
+    -------
+    dict
+        Summary key -> target value in the key's stored unit (seconds for latencies).
+
+    Raises
+    ------
+    ScenarioError
+        An item that is not ``METRIC=NUMBER[unit]`` or names an unknown metric.
+    """
+    got: dict[str, float] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ScenarioError(option, f"expected METRIC=VALUE, got {item!r}")
+        key, raw = (x.strip() for x in item.split("=", 1))
+        lab = METRICS.get(key)
+        if lab is None:
+            known = ", ".join(sorted(k for k in METRICS if k.endswith(("_mean", "_p99"))))
+            raise ScenarioError(option, f"unknown metric {key!r} (allowed: {known}, ...)")
+        factor = 1.0
+        if lab.unit == "s":
+            for suffix, f in _TIME_SUFFIXES:
+                if raw.endswith(suffix):
+                    raw, factor = raw[: -len(suffix)].strip(), f
+                    break
+        try:
+            value = float(raw) * factor
+        except ValueError:
+            raise ScenarioError(option, f"{key}: not a number: {raw!r}") from None
+        if not math.isfinite(value):
+            raise ScenarioError(option, f"{key}: must be finite (got {raw})")
+        got[key] = value
+    return got
+
+
+def draw_target(ax: Axes, metric: str, value: float, scale: float = 1.0) -> None:
+    """A horizontal target line with its legend entry (``value`` in the metric's stored unit,
+    ``scale`` the axis factor, e.g. 1e3 for an axis in ms)."""
+    lab = METRICS.get(metric)
+    shown = value * scale
+    unit = ""
+    if lab is not None and lab.unit == "s":
+        unit = {1.0: " s", 1e3: " ms", 1e6: " µs"}.get(scale, "")
+    elif lab is not None and lab.unit:
+        unit = f" {lab.unit}"
+    ax.axhline(shown, color="crimson", linestyle="-.", linewidth=1.2,
+               label=f"target {metric} = {shown:.4g}{unit}")  # fmt: skip
 
 
 def _is_numeric(values: pd.Series) -> bool:
@@ -54,18 +130,20 @@ def choose_x(df: pd.DataFrame, fields: list[str], exclude: tuple[str, ...] = ())
 
 
 def _label(field: str, value: Any) -> str:
-    short = field.rsplit(".", 1)[-1]
-    return f"{short}={value}"
+    lab = FIELDS.get(field)
+    unit = f" {lab.unit}" if lab is not None and lab.unit else ""
+    return f"{short_field(field)} = {value}{unit}"
 
 
 def _scale(metric: str, values: pd.Series | None = None) -> tuple[float, str]:
-    """Factor and axis label: latencies in ms, or in s when they run to tens of seconds."""
-    if metric.startswith(_SECONDS) and not metric.endswith("_std"):
-        v = pd.to_numeric(values, errors="coerce") if values is not None else None
-        if v is not None and v.notna().any() and float(v.median()) >= 1.0:
-            return 1.0, f"{metric} (s)"
-        return 1e3, f"{metric} (ms)"
-    return 1.0, metric
+    """Factor and axis label with the unit: latencies in the unit (s, ms, µs) that suits the
+    values drawn."""
+    lab = METRICS.get(metric)
+    if lab is not None and lab.unit == "s":
+        v = pd.to_numeric(values, errors="coerce") if values is not None else pd.Series([1e-3])
+        unit, factor = time_unit(v.to_numpy(dtype=np.float64))
+        return factor, metric_label(metric, unit)
+    return 1.0, metric_label(metric)
 
 
 def _x_positions(values: pd.Series) -> tuple[np.ndarray, list[str] | None]:
@@ -86,6 +164,9 @@ def line_figure(
     high: str | None = None,
     analytic: str | None = None,
     reference: float | None = None,
+    reference_label: str = "reference",
+    target: float | None = None,
+    target_metric: str = "",
     title: str = "",
     ylabel: str | None = None,
     scale: float = 1.0,
@@ -106,10 +187,12 @@ def line_figure(
         Columns bounding the confidence band (drawn shaded).
     analytic
         Column with a model prediction, drawn dashed in the line's colour.
-    reference
-        A horizontal reference line (e.g. speedup 1).
+    reference, reference_label
+        A horizontal reference line (e.g. speedup 1) and its legend entry.
+    target, target_metric
+        A target line (in the metric's stored unit) for summary key ``target_metric``.
     title, ylabel
-        Labels.
+        Labels (the x axis is labelled from :mod:`sdsim.labels`).
     scale
         Factor applied to y values (1e3 for seconds shown as ms).
     """
@@ -120,9 +203,13 @@ def line_figure(
     axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
     for ax, panel in zip(axes, panels, strict=True):
         sub = df if not facet else df[df[facet].astype(str) == panel]
-        groups = sub.groupby(hue, sort=False, dropna=False) if hue else [((), sub)]
+        groups: list[tuple[Any, pd.DataFrame]] = (
+            list(sub.groupby(hue, sort=False, dropna=False)) if hue else [((), sub)]
+        )
         cats: list[str] | None = None
         marked = False
+        banded = False
+        dashed = False
         for i, (key, grp) in enumerate(groups):
             grp = grp.copy()
             xs_all, cats = _x_positions(grp[x])
@@ -136,11 +223,16 @@ def line_figure(
             if low and high and low in grp and high in grp:
                 lo = pd.to_numeric(grp[low]).to_numpy(dtype=np.float64)[order] * scale
                 hi = pd.to_numeric(grp[high]).to_numpy(dtype=np.float64)[order] * scale
-                ax.fill_between(xs, lo, hi, color=color, alpha=0.2, linewidth=0)
+                ax.fill_between(xs, lo, hi, color=color, alpha=0.2, linewidth=0,
+                                label=None if banded else "95% CI")  # fmt: skip
+                banded = True
             if analytic and analytic in grp:
                 ya = pd.to_numeric(grp[analytic]).to_numpy(dtype=np.float64)[order] * scale
                 if np.isfinite(ya).any():
-                    ax.plot(xs, ya, linestyle="--", color=color, alpha=0.8)
+                    # one group: its own entry; several: one entry for all (same colours)
+                    alabel = f"{label} (analytic)" if len(groups) == 1 else None
+                    ax.plot(xs, ya, linestyle="--", color=color, alpha=0.8, label=alabel)
+                    dashed = True
             if "stable" in grp and y != "stable":
                 st = pd.to_numeric(grp["stable"]).to_numpy(dtype=np.float64)[order]
                 bad = np.isfinite(st) & (st < 1)
@@ -157,23 +249,39 @@ def line_figure(
                     marked = True
         if cats is not None:
             ax.set_xticks(range(len(cats)), cats)
+        elif integer_field(x):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if reference is not None:
-            ax.axhline(reference, color="0.5", linewidth=1, linestyle=":")
-        ax.set_xlabel(x)
+            ax.axhline(reference, color="0.5", linewidth=1, linestyle=":", label=reference_label)
+        if target is not None:
+            draw_target(ax, target_metric, target, scale)
+        ax.set_xlabel(field_label(x))
         if facet:
             ax.set_title(_label(facet, panel))
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
-    axes[0].set_ylabel(ylabel or y)
+        handles, labels = ax.get_legend_handles_labels()
+        if dashed and len(groups) > 1:
+            handles.append(Line2D([], [], color="0.3", linestyle="--"))
+            labels.append("analytic model (dashed, line's colour)")
+        ax.legend(handles, labels, fontsize="small")
+    axes[0].set_ylabel(ylabel or metric_label(y))
     if title:
         fig.suptitle(title)
     return fig
 
 
 def heatmap_figure(
-    df: pd.DataFrame, x: str, y: str, value: str, *, title: str = "", scale: float = 1.0
+    df: pd.DataFrame,
+    x: str,
+    y: str,
+    value: str,
+    *,
+    title: str = "",
+    scale: float = 1.0,
+    value_label: str = "",
 ) -> Figure:
-    """A heatmap of ``value`` over two swept fields (mean over replications), cells annotated."""
+    """A heatmap of ``value`` over two swept fields (mean over replications), cells annotated;
+    points where a replication was unstable (``stable`` below 1) are marked x."""
     table = df.pivot_table(index=y, columns=x, values=value, aggfunc="mean", sort=True) * scale
     fig = Figure(
         figsize=(1.0 + 0.9 * table.shape[1] + 2, 1.0 + 0.6 * table.shape[0] + 1),
@@ -185,8 +293,8 @@ def heatmap_figure(
     im = ax.imshow(data, aspect="auto", origin="lower", cmap="viridis")
     ax.set_xticks(range(table.shape[1]), [str(c) for c in table.columns])
     ax.set_yticks(range(table.shape[0]), [str(r) for r in table.index])
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
+    ax.set_xlabel(field_label(x))
+    ax.set_ylabel(field_label(y))
     finite = data[np.isfinite(data)]
     mid = float(np.median(finite)) if finite.size else 0.0
     for (r, c), v in np.ndenumerate(data):
@@ -200,8 +308,53 @@ def heatmap_figure(
                 fontsize="small",
                 color="w" if v < mid else "k",
             )
-    fig.colorbar(im, ax=ax)
+    if "stable" in df.columns and value != "stable":
+        st = df.pivot_table(index=y, columns=x, values="stable", aggfunc="min", sort=True)
+        st = st.reindex(index=table.index, columns=table.columns)
+        bad = np.argwhere(st.to_numpy(dtype=np.float64) < 1)
+        if bad.size:
+            ax.scatter(bad[:, 1], bad[:, 0], marker="x", s=160, color="crimson", linewidths=2,
+                       label="unstable (some replications)")  # fmt: skip
+            ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(0, -0.12))
+    fig.colorbar(im, ax=ax, label=value_label or metric_label(value))
     ax.set_title(title or value)
+    return fig
+
+
+def fig_title(fig: Figure) -> str:
+    """A figure's title (suptitle, else its first axes' title), for the PNG metadata."""
+    sup = fig.get_suptitle() if hasattr(fig, "get_suptitle") else ""
+    return sup or (fig.axes[0].get_title() if fig.axes else "")
+
+
+def explain_figure(df: pd.DataFrame, *, title: str = "", per_token: bool = False) -> Figure:
+    """Stacked bars of a step's time by term (the table of :func:`sdsim.costs.explain.
+    explain_steps`), one bar per (batch, k); ``per_token`` divides by the decoding requests (the
+    time each request's step costs)."""
+    from matplotlib import colormaps
+
+    d = df.copy()
+    if per_token:
+        d["ms"] = d["ms"] / d["batch"]
+    keys = list(dict.fromkeys(zip(d["k"], d["batch"], strict=True)))
+    labels = list(dict.fromkeys(d["label"]))
+    fig = Figure(figsize=(max(6.0, 0.7 * len(keys) + 4.5), 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    cmap = colormaps["tab20"]
+    bottom = np.zeros(len(keys))
+    for i, lab in enumerate(labels):
+        sub = d[d["label"] == lab].set_index(["k", "batch"])["ms"]
+        vals = np.array([float(sub.get(key, 0.0)) for key in keys])
+        if not np.any(vals > 0):
+            continue
+        ax.bar(range(len(keys)), vals, bottom=bottom, color=cmap(i % 20), label=lab)
+        bottom += vals
+    ax.set_xticks(range(len(keys)), [f"B={b}\nk={k}" for k, b in keys])
+    ax.set_ylabel("ms per decoding request" if per_token else "step time (ms)")
+    ax.set_title(title or "where a step's time goes")
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(True, axis="y", alpha=0.3)
     return fig
 
 
@@ -225,6 +378,7 @@ def plot_sweep(
     facet: str | None = None,
     speedup_vs: str | None = None,
     plot_dir: str | Path | None = None,
+    targets: Mapping[str, float] | None = None,
 ) -> list[Path]:
     """Draw the standard figures of a sweep output directory as PNG files.
 
@@ -250,13 +404,17 @@ def plot_sweep(
         Baseline as ``FIELD=VALUE[,FIELD=VALUE]``.
     plot_dir
         Where PNGs go (default ``out_dir/plots``).
+    targets
+        Summary key -> target value (stored unit, seconds for latencies; see
+        :func:`parse_targets`), drawn as a line on that metric's figure.
 
     Returns
     -------
     list of Path
-        Files written.
+        Files written (each PNG records the sdsim version; speedup.csv has a sidecar).
     """
     meta, runs = load_sweep_dir(out_dir)
+    goals = dict(targets or {})
     if len(runs) == 0:
         raise ScenarioError(str(out_dir), "the sweep has no finished runs yet")
     analytic = None
@@ -303,11 +461,15 @@ def plot_sweep(
         return xx, rest, ff
 
     if speedup_vs:
+        if goals:
+            raise ScenarioError("--target", "targets are drawn on metric figures, not on speedup")
         baseline = _parse_baseline(speedup_vs)
         metric = (metrics or ["e2e_mean"])[0]
         table = speedup_table(runs, meta, baseline, metric)
         csv = dest / "speedup.csv"
         table.to_csv(csv, index=False)
+        sidecar(csv, meta.get("seed"), sweep=name, baseline=speedup_vs, metric=metric,
+                seeds="paired replications; run seeds in results/*.parquet")  # fmt: skip
         written.append(csv)
         xx, hue_axes, ff = layout(table, tuple(baseline))
         if ff is None and hue_axes:
@@ -324,14 +486,21 @@ def plot_sweep(
             low="speedup_ci_low",
             high="speedup_ci_high",
             reference=1.0,
+            reference_label="speedup 1 (no gain)",
             title=f"{name}: speedup = {metric}({bl}) / {metric}",
-            ylabel=f"speedup ({metric})",
+            ylabel=f"speedup of {metric_label(metric).split(' (')[0]} (×)",
         )
         path = dest / f"speedup_{metric}.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, metadata=png_metadata(meta.get("seed"), fig_title(fig)))
         written.append(path)
         return written
 
+    drawn = [m for m in (metrics or meta["metrics"]) if m in summary.columns]
+    missing = sorted(set(goals) - set(drawn))
+    if missing:
+        raise ScenarioError(
+            "--target", f"no figure of {missing} to draw the target on (drawn: {drawn})"
+        )
     xx, hue_axes, ff = layout(summary)
     hue = [f for ax in hue_axes for f in ax]
     varying = _varying(summary, fields)
@@ -349,20 +518,24 @@ def plot_sweep(
             low=f"{m}_ci_low",
             high=f"{m}_ci_high",
             analytic=ana,
+            target=goals.get(m),
+            target_metric=m,
             title=f"{name}: {m} (mean, 95% CI over {meta['replications']} reps)",
             ylabel=ylabel,
             scale=scale,
         )
         path = dest / f"{m}.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, metadata=png_metadata(meta.get("seed"), fig_title(fig)))
         written.append(path)
         if len(varying) == 2:
             other = varying[1] if varying[0] == xx else varying[0]
-            hf = heatmap_figure(summary, xx, other, m, title=f"{name}: {ylabel}", scale=scale)
+            hf = heatmap_figure(summary, xx, other, m, title=f"{name}: {ylabel}", scale=scale,
+                                value_label=ylabel)  # fmt: skip
             hpath = dest / f"{m}_heatmap.png"
-            hf.savefig(hpath, dpi=110)
+            hf.savefig(hpath, dpi=110, metadata=png_metadata(meta.get("seed"), fig_title(hf)))
             written.append(hpath)
-    (dest / "plots.json").write_text(json.dumps([p.name for p in written], indent=1) + "\n")
+    index = provenance(meta.get("seed"), sweep=name, files=[p.name for p in written])
+    (dest / "plots.json").write_text(json.dumps(index, indent=1) + "\n")
     return written
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "AcceptanceSpec",
     "BetaAlpha",
+    "CalibratedKnobs",
     "CostsSpec",
     "DrafterSpec",
     "EmpiricalLength",
@@ -196,12 +197,38 @@ class AcceptanceSpec(_Frozen):
     ``alpha`` is either one probability (i.i.d. geometric acceptance), a list of per-position
     probabilities (position j accepted with probability alpha[j] given all before it were;
     the list must be at least ``spec.k`` long), or ``{dist: beta, mean, concentration}`` for a
-    per-request alpha.
+    per-request alpha. ``preset: NAME`` takes the per-position alpha measured for a
+    target/drafter/dataset pair (``sdsim acceptance list``); the resolved scenario keeps both.
+    ``alpha`` is the model parameter, not the draft acceptance rate a server reports (accepted
+    over drafted tokens): ``sdsim acceptance fit`` converts one into the other.
     """
 
     alpha: (
         Annotated[float, Field(ge=0, le=1)] | list[Annotated[float, Field(ge=0, le=1)]] | BetaAlpha
     ) = 0.7
+    preset: str | None = Field(
+        default=None, description="measured acceptance preset (sdsim acceptance list)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("preset") is None:
+            return data
+        from sdsim.acceptance_presets import get_preset
+
+        name = data["preset"]
+        try:
+            alpha = list(get_preset(str(name)).alpha)
+        except KeyError as exc:
+            raise ValueError(f"preset: {exc.args[0]}") from None
+        given = data.get("alpha")
+        if given is not None and given != alpha:
+            raise ValueError(
+                f"alpha: {given!r} disagrees with preset {name!r} (alpha {alpha}); give one of "
+                "the two (an override of acceptance.alpha replaces the preset)"
+            )
+        return {**data, "alpha": alpha}
 
     @field_validator("alpha", mode="before")
     @classmethod
@@ -227,15 +254,34 @@ class AcceptanceSpec(_Frozen):
 
 
 class DrafterSpec(_Frozen):
-    """The draft proposer: a separate small model, an EAGLE-style head, or n-gram lookup."""
+    """The draft proposer: a separate small model, an EAGLE-1 head (``eagle``), an EAGLE-3 head
+    (``eagle3``: fuses three of the verifier's hidden layers, drafts over its own smaller
+    vocabulary) or n-gram lookup."""
 
-    kind: Literal["model", "eagle", "ngram"] = "eagle"
+    kind: Literal["model", "eagle", "eagle3", "ngram"] = "eagle"
     model: str | None = Field(default=None, description="registry name or config.json path")
+    tp: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="kind 'model': the draft model's tensor-parallel degree (default 1; heads "
+        "always run at server.tp)",
+    )
+    draft_vocab: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="kind 'eagle3': the head's draft vocabulary (default 32000)",
+    )
 
     @model_validator(mode="after")
     def _needs_model(self) -> DrafterSpec:
         if self.kind == "model" and not self.model:
             raise ValueError("kind 'model' needs `model:` (a registry name or config.json path)")
+        if self.tp is not None and self.kind != "model":
+            raise ValueError("tp applies to kind 'model' only (heads run at server.tp)")
+        if self.draft_vocab is not None and self.kind != "eagle3":
+            raise ValueError("draft_vocab applies to kind 'eagle3' only")
         return self
 
 
@@ -332,24 +378,57 @@ class RooflineKnobs(_Frozen):
     allreduce_latency_s: float | None = Field(default=None, ge=0, le=1e-2)
 
 
+class CalibratedKnobs(_Frozen):
+    """Overrides of the calibrated model's terms (``None`` = the calibration file's value; see
+    :class:`sdsim.costs.calibration.EngineTerms` and :class:`~sdsim.costs.calibration.
+    AttentionTerms` for what each means and where its default comes from). ``spec_step_s`` and
+    ``draft_pass_s`` apply to the scenario's drafter kind."""
+
+    step_s: float | None = Field(default=None, ge=0, le=1.0)
+    per_seq_s: float | None = Field(default=None, ge=0, le=1.0)
+    per_token_s: float | None = Field(default=None, ge=0, le=1.0)
+    spec_step_s: float | None = Field(default=None, ge=0, le=1.0)
+    draft_pass_s: float | None = Field(default=None, ge=0, le=1.0)
+    ngram_context_token_s: float | None = Field(default=None, ge=0, le=1e-3)
+    graph_max_tokens: int | None = Field(default=None, ge=0, le=1_000_000)
+    eager_launch_s: float | None = Field(default=None, ge=0, le=1e-2)
+    piecewise_layer_s: float | None = Field(default=None, ge=0, le=1e-2)
+    attention_decode_memory: float | None = Field(default=None, gt=0, le=1)
+    attention_verify_memory: float | None = Field(default=None, gt=0, le=1)
+    attention_prefill_compute: float | None = Field(default=None, gt=0, le=1)
+    allreduce_latency_s: float | None = Field(default=None, ge=0, le=1e-2)
+
+
 class CostsSpec(_Frozen):
     """Where step costs come from.
 
-    ``auto`` (the default) is the roofline from the scenario's GPU spec sheet and model
-    architectures: it needs nothing but the registry and works offline. ``linear`` uses the
-    coefficients in ``linear``; ``profile`` reads the measured profile bundle at ``profile``.
+    ``auto`` (the default) is ``calibrated``: kernel costs from the GPU's spec sheet and the
+    models' architectures with efficiencies fitted to measured kernels, plus the per-pass,
+    per-request and per-token host costs of a real serving engine fitted to public measurements
+    (the shipped calibration, or the file ``calibration`` names; ``calibrated`` overrides single
+    terms). ``roofline`` is the ideal spec-sheet roofline with a fixed CPU overhead per step;
+    ``linear`` uses the coefficients in ``linear``; ``profile`` reads the measured profile bundle
+    at ``profile``.
     """
 
-    source: Literal["auto", "linear", "roofline", "profile"] = "auto"
+    source: Literal["auto", "linear", "roofline", "profile", "calibrated"] = "auto"
     linear: LinearCosts = LinearCosts()
     profile: str | None = Field(default=None, description="profile bundle directory")
+    calibration: str | None = Field(
+        default=None,
+        description="calibration file (`sdsim calibrate --out`); default: the shipped one",
+    )
     overhead_s: float | None = Field(
-        default=None, ge=0, description="CPU overhead per step for roofline/profile sources"
+        default=None,
+        ge=0,
+        description="CPU overhead per step for roofline/profile sources; for the calibrated "
+        "source, the per-step host cost (calibrated.step_s)",
     )
     dtype: Literal["bf16", "fp8"] = Field(
         default="bf16", description="roofline precision: weights, KV cache and peak FLOPs"
     )
     roofline: RooflineKnobs = RooflineKnobs()
+    calibrated: CalibratedKnobs = CalibratedKnobs()
 
     @model_validator(mode="after")
     def _profile_needs_path(self) -> CostsSpec:
@@ -359,8 +438,8 @@ class CostsSpec(_Frozen):
 
     @property
     def resolved_source(self) -> str:
-        """``auto`` resolved: the roofline."""
-        return "roofline" if self.source == "auto" else self.source
+        """``auto`` resolved: the calibrated model."""
+        return "calibrated" if self.source == "auto" else self.source
 
 
 # --------------------------------------------------------------------------- hardware
@@ -513,6 +592,15 @@ class Scenario(_Frozen):
     @model_validator(mode="after")
     def _cross_checks(self) -> Scenario:
         a = self.acceptance.alpha
+        preset = self.acceptance.preset
+        if preset is not None and isinstance(a, list):
+            need = max(self.spec.k, self.spec.k_max if self.spec.policy == "adaptive" else 0)
+            if len(a) < need:
+                raise ValueError(
+                    f"acceptance.preset: {preset!r} is measured for draft lengths up to "
+                    f"{len(a)}; spec.k{'_max' if need > self.spec.k else ''} is {need} (lower it, "
+                    "or give acceptance.alpha)"
+                )
         if isinstance(a, list) and len(a) < max(self.spec.k, 1):
             raise ValueError(
                 f"acceptance.alpha: per-position list has {len(a)} entries, needs >= spec.k "
@@ -596,6 +684,14 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> d
                     raise ScenarioError(where, f"is a {type(nxt).__name__}, cannot set {key}")
             node = nxt
         node[parts[-1]] = value
+    # an override of the acceptance law replaces it whole: a new alpha drops a preset the data
+    # named, a new preset drops an alpha (the resolved alpha of the old preset included)
+    acc = out.get("acceptance")
+    keys = set(overrides or {})
+    if isinstance(acc, dict):
+        for given, dropped in (("alpha", "preset"), ("preset", "alpha")):
+            if f"acceptance.{given}" in keys and f"acceptance.{dropped}" not in keys:
+                acc.pop(dropped, None)
     return out
 
 
@@ -689,6 +785,7 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path | None) -> dict[str, Any
         ("workload", "trace"),
         ("workload", "report"),
         ("costs", "profile"),
+        ("costs", "calibration"),
         ("drafter", "model"),
     ):
         sec = out.get(section)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from sdsim._version import __version__
 from sdsim.metrics import UNSTABLE_GROWTH_FRACTION
 from sdsim.scenario import SloSpec
 from sdsim.slo import SloCounter, slo_bounds
@@ -288,7 +289,8 @@ class RunningSummary:
         )
         st_sum, acc = self.steps_sum, self.accepted_sum
         out["tokens_per_step_mean"] = float((st_sum + acc) / st_sum) if st_sum else math.nan
-        out["acceptance_rate"] = float(acc / self.drafted_sum) if self.drafted_sum else math.nan
+        drafted = self.drafted_sum
+        out["draft_acceptance_rate"] = float(acc / drafted) if drafted else math.nan
         replicas = int(info.get("replicas", 1) or 1)
         if span > 0 and self.n_steps:
             out["batch_mean"] = float(self.batch_w / span)
@@ -338,6 +340,7 @@ class RunningSummary:
         out["steps"] = self.n_steps
         out["duration_s"] = float(end_time)
         out["seed"] = int(seed)
+        out["sdsim_version"] = __version__
         return out
 
     def _growth(self, t1: float) -> float:

@@ -64,9 +64,11 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sdsim._version import __version__
 from sdsim.costs.build import build_cost_model
 from sdsim.errors import ScenarioError, format_validation_error
 from sdsim.metrics import SUMMARY_KEYS
+from sdsim.provenance import provenance, sidecar, sidecar_path
 from sdsim.scenario import Scenario, load_scenario, scenario_from_dict, scenario_hash
 from sdsim.simulation import simulate
 from sdsim.slo import SLO_KEYS, slo_bounds
@@ -78,7 +80,7 @@ KNOWN_METRICS: tuple[str, ...] = (
     *(k for k in SUMMARY_KEYS if k != "seed"),
     "measured",
     "queue_delay_mean",
-    "acceptance_rate",
+    "draft_acceptance_rate",
     "busy_fraction",
     "waiting_mean",
     "arrival_rate_obs",
@@ -227,6 +229,8 @@ class SweepPlan:
         return {
             "name": self.name,
             "description": self.spec.description,
+            # run seeds derive from the base seed (derive_seed); each run's is in its row
+            **provenance(self.points[0].scenario.seed if self.points else None),
             "base": str(self.base),
             "fields": self.fields,
             "axes": [list(axis) for axis in self.spec.axes()],
@@ -490,6 +494,7 @@ def execute_run(task: RunTask) -> dict[str, Any]:
         "replication": task.replication,
         "scenario_hash": task.scenario_hash,
         "seed": task.seed,
+        "sdsim_version": __version__,
     }
     for k, v in task.overrides.items():
         row[k] = column_value(v)
@@ -527,6 +532,12 @@ def _write_row(results: Path, row: dict[str, Any]) -> Path:
     pq.write_table(pa.Table.from_pylist([row]), tmp)
     os.replace(tmp, final)  # atomic: a reader sees the whole file or none
     return final
+
+
+def _stamped(table: Any, seed: int | None) -> Any:
+    """A pyarrow table with the sdsim version and base seed in its schema metadata (``sdsim``)."""
+    stamp = json.dumps(provenance(seed, seeds="per run: column seed of results/*.parquet"))
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), b"sdsim": stamp})
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -804,6 +815,7 @@ def _failed_row(task: RunTask, exc: BaseException) -> dict[str, Any]:
         "replication": task.replication,
         "scenario_hash": task.scenario_hash,
         "seed": task.seed,
+        "sdsim_version": __version__,
     }
     row.update({k: column_value(v) for k, v in task.overrides.items()})
     row["error"] = " ".join(f"{type(exc).__name__}: {exc}".split())[:2000]
@@ -828,24 +840,29 @@ def finish_sweep(
         import pyarrow as pa
 
         pq.write_table(
-            pa.Table.from_pandas(analytic, preserve_index=False), out / "analytic.parquet"
+            _stamped(pa.Table.from_pandas(analytic, preserve_index=False), meta.get("seed")),
+            out / "analytic.parquet",
         )
     summary = summarize_runs(runs, meta, analytic)
     files = [out / "summary.parquet", out / "summary.csv"]
     import pyarrow as pa
 
     tmp = out / f".summary.{os.getpid()}.tmp"
-    pq.write_table(pa.Table.from_pandas(summary, preserve_index=False), tmp)
+    pq.write_table(_stamped(pa.Table.from_pandas(summary, preserve_index=False), meta.get("seed")),
+                   tmp)  # fmt: skip
     os.replace(tmp, files[0])
     _write_atomic(files[1], summary.to_csv(index=False))
+    sidecar(files[1], meta.get("seed"), sweep=plan.name, seeds="per run in results/*.parquet")
     fail_path = out / "failures.csv"
     failures = runs[runs["error"].notna()] if len(runs) else runs
     if len(failures):
         cols = ["run_key", "point", "replication", "seed", *plan.fields, "error"]
         _write_atomic(fail_path, failures[cols].to_csv(index=False))
+        sidecar(fail_path, meta.get("seed"), sweep=plan.name, seeds="per run: column seed")
         files.append(fail_path)
     else:
         fail_path.unlink(missing_ok=True)
+        sidecar_path(fail_path).unlink(missing_ok=True)
     return SweepResult(
         out_dir=out,
         runs=runs,

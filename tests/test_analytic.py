@@ -334,6 +334,15 @@ def test_cli_validate_writes_csv_and_png(tmp_path: Path) -> None:
     assert (ci["sim"] <= ci["ci_high"]).all()
     assert (df.loc[df["ci_low"].isna(), "verdict"] == "CI too wide to judge").all()
     assert (out / "validation.png").stat().st_size > 10_000
+    # the sdsim version and the seed: a sidecar for the CSV, text chunks in the PNG
+    from PIL import Image
+
+    from sdsim._version import __version__
+
+    meta = json.loads((out / "validation.csv.meta.json").read_text())
+    assert meta["sdsim_version"] == __version__ and meta["seed"] == small().seed
+    info = Image.open(out / "validation.png").info
+    assert info["Software"] == f"sdsim {__version__}" and "seed 1" in info["Description"]
 
 
 def test_cli_advise(capsys: pytest.CaptureFixture[str]) -> None:

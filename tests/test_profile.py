@@ -272,13 +272,13 @@ def test_cli_costs_table_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[
     png = tmp_path / "costs.png"
     main(["costs", str(ROOT / "scenarios/default.yaml"), "--plot", str(png)])
     text = capsys.readouterr().out
-    assert "k=0 (ms)" in text and "fit error" in text and "prefill chunk" in text
+    assert "k=0 step" in text and "(ms)" in text and "fit error" in text and "prefill chunk" in text
     assert png.stat().st_size > 1000
     default = str(ROOT / "scenarios/default.yaml")
     main(["costs", default, "--json", "--set", "server.max_num_seqs=16"])
     data = json.loads(capsys.readouterr().out)
     assert [r["batch"] for r in data["rows"]] == [1, 2, 4, 8, 16]
-    assert data["source"] == "roofline" and data["linear"]["fit_error"] >= 0
+    assert data["source"] == "calibrated" and data["linear"]["fit_error"] >= 0
     with pytest.raises(SystemExit) as exc:
         main(["costs", str(ROOT / "scenarios/default.yaml"), "--set", "hardware=h900"])
     assert exc.value.code == 2

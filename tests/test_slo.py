@@ -141,7 +141,8 @@ def test_run_prints_goodput_when_the_scenario_has_slos(
     path.write_text(small(**{"slo.ttft_p99": 0.019}).to_yaml())
     main(["run", str(path), "--summary-only", "--out", str(tmp_path / "o")])
     text = capsys.readouterr().out
-    assert "goodput_rps" in text and "ttft_p99 attainment / margin" in text
+    assert "goodput, requests meeting every SLO (req/s)" in text
+    assert "SLO ttft_p99: attainment / margin" in text
     path.write_text(small().to_yaml())
     main(["run", str(path), "--summary-only", "--out", str(tmp_path / "p")])
-    assert "goodput_rps" not in capsys.readouterr().out
+    assert "requests meeting every SLO" not in capsys.readouterr().out

@@ -459,9 +459,21 @@ def test_plot_command_writes_pngs(tmp_path: Path) -> None:
     run_sweep(plan_of(path), tmp_path / "o", workers=1)
     from sdsim.cli import main
 
-    main(["plot", str(tmp_path / "o")])
+    main(["plot", str(tmp_path / "o"), "--target", "ttft_p99=200ms"])
     main(["plot", str(tmp_path / "o"), "--speedup-vs", "spec.k=0"])
     plots = tmp_path / "o" / "plots"
+    # every output records the sdsim version (and the base seed runs derive from)
+    from PIL import Image
+
+    from sdsim._version import __version__
+
+    assert json.loads((tmp_path / "o" / "sweep.json").read_text())["sdsim_version"] == __version__
+    side = json.loads((tmp_path / "o" / "summary.csv.meta.json").read_text())
+    assert side["sdsim_version"] == __version__ and side["seed"] is not None
+    assert Image.open(plots / "ttft_p99.png").info["Software"] == f"sdsim {__version__}"
+    with pytest.raises(SystemExit) as exc:  # a target for a metric the sweep did not keep
+        main(["plot", str(tmp_path / "o"), "--target", "tpot_p99=0.01"])
+    assert exc.value.code == 2
     names = {p.name for p in plots.glob("*.png")}
     assert names == {
         "e2e_mean.png",

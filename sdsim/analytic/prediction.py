@@ -33,6 +33,7 @@ __all__ = [
     "adaptive_k",
     "capacity",
     "gps_law",
+    "limiting_resource",
     "mean_e2e_gps",
     "predict",
     "predict_grid",
@@ -125,6 +126,11 @@ class Prediction:
     kv_saturation_rate
         Rate (req/s, all replicas) at which the mean KV demand reaches ``num_gpu_blocks``
         (``inf`` for an unlimited cache).
+    saturation_limit
+        What sets ``saturation_rate``: ``"KV cache"`` (the KV limit comes first), ``"admission
+        cap"`` (the batch is held at ``max_num_seqs`` or the token budget while a step there is
+        still mostly fixed cost, so a larger cap would carry more) or ``"GPU"`` (step time grows
+        with the batch at the cap: the GPU itself, or prefill filling it).
     outside_model
         Why this prediction is outside what the model covers (``None`` when it is inside).
     latency_laws
@@ -144,6 +150,7 @@ class Prediction:
     scenario: Scenario | None = None
     gpu_saturation_rate: float = math.nan
     kv_saturation_rate: float = math.inf
+    saturation_limit: str = "GPU"
     outside_model: str | None = None
     latency_laws: dict[str, LatencyLaw] = field(default_factory=dict, repr=False)
 
@@ -164,8 +171,34 @@ class Prediction:
             "linearization_error": self.coefficients.fit_error if self.coefficients else None,
             "gpu_saturation_rate": self.gpu_saturation_rate,
             "kv_saturation_rate": self.kv_saturation_rate,
+            "saturation_limit": self.saturation_limit,
             "outside_model": self.outside_model,
         }
+
+
+def limiting_resource(curve: StepCurve, work: RequestWork, gpu_rate: float, kv_rate: float) -> str:
+    """What limits the sustainable rate (see :attr:`Prediction.saturation_limit`).
+
+    At the step-curve limit the engine holds ``n_max`` requests; throughput there is
+    ``n / t(n)`` per step, whose elasticity in the batch is ``1 - n t'(n) / t(n)``: the share of
+    the step that does not grow with the batch. Above one half, most of a step is fixed cost
+    (weights read once per step), so the cap on concurrency, not the GPU, is what binds.
+    """
+    if kv_rate < gpu_rate:
+        return "KV cache"
+    p = curve.chunks_per_request
+    marg = float((curve.mixed[:, -1] - curve.mixed[:, -2]).max()) if p > 0 else 0.0
+    if marg > 0 and gpu_rate >= (1.0 / (p * marg)) * (1.0 - 1e-9):
+        return "GPU"  # prefill alone fills the GPU
+    nu = work.mean_steps + p
+    top = curve.n_max * work.mean_steps / nu
+    grid = np.arange(curve.decode.shape[0], dtype=np.float64)
+    t = float(np.interp(top, grid, curve.decode))
+    lo, hi = max(top - 1.0, 0.0), min(top + 1.0, float(curve.n_max))
+    slope = (float(np.interp(hi, grid, curve.decode)) - float(np.interp(lo, grid, curve.decode)))
+    slope /= max(hi - lo, 1e-12)
+    elasticity = 1.0 - top * slope / t if t > 0 else 0.0
+    return "admission cap" if elasticity > 0.5 else "GPU"
 
 
 def _k_search_max(scn: Scenario) -> int:
@@ -610,6 +643,7 @@ def _predict(
         scenario=scn,
         gpu_saturation_rate=gpu_sat,
         kv_saturation_rate=kv_sat,
+        saturation_limit=limiting_resource(op.curve, op.work, gpu_sat / reps, kv_sat / reps),
         outside_model=outside,
         latency_laws=laws,
     )

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 from sdsim.analytic.prediction import Prediction, predict
 from sdsim.errors import ScenarioError
+from sdsim.provenance import png_metadata, sidecar
 from sdsim.scenario import Scenario
 from sdsim.slo import slo_bounds
 from sdsim.steadystate import (
@@ -70,6 +71,14 @@ TOLERANCES: dict[tuple[str, str], float] = {
 METRICS = ("e2e", "ttft", "tpot")
 STATISTICS = ("mean", "p50", "p90", "p99")
 TOO_WIDE = "CI too wide to judge"
+# Units of validation.csv's columns (its sidecar); latencies in seconds, errors relative.
+_UNITS = {
+    "rate": "req/s",
+    "analytic": "s (latencies; goodput req/s, attainment a fraction)",
+    "sim": "s (as analytic)",
+    "ci_low": "s (as analytic)",
+    "ci_high": "s (as analytic)",
+}
 
 
 @dataclass
@@ -103,9 +112,7 @@ class ValidationReport:
     scenario: str = ""
 
 
-def _reason(
-    pred: Prediction, frac: float, bad: list[tuple[str, str, float]], stable: bool
-) -> str:
+def _reason(pred: Prediction, frac: float, bad: list[tuple[str, str, float]], stable: bool) -> str:
     if not bad and not pred.outside_model and stable:
         return "holds"
     why: list[str] = []
@@ -261,7 +268,7 @@ def validate_many(
     if reps < 1:
         raise ScenarioError("--reps", f"must be >= 1 (got {reps})")
     if not 0 < target < 1:
-        raise ScenarioError("--target", f"must lie in (0, 1) (got {target})")
+        raise ScenarioError("--half-width", f"must lie in (0, 1) (got {target})")
     if initial < 10:
         raise ScenarioError("--initial", f"must be >= 10 requests (got {initial})")
     if max_requests < reps * initial:
@@ -350,11 +357,15 @@ def validate(
 
 
 def write_reports(
-    reports: Sequence[ValidationReport], scns: Sequence[Scenario], out_dir: str | Path
+    reports: Sequence[ValidationReport],
+    scns: Sequence[Scenario],
+    out_dir: str | Path,
+    targets: dict[str, float] | None = None,
 ) -> list[Path]:
-    """Write what ``sdsim validate`` leaves on disk: per scenario ``validation.csv`` and
-    ``validation.png`` (in ``out_dir`` for one scenario, in ``out_dir/NAME/`` for several), and
-    for several also ``validation-all.csv`` and the error map ``validation-map.png``.
+    """Write what ``sdsim validate`` leaves on disk: per scenario ``validation.csv`` (with its
+    ``.meta.json`` sidecar) and ``validation.png`` (in ``out_dir`` for one scenario, in
+    ``out_dir/NAME/`` for several), and for several also ``validation-all.csv`` and the error
+    map ``validation-map.png``. ``targets`` are :func:`plot_validation`'s target lines.
 
     Returns
     -------
@@ -369,20 +380,26 @@ def write_reports(
         d = out / scn.name if many else out
         d.mkdir(parents=True, exist_ok=True)
         rep.table.to_csv(d / "validation.csv", index=False)
-        plot_validation(rep, scn, d / "validation.png")
+        sidecar(d / "validation.csv", scn.seed, scenario=scn.name, units=_UNITS)
+        plot_validation(rep, scn, d / "validation.png", targets=targets)
         files += [d / "validation.csv", d / "validation.png"]
     if many:
         frames = [r.table.assign(scenario=r.scenario) for r in reports]
         allt = pd.concat(frames, ignore_index=True)
         allt = allt[["scenario", *[c for c in allt.columns if c != "scenario"]]]
         allt.to_csv(out / "validation-all.csv", index=False)
+        sidecar(out / "validation-all.csv", None, units=_UNITS)
         plot_error_map(reports, out / "validation-map.png")
         files += [out / "validation-all.csv", out / "validation-map.png"]
     return files
 
 
 def plot_validation(
-    report: ValidationReport, scn: Scenario, path: str | Path, curve_points: int = 16
+    report: ValidationReport,
+    scn: Scenario,
+    path: str | Path,
+    curve_points: int = 16,
+    targets: dict[str, float] | None = None,
 ) -> None:
     """validation.png: latency vs rate (analytic curves, simulated points with CI bars, mean and
     p99 of e2e, TTFT and TPOT) and a panel of relative errors.
@@ -397,21 +414,28 @@ def plot_validation(
         Output PNG.
     curve_points
         Rates on each analytic curve.
+    targets
+        Summary key -> target (seconds), drawn as a line on that metric's panel
+        (:func:`sdsim.plots.parse_targets`).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from sdsim.plots import draw_target
+
     df = report.table
     sat = report.saturation_rate
     rmax = max(float(df["rate"].max()), 0.0)
     grid = np.linspace(0.05 * sat, min(0.97 * sat, max(rmax, 0.1 * sat)), curve_points)
     curves: dict[str, list[float]] = {f"{m}_{s}": [] for m in METRICS for s in ("mean", "p99")}
+    limit = ""
     for r in grid:
         p = predict(
             scn.with_overrides({"workload.rate": float(r)}), rates=[], k_values=[scn.spec.k]
         )
+        limit = p.saturation_limit
         for key in curves:
             curves[key].append(float(p.summary.get(key, math.nan)))
     fig, axes = plt.subplots(
@@ -446,9 +470,12 @@ def plot_validation(
                 capsize=3,
                 label=f"simulated {st} (95% CI)",
             )
-        ax.axvline(sat, color="grey", ls=":", label="predicted saturation")
+        ax.axvline(sat, color="grey", ls=":", label=f"predicted saturation ({limit})")
+        for key, value in (targets or {}).items():
+            if key.startswith(f"{m}_"):
+                draw_target(ax, key, value, 1e3)
         ax.set_title(f"{m.upper()} latency")
-        ax.set_ylabel("ms")
+        ax.set_ylabel(f"{m.upper() if m != 'e2e' else m} latency (ms)")
         ax.set_yscale("log")
         ax.legend(fontsize=7)
         ax2 = axes[1, col]
@@ -467,7 +494,7 @@ def plot_validation(
         ax2.legend(fontsize=7)
     fig.suptitle(f"{scn.name}: analytic model vs simulation (k={scn.spec.k})")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata=png_metadata(scn.seed, f"{scn.name}: validation"))
     plt.close(fig)
 
 
@@ -534,5 +561,5 @@ def plot_error_map(
     fig.tight_layout()
     if path is None:
         return fig
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata=png_metadata(None, "validation map"))
     return None

@@ -5,6 +5,7 @@ in one module per area and are registered here, in the order ``sdsim --help`` li
 """
 
 from sdsim.cli import costs, explore, fit, plan, predict, run, serve, sweep
+from sdsim.cli.acceptance import acceptance_app
 from sdsim.cli.app import app, main
 
 __all__ = ["app", "main"]
@@ -13,6 +14,7 @@ for _command in (
     run.run,
     run.schema,
     costs.costs,
+    costs.calibrate,
     costs.bench,
     predict.predict,
     predict.advise,
@@ -27,3 +29,4 @@ for _command in (
     explore.explore,
 ):
     app.command()(_command)
+app.add_typer(acceptance_app, name="acceptance")

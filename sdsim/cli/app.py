@@ -39,8 +39,8 @@ from typing import Annotated, Any, cast
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
+from sdsim.cli.tables import fmt, ms, out, pct, print_summary
 from sdsim.errors import ScenarioError
 from sdsim.scenario import Scenario, load_scenario, parse_set_options
 
@@ -50,7 +50,6 @@ app = typer.Typer(
     help="Latency of speculative decoding under load: simulate, predict, compare.",
     pretty_exceptions_enable=False,
 )
-out = Console()
 err = Console(stderr=True)
 
 ScenarioArg = Annotated[Path, typer.Argument(help="scenario YAML file")]
@@ -103,75 +102,6 @@ class LazyProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
-
-
-def fmt(v: Any) -> str:
-    """A value as the tables show it: 4 significant digits, NaN and inf as ``-``, yes/NO."""
-    if isinstance(v, bool):
-        return "yes" if v else "NO"
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return "-"
-        if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
-            return f"{v:.3e}"
-        return f"{v:.4g}"
-    return str(v)
-
-
-def ms(v: Any) -> str:
-    """Seconds shown as milliseconds."""
-    return fmt(float(v) * 1e3) if isinstance(v, (int, float)) else str(v)
-
-
-def pct(v: float) -> str:
-    """A relative error as a signed percentage."""
-    return f"{v * 100:+.1f}%" if math.isfinite(v) else "-"
-
-
-def print_summary(summary: dict[str, Any], title: str) -> None:
-    """Print a run summary as a table (latencies in milliseconds)."""
-    table = Table(title=title, show_header=True, header_style="bold")
-    table.add_column("metric")
-    for c in ("mean", "p50", "p90", "p99"):
-        table.add_column(c, justify="right")
-    for m, label in (("e2e", "e2e (ms)"), ("ttft", "TTFT (ms)"), ("tpot", "TPOT (ms)")):
-        table.add_row(
-            label,
-            *(fmt(summary.get(f"{m}_{s}", math.nan) * 1e3) for s in ("mean", "p50", "p90", "p99")),
-        )
-    out.print(table)
-    t2 = Table(show_header=False)
-    t2.add_column("k")
-    t2.add_column("v", justify="right")
-    for key in (
-        "completed",
-        "throughput_rps",
-        "throughput_tps",
-        "tokens_per_step_mean",
-        "acceptance_rate",
-        "k_mean",
-        "batch_mean",
-        "in_system_mean",
-        "little_residual",
-        "preemptions",
-        "kv_blocks_total",
-        "kv_peak_blocks",
-        "kv_util_mean",
-        "stable",
-        "seed",
-    ):
-        if key in summary:
-            t2.add_row(key, fmt(summary[key]))
-    slos = [k.removeprefix("slo_margin_") for k in summary if k.startswith("slo_margin_")]
-    if slos:  # the scenario has SLOs: goodput and how each one fares
-        for key in ("goodput_rps", "slo_attainment", "slo_met"):
-            t2.add_row(key, fmt(summary[key]))
-        for k in slos:
-            t2.add_row(
-                f"{k} attainment / margin",
-                f"{fmt(summary[f'slo_attainment_{k}'])} / {summary[f'slo_margin_{k}']:+.0%}",
-            )
-    out.print(t2)
 
 
 def parse_rates(text: list[str] | None, option: str = "--rates") -> list[float] | None:

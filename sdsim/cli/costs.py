@@ -1,26 +1,29 @@
-"""`sdsim costs` (step time against the batch) and `sdsim bench` (measure a profile bundle)."""
+"""`sdsim costs` (step time against the batch, or split into its terms), `sdsim calibrate` (fit
+the calibrated model's terms to measurements) and `sdsim bench` (measure a profile bundle)."""
 
 from __future__ import annotations
 
-__all__ = ["bench", "costs"]
+__all__ = ["bench", "calibrate", "costs"]
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from sdsim import step_time
 from sdsim.bench import FULL_GRID, QUICK_GRID, make_backend, run_bench
 from sdsim.cli.app import ScenarioArg, SetOpt, check_writable, err, load, out
+from sdsim.cli.tables import Column, render_table
 from sdsim.costs.build import build_cost_model
 from sdsim.costs.profile import write_bundle
 from sdsim.errors import ScenarioError
 from sdsim.memory import kv_capacity
 from sdsim.models import resolve_model
+from sdsim.provenance import png_metadata
 
 
 def _batches(max_batch: int) -> list[int]:
@@ -42,13 +45,31 @@ def costs(
         Path | None, typer.Option("--plot", help="save a plot of step time vs batch")
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the table as JSON")] = False,
+    explain: Annotated[
+        bool,
+        typer.Option("--explain", help="split each step into its terms (calibrated costs); "
+                     "--plot then draws them stacked"),
+    ] = False,
+    batch: Annotated[
+        list[int] | None,
+        typer.Option("--batch", help="--explain: decoding requests per step (repeatable)"),
+    ] = None,
+    k_opt: Annotated[
+        list[int] | None, typer.Option("--k", help="--explain: draft lengths (repeatable)")
+    ] = None,
 ) -> None:
-    """Step time vs decode batch (k = 0 and the scenario's k) and one prefill chunk."""
+    """Step time vs decode batch (k = 0 and the scenario's k) and one prefill chunk; with
+    --explain, where each step's time goes."""
     scn = load(scenario, set_)
     if context is not None and context < 0:
         raise ScenarioError("--context", "must be >= 0")
     if plot is not None:
         check_writable(plot.parent if str(plot.parent) else Path("."), "--plot")
+    if explain:
+        _explain(scn, batch, k_opt, context, plot, json_out)
+        return
+    if batch or k_opt:
+        raise ScenarioError("--batch" if batch else "--k", "applies with --explain only")
     wl = scn.workload
     ctx = int(wl.prompt_tokens.mean + wl.output_tokens.mean / 2) if context is None else context
     k = scn.spec.k
@@ -88,24 +109,16 @@ def costs(
             )
         )
     else:
-        table = Table(
-            title=f"{scn.name}: {scn.target} on {hw} x{scn.server.tp} "
-            f"({scn.costs.resolved_source}), KV {ctx} tokens/request",
-            header_style="bold",
-        )
-        for col in ("batch", "k=0 (ms)", f"k={k} (ms)", "draft", "verify", "overhead", "k=0 tok/s"):
-            table.add_column(col, justify="right")
-        for r in rows:
-            table.add_row(
-                str(r["batch"]),
-                f"{r['plain_ms']:.3f}",
-                f"{r['spec_ms']:.3f}",
-                f"{r['draft_ms']:.3f}",
-                f"{r['verify_ms']:.3f}",
-                f"{r['overhead_ms']:.3f}",
-                f"{r['plain_tok_s']:.0f}",
-            )
-        out.print(table)
+        render_table(
+            f"{scn.name}: {scn.target} on {hw} x{scn.server.tp} "
+            f"({scn.costs.resolved_source}), KV {ctx} tokens/request: step time by decode batch",
+            [Column("batch", "label", "requests"), Column("k=0 step", "time"),
+             Column(f"k={k} step", "time"), Column("of which draft", "time"),
+             Column("verify", "time"), Column("overhead", "time"),
+             Column("k=0 throughput", "num", "tok/s")],
+            [[str(r["batch"]), r["plain_ms"] / 1e3, r["spec_ms"] / 1e3, r["draft_ms"] / 1e3,
+              r["verify_ms"] / 1e3, r["overhead_ms"] / 1e3, r["plain_tok_s"]] for r in rows],
+        )  # fmt: skip
         out.print(
             f"prefill chunk of {chunk} tokens (k={k}): {pf.total * 1e3:.3f} ms "
             f"(prefill {pf.prefill * 1e3:.3f}, overhead {pf.overhead * 1e3:.3f})"
@@ -120,16 +133,122 @@ def costs(
         fits = (
             "" if cap.tokens is None else f"; ~{cap.tokens // max(ctx, 1)} requests of {ctx} tokens"
         )
-        out.print(f"KV cache: {cap.describe()}{fits}", highlight=False, soft_wrap=True)
+        out.print(f"KV cache: {cap.describe()}{fits}", highlight=False)
     if plot is not None:
         # deferred: matplotlib takes a noticeable part of a second to import
         from sdsim.plots import step_time_figure
 
         title = f"{scn.target} on {hw} ({scn.costs.resolved_source})"
         fig = step_time_figure(rows, k, pf.total * 1e3, chunk, title=title)
-        fig.savefig(plot)
+        png = str(plot).lower().endswith(".png")
+        fig.savefig(plot, metadata=png_metadata(None, title) if png else None)
         if not json_out:
             out.print(f"wrote {plot}")
+
+
+def _explain(
+    scn: Any, batches: list[int] | None, ks: list[int] | None, context: int | None,
+    plot: Path | None, json_out: bool,
+) -> None:  # fmt: skip
+    from sdsim.costs.explain import explain_steps
+
+    df = explain_steps(scn, batches, ks, context)
+    hw = scn.hardware if isinstance(scn.hardware, str) else scn.hardware.name
+    if json_out:
+        out.print_json(json.dumps({"source": scn.costs.resolved_source,
+                                   "rows": df.to_dict("records")}))  # fmt: skip
+    else:
+        for k in dict.fromkeys(df["k"]):
+            d = df[df["k"] == k]
+            bs = list(dict.fromkeys(d["batch"]))
+            rows = []
+            for label in dict.fromkeys(d["label"]):
+                sub = d[d["label"] == label].set_index("batch")["ms"]
+                if (sub > 0).any():
+                    rows.append([label, *(float(sub[b]) for b in bs)])
+            tot = d.groupby("batch")["total_ms"].first()
+            rows.append(["step", *(float(tot[b]) for b in bs)])
+            render_table(
+                f"{scn.target} on {hw} x{scn.server.tp}, k = {k}: where a step's time goes",
+                [Column("term", "label"), *(Column(f"B={b}", "num", "ms") for b in bs)],
+                rows,
+            )
+    if plot is not None:
+        from sdsim.plots import explain_figure
+
+        title = f"{scn.target} on {hw}: where a step's time goes"
+        png = str(plot).lower().endswith(".png")
+        explain_figure(df, title=title).savefig(
+            plot, metadata=png_metadata(None, title) if png else None
+        )
+        if not json_out:
+            out.print(f"wrote {plot}")
+
+
+def calibrate(
+    data: Annotated[
+        list[Path],
+        typer.Argument(help="measurement CSVs, Vidur profiling folders, profile bundles, "
+                       "benchmark reports (folders are searched)"),
+    ],
+    out_file: Annotated[Path, typer.Option("--out", help="calibration file to write")],
+    base: Annotated[
+        Path | None,
+        typer.Option("--base", help="calibration whose terms are kept where not fitted "
+                     "(default: the shipped one)"),
+    ] = None,
+    terms: Annotated[
+        str,
+        typer.Option("--terms", help="engine terms to fit, comma-separated (empty: kernels only)"),
+    ] = "step_s,per_seq_s",
+    held_out: Annotated[
+        list[str] | None,
+        typer.Option("--held-out", help="a source whose anchors are predicted, not fitted"),
+    ] = None,
+    scenario: Annotated[
+        Path | None,
+        typer.Option("--scenario", help="the server that step-time CSVs, bundles and reports "
+                     "were measured on (GPU, models, k, acceptance)"),
+    ] = None,
+    set_: SetOpt = None,
+    description: Annotated[
+        str | None, typer.Option("--description", help="what the calibration is, for the file")
+    ] = None,
+) -> None:
+    """Fit the calibrated cost model's terms to measurements and write a calibration file for
+    `costs.calibration: FILE`: residuals per anchor, refusal of terms the data cannot identify."""
+    from sdsim.costs.calibration import load_calibration, write_calibration
+    from sdsim.costs.fit import collect_data, fit_calibration
+
+    check_writable(out_file.parent if str(out_file.parent) else Path("."), "--out")
+    scn = load(scenario, set_) if scenario is not None else None
+    base_cal = load_calibration(base, "--base")
+    data_set = collect_data(data, scn)
+    names = [t.strip() for t in terms.split(",") if t.strip()]
+    fit = fit_calibration(data_set, base_cal, names, held_out or [], description=description)
+    write_calibration(fit.calibration, out_file)
+    used = fit.anchors[fit.anchors["role"] != "unused"]
+    render_table(
+        "anchors: mean step time, measured vs the fitted model",
+        [Column("anchor", "label"), Column("GPU", "text"), Column("target", "text"),
+         Column("drafter", "text"), Column("batch", "num"), Column("k", "text"),
+         Column("measured", "time"), Column("predicted", "time"),
+         Column("error", "signed_pct"), Column("role", "text")],
+        [[str(r["id"]), r["gpu"], r["target"], r["drafter"], float(r["batch"]), str(r["k"]),
+          r["measured_ms"] / 1e3, r["predicted_ms"] / 1e3, float(r["error"]), r["role"]]
+         for r in used.to_dict("records")],
+    )  # fmt: skip
+    for g, rep in fit.kernels.items():
+        parts = ", ".join(f"{k} {v:.3g}" for k, v in rep.items())
+        out.print(f"kernels {g}: {parts}", highlight=False, soft_wrap=True)
+    fitted = ", ".join(f"{t} = {v:.4g} s" for t, v in fit.terms.items()) or "none"
+    held = "" if math.isnan(fit.held_out_rms_error) else (
+        f", held-out rms error {fit.held_out_rms_error:.1%}")  # fmt: skip
+    skipped = int((fit.anchors["role"] == "unused").sum())
+    out.print(f"fitted: {fitted}; fit rms error {fit.fit_rms_error:.1%}{held}; {skipped} "
+              f"measurements not usable as step times (reasons in the fit record)",
+              highlight=False, soft_wrap=True)  # fmt: skip
+    out.print(f"wrote {out_file}")
 
 
 def bench(

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from sdsim.cli.app import (
     OptScenario,
@@ -20,11 +19,12 @@ from sdsim.cli.app import (
     err,
     fmt,
     load,
-    ms,
     out,
-    pct,
 )
+from sdsim.cli.tables import Column, render_table
 from sdsim.errors import ScenarioError
+from sdsim.labels import format_time
+from sdsim.provenance import sidecar, yaml_header
 from sdsim.reports import (
     check_fit_options,
     compare_report,
@@ -63,13 +63,11 @@ def _fit_measurements_csv(measurements: Path, form: str, json_out: bool) -> None
     if json_out:
         out.print_json(json.dumps(res.to_dict()))
         return
-    t = Table(title=f"{res.form} fit of {measurements.name} ({res.n} rows)")
-    t.add_column("coefficient")
-    t.add_column("value (ms)", justify="right")
-    t.add_column("std. error (ms)", justify="right")
-    for n, v in res.coefficients.items():
-        t.add_row(n, fmt(v * 1e3), fmt(res.stderr[n] * 1e3))
-    out.print(t)
+    render_table(
+        f"{res.form} fit of {measurements.name} ({res.n} rows)",
+        [Column("coefficient", "label"), Column("value", "time"), Column("std. error", "time")],
+        [[n, v, res.stderr[n]] for n, v in res.coefficients.items()],
+    )
     out.print(
         f"R² = {fmt(res.r2)}; max |relative residual| = "
         f"{fmt(float(abs(res.rel_residuals).max()))}; leave-some-out mean |relative error| = "
@@ -136,71 +134,65 @@ def fit(
         fitted = res.fitted_scenario()
         out_path.parent.mkdir(parents=True, exist_ok=True)
         src = ", ".join(str(r) for r in reports)
-        out_path.write_text(f"# fitted by `sdsim fit` from {src}\n" + fitted.to_yaml())
+        out_path.write_text(
+            yaml_header(fitted.seed, f"fitted by `sdsim fit` from {src}") + fitted.to_yaml()
+        )
         result["scenario"] = str(out_path)
     if json_out:
         out.print_json(json.dumps(result, default=str))
         return
     for kk, aa, dense in res.dense:
         cfg = f" (k={kk}, alpha={aa:g})" if res.several else ""
-        t = Table(title=f"dense fit of {metric}{cfg}: L = C1 / (1 - rate * C2)")
-        for c in ("coefficient", "value", "std. error"):
-            t.add_column(c, justify="right" if c != "coefficient" else "left")
-        t.add_row("C1 (ms)", ms(dense.c1), ms(dense.c1_se))
-        t.add_row("C2 (ms)", ms(dense.c2), ms(dense.c2_se))
-        t.add_row("saturation (req/s)", fmt(dense.saturation_rate), "")
-        t.add_row("R²", fmt(dense.r2), "")
-        out.print(t)
-        t2 = Table(title="predicted vs measured")
-        for c in ("benchmark", "strategy", "rate (req/s)", "measured (ms)", "predicted (ms)",
-                  "error"):  # fmt: skip
-            t2.add_column(c, justify="right")
-        for r in dense.table.to_dict(orient="records"):
-            t2.add_row(
-                str(r["benchmark"]) + ("" if r["used"] else " (not fitted)"),
-                str(r["strategy"]),
-                fmt(float(r["rate"])),
-                ms(float(r["measured"])),
-                ms(float(r["predicted"])),
-                pct(float(r["rel_error"])),
-            )
-        out.print(t2)
+        render_table(
+            f"dense fit of {metric}{cfg}: L = C1 / (1 - rate * C2)",
+            [Column("coefficient", "label"), Column("value", "text"),
+             Column("std. error", "text")],
+            [["C1: e2e mean at zero load", format_time(dense.c1), format_time(dense.c1_se)],
+             ["C2: added e2e per req/s of load", format_time(dense.c2),
+              format_time(dense.c2_se)],
+             ["saturation rate", f"{fmt(dense.saturation_rate)} req/s", ""],
+             ["R²", fmt(dense.r2), ""]],
+        )  # fmt: skip
+        render_table(
+            "predicted vs measured",
+            [Column("benchmark", "label"), Column("strategy", "text"),
+             Column("rate", "num", "req/s"), Column("measured", "time"),
+             Column("predicted", "time"), Column("error", "signed_pct")],
+            [[str(r["benchmark"]) + ("" if r["used"] else " (not fitted)"), str(r["strategy"]),
+              float(r["rate"]), float(r["measured"]), float(r["predicted"]),
+              float(r["rel_error"])] for r in dense.table.to_dict(orient="records")],
+        )  # fmt: skip
     if res.sd is not None:
         sd = res.sd.result
-        t = Table(title=f"SD fit of e2e_mean over {sd.n} benchmarks: six stage coefficients")
-        for c in ("coefficient", "value (ms)", "std. error (ms)"):
-            t.add_column(c, justify="right" if c != "coefficient" else "left")
-        for n, v in sd.coefficients.items():
-            t.add_row(n, fmt(v * 1e3), fmt(sd.stderr[n] * 1e3))
-        out.print(t)
-        t2 = Table(title="SD form: predicted vs measured")
-        for c in ("benchmark", "k", "alpha", "rate (req/s)", "measured (ms)", "predicted (ms)",
-                  "error"):  # fmt: skip
-            t2.add_column(c, justify="right")
-        for r in res.sd.table.to_dict(orient="records"):
-            t2.add_row(
-                str(r["benchmark"]),
-                str(int(r["k"])),
-                fmt(float(r["alpha"])),
-                fmt(float(r["rate"])),
-                ms(float(r["measured"])),
-                ms(float(r["predicted"])),
-                pct(float(r["rel_error"])),
-            )
-        out.print(t2)
+        render_table(
+            f"SD fit of e2e_mean over {sd.n} benchmarks: six stage coefficients",
+            [Column("coefficient", "label"), Column("value", "time"),
+             Column("std. error", "time")],
+            [[n, v, sd.stderr[n]] for n, v in sd.coefficients.items()],
+        )  # fmt: skip
+        render_table(
+            "SD form: predicted vs measured",
+            [Column("benchmark", "label"), Column("k", "int"), Column("α", "num"),
+             Column("rate", "num", "req/s"), Column("measured", "time"),
+             Column("predicted", "time"), Column("error", "signed_pct")],
+            [[str(r["benchmark"]), r["k"], float(r["alpha"]), float(r["rate"]),
+              float(r["measured"]), float(r["predicted"]), float(r["rel_error"])]
+             for r in res.sd.table.to_dict(orient="records")],
+        )  # fmt: skip
         out.print(
             f"R² = {fmt(sd.r2)}; leave-some-out mean |relative error| = {fmt(sd.loo_error)}"
         )
     lin = res.linear
     if lin is not None:
-        t3 = Table(title=f"linear step costs from {lin.requests} requests (R² {fmt(lin.r2)})")
-        for c in ("field", "value", "std. error"):
-            t3.add_column(c, justify="right" if c != "field" else "left")
-        t3.add_row("verify_fixed_s", fmt(lin.verify_fixed_s), fmt(lin.verify_fixed_se))
-        t3.add_row(
-            "verify_per_token_s", fmt(lin.verify_per_token_s), fmt(lin.verify_per_token_se)
-        )
-        out.print(t3)
+        render_table(
+            f"linear step costs from {lin.requests} requests (R² {fmt(lin.r2)})",
+            [Column("scenario field", "label"), Column("value", "text"),
+             Column("std. error", "text")],
+            [["costs.linear.verify_fixed_s", format_time(lin.verify_fixed_s),
+              format_time(lin.verify_fixed_se)],
+             ["costs.linear.verify_per_token_s", format_time(lin.verify_per_token_s),
+              format_time(lin.verify_per_token_se)]],
+        )  # fmt: skip
         if lin.clipped:
             err.print("[yellow]warning:[/] a fitted step cost hit its lower bound 0")
     elif linear:
@@ -235,23 +227,21 @@ def compare(
     tab = res.table
     if tab.empty:
         raise ScenarioError("report", "no benchmark could be replayed")
-    t = Table(title=f"{report.name}: measured vs simulated vs analytic (ms)")
-    for c in ("bench", "rate", "metric", "stat", "measured", "simulated", "err", "analytic", "err"):
-        t.add_column(c, justify="right")
-    for r in tab.to_dict(orient="records"):
-        t.add_row(
-            str(r["benchmark"]),
-            fmt(float(r["rate"])),
-            str(r["metric"]),
-            str(r["stat"]),
-            ms(float(r["measured"])),
-            ms(float(r["simulated"])),
-            pct(float(r["sim_rel_error"])),
-            ms(float(r["analytic"])),
-            pct(float(r["analytic_rel_error"])),
-        )
-    out.print(t)
+    render_table(
+        f"{report.name}: measured vs simulated vs analytic",
+        [Column("benchmark", "label"), Column("rate", "num", "req/s"), Column("metric", "text"),
+         Column("measured", "text"), Column("simulated", "text"), Column("error", "signed_pct"),
+         Column("analytic", "text"), Column("error", "signed_pct")],
+        [[str(r["benchmark"]), float(r["rate"]), f"{r['metric']} {r['stat']}",
+          format_time(float(r["measured"])), format_time(float(r["simulated"])),
+          float(r["sim_rel_error"]), format_time(float(r["analytic"])),
+          float(r["analytic_rel_error"])] for r in tab.to_dict(orient="records")],
+        notes=["error: model minus measured, relative to the measured value"],
+    )  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     tab.to_csv(out_dir / "comparison.csv", index=False)
-    comparison_figure(tab, out_dir / "comparison.png", title=f"{report.name} vs {scn.name}")
+    sidecar(out_dir / "comparison.csv", scn.seed if seed is None else seed,
+            report=str(report.name), scenario=scn.name)  # fmt: skip
+    comparison_figure(tab, out_dir / "comparison.png", title=f"{report.name} vs {scn.name}",
+                      seed=scn.seed if seed is None else seed)  # fmt: skip
     out.print(f"wrote {out_dir}/comparison.csv, comparison.png")

@@ -32,6 +32,7 @@ from sdsim.errors import ScenarioError
 from sdsim.planning import load_prices, parse_price_options, parse_search_options
 from sdsim.planning import max_rate as find_max_rate
 from sdsim.planning import plan as plan_capacity
+from sdsim.provenance import provenance, sidecar, yaml_header
 from sdsim.scenario import Scenario, load_scenario, parse_set_options
 from sdsim.slo import parse_slo_options
 from sdsim.vllm_args import parse_vllm_command
@@ -187,12 +188,15 @@ def plan(
     target.mkdir(parents=True, exist_ok=True)
     screen = res.screen.drop(columns=["overrides"], errors="ignore")
     screen.to_csv(target / "screen.csv", index=False)
+    sidecar(target / "screen.csv", scn.seed, scenario=scn.name, what="analytic screen")
     res.table().to_csv(target / "candidates.csv", index=False)
-    doc = res.to_json()
+    sidecar(target / "candidates.csv", scn.seed, scenario=scn.name)
+    doc = {**res.to_json(), **provenance(scn.seed)}
     (target / "plan.json").write_text(json.dumps(doc, indent=1) + "\n")
     plot_pareto(res, target / "pareto.png")
     if res.best_scenario is not None:
-        (target / "best.yaml").write_text(res.best_scenario.to_yaml())
+        head = yaml_header(res.best_scenario.seed, "the configuration `sdsim plan` chose")
+        (target / "best.yaml").write_text(head + res.best_scenario.to_yaml())
     if json_out:
         out.print_json(json.dumps(doc))
         return
@@ -248,7 +252,7 @@ def _plan_max_rate(
     finally:
         bar.close()
     target.mkdir(parents=True, exist_ok=True)
-    doc = res.to_json()
+    doc = {**res.to_json(), **provenance(scn.seed)}
     (target / "max-rate.json").write_text(json.dumps(doc, indent=1) + "\n")
     if json_out:
         out.print_json(json.dumps(doc))
@@ -305,7 +309,7 @@ def from_vllm(
         scn = scn.with_overrides(sets)
     if out_path is not None:
         check_writable(out_path.parent if str(out_path.parent) else Path("."))
-        out_path.write_text(scn.to_yaml())
+        out_path.write_text(yaml_header(scn.seed, "from a vllm serve command") + scn.to_yaml())
     if json_out:
         out.print_json(json.dumps({**imp.to_dict(), "scenario": scn.to_dict()}))
         return

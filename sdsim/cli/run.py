@@ -22,7 +22,10 @@ from sdsim.cli.app import (
     out,
     print_summary,
 )
+from sdsim.cli.tables import alpha_text
+from sdsim.labels import REQUEST_UNITS, STEP_UNITS
 from sdsim.memory import kv_capacity
+from sdsim.provenance import sidecar, yaml_header
 from sdsim.scenario import scenario_schema
 from sdsim.simulation import simulate
 
@@ -33,7 +36,11 @@ def run(
     seed: SeedOpt = None,
     out_dir: Annotated[
         Path | None,
-        typer.Option("--out", help="write requests.csv, steps.csv, summary.json, scenario.yaml"),
+        typer.Option(
+            "--out",
+            help="write requests.csv, steps.csv (each with a .meta.json sidecar: sdsim version, "
+            "seed, units), summary.json, scenario.yaml",
+        ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     summary_only: Annotated[
@@ -58,19 +65,30 @@ def run(
     written = "summary.json, scenario.yaml"
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
+        run_seed = int(res.summary["seed"])
         if not summary_only:
-            res.requests.to_csv(out_dir / "requests.csv", index=False)
-            res.steps.to_csv(out_dir / "steps.csv", index=False)
-            written = "requests.csv, steps.csv, " + written
+            for name, frame, units in (
+                ("requests.csv", res.requests, REQUEST_UNITS),
+                ("steps.csv", res.steps, STEP_UNITS),
+            ):
+                frame.to_csv(out_dir / name, index=False)
+                sidecar(out_dir / name, run_seed, scenario=scn.name, units=units)
+            written = "requests.csv, steps.csv (+ .meta.json), " + written
         (out_dir / "summary.json").write_text(json.dumps(res.summary, indent=2, default=str) + "\n")
         # the resolved scenario reproduces the run: it carries the seed actually used
         ran = scn if seed is None else scn.with_overrides({"seed": int(seed)})
-        (out_dir / "scenario.yaml").write_text(ran.to_yaml())
+        head = yaml_header(run_seed, "the resolved scenario of this run")
+        (out_dir / "scenario.yaml").write_text(head + ran.to_yaml())
     if json_out:
         out.print_json(json.dumps(res.summary, default=str))
     else:
-        print_summary(res.summary, f"{scn.name}: k={scn.spec.k}, rate={scn.workload.rate:g} req/s")
-        out.print(f"KV cache: {kv_capacity(scn).describe()}", highlight=False, soft_wrap=True)
+        print_summary(
+            res.summary,
+            f"{scn.name} (simulated): k={scn.spec.k}, {alpha_text(scn.acceptance)}, rate "
+            f"{scn.workload.rate:g} req/s",
+            notes=["mean and quantiles over the measured requests (warm-up excluded)"],
+        )
+        out.print(f"KV cache: {kv_capacity(scn).describe()}", highlight=False)
         if out_dir is not None:
             out.print(f"wrote {out_dir}/{written}")
     if not res.summary["stable"]:

@@ -11,9 +11,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from sdsim.cli.app import SetOpt, check_writable, err, fmt, out
+from sdsim.cli.tables import Column, render_table
+from sdsim.labels import METRICS, short_field, sig3, time_unit
 from sdsim.scenario import parse_set_options
 from sdsim.sweep import load_sweep, plan_sweep, run_sweep
 
@@ -63,31 +64,61 @@ class SweepBar:
             self.bar.stop()
 
 
+def _mean_ci_cells(summary: Any, m: str, n: int) -> tuple[str, list[str]]:
+    """Cells ``estimate [low, high]`` (the 95% CI, asymmetric: latency CIs are built on the log
+    scale, shares are Wilson intervals) and ``| model`` when the sweep has the analytic value, of
+    one metric over the first ``n`` points, latencies in one unit chosen for the column."""
+    lab = METRICS.get(m)
+    rows = summary.head(n)
+    factor = 1.0
+    unit = lab.unit if lab else ""
+    if lab is not None and lab.unit == "s":
+        unit, factor = time_unit(rows[m].to_numpy(dtype=float))
+    cells = []
+    for _, row in rows.iterrows():
+        est = float(row[m]) * factor
+        lo, hi = (float(row[f"{m}_ci_{b}"]) * factor for b in ("low", "high"))
+        ok = math.isfinite(lo) and math.isfinite(hi) and hi > lo
+        cell = _num(est) + (f" [{_num(lo)}, {_num(hi)}]" if ok else "")
+        if f"{m}_analytic" in row.index:
+            cell += f" | {_num(float(row[f'{m}_analytic']) * factor)}"
+        cells.append(cell)
+    return unit, cells
+
+
+def _num(v: float) -> str:
+    return sig3(v) if math.isfinite(v) else fmt(v)
+
+
 def print_sweep_summary(summary: Any, fields: list[str], metrics: list[str]) -> None:
-    """The first 60 points of a sweep summary: estimate and 95% CI of four metrics."""
-    table = Table(title="sweep summary: estimate [95% CI]", header_style="bold")
-    for f in fields:
-        table.add_column(f.rsplit(".", 1)[-1])
-    table.add_column("runs", justify="right")
+    """The first 60 points of a sweep summary: estimate and 95% CI of four metrics (and the
+    analytic model's value after ``|`` when the sweep has it)."""
+    n = 60
     shown = [m for m in metrics if m in summary.columns][:4]
-    scales = {m: 1e3 if m.startswith(("e2e_", "ttft_", "tpot_")) else 1.0 for m in shown}
-    for m in shown:
-        table.add_column(m + (" ms" if scales[m] != 1.0 else ""), justify="right")
-    for _, row in summary.head(60).iterrows():
-        cells = [fmt(row[f]) for f in fields]
+    columns = [Column(short_field(f), "label" if i == 0 else "text")
+               for i, f in enumerate(fields)]  # fmt: skip
+    if not columns:
+        columns = [Column("point", "label")]
+    columns.append(Column("runs", "text"))
+    body: list[list[Any]] = []
+    head = summary.head(n)
+    for _, row in head.iterrows():
+        cells: list[Any] = [fmt(row[f]) for f in fields] or [str(row["point"])]
         cells.append(f"{row['runs']}" + (f" ({row['failed']} failed)" if row["failed"] else ""))
-        for m in shown:
-            mean = float(row[m]) * scales[m]
-            lo, hi = (float(row[f"{m}_ci_{b}"]) * scales[m] for b in ("low", "high"))
-            ok = math.isfinite(lo) and math.isfinite(hi) and hi > lo
-            cell = fmt(mean) + (f" [{lo:.3g}, {hi:.3g}]" if ok else "")
-            if f"{m}_analytic" in row.index:
-                cell += f" (model {fmt(float(row[f'{m}_analytic']) * scales[m])})"
-            cells.append(cell)
-        table.add_row(*cells)
-    out.print(table)
-    if len(summary) > 60:
-        out.print(f"... {len(summary) - 60} more points in summary.csv")
+        body.append(cells)
+    for m in shown:
+        unit, mcells = _mean_ci_cells(summary, m, n)
+        name = METRICS[m].name if m in METRICS else m
+        columns.append(Column(f"{name} ({unit})" if unit else name, "text"))
+        for row_cells, c in zip(body, mcells, strict=True):
+            row_cells.append(c)
+    has_model = any(f"{m}_analytic" in summary.columns for m in shown)
+    render_table(
+        "sweep summary: estimate [95% CI]" + (" | analytic model" if has_model else ""),
+        columns,
+        body,
+        notes=[f"... {len(summary) - n} more points in summary.csv"] if len(summary) > n else [],
+    )
 
 
 def sweep(
@@ -168,14 +199,30 @@ def plot(
     plot_dir: Annotated[
         Path | None, typer.Option("--out", help="where PNGs go (default DIR/plots)")
     ] = None,
+    target: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--target",
+            help="a target line METRIC=VALUE on that metric's figure; latencies in seconds "
+            "or with a unit: e2e_p99=10, ttft_p99=500ms (repeatable)",
+        ),
+    ] = None,
 ) -> None:
     """Draw a sweep's figures (metric vs swept field with CI bands, heatmaps, speedup)."""
-    from sdsim.plots import plot_sweep  # deferred: matplotlib takes a noticeable time to import
+    # deferred: matplotlib takes a noticeable time to import
+    from sdsim.plots import parse_targets, plot_sweep
 
+    goals = parse_targets(target)
     if plot_dir is not None:
         check_writable(plot_dir)
     files = plot_sweep(
-        sweep_dir, metrics=metric, x=x, facet=facet, speedup_vs=speedup_vs, plot_dir=plot_dir
+        sweep_dir,
+        metrics=metric,
+        x=x,
+        facet=facet,
+        speedup_vs=speedup_vs,
+        plot_dir=plot_dir,
+        targets=goals,
     )
     for f in files:
         out.print(f"wrote {f}", soft_wrap=True)

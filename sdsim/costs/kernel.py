@@ -17,7 +17,7 @@ token count (a dict lookup), and attention is a few arithmetic operations.
 
 from __future__ import annotations
 
-__all__ = ["KernelStepCost", "OperatorCosts", "fit_linear"]
+__all__ = ["KernelStepCost", "OperatorCosts", "PassTable", "fit_linear"]
 
 import math
 from collections.abc import Callable
@@ -26,7 +26,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from sdsim.costs.roofline import RooflineOps
+from sdsim.costs.roofline import RooflineOps, attention_time
 from sdsim.costs.step import LinearCoefficients, StepShape, StepTime, StepTimes
 from sdsim.models import Drafter
 
@@ -51,21 +51,26 @@ class OperatorCosts(Protocol):
         ...
 
 
-class _Pass:
+class PassTable:
     """Token-dependent cost of one model's forward pass, tabulated per token count.
 
     Tables are filled for every token count at once (vectorised over a range that doubles when a
     step needs more), so ``step()`` does list lookups, not operator arithmetic. ``dense_safe`` and
     ``head_safe`` are the largest token counts a caller may read straight from ``_dense`` and
     ``_head`` (inside the table, and not past a measured profile's grid before its one warning).
+    ``monotone`` makes each table non-decreasing in the token count (a running maximum), for
+    sources whose operator curves may dip (a calibrated GEMM curve past its ridge point).
     """
 
-    def __init__(self, ops: OperatorCosts) -> None:
+    def __init__(self, ops: OperatorCosts, monotone: bool = False) -> None:
         self.ops = ops
+        self.monotone = monotone
         self._dense: list[float] = []
         self._head: list[float] = []
+        self._first: list[float] = []
         self._dense_np: npt.NDArray[np.float64] = np.zeros(0)
         self._head_np: npt.NDArray[np.float64] = np.zeros(0)
+        self._first_np: npt.NDArray[np.float64] = np.zeros(0)
         # a measured profile warns when asked beyond its grid: check that once per pass
         self._limit = float(getattr(ops, "max_tokens", math.inf))
         self._checked = False
@@ -105,6 +110,8 @@ class _Pass:
                 (self._vec(n, t) for n in o.once_ops), np.zeros_like(t)
             )
             v[0] = 0.0
+            if self.monotone:
+                v = np.maximum.accumulate(v)
             self._dense = v.tolist()
             self._dense_np = np.asarray(self._dense, dtype=np.float64)
             self._set_safe()
@@ -118,10 +125,32 @@ class _Pass:
             t = self._size(len(self._head), rows)
             v = self._vec("lm_head", t) + self._vec("sampling", t)
             v[0] = 0.0
+            if self.monotone:
+                v = np.maximum.accumulate(v)
             self._head = v.tolist()
             self._head_np = np.asarray(self._head, dtype=np.float64)
             self._set_safe()
         return self._head[rows]
+
+    def first(self, tokens: int) -> float:
+        """Operators of a step's first pass only (``ops.first_ops``, e.g. EAGLE-3's fusion of
+        three hidden layers), for ``tokens`` rows; 0 when the source has none."""
+        if tokens >= len(self._first):
+            t = self._size(len(self._first), tokens)
+            v = sum((self._vec(n, t) for n in getattr(self.ops, "first_ops", ())),
+                    np.zeros_like(t))  # fmt: skip
+            v[0] = 0.0
+            if self.monotone:
+                v = np.maximum.accumulate(v)
+            self._first = v.tolist()
+            self._first_np = np.asarray(self._first, dtype=np.float64)
+        return self._first[tokens]
+
+    def first_arr(self, tokens: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        """:meth:`first` elementwise (table reads: the same floats)."""
+        if tokens.size:
+            self.first(int(tokens.max()))
+        return self._first_np[tokens]
 
     def dense_arr(self, tokens: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
         """:meth:`dense` elementwise (table reads: the same floats)."""
@@ -138,36 +167,17 @@ class _Pass:
 
 def _roofline_consts(ops: OperatorCosts) -> tuple[float, ...] | None:
     """The roofline's attention constants when ``ops`` prices attention with the roofline's own
-    code (so :func:`_roof_attn` may repeat it inline), else ``None``."""
+    :func:`~sdsim.costs.roofline.attention_time` (so a step may call it directly, one call
+    instead of two method calls per attention), else ``None``."""
     t = type(ops)
     if not isinstance(ops, RooflineOps):
         return None
     if (
         t.decode_attention is not RooflineOps.decode_attention
         or t.prefill_attention is not RooflineOps.prefill_attention
-        or getattr(t, "_attention", None) is not RooflineOps._attention
     ):
         return None
     return tuple(ops._attn_consts)
-
-
-def _roof_attn(
-    consts: tuple[float, ...], batch: float, query: float, kv: float, causal: bool
-) -> float:
-    # RooflineOps._attention, repeated here (the same operations in the same order) so that one
-    # step makes one call instead of two method calls per attention
-    if batch <= 0 or query <= 0:
-        return 0.0
-    c_f, c_kv, c_q, floor, n_full, n_slide, window = consts
-    keys = kv - query / 2.0 if causal else kv
-    t = max(batch * query * max(keys, 0.0) * c_f, batch * (kv * c_kv + query * c_q), floor)
-    total = n_full * t
-    if n_slide:
-        kv_s = min(kv, window + query)
-        keys = kv_s - query / 2.0 if causal else kv_s
-        t = max(batch * query * max(keys, 0.0) * c_f, batch * (kv_s * c_kv + query * c_q), floor)
-        total += n_slide * t
-    return total
 
 
 _new_time = tuple.__new__  # StepTime without NamedTuple.__new__'s keyword handling
@@ -198,9 +208,9 @@ class KernelStepCost:
         overhead_s: float,
         source: str = "roofline",
     ) -> None:
-        self.v = _Pass(verifier)
+        self.v = PassTable(verifier)
         self.drafter = drafter
-        self.d = _Pass(drafter_ops) if drafter_ops is not None else None
+        self.d = PassTable(drafter_ops) if drafter_ops is not None else None
         self.overhead_s = float(overhead_s)
         self.source = source
         self.drafter_prefills = drafter.prefills
@@ -224,7 +234,7 @@ class KernelStepCost:
             dense_t = v._dense[t_dec] if t_dec <= v.dense_safe else v.dense(t_dec)
             head_t = v._head[t_dec] if t_dec <= v.head_safe else v.head(t_dec)
             if self._v_roof is not None:
-                attn = _roof_attn(self._v_roof, b, k + 1, kv, False)
+                attn = attention_time(self._v_roof, b, k + 1, kv, False)
             else:
                 attn = v.ops.decode_attention(b, k + 1, kv)
             verify = dense_t + attn + head_t
@@ -237,7 +247,7 @@ class KernelStepCost:
             if not b:
                 dense_t = v.dense(t_dec)
             if self._v_roof is not None:
-                attn_p = _roof_attn(self._v_roof, seqs, q, cached + q, True)
+                attn_p = attention_time(self._v_roof, seqs, q, cached + q, True)
             else:
                 attn_p = v.ops.prefill_attention(seqs, q, cached)
             head_s = v._head[seqs] if seqs <= v.head_safe else v.head(seqs)
@@ -250,7 +260,7 @@ class KernelStepCost:
                     kv_d = dctx / b + 1
                     dd = d._dense[b] if b <= d.dense_safe else d.dense(b)
                     if self._d_roof is not None:
-                        attn_d = _roof_attn(self._d_roof, b, 1, kv_d, False)
+                        attn_d = attention_time(self._d_roof, b, 1, kv_d, False)
                     else:
                         attn_d = d.ops.decode_attention(b, 1, kv_d)
                     one = dd + attn_d + (d._head[b] if b <= d.head_safe else d.head(b))
@@ -261,7 +271,7 @@ class KernelStepCost:
                     cached = max(pctx / seqs - q, 0.0)
                     dp = d._dense[pf] if pf <= d.dense_safe else d.dense(pf)
                     if self._d_roof is not None:
-                        attn_dp = _roof_attn(self._d_roof, seqs, q, cached + q, True)
+                        attn_dp = attention_time(self._d_roof, seqs, q, cached + q, True)
                     else:
                         attn_dp = d.ops.prefill_attention(seqs, q, cached)
                     prefill += dp + attn_dp

@@ -64,6 +64,7 @@ import yaml
 
 from sdsim.errors import ScenarioError
 from sdsim.models import ModelSpec
+from sdsim.provenance import yaml_header
 
 FORMAT = "sdsim-profile/1"
 DENSE_COLS = ["model", "tp", "op", "tokens", "median_us", "min_us", "max_us", "std_us", "n"]
@@ -101,7 +102,8 @@ def write_bundle(bundle: ProfileBundle, directory: str | Path) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, **{k: v for k, v in bundle.meta.items() if k != "format"}}
-    (d / "meta.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    head = yaml_header(None, "kernel profile bundle; its tables are the CSV files beside it")
+    (d / "meta.yaml").write_text(head + yaml.safe_dump(meta, sort_keys=False))
     bundle.dense.reindex(columns=DENSE_COLS).to_csv(d / "dense.csv", index=False)
     if len(bundle.attention):
         bundle.attention.reindex(columns=ATTN_COLS).to_csv(d / "attention.csv", index=False)

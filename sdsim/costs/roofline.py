@@ -29,7 +29,14 @@ tuning knobs, and they are checked against Vidur's measured H100 kernels in the 
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_EFFICIENCY", "Efficiency", "OpWork", "RooflineOps"]
+__all__ = [
+    "DEFAULT_EFFICIENCY",
+    "Efficiency",
+    "OpWork",
+    "RooflineOps",
+    "attention_time",
+    "attention_time_arr",
+]
 
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -94,6 +101,55 @@ class OpWork(NamedTuple):
     memory_eff: float
     kernels: int = 1
     fixed_s: Any = 0.0
+    gemm: bool = False  # a weight GEMM (its time is what a calibrated GEMM curve replaces)
+
+
+def attention_time(
+    consts: tuple[float, ...], batch: float, query: float, kv: float, causal: bool
+) -> float:
+    """All layers' attention from precomputed constants (``RooflineOps._attn_consts`` layout:
+    seconds per FLOP-unit, per KV token, per query token, the per-layer floor, full-attention
+    layers, sliding-window layers, window), for ``batch`` sequences of ``query`` new tokens each
+    over ``kv`` keys (``causal``: the chunk's own square is halved). Scalar arithmetic only: the
+    step of a kernel cost model calls it once per attention."""
+    if batch <= 0 or query <= 0:
+        return 0.0
+    c_f, c_kv, c_q, floor, n_full, n_slide, window = consts
+    keys = kv - query / 2.0 if causal else kv
+    t = max(batch * query * max(keys, 0.0) * c_f, batch * (kv * c_kv + query * c_q), floor)
+    total = n_full * t
+    if n_slide:
+        kv_s = min(kv, window + query)
+        keys = kv_s - query / 2.0 if causal else kv_s
+        t = max(batch * query * max(keys, 0.0) * c_f, batch * (kv_s * c_kv + query * c_q), floor)
+        total += n_slide * t
+    return total
+
+
+def attention_time_arr(
+    consts: tuple[float, ...],
+    batch: npt.NDArray[np.float64],
+    query: npt.NDArray[np.float64],
+    kv: npt.NDArray[np.float64],
+    causal: bool,
+) -> npt.NDArray[np.float64]:
+    """:func:`attention_time` elementwise over arrays: the same operations in the same order
+    (max is exact, and integer batch x query products below 2**53 are exact in float64 as in
+    Python ints), so the same floats."""
+    c_f, c_kv, c_q, floor, n_full, n_slide, window = consts
+    bq = batch * query
+    qc = query * c_q
+    keys = kv - query / 2.0 if causal else kv
+    t = np.maximum(np.maximum(bq * np.maximum(keys, 0.0) * c_f, batch * (kv * c_kv + qc)), floor)
+    total = n_full * t
+    if n_slide:
+        kv_s = np.minimum(kv, window + query)
+        keys = kv_s - query / 2.0 if causal else kv_s
+        t = np.maximum(
+            np.maximum(bq * np.maximum(keys, 0.0) * c_f, batch * (kv_s * c_kv + qc)), floor
+        )
+        total = total + n_slide * t
+    return np.where((batch > 0) & (query > 0), total, 0.0)
 
 
 class RooflineOps:
@@ -145,15 +201,26 @@ class RooflineOps:
             ops.append(("allreduce", 2))
         self.layer_ops: tuple[tuple[str, int], ...] = tuple(ops)
         self.once_ops: tuple[str, ...] = ("embedding",) + (("eagle_fc",) if model.input_fc else ())
+        # operators of a step's first draft pass only (EAGLE-3's fusion of three hidden layers)
+        self.first_ops: tuple[str, ...] = ("eagle3_fc",) if model.first_pass_fc else ()
+        self._attn_consts = self.attention_consts(eff.attention_compute, eff.attention_memory,
+                                                  eff.launch_floor_s)  # fmt: skip
+
+    def attention_consts(
+        self, compute_eff: float, memory_eff: float, floor_s: float
+    ) -> tuple[float, ...]:
+        """The constants :func:`attention_time` reads, at the given efficiencies and per-layer
+        floor."""
+        model = self.model
         heads = model.heads / self.tp
         kvd = max(model.kv_heads / self.tp, 1.0) * model.head_dim
         n_full, n_slide, window = self._attn_split()
-        self._attn_consts = (
-            4.0 * heads * model.head_dim / (self.peak * eff.attention_compute),
-            2.0 * kvd * self.kv_bytes / (self.bw * eff.attention_memory),
+        return (
+            4.0 * heads * model.head_dim / (self.peak * compute_eff),
+            2.0 * kvd * self.kv_bytes / (self.bw * memory_eff),
             (2.0 * kvd * self.kv_bytes + 2.0 * heads * model.head_dim * self.act_bytes)
-            / (self.bw * eff.attention_memory),
-            eff.launch_floor_s,
+            / (self.bw * memory_eff),
+            floor_s,
             n_full,
             n_slide,
             window,
@@ -164,7 +231,7 @@ class RooflineOps:
         e = self.eff
         flops = 2.0 * tokens * k_in * n_out
         byt = k_in * n_out * self.w_bytes + tokens * (k_in + n_out) * self.act_bytes
-        return OpWork(flops, byt, e.gemm_compute, e.memory)
+        return OpWork(flops, byt, e.gemm_compute, e.memory, gemm=True)
 
     def work(self, name: str, tokens: float | npt.NDArray[np.float64]) -> OpWork:
         """FLOPs and bytes of one operator at ``tokens`` rows (per layer for layer ops).
@@ -178,7 +245,7 @@ class RooflineOps:
         t = np.asarray(tokens, dtype=float)
         h = m.hidden
         if name == "qkv":
-            return self._gemm(t, h, (m.q_dim + 2 * m.kv_dim) / tp)
+            return self._gemm(t, m.qkv_in, (m.q_dim + 2 * m.kv_dim) / tp)
         if name == "o":
             return self._gemm(t, m.q_dim / tp, h)
         if name == "gate_up":
@@ -187,6 +254,8 @@ class RooflineOps:
             return self._gemm(t, m.ffn / tp, h)
         if name == "eagle_fc":
             return self._gemm(t, m.input_fc, h)
+        if name == "eagle3_fc":
+            return self._gemm(t, m.first_pass_fc, h)
         if name == "lm_head":
             return self._gemm(t, h, m.vocab / tp)
         if name == "router":
@@ -266,57 +335,15 @@ class RooflineOps:
         )
         return OpWork(flops, byt, e.attention_compute, e.attention_memory)
 
-    def _attention(self, batch: float, query: float, kv: float, causal: bool) -> float:
-        # the arithmetic of attention_work and time, unrolled: step() calls this every step
-        if batch <= 0 or query <= 0:
-            return 0.0
-        c_f, c_kv, c_q, floor, n_full, n_slide, window = self._attn_consts
-        keys = kv - query / 2.0 if causal else kv
-        t = max(batch * query * max(keys, 0.0) * c_f, batch * (kv * c_kv + query * c_q), floor)
-        total = n_full * t
-        if n_slide:
-            kv_s = min(kv, window + query)
-            keys = kv_s - query / 2.0 if causal else kv_s
-            t = max(batch * query * max(keys, 0.0) * c_f, batch * (kv_s * c_kv + query * c_q),
-                    floor)  # fmt: skip
-            total += n_slide * t
-        return total
-
     def decode_attention(self, batch: float, query: float, kv: float) -> float:
         """All layers' decode/verify attention: ``batch`` requests, ``query`` = k + 1 tokens each,
         ``kv`` keys per request (mean)."""
-        return self._attention(batch, query, kv, causal=False)
+        return attention_time(self._attn_consts, batch, query, kv, False)
 
     def prefill_attention(self, seqs: float, query: float, cached: float) -> float:
         """All layers' causal prefill attention: ``seqs`` chunks of ``query`` tokens (mean), each
         after ``cached`` tokens already in the KV cache."""
-        return self._attention(seqs, query, cached + query, causal=True)
-
-    def _attention_arr(
-        self,
-        batch: npt.NDArray[np.float64],
-        query: npt.NDArray[np.float64],
-        kv: npt.NDArray[np.float64],
-        causal: bool,
-    ) -> npt.NDArray[np.float64]:
-        # _attention elementwise: the same operations in the same order (max is exact, and
-        # integer batch x query products below 2**53 are exact in float64 as in Python ints)
-        c_f, c_kv, c_q, floor, n_full, n_slide, window = self._attn_consts
-        bq = batch * query
-        qc = query * c_q
-        keys = kv - query / 2.0 if causal else kv
-        t = np.maximum(
-            np.maximum(bq * np.maximum(keys, 0.0) * c_f, batch * (kv * c_kv + qc)), floor
-        )
-        total = n_full * t
-        if n_slide:
-            kv_s = np.minimum(kv, window + query)
-            keys = kv_s - query / 2.0 if causal else kv_s
-            t = np.maximum(
-                np.maximum(bq * np.maximum(keys, 0.0) * c_f, batch * (kv_s * c_kv + qc)), floor
-            )
-            total = total + n_slide * t
-        return np.where((batch > 0) & (query > 0), total, 0.0)
+        return attention_time(self._attn_consts, seqs, query, cached + query, True)
 
     def decode_attention_arr(
         self, batch: npt.ArrayLike, query: npt.ArrayLike, kv: npt.ArrayLike
@@ -326,7 +353,7 @@ class RooflineOps:
         b, q, v = np.broadcast_arrays(
             *(np.asarray(x, dtype=np.float64) for x in (batch, query, kv))
         )
-        return self._attention_arr(b, q, v, causal=False)
+        return attention_time_arr(self._attn_consts, b, q, v, False)
 
     def prefill_attention_arr(
         self, seqs: npt.ArrayLike, query: npt.ArrayLike, cached: npt.ArrayLike
@@ -335,7 +362,7 @@ class RooflineOps:
         s, q, c = np.broadcast_arrays(
             *(np.asarray(x, dtype=np.float64) for x in (seqs, query, cached))
         )
-        return self._attention_arr(s, q, c + q, causal=True)
+        return attention_time_arr(self._attn_consts, s, q, c + q, True)
 
     # ------------------------------------------------------------------ reports
     def breakdown(self, tokens: float) -> dict[str, float]:
@@ -344,4 +371,5 @@ class RooflineOps:
 
     def ops_names(self) -> Sequence[str]:
         """Every operator this source can time."""
-        return [n for n, _ in self.layer_ops] + list(self.once_ops) + ["lm_head", "sampling"]
+        return [n for n, _ in self.layer_ops] + [*self.once_ops, *self.first_ops, "lm_head",
+                                                  "sampling"]

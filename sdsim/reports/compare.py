@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from sdsim.errors import ScenarioError
+from sdsim.provenance import png_metadata
 from sdsim.report_formats import Report, load_report
 from sdsim.reports.replay import replay_scenario
 from sdsim.scenario import Scenario
@@ -161,7 +162,9 @@ def compare_report(
     return Comparison(pd.DataFrame(rows), notes)
 
 
-def comparison_figure(table: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+def comparison_figure(
+    table: pd.DataFrame, path: str | Path, title: str = "", seed: int | None = None
+) -> Path:
     """One figure: per metric, mean (solid) and p99 (dashed) of measured, simulated and analytic
     latency against each benchmark's achieved rate.
 
@@ -171,6 +174,10 @@ def comparison_figure(table: pd.DataFrame, path: str | Path, title: str = "") ->
         :attr:`Comparison.table`.
     path
         PNG file to write.
+    title
+        Figure title.
+    seed
+        The simulation's seed, recorded in the PNG with the sdsim version.
     """
     import matplotlib
 
@@ -190,13 +197,13 @@ def comparison_figure(table: pd.DataFrame, path: str | Path, title: str = "") ->
                 ax.plot(d["rate"], y, ls, marker="o", color=colr, label=f"{col} {stat}")
         ax.set_title({"ttft": "TTFT", "tpot": "TPOT (decode gap)", "e2e": "end-to-end"}[m])
         ax.set_xlabel("achieved rate (req/s)")
-        ax.set_ylabel("ms")
+        ax.set_ylabel(f"{m if m == 'e2e' else m.upper()} latency (ms)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     if title:
         fig.suptitle(title)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=110)
+    fig.savefig(p, dpi=110, metadata=png_metadata(seed, title))
     plt.close(fig)
     return p
