@@ -108,7 +108,7 @@ load.round(3)
 #   left);
 # * the run is split into **batches**, and the p99's interval comes from the batch means of
 #   the indicator "request below the p99" (both ends are observed latencies: never negative);
-# * runs are added until the interval is narrow enough (`--target`, ±3% by default) or the
+# * runs are added until the interval is narrow enough (`--half-width`, ±3% by default) or the
 #   budget is spent, and a statistic whose interval straddles the tolerance is reported as
 #   **CI too wide to judge** rather than as a pass or a fail on noise.
 
@@ -238,7 +238,7 @@ p99.pivot_table(index="scenario", columns=p99["fraction"].round(2), values="rel_
 #
 # ## Exercises
 #
-# 1. Raise `--target` to 0.01 for one rate of `sdsim validate scenarios/default.yaml`. How many
+# 1. Set `--half-width` to 0.01 for one rate of `sdsim validate scenarios/default.yaml`. How many
 #    requests does the p99 need at 90% load, and why so many more than at 50%?
 # 2. Lower `workload.cv` in the bursty scenario to 1.5. Does `predict` still say it is outside
 #    the model? How large is the error?

@@ -196,6 +196,8 @@ COMMAND_CASES: list[tuple[str, list[str], str]] = [
     ("predict bad rates", ["predict", DEFAULT, "--rates", "x"], "--rates"),
     ("advise bad set", ["advise", DEFAULT, "--set", "spec.k_max=0"], "spec.k_max"),
     ("validate bad reps", ["validate", DEFAULT, "--reps", "0"], "--reps"),
+    ("validate bad half-width", ["validate", DEFAULT, "--half-width", "2"], "--half-width"),
+    ("validate bad target line", ["validate", DEFAULT, "--target", "e2e_p99"], "--target"),
     ("sweep missing out", ["sweep", SWEEP], "--out"),
     ("sweep missing file", ["sweep", "/no/such.yaml", "--out", "/tmp/x"], "not found"),
     ("sweep bad set", ["sweep", SWEEP, "--out", "/tmp/x", "--set", "nokey"], "--set"),
