@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_DEMO := $(VENV)/.demo-installed
 STAMP_TEST := $(VENV)/.test-installed
 
-.PHONY: demo test lint typecheck unit nbtest bench clean notebooks browser calibration
+.PHONY: demo test lint typecheck unit nbtest bench clean notebooks browser calibration fuzz mutation
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -52,6 +52,24 @@ notebooks: $(STAMP_TEST)
 
 test: lint unit nbtest
 
+# The fuzz suite at depth: 25x the examples `make test` runs, random rather than fixed
+# (tests/test_fuzz.py; SDSIM_FUZZ_SCALE=N sets another multiple).
+fuzz: $(STAMP_TEST)
+	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q -n 2 -p no:cacheprovider tests/test_fuzz.py
+
+# Mutation testing (mutmut) of the files and tests named in pyproject's [tool.mutmut]; restrict
+# with e.g. MUTANTS='sdsim.acceptance*'. The score is in mutants/mutmut-cicd-stats.json.
+MUTANTS ?=
+mutation: $(STAMP_TEST)
+	$(BIN)/python -m pip install -q -e '.[mutation]'
+	rm -rf mutants
+	$(BIN)/mutmut run $(foreach m,$(MUTANTS),'$(m)') > /dev/null
+	$(BIN)/mutmut export-cicd-stats
+	$(BIN)/python -c "import json; s = json.load(open('mutants/mutmut-cicd-stats.json')); \
+	n = s['killed'] + s['survived'] + s['no_tests'] + s['timeout'] + s['suspicious']; \
+	print(f\"mutation score: {s['killed'] + s['timeout']}/{n} killed ({(s['killed'] + s['timeout']) / max(n, 1):.1%}); {s}\")"
+	$(BIN)/mutmut results
+
 bench: $(STAMP_DEMO)
 	$(BIN)/python benchmarks/run.py
 
@@ -65,4 +83,4 @@ calibration: $(STAMP_DEMO)
 	  --out sdsim/data/calibration/shipped.yaml
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis mutants

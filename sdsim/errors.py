@@ -28,7 +28,9 @@ from __future__ import annotations
 __all__ = ["ScenarioError", "format_validation_error"]
 
 import re
-from typing import Any
+import reprlib
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 
 class ScenarioError(ValueError):
@@ -53,36 +55,94 @@ class ScenarioError(ValueError):
         return (type(self), (self.field, self.message))
 
 
-def _loc_to_field(loc: tuple[Any, ...]) -> str:
+# An offending input is shown in the message only as a short, bounded repr: the input may be a
+# structure of shared aliases that stands for billions of values.
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel = 2
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 4
+_SHOWN.maxstring = _SHOWN.maxother = 40
+_SHOWN.maxlong = 24
+
+
+def _unwrap(tp: Any) -> Any:
+    """``X`` from ``Annotated[X, ...]`` and from ``X | None``."""
+    while get_origin(tp) is Annotated:
+        tp = get_args(tp)[0]
+    if get_origin(tp) in (Union, UnionType):
+        members = [a for a in get_args(tp) if a is not type(None)]
+        if len(members) == 1:
+            return _unwrap(members[0])
+    return tp
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and hasattr(tp, "model_fields")
+
+
+def _union_member(members: tuple[Any, ...], tag: str) -> Any:
+    """The member of a union that pydantic's location tag ``tag`` names (``None`` if unknown)."""
+    for m in members:
+        m = _unwrap(m)
+        if _is_model(m):
+            if tag == m.__name__:
+                return m
+            for f in m.model_fields.values():
+                if get_origin(f.annotation) is Literal and tag in get_args(f.annotation):
+                    return m
+        elif get_origin(m) is list and tag.startswith("list["):
+            return m
+    return None
+
+
+def _loc_to_field(loc: tuple[Any, ...], model: Any = None) -> str:
+    """The dotted field a pydantic error location names, without pydantic's own location parts
+    (union member tags such as ``constrained-float`` or ``BetaAlpha``, discriminator values).
+
+    ``model`` is the validated model class: the location is walked through its fields, so that a
+    field name is told apart from a union tag. Without it, parts that look like tags are dropped.
+    """
     parts: list[str] = []
+    tp: Any = model
     for item in loc:
+        tp = _unwrap(tp) if tp is not None else None
         if isinstance(item, int):
             parts.append(f"[{item}]")
+            args = get_args(tp) if tp is not None else ()
+            tp = args[0] if get_origin(tp) is list and args else None
             continue
         text = str(item)
-        # pydantic puts union member tags and function names into the location; they mean
-        # nothing to a user writing YAML, so keep only real field names.
-        if (
-            text.startswith(("function-", "tagged-union", "union[", "constrained-"))
-            or "[" in text
-            or text
-            in {
-                "int",
-                "float",
-                "str",
-                "list",
-                "dict",
-            }
-        ):
+        if tp is not None and _is_model(tp):
+            # a field of the model, or an unknown (extra) name: both are named
+            parts.append(text)
+            field = tp.model_fields.get(text)
+            tp = field.annotation if field is not None else None
             continue
-        parts.append(text)
+        if tp is not None and get_origin(tp) is dict:
+            parts.append(text)
+            args = get_args(tp)
+            tp = args[1] if len(args) == 2 else None
+            continue
+        if tp is not None and get_origin(tp) in (Union, UnionType):
+            tp = _union_member(get_args(tp), text)
+            continue
+        if tp is None and not _looks_like_tag(text):
+            parts.append(text)
+        tp = None
     out = ""
     for p in parts:
         out += p if p.startswith("[") or not out else "." + p
     return out
 
 
-def format_validation_error(exc: Any, prefix: str = "") -> ScenarioError:
+def _looks_like_tag(text: str) -> bool:
+    return (
+        any(c in text for c in "[-'")
+        or text in {"int", "float", "str", "bool", "list", "dict", "none"}
+        or text[:1].isupper()
+    )
+
+
+def format_validation_error(exc: Any, prefix: str = "", model: Any = None) -> ScenarioError:
     """Turn a pydantic ``ValidationError`` into a one-line :class:`ScenarioError`.
 
     Parameters
@@ -91,29 +151,40 @@ def format_validation_error(exc: Any, prefix: str = "") -> ScenarioError:
         The ``pydantic.ValidationError``.
     prefix
         Dotted prefix for the field (for nested models validated on their own).
+    model
+        The model class that was validated: its fields tell field names from pydantic's union
+        tags in the error location.
 
     Returns
     -------
     ScenarioError
-        Naming the first offending field; the count of further errors is appended.
+        Naming the offending field: of several errors, the one deepest in the data (for a value
+        no member of a union accepts, the member it came closest to). A validator that raises
+        :class:`ScenarioError` names its field relative to the model it validates. The count of
+        further errors is appended.
     """
     errors = exc.errors(include_url=False)
-    first = errors[0]
-    field = _loc_to_field(tuple(first.get("loc", ())))
-    if prefix:
-        field = f"{prefix}.{field}" if field else prefix
+    first = max(errors, key=lambda e: len(e.get("loc", ())))  # the first of the deepest
+    field = _loc_to_field(tuple(first.get("loc", ())), model)
+    cause = (first.get("ctx") or {}).get("error")
     msg = str(first.get("msg", "invalid value"))
     msg = msg.removeprefix("Value error, ")
-    # a validator's message that starts with a field name ("acceptance.alpha: ...") names the
-    # field better than the model it was raised in
-    named = re.match(r"([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*): (.+)", msg)
-    if named and first.get("type") == "value_error":
-        sub, msg = named.groups()
-        field = sub if not field or sub.startswith(f"{field}.") else f"{field}.{sub}"
+    if isinstance(cause, ScenarioError):
+        field = ".".join(p for p in (field, cause.field) if p)
+        msg = cause.message
+    elif first.get("type") == "value_error":
+        # a validator's ValueError whose message starts with a field name ("acceptance.alpha:
+        # ...") names the field better than the model it was raised in
+        named = re.match(r"([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*): (.+)", msg)
+        if named:
+            sub, msg = named.groups()
+            field = sub if not field or sub.startswith(f"{field}.") else f"{field}.{sub}"
+    if prefix:
+        field = f"{prefix}.{field}" if field else prefix
     if first.get("type") == "extra_forbidden":
         msg = "unknown field (check the spelling; `sdsim schema` lists the allowed fields)"
-    elif "input" in first and first.get("type") not in {"missing"}:
-        shown = repr(first["input"])
+    elif "input" in first and first.get("type") not in {"missing"} and cause is None:
+        shown = _SHOWN.repr(first["input"])
         if len(shown) <= 60:
             msg += f" (got {shown})"
     if len(errors) > 1:

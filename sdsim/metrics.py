@@ -13,8 +13,10 @@ Conventions (the glossary users read results by):
   servers report, not the model's ``acceptance.alpha`` (see :mod:`sdsim.acceptance`).
 * ``little_residual = (in_system_mean - lambda_obs * e2e_mean) / in_system_mean`` with
   ``lambda_obs`` the observed arrival rate in the window: Little's law says it tends to 0.
-* ``stable`` is false when the run was stopped at a saturation bound, or when the number in system
-  grew over the window faster than 5% of the arrival rate (``queue_growth_rps``).
+* ``stable`` is the verdict of a statistical test on the growth of the number in system
+  (:mod:`sdsim.stability`): true, false, or ``None`` when the run is too short to judge;
+  ``stability`` says which in words, ``stability_p`` is the test's p-value and
+  ``queue_growth_rps`` the growth it measured.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from sdsim._version import __version__
 from sdsim.records import SimRun
 from sdsim.scenario import SloSpec
 from sdsim.slo import slo_bounds, slo_stats
+from sdsim.stability import judge_stability, saturation_stop, stability_grid, stability_summary
 
 REQUEST_FIELDS = (
     "arrival",
@@ -70,9 +73,6 @@ SUMMARY_KEYS = (
     "slo_met",
     "seed",
 )
-
-# Growth of the number in system, as a fraction of the arrival rate, above which a run is unstable.
-UNSTABLE_GROWTH_FRACTION = 0.05
 
 
 def build_requests_frame(run: SimRun, warmup: int) -> pd.DataFrame:
@@ -220,10 +220,14 @@ def summarize(
     out["little_residual"] = (
         float((ism - lam_obs * out["e2e_mean"]) / ism) if ism and math.isfinite(ism) else math.nan
     )
-    growth = _queue_growth(arrival, finish, t0, t1)
-    out["queue_growth_rps"] = growth
-    grew = math.isfinite(growth) and lam_obs > 0 and growth > UNSTABLE_GROWTH_FRACTION * lam_obs
-    out["stable"] = bool(not run.stopped_early and not grew)
+    verdict = judge_stability(
+        _in_system_at(arrival, finish, stability_grid(t0, t1)),
+        t0,
+        t1,
+        int(((arrival >= t0) & (arrival <= t1)).sum()),
+        saturation_stop(run.stopped_early, run.stop_reason),
+    )
+    out.update(stability_summary(verdict))
     out["stop_reason"] = run.stop_reason
     out["preemptions"] = int(requests["preemptions"].sum())
     out["preempted_requests"] = int((requests["preemptions"] > 0).sum())
@@ -273,21 +277,15 @@ def _engine_facts(
         out["kv_util_mean"] = math.nan
 
 
-def _queue_growth(
-    arrival: npt.NDArray[np.float64], finish: npt.NDArray[np.float64], t0: float, t1: float
-) -> float:
-    """Least-squares slope (requests/s) of the number in system over the window."""
-    if t1 <= t0:
-        return float("nan")
-    grid = np.linspace(t0, t1, 64)
-    fin = np.where(np.isnan(finish), np.inf, finish)
-    arr_sorted = np.sort(arrival)
-    fin_sorted = np.sort(fin)
-    n_t = np.searchsorted(arr_sorted, grid, side="right") - np.searchsorted(
-        fin_sorted, grid, side="right"
+def _in_system_at(
+    arrival: npt.NDArray[np.float64], finish: npt.NDArray[np.float64], grid: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """Requests in the system (arrived, not finished) at each time of ``grid``."""
+    fin = np.sort(np.where(np.isnan(finish), np.inf, finish))
+    n_t = np.searchsorted(np.sort(arrival), grid, side="right") - np.searchsorted(
+        fin, grid, side="right"
     )
-    slope = np.polyfit(grid - t0, n_t.astype(np.float64), 1)[0]
-    return float(slope)
+    return n_t.astype(np.float64)
 
 
 def t_confidence_interval(values: Any, confidence: float = 0.95) -> tuple[float, float, float]:

@@ -33,12 +33,12 @@ __all__ = [
     "resolve_model",
 ]
 
-import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from sdsim.errors import ScenarioError
+from sdsim.inputs import load_json
 
 # n-gram (prompt lookup) drafting runs on the CPU: a suffix match of the last few tokens against
 # the request's own context. vLLM's proposer does this per request per step in tens of
@@ -285,6 +285,12 @@ def get_model(name: str, field: str = "target") -> ModelSpec:
 # --------------------------------------------------------------------------- config.json
 
 
+# Bounds on config.json numbers: far beyond any released model, small enough that products of them
+# (parameter counts, KV bytes) stay exact and finite.
+_MAX_DIM = 10**6
+_MAX_LAYERS = 10**4
+_MAX_CONTEXT = 10**9
+
 # Model families whose MLP is up -> activation -> down (two matrices), not SwiGLU-style.
 _UNGATED_TYPES = {"gpt2", "opt", "gpt_neox", "phi", "falcon", "bloom", "gpt_bigcode", "starcoder2"}
 
@@ -310,30 +316,50 @@ def model_from_hf_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec
     if isinstance(cfg.get("text_config"), dict):
         cfg = {**cfg, **cfg["text_config"]}
 
-    def need(*keys: str) -> int:
-        v = _first(cfg, *keys)
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise ValueError(f"config.json needs a positive integer {keys[0]!r} (got {v!r})")
+    def need(*keys: str, default: Any = None, low: int = 1, high: int = _MAX_DIM) -> int:
+        # whole numbers in a physical range: JSON's Infinity, -128 or "abc" are refused by name
+        v = _first(cfg, *keys, default=default)
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high:
+            raise ValueError(
+                f"config.json key {keys[0]!r} must be a whole number in [{low}, {high:,}] "
+                f"(got {v!r})"
+            )
         return v
 
     hidden = need("hidden_size", "n_embd", "d_model")
-    layers = need("num_hidden_layers", "n_layer", "num_layers")
-    heads = need("num_attention_heads", "n_head")
-    kv_heads = int(_first(cfg, "num_key_value_heads", "n_kv_head", default=heads))
-    head_dim = int(_first(cfg, "head_dim", default=hidden // heads))
-    vocab = need("vocab_size")
-    experts = int(_first(cfg, "num_experts", "num_local_experts", "n_routed_experts", default=0))
-    top_k = int(_first(cfg, "num_experts_per_tok", "experts_per_token", "moe_topk", default=0))
+    layers = need("num_hidden_layers", "n_layer", "num_layers", high=_MAX_LAYERS)
+    heads = need("num_attention_heads", "n_head", high=_MAX_LAYERS)
+    kv_heads = need("num_key_value_heads", "n_kv_head", default=heads, high=heads)
+    if heads % kv_heads:
+        raise ValueError(
+            f"config.json: num_attention_heads ({heads}) must be a multiple of "
+            f"num_key_value_heads ({kv_heads})"
+        )
+    head_dim = need("head_dim", default=hidden // heads if hidden >= heads else None)
+    vocab = need("vocab_size", high=10**8)
+    experts = need(
+        "num_experts", "num_local_experts", "n_routed_experts", default=0, low=0, high=_MAX_LAYERS
+    )
+    top_k = need(
+        "num_experts_per_tok", "experts_per_token", "moe_topk", default=0, low=0, high=experts
+    )
     if experts:
-        ffn = int(_first(cfg, "moe_intermediate_size", "intermediate_size", default=0))
+        ffn = need("moe_intermediate_size", "intermediate_size")
     else:
-        ffn = int(_first(cfg, "intermediate_size", "ffn_dim", "n_inner", default=4 * hidden))
-    if ffn <= 0:
-        raise ValueError("config.json needs a positive 'intermediate_size'")
+        ffn = need("intermediate_size", "ffn_dim", "n_inner", default=4 * hidden)
+    max_context = need(
+        "max_position_embeddings", "n_positions", default=4096, high=_MAX_CONTEXT
+    )
     model_type = str(cfg.get("model_type", ""))
     attn_bias = bool(cfg.get("attention_bias", model_type == "qwen2"))
     layer_types = cfg.get("layer_types") or []
-    sliding = int(cfg.get("sliding_window") or 0)
+    if not isinstance(layer_types, list):
+        raise ValueError(f"config.json key 'layer_types' must be a list (got {layer_types!r})")
+    sliding = need("sliding_window", default=0, low=0, high=_MAX_CONTEXT) if cfg.get(
+        "sliding_window"
+    ) else 0
     n_sliding = sum(1 for t in layer_types if t == "sliding_attention") if sliding else 0
     return ModelSpec(
         name=name,
@@ -346,7 +372,7 @@ def model_from_hf_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec
         vocab=vocab,
         # transformers' PretrainedConfig defaults tie_word_embeddings to True
         tied_embeddings=bool(cfg.get("tie_word_embeddings", True)),
-        max_context=int(_first(cfg, "max_position_embeddings", "n_positions", default=4096)),
+        max_context=max_context,
         experts=experts,
         experts_per_token=top_k if experts else 0,
         gated_mlp=model_type not in _UNGATED_TYPES,
@@ -374,11 +400,14 @@ def load_hf_config(path: str | Path, field: str = "target") -> ModelSpec:
     if not p.is_file():
         raise ScenarioError(field, f"config file {str(path)!r} not found")
     try:
-        cfg = json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ScenarioError(
-            field, f"cannot read {p.name} as JSON ({exc.__class__.__name__})"
-        ) from None
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(field, f"cannot read {p.name} ({exc.__class__.__name__})") from None
+    try:
+        # Infinity / NaN parse, then fail the range checks by key name
+        cfg = load_json(text, field, allow_nan=True)
+    except ScenarioError as exc:
+        raise ScenarioError(field, f"{p.name}: {exc.message}") from None
     if not isinstance(cfg, dict):
         raise ScenarioError(field, f"{p.name} must hold a JSON object")
     label = p.parent.name if p.name == "config.json" else p.stem

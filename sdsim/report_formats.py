@@ -42,7 +42,6 @@ __all__ = [
     "parse_report",
 ]
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,9 +50,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from sdsim.errors import ScenarioError
+from sdsim.inputs import load_json, load_yaml
+from sdsim.report_schema import (
+    GuideLLMMetric,
+    GuideLLMMetrics,
+    GuideLLMReport,
+    GuideLLMRequest,
+    GuideLLMStat,
+    VllmResult,
+    validate_report,
+)
 
 REQUEST_COLUMNS = (
     "benchmark",
@@ -156,14 +164,6 @@ def _num(v: Any) -> float:
         return _NAN
 
 
-def _dig(d: Any, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(k)
-    return d
-
-
 def _stats_from(x: np.ndarray, prefix: str, out: dict[str, Any]) -> None:
     x = x[np.isfinite(x)]
     if x.size == 0:
@@ -219,75 +219,76 @@ def _finish_frames(
 # --------------------------------------------------------------------------- GuideLLM
 
 
-def _guidellm_metric(metrics: dict[str, Any], name: str, scale: float, prefix: str) -> dict:
-    out: dict[str, Any] = {}
-    succ = _dig(metrics, name, "successful")
-    if not isinstance(succ, dict):
-        return out
-    out[f"{prefix}_mean"] = _num(succ.get("mean")) * scale
-    pct = succ.get("percentiles") or {}
-    out[f"{prefix}_p50"] = _num(pct.get("p50", succ.get("median"))) * scale
-    out[f"{prefix}_p90"] = _num(pct.get("p90")) * scale
-    out[f"{prefix}_p99"] = _num(pct.get("p99")) * scale
-    return out
+def _opt(v: float | None, scale: float = 1.0) -> float:
+    return _NAN if v is None else float(v) * scale
 
 
-def _parse_guidellm(data: dict[str, Any], path: str | None) -> Report:
-    version = _dig(data, "metadata", "version")
-    if version != 2:
-        raise ScenarioError(
-            "report", f"GuideLLM report schema metadata.version {version!r} is not supported (2 is)"
-        )
-    benches_in = data.get("benchmarks")
-    if not isinstance(benches_in, list) or not benches_in:
-        raise ScenarioError("report", "GuideLLM report has no benchmarks[]")
+def _stat(metric: GuideLLMMetric | None) -> GuideLLMStat:
+    if metric is None or metric.successful is None:
+        return GuideLLMStat()
+    return metric.successful
+
+
+def _guidellm_metric(metric: GuideLLMMetric | None, scale: float, prefix: str) -> dict[str, Any]:
+    st = _stat(metric)
+    if metric is None or metric.successful is None:
+        return {}
+    pct = st.percentiles or {}
+    return {
+        f"{prefix}_mean": _opt(st.mean, scale),
+        f"{prefix}_p50": _opt(pct.get("p50", st.median), scale),
+        f"{prefix}_p90": _opt(pct.get("p90"), scale),
+        f"{prefix}_p99": _opt(pct.get("p99"), scale),
+    }
+
+
+def _guidellm_request(i: int, bid: str, r: GuideLLMRequest) -> dict[str, Any]:
+    tm = r.timings
+    start = _opt(tm.request_start if tm.request_start is not None else r.request_start_time)
+    sched = _opt(tm.targeted_start)
+    first = _opt(tm.first_token_iteration)
+    last = _opt(tm.last_token_iteration)
+    end = _opt(tm.request_end if tm.request_end is not None else r.request_end_time)
+    out_tok = r.output_tokens or 0
+    ttft = first - start
+    if not math.isfinite(ttft):
+        ttft = _opt(r.time_to_first_token_ms, 1e-3)
+    e2e = end - start
+    if not math.isfinite(e2e):
+        e2e = _opt(r.request_latency)
+    if out_tok > 1 and math.isfinite(last - first):
+        tpot = (last - first) / (out_tok - 1)
+    else:
+        tpot = _opt(r.inter_token_latency_ms, 1e-3) if out_tok > 1 else _NAN
+    return {
+        "benchmark": i,
+        "benchmark_id": bid,
+        "arrival": sched if math.isfinite(sched) else start,
+        "start": start,
+        "first_token": first,
+        "last_token": last,
+        "end": end,
+        "prompt_tokens": r.prompt_tokens or 0,
+        "output_tokens": out_tok,
+        "ttft": ttft,
+        "tpot": tpot,
+        "e2e": e2e,
+    }
+
+
+def _parse_guidellm(data: GuideLLMReport, path: str | None) -> Report:
     rows: list[dict[str, Any]] = []
     benches: list[dict[str, Any]] = []
-    for i, b in enumerate(benches_in):
-        cfg = b.get("config") or {}
-        strat = cfg.get("strategy") or {}
-        stype = str(strat.get("type_", "unknown"))
-        target = _num(strat.get("rate"))
+    for i, b in enumerate(data.benchmarks):
+        cfg = b.config
+        strat = cfg.strategy if cfg is not None and cfg.strategy is not None else None
+        stype = strat.type_ if strat is not None else "unknown"
+        target = _opt(strat.rate) if strat is not None else _NAN
         if stype == "synchronous":
             target = _NAN
-        bid = str(cfg.get("id_", i))
-        successful = _dig(b, "requests", "successful") or []
-        recs: list[dict[str, Any]] = []
-        for r in successful:
-            tm = _dig(r, "info", "timings") or {}
-            start = _num(tm.get("request_start", r.get("request_start_time")))
-            sched = _num(tm.get("targeted_start"))
-            first = _num(tm.get("first_token_iteration"))
-            last = _num(tm.get("last_token_iteration"))
-            end = _num(tm.get("request_end", r.get("request_end_time")))
-            out_tok = int(_num(r.get("output_tokens")) if r.get("output_tokens") is not None else 0)
-            prompt = int(_num(r.get("prompt_tokens")) if r.get("prompt_tokens") is not None else 0)
-            ttft = first - start
-            if not math.isfinite(ttft):
-                ttft = _num(r.get("time_to_first_token_ms")) / 1e3
-            e2e = end - start
-            if not math.isfinite(e2e):
-                e2e = _num(r.get("request_latency"))
-            if out_tok > 1 and math.isfinite(last - first):
-                tpot = (last - first) / (out_tok - 1)
-            else:
-                tpot = _num(r.get("inter_token_latency_ms")) / 1e3 if out_tok > 1 else _NAN
-            recs.append(
-                {
-                    "benchmark": i,
-                    "benchmark_id": bid,
-                    "arrival": sched if math.isfinite(sched) else start,
-                    "start": start,
-                    "first_token": first,
-                    "last_token": last,
-                    "end": end,
-                    "prompt_tokens": prompt,
-                    "output_tokens": out_tok,
-                    "ttft": ttft,
-                    "tpot": tpot,
-                    "e2e": e2e,
-                }
-            )
+        bid = str(cfg.id_ if cfg is not None and cfg.id_ is not None else i)
+        successful = b.requests.successful if b.requests is not None else []
+        recs = [_guidellm_request(i, bid, r) for r in successful]
         if recs:
             origin = float(np.nanmin([[r["arrival"], r["start"]] for r in recs]))
             if math.isfinite(origin):
@@ -295,25 +296,23 @@ def _parse_guidellm(data: dict[str, Any], path: str | None) -> Report:
                     for c in ("arrival", "start", "first_token", "last_token", "end"):
                         r[c] = r[c] - origin
         rows.extend(recs)
-        m = b.get("metrics") or {}
+        m = b.metrics if b.metrics is not None else GuideLLMMetrics()
         rec: dict[str, Any] = {
             "benchmark": i,
             "benchmark_id": bid,
             "strategy": stype,
             "target_rate": target,
-            "rate": _num(_dig(m, "requests_per_second", "successful", "mean")),
-            "concurrency": _num(_dig(m, "request_concurrency", "successful", "mean")),
+            "rate": _opt(_stat(m.requests_per_second).mean),
+            "concurrency": _opt(_stat(m.request_concurrency).mean),
             "requests": len(recs),
-            "duration": _num(b.get("duration")),
-            "prompt_tokens_mean": _num(_dig(m, "prompt_token_count", "successful", "mean")),
-            "output_tokens_mean": _num(_dig(m, "output_token_count", "successful", "mean")),
+            "duration": _opt(b.duration),
+            "prompt_tokens_mean": _opt(_stat(m.prompt_token_count).mean),
+            "output_tokens_mean": _opt(_stat(m.output_token_count).mean),
         }
-        rec.update(_guidellm_metric(m, "time_to_first_token_ms", 1e-3, "ttft"))
-        rec.update(_guidellm_metric(m, "inter_token_latency_ms", 1e-3, "tpot"))
-        rec.update(_guidellm_metric(m, "request_latency", 1.0, "e2e"))
-        rec["tpot_incl_ttft_mean"] = (
-            _num(_dig(m, "time_per_output_token_ms", "successful", "mean")) * 1e-3
-        )
+        rec.update(_guidellm_metric(m.time_to_first_token_ms, 1e-3, "ttft"))
+        rec.update(_guidellm_metric(m.inter_token_latency_ms, 1e-3, "tpot"))
+        rec.update(_guidellm_metric(m.request_latency, 1.0, "e2e"))
+        rec["tpot_incl_ttft_mean"] = _opt(_stat(m.time_per_output_token_ms).mean, 1e-3)
         benches.append(rec)
     return _finish_frames(rows, benches, "guidellm", path)
 
@@ -321,91 +320,79 @@ def _parse_guidellm(data: dict[str, Any], path: str | None) -> Report:
 # --------------------------------------------------------------------------- vLLM
 
 
-def _vllm_pct(data: dict[str, Any], metric: str, p: str) -> float:
-    v = data.get(f"p{p}_{metric}_ms")
+def _vllm_pct(data: VllmResult, metric: str, p: str) -> float:
+    v = getattr(data, f"p{p}_{metric}_ms")
     if v is None and p == "50":
-        v = data.get(f"median_{metric}_ms")
-    return _num(v) * 1e-3
+        v = getattr(data, f"median_{metric}_ms")
+    return _opt(v, 1e-3)
 
 
-def _parse_vllm(data: dict[str, Any], path: str | None, index: int = 0) -> Report:
-    rate_cfg = _num(data.get("request_rate"))
-    burst = _num(data.get("burstiness"))
+def _parse_vllm(data: VllmResult, path: str | None, index: int = 0) -> Report:
+    rate_cfg = _opt(data.request_rate)
+    burst = _opt(data.burstiness)
     if not math.isfinite(rate_cfg):
         strategy = "throughput"
-        rate_cfg = _NAN
     elif math.isfinite(burst) and burst != 1.0:
         strategy = "gamma"
     else:
         strategy = "poisson"
-    bid = str(data.get("label") or (Path(path).stem if path else index))
+    bid = str(data.label or (Path(path).stem if path else index))
     rows: list[dict[str, Any]] = []
-    ttfts = data.get("ttfts")
-    if isinstance(ttfts, list) and ttfts:
-        n = len(ttfts)
-        ins = data.get("input_lens") or [0] * n
-        outs = data.get("output_lens") or [0] * n
-        itls = data.get("itls") or [None] * n
-        errors = data.get("errors") or [""] * n
-        starts = data.get("start_times") or [None] * n
-        lens = {len(ins), len(outs), len(itls), len(errors), len(starts)}
-        if lens != {n}:
-            raise ScenarioError(
-                "report", f"vLLM per-request arrays differ in length: {sorted(lens)}"
-            )
-        for j in range(n):
-            err = errors[j] if j < len(errors) else ""
-            out_tok = int(_num(outs[j])) if math.isfinite(_num(outs[j])) else 0
-            ttft = _num(ttfts[j])
-            if err or out_tok < 1 or not math.isfinite(ttft) or ttft <= 0:
-                continue  # a failed request: vLLM records zeros for it
-            gaps = itls[j] if isinstance(itls[j], list) else []
-            decode = float(np.sum(np.asarray(gaps, dtype=np.float64))) if gaps else _NAN
-            st = _num(starts[j])
-            first = st + ttft
-            last = first + decode
-            e2e = ttft + decode if math.isfinite(decode) else _NAN
-            rows.append(
-                {
-                    "benchmark": index,
-                    "benchmark_id": bid,
-                    "arrival": st,
-                    "start": st,
-                    "first_token": first,
-                    "last_token": last,
-                    "end": last,
-                    "prompt_tokens": int(_num(ins[j])) if math.isfinite(_num(ins[j])) else 0,
-                    "output_tokens": out_tok,
-                    "ttft": ttft,
-                    "tpot": decode / (out_tok - 1) if out_tok > 1 else _NAN,
-                    "e2e": e2e,
-                }
-            )
-        starts_f = [r["start"] for r in rows if math.isfinite(r["start"])]
-        if starts_f:
-            origin = min(starts_f)
-            for r in rows:
-                for c in ("arrival", "start", "first_token", "last_token", "end"):
-                    r[c] = r[c] - origin
+    ttfts = data.ttfts or []
+    n = len(ttfts)
+    ins = data.input_lens or [0] * n
+    outs = data.output_lens or [0] * n
+    itls = data.itls or [None] * n
+    errors = data.errors or [""] * n
+    starts = data.start_times or [None] * n
+    for j in range(n):
+        out_tok = outs[j]
+        ttft = _opt(ttfts[j])
+        if errors[j] or out_tok < 1 or not ttft > 0:
+            continue  # a failed request: vLLM records zeros for it
+        gaps = itls[j] or []
+        decode = float(np.sum(np.asarray(gaps, dtype=np.float64))) if gaps else _NAN
+        st = _opt(starts[j])
+        first = st + ttft
+        last = first + decode
+        rows.append(
+            {
+                "benchmark": index,
+                "benchmark_id": bid,
+                "arrival": st,
+                "start": st,
+                "first_token": first,
+                "last_token": last,
+                "end": last,
+                "prompt_tokens": ins[j],
+                "output_tokens": out_tok,
+                "ttft": ttft,
+                "tpot": decode / (out_tok - 1) if out_tok > 1 else _NAN,
+                "e2e": ttft + decode if math.isfinite(decode) else _NAN,
+            }
+        )
+    starts_f = [r["start"] for r in rows if math.isfinite(r["start"])]
+    if starts_f:
+        origin = min(starts_f)
+        for r in rows:
+            for c in ("arrival", "start", "first_token", "last_token", "end"):
+                r[c] = r[c] - origin
+    done = data.completed or 0
     rec: dict[str, Any] = {
         "benchmark": index,
         "benchmark_id": bid,
         "strategy": strategy,
         "target_rate": rate_cfg,
-        "rate": _num(data.get("request_throughput")),
+        "rate": _opt(data.request_throughput),
         "concurrency": _NAN,
-        "requests": int(_num(data.get("completed"))) if data.get("completed") is not None else 0,
-        "duration": _num(data.get("duration")),
-        "prompt_tokens_mean": _NAN,
-        "output_tokens_mean": _NAN,
+        "requests": done,
+        "duration": _opt(data.duration),
+        "prompt_tokens_mean": _opt(data.total_input_tokens) / done if done else _NAN,
+        "output_tokens_mean": _opt(data.total_output_tokens) / done if done else _NAN,
         "tpot_incl_ttft_mean": _NAN,
     }
-    done = rec["requests"]
-    if done > 0:
-        rec["prompt_tokens_mean"] = _num(data.get("total_input_tokens")) / done
-        rec["output_tokens_mean"] = _num(data.get("total_output_tokens")) / done
     for metric, key in (("ttft", "ttft"), ("tpot", "tpot"), ("e2e", "e2el")):
-        rec[f"{metric}_mean"] = _num(data.get(f"mean_{key}_ms")) * 1e-3
+        rec[f"{metric}_mean"] = _opt(getattr(data, f"mean_{key}_ms"), 1e-3)
         for p in ("50", "90", "99"):
             rec[f"{metric}_p{p}"] = _vllm_pct(data, key, p)
     return _finish_frames(rows, [rec], "vllm", path)
@@ -414,8 +401,10 @@ def _parse_vllm(data: dict[str, Any], path: str | None, index: int = 0) -> Repor
 # --------------------------------------------------------------------------- entry points
 
 
-def parse_report(data: Any, path: str | None = None) -> Report:
+def parse_report(data: Any, path: str | None = None, field: str = "report") -> Report:
     """Turn parsed report data (a GuideLLM or vLLM mapping) into a :class:`Report`.
+
+    The data is validated against the typed schema of :mod:`sdsim.report_schema` first.
 
     Parameters
     ----------
@@ -423,57 +412,56 @@ def parse_report(data: Any, path: str | None = None) -> Report:
         The mapping read from the JSON or YAML file.
     path
         Where it came from (used for the vLLM benchmark id and error messages).
+    field
+        Prefix of the field errors name (``report``; ``workload.report`` for a replay).
 
     Raises
     ------
     ScenarioError
-        Not a report of a known kind, or an unsupported schema version.
+        Not a report of a known kind, an unsupported schema version, or a field of the wrong type
+        or out of range (named: ``report.benchmarks[0].requests.successful[3].output_tokens``).
     """
-    if not isinstance(data, dict):
-        raise ScenarioError("report", f"expected a mapping, got {type(data).__name__}")
-    if "benchmarks" in data and "metadata" in data:
-        return _parse_guidellm(data, path)
-    if any(k in data for k in ("request_throughput", "mean_ttft_ms", "ttfts")):
-        return _parse_vllm(data, path)
-    raise ScenarioError(
-        "report",
-        "not a GuideLLM report (metadata + benchmarks[]) or a vLLM bench serve result "
-        "(request_throughput, mean_ttft_ms, ...)",
-    )
+    model = validate_report(data, field, path or "")
+    if isinstance(model, GuideLLMReport):
+        return _parse_guidellm(model, path)
+    assert isinstance(model, VllmResult)
+    return _parse_vllm(model, path)
 
 
-def _read(path: str | Path) -> Any:
+def _read(path: str | Path, field: str = "report") -> Any:
     p = Path(path)
     if not p.exists():
-        raise ScenarioError("report", f"file not found: {path}")
+        raise ScenarioError(field, f"file not found: {path}")
     if p.is_dir():
-        raise ScenarioError("report", f"{path} is a directory, expected a JSON or YAML report")
+        raise ScenarioError(field, f"{path} is a directory, expected a JSON or YAML report")
     try:
         text = p.read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError("report", f"cannot read {path}: {exc.__class__.__name__}") from None
+        raise ScenarioError(field, f"cannot read {path}: {exc.__class__.__name__}") from None
     if p.suffix.lower() in (".yaml", ".yml"):
-        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         try:
-            return yaml.load(text, Loader=loader)  # a safe loader (C if built)
-        except yaml.YAMLError:
-            raise ScenarioError("report", f"invalid YAML in {path}") from None
+            return load_yaml(text, field)
+        except ScenarioError as exc:
+            raise ScenarioError(exc.field, f"{exc.message} in {path}") from None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ScenarioError("report", f"invalid JSON in {path} at line {exc.lineno}") from None
+        # vLLM writes NaN for an undefined statistic: accepted, then read as absent
+        return load_json(text, field, allow_nan=True)
+    except ScenarioError as exc:
+        raise ScenarioError(exc.field, f"{exc.message} in {path}") from None
 
 
 _CACHE: dict[tuple[str, float, int], Report] = {}
 
 
-def load_report(path: str | Path) -> Report:
+def load_report(path: str | Path, field: str = "report") -> Report:
     """Read one GuideLLM (JSON or YAML) or vLLM ``bench serve`` (JSON) report.
 
     Parameters
     ----------
     path
         The report file.
+    field
+        Prefix of the field errors name.
 
     Returns
     -------
@@ -494,7 +482,7 @@ def load_report(path: str | Path) -> Report:
         key = None
     if key is not None and key in _CACHE:
         return _CACHE[key]
-    rep = parse_report(_read(p), str(path))
+    rep = parse_report(_read(p, field), str(path), field)
     if key is not None:
         if len(_CACHE) > 16:
             _CACHE.clear()

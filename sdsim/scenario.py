@@ -9,6 +9,8 @@ scenario cannot drift while a simulation reads it. Every bad value becomes a one
 from __future__ import annotations
 
 __all__ = [
+    "BLOCK_SIZES",
+    "MAX_REQUESTS",
     "AcceptanceSpec",
     "BetaAlpha",
     "CalibratedKnobs",
@@ -31,8 +33,10 @@ __all__ = [
     "WorkloadSpec",
     "apply_overrides",
     "check_registry",
+    "check_tensor_parallel",
     "load_scenario",
     "parse_set_options",
+    "referenced_files",
     "scenario_from_dict",
     "scenario_hash",
     "scenario_schema",
@@ -48,6 +52,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -57,16 +62,53 @@ from pydantic import (
 
 from sdsim.errors import ScenarioError, format_validation_error
 from sdsim.hardware import get_gpu
+from sdsim.inputs import file_digest, load_yaml
 from sdsim.memory import check_request_fits, kv_capacity
-from sdsim.models import resolve_model
+from sdsim.models import MODELS, ModelSpec, resolve_model
 
 # Draft lengths beyond this are not a real configuration: acceptance probability to the 32nd power
 # is negligible for any drafter, and verify widths that large would be a prefill, not a decode step.
 MAX_K = 32
 
+# KV block sizes vLLM accepts (``CacheConfig.BlockSize`` in vllm/config/cache.py).
+BLOCK_SIZES = (1, 8, 16, 32, 64, 128, 256)
+
+# Simulated clocks stay below this many seconds (about 3 years): float64 then resolves
+# ~15 ns, far below any step time. A workload whose arrivals would run longer is refused.
+MAX_SPAN_S = 1e8
+
+# Upper bounds of the server's integer limits: beyond any real engine, and small enough that the
+# compiled engine's int64 arithmetic on them cannot overflow.
+MAX_NUM_SEQS = 1 << 20
+MAX_BATCHED_TOKENS = 1 << 30
+MAX_GPU_BLOCKS = 1 << 40
+
+# Lowest efficiency factor accepted (0.1% of a spec-sheet peak): a smaller one prices steps at
+# centuries, and such runs finish nothing.
+MIN_EFFICIENCY = 1e-3
+
+# A run's workload arrays and streaming statistics take ~70 bytes per request (~0.7 GB here).
+MAX_REQUESTS = 10_000_000
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+def _path_like(v: Any) -> Any:
+    # a file path (or a registry name) the operating system can be asked about: stat() of a
+    # name with a NUL byte or longer than the system allows raises instead of answering "no"
+    if isinstance(v, str) and (
+        "\0" in v or len(v) > 4096 or any(len(part) > 255 for part in v.split("/"))
+    ):
+        raise ValueError(
+            "not a usable file path or name (a NUL byte, or longer than 4096 characters or 255 "
+            "per component)"
+        )
+    return v
+
+
+PathStr = Annotated[str, BeforeValidator(_path_like)]
 
 
 # --------------------------------------------------------------------------- lengths
@@ -97,7 +139,7 @@ class UniformLength(_Frozen):
     @model_validator(mode="after")
     def _order(self) -> UniformLength:
         if self.high < self.low:
-            raise ValueError(f"high must be >= low (low={self.low}, high={self.high})")
+            raise ScenarioError("high", f"must be >= low (low={self.low}, high={self.high})")
         return self
 
     @property
@@ -121,7 +163,7 @@ class LognormalLength(_Frozen):
     @model_validator(mode="after")
     def _order(self) -> LognormalLength:
         if self.max < self.min:
-            raise ValueError(f"max must be >= min (min={self.min}, max={self.max})")
+            raise ScenarioError("max", f"must be >= min (min={self.min}, max={self.max})")
         return self
 
 
@@ -180,7 +222,9 @@ class BetaAlpha(_Frozen):
 
     dist: Literal["beta"] = "beta"
     mean: float = Field(gt=0, lt=1)
-    concentration: float = Field(gt=0, description="a + b of the beta law; larger = tighter")
+    concentration: float = Field(
+        ge=1e-3, le=1e9, description="a + b of the beta law; larger = tighter"
+    )
 
     @property
     def a(self) -> float:
@@ -259,7 +303,7 @@ class DrafterSpec(_Frozen):
     vocabulary) or n-gram lookup."""
 
     kind: Literal["model", "eagle", "eagle3", "ngram"] = "eagle"
-    model: str | None = Field(default=None, description="registry name or config.json path")
+    model: PathStr | None = Field(default=None, description="registry name or config.json path")
     tp: int | None = Field(
         default=None,
         ge=1,
@@ -277,11 +321,13 @@ class DrafterSpec(_Frozen):
     @model_validator(mode="after")
     def _needs_model(self) -> DrafterSpec:
         if self.kind == "model" and not self.model:
-            raise ValueError("kind 'model' needs `model:` (a registry name or config.json path)")
+            raise ScenarioError(
+                "model", "kind 'model' needs `model:` (a registry name or config.json path)"
+            )
         if self.tp is not None and self.kind != "model":
-            raise ValueError("tp applies to kind 'model' only (heads run at server.tp)")
+            raise ScenarioError("tp", "applies to kind 'model' only (heads run at server.tp)")
         if self.draft_vocab is not None and self.kind != "eagle3":
-            raise ValueError("draft_vocab applies to kind 'eagle3' only")
+            raise ScenarioError("draft_vocab", "applies to kind 'eagle3' only")
         return self
 
 
@@ -305,6 +351,9 @@ class SpecSpec(_Frozen):
     )
 
 
+_Blocks = Annotated[int, Field(ge=1, le=MAX_GPU_BLOCKS)]
+
+
 class ServerSpec(_Frozen):
     """Engine limits (vLLM's names), replicas and their router.
 
@@ -319,10 +368,13 @@ class ServerSpec(_Frozen):
     waiting queue (API server, tokenisation); per-step CPU overhead belongs to the cost model.
     """
 
-    max_num_seqs: int = Field(default=256, ge=1)
-    max_num_batched_tokens: int = Field(default=8192, ge=1)
-    block_size: int = Field(default=16, ge=1)
-    num_gpu_blocks: Annotated[int, Field(ge=1)] | Literal["unlimited"] | None = Field(
+    max_num_seqs: int = Field(default=256, ge=1, le=MAX_NUM_SEQS)
+    max_num_batched_tokens: int = Field(default=8192, ge=1, le=MAX_BATCHED_TOKENS)
+    block_size: int = Field(
+        default=16,
+        description=f"tokens per KV block; vLLM allows {', '.join(map(str, BLOCK_SIZES))}",
+    )
+    num_gpu_blocks: _Blocks | Literal["unlimited"] | None = Field(
         default=None,
         description="KV blocks per replica; null = derive from GPU memory, 'unlimited' = no limit",
     )
@@ -340,8 +392,20 @@ class ServerSpec(_Frozen):
     router: Literal["round-robin", "least-outstanding", "random"] = "round-robin"
     scheduler: Literal["vllm-v1", "prefill-first"] = "vllm-v1"
     api_delay_s: float = Field(
-        default=0.0, ge=0, description="per-request API/tokenisation delay before admission"
+        default=0.0,
+        ge=0,
+        le=3600,
+        description="per-request API/tokenisation delay before admission",
     )
+
+    @field_validator("block_size")
+    @classmethod
+    def _block_size(cls, v: int) -> int:
+        if v not in BLOCK_SIZES:
+            raise ValueError(
+                f"must be one of {', '.join(map(str, BLOCK_SIZES))} (vLLM's block sizes), got {v}"
+            )
+        return v
 
 
 class LinearCosts(_Frozen):
@@ -355,25 +419,25 @@ class LinearCosts(_Frozen):
     Defaults are an 8B-class verifier with an EAGLE-style head on an H100-class GPU.
     """
 
-    verify_fixed_s: float = Field(default=6.0e-3, ge=0)
-    verify_per_token_s: float = Field(default=1.5e-5, ge=0)
-    verify_per_kv_token_s: float = Field(default=4.0e-8, ge=0)
-    draft_fixed_s: float = Field(default=4.0e-4, ge=0)
-    draft_per_token_s: float = Field(default=1.0e-6, ge=0)
-    draft_per_kv_token_s: float = Field(default=1.0e-9, ge=0)
-    overhead_s: float = Field(default=5.0e-4, ge=0)
+    verify_fixed_s: float = Field(default=6.0e-3, ge=0, le=60)
+    verify_per_token_s: float = Field(default=1.5e-5, ge=0, le=1)
+    verify_per_kv_token_s: float = Field(default=4.0e-8, ge=0, le=1e-3)
+    draft_fixed_s: float = Field(default=4.0e-4, ge=0, le=60)
+    draft_per_token_s: float = Field(default=1.0e-6, ge=0, le=1)
+    draft_per_kv_token_s: float = Field(default=1.0e-9, ge=0, le=1e-3)
+    overhead_s: float = Field(default=5.0e-4, ge=0, le=60)
 
 
 class RooflineKnobs(_Frozen):
     """Overrides of the roofline's efficiency factors (``None`` = the documented default in
     :class:`sdsim.costs.roofline.Efficiency`)."""
 
-    gemm_compute: float | None = Field(default=None, gt=0, le=1)
-    moe_compute: float | None = Field(default=None, gt=0, le=1)
-    attention_compute: float | None = Field(default=None, gt=0, le=1)
-    memory: float | None = Field(default=None, gt=0, le=1)
-    attention_memory: float | None = Field(default=None, gt=0, le=1)
-    link: float | None = Field(default=None, gt=0, le=1)
+    gemm_compute: float | None = Field(default=None, ge=MIN_EFFICIENCY, le=1)
+    moe_compute: float | None = Field(default=None, ge=MIN_EFFICIENCY, le=1)
+    attention_compute: float | None = Field(default=None, ge=MIN_EFFICIENCY, le=1)
+    memory: float | None = Field(default=None, ge=MIN_EFFICIENCY, le=1)
+    attention_memory: float | None = Field(default=None, ge=MIN_EFFICIENCY, le=1)
+    link: float | None = Field(default=None, ge=MIN_EFFICIENCY, le=1)
     launch_floor_s: float | None = Field(default=None, ge=0, le=1e-2)
     allreduce_latency_s: float | None = Field(default=None, ge=0, le=1e-2)
 
@@ -393,9 +457,9 @@ class CalibratedKnobs(_Frozen):
     graph_max_tokens: int | None = Field(default=None, ge=0, le=1_000_000)
     eager_launch_s: float | None = Field(default=None, ge=0, le=1e-2)
     piecewise_layer_s: float | None = Field(default=None, ge=0, le=1e-2)
-    attention_decode_memory: float | None = Field(default=None, gt=0, le=1)
-    attention_verify_memory: float | None = Field(default=None, gt=0, le=1)
-    attention_prefill_compute: float | None = Field(default=None, gt=0, le=1)
+    attention_decode_memory: float | None = Field(default=None, ge=MIN_EFFICIENCY, le=1)
+    attention_verify_memory: float | None = Field(default=None, ge=MIN_EFFICIENCY, le=1)
+    attention_prefill_compute: float | None = Field(default=None, ge=MIN_EFFICIENCY, le=1)
     allreduce_latency_s: float | None = Field(default=None, ge=0, le=1e-2)
 
 
@@ -413,14 +477,15 @@ class CostsSpec(_Frozen):
 
     source: Literal["auto", "linear", "roofline", "profile", "calibrated"] = "auto"
     linear: LinearCosts = LinearCosts()
-    profile: str | None = Field(default=None, description="profile bundle directory")
-    calibration: str | None = Field(
+    profile: PathStr | None = Field(default=None, description="profile bundle directory")
+    calibration: PathStr | None = Field(
         default=None,
         description="calibration file (`sdsim calibrate --out`); default: the shipped one",
     )
     overhead_s: float | None = Field(
         default=None,
         ge=0,
+        le=60,
         description="CPU overhead per step for roofline/profile sources; for the calibrated "
         "source, the per-step host cost (calibrated.step_s)",
     )
@@ -433,7 +498,9 @@ class CostsSpec(_Frozen):
     @model_validator(mode="after")
     def _profile_needs_path(self) -> CostsSpec:
         if self.source == "profile" and not self.profile:
-            raise ValueError("source 'profile' needs `profile:` (a profile bundle directory)")
+            raise ScenarioError(
+                "profile", "source 'profile' needs `profile:` (a profile bundle directory)"
+            )
         return self
 
     @property
@@ -502,10 +569,10 @@ class MmppSpec(_Frozen):
         default=0.25, ge=0, lt=1, description="quiet rate / burst rate (0: on-off arrivals)"
     )
     burst_fraction: float = Field(
-        default=0.2, gt=0, lt=1, description="long-run share of time spent in bursts"
+        default=0.2, ge=1e-3, le=0.999, description="long-run share of time spent in bursts"
     )
     cycle_s: float = Field(
-        default=10.0, gt=0, le=1e6, description="mean length of one quiet spell + burst (s)"
+        default=10.0, ge=1e-3, le=1e6, description="mean length of one quiet spell + burst (s)"
     )
 
     def rates(self, mean_rate: float) -> tuple[float, float]:
@@ -528,19 +595,27 @@ class WorkloadSpec(_Frozen):
 
     arrival: Literal["poisson", "constant", "gamma", "mmpp", "trace", "replay"] = "poisson"
     rate: float = Field(default=4.0, gt=0, le=1e6, description="requests per second")
-    cv: float = Field(default=1.0, gt=0, le=100, description="gap CV for gamma arrivals")
+    cv: float = Field(default=1.0, ge=1e-4, le=100, description="gap CV for gamma arrivals")
     mmpp: MmppSpec = Field(
         default_factory=MmppSpec, description="burst shape for mmpp arrivals"
     )
-    num_requests: int = Field(default=2000, ge=1, le=100_000_000)
+    num_requests: int = Field(
+        default=2000,
+        ge=1,
+        le=MAX_REQUESTS,
+        description=f"requests to simulate (at most {MAX_REQUESTS:,}: about 1 GB and tens of "
+        "minutes with --summary-only)",
+    )
     prompt_tokens: LengthSpec = FixedLength(value=512)
     output_tokens: LengthSpec = FixedLength(value=256)
-    trace: str | None = Field(
+    trace: PathStr | None = Field(
         default=None,
         description="request CSV: with arrival: trace its times and lengths are replayed; with "
         "another arrival process only its lengths (in order, cycling)",
     )
-    report: str | None = Field(default=None, description="GuideLLM/vLLM report for arrival: replay")
+    report: PathStr | None = Field(
+        default=None, description="GuideLLM/vLLM report for arrival: replay"
+    )
     benchmark: int | str | None = Field(
         default=None,
         description="benchmark of `report` to replay: 0-based index or benchmark id (default 0)",
@@ -554,9 +629,11 @@ class WorkloadSpec(_Frozen):
     @model_validator(mode="after")
     def _trace_needs_file(self) -> WorkloadSpec:
         if self.arrival == "trace" and not self.trace:
-            raise ValueError("arrival 'trace' needs `trace:` (path to a CSV)")
+            raise ScenarioError("trace", "arrival 'trace' needs `trace:` (path to a CSV)")
         if self.arrival == "replay" and not self.report:
-            raise ValueError("arrival 'replay' needs `report:` (path to a GuideLLM/vLLM report)")
+            raise ScenarioError(
+                "report", "arrival 'replay' needs `report:` (path to a GuideLLM/vLLM report)"
+            )
         return self
 
 
@@ -564,9 +641,12 @@ class LimitsSpec(_Frozen):
     """Bounds that stop an overloaded run instead of letting its queue grow forever."""
 
     max_waiting: int = Field(
-        default=20_000, ge=1, description="stop when more than this many wait (all replicas)"
+        default=20_000,
+        ge=1,
+        le=1_000_000_000,
+        description="stop when more than this many wait (all replicas)",
     )
-    max_sim_time_s: float | None = Field(default=None, gt=0)
+    max_sim_time_s: float | None = Field(default=None, gt=0, le=MAX_SPAN_S)
 
 
 class Scenario(_Frozen):
@@ -577,7 +657,7 @@ class Scenario(_Frozen):
     hardware: str | HardwareSpec = Field(
         default="h100-sxm", description="GPU registry name or an inline spec sheet"
     )
-    target: str = "llama-3.1-8b"
+    target: PathStr = "llama-3.1-8b"
     drafter: DrafterSpec = DrafterSpec()
     spec: SpecSpec = SpecSpec()
     acceptance: AcceptanceSpec = AcceptanceSpec()
@@ -602,32 +682,42 @@ class Scenario(_Frozen):
                     "or give acceptance.alpha)"
                 )
         if isinstance(a, list) and len(a) < max(self.spec.k, 1):
-            raise ValueError(
-                f"acceptance.alpha: per-position list has {len(a)} entries, needs >= spec.k "
-                f"({self.spec.k})"
+            raise ScenarioError(
+                "acceptance.alpha",
+                f"per-position list has {len(a)} entries, needs >= spec.k ({self.spec.k})",
             )
         if (
             isinstance(a, list)
             and self.spec.policy == "adaptive"
             and len(a) < max(self.spec.k, self.spec.k_max)
         ):
-            raise ValueError(
-                f"acceptance.alpha: per-position list has {len(a)} entries, the adaptive policy "
-                f"needs >= spec.k_max ({self.spec.k_max})"
+            raise ScenarioError(
+                "acceptance.alpha",
+                f"per-position list has {len(a)} entries, the adaptive policy needs >= "
+                f"spec.k_max ({self.spec.k_max})",
             )
         k_top = max(self.spec.k, self.spec.k_max) if self.spec.policy == "adaptive" else self.spec.k
         if self.server.max_num_batched_tokens < k_top + 1:
-            raise ValueError(
-                f"server.max_num_batched_tokens: must be >= k + 1 = {k_top + 1} (a decoding "
-                f"request verifies k + 1 tokens in one step), got "
-                f"{self.server.max_num_batched_tokens}"
+            raise ScenarioError(
+                "server.max_num_batched_tokens",
+                f"must be >= k + 1 = {k_top + 1} (a decoding request verifies k + 1 tokens in "
+                f"one step), got {self.server.max_num_batched_tokens}",
             )
-        if self.warmup_requests >= self.workload.num_requests and self.workload.arrival not in (
-            "trace",
-            "replay",
+        wl = self.workload
+        if self.warmup_requests >= wl.num_requests and wl.arrival not in ("trace", "replay"):
+            raise ScenarioError(
+                "warmup_requests", f"must be < workload.num_requests ({wl.num_requests})"
+            )
+        if (
+            wl.arrival in ("poisson", "constant", "gamma")
+            and wl.num_requests / wl.rate > MAX_SPAN_S
         ):
-            raise ValueError(
-                f"warmup_requests: must be < workload.num_requests ({self.workload.num_requests})"
+            raise ScenarioError(
+                "workload.rate",
+                f"{wl.num_requests} requests at {wl.rate:g} req/s arrive over "
+                f"{wl.num_requests / wl.rate:.3g} s; at most {MAX_SPAN_S:g} s is simulated "
+                f"(raise the rate to >= {wl.num_requests / MAX_SPAN_S:.3g} req/s or send fewer "
+                "requests)",
             )
         return self
 
@@ -706,8 +796,10 @@ def parse_set_options(items: list[str] | None) -> dict[str, Any]:
         if not key:
             raise ScenarioError("--set", f"empty key in {item!r}")
         try:
-            out[key] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+            out[key] = load_yaml(raw, key) if raw.strip() else ""
+        except ScenarioError as exc:
+            if not exc.message.startswith("invalid YAML"):
+                raise
             out[key] = raw
     return out
 
@@ -735,7 +827,7 @@ def scenario_from_dict(data: Any, base_dir: Path | None = None) -> Scenario:
     try:
         scn = Scenario.model_validate(data)
     except ValidationError as exc:
-        raise format_validation_error(exc) from None
+        raise format_validation_error(exc, model=Scenario) from None
     check_registry(scn)
     return scn
 
@@ -754,8 +846,10 @@ def check_registry(scn: Scenario) -> None:
     if isinstance(scn.hardware, str):
         get_gpu(scn.hardware, "hardware")
     target = resolve_model(scn.target, "target")
+    check_tensor_parallel(target, scn.server.tp, "target")
     if scn.drafter.kind == "model" and scn.drafter.model:
-        resolve_model(scn.drafter.model, "drafter.model")
+        drafter = resolve_model(scn.drafter.model, "drafter.model")
+        check_tensor_parallel(drafter, scn.drafter.tp or 1, "drafter.model", "drafter.tp")
     wl = scn.workload
     if wl.arrival != "trace":
         longest = wl.prompt_tokens.max + wl.output_tokens.max
@@ -777,6 +871,58 @@ def check_registry(scn: Scenario) -> None:
         )
 
 
+def check_tensor_parallel(
+    model: ModelSpec, tp: int, field: str = "target", option: str = "server.tp"
+) -> None:
+    """Refuse a tensor-parallel size that does not split the model's layers, as vLLM does.
+
+    vLLM's rules (``ModelConfig.verify_with_parallel_config``, ``QKVParallelLinear`` and
+    ``MergedColumnParallelLinear`` in vllm/model_executor/layers/linear.py): the attention heads
+    divide evenly over the GPUs; the KV heads either divide evenly (``kv_heads >= tp``) or are
+    replicated, which needs ``tp`` to be a multiple of them; a dense MLP's intermediate size divides
+    evenly (each GPU holds a column slice of the gate and up projections).
+
+    Raises
+    ------
+    ScenarioError
+        Naming ``option`` (``server.tp``, or ``drafter.tp`` for a separate draft model).
+    """
+    if tp == 1 or _tp_fits(model, tp):
+        return
+    if model.heads % tp:
+        why = f"its {model.heads} attention heads do not divide evenly"
+    elif model.kv_heads >= tp and model.kv_heads % tp:
+        why = f"its {model.kv_heads} KV heads do not divide evenly"
+    elif model.kv_heads < tp and tp % model.kv_heads:
+        why = f"its {model.kv_heads} KV heads cannot be replicated evenly (tp must be a multiple)"
+    else:
+        why = f"its MLP intermediate size {model.ffn} does not divide evenly"
+    allowed = [d for d in range(1, 65) if _tp_fits(model, d)]
+    raise ScenarioError(
+        option,
+        f"{tp} GPUs cannot split {field} {model.name!r}: {why} (vLLM refuses it); allowed: "
+        f"{', '.join(map(str, allowed))}",
+    )
+
+
+def _tp_fits(model: ModelSpec, tp: int) -> bool:
+    if model.heads % tp:
+        return False
+    if (model.kv_heads >= tp and model.kv_heads % tp) or (
+        model.kv_heads < tp and tp % model.kv_heads
+    ):
+        return False
+    return model.is_moe or model.ffn % tp == 0
+
+
+def _exists(p: Path) -> bool:
+    # a name the system cannot look up (too long, a NUL byte) does not exist; validation says why
+    try:
+        return p.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def _resolve_paths(data: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
     if base_dir is None:
         return data
@@ -791,12 +937,12 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path | None) -> dict[str, Any
         sec = out.get(section)
         if isinstance(sec, dict) and isinstance(sec.get(key), str):
             p = Path(sec[key])
-            if not p.is_absolute() and not p.exists() and (base_dir / p).exists():
+            if not p.is_absolute() and not _exists(p) and _exists(base_dir / p):
                 sec[key] = str((base_dir / p).resolve())
     # `target: path/to/config.json` is a model given by its Hugging Face config file
     if isinstance(out.get("target"), str):
         p = Path(out["target"])
-        if not p.is_absolute() and not p.exists() and (base_dir / p).exists():
+        if not p.is_absolute() and not _exists(p) and _exists(base_dir / p):
             out["target"] = str((base_dir / p).resolve())
     return out
 
@@ -837,12 +983,7 @@ def load_scenario(
             text = p.read_text()
         except (OSError, UnicodeDecodeError) as exc:
             raise ScenarioError(str(path), f"cannot read: {exc.__class__.__name__}") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ScenarioError(str(path), f"invalid YAML{where}") from None
+        data = load_yaml(text, str(path))
         if data is None:
             raise ScenarioError(str(path), "file is empty")
         base_dir = p.resolve().parent
@@ -856,7 +997,29 @@ def scenario_schema() -> dict[str, Any]:
     return Scenario.model_json_schema()
 
 
+def referenced_files(scenario: Scenario) -> dict[str, str]:
+    """The files a scenario reads, by field: a trace, a report, a profile bundle, a calibration
+    file, the target's and the drafter's ``config.json`` (registry names are not files and are
+    left out)."""
+    refs: dict[str, str | None] = {
+        "workload.trace": scenario.workload.trace,
+        "workload.report": scenario.workload.report,
+        "costs.profile": scenario.costs.profile if scenario.costs.source == "profile" else None,
+        "costs.calibration": scenario.costs.calibration,
+        "target": scenario.target,
+        "drafter.model": scenario.drafter.model if scenario.drafter.kind == "model" else None,
+    }
+    out: dict[str, str] = {}
+    for field, ref in refs.items():
+        if ref and ref.strip().lower() not in MODELS and _exists(Path(ref)):
+            out[field] = ref
+    return out
+
+
 def scenario_hash(scenario: Scenario) -> str:
-    """A short stable hash of the resolved scenario (for sweep result rows)."""
-    blob = json.dumps(scenario.to_dict(), sort_keys=True).encode()
+    """A short stable hash of the resolved scenario and of the contents of every file it reads
+    (:func:`referenced_files`): editing a trace or a profile changes the hash, so sweep results
+    computed from the old contents are never resumed."""
+    files = {f: file_digest(p) for f, p in referenced_files(scenario).items()}
+    blob = json.dumps({"scenario": scenario.to_dict(), "files": files}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -443,7 +443,8 @@ class SteadyState:
     settled
         Every replication's warm-up ended in its first half (MSER).
     stable
-        Every replication ran to completion without a saturation stop or a growing queue.
+        No replication was judged unstable (a saturation stop or a growing queue); runs the
+        stability test could not judge count as stable.
     target_met
         Every statistic of :data:`TARGET_STATISTICS` reached the target half-width.
     attainment
@@ -487,7 +488,9 @@ def simulate_series(args: tuple[dict[str, object], int, int]) -> dict[str, objec
     res = simulate(scn, seed=seed)
     r = res.requests
     out: dict[str, object] = {m: r[m].to_numpy(dtype=np.float64) for m in METRICS}
-    out["stable"] = bool(res.summary.get("stable", True))
+    # the run's stability verdict is True, False or None (too short to judge): only False is
+    # an overload
+    out["stable"] = res.summary.get("stable") is not False
     out["seed"] = int(seed)
     out["n"] = int(n)
     return out

@@ -28,11 +28,10 @@ import numpy as np
 import numpy.typing as npt
 
 from sdsim._version import __version__
-from sdsim.metrics import UNSTABLE_GROWTH_FRACTION
 from sdsim.scenario import SloSpec
 from sdsim.slo import SloCounter, slo_bounds
+from sdsim.stability import judge_stability, saturation_stop, stability_grid, stability_summary
 
-_GRID = 64
 _FINE = 4096
 
 
@@ -173,9 +172,11 @@ class RunningSummary:
         self.preempted_requests = 0
         self.overlap = 0.0  # finished requests: time in system inside the window (clip at t_last)
         self.pending: list[tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]] = []
-        grid = np.linspace(self.t0, self.t_last, _GRID) if self.t_last > self.t0 else None
+        # the stability test's sampling times over the whole window (finishes counted there as
+        # they stream by; a run stopped early reads them from the fine histogram instead)
+        grid = stability_grid(self.t0, self.t_last) if self.t_last > self.t0 else None
         self.grid = grid
-        self.fin_le_grid = np.zeros(_GRID, dtype=np.int64)
+        self.fin_le_grid = np.zeros(0 if grid is None else grid.shape[0], dtype=np.int64)
         self.fine_edges = (
             np.linspace(self.t0, self.t_last, _FINE + 1) if self.t_last > self.t0 else None
         )
@@ -320,10 +321,11 @@ class RunningSummary:
             if ism and math.isfinite(ism)
             else math.nan
         )
-        growth = self._growth(t1)
-        out["queue_growth_rps"] = growth
-        grew = math.isfinite(growth) and lam_obs > 0 and growth > UNSTABLE_GROWTH_FRACTION * lam_obs
-        out["stable"] = bool(not stopped_early and not grew)
+        arrived = int(((arrival >= t0) & (arrival <= t1)).sum()) if span > 0 else 0
+        verdict = judge_stability(
+            self._in_system(t1), t0, t1, arrived, saturation_stop(stopped_early, stop_reason)
+        )
+        out.update(stability_summary(verdict))
         out["stop_reason"] = stop_reason
         out["preemptions"] = self.preemptions
         out["preempted_requests"] = self.preempted_requests
@@ -343,12 +345,12 @@ class RunningSummary:
         out["sdsim_version"] = __version__
         return out
 
-    def _growth(self, t1: float) -> float:
-        """Least-squares slope of the number in system over the window (as metrics does)."""
+    def _in_system(self, t1: float) -> npt.NDArray[np.float64]:
+        """Requests in the system at the stability test's sampling times over ``[t0, t1]``."""
         t0 = self.t0
         if t1 <= t0:
-            return float("nan")
-        grid = np.linspace(t0, t1, _GRID)
+            return np.zeros(0)
+        grid = stability_grid(t0, t1)
         arr_le = np.searchsorted(self.arrival, grid, side="right")
         if self.grid is not None and t1 == self.t_last:
             fin_le = self.fin_le_grid
@@ -361,5 +363,4 @@ class RunningSummary:
             frac = pos - lo
             hi = np.minimum(lo + 1, _FINE)
             fin_le = cum[lo] + frac * (cum[hi] - cum[lo])
-        n_t = arr_le - fin_le
-        return float(np.polyfit(grid - t0, np.asarray(n_t, dtype=np.float64), 1)[0])
+        return np.asarray(arr_le - fin_le, dtype=np.float64)

@@ -52,7 +52,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -61,14 +60,15 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sdsim._version import __version__
 from sdsim.costs.build import build_cost_model
 from sdsim.errors import ScenarioError, format_validation_error
+from sdsim.inputs import load_json, load_yaml
 from sdsim.metrics import SUMMARY_KEYS
-from sdsim.provenance import provenance, sidecar, sidecar_path
+from sdsim.outputs import DirectoryLock, atomic_write, atomic_write_text, resolve_output
+from sdsim.provenance import provenance, sidecar_path
 from sdsim.scenario import Scenario, load_scenario, scenario_from_dict, scenario_hash
 from sdsim.simulation import simulate
 from sdsim.slo import SLO_KEYS, slo_bounds
@@ -108,6 +108,7 @@ RESULTS_DIR = "results"
 T = TypeVar("T")  # a task of run_tasks
 R = TypeVar("R")  # its result
 META_FILE = "sweep.json"
+LOCK_FILE = ".sweep.lock"
 
 
 class SweepSpec(BaseModel):
@@ -286,6 +287,7 @@ class SweepResult:
     failed: int
     wall_s: float
     files: list[Path] = field(default_factory=list)
+    redone: list[tuple[str, str]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- loading, planning
@@ -303,17 +305,18 @@ def load_sweep(path: str | Path) -> SweepSpec:
     if not p.is_file():
         raise ScenarioError(str(path), "sweep file not found")
     try:
-        data = yaml.safe_load(p.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
         raise ScenarioError(
             str(path), f"cannot read sweep file: {exc.__class__.__name__}"
         ) from None
+    data = load_yaml(text, str(path))
     if not isinstance(data, dict):
         raise ScenarioError(str(path), "a sweep file must be a mapping (base, grid, ...)")
     try:
         return SweepSpec.model_validate(data)
     except ValidationError as exc:
-        raise format_validation_error(exc) from None
+        raise format_validation_error(exc, model=SweepSpec) from None
 
 
 def _hash_words(text: str, n: int = 4) -> tuple[int, ...]:
@@ -525,13 +528,23 @@ def _pyarrow() -> Any:
     return pa, pq
 
 
+# Parquet key-value metadata of a result file: its run key and the SHA-256 of its row, checked
+# on every read so that a truncated, edited or foreign file is never taken for a finished run.
+_KEY_META = b"sdsim.run_key"
+_SUM_META = b"sdsim.row_sha256"
+
+
+def _row_digest(row: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical(row).encode()).hexdigest()
+
+
 def _write_row(results: Path, row: dict[str, Any]) -> Path:
     pa, pq = _pyarrow()
-    final = results / f"{row['run_key']}.parquet"
-    tmp = results / f".{row['run_key']}.{os.getpid()}.tmp"
-    pq.write_table(pa.Table.from_pylist([row]), tmp)
-    os.replace(tmp, final)  # atomic: a reader sees the whole file or none
-    return final
+    table = pa.Table.from_pylist([row])
+    # the digest of the row as it reads back (the types parquet keeps), so a re-read matches
+    meta = {_KEY_META: str(row["run_key"]).encode(), _SUM_META: _row_digest(table.to_pylist()[0])}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+    return atomic_write(results / f"{row['run_key']}.parquet", lambda p: pq.write_table(table, p))
 
 
 def _stamped(table: Any, seed: int | None) -> Any:
@@ -540,24 +553,74 @@ def _stamped(table: Any, seed: int | None) -> Any:
     return table.replace_schema_metadata({**(table.schema.metadata or {}), b"sdsim": stamp})
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _sidecar(path: Path, seed: int | None, **extra: Any) -> None:
+    """Write the provenance record of ``path`` (:func:`sdsim.provenance.sidecar`) atomically."""
+    text = json.dumps(provenance(seed, file=path.name, **extra), indent=1) + "\n"
+    atomic_write_text(sidecar_path(path), text)
 
 
-def read_runs(out_dir: str | Path) -> pd.DataFrame:
-    """Every run row under ``DIR/results`` (one per point × replication), sorted by point.
+def read_result(path: str | Path) -> dict[str, Any] | str:
+    """One result file: its row, or why it cannot be trusted.
 
-    Rows of runs that a later, changed sweep no longer contains are included; filter on
-    ``run_key`` (``sweep.json`` lists the current ones) to drop them.
+    Parameters
+    ----------
+    path
+        ``DIR/results/<run_key>.parquet``.
+
+    Returns
+    -------
+    dict or str
+        The row; or a one-line reason (unreadable, not one row, no or wrong checksum, a run key
+        that is not the file's name).
     """
     _, pq = _pyarrow()
+    p = Path(path)
+    try:
+        table = pq.read_table(p)
+        rows = table.to_pylist()
+    except Exception as exc:  # pyarrow raises several types for truncated or foreign bytes
+        return f"unreadable ({type(exc).__name__})"
+    meta = table.schema.metadata or {}
+    if len(rows) != 1:
+        return f"holds {len(rows)} rows, not 1"
+    row = rows[0]
+    if _SUM_META not in meta or _KEY_META not in meta:
+        return "no checksum"
+    if meta[_KEY_META].decode(errors="replace") != p.stem or row.get("run_key") != p.stem:
+        return "its run key is not its file name"
+    if meta[_SUM_META].decode(errors="replace") != _row_digest(row):
+        return "checksum mismatch (edited or damaged)"
+    missing = [c for c in RUN_COLUMNS if c not in row]
+    if missing:
+        return f"lacks columns {missing}"
+    return row
+
+
+def read_runs(out_dir: str | Path, damaged: list[tuple[Path, str]] | None = None) -> pd.DataFrame:
+    """Every trustworthy run row under ``DIR/results`` (one per point × replication), by point.
+
+    Rows of runs that a later, changed sweep no longer contains are included; filter on
+    ``run_key`` (``sweep.json`` lists the current ones) to drop them. Files that fail
+    :func:`read_result` are left out and, when ``damaged`` is given, appended to it with the
+    reason.
+    """
     results = Path(out_dir) / RESULTS_DIR
-    frames = [pq.read_table(f).to_pandas() for f in sorted(results.glob("*.parquet"))]
-    if not frames:
+    rows: list[dict[str, Any]] = []
+    # a dot-file is the temporary of a writer killed mid-write (outputs.atomic_write), not a run
+    for f in sorted(f for f in results.glob("*.parquet") if not f.name.startswith(".")):
+        got = read_result(f)
+        if isinstance(got, str):
+            if damaged is not None:
+                damaged.append((f, got))
+            continue
+        rows.append(got)
+    return _runs_frame(rows)
+
+
+def _runs_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    if not rows:
         return pd.DataFrame(columns=list(RUN_COLUMNS))
-    df = pd.concat(frames, ignore_index=True)
+    df = pd.DataFrame(rows)
     return df.sort_values(["point", "replication", "run_key"], kind="stable").reset_index(drop=True)
 
 
@@ -573,7 +636,12 @@ def load_sweep_dir(out_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
     meta_path = d / META_FILE
     if not meta_path.is_file():
         raise ScenarioError(str(out_dir), f"not a sweep output directory (no {META_FILE})")
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = load_json(meta_path.read_text(), str(meta_path))
+    except (OSError, UnicodeDecodeError):
+        meta = None
+    if not isinstance(meta, dict) or not isinstance(meta.get("run_keys"), list):
+        raise ScenarioError(str(out_dir), f"{META_FILE} is damaged; re-run the sweep to rewrite it")
     runs = read_runs(d)
     if len(runs):
         runs = runs[runs["run_key"].isin(set(meta["run_keys"]))].reset_index(drop=True)
@@ -766,18 +834,57 @@ def run_sweep(
         raise ScenarioError("--workers", f"must be >= 1 (got {workers})")
     if with_analytic:
         _analytic_predict()  # fail before any simulation
-    out = Path(out_dir)
+    out = resolve_output(out_dir, "--out")
+    with DirectoryLock(out, LOCK_FILE):
+        return _run_locked(plan, out, workers, dask, with_analytic, progress)
+
+
+def resume_state(plan: SweepPlan, out: Path) -> tuple[set[str], list[tuple[str, str]]]:
+    """Which of a plan's runs are finished on disk, after checking every result file there.
+
+    A result file is trusted when :func:`read_result` accepts it (one row, its checksum, its run
+    key) and its row is the plan's run (same point, scenario hash, seed, replication). Any other
+    file of a planned run is deleted, so that the run is redone.
+
+    Returns
+    -------
+    finished, redone
+        Run keys finished without error; ``(run_key, reason)`` of the deleted files.
+    """
+    results = out / RESULTS_DIR
+    finished: set[str] = set()
+    redone: list[tuple[str, str]] = []
+    for t in plan.tasks:
+        f = results / f"{t.run_key}.parquet"
+        if not f.exists():
+            continue
+        got = read_result(f)
+        if isinstance(got, dict):
+            ident = (got["point_key"], got["scenario_hash"], got["seed"], got["replication"])
+            if ident != (t.point_key, t.scenario_hash, t.seed, t.replication):
+                got = "belongs to another run"
+        if isinstance(got, str):
+            redone.append((t.run_key, got))
+            f.unlink(missing_ok=True)
+        elif got["error"] is None:
+            finished.add(t.run_key)
+    return finished, redone
+
+
+def _run_locked(
+    plan: SweepPlan,
+    out: Path,
+    workers: int,
+    dask: str | None,
+    with_analytic: bool,
+    progress: Callable[[SweepProgress], None] | None,
+) -> SweepResult:
     results = out / RESULTS_DIR
     results.mkdir(parents=True, exist_ok=True)
-    for stale in results.glob(".*.tmp"):  # partial writes of a killed run
+    for stale in results.glob(".*.tmp*"):  # partial writes of a killed run
         stale.unlink(missing_ok=True)
-    meta = plan.meta()
-    _write_atomic(out / META_FILE, json.dumps(meta, indent=1) + "\n")
-
-    existing = read_runs(out)
-    finished: set[str] = set()
-    if len(existing):
-        finished = set(existing.loc[existing["error"].isna(), "run_key"])
+    atomic_write_text(out / META_FILE, json.dumps(plan.meta(), indent=1) + "\n")
+    finished, redone = resume_state(plan, out)
     todo = [t for t in plan.tasks if t.run_key not in finished]
     skipped = len(plan.tasks) - len(todo)
     done = failed = 0
@@ -804,7 +911,9 @@ def run_sweep(
             row = _failed_row(task, exc)
         record(row)
     wall = time.perf_counter() - t0
-    return finish_sweep(plan, out, with_analytic, skipped, done, failed, wall)
+    res = finish_sweep(plan, out, with_analytic, skipped, done, failed, wall)
+    res.redone = redone
+    return res
 
 
 def _failed_row(task: RunTask, exc: BaseException) -> dict[str, Any]:
@@ -832,33 +941,35 @@ def finish_sweep(
     failed: int,
     wall_s: float,
 ) -> SweepResult:
-    """Aggregate the runs on disk into ``summary.parquet``/``summary.csv`` (and failures.csv)."""
+    """Aggregate the plan's runs into ``summary.parquet``/``summary.csv`` (and failures.csv).
+
+    The summary is built from the plan's own result files, each checked by :func:`read_result`
+    (never from ``sweep.json`` read back, which describes whichever sweep wrote it last).
+    """
     _, pq = _pyarrow()
-    meta, runs = load_sweep_dir(out)
+    meta = plan.meta()
+    rows = [read_result(out / RESULTS_DIR / f"{t.run_key}.parquet") for t in plan.tasks]
+    runs = _runs_frame([r for r in rows if isinstance(r, dict)])
     analytic = analytic_table(plan) if with_analytic else None
     if analytic is not None:
         import pyarrow as pa
 
-        pq.write_table(
-            _stamped(pa.Table.from_pandas(analytic, preserve_index=False), meta.get("seed")),
-            out / "analytic.parquet",
-        )
+        atable = _stamped(pa.Table.from_pandas(analytic, preserve_index=False), meta.get("seed"))
+        atomic_write(out / "analytic.parquet", lambda p: pq.write_table(atable, p))
     summary = summarize_runs(runs, meta, analytic)
     files = [out / "summary.parquet", out / "summary.csv"]
     import pyarrow as pa
 
-    tmp = out / f".summary.{os.getpid()}.tmp"
-    pq.write_table(_stamped(pa.Table.from_pandas(summary, preserve_index=False), meta.get("seed")),
-                   tmp)  # fmt: skip
-    os.replace(tmp, files[0])
-    _write_atomic(files[1], summary.to_csv(index=False))
-    sidecar(files[1], meta.get("seed"), sweep=plan.name, seeds="per run in results/*.parquet")
+    table = _stamped(pa.Table.from_pandas(summary, preserve_index=False), meta.get("seed"))
+    atomic_write(files[0], lambda p: pq.write_table(table, p))
+    atomic_write_text(files[1], summary.to_csv(index=False))
+    _sidecar(files[1], meta.get("seed"), sweep=plan.name, seeds="per run in results/*.parquet")
     fail_path = out / "failures.csv"
     failures = runs[runs["error"].notna()] if len(runs) else runs
     if len(failures):
         cols = ["run_key", "point", "replication", "seed", *plan.fields, "error"]
-        _write_atomic(fail_path, failures[cols].to_csv(index=False))
-        sidecar(fail_path, meta.get("seed"), sweep=plan.name, seeds="per run: column seed")
+        atomic_write_text(fail_path, failures[cols].to_csv(index=False))
+        _sidecar(fail_path, meta.get("seed"), sweep=plan.name, seeds="per run: column seed")
         files.append(fail_path)
     else:
         fail_path.unlink(missing_ok=True)

@@ -239,7 +239,7 @@ def replay_frame(report: str | Path, benchmark: int | str | None = None) -> pd.D
     ScenarioError
         Unknown benchmark, no per-request start times, or lengths below one token.
     """
-    rep = load_report(report)
+    rep = load_report(report, "workload.report")
     i = rep.resolve(benchmark, field="workload.benchmark")
     df = rep.benchmark_requests(i)
     if df.empty:

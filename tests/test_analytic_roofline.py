@@ -121,8 +121,10 @@ def test_roofline_saturation_rate_separates_stable_from_overload() -> None:
     sat = predict(scn, rates=[], k_values=[4], quantiles=False).saturation_rate
     below = simulate(scn.with_overrides({"workload.rate": 0.9 * sat}), seed=0).summary
     above = simulate(scn.with_overrides({"workload.rate": 1.15 * sat}), seed=0).summary
-    assert below["stable"] is True
-    assert above["stable"] is False or above["queue_growth_rps"] > 0.05 * 1.15 * sat
+    # 1,400 measured requests at 90% load are too few for the stability test to bound the growth
+    # below 5% of the rate (its verdict is "not enough data"), never "unstable"
+    assert below["stable"] is not False
+    assert above["stable"] is False
 
 
 # ------------------------------------------------------------------ KV cache

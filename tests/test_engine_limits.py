@@ -102,14 +102,15 @@ def test_overload_stops_early_across_replicas() -> None:
 
 def test_kv_bound_overload_is_unstable_and_time_bound_stops() -> None:
     # A KV cache of 16 blocks holds one or two requests: a load the GPU carries easily (20 req/s,
-    # batch ~10 without the limit) saturates on memory. The time bound stops the run at 5 s.
+    # batch ~10 without the limit) saturates on memory. The time bound stops the run at 20 s,
+    # after ~400 arrivals: enough for the stability test (sdsim.stability) to call the growth.
     over = {"workload.num_requests": 1500}
     free = simulate(small(**over)).summary
     assert free["stable"]
-    res = simulate(small(**over, **{"server.num_gpu_blocks": 16, "limits.max_sim_time_s": 5.0}))
+    res = simulate(small(**over, **{"server.num_gpu_blocks": 16, "limits.max_sim_time_s": 20.0}))
     s = res.summary
     assert s["stable"] is False and "max_sim_time_s" in s["stop_reason"]
-    assert s["duration_s"] == pytest.approx(5.0)
+    assert s["duration_s"] == pytest.approx(20.0)
     assert s["queue_growth_rps"] > 0.5 * 20.0  # it serves well under half of what arrives
 
 

@@ -222,9 +222,11 @@ BAD = [
     ({"output_cv": "-1"}, "workload.output_tokens.cv", "output_cv", ">= 0"),
     ({"tp": "0"}, "server.tp", "tp", "greater than or equal to 1"),
     ({"max_num_seqs": "lots"}, "server.max_num_seqs", "max_num_seqs", "must be a number"),
-    ({"cost_source": "profile"}, "costs", "cost_source", "needs `profile:`"),
+    # a missing companion value is named where it goes (the field the validator names)
+    ({"cost_source": "profile"}, "costs.profile", "profile", "needs `profile:`"),
     ({"cost_source": "guess"}, "costs.source", "cost_source", "'auto', 'linear'"),
-    ({"drafter": "model", "drafter_model": ""}, "drafter", "drafter", "needs `model:`"),
+    ({"drafter": "model", "drafter_model": ""}, "drafter.model", "drafter_model",
+     "needs `model:`"),
     ({"requests": "10"}, "warmup_requests", "requests", "must be < workload.num_requests (10)"),
 ]  # fmt: skip
 

@@ -127,7 +127,7 @@ def scenarios(draw: st.DrawFn, **fixed: Any) -> Scenario:
         }
     prompt, _, p_max = draw(length_laws(300))
     output, _, o_max = draw(length_laws(80))
-    block = draw(st.sampled_from([1, 4, 16]))
+    block = draw(st.sampled_from([1, 8, 16]))
     longest = p_max + o_max - 1 + k_top
     tight = draw(st.booleans())
     blocks = -(-longest // block) + draw(st.integers(0, 3 * longest)) // block if tight else None
@@ -587,7 +587,9 @@ def test_overload_terminates_within_its_bounds_and_is_unstable(
     # the engines' queues at the stop (the raw run keeps the engines; no step may have ended yet)
     run = run_simulation(scn, generate_workload(scn), build_cost_model(scn), scn.seed)
     assert run.stop_reason == s["stop_reason"] and run.end_time == s["duration_s"]
-    assert s["stable"] is False
+    # a run stopped at max_waiting is unstable; one stopped by the clock after ~100 arrivals is
+    # too short for the stability test to call it, and is never called stable
+    assert s["stable"] is not True if by_time else s["stable"] is False
     assert s["completed"] < len(res.requests)
     assert (res.requests["finish"].dropna() <= s["duration_s"] + EPS).all()
     if by_time:

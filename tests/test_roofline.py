@@ -173,6 +173,6 @@ def test_step_time_uses_the_scenario_model() -> None:
 def test_simulate_with_roofline_default() -> None:
     scn = roofline(**{"workload.num_requests": 200, "workload.rate": 10.0})
     res = sdsim.simulate(scn)
-    assert res.summary["completed"] == 200 and res.summary["stable"]
+    assert res.summary["completed"] == 200 and res.summary["stable"] is not False
     steps = res.steps
     assert (steps["verify_s"] > 0).any() and (steps["prefill_s"] > 0).any()

@@ -71,7 +71,8 @@ def test_scenarios_are_stable_at_their_load() -> None:
         n = min(scn.workload.num_requests, 500)
         short = scn.with_overrides({"workload.num_requests": n, "warmup_requests": 50})
         s = simulate(short).summary
-        assert s["stable"], (path.stem, s["stop_reason"], s["queue_growth_rps"])
+        # not judged unstable (500 bursty requests may be too few for the test to call it stable)
+        assert s["stable"] is not False, (path.stem, s["stop_reason"], s["stability_reason"])
         if scn.workload.arrival != "trace" and path.stem != "kv-pressure":
             # ... and the analytic model agrees it has headroom: at most 80% of saturation
             # (kv-pressure sits past the preemption onset on purpose, ~86% of KV saturation)

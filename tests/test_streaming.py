@@ -132,6 +132,7 @@ def test_cli_summary_only_writes_summary(tmp_path: Any) -> None:
         cwd=ROOT,
     )
     assert p.returncode == 0, p.stderr
-    assert sorted(f.name for f in out.iterdir()) == ["scenario.yaml", "summary.json"]
+    names = sorted(f.name for f in out.iterdir() if not f.name.startswith("."))
+    assert names == ["scenario.yaml", "summary.json"]
     s = json.loads((out / "summary.json").read_text())
     assert s["completed"] == 400 and s["e2e_p99"] > s["e2e_p50"] > 0

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 __all__ = [
     "DEFAULT_FRACTIONS",
+    "MAP_FILES",
+    "SCENARIO_FILES",
     "TOLERANCES",
     "ValidationReport",
     "plot_error_map",
     "plot_validation",
+    "report_layout",
     "reports_from_csv",
     "validate",
     "validate_many",
@@ -28,6 +31,7 @@ __all__ = [
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +43,8 @@ if TYPE_CHECKING:
 
 from sdsim.analytic.prediction import Prediction, predict
 from sdsim.errors import ScenarioError
-from sdsim.provenance import png_metadata, sidecar
+from sdsim.outputs import sidecar_file, write_run
+from sdsim.provenance import png_metadata
 from sdsim.scenario import Scenario
 from sdsim.slo import slo_bounds
 from sdsim.steadystate import (
@@ -356,41 +361,77 @@ def validate(
     )[0]
 
 
+# The files `sdsim validate` writes per scenario and, for several, beside them.
+SCENARIO_FILES = ("validation.csv", "validation.csv.meta.json", "validation.png")
+MAP_FILES = ("validation-all.csv", "validation-all.csv.meta.json", "validation-map.png")
+
+
+def report_layout(names: Sequence[str], out_dir: str | Path) -> dict[Path, tuple[str, ...]]:
+    """Where :func:`write_reports` puts its files: directory -> file names (``out_dir`` for one
+    scenario; ``out_dir/NAME/`` per scenario and the map files in ``out_dir`` for several), so a
+    command can check every destination before it simulates
+    (:func:`sdsim.outputs.output_dir`)."""
+    out = Path(out_dir)
+    if len(names) == 1:
+        return {out: SCENARIO_FILES}
+    return {out: MAP_FILES, **{out / n: SCENARIO_FILES for n in names}}
+
+
+def _write_csv(table: pd.DataFrame, path: Path) -> None:
+    table.to_csv(path, index=False)
+
+
+def _write_plot(
+    rep: ValidationReport, scn: Scenario, targets: dict[str, float] | None, path: Path
+) -> None:
+    plot_validation(rep, scn, path, targets=targets)
+
+
 def write_reports(
     reports: Sequence[ValidationReport],
     scns: Sequence[Scenario],
     out_dir: str | Path,
     targets: dict[str, float] | None = None,
 ) -> list[Path]:
-    """Write what ``sdsim validate`` leaves on disk: per scenario ``validation.csv`` (with its
-    ``.meta.json`` sidecar) and ``validation.png`` (in ``out_dir`` for one scenario, in
-    ``out_dir/NAME/`` for several), and for several also ``validation-all.csv`` and the error
-    map ``validation-map.png``. ``targets`` are :func:`plot_validation`'s target lines.
+    """Write what ``sdsim validate`` leaves on disk, each directory as one atomic run
+    (:func:`sdsim.outputs.write_run`): per scenario ``validation.csv`` (with its ``.meta.json``
+    sidecar) and ``validation.png``, and for several scenarios also ``validation-all.csv`` and
+    the error map ``validation-map.png`` (layout: :func:`report_layout`). ``targets`` are
+    :func:`plot_validation`'s target lines.
 
     Returns
     -------
     list of Path
         The files written.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    layout = list(report_layout([s.name for s in scns], out_dir))
+    dirs = layout[1:] if len(scns) > 1 else layout
     files: list[Path] = []
-    many = len(reports) > 1
-    for rep, scn in zip(reports, scns, strict=True):
-        d = out / scn.name if many else out
-        d.mkdir(parents=True, exist_ok=True)
-        rep.table.to_csv(d / "validation.csv", index=False)
-        sidecar(d / "validation.csv", scn.seed, scenario=scn.name, units=_UNITS)
-        plot_validation(rep, scn, d / "validation.png", targets=targets)
-        files += [d / "validation.csv", d / "validation.png"]
-    if many:
+    for rep, scn, d in zip(reports, scns, dirs, strict=True):
+        side, write_side = sidecar_file("validation.csv", scn.seed, scenario=scn.name, units=_UNITS)
+        files += write_run(
+            d,
+            {
+                "validation.csv": partial(_write_csv, rep.table),
+                side: write_side,
+                "validation.png": partial(_write_plot, rep, scn, targets),
+            },
+            "validate",
+        )
+    if len(scns) > 1:
         frames = [r.table.assign(scenario=r.scenario) for r in reports]
         allt = pd.concat(frames, ignore_index=True)
         allt = allt[["scenario", *[c for c in allt.columns if c != "scenario"]]]
-        allt.to_csv(out / "validation-all.csv", index=False)
-        sidecar(out / "validation-all.csv", None, units=_UNITS)
-        plot_error_map(reports, out / "validation-map.png")
-        files += [out / "validation-all.csv", out / "validation-map.png"]
+        side, write_side = sidecar_file("validation-all.csv", None, units=_UNITS)
+        files += write_run(
+            layout[0],
+            {
+                "validation-all.csv": partial(_write_csv, allt),
+                side: write_side,
+                "validation-map.png": lambda p: plot_error_map(reports, p),
+            },
+            "validate --all",
+        )
     return files
 
 
@@ -500,10 +541,16 @@ def plot_validation(
 
 def reports_from_csv(path: str | Path) -> list[ValidationReport]:
     """The reports of a ``validation-all.csv`` (from ``sdsim validate --all``), one per
-    scenario, for :func:`plot_error_map` (their ``verdicts`` are left empty)."""
+    scenario, for :func:`plot_error_map` and :func:`write_reports` (their ``verdicts`` are left
+    empty)."""
     df = pd.read_csv(path)
     return [
-        ValidationReport(g.drop(columns="scenario"), pd.DataFrame(), math.nan, str(name))
+        ValidationReport(
+            g.drop(columns="scenario"),
+            pd.DataFrame(),
+            float((g["rate"] / g["fraction"]).median()),  # the saturation the loads were set by
+            str(name),
+        )
         for name, g in df.groupby("scenario", sort=False)
     ]
 
@@ -550,12 +597,20 @@ def plot_error_map(
                     out = d["outside_model"].to_numpy(dtype=bool)
                     ax.plot(x[out], e[out], "o", ms=7, mfc="white", mec=color, zorder=3)
             ax.set_title(f"{m.upper()} {stat}: analytic vs simulated (±{tol:.0f}% shaded)")
-            ax.set_ylabel("error (%)")
+            ax.set_ylabel("model error vs simulation (%)")
             lim = max(3 * tol, 10.0)
             ax.set_ylim(-lim, lim)
             if row == 1:
                 ax.set_xlabel("load (fraction of the predicted saturation rate)")
-    axes[0, 0].legend(fontsize=7, loc="lower left")
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles, _ = axes[0, 0].get_legend_handles_labels()
+    handles += [
+        Patch(color="green", alpha=0.15, label="tolerance"),
+        Line2D([], [], marker="o", ls="", mfc="white", mec="gray", label="outside the model"),
+    ]
+    axes[0, 0].legend(handles=handles, fontsize=7, loc="lower left")
     fig.suptitle("Where the closed-form model holds (errors with the simulation's 95% CI; "
                  "hollow: predict says outside the model)")  # fmt: skip
     fig.tight_layout()

@@ -23,6 +23,7 @@ from sdsim.costs.profile import write_bundle
 from sdsim.errors import ScenarioError
 from sdsim.memory import kv_capacity
 from sdsim.models import resolve_model
+from sdsim.outputs import atomic_write, figure_format, output_file
 from sdsim.provenance import png_metadata
 
 
@@ -42,7 +43,11 @@ def costs(
         typer.Option("--context", help="mean KV tokens per request (default: prompt + output/2)"),
     ] = None,
     plot: Annotated[
-        Path | None, typer.Option("--plot", help="save a plot of step time vs batch")
+        Path | None,
+        typer.Option(
+            "--plot",
+            help="save a plot of step time vs batch (format from the suffix; none: PNG)",
+        ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the table as JSON")] = False,
     explain: Annotated[
@@ -63,10 +68,9 @@ def costs(
     scn = load(scenario, set_)
     if context is not None and context < 0:
         raise ScenarioError("--context", "must be >= 0")
-    if plot is not None:
-        check_writable(plot.parent if str(plot.parent) else Path("."), "--plot")
+    dest = output_file(plot, "--plot", figure=True) if plot is not None else None
     if explain:
-        _explain(scn, batch, k_opt, context, plot, json_out)
+        _explain(scn, batch, k_opt, context, plot, dest, json_out)
         return
     if batch or k_opt:
         raise ScenarioError("--batch" if batch else "--k", "applies with --explain only")
@@ -134,21 +138,27 @@ def costs(
             "" if cap.tokens is None else f"; ~{cap.tokens // max(ctx, 1)} requests of {ctx} tokens"
         )
         out.print(f"KV cache: {cap.describe()}{fits}", highlight=False)
-    if plot is not None:
+    if plot is not None and dest is not None:
         # deferred: matplotlib takes a noticeable part of a second to import
         from sdsim.plots import step_time_figure
 
         title = f"{scn.target} on {hw} ({scn.costs.resolved_source})"
         fig = step_time_figure(rows, k, pf.total * 1e3, chunk, title=title)
-        png = str(plot).lower().endswith(".png")
-        fig.savefig(plot, metadata=png_metadata(None, title) if png else None)
+        _save_figure(fig, dest, title)
         if not json_out:
-            out.print(f"wrote {plot}")
+            out.print(f"wrote {plot} ({figure_format(dest).upper()})")
+
+
+def _save_figure(fig: Any, dest: Path, title: str) -> None:
+    """Write a figure atomically in the format its checked path names (PNG with provenance)."""
+    fmt_ = figure_format(dest)
+    meta = png_metadata(None, title) if fmt_ == "png" else None
+    atomic_write(dest, lambda p: fig.savefig(p, format=fmt_, metadata=meta))
 
 
 def _explain(
     scn: Any, batches: list[int] | None, ks: list[int] | None, context: int | None,
-    plot: Path | None, json_out: bool,
+    plot: Path | None, dest: Path | None, json_out: bool,
 ) -> None:  # fmt: skip
     from sdsim.costs.explain import explain_steps
 
@@ -173,16 +183,13 @@ def _explain(
                 [Column("term", "label"), *(Column(f"B={b}", "num", "ms") for b in bs)],
                 rows,
             )
-    if plot is not None:
+    if plot is not None and dest is not None:
         from sdsim.plots import explain_figure
 
         title = f"{scn.target} on {hw}: where a step's time goes"
-        png = str(plot).lower().endswith(".png")
-        explain_figure(df, title=title).savefig(
-            plot, metadata=png_metadata(None, title) if png else None
-        )
+        _save_figure(explain_figure(df, title=title), dest, title)
         if not json_out:
-            out.print(f"wrote {plot}")
+            out.print(f"wrote {plot} ({figure_format(dest).upper()})")
 
 
 def calibrate(

@@ -15,7 +15,6 @@ from sdsim.cli.app import (
     OptScenario,
     SeedOpt,
     SetOpt,
-    check_writable,
     err,
     fmt,
     load,
@@ -24,7 +23,8 @@ from sdsim.cli.app import (
 from sdsim.cli.tables import Column, render_table
 from sdsim.errors import ScenarioError
 from sdsim.labels import format_time
-from sdsim.provenance import sidecar, yaml_header
+from sdsim.outputs import atomic_write_text, output_dir, output_file, sidecar_file, write_run
+from sdsim.provenance import yaml_header
 from sdsim.reports import (
     check_fit_options,
     compare_report,
@@ -126,16 +126,15 @@ def fit(
     if ks is not None:
         over["spec.k"] = ks[0]
     scn = load_scenario(scenario, over)
-    if out_path is not None:
-        check_writable(out_path.parent if str(out_path.parent) else Path("."))
+    dest = output_file(out_path, "--out") if out_path is not None else None
     res = fit_reports(reports, scn, ks=ks, alphas=alphas, metric=metric, form=form, linear=linear)
     result = res.to_dict()
-    if out_path is not None:
+    if out_path is not None and dest is not None:
         fitted = res.fitted_scenario()
-        out_path.parent.mkdir(parents=True, exist_ok=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
         src = ", ".join(str(r) for r in reports)
-        out_path.write_text(
-            yaml_header(fitted.seed, f"fitted by `sdsim fit` from {src}") + fitted.to_yaml()
+        atomic_write_text(
+            dest, yaml_header(fitted.seed, f"fitted by `sdsim fit` from {src}") + fitted.to_yaml()
         )
         result["scenario"] = str(out_path)
     if json_out:
@@ -219,7 +218,7 @@ def compare(
     """Replay every benchmark of a report; compare measured, simulated and analytic latency."""
     scn = load(scenario, set_)
     out_dir = out_dir if out_dir is not None else Path("out/compare")
-    check_writable(out_dir)
+    dest = output_dir(out_dir, ["comparison.csv", "comparison.csv.meta.json", "comparison.png"])
     load_report(report)  # fail early on a bad file
     res = compare_report(report, scn, seed=seed, analytic=analytic)
     for note in res.notes:
@@ -238,10 +237,18 @@ def compare(
           float(r["analytic_rel_error"])] for r in tab.to_dict(orient="records")],
         notes=["error: model minus measured, relative to the measured value"],
     )  # fmt: skip
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tab.to_csv(out_dir / "comparison.csv", index=False)
-    sidecar(out_dir / "comparison.csv", scn.seed if seed is None else seed,
-            report=str(report.name), scenario=scn.name)  # fmt: skip
-    comparison_figure(tab, out_dir / "comparison.png", title=f"{report.name} vs {scn.name}",
-                      seed=scn.seed if seed is None else seed)  # fmt: skip
+    run_seed = scn.seed if seed is None else seed
+    title = f"{report.name} vs {scn.name}"
+    side, write_side = sidecar_file(
+        "comparison.csv", run_seed, report=str(report.name), scenario=scn.name
+    )
+    write_run(
+        dest,
+        {
+            "comparison.csv": lambda p: tab.to_csv(p, index=False),
+            side: write_side,
+            "comparison.png": lambda p: comparison_figure(tab, p, title=title, seed=run_seed),
+        },
+        "compare",
+    )
     out.print(f"wrote {out_dir}/comparison.csv, comparison.png")

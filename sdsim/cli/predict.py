@@ -27,7 +27,6 @@ from sdsim.cli.app import (
     ScenarioArg,
     SeedOpt,
     SetOpt,
-    check_writable,
     err,
     fmt,
     load,
@@ -38,6 +37,7 @@ from sdsim.cli.app import (
 from sdsim.cli.tables import Column, alpha_text, render_table
 from sdsim.errors import ScenarioError
 from sdsim.labels import format_time
+from sdsim.outputs import output_dir, resolve_output
 from sdsim.scenario import Scenario
 from sdsim.simulation import simulate
 
@@ -321,7 +321,7 @@ def validate(
 ) -> None:
     """Check the analytic model against steady-state simulations, rate by rate."""
     # deferred: see the module docstring
-    from sdsim.analytic.validation import validate_many, write_reports
+    from sdsim.analytic.validation import report_layout, validate_many, write_reports
 
     if jobs < 1:
         raise ScenarioError("--jobs", f"must be >= 1 (got {jobs})")
@@ -337,9 +337,10 @@ def validate(
     else:
         scns = [load(scenario, set_)]
     name = "all" if all_ else scns[0].name
-    dest = out_dir if out_dir is not None else Path("out") / f"validate-{name}"
-    check_writable(dest)
+    dest = resolve_output(out_dir or Path("out") / f"validate-{name}", "--out")
     target_lines = _parse_targets(targets)
+    for d, names in report_layout([s.name for s in scns], dest).items():
+        output_dir(d, names)  # every destination checked before any simulation
     prog = LazyProgress(f"validating {name} (requests)", delay_s=0.0)
     try:
         reports = validate_many(

@@ -5,8 +5,10 @@ from __future__ import annotations
 __all__ = ["run", "schema"]
 
 import json
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -15,17 +17,19 @@ from sdsim.cli.app import (
     ScenarioArg,
     SeedOpt,
     SetOpt,
-    check_writable,
+    check_records,
     err,
-    fmt,
     load,
     out,
     print_summary,
+    summary_json,
+    summary_notes,
 )
 from sdsim.cli.tables import alpha_text
 from sdsim.labels import REQUEST_UNITS, STEP_UNITS
 from sdsim.memory import kv_capacity
-from sdsim.provenance import sidecar, yaml_header
+from sdsim.outputs import output_dir, sidecar_file, write_run
+from sdsim.provenance import yaml_header
 from sdsim.scenario import scenario_schema
 from sdsim.simulation import simulate
 
@@ -55,32 +59,41 @@ def run(
 ) -> None:
     """Simulate a scenario and print its latency summary."""
     scn = load(scenario, set_)
-    if out_dir is not None:
-        check_writable(out_dir)
+    check_records(scn, keep_records=not summary_only)
+    names = ["summary.json", "scenario.yaml"]
+    if not summary_only:
+        names = [
+            "requests.csv",
+            "requests.csv.meta.json",
+            "steps.csv",
+            "steps.csv.meta.json",
+            *names,
+        ]
+    dest = output_dir(out_dir, names) if out_dir is not None else None
     prog = LazyProgress(f"simulating {scn.name}")
     try:
         res = simulate(scn, seed=seed, progress=prog, keep_records=not summary_only)
     finally:
         prog.close()
-    written = "summary.json, scenario.yaml"
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    if dest is not None:
         run_seed = int(res.summary["seed"])
+        # the resolved scenario reproduces the run: it carries the seed actually used
+        ran = scn if seed is None else scn.with_overrides({"seed": int(seed)})
+        head = yaml_header(run_seed, "the resolved scenario of this run")
+        files: dict[str, Callable[[Path], Any]] = {}
         if not summary_only:
             for name, frame, units in (
                 ("requests.csv", res.requests, REQUEST_UNITS),
                 ("steps.csv", res.steps, STEP_UNITS),
             ):
-                frame.to_csv(out_dir / name, index=False)
-                sidecar(out_dir / name, run_seed, scenario=scn.name, units=units)
-            written = "requests.csv, steps.csv (+ .meta.json), " + written
-        (out_dir / "summary.json").write_text(json.dumps(res.summary, indent=2, default=str) + "\n")
-        # the resolved scenario reproduces the run: it carries the seed actually used
-        ran = scn if seed is None else scn.with_overrides({"seed": int(seed)})
-        head = yaml_header(run_seed, "the resolved scenario of this run")
-        (out_dir / "scenario.yaml").write_text(head + ran.to_yaml())
+                files[name] = partial(_to_csv, frame)
+                side, write_side = sidecar_file(name, run_seed, scenario=scn.name, units=units)
+                files[side] = write_side
+        files["summary.json"] = lambda p: p.write_text(summary_json(res.summary))
+        files["scenario.yaml"] = lambda p: p.write_text(head + ran.to_yaml())
+        write_run(dest, files, "run")
     if json_out:
-        out.print_json(json.dumps(res.summary, default=str))
+        out.print_json(summary_json(res.summary))
     else:
         print_summary(
             res.summary,
@@ -90,13 +103,16 @@ def run(
         )
         out.print(f"KV cache: {kv_capacity(scn).describe()}", highlight=False)
         if out_dir is not None:
-            out.print(f"wrote {out_dir}/{written}")
-    if not res.summary["stable"]:
-        err.print(
-            f"[yellow]warning:[/] run is not stable ({res.summary['stop_reason']}; queue growth "
-            f"{fmt(res.summary['queue_growth_rps'])} req/s): the arrival rate exceeds what the "
-            "server sustains, so latencies grow with the run length"
-        )
+            shown = "summary.json, scenario.yaml"
+            if not summary_only:
+                shown = "requests.csv, steps.csv (+ .meta.json), " + shown
+            out.print(f"wrote {out_dir}/{shown}")
+    for note in summary_notes(res.summary):
+        err.print(note, markup=False, highlight=False, soft_wrap=True)
+
+
+def _to_csv(frame: Any, path: Path) -> None:
+    frame.to_csv(path, index=False)
 
 
 def schema() -> None:

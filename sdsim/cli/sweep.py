@@ -16,7 +16,7 @@ from sdsim.cli.app import SetOpt, check_writable, err, fmt, out
 from sdsim.cli.tables import Column, render_table
 from sdsim.labels import METRICS, short_field, sig3, time_unit
 from sdsim.scenario import parse_set_options
-from sdsim.sweep import load_sweep, plan_sweep, run_sweep
+from sdsim.sweep import load_sweep, plan_sweep, read_runs, run_sweep
 
 
 class SweepBar:
@@ -146,11 +146,11 @@ def sweep(
     Exit code 0 when every run succeeded, 1 when some failed (see DIR/failures.csv), 2 on bad
     input.
     """
+    check_writable(out_dir)
     spec = load_sweep(sweep_file)
     plan = plan_sweep(
         spec, sweep_file, extra_set=parse_set_options(set_), replications=replications
     )
-    check_writable(out_dir)
     n_workers = workers if workers is not None else (os.cpu_count() or 1)
     if dask is not None and workers is None:
         n_workers = 2 if dask == "local" else 1
@@ -167,6 +167,16 @@ def sweep(
         raise SystemExit(130) from None  # main() drops typer.Exit codes (standalone_mode=False)
     finally:
         bar.close()
+    if res.redone:
+        shown = "; ".join(f"{k}: {why}" for k, why in res.redone[:5])
+        more = f" and {len(res.redone) - 5} more" if len(res.redone) > 5 else ""
+        err.print(
+            f"note: redid {len(res.redone)} run(s) whose result file could not be trusted "
+            f"({shown}{more})",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     if not quiet:
         print_sweep_summary(res.summary, plan.fields, list(plan.spec.metrics))
     out.print(
@@ -215,6 +225,17 @@ def plot(
     goals = parse_targets(target)
     if plot_dir is not None:
         check_writable(plot_dir)
+    damaged: list[tuple[Path, str]] = []
+    read_runs(sweep_dir, damaged)
+    if damaged:
+        err.print(
+            f"warning: left out {len(damaged)} result file(s) that cannot be trusted "
+            f"({damaged[0][0].name}: {damaged[0][1]}{', ...' if len(damaged) > 1 else ''}); "
+            "re-run the sweep to redo them",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     files = plot_sweep(
         sweep_dir,
         metrics=metric,

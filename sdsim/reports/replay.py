@@ -13,7 +13,7 @@ __all__ = ["replay_scenario"]
 
 from pathlib import Path
 
-from sdsim.scenario import Scenario
+from sdsim.scenario import MAX_REQUESTS, Scenario
 
 
 def replay_scenario(scn: Scenario, report: str | Path, benchmark: int | str) -> Scenario:
@@ -27,7 +27,7 @@ def replay_scenario(scn: Scenario, report: str | Path, benchmark: int | str) -> 
             "workload.arrival": "replay",
             "workload.report": str(report),
             "workload.benchmark": benchmark,
-            "workload.num_requests": max(scn.workload.num_requests, 100_000_000),
+            "workload.num_requests": MAX_REQUESTS,  # a cap: every request of the benchmark
             "warmup_requests": 0,
         }
     )
