@@ -59,3 +59,45 @@ def test_model_within_target_at_80_percent(name: str) -> None:
             f"{name} {metric}_{stat}: model {ana:.4g} vs simulated {e.value:.4g} "
             f"[{e.low:.4g}, {e.high:.4g}] (error {lo:+.1%}..{hi:+.1%})"
         )
+
+
+# Prompts of random length (lognormal, CV 1, mean 512: a step that carries another request's
+# 3,000-token prompt is 5x a typical one, and an arrival is more likely to land in it). Long
+# runs (notes/analytic.md, 3 seeds x 100,000 requests at 80%): TTFT p99 -4.6%, e2e p99 -6.0%;
+# the model that priced the others' chunks at the mean prompt was 27% low on the TTFT p99,
+# which these runs reject (its error interval lies below -10%). Tolerance 10% on the p99s: the
+# issue's target at 90% load and what the long runs support at 80%; 5% on the mean e2e
+# (validate's tolerance).
+LOGNORMAL_PROMPTS = {"dist": "lognormal", "mean": 512, "cv": 1.0, "max": 8192}
+
+
+@pytest.mark.slow
+def test_ttft_tail_with_lognormal_prompts() -> None:
+    scn = sdsim.load_scenario(
+        ROOT / "scenarios" / "default.yaml", {"workload.prompt_tokens": LOGNORMAL_PROMPTS}
+    )
+    sat = sdsim.predict(scn, rates=[], k_values=[scn.spec.k], quantiles=False).saturation_rate
+    n = 15_000
+    run = scn.with_overrides(
+        {"workload.rate": 0.8 * sat, "workload.num_requests": n, "warmup_requests": n // 10}
+    )
+    pred = sdsim.predict(run, rates=[], k_values=[scn.spec.k])
+    fixed = sdsim.predict(
+        run.with_overrides({"workload.prompt_tokens": 512}), rates=[], k_values=[scn.spec.k]
+    )
+    # the spread of the prompts reaches the TTFT tail, not only its mean
+    assert pred.summary["ttft_p99"] > 1.3 * fixed.summary["ttft_p99"]
+    series: dict[str, list[object]] = {"e2e": [], "ttft": [], "tpot": []}
+    for seed in (1, 2):
+        r = sdsim.simulate(run, seed=seed).requests
+        cut = max(mser_truncation(r["e2e"]).deleted, mser_truncation(r["ttft"]).deleted)
+        for m in series:
+            series[m].append(r[m].to_numpy()[cut:])
+    est = run_estimates(series)  # type: ignore[arg-type]
+    for key, tol in (("e2e_mean", 0.05), ("ttft_p99", 0.10), ("e2e_p99", 0.10)):
+        e = est[key]
+        verdict, lo, hi = _verdict(pred.summary[key], e.low, e.high, tol)
+        assert verdict in ("holds", TOO_WIDE), (
+            f"{key}: model {pred.summary[key]:.4g} vs simulated {e.value:.4g} "
+            f"[{e.low:.4g}, {e.high:.4g}] (error {lo:+.1%}..{hi:+.1%})"
+        )

@@ -20,6 +20,7 @@ import pytest
 
 import sdsim
 from sdsim.analytic.arrivals import arrival_view
+from sdsim.analytic.firsttoken import chunk_sums
 from sdsim.analytic.lifetime import (
     LocalLines,
     Tabulated,
@@ -28,7 +29,9 @@ from sdsim.analytic.lifetime import (
     linear_life,
     smoothed,
 )
+from sdsim.analytic.work import discretize_length
 from sdsim.metrics import t_confidence_interval
+from sdsim.scenario import LognormalLength
 
 ROOT = Path(__file__).resolve().parents[1]
 MOE = "moe-qwen3-30b-a3b.yaml"
@@ -219,3 +222,26 @@ def test_moe_agrees_with_simulation(frac: float) -> None:
     assert pred["e2e_mean"] == pytest.approx(sim("e2e_mean"), rel=0.05)
     assert pred["e2e_p99"] == pytest.approx(sim("e2e_p99"), rel=0.10)
     assert pred["tpot_mean"] == pytest.approx(sim("tpot_mean"), rel=0.05)
+
+
+def test_chunk_sums_keep_the_law_of_a_sum() -> None:
+    # the summed extra cost of m chunks of random length (a cost linear in the prompt-length
+    # law's 16 points, as the model discretises it): each law sums to 1, keeps the mean m E[X]
+    # exactly (bins are mass-weighted means) and most of the variance m Var X (binning drops
+    # only the within-bin part); one chunk is the prompt law itself
+    spec = LognormalLength(dist="lognormal", mean=1024, cv=1.0, max=8192)
+    tokens, p = discretize_length(spec, 16)
+    x = tokens / 1000.0 - 1.0
+    vals, probs = chunk_sums(p, x, 6)
+    mean, var = float(p @ x), float(p @ (x - p @ x) ** 2)
+    assert vals[0, 0] == 0.0 and probs[0, 0] == 1.0
+    np.testing.assert_array_equal(vals[1], x)
+    for m in range(1, 7):
+        assert probs[m].sum() == pytest.approx(1.0, abs=1e-12)
+        mm = float(probs[m] @ vals[m])
+        assert mm == pytest.approx(m * mean, rel=1e-12, abs=1e-12)
+        vv = float(probs[m] @ (vals[m] - mm) ** 2)
+        assert 0.9 * m * var <= vv <= m * var * (1 + 1e-12)
+    # a fixed length: one point per m
+    fv, fp = chunk_sums(np.ones(1), np.zeros(1), 4)
+    assert fv.shape == (5, 1) and np.all(fv == 0.0) and np.all(fp == 1.0)

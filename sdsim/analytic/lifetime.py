@@ -453,6 +453,7 @@ def life_spread(
     tbar: FloatArray,
     win: Window,
     count_var: FloatArray | float = 0.0,
+    chunk_cv2: float = 0.0,
 ) -> tuple[FloatArray, FloatArray]:
     """Variance of the life and of its decode window (delta method around the mean path).
 
@@ -461,13 +462,15 @@ def life_spread(
     self-excitation (longer steps admit more arrivals) stretches the sum by ``1 / den``.
     ``count_var`` is the variance of the number of arrivals during the life beyond Poisson's
     (a modulated rate: :mod:`sdsim.analytic.arrivals`); each of them moves the life by an
-    arrival's mean contribution ``K / ell``.
+    arrival's mean contribution ``K / ell``. ``chunk_cv2`` is the squared CV of a prefill's
+    cost (random prompt lengths): its second moment is ``c_p^2 (1 + chunk_cv2)``.
     """
     si, ell = win.si, np.maximum(win.ell, 1)
     k_full = cp * (si + 1) + b * win.cm1
     k_dec = cp * si + b * win.cm1
-    k2_full = cp**2 * (si + 1) + 2 * cp * b * win.cm1 + b**2 * win.cm2
-    k2_dec = cp**2 * si + 2 * cp * b * (win.cm1 - win.m1) + b**2 * win.cm2
+    cp2 = cp**2 * (1.0 + chunk_cv2)
+    k2_full = cp2 * (si + 1) + 2 * cp * b * win.cm1 + b**2 * win.cm2
+    k2_dec = cp2 * si + 2 * cp * b * (win.cm1 - win.m1) + b**2 * win.cm2
     amp = 1.0 / den
     var_life = amp**2 * (
         b**2 * N0 * win.cv_full
@@ -493,8 +496,10 @@ def linear_life(
     cp: FloatArray,
     win: Window,
     count_var: FloatArray | float = 0.0,
+    chunk_cv2: float = 0.0,
 ) -> LinearLife:
-    """The life under the line ``(a, b, c_p)`` of each n0 row: ``base / (1 - lambda K / ell)``.
+    """The life under the line ``(a, b, c_p)`` of each n0 row: ``base / (1 - lambda K / ell)``
+    (``count_var``, ``chunk_cv2``: :func:`life_spread`'s).
 
     Only meaningful where ``den = 1 - lambda K / ell`` is well above 0; the caller checks.
     """
@@ -509,5 +514,5 @@ def linear_life(
     tbar = t_life / e
     others = (N0 * win.c_full + lam * tbar * win.cm1) / e
     t_dec = si * (a + b) + b * N0 * win.c_dec + lam * tbar * k_dec
-    var_life, var_dec = life_spread(lam, N0, v0, b, cp, safe, tbar, win, count_var)
+    var_life, var_dec = life_spread(lam, N0, v0, b, cp, safe, tbar, win, count_var, chunk_cv2)
     return LinearLife(t_life, t_dec, tbar, var_life, var_dec, den, others)

@@ -161,10 +161,14 @@ def dispersion(
     process with ratio ``m = lambda c_p``, so that the arrivals a batch takes in come in
     clusters whose counts have index of dispersion ``1 / (1 - m)^2`` (Borel clusters; in time
     terms: every arrival also holds back the ``lambda c_p / (1 - lambda c_p)`` departures its
-    prefill delays). Arrivals that are themselves over- or under-dispersed (index ``ca2``)
+    prefill delays). With prompts of random length a chunk's cost has a squared CV ``v``
+    (:attr:`~sdsim.analytic.stepcurve.StepCurve.chunk_cost_cv2`): an arrival's offspring are
+    Poisson with a random mean, variance ``m + m^2 v``, and a Galton-Watson cluster of offspring
+    mean ``m`` and variance ``s^2`` has index ``s^2 / (1 - m)^2 + 1 / (1 - m)``, i.e. ``(1 + m^2
+    v) / (1 - m)^2``. Arrivals that are themselves over- or under-dispersed (index ``ca2``)
     multiply it. Clustered arrivals stay together in the batch for the share ``kappa`` of a
     life (:meth:`~sdsim.analytic.work.RequestWork.shared_life`), so the number in system has
-    ``Var N = E[N] (1 + kappa (I - 1))`` with ``I = ca2 / (1 - m)^2``: the GPS law's own
+    ``Var N = E[N] (1 + kappa (I - 1))`` with ``I = ca2 (1 + m^2 v) / (1 - m)^2``: the GPS law's own
     over-dispersion ``1 / (1 - rho)`` then acts on that noise (:func:`~sdsim.analytic.gps.
     birth_death`'s ``dispersion``). With prefill that is cheap beside a decode step
     (``m -> 0``) and Poisson arrivals, ``F = 1``.
@@ -179,7 +183,8 @@ def dispersion(
     a2 = max(float(ca2), 1.0)
     _dispersion(np.ascontiguousarray(pq), t, curve.decode, np.ascontiguousarray(first),
                 float(curve.chunks_per_request), frac, float(rate),
-                work.shared_life(curve.chunks_per_request), a2, out)  # fmt: skip
+                work.shared_life(curve.chunks_per_request), a2, curve.chunk_cost_cv2,
+                out)  # fmt: skip
     # a full batch admits only as many as it completes, whatever arrives: the arrivals that
     # queue bring no prefill with them, so above the cap (the last entry, which the queue's
     # levels take) their own burstiness is all the noise there is
@@ -187,7 +192,7 @@ def dispersion(
     return out
 
 
-@jit_eager("void(f8[:, ::1], f8[::1], f8[::1], f8[::1], f8, f8, f8, f8, f8, f8[::1])")
+@jit_eager("void(f8[:, ::1], f8[::1], f8[::1], f8[::1], f8, f8, f8, f8, f8, f8, f8[::1])")
 def _dispersion(
     pq: FloatArray,
     t: FloatArray,
@@ -198,14 +203,15 @@ def _dispersion(
     rate: float,
     kappa: float,
     ca2: float,
+    cost_cv2: float,
     out: FloatArray,
 ) -> None:  # pragma: no cover - compiled
     """:func:`dispersion`'s ``F(n)`` into ``out`` (``n = 1..len(out)``): a chunk's cost at a
     row is :meth:`~sdsim.analytic.stepcurve.StepCurve.chunk_cost_from`'s (the step's prefill
     part over the chunks it carries on average, the first chunk's cost where it carries almost
     none), read at the decode batch ``n frac`` (linear interpolation on the integer grid);
-    ``m = rate x chunks x cost`` capped at 0.9, ``F = max(1 + kappa (ca2 / (1 - m)^2 - 1),
-    0.05)``."""
+    ``m = rate x chunks x cost`` capped at 0.9, ``F = max(1 + kappa (ca2 (1 + m^2 cost_cv2) /
+    (1 - m)^2 - 1), 0.05)``."""
     last = t.shape[0] - 1
     for i in range(out.shape[0]):
         x = max((i + 1) * frac, 1.0)
@@ -220,7 +226,8 @@ def _dispersion(
                 eq += pq[r, q] * q
             c += wgt * ((t[r] - decode[r]) / eq if eq > 1e-9 else first[r])
         m = min(rate * c * chunks, 0.9)
-        out[i] = max(1.0 + kappa * (ca2 / ((1.0 - m) * (1.0 - m)) - 1.0), 0.05)
+        index = ca2 * (1.0 + m * m * cost_cv2) / ((1.0 - m) * (1.0 - m))
+        out[i] = max(1.0 + kappa * (index - 1.0), 0.05)
 
 
 def _step_times(
@@ -590,7 +597,9 @@ def local_steps(op: OperatingPoint, rate: float | None = None) -> LocalSteps:
     lam = min(op.rate if rate is None else float(rate), op.saturation_rate)
     lam = min(lam, _prefill_limit(c) * (1 - 1e-9))
     ((pq, _),) = chunk_laws(c, op.work, [(max(lam, 1e-12), op.law.stable and rate is None)])
-    return LocalSteps(pq, c.mixed, c.prompt_shift, c.prompt_w, frac, c.chunk_cap)
+    return LocalSteps(
+        pq, c.mixed, c.prompt_shift, c.prompt_w, frac, c.chunk_cap, c.chunk_cost_cv2
+    )
 
 
 def derive_coefficients(

@@ -6,22 +6,25 @@ The published model gives only the mean. Here a tagged request's latency is buil
    acceptance, mixed over the output-length law; :mod:`sdsim.analytic.work`), and the others'
    remaining steps (:func:`_others`: an equilibrium residual ``R'`` per survivor,
    ``min(S', steps left)`` per arrival);
-2. **the batch it finds** (:func:`_seen`): ``n0`` others in system on arrival, from the law of
-   the number in system (:mod:`sdsim.analytic.gps`; Poisson arrivals see its time average; with
-   arrival states, an arrival sees the law of the state it arrives in) -- binned; an arrival
-   that finds the batch full waits for admission;
-3. **the step it arrives in** (:func:`_arrival_step`): the wait for the current step to end is
-   the residual of a length-biased step, then its prefill step (shared with the other arrivals
-   of that step);
+2. **the batch it finds** (:func:`~sdsim.analytic.firsttoken.seen_by_arrivals`): ``n0``
+   others in system on arrival, from the law of the number in system
+   (:mod:`sdsim.analytic.gps`; Poisson arrivals see its time average; with arrival states, an
+   arrival sees the law of the state it arrives in) -- binned; an arrival that finds the batch
+   full waits for admission;
+3. **the step it arrives in** (:func:`~sdsim.analytic.firsttoken.arrival_step`): the wait for
+   the current step to end is the residual of a length-biased step, then its prefill step
+   (shared with the other arrivals of that step);
 4. **its life** (:func:`_lives`): how the batch drifts during it, in step time
    (:mod:`sdsim.analytic.lifetime`): the survivors of ``n0`` leave, arrivals come at the
    state's rate relaxing towards the mean, each adding its prefill and a step cost while it
-   decodes; the life's mean on the real step curve and its variance by the delta method;
+   decodes (a prefill's cost spread by the prompt-length law); the life's mean on the real
+   step curve and its variance by the delta method;
 5. **admission waits** (:func:`_waits`): an arrival that finds ``n >= n_max`` in system waits
    for ``n - n_max + 1`` departures of a full batch (an exponential one plus the rest, normal);
-6. **TTFT** (:func:`_ttft`): the residual (uniform over the length-biased arrival step) plus its
-   prefill step, priced by the cost model itself with the chunk chain's law of the chunks in
-   the arrival step, the Poisson arrivals during it, and the prompt-length law of its own chunk;
+6. **TTFT** (:func:`~sdsim.analytic.firsttoken.ttft_components`): the residual (uniform over
+   the length-biased arrival step) plus its prefill step, priced by the cost model itself with
+   the chunk chain's law of the chunks in the arrival step, the Poisson arrivals during it,
+   and the prompt-length law of every chunk in both steps;
 7. **mixture assembly**: given ``(state, n0, s, g)`` the latency is taken as normal with these
    moments (exponentially modified normal when it waits), and the quantiles of the mixture are
    the exact roots of its CDF (:mod:`~sdsim.analytic.mixtures`).
@@ -41,6 +44,13 @@ import numpy.typing as npt
 
 from sdsim.analytic.arrivals import ArrivalView
 from sdsim.analytic.coefficients import Coefficients
+from sdsim.analytic.firsttoken import (
+    ArrivalStep,
+    Seen,
+    arrival_step,
+    seen_by_arrivals,
+    ttft_components,
+)
 from sdsim.analytic.gps import BirthDeath
 from sdsim.analytic.lifetime import (
     Life,
@@ -53,8 +63,8 @@ from sdsim.analytic.lifetime import (
     smoothed,
 )
 from sdsim.analytic.mixtures import LatencyLaw, Mixture
-from sdsim.analytic.stepcurve import LocalSteps, poisson_pmf
-from sdsim.analytic.work import RequestWork
+from sdsim.analytic.stepcurve import LocalSteps
+from sdsim.analytic.work import RequestWork, bin_moments
 
 QUANTILES = (0.5, 0.9, 0.99)
 N0_BINS = 120
@@ -62,10 +72,6 @@ S_BINS = 48
 # Mixture components kept in the e2e/TPOT CDFs (n0 bins x s bins x output lengths): the quantiles
 # move by < 0.1% beyond this, and each CDF evaluation costs one normal per component.
 MAX_COMPONENTS = 30_000
-# Bins of the number of departures an arrival that finds the batch full waits for.
-WAIT_BINS = 12
-# Prefills counted in one step of the TTFT model (a step carries this many or fewer).
-A_MAX = 12
 # Floor of the self-excitation factor 1 - lambda K / ell where the tangent at n0 is used.
 _DEN_FLOOR = 0.05
 
@@ -97,25 +103,6 @@ class TailModel:
     mean_wait: float = 0.0
     mean_batch: float = 0.0
     laws: dict[str, LatencyLaw] = field(default_factory=dict, repr=False)
-
-
-def _bin(
-    values: FloatArray, probs: FloatArray, nbins: int
-) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Equal-mass bins of a discrete law: (mean, weight, within-bin variance)."""
-    keep = probs > 1e-14
-    v, p = values[keep], probs[keep]
-    if v.shape[0] <= nbins:
-        return v, p, np.zeros_like(v)
-    cum = np.cumsum(p)
-    idx = np.minimum((cum / cum[-1] * nbins).astype(np.int64), nbins - 1)
-    w = np.bincount(idx, weights=p, minlength=nbins).astype(np.float64)
-    m1 = np.bincount(idx, weights=p * v, minlength=nbins).astype(np.float64)
-    m2 = np.bincount(idx, weights=p * v * v, minlength=nbins).astype(np.float64)
-    ok = w > 0
-    mean = m1[ok] / w[ok]
-    var = np.maximum(m2[ok] / w[ok] - mean**2, 0.0)
-    return mean, w[ok], var
 
 
 # ---------------------------------------------------------------- 1. the others' remaining steps
@@ -185,7 +172,7 @@ def _windows(work: RequestWork, oth: _Others, P: int, s_bins: int) -> list[_SBin
     """Per output length, the ``s`` bins and their :class:`~sdsim.analytic.lifetime.Window`."""
     out = []
     for spmf in work.steps_pmf:
-        s_vals, s_w, s_v = _bin(np.arange(spmf.shape[0], dtype=np.float64), spmf, s_bins)
+        s_vals, s_w, s_v = bin_moments(np.arange(spmf.shape[0], dtype=np.float64), spmf, s_bins)
         si = np.rint(s_vals).astype(np.int64)
         ell = si + P
         c_full, cv_full = oth.window(1, ell)
@@ -195,96 +182,6 @@ def _windows(work: RequestWork, oth: _Others, P: int, s_bins: int) -> list[_SBin
                      oth.M1[si])  # fmt: skip
         out.append(_SBins(win, s_w, s_v))
     return out
-
-
-# ---------------------------------------------------------------- 2. the batch an arrival finds
-
-
-@dataclass(frozen=True)
-class _Seen:
-    """What arrivals of one state find: ``n0`` bins below the cap (mean, weight, variance)
-    and the waiting ones' departures to wait for (bins of ``j = n - n_max + 1``)."""
-
-    share: float  # share of all arrivals that come in this state
-    lam: float  # arrival rate in this state
-    state: int
-    n0: FloatArray
-    w0: FloatArray
-    v0: FloatArray
-    p_wait: float
-    j: FloatArray
-    wj: FloatArray
-    vj: FloatArray
-
-
-def _geometric(mean: float, size: int) -> FloatArray:
-    """Geometric pmf on ``0..size - 1`` with the given mean (the last entry holds the tail)."""
-    if mean <= 0:
-        out = np.zeros(size)
-        out[0] = 1.0
-        return out
-    q = mean / (1.0 + mean)
-    g = (1.0 - q) * q ** np.arange(size, dtype=np.float64)
-    g[-1] += q**size
-    return g
-
-
-def _seen(law: BirthDeath, view: ArrivalView, state: int, nmax: int, n0_bins: int) -> _Seen:
-    pn = law.seen_in(state)
-    if view.batch > 1.0:
-        # an arrival in a batch also finds its batch-mates ahead of it
-        ahead, _ = view.batch_mates()
-        g = _geometric(ahead, max(int(40 * (ahead + 1)), 8))
-        pn = np.convolve(pn, g)
-        pn = pn[: max(int(np.searchsorted(-np.cumsum(pn[::-1])[::-1], -1e-13)), nmax + 1)]
-    n_all = np.arange(pn.shape[0], dtype=np.float64)
-    free = pn[:nmax]
-    n0, w0, v0 = _bin(n_all[1:nmax], free[1:], n0_bins)
-    p_wait = float(pn[nmax:].sum())
-    j, wj, vj = _bin(n_all[nmax:] - nmax + 1.0, pn[nmax:], WAIT_BINS)
-    return _Seen(float(view.arrival_share[state]), float(view.rates[state]), state,
-                 np.concatenate(([0.0], n0)), np.concatenate(([float(free[0])], w0)),
-                 np.concatenate(([0.0], v0)), p_wait, j, wj, vj)  # fmt: skip
-
-
-# ---------------------------------------------------------------- 3. the step it arrives in
-
-
-@dataclass(frozen=True)
-class _ArrivalStep:
-    """Per n0 bin: the arrival step's decode part, the prefills it carries on average, and the
-    residual the tagged waits (mean, variance) and the mean length of that step."""
-
-    d0: FloatArray
-    mu_pf: FloatArray
-    r_mean: FloatArray
-    r_var: FloatArray
-    d_biased: FloatArray
-    cap: float
-
-
-def _arrival_step(
-    a_n: FloatArray,
-    b_n: FloatArray,
-    cp_n: FloatArray,
-    n0: FloatArray,
-    lam: float,
-    cap: float,
-) -> _ArrivalStep:
-    tax = np.maximum(1.0 - lam * cp_n, 1e-6)
-    d0 = a_n + b_n * n0
-    # arrivals in the previous step, prefilled in the arrival step: at most what the token
-    # budget takes (``cap``; a burst faster than prefill can go leaves the rest waiting)
-    mu_pf = np.minimum(lam * d0 / tax, cap)
-    ed = d0 + cp_n * mu_pf
-    ed2 = ed**2 + cp_n**2 * mu_pf
-    ea2 = mu_pf + mu_pf**2
-    ea3 = mu_pf**3 + 3 * mu_pf**2 + mu_pf
-    ed3 = d0**3 + 3 * d0**2 * cp_n * mu_pf + 3 * d0 * cp_n**2 * ea2 + cp_n**3 * ea3
-    busy = (n0 > 0).astype(np.float64)
-    r_mean = busy * ed2 / (2 * ed)
-    r_var = busy * np.maximum(ed3 / (3 * ed) - (ed2 / (2 * ed)) ** 2, 0.0)
-    return _ArrivalStep(d0, mu_pf, r_mean, r_var, busy * ed2 / ed, cap)
 
 
 # ---------------------------------------------------------------- 4. its life
@@ -305,19 +202,21 @@ class _Cells:
 
 
 def _lives(
-    seen: _Seen,
+    seen: Seen,
     view: ArrivalView,
     wins: list[_SBins],
     work: RequestWork,
     smooth: Tabulated,
     lines: LocalLines,
-    step: _ArrivalStep,
+    step: ArrivalStep,
     P: int,
     nmax: int,
     q_full: float,
+    cv2: float = 0.0,
 ) -> _Cells:
     """Every (g, n0, s) cell's life, solved on the curve in one pass (two with states: the
-    rate over a life depends on its length), all cells at once."""
+    rate over a life depends on its length), all cells at once; ``cv2``: the squared CV of a
+    prefill's cost."""
     nb = seen.n0.shape[0]
     rows = np.arange(nb)
     shapes = [(nb, b.win.si.shape[0]) for b in wins]
@@ -359,9 +258,9 @@ def _lives(
     #   than below, so its self-excitation stays well inside 1 (checked: else the curve's root
     #   is kept).
     a_sm, b_sm, cp_sm = (x[row] for x in smooth(seen.n0))
-    top = linear_life(lam, N0, v0, a_sm, b_sm, cp_sm, win, cvar)
+    top = linear_life(lam, N0, v0, a_sm, b_sm, cp_sm, win, cvar, cv2)
     bl = life.b * (1.0 - life.capped)  # a full batch is refilled from the queue
-    var_c, var_dc = life_spread(lam, N0, v0, bl, life.cp, life.den, life.tbar, win, cvar)
+    var_c, var_dc = life_spread(lam, N0, v0, bl, life.cp, life.den, life.tbar, win, cvar, cv2)
     use = (N0 > life.batch) & (life.capped == 0) & (top.den > _DEN_FLOOR)
     use &= top.others <= nmax - 1
     t_dec = np.where(use, top.t_dec, life.t_dec)
@@ -375,7 +274,7 @@ def _lives(
     pf_n = np.minimum(seen.lam * step.d_biased, step.cap)[row]
     t_pf = P * a + cp + b * N0 * win.c_pf + cp * pf_n
     mean = step.r_mean[row] + t_dec + t_pf
-    var = step.r_var[row] + var_life + cp**2 * pf_n
+    var = step.r_var[row] + var_life + cp**2 * (1.0 + cv2) * pf_n
     if view.batch > 1.0:
         # batch-mates: as many ahead as behind, all prefilled in the tagged's step; those
         # behind then decode beside it (those ahead are among the others it found)
@@ -385,7 +284,7 @@ def _lives(
         t_pf = t_pf + 2.0 * ey * cp
         t_dec = t_dec + ey * per
         mean = mean + 2.0 * ey * cp + ey * per
-        var = var + 2.0 * vy * cp**2 + vy * per**2
+        var = var + 2.0 * vy * cp**2 * (1.0 + cv2) + vy * per**2
         var_dec = var_dec + vy * per**2
     # within-bin spread of s: each extra step costs about one step time
     var = var + tbar**2 * s_v
@@ -432,19 +331,20 @@ class _Full:
     t_pf_full: float
     cp_t: float
     nu: float
+    cp2_t: float  # second moment of a prefill's cost
 
 
-def _full(lines: LocalLines, work: RequestWork, P: int, nmax: int) -> _Full:
+def _full(lines: LocalLines, work: RequestWork, P: int, nmax: int, cv2: float = 0.0) -> _Full:
     a_t, b_t, cp_t = (float(v[0]) for v in lines(np.array([float(nmax - 1)])))
     nu = work.mean_steps + P + 0.5
     # a full batch admits as many per step as it completes: nmax / nu prefills per step
     t_full = (a_t + b_t * nmax) + cp_t * nmax / nu
     t_pf_full = P * (a_t + b_t * nmax) + cp_t * (1 + nmax / nu)
-    return _Full(t_full, nmax / (nu * t_full), t_pf_full, cp_t, nu)
+    return _Full(t_full, nmax / (nu * t_full), t_pf_full, cp_t, nu, cp_t**2 * (1.0 + cv2))
 
 
 def _waits(
-    seen: _Seen,
+    seen: Seen,
     full: _Full,
     work: RequestWork,
     wins: list[_SBins],
@@ -466,119 +366,20 @@ def _waits(
         ww = seen.share * pg * seen.wj[:, None] * s_w[None, :]
         ell = win.ell[None, :]
         life = ell * full.t_full
-        lvar = ell * full.cp_t**2 * nmax / full.nu + tbar_full**2 * s_v[None, :]
+        lvar = ell * full.cp2_t * nmax / full.nu + tbar_full**2 * s_v[None, :]
         r = full.t_full
         e2e.append(_Components(ww, wait_mean[:, None] + r / 2 + life,
                                np.sqrt(wait_var[:, None] + r * r / 12 + lvar), mu))  # fmt: skip
         if g > 1:
             si = win.si[None, :]
             tm = si * full.t_full / (g - 1)
-            tv = (si * full.cp_t**2 * nmax / full.nu + tbar_full**2 * s_v[None, :]) / (g - 1) ** 2
+            tv = (si * full.cp2_t * nmax / full.nu + tbar_full**2 * s_v[None, :]) / (g - 1) ** 2
             tpot.append(_Components(ww, tm, np.sqrt(tv)))
     w_t = seen.share * seen.wj
     r = full.t_full
     ttft = _Components(w_t, wait_mean + r / 2 + full.t_pf_full, np.sqrt(wait_var + r * r / 12), mu)
     mean_wait = float((seen.wj * (wait_mean + 1.0 / mu)).sum())
     return e2e, tpot, ttft, mean_wait
-
-
-# ---------------------------------------------------------------- 6. TTFT of free arrivals
-
-
-def _clumps(arrivals: FloatArray, batch: float) -> FloatArray:
-    """``P(total = a)``, ``a = 0..A_MAX``, of Poisson many geometric clumps (mean size ``batch``)
-    with ``arrivals`` requests on average (one row per entry): the compound recursion (Panjer),
-    ``f(0) = exp(-L)``, ``f(a) = L / a sum_k k g(k) f(a - k)`` with ``L = arrivals / batch``."""
-    A = np.arange(A_MAX + 1, dtype=np.float64)
-    p = 1.0 / batch
-    lam_b = np.asarray(arrivals, dtype=np.float64) / batch
-    gk = p * (1.0 - p) ** (A[1:] - 1.0)  # P(size = k), k = 1..A_MAX
-    f = np.zeros((*lam_b.shape, A_MAX + 1))
-    f[..., 0] = np.exp(-lam_b)
-    for a in range(1, A_MAX + 1):
-        k = np.arange(1, a + 1)
-        f[..., a] = lam_b / a * (f[..., a - k] * (k * gk[k - 1])).sum(axis=-1)
-    return f
-
-
-def _others_in_prefill_step(arrivals: FloatArray, view: ArrivalView) -> FloatArray:
-    """``P(A' = a)``, ``a = 0..A_MAX``, of the others prefilled in the tagged's step, given the
-    mean arrivals during the step it arrived in (one value per entry of ``arrivals``): Poisson;
-    with batches, the tagged's batch-mates (ahead and behind: ``NB(2, p)``) plus the other
-    batches of the step (Poisson many, geometric sizes: Polya-Aeppli), by convolution."""
-    A = np.arange(A_MAX + 1, dtype=np.float64)
-    if view.batch <= 1.0:
-        return poisson_pmf(A, arrivals[..., None])
-    size = A_MAX + 1
-    p = 1.0 / view.batch
-    f = _clumps(arrivals, view.batch)
-    # the tagged's batch-mates: the size-biased batch less the tagged, NB(2, p) on 0, 1, ...
-    nb = (A + 1.0) * p * p * (1.0 - p) ** A
-    out = np.zeros_like(f)
-    for j in range(size):
-        out[..., j:] += nb[j] * f[..., : size - j]
-    return out
-
-
-def _ttft(
-    seen: _Seen,
-    view: ArrivalView,
-    step: _ArrivalStep,
-    steps: LocalSteps | None,
-    cp_n: FloatArray,
-    pf_mean: FloatArray,
-    c1p: float,
-    P: int,
-) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """TTFT of free arrivals: a mixture of uniforms (w, lo, ln).
-
-    For each busy n0 bin the arrival step carries ``A`` prefills and is picked length-biased,
-    the tagged waits a uniform part of it, and its own prefill step carries the ``A'`` other
-    prefills that arrived during it (Poisson). With the step table (one chunk per prompt) the
-    law of ``A`` is the chunk chain's at that batch, both steps are priced by the cost model
-    itself (a step of several chunks turns compute-bound) and the own chunk's length follows
-    the prompt-length law; else ``A`` is Poisson and the steps are linear in it. An arrival at
-    an idle engine has a prefill-only step.
-    """
-    A = np.arange(A_MAX + 1, dtype=np.float64)
-    idle = seen.n0 == 0
-    busy = ~idle
-    exact = steps is not None and P == 1
-    if exact:
-        assert steps is not None
-        r = steps.rows(seen.n0[busy])
-        pq = steps.pq[r, : A_MAX + 1]
-        if view.batch > 1.0:
-            # the chunk chain assumes Poisson arrivals: in clumps, the arrival step carries
-            # the clumps of the step before it
-            pq = _clumps(step.mu_pf[busy], view.batch)
-        pa = pq / pq.sum(axis=1, keepdims=True)
-        dur = steps.mixed[r, : A_MAX + 1]
-        pw, sh, sh0 = steps.prompt_w, steps.prompt_shift[r], steps.prompt_shift[0]
-    else:
-        cpb = cp_n[busy][:, None]
-        pa = poisson_pmf(A[None, :], step.mu_pf[busy][:, None])
-        dur = step.d0[busy][:, None] + cpb * A[None, :]
-        pw, sh, sh0 = np.ones(1), np.zeros((int(busy.sum()), 1)), np.zeros(1)
-    wb = pa * dur
-    wb /= wb.sum(axis=1, keepdims=True)
-    pa2 = _others_in_prefill_step(seen.lam * dur, view)
-    if exact:
-        assert steps is not None
-        lo3 = np.broadcast_to(steps.mixed[r, 1 : A_MAX + 2][:, None, :], pa2.shape)
-    else:
-        # the prefill step beyond the other prefills: the life model's prefill window
-        pf_base = pf_mean[busy] - cp_n[busy] * seen.lam * (wb * dur).sum(axis=1)
-        lo3 = pf_base[:, None, None] + cpb[:, :, None] * A[None, None, :]
-    w4 = (wb[:, :, None] * pa2 * seen.w0[busy][:, None, None])[..., None] * pw
-    keep = w4 > 1e-13 * float(seen.w0.sum())
-    lo4 = np.broadcast_to(lo3[..., None] + sh[:, None, None, :], w4.shape)[keep]
-    ln4 = np.broadcast_to(dur[:, :, None, None], w4.shape)[keep]
-    n_idle = int(idle.sum())
-    w = seen.share * np.concatenate(((seen.w0[idle][:, None] * pw).ravel(), w4[keep]))
-    lo = np.concatenate((np.broadcast_to(c1p + sh0, (n_idle, pw.shape[0])).ravel(), lo4))
-    ln = np.concatenate((np.zeros(n_idle * pw.shape[0]), ln4))
-    return w, lo, ln
 
 
 # ---------------------------------------------------------------- 7. assembly
@@ -641,7 +442,9 @@ def latency_distribution(
     disp = float(((n_all - n_mean) ** 2) @ pn) / n_mean if n_mean > 0 else 1.0
     # the others the law reaches (its support), at most n_max - 1 beside the tagged
     smooth = smoothed(lines, float(min(nmax - 1, pn.shape[0] - 1)), disp)
-    full = _full(lines, work, P, nmax)
+    # a prefill's cost spread by the prompt-length law (squared CV)
+    cv2 = steps[0].chunk_cv2 if steps else 0.0
+    full = _full(lines, work, P, nmax, cv2)
     q_full = nmax / full.nu
     g_e2e: list[_Components] = []
     g_tpot: list[_Components] = []
@@ -649,11 +452,11 @@ def latency_distribution(
     u_ttft: list[tuple[FloatArray, FloatArray, FloatArray]] = []
     p_wait = mean_wait = 0.0
     for state in range(nstates):
-        seen = _seen(law, arrivals, state, nmax, n0_bins)
+        seen = seen_by_arrivals(law, arrivals, state, nmax, n0_bins)
         a_n, b_n, cp_n = lines(seen.n0)
         cap = steps[state].chunk_cap if steps else math.inf
-        step = _arrival_step(a_n, b_n, cp_n, seen.n0, seen.lam, cap)
-        c = _lives(seen, arrivals, wins, work, smooth, lines, step, P, nmax, q_full)
+        step = arrival_step(a_n, b_n, cp_n, seen.n0, seen.lam, cap, cv2)
+        c = _lives(seen, arrivals, wins, work, smooth, lines, step, P, nmax, q_full, cv2)
         g_e2e.append(_Components(c.w, c.mean, np.sqrt(np.maximum(c.var, 0.0))))
         pf_mean = np.asarray(
             np.bincount(c.row, weights=c.t_pf, minlength=seen.n0.shape[0]), dtype=np.float64
@@ -672,7 +475,7 @@ def latency_distribution(
             p_wait += seen.share * seen.p_wait
             mean_wait += seen.share * mw
         steps_i = steps[state] if steps else None
-        u_ttft.append(_ttft(seen, arrivals, step, steps_i, cp_n, pf_mean, co.c1p, P))
+        u_ttft.append(ttft_components(seen, arrivals, step, steps_i, cp_n, pf_mean, co.c1p, P))
     out: dict[str, float] = {"e2e_mean": sum(c.mean for c in g_e2e)}
     laws: dict[str, LatencyLaw] = {}
     e2e = _pool(g_e2e)

@@ -10,7 +10,14 @@ at what is still needed) is kept, not approximated.
 
 from __future__ import annotations
 
-__all__ = ["RequestWork", "discretize_length", "request_work"]
+__all__ = [
+    "RequestWork",
+    "bin_equal_mass",
+    "bin_equal_mass_rows",
+    "bin_moments",
+    "discretize_length",
+    "request_work",
+]
 
 import math
 from dataclasses import dataclass, field
@@ -56,21 +63,57 @@ def _mass_edges(nbins: int) -> npt.NDArray[np.float64]:
     return np.concatenate((np.linspace(0.0, 0.95, bulk)[1:], _TAIL_EDGES, [1.0]))
 
 
-def _bin_equal_mass(
+def bin_equal_mass(
     values: npt.NDArray[np.float64], probs: npt.NDArray[np.float64], nbins: int
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Group a sorted discrete law into bins of equal probability up to 95% and finer ones in
-    the upper tail (:data:`_TAIL_EDGES`), each represented by its mass-weighted mean."""
+    """Group a discrete law, sorted by value, into ``nbins`` bins of equal probability up to
+    95% and finer ones in the upper tail (:data:`_TAIL_EDGES`: ten bins above 95%), each
+    represented by its mass-weighted mean; returns (means, probabilities) of the bins that
+    hold mass."""
     if values.shape[0] <= nbins:
         return values, probs
-    cum = np.cumsum(probs)
+    m, w = bin_equal_mass_rows(values[None, :], probs[None, :], nbins)
+    keep = w[0] > 0
+    return m[0][keep], w[0][keep]
+
+
+def bin_equal_mass_rows(
+    values: npt.NDArray[np.float64], probs: npt.NDArray[np.float64], nbins: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """:func:`bin_equal_mass` of every row of ``[rows, points]`` arrays at once, each row
+    sorted by value; returns ``[rows, nbins]`` means and probabilities (empty bins: zeros)."""
+    rows = values.shape[0]
+    cum = np.cumsum(probs, axis=1)
     # bin of each value: the first edge its cumulative mass (mid-point of its own mass) is below
-    mid = (cum - 0.5 * probs) / cum[-1]
+    tot = np.where(cum[:, -1:] > 0, cum[:, -1:], 1.0)
+    mid = (cum - 0.5 * probs) / tot
     idx = np.minimum(np.searchsorted(_mass_edges(nbins), mid, side="right"), nbins - 1)
-    w = np.bincount(idx, weights=probs, minlength=nbins).astype(np.float64)
-    m = np.bincount(idx, weights=probs * values, minlength=nbins).astype(np.float64)
-    keep = w > 0
-    return m[keep] / w[keep], w[keep]
+    flat = (idx + nbins * np.arange(rows)[:, None]).ravel()
+    w = np.bincount(flat, weights=probs.ravel(), minlength=rows * nbins).reshape(rows, nbins)
+    wv = np.bincount(flat, weights=(probs * values).ravel(), minlength=rows * nbins)
+    wv = wv.reshape(rows, nbins)
+    means = np.where(w > 0, wv / np.where(w > 0, w, 1.0), 0.0).astype(np.float64)
+    return means, w.astype(np.float64)
+
+
+def bin_moments(
+    values: npt.NDArray[np.float64], probs: npt.NDArray[np.float64], nbins: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Equal-mass bins of a discrete law (values in order): ``(mean, weight, within-bin
+    variance)`` per bin that holds mass."""
+    keep = probs > 1e-14
+    v, p = values[keep], probs[keep]
+    if v.shape[0] <= nbins:
+        return v, p, np.zeros_like(v)
+    cum = np.cumsum(p)
+    idx = np.minimum((cum / cum[-1] * nbins).astype(np.int64), nbins - 1)
+    w = np.bincount(idx, weights=p, minlength=nbins).astype(np.float64)
+    m1 = np.bincount(idx, weights=p * v, minlength=nbins).astype(np.float64)
+    m2 = np.bincount(idx, weights=p * v * v, minlength=nbins).astype(np.float64)
+    ok = w > 0
+    mean = m1[ok] / w[ok]
+    var = np.maximum(m2[ok] / w[ok] - mean**2, 0.0)
+    return mean, w[ok], var
 
 
 def discretize_length(
@@ -125,7 +168,7 @@ def discretize_length(
         v, p = v[keep], p[keep] / p[keep].sum()
     else:  # pragma: no cover - the scenario union is closed
         raise TypeError(f"unknown length law {spec!r}")
-    vb, pb = _bin_equal_mass(v, p, nbins)
+    vb, pb = bin_equal_mass(v, p, nbins)
     return np.maximum(np.rint(vb), 1).astype(np.int64), pb / pb.sum()
 
 
