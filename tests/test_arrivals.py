@@ -133,3 +133,32 @@ def test_predict_warns_on_arrivals_it_cannot_model(capsys: pytest.CaptureFixture
     assert hot.outside_model is not None
     assert "bursts exceed the saturation rate" in hot.outside_model
     assert math.isfinite(hot.summary["e2e_p99"])
+
+
+def test_predict_names_its_known_tail_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    # inside the model but with a measured tail error beyond validation's tolerances: predict
+    # says so (caveats, JSON and console), validate repeats it; none where the model holds
+    from sdsim.cli import main
+
+    chat = sdsim.load_scenario(ROOT / "scenarios/capacity-70b-chat.yaml")
+    p = sdsim.predict(chat.with_overrides({"server.replicas": 1, "workload.rate": 7.2}), rates=[])
+    assert p.outside_model is None
+    assert len(p.caveats) == 1 and "prompts of random length" in p.caveats[0]
+    assert p.to_dict()["caveats"] == p.caveats
+    # the same load with fixed prompts, and light load: no caveat
+    fixed = chat.with_overrides(
+        {"server.replicas": 1, "workload.rate": 7.2, "workload.prompt_tokens": 1024}
+    )
+    assert sdsim.predict(fixed, rates=[]).caveats == []
+    assert sdsim.predict(chat.with_overrides({"workload.rate": 3.0}), rates=[]).caveats == []
+    # admission waits decide the TTFT tail
+    cap = sdsim.load_scenario(
+        ROOT / "scenarios/default.yaml", {"costs.source": "linear", "server.max_num_seqs": 32}
+    )
+    sat = sdsim.predict(cap, rates=[], quantiles=False).saturation_rate
+    q = sdsim.predict(cap.with_overrides({"workload.rate": 0.85 * sat}), rates=[])
+    assert any("wait for a slot" in c for c in q.caveats)
+    assert sdsim.predict(cap.with_overrides({"workload.rate": 0.4 * sat}), rates=[]).caveats == []
+    main(["predict", str(ROOT / "scenarios/capacity-70b-chat.yaml"),
+          "--set", "server.replicas=1", "--set", "workload.rate=7.2"])  # fmt: skip
+    assert "caveat:" in capsys.readouterr().err

@@ -32,6 +32,7 @@ __all__ = [
     "Prediction",
     "adaptive_k",
     "capacity",
+    "caveats",
     "gps_law",
     "limiting_resource",
     "mean_e2e_gps",
@@ -133,6 +134,9 @@ class Prediction:
         with the batch at the cap: the GPU itself, or prefill filling it).
     outside_model
         Why this prediction is outside what the model covers (``None`` when it is inside).
+    caveats
+        Inside the model, but where its tails are known to err by more than the validation
+        tolerances: the statistic, the measured error and why (:func:`caveats`).
     latency_laws
         The tail model's laws of ``e2e``, ``ttft`` and ``tpot`` (exact ``cdf`` and
         ``quantiles``; empty when quantiles were not computed or the point is unstable).
@@ -153,6 +157,7 @@ class Prediction:
     saturation_limit: str = "GPU"
     outside_model: str | None = None
     latency_laws: dict[str, LatencyLaw] = field(default_factory=dict, repr=False)
+    caveats: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (what `sdsim predict --json` prints)."""
@@ -173,6 +178,7 @@ class Prediction:
             "kv_saturation_rate": self.kv_saturation_rate,
             "saturation_limit": self.saturation_limit,
             "outside_model": self.outside_model,
+            "caveats": self.caveats,
         }
 
 
@@ -231,6 +237,49 @@ def _arrivals_outside(view: ArrivalView, saturation: float) -> str | None:
             "size (e2e p99 15-30% low and TTFT more at CV 3, measured)"
         )
     return None
+
+
+# Above this squared CV of a prefill chunk's cost (prompts of random length) and this share of
+# the saturation rate, the TTFT and TPOT tails carry a measured error (see :func:`caveats`).
+CHUNK_CV2_CAVEAT = 0.25
+CAVEAT_LOAD = 0.5
+# P(an arrival waits for a slot) above which the TTFT tail is decided by admission waits.
+P_WAIT_CAVEAT = 0.002
+
+
+def caveats(chunk_cv2: float, load: float, p_wait: float) -> list[str]:
+    """Where a prediction inside the model still errs by more than validation's tolerances on a
+    tail, measured with long steady-state runs (notes/analytic.md, 3 seeds x 100,000 requests).
+
+    Parameters
+    ----------
+    chunk_cv2
+        Squared CV of a prefill chunk's cost over the prompt-length law.
+    load
+        Rate over the GPU saturation rate.
+    p_wait
+        Probability that an arrival waits for admission.
+
+    Returns
+    -------
+    list of str
+        One sentence per caveat (empty when none applies).
+    """
+    out: list[str] = []
+    if chunk_cv2 > CHUNK_CV2_CAVEAT and load >= CAVEAT_LOAD:
+        out.append(
+            f"prompts of random length (a prefill's cost has CV {math.sqrt(chunk_cv2):.2f}): "
+            "TTFT p99 and TPOT p99 may be low, by up to 17% and 20% measured at 50-90% load "
+            "(a step that carries a long prompt is a heavy-tailed delay the model's normal "
+            "and binned laws only partly follow; worst with long prompts on large models)"
+        )
+    if p_wait > P_WAIT_CAVEAT:
+        out.append(
+            f"{p_wait:.1%} of arrivals wait for a slot (max_num_seqs or the token budget): the "
+            "TTFT tail is set by admission waits, which the model gets only roughly (TTFT p99 "
+            "-40% to +50% measured with max_num_seqs 32 at 70-85% load; e2e p99 up to +13%)"
+        )
+    return out
 
 
 def capacity(co: Coefficients) -> float:
@@ -646,6 +695,9 @@ def _predict(
         saturation_limit=limiting_resource(op.curve, op.work, gpu_sat / reps, kv_sat / reps),
         outside_model=outside,
         latency_laws=laws,
+        caveats=caveats(op.curve.chunk_cost_cv2, lam * reps / gpu_sat, p_wait)
+        if stable and outside is None
+        else [],
     )
 
 

@@ -104,7 +104,8 @@ class ValidationReport:
     verdicts
         One row per rate: ``rate, fraction, verdict`` (``holds`` / ``breaks`` /
         :data:`TOO_WIDE`), ``holds``, ``failing``, ``undecided``, ``reason``, ``p_wait``,
-        ``p_kv_full``, ``outside_model``, ``sim_stable``, ``requests``, ``target_met``.
+        ``p_kv_full``, ``outside_model``, ``caveats`` (``predict``'s known errors there,
+        ``"; "``-joined), ``sim_stable``, ``requests``, ``target_met``.
     saturation_rate
         Predicted saturation rate (req/s).
     scenario
@@ -123,6 +124,7 @@ def _reason(pred: Prediction, frac: float, bad: list[tuple[str, str, float]], st
     why: list[str] = []
     if pred.outside_model:
         why.append(f"outside the model: {pred.outside_model}")
+    why += [f"known model error: {c}" for c in pred.caveats]
     pkv = float(pred.summary.get("p_kv_full", 0.0))
     if pkv > 0.01 and not pred.outside_model:
         why.append(
@@ -238,6 +240,7 @@ def _rows(
         "p_wait": float(pred.summary.get("p_wait", math.nan)),
         "p_kv_full": float(pred.summary.get("p_kv_full", 0.0)),
         "outside_model": pred.outside_model or "",
+        "caveats": "; ".join(pred.caveats),
         "sim_stable": st.stable,
         "requests": st.requests,
         "target_met": st.target_met,

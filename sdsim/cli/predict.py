@@ -184,6 +184,7 @@ def predict(
             s = q.summary
             if q.outside_model:
                 outside.append(f"* {fmt(r)} req/s is outside the model: {q.outside_model}")
+            outside += [f"{fmt(r)} req/s, caveat: {c}" for c in q.caveats]
             rows.append(
                 [
                     fmt(r) + (" *" if q.outside_model else ""),
@@ -223,6 +224,8 @@ def predict(
         )
     elif p.outside_model:
         err.print(f"[yellow]warning:[/] outside the model: {p.outside_model}")
+    for c in p.caveats:
+        err.print(f"[yellow]caveat:[/] {c}")
 
 
 def advise(
@@ -388,6 +391,9 @@ def _print_validation(rep: Any, scn: Scenario) -> None:
             notes.append(f"{fmt(v['rate'])} req/s: {TOO_WIDE}: {v['undecided']}")
         elif v["verdict"] != "holds":
             notes.append(f"{fmt(v['rate'])} req/s: {v['reason']} ({v['failing']})")
+        if v["verdict"] != "breaks" and v.get("caveats"):
+            # holds here, but predict knows of a larger error nearby: say so
+            notes.append(f"{fmt(v['rate'])} req/s: caveat (predict): {v['caveats']}")
         rows.append([fmt(v["rate"]), v["fraction"], int(v["requests"]), *cells, verdict])
     render_table(
         f"{rep.scenario}: analytic vs simulated at steady state (saturation "
