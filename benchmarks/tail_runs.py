@@ -34,7 +34,6 @@ from sdsim.analytic.operating import operating_point
 from sdsim.analytic.prediction import predict
 from sdsim.scenario import Scenario, load_scenario
 from sdsim.simulation import simulate
-from sdsim.steadystate import METRICS, mser_truncation, run_estimates
 
 STATS = ("e2e_mean", "e2e_p99", "ttft_mean", "ttft_p99", "tpot_p99")
 
@@ -60,6 +59,8 @@ def _law_stats(pmf: np.ndarray) -> tuple[float, float, float]:
 
 def one_point(scn: Scenario, seeds: list[int], n: int) -> dict[str, Any]:
     """Simulate ``scn`` once per seed (``n`` requests), cut, pool; model beside it."""
+    from sdsim.steadystate import METRICS, mser_truncation, run_estimates
+
     t0 = time.process_time()
     series: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}
     found: list[np.ndarray] = []

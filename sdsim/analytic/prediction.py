@@ -276,8 +276,8 @@ def caveats(chunk_cv2: float, load: float, p_wait: float) -> list[str]:
     if p_wait > P_WAIT_CAVEAT:
         out.append(
             f"{p_wait:.1%} of arrivals wait for a slot (max_num_seqs or the token budget): the "
-            "TTFT tail is set by admission waits, which the model gets only roughly (TTFT p99 "
-            "-40% to +50% measured with max_num_seqs 32 at 70-85% load; e2e p99 up to +13%)"
+            "TTFT tail is set by admission waits, which the model gets only roughly (measured "
+            "with max_num_seqs 32: TTFT p99 -35% at 70% load, +54% at 85%; e2e p99 +14%)"
         )
     return out
 
