@@ -32,8 +32,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 import pandas as pd
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 import sdsim
 from sdsim.analytic.validation import plot_error_map, reports_from_csv
