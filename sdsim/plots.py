@@ -50,7 +50,8 @@ from sdsim.labels import (
     time_unit,
 )
 from sdsim.provenance import png_metadata, provenance, sidecar
-from sdsim.sweep import load_sweep_dir, speedup_table, summarize_runs
+from sdsim.sweep_store import load_sweep_dir
+from sdsim.sweep_summary import speedup_table, summarize_runs
 
 _TIME_SUFFIXES = (("ms", 1e-3), ("us", 1e-6), ("µs", 1e-6), ("s", 1.0))
 

@@ -35,19 +35,13 @@ __all__ = [
     "SweepSpec",
     "derive_seed",
     "execute_run",
+    "finish_sweep",
     "load_sweep",
-    "load_sweep_dir",
-    "open_executor",
     "plan_sweep",
-    "read_runs",
+    "resume_state",
     "run_sweep",
-    "run_tasks",
-    "speedup_table",
-    "summarize_runs",
 ]
 
-import concurrent.futures as cf
-import contextlib
 import hashlib
 import itertools
 import json
@@ -56,7 +50,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -65,7 +59,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sdsim._version import __version__
 from sdsim.costs.build import build_cost_model
 from sdsim.errors import ScenarioError, format_validation_error
-from sdsim.inputs import load_json, load_yaml
+from sdsim.executors import run_tasks
+from sdsim.inputs import load_yaml
 from sdsim.metrics import SUMMARY_KEYS
 from sdsim.outputs import DirectoryLock, atomic_write, atomic_write_text, resolve_output
 from sdsim.provenance import provenance, sidecar_path
@@ -73,7 +68,20 @@ from sdsim.scenario import Scenario, load_scenario, scenario_from_dict, scenario
 from sdsim.simulation import simulate
 from sdsim.slo import SLO_KEYS, slo_bounds
 from sdsim.steadystate import run_columns
-from sdsim.sweepstats import canonical, column_value, speedup_table, summarize_runs
+from sdsim.sweep_store import (
+    LOCK_FILE,
+    META_FILE,
+    RESULTS_DIR,
+    canonical_json,
+    column_value,
+    pyarrow_modules,
+    read_result,
+    runs_frame,
+    stamped,
+    write_row,
+    write_sidecar,
+)
+from sdsim.sweep_summary import summarize_runs
 
 # Summary scalars a sweep may keep: the DESIGN.md keys plus the simulator's diagnostics.
 KNOWN_METRICS: tuple[str, ...] = (
@@ -102,13 +110,6 @@ DEFAULT_METRICS: tuple[str, ...] = (
     "stable",
 )
 
-# Columns every run row has besides the swept fields and the metrics.
-RUN_COLUMNS = ("run_key", "point", "point_key", "replication", "scenario_hash", "seed", "error")
-RESULTS_DIR = "results"
-T = TypeVar("T")  # a task of run_tasks
-R = TypeVar("R")  # its result
-META_FILE = "sweep.json"
-LOCK_FILE = ".sweep.lock"
 
 
 class SweepSpec(BaseModel):
@@ -344,13 +345,13 @@ def derive_seed(base_seed: int, scenario_name: str, point: dict[str, Any], repli
         A seed in [0, 2**63), from ``numpy.random.SeedSequence(base_seed, spawn_key=(hash words of
         the canonical JSON of name and point..., replication))``.
     """
-    words = _hash_words(canonical({"scenario": scenario_name, "point": point}))
+    words = _hash_words(canonical_json({"scenario": scenario_name, "point": point}))
     ss = np.random.SeedSequence(int(base_seed), spawn_key=(*words, int(replication)))
     return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def _json_safe(v: Any) -> Any:
-    return json.loads(canonical(v))
+    return json.loads(canonical_json(v))
 
 
 def _points(spec: SweepSpec) -> Iterator[dict[str, Any]]:
@@ -425,12 +426,12 @@ def plan_sweep(
         try:
             scn = load_scenario(base, {**fixed, **ov})
         except ScenarioError as exc:
-            shown = canonical(ov)
+            shown = canonical_json(ov)
             shown = shown if len(shown) <= 120 else shown[:117] + "..."
             raise ScenarioError(exc.field, f"{exc.message} (sweep point {i}: {shown})") from None
         _check_costs(scn, i, ov, checked_costs)
         h = scenario_hash(scn)
-        key = hashlib.sha256(canonical(ov).encode()).hexdigest()[:16]
+        key = hashlib.sha256(canonical_json(ov).encode()).hexdigest()[:16]
         points.append(Point(index=i, overrides=ov, key=key, scenario=scn, scenario_hash=h))
         seed_point = {k: v for k, v in ov.items() if k not in spec.common_random_numbers}
         data = scn.to_dict()
@@ -464,14 +465,14 @@ def _check_costs(scn: Scenario, i: int, ov: dict[str, Any], checked: set[str]) -
     """Build each distinct step-cost model of the sweep once, before any run, so that a missing or
     malformed profile bundle is bad input (exit 2) instead of every run failing."""
     data = scn.to_dict()
-    key = canonical({f: data[f] for f in ("hardware", "target", "drafter", "costs", "spec")}
+    key = canonical_json({f: data[f] for f in ("hardware", "target", "drafter", "costs", "spec")}
                      | {"tp": scn.server.tp})  # fmt: skip
     if key in checked:
         return
     try:
         build_cost_model(scn)
     except ScenarioError as exc:
-        shown = canonical(ov)
+        shown = canonical_json(ov)
         shown = shown if len(shown) <= 120 else shown[:117] + "..."
         raise ScenarioError(exc.field, f"{exc.message} (sweep point {i}: {shown})") from None
     checked.add(key)
@@ -516,138 +517,6 @@ def execute_run(task: RunTask) -> dict[str, Any]:
     return row
 
 
-# --------------------------------------------------------------------------- storage
-
-
-def _pyarrow() -> Any:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:  # pragma: no cover - pyarrow is in the sweep and test extras
-        raise ScenarioError("sweep", "needs pyarrow: pip install 'sdsim[sweep]'") from None
-    return pa, pq
-
-
-# Parquet key-value metadata of a result file: its run key and the SHA-256 of its row, checked
-# on every read so that a truncated, edited or foreign file is never taken for a finished run.
-_KEY_META = b"sdsim.run_key"
-_SUM_META = b"sdsim.row_sha256"
-
-
-def _row_digest(row: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical(row).encode()).hexdigest()
-
-
-def _write_row(results: Path, row: dict[str, Any]) -> Path:
-    pa, pq = _pyarrow()
-    table = pa.Table.from_pylist([row])
-    # the digest of the row as it reads back (the types parquet keeps), so a re-read matches
-    meta = {_KEY_META: str(row["run_key"]).encode(), _SUM_META: _row_digest(table.to_pylist()[0])}
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
-    return atomic_write(results / f"{row['run_key']}.parquet", lambda p: pq.write_table(table, p))
-
-
-def _stamped(table: Any, seed: int | None) -> Any:
-    """A pyarrow table with the sdsim version and base seed in its schema metadata (``sdsim``)."""
-    stamp = json.dumps(provenance(seed, seeds="per run: column seed of results/*.parquet"))
-    return table.replace_schema_metadata({**(table.schema.metadata or {}), b"sdsim": stamp})
-
-
-def _sidecar(path: Path, seed: int | None, **extra: Any) -> None:
-    """Write the provenance record of ``path`` (:func:`sdsim.provenance.sidecar`) atomically."""
-    text = json.dumps(provenance(seed, file=path.name, **extra), indent=1) + "\n"
-    atomic_write_text(sidecar_path(path), text)
-
-
-def read_result(path: str | Path) -> dict[str, Any] | str:
-    """One result file: its row, or why it cannot be trusted.
-
-    Parameters
-    ----------
-    path
-        ``DIR/results/<run_key>.parquet``.
-
-    Returns
-    -------
-    dict or str
-        The row; or a one-line reason (unreadable, not one row, no or wrong checksum, a run key
-        that is not the file's name).
-    """
-    _, pq = _pyarrow()
-    p = Path(path)
-    try:
-        table = pq.read_table(p)
-        rows = table.to_pylist()
-    except Exception as exc:  # pyarrow raises several types for truncated or foreign bytes
-        return f"unreadable ({type(exc).__name__})"
-    meta = table.schema.metadata or {}
-    if len(rows) != 1:
-        return f"holds {len(rows)} rows, not 1"
-    row = rows[0]
-    if _SUM_META not in meta or _KEY_META not in meta:
-        return "no checksum"
-    if meta[_KEY_META].decode(errors="replace") != p.stem or row.get("run_key") != p.stem:
-        return "its run key is not its file name"
-    if meta[_SUM_META].decode(errors="replace") != _row_digest(row):
-        return "checksum mismatch (edited or damaged)"
-    missing = [c for c in RUN_COLUMNS if c not in row]
-    if missing:
-        return f"lacks columns {missing}"
-    return row
-
-
-def read_runs(out_dir: str | Path, damaged: list[tuple[Path, str]] | None = None) -> pd.DataFrame:
-    """Every trustworthy run row under ``DIR/results`` (one per point × replication), by point.
-
-    Rows of runs that a later, changed sweep no longer contains are included; filter on
-    ``run_key`` (``sweep.json`` lists the current ones) to drop them. Files that fail
-    :func:`read_result` are left out and, when ``damaged`` is given, appended to it with the
-    reason.
-    """
-    results = Path(out_dir) / RESULTS_DIR
-    rows: list[dict[str, Any]] = []
-    # a dot-file is the temporary of a writer killed mid-write (outputs.atomic_write), not a run
-    for f in sorted(f for f in results.glob("*.parquet") if not f.name.startswith(".")):
-        got = read_result(f)
-        if isinstance(got, str):
-            if damaged is not None:
-                damaged.append((f, got))
-            continue
-        rows.append(got)
-    return _runs_frame(rows)
-
-
-def _runs_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    if not rows:
-        return pd.DataFrame(columns=list(RUN_COLUMNS))
-    df = pd.DataFrame(rows)
-    return df.sort_values(["point", "replication", "run_key"], kind="stable").reset_index(drop=True)
-
-
-def load_sweep_dir(out_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
-    """The metadata (``sweep.json``) and the current runs of a sweep output directory.
-
-    Raises
-    ------
-    ScenarioError
-        When DIR holds no sweep.
-    """
-    d = Path(out_dir)
-    meta_path = d / META_FILE
-    if not meta_path.is_file():
-        raise ScenarioError(str(out_dir), f"not a sweep output directory (no {META_FILE})")
-    try:
-        meta = load_json(meta_path.read_text(), str(meta_path))
-    except (OSError, UnicodeDecodeError):
-        meta = None
-    if not isinstance(meta, dict) or not isinstance(meta.get("run_keys"), list):
-        raise ScenarioError(str(out_dir), f"{META_FILE} is damaged; re-run the sweep to rewrite it")
-    runs = read_runs(d)
-    if len(runs):
-        runs = runs[runs["run_key"].isin(set(meta["run_keys"]))].reset_index(drop=True)
-    return meta, runs
-
-
 # --------------------------------------------------------------------------- analytic
 
 
@@ -687,110 +556,6 @@ def analytic_table(plan: SweepPlan) -> pd.DataFrame:
                 row[f"{m}_analytic"] = math.nan
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-# --------------------------------------------------------------------------- executors
-
-
-@contextlib.contextmanager
-def open_executor(workers: int, dask: str | None) -> Iterator[tuple[cf.Executor, int]]:
-    """A concurrent.futures executor and how many tasks to keep in flight.
-
-    Parameters
-    ----------
-    workers
-        Local worker processes (spawned); with ``dask="local"`` the LocalCluster's workers.
-    dask
-        ``None`` (a local process pool), ``"local"`` (start a LocalCluster) or the address of a
-        running Dask scheduler.
-    """
-    if dask is None:
-        import multiprocessing
-
-        # spawn, not fork: workers start clean (no inherited threads or RNG state) on every OS.
-        ctx = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
-            yield ex, 2 * workers
-        return
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError:  # pragma: no cover - dask is in the sweep and test extras
-        raise ScenarioError(
-            "--dask", "needs dask.distributed: pip install 'sdsim[sweep]'"
-        ) from None
-    cluster = None
-    try:
-        if dask == "local":
-            cluster = LocalCluster(
-                n_workers=max(workers, 1),
-                threads_per_worker=1,  # the simulator is pure Python: processes, not threads
-                processes=True,
-                dashboard_address=None,
-            )
-            client = Client(cluster)
-        else:
-            try:
-                client = Client(dask, timeout=10)
-            except (OSError, TimeoutError) as exc:
-                raise ScenarioError("--dask", f"cannot connect to {dask}: {exc}") from None
-        try:
-            slots = max(1, sum(client.nthreads().values()))
-            ex = client.get_executor(pure=False)
-            try:
-                yield ex, 2 * slots
-            finally:
-                ex.shutdown(wait=False)
-        finally:
-            client.close()
-    finally:
-        if cluster is not None:
-            cluster.close()
-
-
-def run_tasks(
-    fn: Callable[[T], R], tasks: list[T], *, workers: int = 1, dask: str | None = None
-) -> Iterator[tuple[T, cf.Future[R]]]:
-    """Run ``fn`` over ``tasks`` on an executor, yielding each task with its finished future as
-    it completes (in completion order), at most the executor's window in flight.
-
-    ``workers == 1`` without ``dask`` runs them in this process, in order. Pending tasks are
-    cancelled when the caller stops early (an exception, KeyboardInterrupt).
-
-    Parameters
-    ----------
-    fn
-        A picklable top-level function.
-    tasks
-        Its arguments, one task each (picklable).
-    workers, dask
-        As for :func:`open_executor`.
-    """
-    if not tasks:
-        return
-    if workers == 1 and dask is None:
-        for task in tasks:
-            done: cf.Future[R] = cf.Future()
-            try:
-                done.set_result(fn(task))
-            except Exception as exc:
-                done.set_exception(exc)
-            yield task, done
-        return
-    with open_executor(workers, dask) as (ex, window):
-        pending: dict[cf.Future[R], T] = {}
-        queue = iter(tasks)
-        try:
-            while True:
-                for task in itertools.islice(queue, max(window - len(pending), 0)):
-                    pending[ex.submit(fn, task)] = task
-                if not pending:
-                    break
-                finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                for fut in finished:
-                    yield pending.pop(fut), fut
-        finally:
-            for fut in pending:
-                fut.cancel()
 
 
 def run_sweep(
@@ -842,9 +607,9 @@ def run_sweep(
 def resume_state(plan: SweepPlan, out: Path) -> tuple[set[str], list[tuple[str, str]]]:
     """Which of a plan's runs are finished on disk, after checking every result file there.
 
-    A result file is trusted when :func:`read_result` accepts it (one row, its checksum, its run
-    key) and its row is the plan's run (same point, scenario hash, seed, replication). Any other
-    file of a planned run is deleted, so that the run is redone.
+    A result file is trusted when :func:`~sdsim.sweep_store.read_result` accepts it (one row, its
+    checksum, its run key) and its row is the plan's run (same point, scenario hash, seed,
+    replication). Any other file of a planned run is deleted, so that the run is redone.
 
     Returns
     -------
@@ -892,7 +657,7 @@ def _run_locked(
 
     def record(row: dict[str, Any]) -> None:
         nonlocal done, failed
-        _write_row(results, row)
+        write_row(results, row)
         if row["error"] is None:
             done += 1
         else:
@@ -943,33 +708,34 @@ def finish_sweep(
 ) -> SweepResult:
     """Aggregate the plan's runs into ``summary.parquet``/``summary.csv`` (and failures.csv).
 
-    The summary is built from the plan's own result files, each checked by :func:`read_result`
-    (never from ``sweep.json`` read back, which describes whichever sweep wrote it last).
+    The summary is built from the plan's own result files, each checked by
+    :func:`~sdsim.sweep_store.read_result` (never from ``sweep.json`` read back, which describes
+    whichever sweep wrote it last).
     """
-    _, pq = _pyarrow()
+    _, pq = pyarrow_modules()
     meta = plan.meta()
     rows = [read_result(out / RESULTS_DIR / f"{t.run_key}.parquet") for t in plan.tasks]
-    runs = _runs_frame([r for r in rows if isinstance(r, dict)])
+    runs = runs_frame([r for r in rows if isinstance(r, dict)])
     analytic = analytic_table(plan) if with_analytic else None
     if analytic is not None:
         import pyarrow as pa
 
-        atable = _stamped(pa.Table.from_pandas(analytic, preserve_index=False), meta.get("seed"))
+        atable = stamped(pa.Table.from_pandas(analytic, preserve_index=False), meta.get("seed"))
         atomic_write(out / "analytic.parquet", lambda p: pq.write_table(atable, p))
     summary = summarize_runs(runs, meta, analytic)
     files = [out / "summary.parquet", out / "summary.csv"]
     import pyarrow as pa
 
-    table = _stamped(pa.Table.from_pandas(summary, preserve_index=False), meta.get("seed"))
+    table = stamped(pa.Table.from_pandas(summary, preserve_index=False), meta.get("seed"))
     atomic_write(files[0], lambda p: pq.write_table(table, p))
     atomic_write_text(files[1], summary.to_csv(index=False))
-    _sidecar(files[1], meta.get("seed"), sweep=plan.name, seeds="per run in results/*.parquet")
+    write_sidecar(files[1], meta.get("seed"), sweep=plan.name, seeds="per run in results/*.parquet")
     fail_path = out / "failures.csv"
     failures = runs[runs["error"].notna()] if len(runs) else runs
     if len(failures):
         cols = ["run_key", "point", "replication", "seed", *plan.fields, "error"]
         atomic_write_text(fail_path, failures[cols].to_csv(index=False))
-        _sidecar(fail_path, meta.get("seed"), sweep=plan.name, seeds="per run: column seed")
+        write_sidecar(fail_path, meta.get("seed"), sweep=plan.name, seeds="per run: column seed")
         files.append(fail_path)
     else:
         fail_path.unlink(missing_ok=True)

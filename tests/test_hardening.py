@@ -314,7 +314,7 @@ def test_10_second_sweep_into_a_locked_out_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from sdsim.outputs import DirectoryLock
-    from sdsim.sweep import LOCK_FILE
+    from sdsim.sweep_store import LOCK_FILE
 
     path = _sweep(tmp_path, {"spec.k": [0, 1]})
     out = tmp_path / "o"

@@ -19,16 +19,9 @@ import yaml
 
 from sdsim.errors import ScenarioError
 from sdsim.steadystate import pool_runs
-from sdsim.sweep import (
-    SweepSpec,
-    load_sweep,
-    load_sweep_dir,
-    plan_sweep,
-    read_runs,
-    run_sweep,
-    speedup_table,
-    summarize_runs,
-)
+from sdsim.sweep import SweepSpec, load_sweep, plan_sweep, run_sweep
+from sdsim.sweep_store import load_sweep_dir, read_runs
+from sdsim.sweep_summary import speedup_table, summarize_runs
 from tests.conftest import ROOT
 
 # A tiny base scenario: each run simulates in well under a second.

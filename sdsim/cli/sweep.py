@@ -16,7 +16,8 @@ from sdsim.cli.app import SetOpt, check_writable, err, fmt, out
 from sdsim.cli.tables import Column, render_table
 from sdsim.labels import METRICS, short_field, sig3, time_unit
 from sdsim.scenario import parse_set_options
-from sdsim.sweep import load_sweep, plan_sweep, read_runs, run_sweep
+from sdsim.sweep import load_sweep, plan_sweep, run_sweep
+from sdsim.sweep_store import read_runs
 
 
 class SweepBar:

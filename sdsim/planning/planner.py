@@ -37,13 +37,13 @@ from typing import Any
 import pandas as pd
 
 from sdsim.errors import ScenarioError
+from sdsim.executors import run_tasks
 from sdsim.planning.confirm import SimVerdict, config_key, simulate_configs
 from sdsim.planning.prices import DEFAULT_PRICES, cost_per_million_tokens, gpu_name
 from sdsim.planning.screen import ScreenTask, screen_chunk
 from sdsim.planning.space import REPLICAS, Group, SearchSpace
 from sdsim.scenario import Scenario
 from sdsim.slo import slo_bounds
-from sdsim.sweep import run_tasks
 
 OBJECTIVES = ("cost", "gpus")
 # groups per executor task: big enough that a task outweighs its dispatch, small enough to share
@@ -299,7 +299,7 @@ def plan(
     max_confirm
         Most groups simulated in all.
     workers, dask
-        Executor for the screen and the simulations (:func:`sdsim.sweep.open_executor`).
+        Executor for the screen and the simulations (:func:`sdsim.executors.open_executor`).
     out_dir
         Keeps the screen's chunks and the simulations (resumed when present).
     screen_progress, sim_progress

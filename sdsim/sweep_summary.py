@@ -1,4 +1,5 @@
-"""Sweep results aggregated: one row per point, with intervals that respect each metric's range.
+"""A sweep's runs summarised: one row per point, with intervals that respect each metric's
+range, and speedups over a baseline twin.
 
 :func:`summarize_runs` pools a point's replications (latency statistics from each run's
 steady-state estimate and its batch-means standard error, :mod:`sdsim.steadystate`; the
@@ -8,9 +9,8 @@ stable fraction with a Wilson interval; other metrics over the replications), an
 
 from __future__ import annotations
 
-__all__ = ["canonical", "column_value", "speedup_table", "summarize_runs"]
+__all__ = ["speedup_table", "summarize_runs"]
 
-import json
 import math
 from typing import Any
 
@@ -20,20 +20,7 @@ import pandas as pd
 from sdsim.errors import ScenarioError
 from sdsim.metrics import t_confidence_interval
 from sdsim.steadystate import log_t_interval, pool_runs, wilson_interval
-
-
-def canonical(obj: Any) -> str:
-    """Canonical JSON text of plain data (sorted keys, no spaces): what sweep keys hash."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def column_value(v: Any) -> Any:
-    """A value as one parquet column holds it: scalars as they are, lists and mappings (per-
-    position alpha, length laws) as their canonical JSON text."""
-    if v is None or isinstance(v, bool | int | float | str):
-        return v
-    return canonical(v)
-
+from sdsim.sweep_store import canonical_json, column_value
 
 
 def _numeric(series: pd.Series) -> np.ndarray:
@@ -153,15 +140,15 @@ def speedup_table(
     for f, v in baseline.items():
         if f not in fields:
             raise ScenarioError("--speedup-vs", f"{f!r} is not a swept field (swept: {fields})")
-        values = {canonical(p["overrides"].get(f)) for p in meta["points"]}
-        if canonical(v) not in values:
+        values = {canonical_json(p["overrides"].get(f)) for p in meta["points"]}
+        if canonical_json(v) not in values:
             raise ScenarioError("--speedup-vs", f"{f}={v!r} is not a value of the grid")
     if metric not in runs.columns:
         raise ScenarioError("--metric", f"{metric!r} is not in the sweep results")
     others = [f for f in fields if f not in baseline]
 
     def ident(ov: dict[str, Any]) -> str:
-        return canonical({f: ov.get(f) for f in others})
+        return canonical_json({f: ov.get(f) for f in others})
 
     ok = runs[runs["error"].isna()] if len(runs) else runs
     by_point = (
@@ -169,14 +156,17 @@ def speedup_table(
         if len(ok)
         else {}
     )
+    def is_baseline(ov: dict[str, Any]) -> bool:
+        return all(canonical_json(ov.get(f)) == canonical_json(v) for f, v in baseline.items())
+
     base_of: dict[str, str] = {}
     for p in meta["points"]:
-        if all(canonical(p["overrides"].get(f)) == canonical(v) for f, v in baseline.items()):
+        if is_baseline(p["overrides"]):
             base_of[ident(p["overrides"])] = p["point_key"]
     rows = []
     for p in meta["points"]:
         ov = p["overrides"]
-        if all(canonical(ov.get(f)) == canonical(v) for f, v in baseline.items()):
+        if is_baseline(ov):
             continue
         bkey = base_of.get(ident(ov))
         row: dict[str, Any] = {"point": p["point"], "point_key": p["point_key"]}
