@@ -301,9 +301,9 @@ assert "clump" in holds.loc["bursty arrivals (CV 3)", "outside_model"]
 # `sdsim validate --all scenarios/` runs every shipped rate-driven scenario at 10% to 95% of its
 # predicted saturation, each to steady state (up to 120,000 requests per rate here), and draws
 # one figure of the model's error against load. The figures below are the committed results of
-# that run (`notebooks/data/validation-all.csv`; re-run it with the command above, ~40 minutes
-# on two cores). Bars are the range of errors the simulation's 95% CI allows; the shaded band is
-# the tolerance; hollow points are where `predict` says it is outside the model.
+# that run (`notebooks/data/validation-all.csv`; re-run it with the command above, 25-40
+# minutes on two cores). Bars are the range of errors the simulation's 95% CI allows; the
+# shaded band is the tolerance; hollow points are where `predict` says it is outside the model.
 
 # %%
 reports = reports_from_csv(ROOT / "notebooks" / "data" / "validation-all.csv")
@@ -315,17 +315,21 @@ p99 = table[(table["metric"] == "e2e") & (table["statistic"] == "p99")]
 p99.pivot_table(index="scenario", columns=p99["fraction"].round(2), values="rel_error").round(3)
 
 # %% [markdown]
-# * On the Poisson scenarios inside the model the means are within 2% up to 80% of saturation
-#   and the e2e p99 within about 5% (llama70b 6–7% low at 70–80%); at 90–95% the CIs are ±5–10%
-#   even at 120,000 requests: that is how noisy a tail near saturation is.
-# * capacity-70b-chat (long lognormal prompts, up to the token budget) keeps its e2e p99 but
-#   its TTFT p99 is 10–26% low: a request often waits out another request's 8k-token prefill,
-#   and the model prices the others' prompts at the mean length.
+# * On the Poisson scenarios inside the model (default, plain, qwen3-8b-eagle-a100, and
+#   llama70b, moe and kv-pressure below their KV limits) the means are within 2% up to 80% of
+#   saturation and the e2e p99 within about 5%; at 90-95% the CIs are ±5-10% even at 120,000
+#   requests: that is how noisy a tail near saturation is.
+# * capacity-70b-chat (long lognormal prompts up to the token budget, three round-robin
+#   replicas) keeps its e2e p99 within 1% and its mean within 2% up to 80%, but its TTFT p99 is
+#   7-18% high (the most at 25-55% load) and its TPOT p99 up to 9% low: `predict` carries a
+#   caveat for prompts of random length. ngram-summarization is within 7% on every p99 up to
+#   80%.
 # * The KV-limited scenarios (kv-pressure, and llama70b and moe near their KV limits) leave the
 #   model where preemption starts; `predict` says so from the KV demand alone.
 # * mmpp-bursts holds while its bursts (2.5 times the mean rate) stay below saturation, i.e. up
-#   to ~25–40% mean load; beyond, a queue builds in each burst and the model errs by 20–60%.
-# * bursty-gamma is outside the model at every load (e2e p99 10–30% low).
+#   to ~25% mean load; beyond, a queue builds in each burst and the model errs by 10-70%.
+# * bursty-gamma is outside the model at every load (e2e p99 14-20% low up to 40% load, TTFT
+#   p99 20-40% low).
 #
 # ## Exercises
 #

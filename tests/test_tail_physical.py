@@ -245,3 +245,27 @@ def test_chunk_sums_keep_the_law_of_a_sum() -> None:
     # a fixed length: one point per m
     fv, fp = chunk_sums(np.ones(1), np.zeros(1), 4)
     assert fv.shape == (5, 1) and np.all(fv == 0.0) and np.all(fp == 1.0)
+
+
+def test_others_in_the_prefill_step_count_as_a_renewal_process() -> None:
+    # gaps more regular than exponential (round-robin replicas: Erlang gaps, ca2 = 1 / replicas)
+    # put fewer others in the tagged's prefill step than Poisson, with the same order of mean:
+    # the law is a distribution, Poisson's at ca2 = 1, and narrower below it
+    from sdsim.analytic.arrivals import ArrivalView
+    from sdsim.analytic.firsttoken import A_MAX, _others_in_prefill_step
+    from sdsim.analytic.stepcurve import poisson_pmf
+
+    mu = np.array([0.05, 0.5, 2.0])
+    a = np.arange(A_MAX + 1, dtype=np.float64)
+    pois = _others_in_prefill_step(mu, ArrivalView(10.0, 1.0))
+    np.testing.assert_allclose(pois, poisson_pmf(a[None, :], mu[:, None]), rtol=1e-12)
+    near = _others_in_prefill_step(mu, ArrivalView(10.0, 0.999999))
+    np.testing.assert_allclose(near, pois, atol=1e-5)
+    reg = _others_in_prefill_step(mu, ArrivalView(10.0, 1.0 / 3.0))
+    np.testing.assert_allclose(reg.sum(axis=1), 1.0, atol=1e-9)
+    m = reg @ a
+    var = reg @ a**2 - m**2
+    assert np.all(var < m)  # under-dispersed
+    # a short step after an arrival is rarely shared (a regular gap is seldom short)
+    assert np.all(reg[:2, 1:].sum(axis=1) < 0.5 * pois[:2, 1:].sum(axis=1))
+    assert m[-1] == pytest.approx(2.0, abs=0.5)  # a renewal count from an arrival: ~ lambda t

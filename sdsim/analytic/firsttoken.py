@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from scipy import special
 
 from sdsim.analytic.arrivals import ArrivalView
 from sdsim.analytic.gps import BirthDeath
@@ -248,6 +249,15 @@ def _others_in_prefill_step(arrivals: FloatArray, view: ArrivalView) -> FloatArr
     with batches, the tagged's batch-mates (ahead and behind: ``NB(2, p)``) plus the other
     batches of the step (Poisson many, geometric sizes: Polya-Aeppli), by convolution."""
     A = np.arange(A_MAX + 1, dtype=np.float64)
+    if view.batch <= 1.0 and view.ca2 < 1.0:
+        # gaps more regular than exponential (round-robin replicas, constant or gamma gaps of
+        # CV < 1): the count of a renewal process over the window from an arrival, gamma gaps
+        # of shape 1 / ca2, P(N >= j) = P(j gaps <= window) (Poisson's law when ca2 = 1)
+        shape = 1.0 / max(view.ca2, 1e-3)
+        x = np.asarray(arrivals, dtype=np.float64)[..., None] * shape
+        at_least = np.where(A > 0, special.gammainc(np.maximum(A, 1e-300) * shape, x), 1.0)
+        nxt = special.gammainc((A + 1.0) * shape, x)
+        return np.asarray(np.maximum(at_least - nxt, 0.0))
     if view.batch <= 1.0:
         return poisson_pmf(A, arrivals[..., None])
     size = A_MAX + 1
