@@ -242,7 +242,7 @@ def _arrivals_outside(view: ArrivalView, saturation: float) -> str | None:
 # Above this squared CV of a prefill chunk's cost (prompts of random length) and this share of
 # the saturation rate, the TTFT and TPOT tails carry a measured error (see :func:`caveats`).
 CHUNK_CV2_CAVEAT = 0.25
-CAVEAT_LOAD = 0.5
+CAVEAT_LOAD = 0.2
 # P(an arrival waits for a slot) above which the TTFT tail is decided by admission waits.
 P_WAIT_CAVEAT = 0.002
 
@@ -269,7 +269,7 @@ def caveats(chunk_cv2: float, load: float, p_wait: float) -> list[str]:
     if chunk_cv2 > CHUNK_CV2_CAVEAT and load >= CAVEAT_LOAD:
         out.append(
             f"prompts of random length (a prefill's cost has CV {math.sqrt(chunk_cv2):.2f}): "
-            "TTFT p99 off by up to 18% and TPOT p99 up to 20% low, measured at 50-90% load "
+            "TTFT p99 off by up to 18% and TPOT p99 up to 20% low, measured at 25-90% load "
             "(TTFT low with one replica, high with round-robin replicas; a step that carries a "
             "long prompt is a heavy-tailed delay the model's binned and normal laws only partly "
             "follow; worst with long prompts on large models)"
