@@ -1,21 +1,40 @@
 """The numba ``njit`` wrapper the package's compiled kernels share.
 
-Used by the engine (:mod:`sdsim.engine.compiled`), the analytic model and the acceptance maths.
+Used by the engine's step (:mod:`sdsim.engine.step` and the modules it calls), the analytic model
+and the acceptance maths. ``SDSIM_NO_JIT=1`` in the environment (read at import) leaves every
+kernel as the plain Python it is written in: the reference the compiled code is tested against,
+and the way to step through it in a debugger.
 """
 
 from __future__ import annotations
 
-__all__ = ["jit", "jit_eager"]
+__all__ = ["NO_JIT", "jit", "jit_eager"]
 
+import os
 from typing import Any
 
 import numba
 
+NO_JIT = os.environ.get("SDSIM_NO_JIT", "") not in ("", "0")
 
-def jit(f: Any) -> Any:
+
+def jit(f: Any = None, *, inline: bool = False) -> Any:
     """``numba.njit(cache=True)``: compiled once, then loaded from ``__pycache__`` (or numba's
     user-wide cache when the package directory is read-only). Where no cache location is
-    writable at all, numba refuses ``cache=True``: compile in each process instead (~2 s)."""
+    writable at all, numba refuses ``cache=True``: compile in each process instead (~2 s).
+
+    ``inline=True`` (``@jit(inline=True)``): the function is inlined into its compiled callers
+    (numba's ``inline="always"``; a call passes every array argument by value) and is not
+    cached on its own: a kernel built from functions of several modules is cached only as its
+    entry point, whose cache key must then cover those modules (numba checks only the file that
+    defines the entry point; see :func:`sdsim.engine.step.advance`).
+    """
+    if f is None:
+        return lambda g: jit(g, inline=inline)
+    if NO_JIT:
+        return f
+    if inline:
+        return numba.njit(inline="always")(f)
     try:
         return numba.njit(cache=True)(f)
     except RuntimeError:  # no writable cache location (tests/test_jit.py)
@@ -33,6 +52,8 @@ def jit_eager(signature: str, fastmath: set[str] | None = None) -> Any:
     opts: dict[str, Any] = {} if not fastmath else {"fastmath": set(fastmath)}
 
     def wrap(f: Any) -> Any:
+        if NO_JIT:
+            return f
         try:
             return numba.njit(signature, cache=True, **opts)(f)
         except RuntimeError:  # no writable cache location (tests/test_jit.py)

@@ -13,6 +13,9 @@ Conventions (the glossary users read results by):
   servers report, not the model's ``acceptance.alpha`` (see :mod:`sdsim.acceptance`).
 * ``little_residual = (in_system_mean - lambda_obs * e2e_mean) / in_system_mean`` with
   ``lambda_obs`` the observed arrival rate in the window: Little's law says it tends to 0.
+* **Aborted** requests (``aborted``: their client went away; ``finish`` is when they left the
+  engine) are counted (``aborted``) and are in the system until they leave, but are not completions:
+  latencies, throughput and token statistics cover completed requests only.
 * ``stable`` is the verdict of a statistical test on the growth of the number in system
   (:mod:`sdsim.stability`): true, false, or ``None`` when the run is too short to judge;
   ``stability`` says which in words, ``stability_p`` is the test's p-value and
@@ -39,6 +42,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from sdsim._version import __version__
+from sdsim.engine.schema import ABORT_DONE
 from sdsim.records import SimRun
 from sdsim.scenario import SloSpec
 from sdsim.slo import slo_bounds, slo_stats
@@ -103,6 +107,7 @@ def build_requests_frame(run: SimRun, warmup: int) -> pd.DataFrame:
     df["tpot"] = tpot.where(df["output_tokens"] > 1)
     df["queue_delay"] = df["first_scheduled"] - df["arrival"]
     df["warmup"] = df["request_id"] < warmup
+    df["aborted"] = t.aborted == ABORT_DONE
     return df
 
 
@@ -170,7 +175,8 @@ def summarize(
     n = len(requests)
     warmup = min(warmup, max(n - 1, 0))
     meas = requests.iloc[warmup:]
-    done = meas[meas["finish"].notna()]
+    aborted = requests["aborted"].to_numpy()
+    done = meas[meas["finish"].notna() & ~meas["aborted"]]
     arrival = requests["arrival"].to_numpy()
     finish = requests["finish"].to_numpy()
     t0 = float(arrival[warmup]) if n else 0.0
@@ -179,10 +185,11 @@ def summarize(
         t1 = min(t1, run.end_time)
     span = t1 - t0
     out: dict[str, Any] = {}
-    out["completed"] = int(np.isfinite(finish).sum())
+    out["completed"] = int((np.isfinite(finish) & ~aborted).sum())
     out["measured"] = len(done)
+    out["aborted"] = int(aborted.sum())
     if span > 0:
-        in_win = (finish >= t0) & (finish <= t1)
+        in_win = (finish >= t0) & (finish <= t1) & ~aborted
         out["throughput_rps"] = float(in_win.sum() / span)
     else:
         dur = run.end_time - t0
@@ -217,8 +224,12 @@ def summarize(
     lam_obs = float(((arrival >= t0) & (arrival <= t1)).sum() / span) if span > 0 else math.nan
     out["arrival_rate_obs"] = lam_obs
     ism = out["in_system_mean"]
+    sojourn = out["e2e_mean"]
+    if aborted.any():  # aborted requests were in the system too
+        left = meas[meas["finish"].notna()]
+        sojourn = float(left["e2e"].mean()) if len(left) else math.nan
     out["little_residual"] = (
-        float((ism - lam_obs * out["e2e_mean"]) / ism) if ism and math.isfinite(ism) else math.nan
+        float((ism - lam_obs * sojourn) / ism) if ism and math.isfinite(ism) else math.nan
     )
     verdict = judge_stability(
         _in_system_at(arrival, finish, stability_grid(t0, t1)),

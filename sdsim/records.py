@@ -22,7 +22,9 @@ class RequestRecords(Protocol):
     The engine's :class:`~sdsim.engine.state.RequestTable` provides them.
     """
 
-    n: int
+    @property
+    def n(self) -> int: ...
+
     arrival: npt.NDArray[np.float64]
     first_scheduled: npt.NDArray[np.float64]
     first_token: npt.NDArray[np.float64]
@@ -34,6 +36,7 @@ class RequestRecords(Protocol):
     accepted: npt.NDArray[np.int64]
     preemptions: npt.NDArray[np.int64]
     replica: npt.NDArray[np.int64]
+    aborted: npt.NDArray[np.int64]  # sdsim.engine.schema.ABORT_DONE: aborted, finish = when it left
     alpha: npt.NDArray[np.float64] | None
 
 

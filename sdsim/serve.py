@@ -26,8 +26,10 @@ Acceptance draws use the same counter-based stream as the simulator (request *i*
 request received), so a replay of the same arrivals through ``sdsim.simulate`` gives the same
 latencies up to arrival-time jitter: what the end-to-end test checks.
 
-Requests that are disconnected early keep running in the simulated engine to their end (the engine
-has no abort path); a request is refused with 503 when ``limits.max_waiting`` requests already wait.
+A client that disconnects (streaming or not) has its request aborted: at the next step boundary it
+leaves the batch or the queue and its KV blocks are freed, as vLLM aborts such requests
+(``/sdsim/requests`` marks it ``aborted`` and lists the requests running and waiting). A request is
+refused with 503 when ``limits.max_waiting`` requests already wait.
 """
 
 from __future__ import annotations
@@ -48,16 +50,15 @@ import simpy
 from sdsim.costs.build import build_cost_model
 from sdsim.engine.scheduler import Batch
 from sdsim.engine.server import Engine
-from sdsim.engine.state import RequestTable, StepColumns
+from sdsim.engine.state import RequestTable
 from sdsim.memory import kv_capacity
 from sdsim.rng import stream, stream_key
 from sdsim.scenario import BetaAlpha, Scenario
-from sdsim.workload import Workload
 
 _WORDS = (
     " the", " model", " of", " a", " server", " token", " and", " batch", " to", " step",
     " in", " queue", " is", " draft", " for", " speculative",
-)  # fmt: skip
+)
 
 # Largest output or prompt a request may ask for; beyond it a request is a mistake, not a load.
 MAX_REQUEST_TOKENS = 1_000_000
@@ -103,52 +104,23 @@ class LiveEngine:
         self.seed = scn.seed if seed is None else int(seed)
         self.scale = float(time_scale)
         self.env = simpy.Environment()
-        self.table = RequestTable(self._blank_workload(max(16, capacity)))
-        self.records = StepColumns(4096)
+        self.key = stream_key(self.seed, "acceptance")
+        per_request = not isinstance(scn.acceptance.alpha, list)
+        self.table = RequestTable.empty(max(16, capacity), has_alpha=per_request)
         self.engine = Engine(
-            self.env,
-            scn,
-            self.table,
-            build_cost_model(scn),
-            stream_key(self.seed, "acceptance"),
-            self.records,
-            on_step=self._on_step,
+            self.env, scn, self.table, build_cost_model(scn), on_step=self._on_step
         )
         self.env.process(self.engine.loop())
-        self.n = 0
         self._alpha_rng = stream(self.seed, "alpha")
         self._queues: dict[int, asyncio.Queue[tuple[int, bool, float]]] = {}
         self._sent: dict[int, int] = {}
         self._t0: float | None = None
         self._kick: asyncio.Event | None = None
 
-    # ------------------------------------------------------------------ table
-    def _blank_workload(self, cap: int) -> Workload:
-        a = self.scn.acceptance.alpha
-        alpha = None if isinstance(a, list) else np.zeros(cap)
-        return Workload(
-            arrival=np.full(cap, np.nan),
-            prompt=np.ones(cap, dtype=np.int64),
-            output=np.ones(cap, dtype=np.int64),
-            alpha=alpha,
-        )
-
-    def _grow(self) -> None:
-        """Double the request table in place (the engine keeps its reference to it).
-
-        A fresh table of the new size gives every per-request array its initial values; the used
-        part of each old array is copied over. Arrays the engine adds later are handled alike.
-        """
-        old = self.table
-        cap = old.n
-        new = RequestTable(self._blank_workload(cap * 2))
-        for name, val in vars(new).items():
-            cur = getattr(old, name, None)
-            if isinstance(val, np.ndarray) and isinstance(cur, np.ndarray) and cur.shape[0] == cap:
-                val[:cap] = cur
-            setattr(old, name, val)
-        old.n = cap * 2
-        self.engine.table_resized()
+    @property
+    def n(self) -> int:
+        """Requests received."""
+        return self.table.size
 
     def _alpha_for_next(self) -> float:
         a = self.scn.acceptance.alpha
@@ -215,23 +187,28 @@ class LiveEngine:
         """
         assert self._kick is not None, "LiveEngine.start() not called"
         self._advance(self.sim_now())
-        if self.n == self.table.n:
-            self._grow()
-        rid = self.n
-        t = self.table
-        t.arrival[rid] = self.env.now
-        t.prompt[rid] = prompt_tokens
-        t.output[rid] = output_tokens
-        t.prefill_target[rid] = prompt_tokens
-        if t.alpha is not None:
-            t.alpha[rid] = self._alpha_for_next()
-        self.n += 1
+        alpha = self._alpha_for_next() if self.table.alpha is not None else None
+        rid = self.table.append(
+            float(self.env.now), prompt_tokens, output_tokens, alpha, self.key
+        )
         q: asyncio.Queue[tuple[int, bool, float]] = asyncio.Queue()
         self._queues[rid] = q
         self._sent[rid] = 0
         self.engine.enqueue(rid)
         self._kick.set()
         return rid, q
+
+    def abort(self, rid: int) -> bool:
+        """The client of request ``rid`` has gone: abort the request (it leaves the engine at the
+        next step boundary) and stop sending it tokens. Returns whether it was still in flight."""
+        self._queues.pop(rid, None)
+        self._sent.pop(rid, None)
+        if self._t0 is not None:
+            self._advance(self.sim_now())
+        done = self.engine.abort(rid)
+        if done and self._kick is not None:
+            self._kick.set()
+        return done
 
     def _on_step(self, engine: Engine, batch: Batch) -> None:
         t = self.table
@@ -250,25 +227,31 @@ class LiveEngine:
             if done:
                 del self._queues[rid]
                 del self._sent[rid]
-        if self.records.size > 100_000:
-            self.records.size = 0  # step records are not kept by the server; bound memory
+        if engine.records.size > 100_000:
+            engine.records.clear()  # step records are not kept by the server; bound memory
 
     def records_json(self) -> dict[str, Any]:
-        """Per-request simulated times so far (for checks: latency as the simulation sees it)."""
+        """Per-request simulated times so far (for checks: latency as the simulation sees it),
+        which were aborted, and the requests in the engine now (running, waiting)."""
         t = self.table
         n = self.n
+        recs = t.records(np.arange(n, dtype=np.int64))
 
         def col(a: np.ndarray) -> list[Any]:
-            return [None if not np.isfinite(v) else float(v) for v in a[:n]]
+            return [None if not np.isfinite(v) else float(v) for v in a]
 
         return {
             "time_scale": self.scale,
             "t0_monotonic": self._t0,
-            "arrival": col(t.arrival),
-            "first_token": col(t.first_token),
-            "finish": col(t.finish),
-            "prompt_tokens": t.prompt[:n].astype(int).tolist(),
-            "output_tokens": t.output[:n].astype(int).tolist(),
+            "arrival": col(recs["arrival"]),
+            "first_token": col(recs["first_token"]),
+            "finish": col(recs["finish"]),
+            "prompt_tokens": recs["prompt_tokens"].astype(int).tolist(),
+            "output_tokens": recs["output_tokens"].astype(int).tolist(),
+            "aborted": recs["aborted"].tolist(),
+            "running": self.engine.run_ids.tolist(),
+            "waiting": list(self.engine.waiting),
+            "kv_blocks_used": self.engine.kv.used,
         }
 
 
@@ -321,6 +304,51 @@ def _int_field(body: dict[str, Any], names: tuple[str, ...], default: int) -> in
             raise RequestError(name, f"must be between 1 and {MAX_REQUEST_TOKENS}")
         return v
     return default
+
+
+async def _disconnected(receive: Any) -> None:
+    """Return when the HTTP client disconnects (the request body has been read)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class _Client:
+    """A request's messages from the engine, while its HTTP client is connected.
+
+    :meth:`next` gives the next ``(new_tokens, finished, sim_time)``, or ``None`` once the client
+    has disconnected; :meth:`close` (always called) aborts the request in the engine unless it
+    finished.
+    """
+
+    def __init__(
+        self, live: LiveEngine, rid: int, q: asyncio.Queue[tuple[int, bool, float]], receive: Any
+    ) -> None:
+        self.live = live
+        self.rid = rid
+        self.q = q
+        self.finished = False
+        self.gone = asyncio.ensure_future(_disconnected(receive))
+
+    async def next(self) -> tuple[int, bool, float] | None:
+        get = asyncio.ensure_future(self.q.get())
+        try:
+            done, _ = await asyncio.wait({get, self.gone}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the response was cancelled (the client went away)
+            get.cancel()
+            raise
+        if get not in done:
+            get.cancel()
+            return None
+        msg = get.result()
+        self.finished = msg[1]
+        return msg
+
+    def close(self) -> None:
+        self.gone.cancel()
+        if not self.finished:
+            self.live.abort(self.rid)
 
 
 def _text(start: int, n: int) -> str:
@@ -440,13 +468,20 @@ def create_app(
                 "total_tokens": prompt + done,
             }
 
+        client = _Client(live, rid, q, request.receive)
         if not body.get("stream"):
             done = 0
-            while True:
-                new, finished, _ = await q.get()
-                done += new
-                if finished:
-                    break
+            try:
+                while True:
+                    got = await client.next()
+                    if got is None:
+                        return Response(status_code=499)  # the client has gone
+                    new, finished, _ = got
+                    done += new
+                    if finished:
+                        break
+            finally:
+                client.close()
             text = _text(0, done)
             choice: dict[str, Any] = (
                 {"index": 0, "message": {"role": "assistant", "content": text}}
@@ -468,9 +503,19 @@ def create_app(
         chunk_obj = "chat.completion.chunk" if chat else "text_completion"
 
         async def events() -> AsyncIterator[str]:
+            try:
+                async for chunk in _chunks():
+                    yield chunk
+            finally:
+                client.close()
+
+        async def _chunks() -> AsyncIterator[str]:
             done = 0
             while True:
-                new, finished, _ = await q.get()
+                got = await client.next()
+                if got is None:
+                    return  # the client has gone
+                new, finished, _ = got
                 if new == 0 and not finished:
                     continue
                 text = _text(done, new)

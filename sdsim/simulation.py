@@ -13,8 +13,8 @@ import pandas as pd
 
 from sdsim.costs.build import build_cost_model
 from sdsim.costs.step import StepCostModel
+from sdsim.engine.schema import STEP_FIELDS
 from sdsim.engine.server import StepHook, run_simulation
-from sdsim.engine.state import STEP_FIELDS
 from sdsim.errors import ScenarioError
 from sdsim.metrics import REQUEST_FIELDS, build_requests_frame, build_steps_frame, summarize
 from sdsim.scenario import Scenario
@@ -31,6 +31,7 @@ REQUEST_COLUMNS = (
     "tpot",
     "queue_delay",
     "warmup",
+    "aborted",
 )
 
 
@@ -41,12 +42,14 @@ class SimResult:
     Attributes
     ----------
     requests
-        One row per request (DESIGN.md record fields, derived ``ttft``, ``e2e``, ``tpot``,
-        ``queue_delay``, and a ``warmup`` flag).
+        One row per request (the request record, :data:`sdsim.engine.schema.REQUEST_RECORD`;
+        derived ``ttft``, ``e2e``, ``tpot``,
+        ``queue_delay``, a ``warmup`` flag, and ``aborted``: the request was aborted, its
+        ``finish`` the step boundary at which it left).
     steps
         One row per engine step.
     summary
-        Scalars keyed as in DESIGN.md (``e2e_mean``, ``ttft_p99``, ``stable``, ...).
+        Scalars (``e2e_mean``, ``ttft_p99``, ``stable``, ...: :func:`sdsim.metrics.summarize`).
     scenario
         The resolved scenario that produced it.
     """

@@ -162,6 +162,9 @@ class RunningSummary:
         self.slo = SloCounter(slo_bounds(slo) if slo is not None else {})
         self.completed = 0
         self.measured = 0
+        self.aborted = 0
+        self.aborted_sojourn = 0.0  # measured aborted requests' time in system (Little's law)
+        self.aborted_measured = 0
         self.finished_in_window = 0
         self.queue_delay_sum = 0.0
         self.queue_delay_n = 0
@@ -197,24 +200,33 @@ class RunningSummary:
         """Add a batch of request records (finished or, at the end, not)."""
         fin = np.asarray(r["finish"], dtype=np.float64)
         arr = np.asarray(r["arrival"], dtype=np.float64)
-        done_mask = np.isfinite(fin)
+        left = np.isfinite(fin)  # completed or aborted: out of the system
+        aborted = np.asarray(r["aborted"], dtype=np.bool_)
+        done_mask = left & ~aborted
         self.completed += int(done_mask.sum())
+        self.aborted += int(aborted.sum())
         self.preemptions += int(r["preemptions"].sum())
         self.preempted_requests += int((r["preemptions"] > 0).sum())
         t0, tl = self.t0, self.t_last
-        f = fin[done_mask]
-        a = arr[done_mask]
-        self.finished_in_window += int(((f >= t0) & (f <= tl)).sum())
+        f = fin[left]
+        a = arr[left]
+        fd = fin[done_mask]
+        self.finished_in_window += int(((fd >= t0) & (fd <= tl)).sum())
         self.overlap += float(np.clip(np.minimum(f, tl) - np.maximum(a, t0), 0, None).sum())
         if self.grid is not None and f.shape[0]:
             self.fin_le_grid += np.searchsorted(np.sort(f), self.grid, side="right")
             assert self.fine_edges is not None
             idx = np.searchsorted(self.fine_edges, f, side="right")
             self.fine += np.bincount(idx, minlength=_FINE + 2)
-        if not done_mask.all():
+        if not left.all():
             # unfinished (only at the end): their overlap needs the final window end
-            self.pending.append((arr[~done_mask], fin[~done_mask]))
-        meas = done_mask & (np.asarray(r["rid"]) >= self.warmup)
+            self.pending.append((arr[~left], fin[~left]))
+        measured = np.asarray(r["rid"]) >= self.warmup
+        gone = aborted & measured
+        if gone.any():
+            self.aborted_sojourn += float((fin[gone] - arr[gone]).sum())
+            self.aborted_measured += int(gone.sum())
+        meas = done_mask & measured
         if not meas.any():
             return
         self.measured += int(meas.sum())
@@ -272,6 +284,7 @@ class RunningSummary:
         out: dict[str, Any] = {}
         out["completed"] = self.completed
         out["measured"] = self.measured
+        out["aborted"] = self.aborted
         if span > 0:
             out["throughput_rps"] = float(self.finished_in_window / span)
         else:
@@ -316,10 +329,12 @@ class RunningSummary:
             lam_obs = math.nan
         out["arrival_rate_obs"] = lam_obs
         ism = out["in_system_mean"]
+        sojourn = out["e2e_mean"]
+        if self.aborted_measured:  # aborted requests were in the system too
+            e2e = self.metrics["e2e"]
+            sojourn = (e2e.total + self.aborted_sojourn) / (e2e.n + self.aborted_measured)
         out["little_residual"] = (
-            float((ism - lam_obs * out["e2e_mean"]) / ism)
-            if ism and math.isfinite(ism)
-            else math.nan
+            float((ism - lam_obs * sojourn) / ism) if ism and math.isfinite(ism) else math.nan
         )
         arrived = int(((arrival >= t0) & (arrival <= t1)).sum()) if span > 0 else 0
         verdict = judge_stability(

@@ -1,4 +1,4 @@
-"""Exact fast-forward: runs of decode-only steps advanced in one operation give the same records."""
+"""Exact fast-forward: steps run ahead of the SimPy clock give the records of a step-by-step run."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import sdsim.engine.tape as tape_mod
 from sdsim import simulate
 from sdsim.costs.build import build_cost_model
 from sdsim.costs.step import StepShape, decode_step_times
-from sdsim.engine.server import _timeout_at, run_simulation
+from sdsim.engine.server import run_simulation, until
 from sdsim.workload import generate_workload
 from tests.conftest import small
 
@@ -63,8 +63,8 @@ def test_same_records_with_fast_forward_on_and_off(kind: str) -> None:
     for key, a in off.summary.items():
         b = on.summary[key]
         assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), key
-    # and the comparison is not vacuous: dozens of runs of steps were fast-forwarded (busy
-    # engines try only now and then, since short runs cost more to plan than to step)
+    # and the comparison is not vacuous: hundreds of steps ran ahead of the clock, in dozens of
+    # calls
     run = run_simulation(scn, generate_workload(scn, 3), build_cost_model(scn), 3)
     assert sum(e.ff_blocks for e in run.engines) >= 40
     assert sum(e.ff_steps for e in run.engines) >= 150
@@ -132,9 +132,9 @@ def test_vectorised_decode_costs_are_bit_identical(over: dict[str, Any]) -> None
             )
 
 
-def test_timeout_lands_exactly_where_no_delay_does() -> None:
+def test_until_lands_exactly_where_no_delay_does() -> None:
     # No float d gives 0.04580727517794656 + d == 0.117317469995857 (the sums step over it):
-    # the event must still fire at exactly that time.
+    # the clock must still reach exactly that time, through public timeouts only.
     env = simpy.Environment(initial_time=0.04580727517794656)
     target = 0.117317469995857
     assert all(
@@ -142,9 +142,19 @@ def test_timeout_lands_exactly_where_no_delay_does() -> None:
         for d in (target - env.now, math.nextafter(target - env.now, 1), math.nextafter(
             target - env.now, 0))
     )
-    ev = _timeout_at(env, target)
-    env.run(until=ev)
-    assert env.now == target
-    env2 = simpy.Environment(initial_time=1.5)
-    env2.run(until=_timeout_at(env2, 2.75))
-    assert env2.now == 2.75
+    seen: list[float] = []
+
+    def proc() -> Any:
+        yield from until(env, target)
+        seen.append(env.now)
+        yield from until(env, target)  # already there: no wait
+        seen.append(env.now)
+
+    env.process(proc())
+    env.run()
+    assert seen == [target, target]
+    for start, when in ((1.5, 2.75), (0.0, 0.3), (1e-9, 1234.5678)):
+        env2 = simpy.Environment(initial_time=start)
+        env2.process(until(env2, when))
+        env2.run()
+        assert env2.now == when

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from collections import deque
-
 import numpy as np
 import pytest
+import simpy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sdsim import simulate
-from sdsim.engine.kvcache import KVCache
-from sdsim.engine.scheduler import Batch, form_batch
+from sdsim.costs.build import build_cost_model
+from sdsim.engine.kvcache import (
+    blocks_for,
+    kv_free,
+    kv_free_blocks,
+    kv_hold,
+    kv_keep,
+)
+from sdsim.engine.scheduler import FORMED, Batch, form_batch
 from sdsim.engine.server import Engine
 from sdsim.engine.state import RequestTable
 from sdsim.errors import ScenarioError
@@ -63,21 +69,25 @@ def test_derive_num_gpu_blocks_rejects_bad_input(args: tuple, field: str) -> Non
     assert "\n" not in str(exc.value)
 
 
-def test_kvcache_accounting_and_check() -> None:
-    held = np.zeros(6, dtype=np.int64)
-    kv = KVCache(10, 16, held)
-    ids = np.array([1, 3])
-    np.testing.assert_array_equal(kv.blocks_for(np.array([0, 1, 16, 17])), [0, 1, 1, 2])
-    assert kv.grow(ids, np.array([2, 3])) == 5
-    assert (kv.used, kv.free, kv.peak) == (5, 5, 5)
-    kv.check(ids)
-    assert kv.shrink(ids, np.array([1, 3])) == 1
-    assert kv.release(np.array([3])) == 3
-    assert (kv.used, kv.free, kv.peak) == (1, 9, 5)
-    kv.check(np.array([1]))
-    held[4] = 2  # a request holding blocks the cache does not count
-    with pytest.raises(AssertionError, match="hold 3"):
-        kv.check(np.array([1, 4]))
+def test_block_functions_and_check() -> None:
+    # the four functions every allocation goes through, on a 10-block cache of 16-token blocks
+    rep = _Replica([20] * 6, [10] * 6, blocks=10)
+    t, e, kv = rep.t, rep.state[0], rep.kv
+    assert [blocks_for(n, 16) for n in (0, 1, 16, 17)] == [0, 1, 1, 2]
+    assert kv_hold(t.data, e, 1, 17) and kv_hold(t.data, e, 3, 48)  # 2 + 3 blocks
+    assert kv.used == 5 and kv_free_blocks(e) == 5
+    kv.check(np.array([1, 3]))
+    assert not kv_hold(t.data, e, 3, 16 * 9)  # 6 more blocks: only 5 are free; nothing changes
+    assert (t.kv_blocks[3], kv.used) == (3, 5)
+    assert kv_hold(t.data, e, 3, 16)  # holds more than asked already: unchanged
+    assert t.kv_blocks[3] == 3
+    kv_keep(t.data, e, 3, 20)  # back to 2 blocks
+    kv_free(t.data, e, 1)
+    assert (t.kv_blocks[1], t.kv_blocks[3], kv.used) == (0, 2, 2)
+    kv.check(np.array([3]))
+    t.kv_blocks[4] = 2  # a request holding blocks the cache does not count
+    with pytest.raises(AssertionError, match="hold 4"):
+        kv.check(np.array([3, 4]))
 
 
 def test_counter_base_matches_counter_uniform() -> None:
@@ -91,97 +101,127 @@ def test_counter_base_matches_counter_uniform() -> None:
 # --------------------------------------------------------------------------- scheduler unit
 
 
-def _table(prompt: list[int], output: list[int]) -> RequestTable:
-    n = len(prompt)
-    return RequestTable(
-        Workload(
+class _Replica:
+    """One replica's state (a real Engine's arrays), driven through ``form_batch`` directly."""
+
+    def __init__(
+        self,
+        prompt: list[int],
+        output: list[int],
+        blocks: int,
+        budget: int = 1000,
+        max_num_seqs: int = 8,
+    ) -> None:
+        n = len(prompt)
+        scn = small(
+            **{
+                "server.num_gpu_blocks": blocks,
+                "server.max_num_batched_tokens": budget,
+                "server.max_num_seqs": max_num_seqs,
+                "workload.prompt_tokens": 8,
+                "workload.output_tokens": 8,
+            }
+        )
+        wl = Workload(
             arrival=np.arange(n, dtype=np.float64),
             prompt=np.asarray(prompt, dtype=np.int64),
             output=np.asarray(output, dtype=np.int64),
             alpha=np.full(n, 0.7),
         )
-    )
+        self.t = RequestTable(wl)
+        self.engine = Engine(simpy.Environment(), scn, self.t, build_cost_model(scn))
+        self.state = self.engine.state
+        self.kv = self.engine.kv
 
+    def running(self, ids: list[int], generated: list[int]) -> None:
+        """Put ``ids`` in the decoding state with ``generated`` tokens and their blocks held."""
+        t, e = self.t, self.state[0]
+        for r, g in zip(ids, generated, strict=True):
+            t.prefilled[r] = t.prefill_target[r]
+            t.generated[r] = g
+            assert kv_hold(t.data, e, r, int(t.prompt[r]) + g - 1)
+            self.engine.run[int(e["running"])] = r
+            e["running"] += 1
 
-def _running(t: RequestTable, kv: KVCache, ids: list[int], generated: list[int]) -> None:
-    """Put ``ids`` in the decoding state with ``generated`` tokens and their blocks held."""
-    a = np.asarray(ids)
-    t.prefilled[a] = t.prefill_target[a]
-    t.generated[a] = generated
-    kv.grow(a, kv.blocks_for(t.prompt[a] + t.generated[a] - 1))
+    def wait(self, ids: list[int]) -> None:
+        for r in ids:
+            self.engine.waiting.append(r)
+
+    def form(self, k: int) -> Batch:
+        eng = self.engine
+        eng.waiting.reserve_front(len(eng.run))
+        got = form_batch(self.t.data, self.state[0], eng.run, eng.batch, eng.waiting.buf, k, 0.0)
+        assert got == FORMED
+        return eng.batch_view()
 
 
 def test_lookahead_reserved_for_k_plus_one_tokens() -> None:
-    t = _table([30, 40], [100, 100])
-    kv = KVCache(100, 16, t.kv_blocks)
-    _running(t, kv, [0, 1], [3, 9])  # hold 32 -> 2 blocks and 48 -> 3 blocks
-    assert kv.used == 5
-    b, _ = form_batch(np.array([0, 1]), 0, deque(), t, 4, 8, 100, kv=kv)
+    rep = _Replica([30, 40], [100, 100], blocks=100)
+    rep.running([0, 1], [3, 9])  # hold 32 -> 2 blocks and 48 -> 3 blocks
+    assert rep.kv.used == 5
+    b = rep.form(4)
     # reserve prompt + generated + k: 37 -> 3 blocks, 53 -> 4 blocks
     np.testing.assert_array_equal(b.decode_blocks, [3, 4])
     np.testing.assert_array_equal(b.decode_context, [33, 49])
-    assert kv.used == 7 and len(b.preempted) == 0
+    assert rep.kv.used == 7 and len(b.preempted) == 0
 
 
 def test_preempts_most_recent_and_requeues_at_front() -> None:
     # four decoding requests, each holding 2 blocks of 16; 8 of 9 blocks used, each needs one
     # more block for its look-ahead: requests are preempted from the back until the rest fit
-    t = _table([20] * 5, [100] * 5)
-    kv = KVCache(9, 16, t.kv_blocks)
-    _running(t, kv, [0, 1, 2, 3], [12, 12, 12, 12])  # 31 tokens held -> 2 blocks each
-    waiting: deque[int] = deque([4])
-    b, run = form_batch(np.array([0, 1, 2, 3]), 0, waiting, t, 4, 8, 1000, kv=kv)
+    rep = _Replica([20] * 5, [100] * 5, blocks=9)
+    t = rep.t
+    rep.running([0, 1, 2, 3], [12, 12, 12, 12])  # 31 tokens held -> 2 blocks each
+    rep.wait([4])
+    b = rep.form(4)
     # need 3 blocks each (36 tokens): 0, 1, 2 -> 9 blocks after 3 is preempted (frees 2)
     np.testing.assert_array_equal(b.decode_ids, [0, 1, 2])
     np.testing.assert_array_equal(b.preempted, [3])
-    np.testing.assert_array_equal(run, [0, 1, 2])
-    assert list(waiting) == [3, 4]  # front of the queue, and no admission in a preempting step
+    np.testing.assert_array_equal(rep.engine.run_ids, [0, 1, 2])
+    assert list(rep.engine.waiting) == [3, 4]  # front of the queue; no admission after preempting
     assert b.admitted == []
     assert t.preemptions[3] == 1 and t.kv_blocks[3] == 0 and t.prefilled[3] == 0
     assert t.prefill_target[3] == 20 + 12  # recomputation covers prompt + generated tokens
-    assert kv.used == 9
-    kv.check(run)
+    assert rep.kv.used == 9 and rep.state[0]["preemptions"] == 1
+    rep.kv.check(rep.engine.run_ids)
 
 
 def test_preemption_stops_at_a_request_that_cannot_fit() -> None:
     # 0 holds 6 blocks, 1 holds 3; 1 block free. With k = 16, 0 needs 2 more (113 tokens) and
     # fits once 1 is preempted; 1 cannot fit behind it, so 1 is preempted itself.
-    t = _table([40, 40, 40], [200] * 3)
-    kv = KVCache(10, 16, t.kv_blocks)
-    _running(t, kv, [0, 1], [57, 9])  # 0: 96 tokens -> 6 blocks; 1: 48 -> 3 blocks
-    waiting: deque[int] = deque([2])
-    b, run = form_batch(np.array([0, 1]), 0, waiting, t, 16, 8, 1000, kv=kv)
+    rep = _Replica([40, 40, 40], [200] * 3, blocks=10)
+    rep.running([0, 1], [57, 9])  # 0: 96 tokens -> 6 blocks; 1: 48 -> 3 blocks
+    rep.wait([2])
+    b = rep.form(16)
     np.testing.assert_array_equal(b.decode_ids, [0])
     np.testing.assert_array_equal(b.preempted, [1])
-    assert list(waiting) == [1, 2]
-    assert kv.used == 8
-    kv.check(run)
+    assert list(rep.engine.waiting) == [1, 2]
+    assert rep.kv.used == 8
+    rep.kv.check(rep.engine.run_ids)
 
 
 def test_preemption_takes_the_tail_beyond_the_token_budget() -> None:
     # The budget holds two decodes (k = 4: 5 tokens each); the two selected need one block each
     # and one is free: the last admitted (3) is preempted, not a selected request.
-    t = _table([20] * 4, [100] * 4)
-    kv = KVCache(9, 16, t.kv_blocks)
-    _running(t, kv, [0, 1, 2, 3], [12] * 4)
-    waiting: deque[int] = deque()
-    b, run = form_batch(np.array([0, 1, 2, 3]), 0, waiting, t, 4, 8, 10, kv=kv)
+    rep = _Replica([20] * 4, [100] * 4, blocks=9, budget=10)
+    rep.running([0, 1, 2, 3], [12] * 4)
+    b = rep.form(4)
     np.testing.assert_array_equal(b.decode_ids, [0, 1])
     np.testing.assert_array_equal(b.preempted, [3])
-    np.testing.assert_array_equal(run, [0, 1, 2])
-    assert kv.used == 8
-    kv.check(run)
+    np.testing.assert_array_equal(rep.engine.run_ids, [0, 1, 2])
+    assert rep.kv.used == 8
+    rep.kv.check(rep.engine.run_ids)
 
 
 def test_admission_needs_blocks_for_the_chunk() -> None:
-    t = _table([100, 100, 100], [10] * 3)
-    kv = KVCache(8, 16, t.kv_blocks)  # 128 tokens: one 100-token prompt (7 blocks) fits
-    waiting: deque[int] = deque([0, 1, 2])
-    b, run = form_batch(np.zeros(0, dtype=np.int64), 0, waiting, t, 2, 8, 1000, kv=kv)
-    assert b.admitted == [0] and list(waiting) == [1, 2]
-    np.testing.assert_array_equal(run, [0])
+    rep = _Replica([100, 100, 100], [10] * 3, blocks=8)  # 128 tokens: one 100-token prompt fits
+    rep.wait([0, 1, 2])
+    b = rep.form(2)
+    assert b.admitted == [0] and list(rep.engine.waiting) == [1, 2]
+    np.testing.assert_array_equal(rep.engine.run_ids, [0])
     np.testing.assert_array_equal(b.prefill_chunks, [100])
-    assert kv.used == 7
+    assert rep.kv.used == 7
+    assert rep.t.first_scheduled[0] == 0.0 and np.isnan(rep.t.first_scheduled[1])
 
 
 # --------------------------------------------------------------------------- whole engine

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import warnings
+from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
@@ -137,3 +140,79 @@ def test_cli_serve_bad_options_exit_2(tmp_path) -> None:  # type: ignore[no-unty
         with pytest.raises(SystemExit) as ei:
             main(argv)
         assert ei.value.code == 2
+
+
+# --------------------------------------------------------------------------- disconnects
+
+
+@pytest.fixture
+def live_server() -> Any:
+    """The app behind a real uvicorn server on a loopback port (TestClient cannot disconnect):
+    ~50 ms steps in real time, so an abandoned 2,000-token request would run ~30 s."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    scn = small(
+        **{
+            "spec.k": 2,
+            "costs.linear.verify_fixed_s": 0.05,
+            "server.num_gpu_blocks": 4000,
+        }
+    )
+    app = create_app(scn, model="sim-model")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}", app.state.live
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _wait_aborted(base: str, rid: int) -> dict[str, Any]:
+    """Poll /sdsim/requests until request ``rid`` is marked aborted (10 s at most)."""
+    deadline = time.monotonic() + 10
+    while True:
+        sim = httpx.get(f"{base}/sdsim/requests").json()
+        if len(sim["aborted"]) > rid and sim["aborted"][rid]:
+            return sim
+        assert time.monotonic() < deadline, f"request {rid} not aborted: {sim}"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_client_that_disconnects_has_its_request_aborted(live_server: Any, stream: bool) -> None:
+    # A client asks for 2,000 tokens and goes away: streaming, after its first chunk; not
+    # streaming, when its read times out. Its request is aborted at the next step boundary after
+    # the server sees the disconnect: it leaves the running set, frees its KV blocks and is
+    # marked aborted. The tolerance on when: one step (50 ms) plus 1 s for the server to see
+    # the closed socket on a loaded machine (the request would have run ~30 s).
+    base, live = live_server
+    body = {"prompt": list(range(64)), "max_tokens": 2000, "stream": stream}
+    with httpx.Client(base_url=base, timeout=httpx.Timeout(30.0, read=1.0)) as client:
+        if stream:
+            with client.stream("POST", "/v1/completions", json=body) as r:
+                assert r.status_code == 200
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        break  # one chunk, then hang up
+        else:
+            with pytest.raises(httpx.ReadTimeout):
+                client.post("/v1/completions", json=body)
+        gone = time.monotonic()
+    sim = _wait_aborted(base, 0)
+    assert sim["running"] == [] and sim["waiting"] == [] and sim["kv_blocks_used"] == 0
+    finish = sim["finish"][0]
+    assert finish is not None
+    gone_sim = (gone - sim["t0_monotonic"]) / sim["time_scale"]
+    assert finish <= gone_sim + 0.05 + 1.0
+    assert sim["output_tokens"] == [2000]
+    assert live.table.generated[0] < 200  # it stopped long before its 2,000 tokens

@@ -1,19 +1,14 @@
-"""The simulated serving engine: SimPy processes, batching, KV cache, router, request state."""
+"""The simulated serving engine, one module per part (import them directly):
 
-from sdsim.engine.draft_length import AdaptiveDraftLength
-from sdsim.engine.kvcache import KVCache
-from sdsim.engine.router import Router
-from sdsim.engine.scheduler import Batch, form_batch
-from sdsim.engine.server import Engine, run_simulation
-from sdsim.records import SimRun
+* :mod:`sdsim.engine.schema`: the record layout (requests, steps, engine scalars), readable
+  without loading SimPy or numba;
+* :mod:`sdsim.engine.step`, :mod:`sdsim.engine.scheduler`, :mod:`sdsim.engine.kvcache`: the step,
+  batch formation and KV block accounting, compiled with numba;
+* :mod:`sdsim.engine.server`: the SimPy processes (:class:`~sdsim.engine.server.Engine`, arrivals,
+  :func:`~sdsim.engine.server.run_simulation`);
+* :mod:`sdsim.engine.state`, :mod:`sdsim.engine.tape`, :mod:`sdsim.engine.prices`: request
+  table, waiting queue and step log; acceptance tapes; the decode price cache;
+* :mod:`sdsim.engine.router`, :mod:`sdsim.engine.draft_length`: replicas' router, adaptive k.
+"""
 
-__all__ = [
-    "AdaptiveDraftLength",
-    "Batch",
-    "Engine",
-    "KVCache",
-    "Router",
-    "SimRun",
-    "form_batch",
-    "run_simulation",
-]
+__all__: list[str] = []

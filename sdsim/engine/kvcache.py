@@ -3,9 +3,12 @@
 A real engine (vLLM's PagedAttention) hands out KV memory in blocks; a request holds
 ``ceil(tokens / block_size)`` blocks for the tokens whose keys and values are cached. The simulator
 only needs the *counts* (which physical block a request holds never changes a step's duration), so
-the cache is one integer per request (``held``, shared by all replicas because a request lives on
-one replica at a time) plus the number of blocks in use on this replica. All updates are
-vectorised over the ids in a batch.
+the cache is one integer per request (``REQUEST.kv_blocks``) plus the blocks in use on the replica
+(``ENGINE.kv_used``). Every allocation and release goes through four functions, compiled with the
+step (:mod:`sdsim.engine.step`): :func:`kv_hold` (grow a request's holding to cover some tokens,
+if the blocks are free), :func:`kv_keep` (shrink it to some tokens), :func:`kv_free` (release it)
+and :func:`kv_free_blocks`. A block cache shared between requests (prefix caching) extends these
+four: what "free" means and what releasing a block does are theirs alone.
 
 Capacity comes from ``server.num_gpu_blocks`` (what an engine reports at start-up; preferred), or
 from :func:`sdsim.memory.derive_num_gpu_blocks` (GPU memory x utilisation - weights - activation
@@ -24,116 +27,139 @@ Slot accounting follows vLLM:
 
 from __future__ import annotations
 
-__all__ = ["UNLIMITED_BLOCKS", "KVCache"]
+__all__ = [
+    "UNLIMITED_BLOCKS",
+    "KVCache",
+    "blocks_for",
+    "kv_free",
+    "kv_free_blocks",
+    "kv_hold",
+    "kv_keep",
+]
+
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from sdsim._jit import jit
 
 # Capacity used when the cache is unlimited: large enough never to bind, small enough that int64
 # arithmetic on it never overflows.
 UNLIMITED_BLOCKS = 1 << 62
 
 
+# --------------------------------------------------------------------------- block accounting
+# ``req`` is the request table (REQUEST records), ``e`` the replica's ENGINE record, ``r`` a slot.
+
+
+@jit(inline=True)
+def blocks_for(tokens: int, block_size: int) -> int:
+    """Blocks that cache ``tokens`` tokens (ceiling division)."""
+    return (tokens + block_size - 1) // block_size
+
+
+@jit(inline=True)
+def kv_free_blocks(e: Any) -> int:
+    """Blocks no request holds."""
+    return int(e["kv_capacity"] - e["kv_used"])
+
+
+@jit(inline=True)
+def kv_hold(req: Any, e: Any, r: int, tokens: int) -> bool:
+    """Make request ``r`` hold the blocks of ``tokens`` tokens, if the blocks it lacks are free.
+
+    Returns whether it holds them (a holding never shrinks here; nothing changes when not).
+    """
+    bs = e["block_size"]
+    held = req[r]["kv_blocks"]
+    if tokens <= held * bs:
+        return True  # held already (most decode steps: no division)
+    want = blocks_for(tokens, bs)
+    add = want - held
+    if add > kv_free_blocks(e):
+        return False
+    if add > 0:
+        req[r]["kv_blocks"] = want
+        e["kv_used"] += add
+    return True
+
+
+@jit(inline=True)
+def kv_keep(req: Any, e: Any, r: int, tokens: int) -> None:
+    """Shrink request ``r``'s holding to the blocks of ``tokens`` tokens, no more than it holds
+    (the look-ahead slots of rejected draft tokens go back)."""
+    bs = e["block_size"]
+    held = req[r]["kv_blocks"]
+    kept = held
+    while kept > 0 and (kept - 1) * bs >= tokens:  # blocks_for(tokens), without a division
+        kept -= 1
+    e["kv_used"] -= held - kept
+    req[r]["kv_blocks"] = kept
+
+
+@jit(inline=True)
+def kv_free(req: Any, e: Any, r: int) -> None:
+    """Release every block request ``r`` holds (finished, preempted or aborted)."""
+    e["kv_used"] -= req[r]["kv_blocks"]
+    req[r]["kv_blocks"] = 0
+
+
 class KVCache:
-    """Block counts of one replica's KV cache.
+    """One replica's KV cache as Python sees it: read-only counts and a conservation check.
+
+    The counts live in the replica's ENGINE record and the request table (the block functions
+    above change them).
 
     Parameters
     ----------
-    total_blocks
-        Capacity in blocks; ``None`` for unlimited (accounting still runs, nothing is refused).
-    block_size
-        Tokens per block.
-    held
-        Blocks held per request id (shared array; this replica's requests are the only ones it
-        touches).
-    counts
-        Where ``used`` and ``peak`` are kept (2 int64 entries); a fresh array when ``None``.
-
+    state
+        The replica's ENGINE array (one record).
+    table
+        The request table (its ``kv_blocks`` are the holdings).
+    limited
+        Whether the capacity is a real limit (``False``: unlimited, counted only).
     """
 
-    def __init__(
-        self,
-        total_blocks: int | None,
-        block_size: int,
-        held: npt.NDArray[np.int64],
-        counts: npt.NDArray[np.int64] | None = None,
-    ) -> None:
-        if total_blocks is not None and total_blocks < 1:
-            raise ValueError(f"total_blocks must be >= 1 or None, got {total_blocks}")
-        if block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {block_size}")
-        self.total = total_blocks
-        self.limited = total_blocks is not None
-        self.capacity = total_blocks if total_blocks is not None else UNLIMITED_BLOCKS
-        self.block_size = int(block_size)
-        self.held = held
-        # used and peak live in a 2-entry int64 array (a view of the engine's state array, which
-        # compiled kernels update)
-        self.counts = np.zeros(2, dtype=np.int64) if counts is None else counts
-        self.counts[:] = 0
+    def __init__(self, state: npt.NDArray[Any], table: Any, limited: bool) -> None:
+        self._e = state
+        self._t = table
+        self.limited = limited
+
+    @property
+    def capacity(self) -> int:
+        """Blocks in the cache (:data:`UNLIMITED_BLOCKS` when unlimited)."""
+        return int(self._e[0]["kv_capacity"])
+
+    @property
+    def total(self) -> int | None:
+        """Blocks in the cache, ``None`` when unlimited."""
+        return self.capacity if self.limited else None
+
+    @property
+    def block_size(self) -> int:
+        """Tokens per block."""
+        return int(self._e[0]["block_size"])
+
+    @property
+    def held(self) -> npt.NDArray[np.int64]:
+        """Blocks held per slot (all replicas share the table; this one's requests are its own)."""
+        held: npt.NDArray[np.int64] = self._t.kv_blocks
+        return held
 
     @property
     def used(self) -> int:
-        """Blocks held by this replica's requests (look-ahead slots of the running step too)."""
-        return int(self.counts[0])
-
-    @used.setter
-    def used(self, value: int) -> None:
-        self.counts[0] = value
+        """Blocks held by this replica's requests (look-ahead slots of the step in hand too)."""
+        return int(self._e[0]["kv_used"])
 
     @property
     def peak(self) -> int:
-        """Largest ``used`` seen."""
-        return int(self.counts[1])
-
-    @peak.setter
-    def peak(self, value: int) -> None:
-        self.counts[1] = value
-
-    @property
-    def free(self) -> int:
-        """Blocks not held by any request."""
-        return self.capacity - self.used
-
-    def blocks_for(self, tokens: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        """Blocks needed to cache ``tokens`` tokens (elementwise ceiling division)."""
-        return (tokens + (self.block_size - 1)) // self.block_size
-
-    def grow(
-        self, ids: npt.NDArray[np.int64], blocks: npt.NDArray[np.int64], added: int | None = None
-    ) -> int:
-        """Set the holdings of ``ids`` (distinct, each not decreasing) to ``blocks``.
-
-        The caller has checked the blocks are free (and may pass ``added``, the blocks this adds,
-        when it has summed them already). Returns how many blocks were added.
-        """
-        add = int(np.add.reduce(blocks - self.held[ids])) if added is None else added
-        self.held[ids] = blocks
-        self.used += add
-        if self.used > self.peak:
-            self.peak = self.used
-        return add
-
-    def shrink(self, ids: npt.NDArray[np.int64], blocks: npt.NDArray[np.int64]) -> int:
-        """Set the holdings of ``ids`` (distinct, each not increasing) to ``blocks``.
-
-        Returns how many blocks were released.
-        """
-        rel = int(self.held[ids].sum() - blocks.sum())
-        self.held[ids] = blocks
-        self.used -= rel
-        return rel
-
-    def release(self, ids: npt.NDArray[np.int64]) -> int:
-        """Free every block held by ``ids``; returns how many."""
-        rel = int(self.held[ids].sum())
-        self.held[ids] = 0
-        self.used -= rel
-        return rel
+        """Largest ``used`` while a step ran."""
+        return int(self._e[0]["kv_peak"])
 
     def check(self, ids: npt.NDArray[np.int64]) -> None:
         """Assert block conservation: ``ids`` (all requests this replica holds blocks for) hold
-        exactly ``used`` blocks, and ``used + free == capacity`` with ``0 <= used <= capacity``.
+        exactly ``used`` blocks, and ``0 <= used <= capacity``.
 
         Raises
         ------
@@ -143,7 +169,5 @@ class KVCache:
         held = int(self.held[ids].sum())
         if held != self.used:
             raise AssertionError(f"KV blocks: requests hold {held}, cache counts {self.used}")
-        if not (0 <= self.used <= self.capacity) or self.used + self.free != self.capacity:
-            raise AssertionError(
-                f"KV blocks: used {self.used} + free {self.free} != total {self.capacity}"
-            )
+        if not 0 <= self.used <= self.capacity:
+            raise AssertionError(f"KV blocks: used {self.used} outside [0, {self.capacity}]")

@@ -1,340 +1,282 @@
 """Batch formation: which requests run in the next engine step, with how many tokens and KV blocks.
 
-Two policies, selected by ``server.scheduler``:
+One function, :func:`form_batch`, compiled with the rest of the step (:mod:`sdsim.engine.step`)
+or run as plain Python (``SDSIM_NO_JIT=1``). It writes the step in hand as ENTRY records (one per
+scheduled request: a decode of k + 1 tokens or a prefill chunk) and updates the running set, the
+waiting queue and the KV holdings. Two policies, ``server.scheduler``:
 
 ``vllm-v1`` (default, after vLLM's v1 scheduler)
     Running requests first, in admission order: each decoding request takes k + 1 tokens of the
-    step's token budget (its draft tokens count) and k + 1 KV slots; each request still
-    prefilling takes what is left of its prompt, chunked to the budget. When the KV cache cannot
-    hold a running request's slots, the most recently admitted running requests are *preempted by
-    recomputation* (blocks freed, back to the front of the waiting queue, prefill redone over
-    prompt + generated tokens) until it fits; if even that is not enough, the request itself is
-    preempted and the step stops there. Then, if nothing was preempted and the budget was not
-    exhausted, waiting requests are admitted FCFS while ``max_num_seqs``, the budget and free KV
-    blocks allow, their prefill chunked too.
+    step's token budget (its draft tokens count) and KV slots for ``prompt + generated + k``
+    tokens; each request still prefilling takes what is left of its prompt, chunked to the
+    budget. When the KV cache cannot hold a running request's slots, the most recently admitted
+    running requests are *preempted by recomputation* (blocks freed, back to the front of the
+    waiting queue, prefill redone over prompt + generated tokens) until it fits; if even that is
+    not enough, the request itself is preempted and the step stops there. Then, if nothing was
+    preempted and the budget was not exhausted, waiting requests are admitted FCFS while
+    ``max_num_seqs``, the budget and free KV blocks allow, their prefill chunked too.
 
 ``prefill-first`` (older engines)
     While requests wait and a sequence slot is free, a step prefills only: the chunks of running
     requests still prefilling, then admissions; decodes wait. When no prefill can go (budget, KV
     cache), the step falls back to the vLLM-v1 rules above.
 
-All per-request work is vectorised over the running set; the only Python loop is over the
-requests admitted in one step.
+A new policy is one more branch of :func:`form_batch` built from the same parts
+(:func:`_schedule_running`, :func:`_admit`, :func:`_preempt_last`, and the KV functions of
+:mod:`sdsim.engine.kvcache`).
+
+Arguments of the functions: ``req`` the request table (REQUEST records), ``e`` the replica's ENGINE
+record, ``run`` the running set (slots in admission order, ``e["running"]`` of them), ``batch``
+the ENTRY records of the step in hand, ``queue`` the waiting queue's buffer
+(:class:`~sdsim.engine.state.IdQueue`).
 """
 
 from __future__ import annotations
 
-__all__ = ["Batch", "form_batch"]
+__all__ = ["EMPTY", "FORMED", "IDLE", "NO_ROOM", "Batch", "form_batch"]
 
-from collections import deque
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from sdsim.engine.kvcache import KVCache
-from sdsim.engine.state import IdQueue, RequestTable
+from sdsim._jit import jit
+from sdsim.engine.kvcache import kv_free, kv_hold
+from sdsim.engine.schema import DECODE, PREFILL, PREFILL_FIRST
+from sdsim.engine.state import front_room, pop_front, push_front, waiting_count, waiting_front
 
-_EMPTY = np.zeros(0, dtype=np.int64)
+_I64 = npt.NDArray[np.int64]
+
+# form_batch results
+FORMED = 0  # a batch is in hand
+IDLE = 1  # nothing running or waiting
+NO_ROOM = 2  # the running set, the batch or the queue's front needs more room (nothing changed)
+EMPTY = 3  # requests are present but none could be scheduled (the KV cache check failed)
+
+
+@jit(inline=True)
+def form_batch(req: Any, e: Any, run: _I64, batch: Any, queue: _I64, k: int, now: float) -> int:
+    """Form the next batch at ``now`` with draft length ``k`` (see the module docstring).
+
+    Returns :data:`FORMED`, :data:`IDLE`, :data:`NO_ROOM` or :data:`EMPTY`.
+    """
+    nrun = e["running"]
+    waiting = waiting_count(queue)
+    if nrun == 0 and waiting == 0:
+        return IDLE
+    # room for every admission the sequence cap and the token budget allow (an admission takes
+    # at least one token), and for preempting every running request
+    most = nrun + min(waiting, max(e["max_num_seqs"] - nrun, 0), e["token_budget"])
+    if most > run.shape[0] or most > batch.shape[0] or front_room(queue) < nrun:
+        return NO_ROOM
+    e["k"] = k
+    e["waiting_before"] = waiting
+    e["entries"] = 0
+    e["admitted"] = 0
+    e["preempted"] = 0
+    prefill_only = False
+    if e["policy"] == PREFILL_FIRST and waiting > 0 and nrun < e["max_num_seqs"]:
+        prefill_only = _prefill_only(req, e, run, batch, queue, now)
+    if not prefill_only:
+        budget, blocked = _schedule_running(req, e, run, batch, queue, k)
+        if not blocked and budget > 0:
+            _admit(req, e, run, batch, queue, budget, now)
+    e["kv_in_step"] = e["kv_used"]
+    if e["kv_used"] > e["kv_peak"]:
+        e["kv_peak"] = e["kv_used"]
+    _tally(e, batch)
+    return FORMED if e["entries"] > 0 else EMPTY
+
+
+@jit(inline=True)
+def _tally(e: Any, batch: Any) -> None:
+    """The step's shape, summed over its entries (what the cost model prices)."""
+    decodes = prefills = decode_context = prefill_tokens = prefill_context = 0
+    for i in range(e["entries"]):
+        s = batch[i]
+        if s["kind"] == DECODE:
+            decodes += 1
+            decode_context += s["context"]
+        else:
+            prefills += 1
+            prefill_tokens += s["tokens"]
+            prefill_context += s["context"] + s["tokens"]
+    e["decodes"] = decodes
+    e["prefills"] = prefills
+    e["decode_context"] = decode_context
+    e["prefill_tokens"] = prefill_tokens
+    e["prefill_context"] = prefill_context
+
+
+@jit(inline=True)
+def _add_entry(
+    e: Any, batch: Any, r: int, kind: int, tokens: int, context: int, blocks: int
+) -> None:
+    """Append request ``r``'s work to the step in hand."""
+    s = batch[e["entries"]]
+    s["rid"] = r
+    s["kind"] = kind
+    s["tokens"] = tokens
+    s["context"] = context
+    s["blocks"] = blocks
+    e["entries"] += 1
+
+
+@jit(inline=True)
+def _schedule_running(
+    req: Any, e: Any, run: _I64, batch: Any, queue: _I64, k: int
+) -> tuple[int, bool]:
+    """vLLM v1's pass over the running set: the longest prefix that fits the token budget (the
+    first prefill that does not fit gets a partial chunk), each request's KV slots reserved in
+    admission order, preempting from the back when the cache is short.
+
+    Returns the budget left and whether admissions are blocked (the budget ran out before the
+    running set did, or a request was preempted: vLLM v1 admits nothing in such a step).
+    """
+    budget = e["token_budget"]
+    blocked = False
+    i = 0
+    while i < e["running"]:
+        r = run[i]
+        q = req[r]
+        left = q["prefill_target"] - q["prefilled"]
+        if left > 0:
+            if budget <= 0:
+                blocked = True
+                break
+            kind = PREFILL
+            tokens = min(left, budget)
+            cached = q["prefilled"]
+            slots = cached + tokens
+        else:
+            if k + 1 > budget:
+                blocked = True
+                break
+            kind = DECODE
+            tokens = k + 1
+            cached = q["prompt"] + q["generated"]
+            slots = cached + k  # all k + 1 verify tokens, the newest token's included
+        while not kv_hold(req, e, r, slots):
+            _preempt_last(req, e, run, queue)
+            blocked = True
+            if e["running"] == i:
+                break  # request i itself could not fit and was preempted
+        if i == e["running"]:
+            break
+        _add_entry(e, batch, r, kind, tokens, cached, q["kv_blocks"])
+        budget -= tokens
+        i += 1
+        if tokens < left:
+            blocked = True  # a partial chunk: the budget is spent
+            break
+    return budget, blocked
+
+
+@jit(inline=True)
+def _preempt_last(req: Any, e: Any, run: _I64, queue: _I64) -> None:
+    """Preempt the most recently admitted running request by recomputation: its blocks are
+    freed and it goes back to the front of the queue (preempted in turn from the back, the
+    earliest admitted ends up first, as in vLLM), to prefill prompt + generated tokens again."""
+    n = e["running"] - 1
+    r = run[n]
+    q = req[r]
+    if q["prefilled"] < q["prefill_target"]:
+        e["prefilling"] -= 1
+    kv_free(req, e, r)
+    q["prefilled"] = 0
+    q["prefill_target"] = q["prompt"] + q["generated"]
+    q["preemptions"] += 1
+    push_front(queue, r)
+    e["running"] = n
+    e["preempted"] += 1
+    e["preemptions"] += 1
+
+
+@jit(inline=True)
+def _admit(
+    req: Any, e: Any, run: _I64, batch: Any, queue: _I64, budget: int, now: float
+) -> int:
+    """FCFS admissions while a sequence slot, token budget and the KV blocks of the first chunk
+    are free. Returns the budget left."""
+    while waiting_count(queue) > 0 and e["running"] < e["max_num_seqs"] and budget > 0:
+        r = waiting_front(queue)
+        q = req[r]
+        tokens = min(q["prefill_target"] - q["prefilled"], budget)
+        if not kv_hold(req, e, r, q["prefilled"] + tokens):
+            break
+        pop_front(queue)
+        run[e["running"]] = r
+        e["running"] += 1
+        e["prefilling"] += 1
+        e["admitted"] += 1
+        _add_entry(e, batch, r, PREFILL, tokens, q["prefilled"], q["kv_blocks"])
+        budget -= tokens
+        if math.isnan(q["first_scheduled"]):
+            q["first_scheduled"] = now
+    return budget
+
+
+@jit(inline=True)
+def _prefill_only(
+    req: Any, e: Any, run: _I64, batch: Any, queue: _I64, now: float
+) -> bool:
+    """The prefill-first policy's step: chunks of the running requests still prefilling, then
+    admissions, within the budget and the free blocks. Returns whether any prefill was scheduled
+    (nothing was changed when not)."""
+    budget = e["token_budget"]
+    short = False
+    if e["prefilling"] > 0:
+        for i in range(e["running"]):
+            r = run[i]
+            q = req[r]
+            left = q["prefill_target"] - q["prefilled"]
+            if left <= 0:
+                continue
+            if budget <= 0:
+                break
+            tokens = min(left, budget)
+            if not kv_hold(req, e, r, q["prefilled"] + tokens):
+                short = True
+                break
+            _add_entry(e, batch, r, PREFILL, tokens, q["prefilled"], q["kv_blocks"])
+            budget -= tokens
+    if not short:
+        _admit(req, e, run, batch, queue, budget, now)
+    return bool(e["entries"] > 0)
 
 
 @dataclass
 class Batch:
-    """One step's work.
+    """One step's work, as check hooks see it (copies; see ``Engine.batch_view``).
 
     Attributes
     ----------
     decode_ids
-        Requests verifying k + 1 tokens this step.
+        Requests verifying k + 1 tokens this step, in admission order.
     prefill_ids, prefill_chunks
-        Requests with a prefill chunk this step, and the chunk sizes.
+        Requests with a prefill chunk this step (running ones, then admitted ones), and the chunk
+        sizes.
     admitted
-        Request ids admitted from the waiting queue this step (already appended to the running set).
+        Requests admitted from the waiting queue this step (in the running set now).
     preempted
-        Request ids preempted this step (already removed from the running set and put back at the
-        front of the waiting queue, in admission order).
-    preempted_prefilling
-        How many of the preempted requests were still prefilling.
+        Requests preempted this step (back at the front of the waiting queue, in admission order).
     decode_context
-        ``prompt + generated`` of each decoding request before the step (aligned with
-        ``decode_ids``).
+        ``prompt + generated`` of each decoding request before the step.
     decode_blocks
-        KV blocks each decoding request holds during the step (its k + 1 look-ahead slots
-        included); empty when no KV cache was given.
+        KV blocks each decoding request held during the step (its k + 1 look-ahead slots
+        included).
     """
 
-    decode_ids: npt.NDArray[np.int64]
-    prefill_ids: npt.NDArray[np.int64]
-    prefill_chunks: npt.NDArray[np.int64]
+    decode_ids: _I64
+    prefill_ids: _I64
+    prefill_chunks: _I64
     admitted: list[int]
-    preempted: npt.NDArray[np.int64] = field(default_factory=lambda: _EMPTY)
-    preempted_prefilling: int = 0
-    decode_context: npt.NDArray[np.int64] = field(default_factory=lambda: _EMPTY)
-    decode_blocks: npt.NDArray[np.int64] = field(default_factory=lambda: _EMPTY)
+    preempted: _I64
+    decode_context: _I64
+    decode_blocks: _I64
 
     @property
     def num_seqs(self) -> int:
         return int(self.decode_ids.shape[0] + self.prefill_ids.shape[0])
-
-
-def form_batch(
-    run: npt.NDArray[np.int64],
-    n_prefilling: int,
-    waiting: deque[int] | IdQueue,
-    table: RequestTable,
-    k: int,
-    max_num_seqs: int,
-    token_budget: int,
-    policy: str = "vllm-v1",
-    kv: KVCache | None = None,
-) -> tuple[Batch, npt.NDArray[np.int64]]:
-    """Form the next batch, reserving its KV slots and preempting if the cache is short.
-
-    Parameters
-    ----------
-    run
-        Running request ids in admission order.
-    n_prefilling
-        How many of them are still prefilling (0 enables the all-decode fast path).
-    waiting
-        FCFS queue of waiting ids; admitted ids are popped from its front, preempted ones pushed
-        back onto it.
-    table
-        Request state (preemption resets ``prefilled`` and grows ``prefill_target``).
-    k
-        Draft length this step.
-    max_num_seqs, token_budget
-        vLLM's ``max_num_seqs`` and ``max_num_batched_tokens``.
-    policy
-        ``"vllm-v1"`` or ``"prefill-first"`` (see the module docstring).
-    kv
-        The replica's KV cache; ``None`` skips KV accounting entirely.
-
-    Returns
-    -------
-    batch, run
-        The batch and the new running set (admitted ids appended, preempted ids removed).
-    """
-    if policy == "prefill-first" and waiting and run.shape[0] < max_num_seqs:
-        got = _prefill_first(run, n_prefilling, waiting, table, max_num_seqs, token_budget, kv)
-        if got is not None:
-            return got
-    per_decode = k + 1
-    nrun = run.shape[0]
-    budget = token_budget
-    # 1. token budget: the longest prefix of the running set that fits (partial last chunk)
-    sel_pf: npt.NDArray[np.bool_] | None = None  # None: every selected request is decoding
-    if n_prefilling == 0:
-        fit = min(nrun, budget // per_decode)
-        sel = run if fit == nrun else run[:fit]
-        tok: npt.NDArray[np.int64] | None = None
-        budget -= fit * per_decode
-        blocked = fit < nrun
-    else:
-        rem = table.prefill_target[run] - table.prefilled[run]
-        need_tok = np.where(rem > 0, rem, per_decode)
-        cum = np.cumsum(need_tok)
-        full = cum <= budget
-        nfull = int(full.sum()) if full.all() else int(np.argmin(full))
-        budget -= int(cum[nfull - 1]) if nfull > 0 else 0
-        blocked = nfull < nrun
-        tok = need_tok[:nfull]
-        sel_pf = rem[:nfull] > 0
-        sel = run[:nfull]
-        if blocked and rem[nfull] > 0 and budget > 0:
-            # the first request that does not fit is prefilling: give it a partial chunk
-            sel = run[: nfull + 1]
-            tok = np.append(tok, budget)
-            sel_pf = np.append(sel_pf, True)
-            budget = 0
-    # 2. KV slots for the selected requests, in admission order; preempt from the back if short
-    ctx = table.prompt[sel] + table.generated[sel]
-    preempted = _EMPTY
-    n_pf_pre = 0
-    target: npt.NDArray[np.int64] = _EMPTY
-    if kv is not None:
-        if sel_pf is None or tok is None:
-            target = kv.blocks_for(ctx + k)
-        else:
-            target = kv.blocks_for(np.where(sel_pf, table.prefilled[sel] + tok, ctx + k))
-        held = kv.held
-        add = target - held[sel]
-        total_add = int(np.add.reduce(add))
-        if total_add > kv.free:
-            m, j = _kv_cut(add, held[run], kv.free)
-            if m < sel.shape[0]:
-                sel = sel[:m]
-                target = target[:m]
-                ctx = ctx[:m]
-                if tok is not None and sel_pf is not None:
-                    tok = tok[:m]
-                    sel_pf = sel_pf[:m]
-            preempted = run[j:]
-            n_pf_pre = _preempt(preempted, table, kv, waiting)
-            run = run[:j]
-            blocked = True  # vLLM v1 admits nothing in a step that preempted
-        kv.grow(sel, target, total_add if sel.shape[0] == add.shape[0] else None)
-    # 3. split the selection into decodes and prefill chunks
-    if sel_pf is None:
-        decode_ids = sel
-        dec_ctx = ctx
-        dec_blocks = target
-        prefill_ids = _EMPTY
-        chunks = _EMPTY
-    else:
-        assert tok is not None
-        is_dec = ~sel_pf
-        decode_ids = sel[is_dec]
-        dec_ctx = ctx[is_dec]
-        dec_blocks = target[is_dec] if kv is not None else _EMPTY
-        prefill_ids = sel[sel_pf]
-        chunks = tok[sel_pf]
-    # 4. admissions: FCFS while sequence slots, token budget and KV blocks allow
-    admitted: list[int] = []
-    if not blocked and budget > 0 and waiting and run.shape[0] < max_num_seqs:
-        new_chunks: list[int] = []
-        nrun = run.shape[0]
-        while waiting and nrun + len(admitted) < max_num_seqs and budget > 0:
-            rid = waiting[0]
-            left = int(table.prefill_target[rid] - table.prefilled[rid])
-            c = min(left, budget)
-            if kv is not None and not _reserve_one(kv, rid, int(table.prefilled[rid]) + c):
-                break
-            waiting.popleft()
-            budget -= c
-            admitted.append(rid)
-            new_chunks.append(c)
-        if admitted:
-            adm = np.asarray(admitted, dtype=np.int64)
-            prefill_ids = np.concatenate([prefill_ids, adm])
-            chunks = np.concatenate([chunks, np.asarray(new_chunks, dtype=np.int64)])
-            run = np.concatenate([run, adm])
-    batch = Batch(
-        decode_ids, prefill_ids, chunks, admitted, preempted, n_pf_pre, dec_ctx, dec_blocks
-    )
-    return batch, run
-
-
-def _kv_cut(
-    add: npt.NDArray[np.int64], held_run: npt.NDArray[np.int64], free: int
-) -> tuple[int, int]:
-    """Where the KV cache cuts the step (vLLM v1's allocate-or-preempt loop, vectorised).
-
-    Parameters
-    ----------
-    add
-        New blocks each selected request needs (a prefix of the running set, in order).
-    held_run
-        Blocks held by every running request, in admission order.
-    free
-        Free blocks.
-
-    Returns
-    -------
-    m, j
-        The first ``m`` selected requests run; running requests from index ``j`` on are preempted
-        (``j >= m``; ``j == m`` when the cut fell inside the selection).
-    """
-    nrun = held_run.shape[0]
-    nsel = add.shape[0]
-    # d[m]: blocks the first m selected requests add; s[j]: blocks held by running[j:].
-    d = np.zeros(nsel + 1, dtype=np.int64)
-    np.cumsum(add, out=d[1:])
-    s = np.zeros(nrun + 1, dtype=np.int64)
-    s[:-1] = np.cumsum(held_run[::-1])[::-1]
-    # Prefix m is feasible when d[m] <= free + s[m] (preempting everyone after it);
-    # d[m] - s[m] is non-decreasing in m, so the feasible prefixes are an initial segment.
-    g = d - s[: nsel + 1]
-    m = int(np.searchsorted(g, free, side="right")) - 1
-    if m < nsel:
-        # the request at m cannot fit even after preempting everyone behind it: it goes too
-        return m, m
-    # all selected fit: preempt the shortest tail that frees enough (s is non-increasing)
-    short = int(d[nsel]) - free
-    j = int(np.searchsorted(-s[nsel:], -short, side="right")) - 1 + nsel
-    return m, j
-
-
-def _preempt(
-    ids: npt.NDArray[np.int64],
-    table: RequestTable,
-    kv: KVCache,
-    waiting: deque[int] | IdQueue,
-) -> int:
-    """Preempt ``ids`` by recomputation; returns how many of them were still prefilling."""
-    if ids.shape[0] == 0:
-        return 0
-    kv.release(ids)
-    n_pf = int((table.prefilled[ids] < table.prefill_target[ids]).sum())
-    table.prefilled[ids] = 0
-    # recomputation: the prefill covers the prompt and every token generated so far
-    table.prefill_target[ids] = table.prompt[ids] + table.generated[ids]
-    table.preemptions[ids] += 1
-    # back to the front of the queue, keeping admission order (vLLM prepends each as it pops the
-    # running tail, so the earliest admitted ends up first)
-    waiting.extendleft(reversed(ids.tolist()))
-    return n_pf
-
-
-def _reserve_one(kv: KVCache, rid: int, tokens: int) -> bool:
-    """Reserve blocks for ``tokens`` tokens of request ``rid`` if they are free."""
-    bs = kv.block_size
-    want = (tokens + bs - 1) // bs
-    add = want - int(kv.held[rid])
-    if add > kv.free:
-        return False
-    if add > 0:
-        kv.held[rid] = want
-        kv.used += add
-        if kv.used > kv.peak:
-            kv.peak = kv.used
-    return True
-
-
-def _prefill_first(
-    run: npt.NDArray[np.int64],
-    n_prefilling: int,
-    waiting: deque[int] | IdQueue,
-    table: RequestTable,
-    max_num_seqs: int,
-    token_budget: int,
-    kv: KVCache | None,
-) -> tuple[Batch, npt.NDArray[np.int64]] | None:
-    """A prefill-only step, or ``None`` when no prefill can go (then decode by vLLM-v1 rules)."""
-    budget = token_budget
-    ids: list[int] = []
-    chunks: list[int] = []
-    kv_short = False
-    if n_prefilling:
-        rem = table.prefill_target[run] - table.prefilled[run]
-        for rid, r in zip(run[rem > 0].tolist(), rem[rem > 0].tolist(), strict=True):
-            if budget <= 0:
-                break
-            c = min(int(r), budget)
-            if kv is not None and not _reserve_one(kv, rid, int(table.prefilled[rid]) + c):
-                kv_short = True
-                break
-            ids.append(rid)
-            chunks.append(c)
-            budget -= c
-    admitted: list[int] = []
-    while not kv_short and waiting and run.shape[0] + len(admitted) < max_num_seqs and budget > 0:
-        rid = waiting[0]
-        c = min(int(table.prefill_target[rid] - table.prefilled[rid]), budget)
-        if kv is not None and not _reserve_one(kv, rid, int(table.prefilled[rid]) + c):
-            break
-        waiting.popleft()
-        budget -= c
-        admitted.append(rid)
-        ids.append(rid)
-        chunks.append(c)
-    if not ids:
-        return None
-    if admitted:
-        run = np.concatenate([run, np.asarray(admitted, dtype=np.int64)])
-    return (
-        Batch(
-            _EMPTY, np.asarray(ids, dtype=np.int64), np.asarray(chunks, dtype=np.int64), admitted
-        ),
-        run,
-    )

@@ -1,18 +1,18 @@
-"""Acceptance tapes: each request's acceptance draws, computed once, read by one gather per step.
+"""Acceptance tapes: each request's acceptance draws, computed once, read by the step.
 
 A request's j-th decode step uses the counter-based uniform ``counter_uniform(key, rid, j)``
 (:mod:`sdsim.rng`), so all its future draws are known the moment it is admitted. A decode step
 emits at least one token, so a request that still needs ``r`` tokens makes at most ``r`` more
-decode steps, preempted or not: its *tape* is the ``r`` draws from its current decode counter on.
-With a fixed draft length the tape holds the accepted draft tokens themselves (the truncated
-geometric inverted once per draw); under the adaptive policy it holds the uniforms (k is only
-known at the step).
+decode steps, preempted or not: its *tape* is the ``r`` draws from its current decode step on.
+The tape holds the accepted draft tokens of each draw at the largest draft length the engine may
+use (``k_cap``: the fixed k, or ``spec.k_max`` under the adaptive policy): the truncated
+geometric inverted once per draw. A step at draft length ``k <= k_cap`` accepts
+``min(entry, k)`` of them, the same as inverting the uniform at ``k`` (acceptance past position
+``k`` needs acceptance at ``k`` first).
 
-All tapes of one engine live in one arena (a flat array) with a bump pointer; a request's entry
-for decode counter ``c`` is ``arena[tape_pos + c]``. When the arena is full, the live tapes
+All tapes of one engine live in one arena (a flat int64 array) with a bump pointer; a request's
+entry for decode step ``s`` is ``arena[tape_pos + s]``. When the arena is full, the live tapes
 (requests not finished) are compacted to its front, and the arena doubles if they fill half of it.
-Reading a step's draws is then one gather instead of a hash and an inversion per step, and a
-fast-forwarded block of m steps reads an (m, batch) block of the arena in one gather.
 
 With ``prefetch`` set (one engine owning every request id, slot == request id, as in a batch
 simulation), the first admission of a request also writes the tapes of the next ``prefetch``
@@ -22,8 +22,9 @@ of one each (the per-call overhead dominated). The draws are the same pure funct
 
 With reusable slots (streaming statistics) a slot is not a request id, so tapes are written ahead
 by *request id* instead (:meth:`AcceptanceTape.ahead`, one engine): the tapes of the next
-``chunk`` fresh requests are computed in one call from the workload's lengths and the
-acceptance key, and a request's tape is copied into the arena when it is first admitted.
+``chunk`` fresh requests are computed in one call from the workload's lengths and the acceptance
+key and laid in the arena, and a request is pointed at its tape when it arrives
+(:meth:`AcceptanceTape.assign`), so the step never waits for one.
 """
 
 from __future__ import annotations
@@ -47,26 +48,26 @@ class AcceptanceTape:
     ----------
     sampler
         Inverts uniforms to accepted draft tokens.
-    k
-        The fixed draft length, or ``None`` (adaptive policy): the tape then holds uniforms.
+    k_cap
+        The largest draft length a step may use.
     capacity
         Initial arena entries.
     """
 
-    def __init__(self, sampler: AcceptanceSampler, k: int | None, capacity: int = 1 << 16) -> None:
+    def __init__(self, sampler: AcceptanceSampler, k_cap: int, capacity: int = 1 << 16) -> None:
         self.sampler = sampler
-        self.k = k
-        dt = np.float64 if k is None else np.int64
-        self.arena: npt.NDArray[np.generic] = np.zeros(max(1024, capacity), dtype=dt)
+        self.k_cap = int(k_cap)
+        self.arena: npt.NDArray[np.int64] = np.zeros(max(1024, capacity), dtype=np.int64)
         self.top = 0
         self.prefetch = 0  # request ids to write ahead (0: only the requests asked for)
         self.pre_hi = 0  # every id below this has a tape (prefetch mode)
-        # tapes written ahead by request id (reusable slots): see ahead()
+        # tapes written ahead by request id (reusable slots): see ahead(); the chunk of ids
+        # lo .. hi - 1 lies in the arena from `_base`, request lo + i's tape at
+        # _base + _start_list[i] .. _base + _start_list[i + 1]
         self._src: tuple[npt.NDArray[np.int64], npt.NDArray[np.float64] | None, int] | None = None
         self._chunk = 0
-        self._lo = self._hi = 0
-        self._vals: npt.NDArray[np.generic] = self.arena[:0]
-        self._starts: npt.NDArray[np.int64] = np.zeros(1, dtype=np.int64)
+        self._lo = self._hi = self._base = 0
+        self._start_list: list[int] = [0]
 
     def ahead(
         self,
@@ -109,20 +110,13 @@ class AcceptanceTape:
         new = ids[t.tape_end[ids] == 0]
         if new.shape[0] == 0:
             return
-        if self._src is not None:
-            new = self._from_ahead(t, new, live)
-            if new.shape[0] == 0:
-                return
         if self.prefetch:
             # ids at or above pre_hi have never been admitted (ids are admitted by this engine
-            # only, and each admission below pre_hi already holds a tape): fresh, decode counter
-            # and generated tokens 0
+            # only, and each admission below pre_hi already holds a tape): fresh, no decode step
+            # and no generated token yet
             lo = self.pre_hi
             hi = min(t.n, max(lo, int(new.max()) + 1) + self.prefetch)
-            below = new[new < lo]
             new = np.arange(lo, hi, dtype=np.int64)
-            if below.shape[0]:  # pragma: no cover - every id below pre_hi has a tape
-                new = np.concatenate([below, new])
             self.pre_hi = hi
         # a decode step emits >= 1 token: at most output - generated more decode steps
         lens = np.maximum(t.output[new] - t.generated[new], 1)
@@ -133,7 +127,7 @@ class AcceptanceTape:
             keep = np.arange(self.pre_hi, dtype=np.int64) if self.prefetch else live()
             self._compact(t, keep, total)
         start = self.top
-        ctr = t.decode_counter[new]
+        ctr = t.steps[new]
         vals, starts = self._values(
             t.acc_base[new], lens, ctr, None if t.alpha is None else t.alpha[new]
         )
@@ -148,10 +142,10 @@ class AcceptanceTape:
         lens: npt.NDArray[np.int64],
         first: npt.NDArray[np.int64] | int,
         alpha: npt.NDArray[np.float64] | None,
-    ) -> tuple[npt.NDArray[np.generic], npt.NDArray[np.int64]]:
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """Tape entries of requests with counter bases ``bases``: ``lens[i]`` draws each, from
-        decode counter ``first[i]`` on, laid end to end; returns them (accepted tokens, or the
-        uniforms when k is not fixed) and each request's start offset (plus the total at the end).
+        decode step ``first[i]`` on, laid end to end; returns them (accepted draft tokens at
+        ``k_cap``) and each request's start offset (plus the total at the end).
         """
         starts = np.zeros(lens.shape[0] + 1, dtype=np.int64)
         np.cumsum(lens, out=starts[1:])
@@ -162,73 +156,50 @@ class AcceptanceTape:
         if not isinstance(first, int):
             j += first[owner]
         u = counter_uniform_from_base(bases[owner], j)
-        if self.k is None:
-            return u, starts
-        return self.sampler.sample(u, self.k, None if alpha is None else alpha[owner]), starts
+        return self.sampler.sample(u, self.k_cap, None if alpha is None else alpha[owner]), starts
 
-    def _from_ahead(
-        self,
-        t: RequestTable,
-        new: npt.NDArray[np.int64],
-        live: Callable[[], npt.NDArray[np.int64]],
-    ) -> npt.NDArray[np.int64]:
-        """Copy written-ahead tapes of fresh requests in ``new`` (slots) into the arena; returns
-        the slots left for the general path (not fresh, or ids already passed)."""
-        rest = []
-        for slot, rid in zip(new.tolist(), t.rid[new].tolist(), strict=True):
-            if t.decode_counter[slot] or t.generated[slot] or rid < self._lo:
-                rest.append(slot)  # pragma: no cover - fresh requests are admitted in id order
-                continue
-            if rid >= self._hi:
-                self._write_ahead(rid)
-            i = rid - self._lo
-            a, b = int(self._starts[i]), int(self._starts[i + 1])
-            n = b - a
-            if self.top + n > self.arena.shape[0]:
-                self._compact(t, live(), n)
-            top = self.top
-            self.arena[top : top + n] = self._vals[a:b]
-            self.top = top + n
-            t.tape_pos[slot] = top
-            t.tape_end[slot] = top + n
-        return np.asarray(rest, dtype=np.int64)
+    def assign(
+        self, t: RequestTable, slot: int, rid: int, live: Callable[[], npt.NDArray[np.int64]]
+    ) -> None:
+        """Point fresh request ``rid``, placed in ``slot``, at its tape written ahead (requests
+        arrive in id order; :meth:`ahead` must have been called). ``live`` as for
+        :meth:`ensure`."""
+        if rid >= self._hi:
+            self._write_chunk(rid, t, live)
+        i = rid - self._lo
+        starts = self._start_list
+        t.tape_pos[slot] = self._base + starts[i]
+        t.tape_end[slot] = self._base + starts[i + 1]
 
-    def _write_ahead(self, lo: int) -> None:
-        """Tapes of fresh requests ``lo .. lo + chunk - 1`` (every remaining step of each)."""
+    def _write_chunk(
+        self, lo: int, t: RequestTable, live: Callable[[], npt.NDArray[np.int64]]
+    ) -> None:
+        """Lay the tapes of fresh requests ``lo .. lo + chunk - 1`` in the arena (every request
+        of the previous chunk has arrived and been assigned its tape)."""
         assert self._src is not None
         output, alpha, key = self._src
         hi = min(output.shape[0], lo + self._chunk)
-        self._vals, self._starts = self._values(
+        vals, starts = self._values(
             counter_base(key, np.arange(lo, hi)),
             np.maximum(output[lo:hi], 1),
             0,
             None if alpha is None else alpha[lo:hi],
         )
+        n = vals.shape[0]
+        if self.top + n > self.arena.shape[0]:
+            self._compact(t, live(), n)
+        self.arena[self.top : self.top + n] = vals
+        self._base = self.top
+        self._start_list = starts.tolist()
         self._lo, self._hi = lo, hi
-
-    def read(self, t: RequestTable, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.generic]:
-        """The draws of ``ids`` at their current decode counters (no counter is advanced)."""
-        return self.arena[t.tape_pos[ids] + t.decode_counter[ids]]
-
-    def read_block(
-        self, t: RequestTable, ids: npt.NDArray[np.int64], m: int
-    ) -> npt.NDArray[np.generic]:
-        """Draws of ``ids`` for their next ``m`` decode steps, shape ``(m, len(ids))``."""
-        pos = t.tape_pos[ids] + t.decode_counter[ids]
-        return self.arena[pos[None, :] + np.arange(m, dtype=np.int64)[:, None]]
-
-    def accepted(
-        self, draws: npt.NDArray[np.generic], k: int, alpha: npt.NDArray[np.float64] | None
-    ) -> npt.NDArray[np.int64]:
-        """Accepted draft tokens from tape entries (a no-op for a fixed-k tape)."""
-        if self.k is not None:
-            return np.asarray(draws, dtype=np.int64)
-        return self.sampler.sample(np.asarray(draws, dtype=np.float64), k, alpha)
+        self.top += n
 
     def _compact(self, t: RequestTable, live: npt.NDArray[np.int64], extra: int) -> None:
-        """Move the unread part of every live tape to the front of the arena (growing it)."""
+        """Move the unread part of every live tape to the front of the arena (growing it to hold
+        ``extra`` more entries). Tapes written ahead by request id are all assigned when this
+        runs (it runs before the next chunk is laid, or for a request of the general path)."""
         live = live[(t.tape_end[live] > 0) & np.isnan(t.finish[live])]
-        begin = t.tape_pos[live] + t.decode_counter[live]
+        begin = t.tape_pos[live] + t.steps[live]
         lens = np.maximum(t.tape_end[live] - begin, 0)
         total = int(lens.sum())
         size = self.arena.shape[0]
@@ -244,5 +215,5 @@ class AcceptanceTape:
         arena[:total] = moved
         self.arena = arena
         self.top = total
-        t.tape_pos[live] = (ends - lens) - t.decode_counter[live]
+        t.tape_pos[live] = (ends - lens) - t.steps[live]
         t.tape_end[live] = ends
