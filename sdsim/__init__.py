@@ -21,7 +21,7 @@ from sdsim.reports import Report, load_report, report_to_measurements
 from sdsim.scenario import Scenario, load_scenario
 from sdsim.simulation import SimResult, simulate
 
-# DESIGN.md's short names for the same entry points
+# docs/design.md's short names for the same entry points
 _ALIASES = {"fit": "fit_measurements"}
 
 

@@ -80,7 +80,7 @@ SUMMARY_KEYS = (
 
 
 def build_requests_frame(run: SimRun, warmup: int) -> pd.DataFrame:
-    """One row per request with the DESIGN.md record fields and derived latencies."""
+    """One row per request with the docs/design.md record fields and derived latencies."""
     t = run.table
     df = pd.DataFrame(
         {
@@ -112,7 +112,7 @@ def build_requests_frame(run: SimRun, warmup: int) -> pd.DataFrame:
 
 
 def build_steps_frame(run: SimRun) -> pd.DataFrame:
-    """One row per engine step (DESIGN.md step fields plus k, accepted, emitted, replica)."""
+    """One row per engine step (docs/design.md step fields plus k, accepted, emitted, replica)."""
     return pd.DataFrame(run.steps)
 
 
@@ -156,7 +156,7 @@ def summarize(
     seed: int,
     slo: SloSpec | None = None,
 ) -> dict[str, Any]:
-    """The summary dict (DESIGN.md keys plus diagnostics, goodput and SLO attainment).
+    """The summary dict (docs/design.md keys plus diagnostics, goodput and SLO attainment).
 
     Parameters
     ----------

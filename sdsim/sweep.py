@@ -83,7 +83,7 @@ from sdsim.sweep_store import (
 )
 from sdsim.sweep_summary import summarize_runs
 
-# Summary scalars a sweep may keep: the DESIGN.md keys plus the simulator's diagnostics.
+# Summary scalars a sweep may keep: the docs/design.md keys plus the simulator's diagnostics.
 KNOWN_METRICS: tuple[str, ...] = (
     *(k for k in SUMMARY_KEYS if k != "seed"),
     "measured",

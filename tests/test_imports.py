@@ -194,3 +194,45 @@ def test_cycle_finder_reports_a_cycle() -> None:
 def test_no_import_cycle() -> None:
     cycles = find_cycles(import_graph())
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def design_layers() -> dict[str, int]:
+    """Module (or package) -> its layer's index in docs/design.md's layer table (top row 0)."""
+    text = (ROOT / "docs" / "design.md").read_text()
+    table = text.split("| layer | modules | holds |", 1)[1].split("\n\n", 1)[0]
+    layers: dict[str, int] = {}
+    rows = [r for r in table.splitlines() if r.startswith("| ") and not r.startswith("|---")]
+    for i, row in enumerate(rows):
+        cell = row.split("|")[2]
+        for name in cell.replace("`", "").split(","):
+            name = name.strip().rstrip("/")
+            if name:
+                layers[f"{PACKAGE}.{name}"] = i
+    return layers
+
+
+def _layer_of(module: str, layers: dict[str, int]) -> int | None:
+    while module:
+        if module in layers:
+            return layers[module]
+        module = module.rpartition(".")[0]
+    return None
+
+
+def test_imports_follow_the_design_layers() -> None:
+    # docs/design.md promises that a module imports only from its own layer or the ones above it;
+    # every sdsim module must be in the table, so a new module is placed on purpose
+    layers = design_layers()
+    graph = import_graph()
+    unplaced = sorted(m for m in graph if m != PACKAGE and _layer_of(m, layers) is None)
+    assert not unplaced, f"modules missing from docs/design.md's layer table: {unplaced}"
+    upward = []
+    for module, targets in graph.items():
+        here = _layer_of(module, layers)
+        if here is None:  # the package's own __init__: the public API, above every layer
+            continue
+        for t in targets:
+            there = _layer_of(t, layers)
+            if there is not None and there > here:
+                upward.append(f"{module} (layer {here}) imports {t} (layer {there})")
+    assert not upward, "imports against docs/design.md's layers:\n" + "\n".join(sorted(upward))
