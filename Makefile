@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_DEMO := $(VENV)/.demo-installed
 STAMP_TEST := $(VENV)/.test-installed
 
-.PHONY: demo test lint typecheck unit nbtest bench clean notebooks browser calibration fuzz mutation
+.PHONY: demo test lint typecheck unit nbtest nbfull docfigures bench clean notebooks browser calibration fuzz mutation
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,15 +42,28 @@ unit: $(STAMP_TEST) browser
 	# wall-clock tests need a quiet machine: run them alone
 	$(BIN)/python -m pytest -q -p no:xdist -m realtime
 
-# Execute every teaching notebook (small-size switch on, headless matplotlib); fails on any cell error.
+# Execute every teaching notebook (small-size switch on); fails on any cell error and on any figure
+# with an unlabelled axis or a line missing from its legend (tests/notebook_figures.py checks each
+# figure at plt.show()). `make nbfull` does the same at full size (a few minutes).
+NB_RUN = PYTHONPATH=$(CURDIR) MPLBACKEND=module://tests.notebook_figures \
+	$(BIN)/python -m pytest -q --nbmake --nbmake-timeout=900 -n 2 -p no:cacheprovider notebooks/*.ipynb
 nbtest: $(STAMP_TEST)
-	SDSIM_NOTEBOOK_SMALL=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q --nbmake -n 2 notebooks/*.ipynb
+	SDSIM_NOTEBOOK_SMALL=1 $(NB_RUN)
+
+nbfull: $(STAMP_TEST)
+	SDSIM_NOTEBOOK_SMALL=0 $(NB_RUN) --durations=0
 
 # Regenerate the committed .ipynb files from their jupytext py:percent sources (no outputs).
 notebooks: $(STAMP_TEST)
 	$(BIN)/jupytext --to ipynb notebooks/[0-9]*.py
 
 test: lint unit nbtest
+
+# The figures the README and notes/planning.md quote from the capacity plan's minutes of
+# simulation, recomputed and compared (tests/test_docs.py; the rest of that file runs in `make
+# test`). `python -m tests.test_docs --fix --long` rewrites stale ones in place.
+docfigures: $(STAMP_TEST)
+	SDSIM_DOCFIGURES=1 $(BIN)/python -m pytest -q -p no:xdist -m docfigures tests/test_docs.py
 
 # The fuzz suite at depth: 25x the examples `make test` runs, random rather than fixed
 # (tests/test_fuzz.py; SDSIM_FUZZ_SCALE=N sets another multiple).

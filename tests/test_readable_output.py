@@ -129,6 +129,52 @@ def test_advise_and_predict_show_the_same_mean() -> None:
     assert means[k] == pytest.approx(p.summary["e2e_mean"], rel=1e-12)
 
 
+VLLM = (
+    "vllm serve meta-llama/Llama-3.1-70B-Instruct --tensor-parallel-size 4 --max-num-seqs 128 "
+    "--speculative-config '{\"method\": \"eagle\", \"model\": "
+    "\"yuhuili/EAGLE-LLaMA3.1-Instruct-70B\", \"num_speculative_tokens\": 3}' "
+    "--enable-prefix-caching --port 8000 --frobnicate 3"
+)
+
+
+def test_from_vllm_lists_every_flag_in_100_columns() -> None:
+    res = cli("from-vllm", VLLM, "--hardware", "h100-sxm")
+    assert res.returncode == 0, res.stderr
+    text = res.stdout
+    table = text.split("\nnote: ")[0]  # the notes after the table are prose
+    assert fits(table), [ln for ln in table.splitlines() if len(ln) > 100]
+    rows = {ln.split()[0]: ln for ln in table.splitlines() if ln.startswith(("--", "  "))}
+    assert "server.tp" in rows["--tensor-parallel-size"]
+    assert "spec.k" in rows["num_speculative_tokens"]  # a key of --speculative-config, indented
+    assert "yuhuili/EAGLE-LLaMA3.1-Instruct-70B" in rows["model"]
+    assert "not modelled [1]" in rows["--enable-prefix-caching"]
+    assert "ignored" in rows["--port"] and "unknown" in rows["--frobnicate"]
+    assert "[1] --enable-prefix-caching: prefix caching" in text  # the reason, numbered
+
+
+def test_plan_tables_fit_100_columns(tmp_path: Path) -> None:
+    res = cli("plan", DEFAULT, "--rate", "60", "--slo", "e2e_p99=2.5", "--slo", "ttft_p99=200ms",
+              "--search", "server.replicas=1..4", "--search", "spec.k=2,4", "--confirm", "0",
+              "--out", str(tmp_path / "p"))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert fits(res.stdout), [ln for ln in res.stdout.splitlines() if len(ln) > 100]
+    for head in ("e2e p99", "≤ 2.5 s", "TTFT p99", "≤ 200 ms", "$/Mtok", "verdict"):
+        assert head in res.stdout
+    ranks = [ln.split()[0] for ln in res.stdout.splitlines() if ln[:2] in ("1 ", "2 ")]
+    assert ranks[:2] == ["1", "2"]  # rows labelled by rank
+    res = cli("plan", DEFAULT, "--max-rate", "--slo", "e2e_p99=2.5", "--confirm", "0",
+              "--out", str(tmp_path / "m"))  # fmt: skip
+    assert res.returncode == 0 and "model max rate" in res.stdout
+
+
+@pytest.mark.parametrize("args", [(), ("acceptance",)])
+def test_no_arguments_prints_help_and_exits_cleanly(args: tuple[str, ...]) -> None:
+    res = cli(*args)
+    assert res.returncode == 0, res.stderr
+    assert "Usage:" in res.stdout and "Commands" in res.stdout
+    assert res.stderr == ""  # no error line, no traceback
+
+
 def test_run_prints_within_100_columns_and_records_version_and_seed(tmp_path: Path) -> None:
     out = tmp_path / "r"
     res = cli("run", DEFAULT, "--set", "workload.num_requests=400", "--seed", "7", "--out",

@@ -41,9 +41,8 @@ def test_scenario_opens_with_its_question_and_simulates(path: Path) -> None:
     first = path.read_text().splitlines()[0]
     assert first.startswith("# Question:"), first
     raw = yaml.safe_load(path.read_text())
-    # pinned costs: kv-pressure's table was measured on linear costs, capacity-70b-chat's worked
-    # example (README, notes/planning.md) planned on the roofline
-    pinned = {"kv-pressure": "linear", "capacity-70b-chat": "roofline"}
+    # pinned costs: kv-pressure's table was measured on linear costs
+    pinned = {"kv-pressure": "linear"}
     if raw["name"] in pinned:
         assert raw["costs"]["source"] == pinned[raw["name"]]
     if raw["name"] != "kv-pressure":

@@ -232,6 +232,13 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(2)
     except Exception as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            # `sdsim` (or a command group) with nothing after it: the help is the answer. Typer's
+            # rich help is already printed; click's plain help is the exception's message.
+            text = str(cast(Any, exc).format_message()).strip()
+            if text:
+                out.print(text, markup=False, highlight=False)
+            sys.exit(0)
         # click usage errors (unknown option or command, missing argument, bad type). Recent typer
         # versions vendor click, so their exceptions are not `click.ClickException`: recognise
         # them by what both provide.

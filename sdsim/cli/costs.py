@@ -63,8 +63,10 @@ def costs(
         list[int] | None, typer.Option("--k", help="--explain: draft lengths (repeatable)")
     ] = None,
 ) -> None:
-    """Step time vs decode batch (k = 0 and the scenario's k) and one prefill chunk; with
-    --explain, where each step's time goes."""
+    """Step time vs decode batch (k = 0 and the scenario's k) and one prefill chunk.
+
+    With --explain, where each step's time goes.
+    """
     scn = load(scenario, set_)
     if context is not None and context < 0:
         raise ScenarioError("--context", "must be >= 0")
@@ -222,8 +224,11 @@ def calibrate(
         str | None, typer.Option("--description", help="what the calibration is, for the file")
     ] = None,
 ) -> None:
-    """Fit the calibrated cost model's terms to measurements and write a calibration file for
-    `costs.calibration: FILE`: residuals per anchor, refusal of terms the data cannot identify."""
+    """Fit the calibrated cost model's terms to measurements; write a calibration file.
+
+    The file is read by `costs.calibration: FILE`; the output lists the residual per anchor and
+    refuses terms the data cannot identify.
+    """
     from sdsim.costs.calibration import load_calibration, write_calibration
     from sdsim.costs.fit import collect_data, fit_calibration
 

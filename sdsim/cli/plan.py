@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from sdsim.cli.app import (
     LazyProgress,
@@ -28,7 +26,9 @@ from sdsim.cli.app import (
     out,
 )
 from sdsim.cli.sweep import SweepBar
+from sdsim.cli.tables import Column, render_table
 from sdsim.errors import ScenarioError
+from sdsim.labels import METRICS, sig3, time_unit
 from sdsim.planning import load_prices, parse_price_options, parse_search_options
 from sdsim.planning import max_rate as find_max_rate
 from sdsim.planning import plan as plan_capacity
@@ -38,46 +38,55 @@ from sdsim.slo import parse_slo_options
 from sdsim.vllm_args import parse_vllm_command
 
 
-def _wide() -> Console:
-    """stdout's console, or a wide one when stdout is piped or redirected (a table read in a
-    file is not cut to 80 columns)."""
-    return out if out.is_terminal else Console(width=200)
+def _slo_header(metric: str, bound: float, unit: str, factor: float) -> str:
+    """A column heading for one SLO, on two lines: ``e2e p99`` / ``≤ 20 s``."""
+    lab = METRICS.get(metric)
+    name = lab.name if lab is not None else metric
+    return f"{name}\n≤ {bound * factor:g} {unit}"
+
+
+def _slo_units(bounds: dict[str, float]) -> dict[str, tuple[str, float]]:
+    """The time unit each SLO's column is shown in, chosen by its bound (s, ms or µs)."""
+    return {k: time_unit([b]) for k, b in bounds.items()}
 
 
 def _print_plan(res: Any, limit: int) -> None:
     """The ranked candidates: GPUs, cost, each SLO statistic (model -> simulated ± CI
     half-width), the smallest SLO margin, goodput per GPU and the simulation's verdict."""
-    t = Table(
-        title=f"{res.rate:g} req/s: configurations meeting the SLOs, cheapest first "
-        "(latencies in s: model -> simulated ± 95% CI)",
-        header_style="bold",
-    )
     fields = [f for f in res.fields if f != "server.replicas"]
-    t.add_column("#", justify="right")
-    for f in fields:
-        t.add_column(f.rsplit(".", 1)[-1])
-    t.add_column("replicas x tp", justify="right")
-    t.add_column("GPUs", justify="right")
-    t.add_column("$/Mtok", justify="right")
-    for k in res.bounds:
-        t.add_column(f"{k} ≤ {res.bounds[k]:g}", justify="right")
-    t.add_column("margin", justify="right")
-    t.add_column("goodput/GPU", justify="right")
-    t.add_column("verdict")
+    units = _slo_units(res.bounds)
+    columns = [
+        Column("#", "label"),
+        *(Column(f.rsplit(".", 1)[-1], "text") for f in fields),
+        Column("GPUs", "text", "replicas x tp"),
+        Column("cost", "text", "$/Mtok"),
+        *(Column(_slo_header(k, b, *units[k]), "text") for k, b in res.bounds.items()),
+        Column("margin", "text"),
+        Column("goodput/GPU", "num", "req/s"),
+        Column("verdict", "words"),
+    ]  # fmt: skip
+    rows = []
     for c in res.candidates[:limit]:
         sim = c.replicas is not None
-        cells = [str(c.rank), *(fmt(c.overrides.get(f)) for f in fields)]
-        cells += [f"{c.gpus // c.tp} x {c.tp}", f"{c.gpus} {c.gpu}", f"{c.cost:.3f}"]
+        row: list[Any] = [str(c.rank), *(fmt(c.overrides.get(f)) for f in fields)]
+        row += [f"{c.gpus} = {c.gpus // c.tp} x {c.tp}", f"{c.cost:.3f}"]
         for k in res.bounds:
-            cell = f"{c.model[k]:.3g}"
+            _, factor = units[k]
+            cell = sig3(c.model[k] * factor)
             if sim:
                 mean, lo, hi = c.sim[k]
-                cell += f" -> {mean:.3g}±{(hi - lo) / 2:.2g}"
-            cells.append(cell)
+                cell += f" -> {sig3(mean * factor)} ± {sig3((hi - lo) / 2 * factor)}"
+            row.append(cell)
         good = c.sim["goodput_rps"][0] if sim else c.model.get("goodput_rps", math.nan)
-        cells += [f"{c.min_margin(res.bounds):+.0%}", f"{good / c.gpus:.3g}", c.verdict]
-        t.add_row(*cells)
-    _wide().print(t)
+        row += [f"{c.min_margin(res.bounds):+.0%}", good / c.gpus, c.verdict]
+        rows.append(row)
+    render_table(
+        f"{res.rate:g} req/s: configurations meeting the SLOs, cheapest first",
+        columns,
+        rows,
+        notes=["SLO columns: the closed-form model's statistic -> the simulated mean over runs ± "
+               "its 95% CI half-width; margin: the smallest SLO margin"],
+    )  # fmt: skip
     if len(res.candidates) > limit:
         out.print(f"... {len(res.candidates) - limit} more in candidates.csv")
 
@@ -205,7 +214,6 @@ def plan(
         f"screened {len(res.screen)} configurations with {res.evaluations} model evaluations "
         f"({', '.join(f'{v} {k}' for k, v in counts.items())}); "
         f"{len(res.verdicts)} configurations simulated x {replications} runs; {wall:.1f} s",
-        soft_wrap=True,
     )
     _print_plan(res, show)
     if res.unconfirmed:
@@ -226,7 +234,6 @@ def plan(
         f"chosen: {ov}: {b.gpus} x {b.gpu}, ${b.cost:.3f} per million output tokens "
         f"({'simulated' if b.replicas is not None else 'model only'}); wrote {target}/best.yaml, "
         "plan.json, candidates.csv, screen.csv, pareto.png",
-        soft_wrap=True,
     )
 
 
@@ -260,27 +267,28 @@ def _plan_max_rate(
     out.print(
         f"{scn.name}: model max rate {fmt(res.model_rate)} req/s within the SLOs "
         f"(saturation {fmt(res.saturation_rate)} req/s)",
-        soft_wrap=True,
     )
     if res.tried:
-        t = Table(title=f"simulated ({replications} runs per rate; mean ± 95% CI half-width)")
-        t.add_column("rate", justify="right")
-        for k, x in res.bounds.items():
-            t.add_column(f"{k} ≤ {x:g}s", justify="right")
-        t.add_column("goodput req/s", justify="right")
-        t.add_column("meets")
+        units = _slo_units(res.bounds)
+        rows = []
         for r, v in sorted(res.tried.items()):
-            cells = [fmt(r)]
+            row: list[Any] = [fmt(r)]
             for k in res.bounds:
                 mean, lo, hi = v.stats[k]
-                cells.append(f"{fmt(mean)} ± {fmt((hi - lo) / 2)}")
-            cells += [fmt(v.stats["goodput_rps"][0]), fmt(v.meets)]
-            t.add_row(*cells)
-        out.print(t)
+                _, factor = units[k]
+                row.append(f"{sig3(mean * factor)} ± {sig3((hi - lo) / 2 * factor)}")
+            row += [v.stats["goodput_rps"][0], fmt(v.meets)]
+            rows.append(row)
+        render_table(
+            f"simulated ({replications} runs per rate; mean ± 95% CI half-width)",
+            [Column("rate", "label", "req/s"),
+             *(Column(_slo_header(k, b, *units[k]), "text") for k, b in res.bounds.items()),
+             Column("goodput", "num", "req/s"), Column("meets the SLOs", "text")],
+            rows,
+        )  # fmt: skip
         out.print(
             f"simulated max rate: {fmt(res.sim_rate)} req/s meets the SLOs, "
             f"{fmt(res.sim_miss_rate)} req/s does not; wrote {target}/max-rate.json",
-            soft_wrap=True,
         )
 
 
@@ -299,8 +307,11 @@ def from_vllm(
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the import as JSON")] = False,
 ) -> None:
-    """A scenario from a `vllm serve` command line: every flag carried over, approximated, or
-    listed as not modelled, ignored or unknown (never dropped silently)."""
+    """A scenario from a `vllm serve` command line, every flag accounted for.
+
+    Each flag is carried over, approximated, or listed as not modelled, ignored or unknown
+    (never dropped silently).
+    """
     imp = parse_vllm_command(command)
     base_scn = load_scenario(base, None) if base is not None else load_scenario(None, None)
     scn = imp.scenario(base_scn, hardware)
@@ -313,21 +324,7 @@ def from_vllm(
     if json_out:
         out.print_json(json.dumps({**imp.to_dict(), "scenario": scn.to_dict()}))
         return
-    t = Table(title=f"vllm serve {imp.model}", header_style="bold", show_lines=False)
-    t.add_column("flag")
-    t.add_column("value")
-    t.add_column("sdsim")
-    for flag, value, field in imp.carried:
-        t.add_row(flag, value, f"[green]{field}[/]")
-    for flag, value, note in imp.approximated:
-        t.add_row(flag, value, f"[yellow]approximated:[/] {note}")
-    for flag, value, what in imp.not_modelled:
-        t.add_row(flag, value, f"[red]not modelled:[/] {what}")
-    for flag, value, why in imp.ignored:
-        t.add_row(flag, value, f"ignored: {why}")
-    for flag, value in imp.unknown:
-        t.add_row(flag, value, "[red]unknown flag: not used[/]")
-    _wide().print(t)
+    _print_import(imp)
     for note in imp.notes:
         out.print(f"note: {note}", soft_wrap=True, markup=False)
     if hardware is None and base is None:
@@ -337,3 +334,44 @@ def from_vllm(
         )
     where = f"wrote {out_path}" if out_path is not None else "print it with --out FILE"
     out.print(f"scenario: target {scn.target}, tp {scn.server.tp}, k {scn.spec.k}; {where}")
+
+
+# Prefix of the flags `from-vllm` lists per key of vLLM's JSON speculative config.
+_SPEC = "--speculative-config "
+
+
+def _print_import(imp: Any) -> None:
+    """Every flag of the command and what sdsim made of it: the scenario field it sets, or
+    approximated / not modelled / ignored / unknown with the reason in a numbered note (keys of
+    ``--speculative-config`` indented under it)."""
+    entries: list[tuple[str, str, str, str]] = [
+        *((f, v, field, "") for f, v, field in imp.carried),
+        *((f, v, "approximated", note) for f, v, note in imp.approximated),
+        *((f, v, "not modelled", what) for f, v, what in imp.not_modelled),
+        *((f, v, "ignored", why) for f, v, why in imp.ignored),
+        *((f, v, "unknown: not used", "") for f, v in imp.unknown),
+    ]
+    plain = [e for e in entries if not e[0].startswith(_SPEC)]
+    spec = [e for e in entries if e[0].startswith(_SPEC)]
+    rows: list[list[Any]] = []
+    notes: list[str] = []
+
+    def add(label: str, flag: str, value: str | None, outcome: str, note: str) -> None:
+        if note:
+            notes.append(f"[{len(notes) + 1}] {flag}: {note}")
+            outcome = f"{outcome} [{len(notes)}]"
+        rows.append([label, "" if value is None else str(value), outcome])
+
+    for flag, value, outcome, note in plain:
+        add(flag, flag, value, outcome, note)
+    if spec:
+        rows.append([_SPEC.strip(), "JSON, by key:", ""])
+        for flag, value, outcome, note in spec:
+            add("  " + flag.removeprefix(_SPEC), flag, value, outcome, note)
+    render_table(
+        f"vllm serve {imp.model}: {len(entries)} flags",
+        [Column("flag", "label"), Column("value", "words"),
+         Column("in sdsim", "words", "scenario field, or why not")],
+        rows,
+        notes=notes,
+    )  # fmt: skip

@@ -46,7 +46,7 @@ def _stdout_console() -> Console:
 # Standard output of every command (tables, results); errors and warnings go to `app.err`.
 out = _stdout_console()
 
-Kind = Literal["text", "label", "time", "num", "int", "pct", "signed_pct"]
+Kind = Literal["text", "words", "label", "time", "num", "int", "pct", "signed_pct"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,8 @@ class Column:
         Column heading; the unit goes on a second heading line: the chosen time unit for
         ``kind="time"``, ``unit`` otherwise.
     kind
-        ``label`` (the row label, left-aligned), ``text`` (shown as given), ``time`` (seconds,
+        ``label`` (the row label, left-aligned), ``text`` (shown as given, right-aligned, for
+        numbers already formatted), ``words`` (shown as given, left-aligned), ``time`` (seconds,
         shown in s, ms or µs chosen for the column), ``num`` (4 significant digits), ``int``,
         ``pct`` (a fraction as a percentage) or ``signed_pct`` (a relative error, ``+3.1%``).
     unit
@@ -139,7 +140,7 @@ def _cells(col: Column, values: Sequence[Any]) -> tuple[str, list[str | Text]]:
     if col.kind == "time":
         unit, tc = time_cells(values)
         return f"{head}\n({unit})", list(tc)
-    if col.kind in ("text", "label"):
+    if col.kind in ("text", "words", "label"):
         cells = [v if isinstance(v, Text) else ("-" if v is None else str(v)) for v in values]
     elif col.kind == "int":
         cells = [
@@ -178,8 +179,8 @@ def _build(
     for h, k in zip(heads, kinds, strict=True):
         table.add_column(
             h,
-            justify="left" if k == "label" else "right",
-            no_wrap=not (wrap and k == "text"),
+            justify="left" if k in ("label", "words") else "right",
+            no_wrap=not (wrap and k in ("text", "words")),
             overflow="fold",
         )
     for row in body:
