@@ -228,8 +228,9 @@ for ax, key, what in zip(axes, ("e2e_p99", "ttft_p99"), ("end-to-end", "time to 
                          strict=True):
     sim = holds[f"{key}_sim"].to_numpy()
     err = [sim - holds[f"{key}_lo"].to_numpy(), holds[f"{key}_hi"].to_numpy() - sim]
-    ax.bar(x - 0.2, sim, 0.4, yerr=err, capsize=3, color="C0",
-           label="simulation (steady state, 95% CI)")
+    ax.bar(x - 0.2, sim, 0.4, color="C0", label="simulation (steady state)")
+    ax.errorbar(x - 0.2, sim, yerr=err, fmt="none", ecolor="black", capsize=3,
+                label="its 95% CI")
     ax.bar(x + 0.2, holds[f"{key}_pred"], 0.4, color="white", edgecolor="C3", hatch="//",
            label="model")
     for i, e in enumerate(holds[f"{key}_err"]):
@@ -245,10 +246,11 @@ for ax, key, what in zip(axes, ("e2e_p99", "ttft_p99"), ("end-to-end", "time to 
     ax.set_xticks(x, [c + m for c, m in zip(holds.index, marks, strict=True)],
                   rotation=15, ha="right", fontsize=8)
     ax.set_title(f"p99 {what}: model vs simulation")
+    ax.set_xlabel("case")
+    ax.legend(fontsize=7, loc="best")
 fig.suptitle("Where the closed form holds and where it errs (* predict: outside the model, "
              "† predict: a known error; labels: model error)", fontsize=10)
-fig.tight_layout(rect=(0, 0.06, 1, 1))
-fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8)
+fig.tight_layout()
 plt.show()
 
 # %%
