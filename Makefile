@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_DEMO := $(VENV)/.demo-installed
 STAMP_TEST := $(VENV)/.test-installed
 
-.PHONY: demo test lint typecheck unit nbtest nbfull docfigures bench clean notebooks browser calibration fuzz mutation
+.PHONY: demo test lint typecheck unit nbtest nbfull docfigures bench clean notebooks browser calibration fuzz mutation soak
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -69,6 +69,12 @@ docfigures: $(STAMP_TEST)
 # (tests/test_fuzz.py; SDSIM_FUZZ_SCALE=N sets another multiple).
 fuzz: $(STAMP_TEST)
 	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q -n 2 -p no:cacheprovider tests/test_fuzz.py
+
+# `sdsim serve` on loopback for ~5 minutes at 80% of the predicted saturation, 20% of clients
+# hanging up mid-stream: flat memory, steady latency, every abandoned request let go
+# (benchmarks/soak.py; SOAK_SECONDS, SOAK_LOAD, SOAK_DISCONNECT, SOAK_TIME_SCALE set another run).
+soak: $(STAMP_TEST)
+	nice -n 10 $(BIN)/python benchmarks/soak.py
 
 # Mutation testing (mutmut) of the files and tests named in pyproject's [tool.mutmut]; restrict
 # with e.g. MUTANTS='sdsim.acceptance*'. The score is in mutants/mutmut-cicd-stats.json.

@@ -60,6 +60,9 @@ CASES: dict[str, str] = {
     "g": "sdsim validate scenarios/default.yaml (defaults)",
     "h": "plan: analytic screen of 10,080 configurations (replicas x k x tp x GPU x max_num_seqs)",
     "a-2k": "linearity: (a) at 2,000 requests",
+    "a-off": "(a) with prefix caching off (caching on must stay within 20% of it)",
+    "m": "multi-turn chat sessions with prefix caching (scenarios/multi-turn-chat.yaml), "
+    "20,000 requests",
     "e-100k": "linearity: (e) at 100,000 requests",
     "x": "explore: one view after a k or alpha change (curves recomputed), mean of 8",
     "x-rate": "explore: one view after a rate change (curves cached), mean of 8",
@@ -192,6 +195,14 @@ def run_case(name: str, quick: bool) -> dict[str, float]:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
     if name == "a":
         out = _sim("scenarios/default.yaml", {"workload.num_requests": 20_000})
+    elif name == "a-off":
+        over_off: dict[str, object] = {
+            "workload.num_requests": 20_000,
+            "server.prefix_caching": False,
+        }
+        out = _sim("scenarios/default.yaml", over_off)
+    elif name == "m":
+        out = _sim("scenarios/multi-turn-chat.yaml", {"workload.num_requests": 20_000})
     elif name == "a-2k":
         out = _sim("scenarios/default.yaml", {"workload.num_requests": 2_000})
     elif name == "b":

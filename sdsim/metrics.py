@@ -29,6 +29,7 @@ __all__ = [
     "SUMMARY_KEYS",
     "build_requests_frame",
     "build_steps_frame",
+    "prefix_stats",
     "summarize",
     "t_confidence_interval",
     "time_average_in_system",
@@ -59,6 +60,7 @@ REQUEST_FIELDS = (
     "drafted",
     "accepted",
     "preemptions",
+    "cached_tokens",
 )
 
 SUMMARY_KEYS = (
@@ -95,9 +97,13 @@ def build_requests_frame(run: SimRun, warmup: int) -> pd.DataFrame:
             "drafted": t.drafted,
             "accepted": t.accepted,
             "preemptions": t.preemptions,
+            "cached_tokens": t.cached_tokens,
             "replica": t.replica,
         }
     )
+    if (t.conv >= 0).any():  # multi-turn sessions: which conversation, which turn
+        df["session"] = t.conv
+        df["turn"] = t.turn
     if t.alpha is not None:
         df["alpha"] = t.alpha
     df["ttft"] = df["first_token"] - df["arrival"]
@@ -244,6 +250,14 @@ def summarize(
     out["preempted_requests"] = int((requests["preemptions"] > 0).sum())
     _engine_facts(run, steps, t0, t1, out)
     out.update(
+        prefix_stats(
+            int(done["cached_tokens"].sum()),
+            int(done["prompt_tokens"].sum()),
+            int(steps["prefill_tokens"].sum()) if len(steps) else 0,
+            int(steps["cached_tokens"].sum()) if len(steps) else 0,
+        )
+    )
+    out.update(
         slo_stats(
             slo_bounds(slo) if slo is not None else {},
             done["e2e"].to_numpy(dtype=np.float64),
@@ -286,6 +300,34 @@ def _engine_facts(
         out["kv_util_mean"] = float(used / (span * total * int(out.get("replicas", 1) or 1)))
     else:
         out["kv_util_mean"] = math.nan
+
+
+def prefix_stats(cached: int, prompt: int, computed: int, saved: int) -> dict[str, Any]:
+    """The prefix cache's summary figures.
+
+    Parameters
+    ----------
+    cached, prompt
+        Prompt tokens served from the cache at first admission, and all prompt tokens, over the
+        measured completed requests.
+    computed, saved
+        Prefill tokens computed, and taken from the cache by admissions (re-admissions after a
+        preemption included), over every step of the run.
+
+    Returns
+    -------
+    dict
+        ``prefix_hit_rate`` (``cached / prompt``: the share of prompt tokens served from the
+        cache), ``prefill_tokens_requested`` (computed + saved), ``prefill_tokens_computed``,
+        ``prefill_saved_fraction`` (saved / requested).
+    """
+    requested = computed + saved
+    return {
+        "prefix_hit_rate": float(cached / prompt) if prompt else math.nan,
+        "prefill_tokens_requested": int(requested),
+        "prefill_tokens_computed": int(computed),
+        "prefill_saved_fraction": float(saved / requested) if requested else math.nan,
+    }
 
 
 def _in_system_at(

@@ -35,6 +35,9 @@ class RequestRecords(Protocol):
     drafted: npt.NDArray[np.int64]
     accepted: npt.NDArray[np.int64]
     preemptions: npt.NDArray[np.int64]
+    cached_tokens: npt.NDArray[np.int64]  # prompt tokens served from the prefix cache
+    conv: npt.NDArray[np.int64]  # multi-turn session (-1: none)
+    turn: npt.NDArray[np.int64]  # turn of that session (from 0)
     replica: npt.NDArray[np.int64]
     aborted: npt.NDArray[np.int64]  # sdsim.engine.schema.ABORT_DONE: aborted, finish = when it left
     alpha: npt.NDArray[np.float64] | None

@@ -37,6 +37,10 @@ STREAMS: dict[str, int] = {
     "router": 6,
     "trace": 7,
     "bench": 8,
+    "prefix_tokens": 9,  # shared system prompts' lengths
+    "prefix_choice": 10,  # which shared prompt a request (session) starts with
+    "turns": 11,  # turns per session
+    "think": 12,  # think time between a session's answer and its next turn
 }
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

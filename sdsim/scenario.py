@@ -12,23 +12,31 @@ __all__ = [
     "BLOCK_SIZES",
     "MAX_REQUESTS",
     "AcceptanceSpec",
+    "AnalyticSpec",
     "BetaAlpha",
     "CalibratedKnobs",
     "CostsSpec",
     "DrafterSpec",
     "EmpiricalLength",
+    "ExponentialTime",
     "FixedLength",
+    "FixedTime",
     "GeometricLength",
     "HardwareSpec",
     "LengthSpec",
     "LimitsSpec",
     "LinearCosts",
     "LognormalLength",
+    "LognormalTime",
     "RooflineKnobs",
     "Scenario",
     "ServerSpec",
+    "SessionSpec",
+    "SharedPrefixSpec",
     "SloSpec",
     "SpecSpec",
+    "TimeSpec",
+    "TraceLength",
     "UniformLength",
     "WorkloadSpec",
     "apply_overrides",
@@ -45,15 +53,11 @@ __all__ = [
 import copy
 import hashlib
 import json
-import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -65,6 +69,25 @@ from sdsim.hardware import get_gpu
 from sdsim.inputs import file_digest, load_yaml
 from sdsim.memory import check_request_fits, kv_capacity
 from sdsim.models import MODELS, ModelSpec, resolve_model
+from sdsim.spec_base import Frozen as _Frozen
+from sdsim.spec_base import PathStr
+from sdsim.workload_spec import (
+    MAX_REQUESTS,
+    EmpiricalLength,
+    ExponentialTime,
+    FixedLength,
+    FixedTime,
+    GeometricLength,
+    LengthSpec,
+    LognormalLength,
+    LognormalTime,
+    SessionSpec,
+    SharedPrefixSpec,
+    TimeSpec,
+    TraceLength,
+    UniformLength,
+    WorkloadSpec,
+)
 
 # Draft lengths beyond this are not a real configuration: acceptance probability to the 32nd power
 # is negligible for any drafter, and verify widths that large would be a prefill, not a decode step.
@@ -87,131 +110,7 @@ MAX_GPU_BLOCKS = 1 << 40
 # centuries, and such runs finish nothing.
 MIN_EFFICIENCY = 1e-3
 
-# A run's workload arrays and streaming statistics take ~70 bytes per request (~0.7 GB here).
-MAX_REQUESTS = 10_000_000
 
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-
-def _path_like(v: Any) -> Any:
-    # a file path (or a registry name) the operating system can be asked about: stat() of a
-    # name with a NUL byte or longer than the system allows raises instead of answering "no"
-    if isinstance(v, str) and (
-        "\0" in v or len(v) > 4096 or any(len(part) > 255 for part in v.split("/"))
-    ):
-        raise ValueError(
-            "not a usable file path or name (a NUL byte, or longer than 4096 characters or 255 "
-            "per component)"
-        )
-    return v
-
-
-PathStr = Annotated[str, BeforeValidator(_path_like)]
-
-
-# --------------------------------------------------------------------------- lengths
-
-
-class FixedLength(_Frozen):
-    """Every request has the same length."""
-
-    dist: Literal["fixed"] = "fixed"
-    value: int = Field(ge=1, description="tokens")
-
-    @property
-    def mean(self) -> float:
-        return float(self.value)
-
-    @property
-    def max(self) -> int:
-        return self.value
-
-
-class UniformLength(_Frozen):
-    """Integer lengths uniform on [low, high]."""
-
-    dist: Literal["uniform"]
-    low: int = Field(ge=1)
-    high: int = Field(ge=1)
-
-    @model_validator(mode="after")
-    def _order(self) -> UniformLength:
-        if self.high < self.low:
-            raise ScenarioError("high", f"must be >= low (low={self.low}, high={self.high})")
-        return self
-
-    @property
-    def mean(self) -> float:
-        return (self.low + self.high) / 2
-
-    @property
-    def max(self) -> int:
-        return self.high
-
-
-class LognormalLength(_Frozen):
-    """Lognormal lengths with the given mean and coefficient of variation, rounded, clipped."""
-
-    dist: Literal["lognormal"]
-    mean: float = Field(gt=0)
-    cv: float = Field(gt=0, le=10)
-    min: int = Field(default=1, ge=1)
-    max: int = Field(default=32768, ge=1)
-
-    @model_validator(mode="after")
-    def _order(self) -> LognormalLength:
-        if self.max < self.min:
-            raise ScenarioError("max", f"must be >= min (min={self.min}, max={self.max})")
-        return self
-
-
-class GeometricLength(_Frozen):
-    """Geometric lengths on 1, 2, ... with the given mean (the discrete exponential law).
-
-    Used to make service times memoryless, e.g. to reduce the engine to M/M/1 in tests.
-    """
-
-    dist: Literal["geometric"]
-    mean: float = Field(ge=1)
-    max: int = Field(default=32768, ge=1, description="draws above it are clipped")
-
-
-class EmpiricalLength(_Frozen):
-    """Lengths drawn uniformly at random from a list (e.g. measured from a dataset)."""
-
-    dist: Literal["empirical"]
-    values: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
-
-    @property
-    def mean(self) -> float:
-        return float(sum(self.values)) / len(self.values)
-
-    @property
-    def max(self) -> int:
-        return max(self.values)
-
-
-LengthSpec = Annotated[
-    FixedLength | UniformLength | LognormalLength | GeometricLength | EmpiricalLength,
-    Field(discriminator="dist"),
-]
-
-
-def _length_shorthand(v: Any) -> Any:
-    # `prompt_tokens: 512` is the common case; expand it to the fixed law.
-    if isinstance(v, bool):
-        raise ValueError("must be a token count or a length law, not a boolean")
-    if isinstance(v, int):
-        return {"dist": "fixed", "value": v}
-    if isinstance(v, float):
-        if not math.isfinite(v) or v != int(v):
-            raise ValueError("must be a whole number of tokens")
-        return {"dist": "fixed", "value": int(v)}
-    if isinstance(v, dict) and "dist" not in v and "value" in v:
-        return {"dist": "fixed", **v}
-    return v
 
 
 # --------------------------------------------------------------------------- acceptance
@@ -391,6 +290,11 @@ class ServerSpec(_Frozen):
     replicas: int = Field(default=1, ge=1, le=4096)
     router: Literal["round-robin", "least-outstanding", "random"] = "round-robin"
     scheduler: Literal["vllm-v1", "prefill-first"] = "vllm-v1"
+    prefix_caching: bool = Field(
+        default=True,
+        description="vLLM's automatic prefix caching (on by default in V1): full KV blocks of "
+        "a shared prompt prefix or an earlier turn are reused instead of prefilled again",
+    )
     api_delay_s: float = Field(
         default=0.0,
         ge=0,
@@ -555,86 +459,16 @@ class SloSpec(_Frozen):
 # --------------------------------------------------------------------------- workload
 
 
-class MmppSpec(_Frozen):
-    """Two-state Markov-modulated Poisson arrivals: quiet spells and bursts.
+class AnalyticSpec(_Frozen):
+    """Inputs of the closed-form model that no other section gives."""
 
-    The process alternates between a quiet and a burst state, each held for an exponential
-    time, with Poisson arrivals at the state's rate. Given the mean rate ``workload.rate``,
-    the burst rate is ``rate / (burst_fraction + (1 - burst_fraction) low_ratio)`` and the
-    quiet one ``low_ratio`` times that; a burst lasts ``burst_fraction x cycle_s`` on average,
-    a quiet spell the rest of the cycle.
-    """
-
-    low_ratio: float = Field(
-        default=0.25, ge=0, lt=1, description="quiet rate / burst rate (0: on-off arrivals)"
-    )
-    burst_fraction: float = Field(
-        default=0.2, ge=1e-3, le=0.999, description="long-run share of time spent in bursts"
-    )
-    cycle_s: float = Field(
-        default=10.0, ge=1e-3, le=1e6, description="mean length of one quiet spell + burst (s)"
-    )
-
-    def rates(self, mean_rate: float) -> tuple[float, float]:
-        """(quiet, burst) arrival rates for a mean rate (req/s)."""
-        hi = mean_rate / (self.burst_fraction + (1.0 - self.burst_fraction) * self.low_ratio)
-        return self.low_ratio * hi, hi
-
-    def durations(self) -> tuple[float, float]:
-        """Mean (quiet, burst) state durations (s)."""
-        return (1.0 - self.burst_fraction) * self.cycle_s, self.burst_fraction * self.cycle_s
-
-
-class WorkloadSpec(_Frozen):
-    """Requests: when they arrive and how long they are.
-
-    ``arrival: trace`` reads arrival times and lengths from a CSV (``trace``); ``arrival: replay``
-    takes them from one benchmark of a GuideLLM or vLLM report (``report``, ``benchmark``);
-    ``arrival: mmpp`` alternates quiet spells and bursts (``mmpp``).
-    """
-
-    arrival: Literal["poisson", "constant", "gamma", "mmpp", "trace", "replay"] = "poisson"
-    rate: float = Field(default=4.0, gt=0, le=1e6, description="requests per second")
-    cv: float = Field(default=1.0, ge=1e-4, le=100, description="gap CV for gamma arrivals")
-    mmpp: MmppSpec = Field(
-        default_factory=MmppSpec, description="burst shape for mmpp arrivals"
-    )
-    num_requests: int = Field(
-        default=2000,
-        ge=1,
-        le=MAX_REQUESTS,
-        description=f"requests to simulate (at most {MAX_REQUESTS:,}: about 1 GB and tens of "
-        "minutes with --summary-only)",
-    )
-    prompt_tokens: LengthSpec = FixedLength(value=512)
-    output_tokens: LengthSpec = FixedLength(value=256)
-    trace: PathStr | None = Field(
+    prefix_hit_rate: float | None = Field(
         default=None,
-        description="request CSV: with arrival: trace its times and lengths are replayed; with "
-        "another arrival process only its lengths (in order, cycling)",
+        ge=0,
+        lt=1,
+        description="share of prompt tokens served from the prefix cache (the model's input; "
+        "null: none)",
     )
-    report: PathStr | None = Field(
-        default=None, description="GuideLLM/vLLM report for arrival: replay"
-    )
-    benchmark: int | str | None = Field(
-        default=None,
-        description="benchmark of `report` to replay: 0-based index or benchmark id (default 0)",
-    )
-
-    @field_validator("prompt_tokens", "output_tokens", mode="before")
-    @classmethod
-    def _expand_lengths(cls, v: Any) -> Any:
-        return _length_shorthand(v)
-
-    @model_validator(mode="after")
-    def _trace_needs_file(self) -> WorkloadSpec:
-        if self.arrival == "trace" and not self.trace:
-            raise ScenarioError("trace", "arrival 'trace' needs `trace:` (path to a CSV)")
-        if self.arrival == "replay" and not self.report:
-            raise ScenarioError(
-                "report", "arrival 'replay' needs `report:` (path to a GuideLLM/vLLM report)"
-            )
-        return self
 
 
 class LimitsSpec(_Frozen):
@@ -665,6 +499,7 @@ class Scenario(_Frozen):
     costs: CostsSpec = CostsSpec()
     workload: WorkloadSpec = WorkloadSpec()
     limits: LimitsSpec = LimitsSpec()
+    analytic: AnalyticSpec = AnalyticSpec()
     slo: SloSpec = SloSpec()
     warmup_requests: int = Field(default=100, ge=0)
     seed: int = Field(default=0, ge=0, lt=2**63)
@@ -851,15 +686,24 @@ def check_registry(scn: Scenario) -> None:
         drafter = resolve_model(scn.drafter.model, "drafter.model")
         check_tensor_parallel(drafter, scn.drafter.tp or 1, "drafter.model", "drafter.tp")
     wl = scn.workload
+    pfx = wl.shared_prefix.tokens.max if wl.shared_prefix is not None else 0
     if wl.arrival != "trace":
-        longest = wl.prompt_tokens.max + wl.output_tokens.max
+        longest = pfx + wl.prompt_tokens.max + wl.output_tokens.max
         if longest > target.max_context:
-            too_long = wl.prompt_tokens.max >= target.max_context
+            too_long = pfx + wl.prompt_tokens.max >= target.max_context
+            with_pfx = f"shared prefix ({pfx}) + " if pfx else ""
             raise ScenarioError(
                 "workload.prompt_tokens" if too_long else "workload.output_tokens",
-                f"prompt ({wl.prompt_tokens.max}) + output ({wl.output_tokens.max}) tokens = "
-                f"{longest} exceed the context of target {scn.target!r} ({target.max_context} "
-                "tokens); shorten the lengths (or lower a length law's max)",
+                f"{with_pfx}prompt ({wl.prompt_tokens.max}) + output ({wl.output_tokens.max}) "
+                f"tokens = {longest} exceed the context of target {scn.target!r} "
+                f"({target.max_context} tokens); shorten the lengths (or lower a length law's max)",
+            )
+    if wl.sessions is not None and wl.sessions.max_context is not None:
+        if wl.sessions.max_context > target.max_context:
+            raise ScenarioError(
+                "workload.sessions.max_context",
+                f"{wl.sessions.max_context} tokens exceed the context of target {scn.target!r} "
+                f"({target.max_context} tokens)",
             )
     # KV capacity: weights that do not fit, or a cache smaller than the longest request, are
     # refused here, as a real engine refuses to start (lengths of traces and replayed reports are
@@ -867,8 +711,10 @@ def check_registry(scn: Scenario) -> None:
     cap = kv_capacity(scn)
     if wl.arrival not in ("trace", "replay") and wl.trace is None:
         check_request_fits(
-            scn, wl.prompt_tokens.max + wl.output_tokens.max, cap, "the length laws allow"
+            scn, pfx + wl.prompt_tokens.max + wl.output_tokens.max, cap, "the length laws allow"
         )
+        if wl.sessions is not None and wl.sessions.max_context is not None:
+            check_request_fits(scn, wl.sessions.max_context, cap, "(workload.sessions.max_context)")
 
 
 def check_tensor_parallel(
@@ -939,6 +785,16 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path | None) -> dict[str, Any
             p = Path(sec[key])
             if not p.is_absolute() and not _exists(p) and _exists(base_dir / p):
                 sec[key] = str((base_dir / p).resolve())
+    # length laws read from a trace CSV ({dist: trace, path: ...}), anywhere in the workload
+    stack = [out.get("workload")]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("dist") == "trace" and isinstance(node.get("path"), str):
+                p = Path(node["path"])
+                if not p.is_absolute() and not _exists(p) and _exists(base_dir / p):
+                    node["path"] = str((base_dir / p).resolve())
+            stack.extend(node.values())
     # `target: path/to/config.json` is a model given by its Hugging Face config file
     if isinstance(out.get("target"), str):
         p = Path(out["target"])
@@ -1009,6 +865,17 @@ def referenced_files(scenario: Scenario) -> dict[str, str]:
         "target": scenario.target,
         "drafter.model": scenario.drafter.model if scenario.drafter.kind == "model" else None,
     }
+    # length laws drawn from a trace's column ({dist: trace, path: ...})
+    wl = scenario.workload
+    laws = {
+        "workload.prompt_tokens": wl.prompt_tokens,
+        "workload.output_tokens": wl.output_tokens,
+        "workload.shared_prefix.tokens": wl.shared_prefix.tokens if wl.shared_prefix else None,
+        "workload.sessions.turns": wl.sessions.turns if wl.sessions else None,
+    }
+    for field, law in laws.items():
+        if isinstance(law, TraceLength):
+            refs[field] = law.path
     out: dict[str, str] = {}
     for field, ref in refs.items():
         if ref and ref.strip().lower() not in MODELS and _exists(Path(ref)):

@@ -16,10 +16,13 @@ How a request flows
   for the request (its prefill step emits the first token, each decode step accepted + 1 tokens)
   produces one server-sent-event chunk carrying that many tokens.
 * **Prompt length** comes from the request: token-id lists count exactly; text is counted with a
-  heuristic, ``max(words, ceil(characters / 4))`` (whitespace-separated words; ~4 characters per
-  token in English), over all message contents for chat requests. **Output length** is
-  ``max_tokens`` (or ``max_completion_tokens``), the server's default when absent; generation
-  never stops early (``finish_reason: "length"``), as with ``ignore_eos``.
+  local ``tokenizer.json`` when one is given (``--tokenizer``), else with the heuristic
+  ``max(words, ceil(characters / 4))``, over all message contents for chat requests.
+  **Output length** is ``max_tokens`` (or ``max_completion_tokens``), the server's default when
+  absent; generation never stops early (``finish_reason: "length"``), as with ``ignore_eos``.
+  Requests are validated as :mod:`sdsim.api_requests` says (400 naming the field: types, body
+  size and nesting, the model's context, ``n > 1``), and refused when the KV cache could not
+  hold them.
 * The generated text is filler words, one per token.
 
 Acceptance draws use the same counter-based stream as the simulator (request *i* = the *i*-th
@@ -34,48 +37,48 @@ refused with 503 when ``limits.max_waiting`` requests already wait.
 
 from __future__ import annotations
 
-__all__ = ["LiveEngine", "count_tokens", "create_app"]
+__all__ = ["LiveEngine", "bind", "create_app", "run_server"]
 
 import asyncio
 import contextlib
+import errno
 import json
 import math
+import signal
+import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
 import simpy
 
+from sdsim.api_requests import (
+    MAX_BODY_BYTES,
+    RequestError,
+    TokenCounter,
+    parse_request,
+)
 from sdsim.costs.build import build_cost_model
 from sdsim.engine.scheduler import Batch
 from sdsim.engine.server import Engine
 from sdsim.engine.state import RequestTable
+from sdsim.errors import ScenarioError
 from sdsim.memory import kv_capacity
+from sdsim.models import resolve_model
 from sdsim.rng import stream, stream_key
 from sdsim.scenario import BetaAlpha, Scenario
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# What a request's queue receives after an engine step: (new tokens, finished, simulated time),
+# or None when the server aborts the request (shutdown past the drain deadline).
+Message = tuple[int, bool, float] | None
+SHUTDOWN = "the server is shutting down: request aborted at the drain deadline"
+BODY = "request body"  # what an error about the body as a whole names
 _WORDS = (
     " the", " model", " of", " a", " server", " token", " and", " batch", " to", " step",
     " in", " queue", " is", " draft", " for", " speculative",
 )
-
-# Largest output or prompt a request may ask for; beyond it a request is a mistake, not a load.
-MAX_REQUEST_TOKENS = 1_000_000
-
-
-def count_tokens(text: str) -> int:
-    """Approximate token count of a text: ``max(words, ceil(chars / 4), 1)``."""
-    return max(len(text.split()), math.ceil(len(text) / 4), 1)
-
-
-class RequestError(ValueError):
-    """A malformed API request (HTTP 400)."""
-
-    def __init__(self, param: str, message: str) -> None:
-        self.param = param
-        super().__init__(message)
-
 
 # --------------------------------------------------------------------------- live engine
 
@@ -112,10 +115,11 @@ class LiveEngine:
         )
         self.env.process(self.engine.loop())
         self._alpha_rng = stream(self.seed, "alpha")
-        self._queues: dict[int, asyncio.Queue[tuple[int, bool, float]]] = {}
+        self._queues: dict[int, asyncio.Queue[Message]] = {}
         self._sent: dict[int, int] = {}
         self._t0: float | None = None
         self._kick: asyncio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the serving loop, once started
 
     @property
     def n(self) -> int:
@@ -131,7 +135,8 @@ class LiveEngine:
     # ------------------------------------------------------------------ clock
     def start(self) -> None:
         """Tie simulated time 0 to now (call inside the running event loop)."""
-        self._t0 = asyncio.get_running_loop().time()
+        self.loop = asyncio.get_running_loop()
+        self._t0 = self.loop.time()
         self._kick = asyncio.Event()
 
     def sim_now(self) -> float:
@@ -163,12 +168,20 @@ class LiveEngine:
             delay = self._t0 + nxt * self.scale - loop.time()
             if delay > 0:
                 kick.clear()
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation
+                # that arrives as the kick is set, and the task would never end
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(kick.wait(), timeout=delay)
+                    async with asyncio.timeout(delay):
+                        await kick.wait()
                     continue  # a request arrived: the next event may be sooner
             self._advance(max(self.sim_now(), nxt))
 
     # ------------------------------------------------------------------ requests
+    @property
+    def in_flight(self) -> list[int]:
+        """Requests whose client is still waiting for tokens."""
+        return list(self._queues)
+
     @property
     def waiting(self) -> int:
         """Requests waiting for admission."""
@@ -176,7 +189,7 @@ class LiveEngine:
 
     def submit(
         self, prompt_tokens: int, output_tokens: int
-    ) -> tuple[int, asyncio.Queue[tuple[int, bool, float]]]:
+    ) -> tuple[int, asyncio.Queue[Message]]:
         """A request arrives now.
 
         Returns
@@ -191,7 +204,7 @@ class LiveEngine:
         rid = self.table.append(
             float(self.env.now), prompt_tokens, output_tokens, alpha, self.key
         )
-        q: asyncio.Queue[tuple[int, bool, float]] = asyncio.Queue()
+        q: asyncio.Queue[Message] = asyncio.Queue()
         self._queues[rid] = q
         self._sent[rid] = 0
         self.engine.enqueue(rid)
@@ -209,6 +222,17 @@ class LiveEngine:
         if done and self._kick is not None:
             self._kick.set()
         return done
+
+    def abort_all(self) -> int:
+        """Abort every request in flight (the drain deadline has passed): each is told so through
+        its queue (``None``) and leaves the engine at the next step boundary. Returns how many."""
+        rids = self.in_flight
+        for rid in rids:
+            q = self._queues.get(rid)
+            if q is not None:
+                q.put_nowait(None)
+            self.abort(rid)
+        return len(rids)
 
     def _on_step(self, engine: Engine, batch: Batch) -> None:
         t = self.table
@@ -258,52 +282,18 @@ class LiveEngine:
 # --------------------------------------------------------------------------- HTTP
 
 
-def _prompt_len_completions(body: dict[str, Any]) -> int:
-    p = body.get("prompt")
-    if isinstance(p, str):
-        return count_tokens(p)
-    if isinstance(p, list) and p:
-        if all(isinstance(x, int) and not isinstance(x, bool) for x in p):
-            return len(p)
-        if len(p) == 1:
-            x = p[0]
-            if isinstance(x, str):
-                return count_tokens(x)
-            if isinstance(x, list) and all(isinstance(v, int) for v in x) and x:
-                return len(x)
-        raise RequestError("prompt", "batched prompts are not supported; send one prompt")
-    raise RequestError("prompt", "must be a non-empty string or a list of token ids")
-
-
-def _prompt_len_chat(body: dict[str, Any]) -> int:
-    msgs = body.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        raise RequestError("messages", "must be a non-empty list of messages")
-    total = 0
-    for m in msgs:
-        if not isinstance(m, dict):
-            raise RequestError("messages", "each message must be an object")
-        c = m.get("content")
-        if isinstance(c, str):
-            total += count_tokens(c)
-        elif isinstance(c, list):
-            for part in c:
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    total += count_tokens(part["text"])
-    return max(total, 1)
-
-
-def _int_field(body: dict[str, Any], names: tuple[str, ...], default: int) -> int:
-    for name in names:
-        v = body.get(name)
-        if v is None:
-            continue
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise RequestError(name, "must be an integer")
-        if not 1 <= v <= MAX_REQUEST_TOKENS:
-            raise RequestError(name, f"must be between 1 and {MAX_REQUEST_TOKENS}")
-        return v
-    return default
+async def _read_body(request: Any, limit: int) -> bytes:
+    """The request body, refused (:class:`RequestError`) once it is longer than ``limit`` bytes:
+    a declared length is checked before reading, a chunked body as it arrives."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise RequestError(BODY, f"larger than {limit:,} bytes ({int(declared):,})")
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise RequestError(BODY, f"larger than {limit:,} bytes")
+    return bytes(buf)
 
 
 async def _disconnected(receive: Any) -> None:
@@ -318,18 +308,26 @@ class _Client:
     """A request's messages from the engine, while its HTTP client is connected.
 
     :meth:`next` gives the next ``(new_tokens, finished, sim_time)``, or ``None`` once the client
-    has disconnected; :meth:`close` (always called) aborts the request in the engine unless it
-    finished.
+    has disconnected or the server has aborted the request (``stopped``); :meth:`close` (always
+    called) aborts the request in the engine unless it finished.
     """
 
     def __init__(
-        self, live: LiveEngine, rid: int, q: asyncio.Queue[tuple[int, bool, float]], receive: Any
+        self, live: LiveEngine, rid: int, q: asyncio.Queue[Message], receive: Any
     ) -> None:
         self.live = live
         self.rid = rid
         self.q = q
         self.finished = False
+        self.stopped = False  # aborted by the server (shutdown), not by the client
         self.gone = asyncio.ensure_future(_disconnected(receive))
+        # abort as soon as the disconnect is seen, whatever the response is doing then (a
+        # streaming response cancelled between chunks unwinds only when collected)
+        self.gone.add_done_callback(self._on_gone)
+
+    def _on_gone(self, fut: asyncio.Future[None]) -> None:
+        if not fut.cancelled() and not self.finished:
+            self.live.abort(self.rid)
 
     async def next(self) -> tuple[int, bool, float] | None:
         get = asyncio.ensure_future(self.q.get())
@@ -342,6 +340,9 @@ class _Client:
             get.cancel()
             return None
         msg = get.result()
+        if msg is None:
+            self.stopped = True
+            return None
         self.finished = msg[1]
         return msg
 
@@ -361,6 +362,8 @@ def create_app(
     time_scale: float = 1.0,
     model: str | None = None,
     default_max_tokens: int = 256,
+    counter: TokenCounter | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> Any:
     """The ASGI application (Starlette) serving a scenario.
 
@@ -376,7 +379,11 @@ def create_app(
         Model name listed by ``/v1/models`` and echoed in responses (default ``scn.target``).
         Requests naming another model are served anyway.
     default_max_tokens
-        Output length of requests that give no ``max_tokens``.
+        Output length of requests that give no ``max_tokens`` (cut to the context left).
+    counter
+        Counts prompt text in tokens (default: :func:`sdsim.api_requests.count_tokens`).
+    max_body_bytes
+        Largest request body; a larger one is answered with 400.
 
     Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``,
     ``POST /v1/chat/completions`` (``stream: true`` for server-sent events; ``stream_options``
@@ -390,6 +397,8 @@ def create_app(
 
     live = LiveEngine(scn, seed=seed, time_scale=time_scale)
     model_name = model or scn.target
+    counter = counter or TokenCounter()
+    max_context = resolve_model(scn.target, "target").max_context
     max_waiting = scn.limits.max_waiting
     # a request the KV cache cannot hold would never finish: refuse it as vLLM does
     # (prompt + output - 1 cached tokens plus the k look-ahead slots)
@@ -403,6 +412,7 @@ def create_app(
         try:
             yield
         finally:
+            live.abort_all()  # none after a drain; any the server's own deadline cancelled
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -430,32 +440,20 @@ def create_app(
 
     async def generate(request: Request, chat: bool) -> Response:
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return error(400, "request body must be JSON")
-        if not isinstance(body, dict):
-            return error(400, "request body must be a JSON object")
-        try:
-            prompt = _prompt_len_chat(body) if chat else _prompt_len_completions(body)
-            if prompt > MAX_REQUEST_TOKENS:
-                raise RequestError("prompt", f"longer than {MAX_REQUEST_TOKENS} tokens")
-            names = ("max_completion_tokens", "max_tokens") if chat else ("max_tokens",)
-            out = _int_field(body, names, default_max_tokens)
+            body = await _read_body(request, max_body_bytes)
+            req = parse_request(body, chat, counter, max_context, default_max_tokens)
+            prompt, out = req.prompt_tokens, req.max_tokens
             if kv_tokens is not None and prompt + out - 1 + k_top > kv_tokens:
                 raise RequestError(
-                    names[-1],
+                    req.output_field,
                     f"prompt ({prompt}) + max tokens ({out}) exceed the KV cache of "
                     f"{kv_tokens} tokens (with {k_top} look-ahead slots)",
                 )
         except RequestError as exc:
-            return error(400, f"{exc.param}: {exc}", exc.param)
+            return error(400, str(exc), None if exc.field == BODY else exc.field)
         if live.waiting >= max_waiting:
             return error(503, f"server overloaded: {live.waiting} requests waiting")
-        stream_opts = body.get("stream_options") or {}
-        include_usage = bool(isinstance(stream_opts, dict) and stream_opts.get("include_usage"))
-        continuous = bool(
-            isinstance(stream_opts, dict) and stream_opts.get("continuous_usage_stats")
-        )
+        include_usage, continuous = req.include_usage, req.continuous_usage
         rid, q = live.submit(prompt, out)
         created = int(time.time())
         rid_s = f"{'chatcmpl' if chat else 'cmpl'}-sdsim-{rid}"
@@ -469,11 +467,13 @@ def create_app(
             }
 
         client = _Client(live, rid, q, request.receive)
-        if not body.get("stream"):
+        if not req.stream:
             done = 0
             try:
                 while True:
                     got = await client.next()
+                    if got is None and client.stopped:
+                        return error(503, SHUTDOWN)
                     if got is None:
                         return Response(status_code=499)  # the client has gone
                     new, finished, _ = got
@@ -513,6 +513,11 @@ def create_app(
             done = 0
             while True:
                 got = await client.next()
+                if got is None and client.stopped:
+                    # as vLLM reports an error mid-stream: an error event, no [DONE]
+                    err = {"message": SHUTDOWN, "type": "server_error", "param": None, "code": 503}
+                    yield f"data: {json.dumps({'error': err})}\n\n"
+                    return
                 if got is None:
                     return  # the client has gone
                 new, finished, _ = got
@@ -572,3 +577,92 @@ def create_app(
     )
     app.state.live = live
     return app
+
+
+# --------------------------------------------------------------------------- process
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: any free one), bound before the server
+    starts so that a taken port is one line, not a server that fails after starting.
+
+    Raises
+    ------
+    ScenarioError
+        ``--port`` in use or not permitted; ``--host`` unknown or not an address of this machine.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ScenarioError("--host", f"cannot resolve {host!r} ({exc})") from None
+    family, _, _, _, addr = infos[0]
+    try:
+        return socket.create_server(addr, family=family, backlog=2048)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ScenarioError(
+                "--port", f"port {port} on {host} is in use; choose another (0 picks a free one)"
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise ScenarioError(
+                "--port", f"no permission to bind port {port} on {host} (below 1024 needs root)"
+            ) from None
+        raise ScenarioError("--host", f"cannot bind {host}:{port} ({exc.strerror})") from None
+
+
+def run_server(
+    app: Any, sock: socket.socket, drain_timeout: float, say: Callable[[str], None]
+) -> None:
+    """Serve ``app`` on ``sock`` until SIGINT or SIGTERM, then drain and return.
+
+    On the signal the server stops accepting connections and lets in-flight requests finish for
+    up to ``drain_timeout`` seconds; requests still running then are cancelled, which aborts them
+    in the engine. ``say`` receives one line when the signal arrives and one when the server has
+    stopped (requests finished while draining, requests aborted). A second SIGINT stops at once.
+    """
+    import uvicorn  # deferred: the HTTP server is only needed here
+
+    live: LiveEngine = app.state.live
+    draining: list[int] = []
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if not self.should_exit:
+                draining.extend(live.in_flight)
+                say(
+                    f"sdsim serve: {signal.Signals(sig).name}: draining {len(draining)} "
+                    f"request(s) in flight for up to {drain_timeout:g} s"
+                )
+                # the deadline: abort what is still running, so that every response ends and
+                # uvicorn's wait for open connections ends with them (call_soon_threadsafe is
+                # the loop's way in from a signal handler)
+                loop = live.loop
+                if loop is not None:
+                    loop.call_soon_threadsafe(loop.call_later, drain_timeout, live.abort_all)
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        lifespan="on",
+        # a backstop only: uvicorn cancels handlers still running this long after the signal
+        timeout_graceful_shutdown=int(drain_timeout) + 5,
+    )
+    server = Server(config)
+    # uvicorn re-raises the signal it stopped on once it has shut down: handled here, it ends
+    # the command normally (exit 0) instead of killing the process or raising KeyboardInterrupt
+    previous = {sig: signal.signal(sig, lambda s, f: None) for sig in _STOP_SIGNALS}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sock.close()
+    t = live.table
+    finished = sum(
+        1 for rid in draining if math.isfinite(t.finish[rid]) and t.aborted[rid] == 0
+    )
+    say(
+        f"sdsim serve: stopped: {finished} request(s) finished while draining, "
+        f"{len(draining) - finished} aborted"
+    )

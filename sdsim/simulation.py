@@ -95,7 +95,8 @@ def simulate(
         ``False``: streaming statistics (:mod:`sdsim.streaming`). Requests and steps are reduced
         to running sums and quantile sketches as the run goes, so memory stays flat however
         many requests it has; ``requests`` and ``steps`` come back empty, and the summary has
-        the same keys, its quantiles within 0.5% of the exact ones.
+        the same keys, its quantiles within 0.5% of the exact ones. (Multi-turn sessions: the
+        records are kept during the run and summarised exactly, then dropped.)
 
     Returns
     -------
@@ -106,7 +107,9 @@ def simulate(
         raise ScenarioError("seed", f"must be an integer in [0, 2**63), got {seed}")
     cost = cost_model if cost_model is not None else build_cost_model(scenario)
     wl = generate_workload(scenario, s)
-    if not keep_records:
+    # multi-turn sessions: arrival times are known only as turns finish, so the streaming
+    # summary (which needs them ahead) is computed from the records instead, with the same keys
+    if not keep_records and wl.next_turn is None:
         acc = RunningSummary(wl.arrival, scenario.warmup_requests, slo=scenario.slo)
         run = run_simulation(
             scenario,
@@ -132,4 +135,7 @@ def simulate(
     requests = build_requests_frame(run, scenario.warmup_requests)
     steps = build_steps_frame(run)
     summary = summarize(run, requests, steps, scenario.warmup_requests, s, scenario.slo)
+    if not keep_records:
+        requests = pd.DataFrame({c: [] for c in REQUEST_COLUMNS})
+        steps = pd.DataFrame({c: np.zeros(0, dtype=dt) for c, dt in STEP_FIELDS.items()})
     return SimResult(requests=requests, steps=steps, summary=summary, scenario=scenario)

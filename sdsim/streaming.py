@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sdsim._version import __version__
+from sdsim.metrics import prefix_stats
 from sdsim.scenario import SloSpec
 from sdsim.slo import SloCounter, slo_bounds
 from sdsim.stability import judge_stability, saturation_stop, stability_grid, stability_summary
@@ -173,6 +174,10 @@ class RunningSummary:
         self.drafted_sum = 0
         self.preemptions = 0
         self.preempted_requests = 0
+        self.cached_sum = 0  # measured requests: prompt tokens from the prefix cache, all prompt
+        self.prompt_sum = 0
+        self.prefill_computed = 0  # steps: prefill tokens computed and taken from the cache
+        self.prefill_saved = 0
         self.overlap = 0.0  # finished requests: time in system inside the window (clip at t_last)
         self.pending: list[tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]] = []
         # the stability test's sampling times over the whole window (finishes counted there as
@@ -247,6 +252,8 @@ class RunningSummary:
         self.steps_sum += int(np.asarray(r["steps"])[meas].sum())
         self.accepted_sum += int(np.asarray(r["accepted"])[meas].sum())
         self.drafted_sum += int(np.asarray(r["drafted"])[meas].sum())
+        self.cached_sum += int(np.asarray(r["cached_tokens"])[meas].sum())
+        self.prompt_sum += int(np.asarray(r["prompt_tokens"])[meas].sum())
 
     def add_steps(self, s: dict[str, npt.NDArray[Any]]) -> None:
         """Add a block of step records."""
@@ -267,6 +274,8 @@ class RunningSummary:
         dec = np.asarray(s["decode_seqs"])
         self.k_dec += int((np.asarray(s["k"]) * dec).sum())
         self.dec += int(dec.sum())
+        self.prefill_computed += int(np.asarray(s["prefill_tokens"]).sum())
+        self.prefill_saved += int(np.asarray(s["cached_tokens"]).sum())
 
     # ------------------------------------------------------------------ result
     def summary(
@@ -353,6 +362,11 @@ class RunningSummary:
             out["kv_util_mean"] = float(self.kv_w / (span * total * replicas))
         else:
             out["kv_util_mean"] = math.nan
+        out.update(
+            prefix_stats(
+                self.cached_sum, self.prompt_sum, self.prefill_computed, self.prefill_saved
+            )
+        )
         out.update(self.slo.stats(self.n - self.warmup, out))
         out["steps"] = self.n_steps
         out["duration_s"] = float(end_time)

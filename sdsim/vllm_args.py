@@ -5,8 +5,8 @@ dropped silently:
 
 * **carried**: the flag sets a scenario field (``--tensor-parallel-size 4`` -> ``server.tp``);
 * **approximated**: the flag maps to the nearest thing sdsim models, with a note saying how;
-* **not modelled**: the flag changes serving in a way sdsim does not model (prefix caching,
-  pipeline parallelism, CPU offload, ...);
+* **not modelled**: the flag changes serving in a way sdsim does not model (pipeline
+  parallelism, CPU offload, ...);
 * **ignored**: the flag has no effect on latency or capacity (host, port, API key, logging);
 * **unknown**: a flag this importer does not know (listed with the value it appeared to take).
 
@@ -104,8 +104,6 @@ _IGNORED = {
 
 # Flags that change serving in ways sdsim does not model (and what is lost).
 _NOT_MODELLED = {
-    "enable-prefix-caching": "prefix caching (sdsim prefills every prompt in full)",
-    "no-enable-prefix-caching": "prefix caching off: what sdsim models anyway",
     "max-model-len": "context cap (sdsim bounds requests by the model's context)",
     "kv-cache-dtype": "KV cache precision alone (sdsim's costs.dtype sets weights and KV together)",
     "pipeline-parallel-size": "pipeline parallelism",
@@ -438,6 +436,11 @@ def _chunked(flag: str, value: str | None, imp: VllmImport) -> None:
     imp.carried.append((f"--{flag}", str(value or ""), "server.scheduler"))
 
 
+def _prefix_caching(flag: str, value: str | None, imp: VllmImport) -> None:
+    imp.overrides["server.prefix_caching"] = not flag.startswith("no-")
+    imp.carried.append((f"--{flag}", str(value or ""), "server.prefix_caching"))
+
+
 def _old_spec_model(flag: str, value: str | None, imp: VllmImport) -> None:
     # older vLLM took an EAGLE head from "eagle" in the model's name
     cfg: dict[str, Any] = {"model": value}
@@ -459,6 +462,8 @@ _HANDLERS: dict[str, _Handler] = {
     "block-size": _setter("server.block_size", _int),
     "num-gpu-blocks-override": _setter("server.num_gpu_blocks", _int),
     "data-parallel-size": _data_parallel,
+    "enable-prefix-caching": lambda f, v, imp: _prefix_caching(f, v, imp),
+    "no-enable-prefix-caching": lambda f, v, imp: _prefix_caching(f, v, imp),
     "enable-chunked-prefill": _chunked,
     "no-enable-chunked-prefill": _chunked,
     "speculative-config": lambda f, v, imp: _speculative(v, imp),

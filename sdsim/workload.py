@@ -7,7 +7,7 @@ requests (common random numbers).
 
 from __future__ import annotations
 
-__all__ = ["Workload", "generate_workload", "read_trace", "replay_frame", "sample_lengths"]
+__all__ = ["Workload", "generate_workload", "read_trace", "replay_frame"]
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,16 +19,9 @@ import pandas as pd
 from sdsim.errors import ScenarioError
 from sdsim.report_formats import load_report
 from sdsim.rng import stream
-from sdsim.scenario import (
-    BetaAlpha,
-    EmpiricalLength,
-    FixedLength,
-    GeometricLength,
-    LengthSpec,
-    LognormalLength,
-    Scenario,
-    UniformLength,
-)
+from sdsim.scenario import BetaAlpha, Scenario
+from sdsim.traces import read_trace
+from sdsim.traffic import sample_lengths, session_arrays, shared_prefixes
 
 
 @dataclass(frozen=True)
@@ -45,125 +38,31 @@ class Workload:
         Output tokens (>= 1).
     alpha
         Per-request acceptance probability, or ``None`` when acceptance is the same for all.
+    prefix_group, prefix_len
+        Per request, the shared prefix (system prompt) its prompt starts with (-1: none) and that
+        prefix's tokens; ``None`` when no request shares one.
+    conv, next_turn, think, session, turn
+        Multi-turn sessions (``None`` without): the requests are the turns, session by session;
+        ``arrival`` is known for first turns only (NaN for the others, which are sent
+        ``think[i]`` seconds after turn ``i``'s answer, closed-loop). ``conv`` is the
+        conversation (= session) id, ``next_turn`` the index of the next turn (-1: the last),
+        ``session`` and ``turn`` (from 0) label the records.
     """
 
     arrival: npt.NDArray[np.float64]
     prompt: npt.NDArray[np.int64]
     output: npt.NDArray[np.int64]
     alpha: npt.NDArray[np.float64] | None
+    prefix_group: npt.NDArray[np.int64] | None = None
+    prefix_len: npt.NDArray[np.int64] | None = None
+    conv: npt.NDArray[np.int64] | None = None
+    next_turn: npt.NDArray[np.int64] | None = None
+    think: npt.NDArray[np.float64] | None = None
+    session: npt.NDArray[np.int64] | None = None
+    turn: npt.NDArray[np.int64] | None = None
 
     def __len__(self) -> int:
         return int(self.arrival.shape[0])
-
-
-def sample_lengths(spec: LengthSpec, n: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
-    """Draw n lengths from a length law.
-
-    Parameters
-    ----------
-    spec
-        Fixed, uniform, lognormal (mean, cv; rounded and clipped to [min, max]) or empirical.
-    n
-        How many.
-    rng
-        The stream for this source.
-    """
-    if isinstance(spec, FixedLength):
-        return np.full(n, spec.value, dtype=np.int64)
-    if isinstance(spec, UniformLength):
-        return rng.integers(spec.low, spec.high + 1, size=n, dtype=np.int64)
-    if isinstance(spec, LognormalLength):
-        # Moment-matched: sigma^2 = ln(1 + cv^2), mu = ln(mean) - sigma^2 / 2.
-        s2 = float(np.log1p(spec.cv**2))
-        mu = float(np.log(spec.mean)) - s2 / 2
-        x = rng.lognormal(mu, np.sqrt(s2), size=n)
-        return np.clip(np.rint(x), spec.min, spec.max).astype(np.int64)
-    if isinstance(spec, GeometricLength):
-        return np.minimum(rng.geometric(1.0 / spec.mean, size=n), spec.max).astype(np.int64)
-    if isinstance(spec, EmpiricalLength):
-        vals = np.asarray(spec.values, dtype=np.int64)
-        return vals[rng.integers(0, vals.shape[0], size=n)]
-    raise TypeError(f"unknown length law {spec!r}")
-
-
-def read_trace(path: str | Path, require_arrival: bool = True) -> pd.DataFrame:
-    """Read a request trace CSV: ``arrival`` (s), ``prompt_tokens``, ``output_tokens``.
-
-    Column aliases accepted: ``arrived_at``/``arrival_time``/``timestamp`` for arrival,
-    ``num_prefill_tokens`` for prompt and ``num_decode_tokens`` for output (Vidur's trace files).
-    Other columns are ignored.
-
-    Parameters
-    ----------
-    path
-        The CSV file.
-    require_arrival
-        When true (replaying a trace's timing), a trace without an arrival column is rejected.
-        When false (replaying only its lengths, e.g. Vidur's arXiv summarisation statistics,
-        which have no times), a missing arrival column gives ``arrival`` = NaN.
-
-    Raises
-    ------
-    ScenarioError
-        Missing file or columns, negative or unsorted times, non-positive lengths.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise ScenarioError("workload.trace", f"trace file not found: {path}")
-    try:
-        df = pd.read_csv(p)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ScenarioError(
-            "workload.trace", f"cannot parse CSV: {exc.__class__.__name__}"
-        ) from None
-    aliases = {
-        "arrival": ("arrival", "arrived_at", "arrival_time", "timestamp"),
-        "prompt_tokens": ("prompt_tokens", "num_prefill_tokens"),
-        "output_tokens": ("output_tokens", "num_decode_tokens"),
-    }
-    out = {}
-    has_arrival = True
-    for name, options in aliases.items():
-        col = next((c for c in options if c in df.columns), None)
-        if col is None:
-            if name == "arrival" and not require_arrival:
-                out[name] = np.full(len(df), np.nan)
-                has_arrival = False
-                continue
-            hint = ""
-            if name == "arrival":
-                hint = (
-                    "; to replay only its lengths, set workload.arrival to poisson, gamma or "
-                    "constant and keep workload.trace"
-                )
-            raise ScenarioError(
-                "workload.trace",
-                f"missing column {name!r} (one of {list(options)}) in {path}{hint}",
-            )
-        out[name] = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
-    arr = out["arrival"]
-    if arr.size == 0:
-        raise ScenarioError("workload.trace", f"no requests in {path}")
-    for name, values in out.items():
-        if name == "arrival" and not has_arrival:
-            continue
-        if not np.all(np.isfinite(values)):
-            raise ScenarioError("workload.trace", f"column {name!r} has non-numeric or NaN values")
-    if has_arrival:
-        if np.any(arr < 0):
-            raise ScenarioError("workload.trace", "arrival times must be >= 0")
-        if np.any(np.diff(arr) < 0):
-            raise ScenarioError("workload.trace", "arrival times must be sorted (non-decreasing)")
-    for name in ("prompt_tokens", "output_tokens"):
-        if np.any(out[name] < 1):
-            raise ScenarioError("workload.trace", f"column {name!r} must be >= 1")
-    return pd.DataFrame(
-        {
-            "arrival": arr,
-            "prompt_tokens": out["prompt_tokens"].astype(np.int64),
-            "output_tokens": out["output_tokens"].astype(np.int64),
-        }
-    )
 
 
 def _arrivals(scn: Scenario, seed: int) -> npt.NDArray[np.float64]:
@@ -280,6 +179,9 @@ def generate_workload(scn: Scenario, seed: int | None = None) -> Workload:
     """
     s = scn.seed if seed is None else int(seed)
     w = scn.workload
+    if w.sessions is not None:
+        arrays = session_arrays(scn, s)
+        return Workload(**arrays, alpha=_alpha(scn, s, arrays["arrival"].shape[0]))
     if w.arrival == "replay":
         assert w.report is not None
         df = replay_frame(w.report, w.benchmark)
@@ -310,10 +212,25 @@ def generate_workload(scn: Scenario, seed: int | None = None) -> Workload:
         arrival = _arrivals(scn, s)
         prompt = sample_lengths(w.prompt_tokens, w.num_requests, stream(s, "prompt_tokens"))
         output = sample_lengths(w.output_tokens, w.num_requests, stream(s, "output_tokens"))
-    alpha: npt.NDArray[np.float64] | None = None
+    group = plen = None
+    if w.shared_prefix is not None:
+        group, plen = shared_prefixes(w.shared_prefix, arrival.shape[0], s)
+        prompt = prompt + plen  # the system prompt comes first
+    return Workload(
+        arrival=arrival,
+        prompt=prompt,
+        output=output,
+        alpha=_alpha(scn, s, arrival.shape[0]),
+        prefix_group=group,
+        prefix_len=plen,
+    )
+
+
+def _alpha(scn: Scenario, seed: int, n: int) -> npt.NDArray[np.float64] | None:
+    """Per-request acceptance probability (stream ``alpha``), ``None`` for per-position alpha."""
     a = scn.acceptance.alpha
     if isinstance(a, BetaAlpha):
-        alpha = stream(s, "alpha").beta(a.a, a.b, size=arrival.shape[0])
-    elif not isinstance(a, list):
-        alpha = np.full(arrival.shape[0], float(a))
-    return Workload(arrival=arrival, prompt=prompt, output=output, alpha=alpha)
+        return stream(seed, "alpha").beta(a.a, a.b, size=n)
+    if not isinstance(a, list):
+        return np.full(n, float(a))
+    return None

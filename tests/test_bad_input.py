@@ -118,6 +118,67 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
         "workload.trace",
     ),
     ("trace without path", lambda t: ["--set", "workload.arrival=trace"], "workload"),
+    # prefix caching, shared prompts, sessions
+    (
+        "prefix caching not a bool",
+        lambda t: ["--set", "server.prefix_caching=sometimes"],
+        "server.prefix_caching",
+    ),
+    (
+        "no shared prompts",
+        lambda t: ["--set", "workload.shared_prefix={prompts: 0, tokens: 100}"],
+        "workload.shared_prefix.prompts",
+    ),
+    (
+        "negative zipf exponent",
+        lambda t: ["--set", "workload.shared_prefix={prompts: 4, tokens: 100, zipf_s: -1}"],
+        "workload.shared_prefix.zipf_s",
+    ),
+    (
+        "share above one",
+        lambda t: ["--set", "workload.shared_prefix={prompts: 4, tokens: 100, share: 1.5}"],
+        "workload.shared_prefix.share",
+    ),
+    (
+        "no turns",
+        lambda t: ["--set", "workload.sessions={turns: 0}"],
+        "workload.sessions.turns",
+    ),
+    (
+        "negative think time",
+        lambda t: ["--set", "workload.sessions={turns: 3, think_time_s: {mean: -1}}"],
+        "workload.sessions.think_time_s",
+    ),
+    (
+        "sessions on a trace",
+        lambda t: [
+            "--set",
+            "workload.arrival=trace",
+            "--set",
+            "workload.trace=" + trace(t, "0.1,10,10\n0.2,10,10\n"),
+            "--set",
+            "workload.sessions={turns: 3}",
+        ],
+        "workload",
+    ),
+    (
+        "context too small for a first turn",
+        lambda t: ["--set", "workload.sessions={turns: 3, max_context: 100}"],
+        "workload.sessions",
+    ),
+    (
+        "trace length law missing file",
+        lambda t: [
+            "--set",
+            "workload.prompt_tokens={dist: trace, path: /no/such.csv, column: prompt_tokens}",
+        ],
+        "workload.prompt_tokens",
+    ),
+    (
+        "hit rate above one",
+        lambda t: ["--set", "analytic.prefix_hit_rate=1.5"],
+        "analytic.prefix_hit_rate",
+    ),
     ("out dir not writable", lambda t: ["--out", write(t, "afile", "x") + "/sub"], "--out"),
 ]
 
@@ -209,14 +270,26 @@ COMMAND_CASES: list[tuple[str, list[str], str]] = [
     ("compare not a report", ["compare", DEFAULT], "report"),
     ("serve bad port", ["serve", DEFAULT, "--port", "70000"], "--port"),
     ("serve bad set", ["serve", DEFAULT, "--set", "nokey"], "--set"),
-    ("KV smaller than a request", ["run", DEFAULT, "--set", "server.num_gpu_blocks=10"],
-     "server.num_gpu_blocks"),
-    ("weights exceed the GPU", ["costs", str(ROOT / "scenarios/llama70b-tp4-a100.yaml"),
-                                "--set", "server.tp=1"], "hardware"),
-    ("no memory left for KV", ["predict", DEFAULT, "--set", "server.activation_reserve_gb=60"],
-     "server.num_gpu_blocks"),
-    ("bad num_gpu_blocks", ["run", DEFAULT, "--set", "server.num_gpu_blocks=lots"],
-     "server.num_gpu_blocks"),
+    (
+        "KV smaller than a request",
+        ["run", DEFAULT, "--set", "server.num_gpu_blocks=10"],
+        "server.num_gpu_blocks",
+    ),
+    (
+        "weights exceed the GPU",
+        ["costs", str(ROOT / "scenarios/llama70b-tp4-a100.yaml"), "--set", "server.tp=1"],
+        "hardware",
+    ),
+    (
+        "no memory left for KV",
+        ["predict", DEFAULT, "--set", "server.activation_reserve_gb=60"],
+        "server.num_gpu_blocks",
+    ),
+    (
+        "bad num_gpu_blocks",
+        ["run", DEFAULT, "--set", "server.num_gpu_blocks=lots"],
+        "server.num_gpu_blocks",
+    ),
 ]
 
 
@@ -243,6 +316,8 @@ def test_unwritable_out_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert exc.value.code == 2
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "file" in lines[0]
+
+
 # --------------------------------------------------------------------------- every command
 #
 # The same malformed inputs through `sdsim run`, `predict`, `costs`, `validate` and `sweep`: each

@@ -1,15 +1,17 @@
 """Property-based fuzzing of every input a user hands sdsim: the scenario schema (values derived
 from the pydantic models plus adversarial ones, YAML aliases and deep nesting), the GuideLLM and
-vLLM report readers, and the ``config.json`` loader.
+vLLM report readers, the ``config.json`` loader, and the request bodies of `sdsim serve`.
 
 For every generated input the contract must hold: **exit code 2 and one line naming the field
 that was broken** (or a field the broken one is checked against), or **a valid run whose summary
 is strict JSON with finite numbers** (a NaN only where ``sdsim run`` explains it), within bounded
-time (a hard alarm per example) and memory (the process's peak resident size).
+time (a hard alarm per example) and memory (the process's peak resident size). For the server:
+**HTTP 400 with one line naming the field** (``param`` the same), or a valid response (usage
+counting the tokens sent), and the server still answering.
 
 Size: the CI profile (the default, ``make test``) runs a fixed, derandomized set of examples
-(``FUZZ_EXAMPLES``: 120 scenario mutations, 40 YAML-level attacks, 120 report mutations, 80
-config.json mutations); ``HYPOTHESIS_PROFILE=thorough`` (``make fuzz``) runs 25 times as many,
+(120 scenario mutations, 40 YAML-level attacks, 120 report mutations, 80 config.json mutations,
+120 request bodies); ``HYPOTHESIS_PROFILE=thorough`` (``make fuzz``) runs 25 times as many,
 randomly (``SDSIM_FUZZ_SCALE=N`` sets the multiple).
 """
 
@@ -439,3 +441,124 @@ def test_fuzz_config_json(
     table = json.loads(captured.out, parse_constant=lambda c: pytest.fail(f"{c} in costs"))
     for row in table["rows"]:
         assert all(math.isfinite(v) and v >= 0 for v in row.values())
+
+
+# --------------------------------------------------------------------------- server request bodies
+
+SERVE_BODIES: dict[str, tuple[str, dict[str, Any]]] = {
+    "completion": ("/v1/completions", {"model": "m", "prompt": "hello world", "max_tokens": 4}),
+    "completion-ids": (
+        "/v1/completions",
+        {"prompt": [1, 2, 3], "max_tokens": 4, "stream": True,
+         "stream_options": {"include_usage": True}},
+    ),
+    "chat": (
+        "/v1/chat/completions",
+        {"messages": [{"role": "system", "content": "be brief"},
+                      {"role": "user", "content": [{"type": "text", "text": "hi there"}]}],
+         "max_completion_tokens": 4, "stream": True,
+         "stream_options": {"include_usage": True, "continuous_usage_stats": True}},
+    ),
+}  # fmt: skip
+SERVE_PATHS = [(k, p) for k, (_, body) in SERVE_BODIES.items() for p in tree_paths(body)]
+SERVE_MAX_BODY = 2**20
+# A request field a broken one is checked against: an error may name it.
+SERVE_RELATED = {
+    "prompt": ("max_tokens",),  # a longer prompt leaves less context for the output
+    "messages": ("max_completion_tokens",),
+    "stream": ("stream_options",),  # stream options need stream: true
+}
+
+
+def field_name(path: tuple[Any, ...]) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+@pytest.fixture(scope="module")
+def serve_client() -> Iterator[Any]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # starlette's TestClient: the httpx deprecation notice
+        from starlette.testclient import TestClient
+
+    from sdsim.serve import create_app
+    from tests.conftest import small
+
+    # 1,000 times faster than real time, so valid requests finish at once
+    app = create_app(small(), time_scale=1e-3, default_max_tokens=8, max_body_bytes=SERVE_MAX_BODY)
+    with TestClient(app) as client:
+        yield client
+
+
+def check_served(r: Any, stream: bool, broken: str) -> None:
+    """A refusal naming the broken field (or one it is checked against), or a valid response."""
+    if r.status_code == 400:
+        err = r.json()["error"]
+        msg = err["message"]
+        assert "\n" not in msg and ": " in msg, msg
+        named = msg.split(": ")[0]
+        assert err["param"] == (None if named == "request body" else named), err
+        related = SERVE_RELATED.get(broken.split("[")[0].split(".")[0], ())
+        assert (
+            named.startswith(broken) or broken.startswith(named) or named in related
+            or (named == "request body" and broken == "")
+        ), (broken, msg)  # fmt: skip
+        return
+    assert r.status_code == 200, r.text
+    if not stream:
+        body = r.json()
+        usage = body["usage"]
+        text = body["choices"][0].get("text") or body["choices"][0]["message"]["content"]
+        assert len(text.split()) == usage["completion_tokens"] >= 1
+        return
+    lines = [ln for ln in r.text.splitlines() if ln]
+    assert lines[-1] == "data: [DONE]", lines[-3:]
+    msgs = [json.loads(ln.removeprefix("data: ")) for ln in lines[:-1]]
+    done = sum(
+        len((m["choices"][0].get("text") or m["choices"][0]["delta"].get("content", "")).split())
+        for m in msgs if m["choices"]
+    )  # fmt: skip
+    usage = [m["usage"] for m in msgs if m.get("usage")]
+    if usage:
+        assert usage[-1]["completion_tokens"] == done >= 1
+
+
+@fuzz_settings(120)
+@given(
+    target=st.sampled_from(SERVE_PATHS),
+    value=ADVERSARIAL | st.integers() | st.floats() | st.text(max_size=30),
+    delete=st.booleans(),
+    attack=st.sampled_from(["value"] * 6 + ["deep", "raw", "huge"]),
+    raw=st.binary(max_size=64),
+)
+def test_fuzz_server_request_bodies(
+    target: tuple[str, tuple[Any, ...]], value: Any, delete: bool, attack: str, raw: bytes,
+    serve_client: Any,
+) -> None:  # fmt: skip
+    kind, path = target
+    url, base = SERVE_BODIES[kind]
+    broken = field_name(path)
+    if attack == "value":
+        content = json.dumps(set_at(base, path, value, delete)).encode()
+    elif attack == "deep":
+        # within the parser's limit (200 levels; the paths add at most 5) or past it
+        depth = 150 + len(raw) * 20
+        content = json.dumps(set_at(base, path, "@@", False)).encode()
+        content = content.replace(b'"@@"', b"[" * depth + b"]" * depth)
+        broken = "request body" if depth > 200 else broken
+    elif attack == "raw":
+        content, broken = raw, ""  # anything may be named (random bytes may be valid JSON)
+    else:  # a body over the size limit
+        content, broken = b'{"prompt": "' + b"x" * SERVE_MAX_BODY + b'"}', "request body"
+    sent = json.loads(content) if attack == "value" else None
+    stream = isinstance(sent, dict) and sent.get("stream") is True
+    t0 = time.monotonic()
+    with bounded(30):
+        r = serve_client.post(url, content=content, headers={"content-type": "application/json"})
+        check_served(r, stream, broken)
+    assert time.monotonic() - t0 < 20
+    assert serve_client.get("/health").status_code == 200

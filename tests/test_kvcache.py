@@ -74,15 +74,16 @@ def test_block_functions_and_check() -> None:
     rep = _Replica([20] * 6, [10] * 6, blocks=10)
     t, e, kv = rep.t, rep.state[0], rep.kv
     assert [blocks_for(n, 16) for n in (0, 1, 16, 17)] == [0, 1, 1, 2]
-    assert kv_hold(t.data, e, 1, 17) and kv_hold(t.data, e, 3, 48)  # 2 + 3 blocks
+    a = kv.arrays
+    assert kv_hold(t.data, e, a, 1, 17) and kv_hold(t.data, e, a, 3, 48)  # 2 + 3 blocks
     assert kv.used == 5 and kv_free_blocks(e) == 5
     kv.check(np.array([1, 3]))
-    assert not kv_hold(t.data, e, 3, 16 * 9)  # 6 more blocks: only 5 are free; nothing changes
+    assert not kv_hold(t.data, e, a, 3, 16 * 9)  # 6 more blocks: only 5 are free; nothing changes
     assert (t.kv_blocks[3], kv.used) == (3, 5)
-    assert kv_hold(t.data, e, 3, 16)  # holds more than asked already: unchanged
+    assert kv_hold(t.data, e, a, 3, 16)  # holds more than asked already: unchanged
     assert t.kv_blocks[3] == 3
-    kv_keep(t.data, e, 3, 20)  # back to 2 blocks
-    kv_free(t.data, e, 1)
+    kv_keep(t.data, e, a, 3, 20)  # back to 2 blocks
+    kv_free(t.data, e, a, 1, False)
     assert (t.kv_blocks[1], t.kv_blocks[3], kv.used) == (0, 2, 2)
     kv.check(np.array([3]))
     t.kv_blocks[4] = 2  # a request holding blocks the cache does not count
@@ -139,7 +140,7 @@ class _Replica:
         for r, g in zip(ids, generated, strict=True):
             t.prefilled[r] = t.prefill_target[r]
             t.generated[r] = g
-            assert kv_hold(t.data, e, r, int(t.prompt[r]) + g - 1)
+            assert kv_hold(t.data, e, self.kv.arrays, r, int(t.prompt[r]) + g - 1)
             self.engine.run[int(e["running"])] = r
             e["running"] += 1
 
@@ -150,7 +151,9 @@ class _Replica:
     def form(self, k: int) -> Batch:
         eng = self.engine
         eng.waiting.reserve_front(len(eng.run))
-        got = form_batch(self.t.data, self.state[0], eng.run, eng.batch, eng.waiting.buf, k, 0.0)
+        got = form_batch(
+            self.t.data, self.state[0], self.kv.arrays, eng.run, eng.batch, eng.waiting.buf, k, 0.0
+        )
         assert got == FORMED
         return eng.batch_view()
 

@@ -304,6 +304,8 @@ class Invariants:
         if left <= 0:
             return  # no token budget
         kv = engine.kv
+        if kv.limited and kv.caching and t.preemptions[head] > 0:
+            return  # re-admitted: its cached blocks that are free count against the free ones too
         if kv.limited:
             c = min(int(t.prefill_target[head] - t.prefilled[head]), left)
             need = -(-(int(t.prefilled[head]) + c) // kv.block_size) - int(t.kv_blocks[head])

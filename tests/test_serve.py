@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -17,7 +19,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-from sdsim.serve import LiveEngine, count_tokens, create_app
+from sdsim.api_requests import count_tokens
+from sdsim.serve import LiveEngine, create_app
 from tests.conftest import small
 
 
@@ -145,8 +148,8 @@ def test_cli_serve_bad_options_exit_2(tmp_path) -> None:  # type: ignore[no-unty
 # --------------------------------------------------------------------------- disconnects
 
 
-@pytest.fixture
-def live_server() -> Any:
+@contextlib.contextmanager
+def _serving(**over: Any) -> Iterator[tuple[str, LiveEngine]]:
     """The app behind a real uvicorn server on a loopback port (TestClient cannot disconnect):
     ~50 ms steps in real time, so an abandoned 2,000-token request would run ~30 s."""
     import socket
@@ -159,6 +162,7 @@ def live_server() -> Any:
             "spec.k": 2,
             "costs.linear.verify_fixed_s": 0.05,
             "server.num_gpu_blocks": 4000,
+            **over,
         }
     )
     app = create_app(scn, model="sim-model")
@@ -172,9 +176,17 @@ def live_server() -> Any:
     while not server.started:
         assert time.monotonic() < deadline, "server did not start"
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", app.state.live
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}", app.state.live
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_server() -> Iterator[tuple[str, LiveEngine]]:
+    with _serving() as served:
+        yield served
 
 
 def _wait_aborted(base: str, rid: int) -> dict[str, Any]:
@@ -216,3 +228,32 @@ def test_client_that_disconnects_has_its_request_aborted(live_server: Any, strea
     assert finish <= gone_sim + 0.05 + 1.0
     assert sim["output_tokens"] == [2000]
     assert live.table.generated[0] < 200  # it stopped long before its 2,000 tokens
+
+
+def test_a_queued_client_that_leaves_is_aborted_and_a_leaving_client_frees_its_seat() -> None:
+    # One seat (max_num_seqs = 1). A holds it with a 2,000-token stream; B waits behind it and
+    # gives up (read timeout): B leaves the queue at the next step boundary, never scheduled.
+    # Then A hangs up: the seat and A's KV blocks are freed, and C is served at once (a few
+    # steps of 50 ms, against ~100 s had A kept the seat). Tolerance on "at once": 3 s for a
+    # loaded machine.
+    with _serving(**{"server.max_num_seqs": 1}) as (base, live):
+        body = {"prompt": list(range(64)), "max_tokens": 2000, "stream": True}
+        with httpx.Client(base_url=base, timeout=httpx.Timeout(30.0, read=1.0)) as a:
+            with a.stream("POST", "/v1/completions", json=body) as r:
+                lines = r.iter_lines()  # kept: closing the iterator would close the connection
+                next(ln for ln in lines if ln.startswith("data: "))
+                with httpx.Client(base_url=base, timeout=httpx.Timeout(30.0, read=0.5)) as b:
+                    with pytest.raises(httpx.ReadTimeout):
+                        with b.stream("POST", "/v1/completions", json=body) as rb:
+                            list(rb.iter_lines())
+                sim = _wait_aborted(base, 1)
+                assert sim["running"] == [0] and sim["waiting"] == []
+                assert sim["first_token"][1] is None  # never scheduled
+                assert live.table.kv_blocks[1] == 0
+                assert not live.table.aborted[0]  # A, still reading, keeps its seat
+            sim = _wait_aborted(base, 0)
+            assert sim["running"] == [] and sim["kv_blocks_used"] == 0
+        t0 = time.monotonic()
+        r = httpx.post(f"{base}/v1/completions", json={"prompt": "hi", "max_tokens": 3}, timeout=30)
+        assert r.status_code == 200 and time.monotonic() - t0 < 3.0
+        assert r.json()["usage"]["completion_tokens"] == 3

@@ -42,8 +42,9 @@ def test_the_issue_command() -> None:
         "drafter.kind": "eagle",
         "spec.k": 3,
         "spec.policy": "fixed",
+        "server.prefix_caching": True,
     }
-    assert "--enable-prefix-caching" in [f for f, _, _ in imp.not_modelled]
+    assert ("--enable-prefix-caching", "", "server.prefix_caching") in imp.carried
     assert not imp.unknown
     scn = imp.scenario(load_scenario(None), "h100-sxm")
     assert (scn.target, scn.server.tp, scn.spec.k, scn.drafter.kind) == (

@@ -51,6 +51,7 @@ from sdsim.analytic.coefficients import (
     tangent_coefficients,
 )
 from sdsim.analytic.gps import BirthDeath, birth_death, modulated_birth_death, noisy
+from sdsim.analytic.prefix import prompt_means
 from sdsim.analytic.stepcurve import LocalSteps, StepCurve, build_step_curve, mean_context
 from sdsim.analytic.work import RequestWork, discretize_length, request_work
 from sdsim.costs.build import build_cost_model
@@ -490,16 +491,28 @@ def build_curve(
 ) -> StepCurve:
     """The step curve of a scenario at draft length ``k``."""
     m = model if model is not None else build_cost_model(scn)
-    prompt = float(scn.workload.prompt_tokens.mean)
+    pm = prompt_means(scn)  # whole prompt (context) and the part prefilled (prefix cache)
     return build_step_curve(
         m,
         k,
-        mean_context(prompt, work),
-        prompt,
+        mean_context(pm.context, work),
+        pm.prefill,
         scn.server.max_num_batched_tokens,
         concurrency_cap(scn, k),
-        discretize_length(scn.workload.prompt_tokens, PROMPT_BINS),
+        _prompt_law(scn, pm.hit_rate),
     )
+
+
+def _prompt_law(
+    scn: Scenario, hit: float
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]] | None:
+    """The law of the prefilled prompt lengths the step curve prices chunks with, where it is
+    the workload's prompt law (no prefix-cache hits, no shared prefixes, no sessions); else
+    ``None`` (every chunk at the mean prefill)."""
+    w = scn.workload
+    if hit > 0 or w.sessions is not None or w.shared_prefix is not None:
+        return None
+    return discretize_length(w.prompt_tokens, PROMPT_BINS)
 
 
 def operating_point(
@@ -547,7 +560,7 @@ def operating_point(
         law = law if law is not None else BirthDeath(np.zeros(0), rate, c.n_max, False)
         batches = np.array([max(c.n_max * frac, 1.0)])
         weights = np.array([1.0])
-    prompt = float(scn.workload.prompt_tokens.mean)
+    prompt = prompt_means(scn).prefill
     akey = (max(1, round(prompt)), scn.server.max_num_batched_tokens)
     got = c.alone.get(akey)
     if got is None or got[0] is not m or c.k != k:

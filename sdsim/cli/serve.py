@@ -5,13 +5,18 @@ from __future__ import annotations
 __all__ = ["serve"]
 
 import math
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from sdsim.api_requests import TokenCounter
 from sdsim.cli.app import ScenarioArg, SeedOpt, SetOpt, err, load
 from sdsim.errors import ScenarioError
-from sdsim.serve import create_app
+from sdsim.serve import bind, create_app, run_server
+
+# Longest drain a SIGTERM may ask for (an orchestrator's grace period is typically 30 s).
+MAX_DRAIN_S = 3600.0
 
 
 def serve(
@@ -19,7 +24,7 @@ def serve(
     set_: SetOpt = None,
     seed: SeedOpt = None,
     host: Annotated[str, typer.Option("--host", help="address to bind")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="TCP port")] = 8000,
+    port: Annotated[int, typer.Option("--port", help="TCP port (0: any free port)")] = 8000,
     time_scale: Annotated[
         float, typer.Option("--time-scale", help="wall seconds per simulated second")
     ] = 1.0,
@@ -29,6 +34,21 @@ def serve(
     default_max_tokens: Annotated[
         int, typer.Option("--default-max-tokens", help="output length when max_tokens is absent")
     ] = 256,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(
+            "--tokenizer",
+            help="a local tokenizer.json (or its folder) to count prompt text as a load "
+            "generator does (default: max(words, characters / 4))",
+        ),
+    ] = None,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(
+            "--drain-timeout",
+            help="on SIGTERM/SIGINT, seconds to let in-flight requests finish before aborting them",
+        ),
+    ] = 5.0,
 ) -> None:
     """Serve the simulated engine over an OpenAI-compatible streaming HTTP API."""
     scn = load(scenario, set_)
@@ -38,16 +58,31 @@ def serve(
         raise ScenarioError("--port", f"must be in 0..65535 (got {port})")
     if default_max_tokens < 1:
         raise ScenarioError("--default-max-tokens", "must be >= 1")
-    import uvicorn  # deferred: the HTTP server is only needed here
-
+    if not 0 <= drain_timeout <= MAX_DRAIN_S:
+        raise ScenarioError(
+            "--drain-timeout", f"must be 0..{MAX_DRAIN_S:g} s (got {drain_timeout})"
+        )
+    counter = TokenCounter.from_file(tokenizer) if tokenizer is not None else TokenCounter()
     application = create_app(
-        scn, seed=seed, time_scale=time_scale, model=model, default_max_tokens=default_max_tokens
+        scn,
+        seed=seed,
+        time_scale=time_scale,
+        model=model,
+        default_max_tokens=default_max_tokens,
+        counter=counter,
     )
+    sock = bind(host, port)
+    bound = sock.getsockname()[1]
     if host not in ("127.0.0.1", "localhost", "::1"):
         err.print(f"[yellow]warning:[/] binding {host}: reachable beyond this machine")
     err.print(
-        f"sdsim serve: {scn.name} (k={scn.spec.k}) at http://{host}:{port}/v1, "
-        f"time scale {time_scale:g}",
+        f"sdsim serve: {scn.name} (k={scn.spec.k}) at http://{host}:{bound}/v1, "
+        f"time scale {time_scale:g}, prompt tokens counted by {counter.source}",
         highlight=False,
+        soft_wrap=True,
     )
-    uvicorn.run(application, host=host, port=port, log_level="warning")
+
+    def say(line: str) -> None:
+        err.print(line, highlight=False, markup=False, soft_wrap=True)
+
+    run_server(application, sock, drain_timeout, say)

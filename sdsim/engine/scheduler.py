@@ -43,7 +43,16 @@ import numpy as np
 import numpy.typing as npt
 
 from sdsim._jit import jit
-from sdsim.engine.kvcache import kv_free, kv_hold
+from sdsim.engine.kvcache import (
+    blocks_for,
+    kv_commit,
+    kv_free,
+    kv_free_blocks,
+    kv_hold,
+    pool_room,
+    prefix_hits,
+    take_hits,
+)
 from sdsim.engine.schema import DECODE, PREFILL, PREFILL_FIRST
 from sdsim.engine.state import front_room, pop_front, push_front, waiting_count, waiting_front
 
@@ -57,7 +66,9 @@ EMPTY = 3  # requests are present but none could be scheduled (the KV cache chec
 
 
 @jit(inline=True)
-def form_batch(req: Any, e: Any, run: _I64, batch: Any, queue: _I64, k: int, now: float) -> int:
+def form_batch(
+    req: Any, e: Any, kv: Any, run: _I64, batch: Any, queue: _I64, k: int, now: float
+) -> int:
     """Form the next batch at ``now`` with draft length ``k`` (see the module docstring).
 
     Returns :data:`FORMED`, :data:`IDLE`, :data:`NO_ROOM` or :data:`EMPTY`.
@@ -71,18 +82,21 @@ def form_batch(req: Any, e: Any, run: _I64, batch: Any, queue: _I64, k: int, now
     most = nrun + min(waiting, max(e["max_num_seqs"] - nrun, 0), e["token_budget"])
     if most > run.shape[0] or most > batch.shape[0] or front_room(queue) < nrun:
         return NO_ROOM
+    if e["caching"] and not pool_room(e, kv[2], kv[0], most, k):
+        return NO_ROOM
     e["k"] = k
     e["waiting_before"] = waiting
     e["entries"] = 0
     e["admitted"] = 0
     e["preempted"] = 0
+    e["hit_tokens"] = 0
     prefill_only = False
     if e["policy"] == PREFILL_FIRST and waiting > 0 and nrun < e["max_num_seqs"]:
-        prefill_only = _prefill_only(req, e, run, batch, queue, now)
+        prefill_only = _prefill_only(req, e, kv, run, batch, queue, now)
     if not prefill_only:
-        budget, blocked = _schedule_running(req, e, run, batch, queue, k)
+        budget, blocked = _schedule_running(req, e, kv, run, batch, queue, k)
         if not blocked and budget > 0:
-            _admit(req, e, run, batch, queue, budget, now)
+            _admit(req, e, kv, run, batch, queue, budget, now)
     e["kv_in_step"] = e["kv_used"]
     if e["kv_used"] > e["kv_peak"]:
         e["kv_peak"] = e["kv_used"]
@@ -126,7 +140,7 @@ def _add_entry(
 
 @jit(inline=True)
 def _schedule_running(
-    req: Any, e: Any, run: _I64, batch: Any, queue: _I64, k: int
+    req: Any, e: Any, kv: Any, run: _I64, batch: Any, queue: _I64, k: int
 ) -> tuple[int, bool]:
     """vLLM v1's pass over the running set: the longest prefix that fits the token budget (the
     first prefill that does not fit gets a partial chunk), each request's KV slots reserved in
@@ -150,6 +164,7 @@ def _schedule_running(
             tokens = min(left, budget)
             cached = q["prefilled"]
             slots = cached + tokens
+            committed = slots
         else:
             if k + 1 > budget:
                 blocked = True
@@ -158,13 +173,15 @@ def _schedule_running(
             tokens = k + 1
             cached = q["prompt"] + q["generated"]
             slots = cached + k  # all k + 1 verify tokens, the newest token's included
-        while not kv_hold(req, e, r, slots):
-            _preempt_last(req, e, run, queue)
+            committed = cached  # the draft tokens are not committed
+        while not kv_hold(req, e, kv, r, slots):
+            _preempt_last(req, e, kv, run, queue)
             blocked = True
             if e["running"] == i:
                 break  # request i itself could not fit and was preempted
         if i == e["running"]:
             break
+        kv_commit(req, e, kv, r, committed)
         _add_entry(e, batch, r, kind, tokens, cached, q["kv_blocks"])
         budget -= tokens
         i += 1
@@ -175,17 +192,19 @@ def _schedule_running(
 
 
 @jit(inline=True)
-def _preempt_last(req: Any, e: Any, run: _I64, queue: _I64) -> None:
+def _preempt_last(req: Any, e: Any, kv: Any, run: _I64, queue: _I64) -> None:
     """Preempt the most recently admitted running request by recomputation: its blocks are
-    freed and it goes back to the front of the queue (preempted in turn from the back, the
-    earliest admitted ends up first, as in vLLM), to prefill prompt + generated tokens again."""
+    freed (cached ones stay cached, for it to hit again) and it goes back to the front of the
+    queue (preempted in turn from the back, the earliest admitted ends up first, as in vLLM), to
+    prefill prompt + generated tokens again."""
     n = e["running"] - 1
     r = run[n]
     q = req[r]
     if q["prefilled"] < q["prefill_target"]:
         e["prefilling"] -= 1
-    kv_free(req, e, r)
+    kv_free(req, e, kv, r, True)
     q["prefilled"] = 0
+    q["cacheable"] = 0
     q["prefill_target"] = q["prompt"] + q["generated"]
     q["preemptions"] += 1
     push_front(queue, r)
@@ -196,16 +215,29 @@ def _preempt_last(req: Any, e: Any, run: _I64, queue: _I64) -> None:
 
 @jit(inline=True)
 def _admit(
-    req: Any, e: Any, run: _I64, batch: Any, queue: _I64, budget: int, now: float
+    req: Any, e: Any, kv: Any, run: _I64, batch: Any, queue: _I64, budget: int, now: float
 ) -> int:
     """FCFS admissions while a sequence slot, token budget and the KV blocks of the first chunk
-    are free. Returns the budget left."""
+    are free; a request's cached prefix blocks (prefix caching) are taken first and its prefill
+    starts after them. Returns the budget left."""
     while waiting_count(queue) > 0 and e["running"] < e["max_num_seqs"] and budget > 0:
         r = waiting_front(queue)
         q = req[r]
-        tokens = min(q["prefill_target"] - q["prefilled"], budget)
-        if not kv_hold(req, e, r, q["prefilled"] + tokens):
+        hits, free_hits = prefix_hits(req, e, kv, r)
+        start = hits * e["block_size"]
+        tokens = min(q["prefill_target"] - start, budget)
+        if hits > 0:
+            # the new blocks and the free hit blocks both come out of the free blocks
+            need = blocks_for(start + tokens, e["block_size"]) - hits + free_hits
+            if need > kv_free_blocks(e):
+                break
+            take_hits(req, e, kv, r, hits)
+            e["hit_tokens"] += start
+            if math.isnan(q["first_scheduled"]):
+                q["cached_tokens"] = start
+        if not kv_hold(req, e, kv, r, q["prefilled"] + tokens):
             break
+        kv_commit(req, e, kv, r, q["prefilled"] + tokens)
         pop_front(queue)
         run[e["running"]] = r
         e["running"] += 1
@@ -220,7 +252,7 @@ def _admit(
 
 @jit(inline=True)
 def _prefill_only(
-    req: Any, e: Any, run: _I64, batch: Any, queue: _I64, now: float
+    req: Any, e: Any, kv: Any, run: _I64, batch: Any, queue: _I64, now: float
 ) -> bool:
     """The prefill-first policy's step: chunks of the running requests still prefilling, then
     admissions, within the budget and the free blocks. Returns whether any prefill was scheduled
@@ -237,13 +269,14 @@ def _prefill_only(
             if budget <= 0:
                 break
             tokens = min(left, budget)
-            if not kv_hold(req, e, r, q["prefilled"] + tokens):
+            if not kv_hold(req, e, kv, r, q["prefilled"] + tokens):
                 short = True
                 break
+            kv_commit(req, e, kv, r, q["prefilled"] + tokens)
             _add_entry(e, batch, r, PREFILL, tokens, q["prefilled"], q["kv_blocks"])
             budget -= tokens
     if not short:
-        _admit(req, e, run, batch, queue, budget, now)
+        _admit(req, e, kv, run, batch, queue, budget, now)
     return bool(e["entries"] > 0)
 
 

@@ -16,6 +16,8 @@ readers of records can use the layout without loading SimPy or numba.
     One replica's scalars: its configuration, KV counts, running set and the step in hand.
 :data:`ENTRY`
     One request's work in the step in hand (a decode of k + 1 tokens, or a prefill chunk).
+:data:`BLOCK`
+    One physical KV block of the prefix cache (reference count, cache key, free-list links).
 :data:`PRICE`, :data:`PRICE_SPAN`
     A cached step price (the cost model's breakdown) and where a batch size's prices lie in the
     price cache (:mod:`sdsim.engine.prices`).
@@ -26,6 +28,7 @@ from __future__ import annotations
 __all__ = [
     "ABORT_DONE",
     "ABORT_REQUESTED",
+    "BLOCK",
     "DECODE",
     "ENGINE",
     "ENTRY",
@@ -71,6 +74,15 @@ REQUEST = np.dtype(
         ("kv_blocks", _I),  # KV blocks held now
         ("tape_pos", _I),  # acceptance tape: entry for decode step s is tape[tape_pos + s]
         ("tape_end", _I),  # 0: no tape yet
+        # prefix caching (sdsim.engine.prefix)
+        ("cached_tokens", _I),  # prompt tokens served from the prefix cache at first admission
+        ("pfx_group", _I),  # shared prefix (system prompt) id, -1: none
+        ("pfx_len", _I),  # its tokens (the first tokens of the prompt)
+        ("conv", _I),  # conversation id (a multi-turn session), -1: the request alone
+        ("turn", _I),  # turn of that conversation (from 0)
+        ("follow", _I),  # 1: another turn of its conversation follows (its blocks stay cached)
+        ("kv_row", _I),  # row of the replica's block table, -1: none
+        ("cacheable", _I),  # tokens committed when last scheduled (their full blocks cacheable)
     ]
 )
 
@@ -89,6 +101,7 @@ REQUEST_RECORD: dict[str, str] = {
     "preemptions": "preemptions",
     "replica": "replica",
     "aborted": "aborted",
+    "cached_tokens": "cached_tokens",
 }
 
 ABORT_REQUESTED = 1
@@ -114,6 +127,7 @@ STEP = np.dtype(
         ("emitted", _I),
         ("preempted", _I),
         ("replica", _I),
+        ("cached_tokens", _I),  # prefill tokens admissions took from the prefix cache
     ]
 )
 STEP_FIELDS: dict[str, type] = {name: dt.type for name, (dt, *_) in (STEP.fields or {}).items()}
@@ -168,6 +182,18 @@ ENGINE = np.dtype(
         ("observed_rejected", _I),
         ("next_decodes", _I),  # running requests that would decode next, and their context
         ("next_context", _I),
+        # prefix cache (sdsim.engine.prefix)
+        ("caching", _I),  # 1: server.prefix_caching
+        ("eagle", _I),  # 1: an EAGLE drafter (the last hit block is recomputed, as in vLLM)
+        ("fresh", _I),  # blocks ever handed out (ids below it have been used)
+        ("pool_need", _I),  # NO_ROOM: block records the next formation needs
+        ("lru_head", _I),  # free blocks that were used, least recently freed first (-1: none)
+        ("lru_tail", _I),
+        ("mapped", _I),  # blocks in the hash map (cached prefix blocks)
+        ("row_free", _I),  # first free row of the block table (-1: none)
+        ("evictions", _I),  # cached blocks reused for other tokens
+        ("hit_tokens", _I),  # prefill tokens the step's admissions took from the cache
+        ("follow_done", _I),  # requests with a next turn that finished since Python last looked
     ]
 )
 
@@ -187,13 +213,25 @@ ENTRY = np.dtype(
 )
 
 # A cached step price (the cost model's StepTime fields) and a batch size's span of prices.
+# One physical KV block of the prefix cache.
+BLOCK = np.dtype(
+    [
+        ("ref", _I),  # requests holding it
+        ("node", _I),  # key: the token sequence it ends (sdsim.engine.prefix), -1: not cached
+        ("idx", _I),  # key: its index in that sequence
+        ("prev", _I),  # free list neighbours (-1: none)
+        ("next", _I),
+    ]
+)
+
 PRICE = np.dtype([("total", _F), ("prefill", _F), ("draft", _F), ("verify", _F), ("overhead", _F)])
 PRICE_SPAN = np.dtype([("offset", _I), ("first", _I), ("count", _I)])
 
 
 # Every field of these records is 8 bytes wide: record arrays are copied and split into columns
 # as rows of 8-byte words (sdsim.engine.state).
-if not all(d.itemsize == 8 * len(d.names or ()) for d in (REQUEST, STEP, ENGINE, ENTRY, PRICE)):
+_ALL = (REQUEST, STEP, ENGINE, ENTRY, PRICE, BLOCK)
+if not all(d.itemsize == 8 * len(d.names or ()) for d in _ALL):
     raise TypeError("every engine record field must be 8 bytes wide")
 
 

@@ -48,6 +48,7 @@ from sdsim.engine.schema import (
     STEP_FIELDS,
     VLLM_V1,
 )
+from sdsim.engine.sessions import SessionArrivals
 from sdsim.engine.state import IdQueue, RequestTable, Sink, StepLog
 from sdsim.engine.tape import AcceptanceTape
 from sdsim.memory import check_request_fits, kv_capacity, num_gpu_blocks
@@ -65,6 +66,7 @@ TAPE_PREFETCH = 2048
 _INT_CAP = 1 << 62
 
 _NO_PRICE = (0.0, 0.0, 0.0, 0.0, 0.0)
+_NO_PREFIX = (-1, 0, -1, 0, 0)  # no shared prefix, no conversation
 
 
 class Tracker:
@@ -213,15 +215,27 @@ class Engine:
         e["policy"] = PREFILL_FIRST if scn.server.scheduler == "prefill-first" else VLLM_V1
         e["max_waiting"] = min(scn.limits.max_waiting, _INT_CAP)
         e["k"] = self.k
-        self.kv = KVCache(self.state, table, limited=blocks is not None)
         seats = min(scn.server.max_num_seqs, 64) + 1
+        k_cap = spec.k if self.adaptive is None else self.adaptive.k_max
+        self.kv = KVCache(
+            self.state,
+            table,
+            limited=blocks is not None,
+            caching=scn.server.prefix_caching,
+            rows=seats,
+        )
+        # vLLM recomputes the last hit block for an EAGLE drafter (it needs its hidden states)
+        e["eagle"] = int(scn.drafter.kind in ("eagle", "eagle3") and k_cap > 0)
+        self._k_cap = k_cap
+        self._width = 0  # tokens a block table row holds (prefix caching)
+        if table.size:  # requests known up front: rows as wide as the longest
+            self._widen(int((table.prompt[: table.size] + table.output[: table.size]).max()))
         self.run = np.zeros(seats, dtype=np.int64)
         self.batch = np.zeros(seats, dtype=ENTRY)
         self.waiting = IdQueue()
         self.records = StepLog(self.state, log_capacity, flush=step_sink)
         a = scn.acceptance.alpha
         sampler = AcceptanceSampler(position_probs(a, len(a)) if isinstance(a, list) else None)
-        k_cap = spec.k if self.adaptive is None else self.adaptive.k_max
         self.tape = AcceptanceTape(sampler, k_cap)
         self.fast_forward = bool(fast_forward and tracker is not None and on_step is None)
         # decode-only prices for steps run ahead (fixed k only: adaptive k is chosen in Python)
@@ -229,6 +243,8 @@ class Engine:
         self._table = self.fast_forward and self.adaptive is None
         self.outstanding = 0  # requests routed here and not finished (for the router)
         self.completed = 0
+        # called when a request with another turn of its conversation finished (sessions)
+        self.on_turn: Callable[[Engine], None] | None = None
         self._wake: simpy.Event | None = None
         self.stopped = False
 
@@ -280,8 +296,17 @@ class Engine:
         if self.tracker is not None:
             self.tracker.waiting += 1
         self.t.replica[rid] = self.replica
+        self._widen(int(self.t.prompt[rid] + self.t.output[rid]))
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
+
+    def _widen(self, tokens: int) -> None:
+        """Block table rows wide enough for a request of ``tokens`` prompt + output tokens (its
+        look-ahead slots included): the step writes a request's blocks there unchecked."""
+        most = tokens + self._k_cap
+        if self.kv.caching and most > self._width:
+            self.kv.widen(most)
+            self._width = self.kv.rows.shape[1] * self.kv.block_size
 
     def abort(self, rid: int) -> bool:
         """Abort request ``rid`` (waiting or running here): at the next step boundary it leaves
@@ -341,6 +366,7 @@ class Engine:
             out = advance(
                 t.data,
                 self.state,
+                self.kv.arrays,
                 self.run,
                 self.batch,
                 self.waiting.buf,
@@ -356,6 +382,10 @@ class Engine:
                 *price,
             )
             code, clock, total, finished, grew, b, dctx, pft, pfc, npf = out
+            if self.state[0]["follow_done"]:
+                self.state[0]["follow_done"] = 0
+                if self.on_turn is not None:
+                    self.on_turn(self)
             if grew and tracker is not None:
                 tracker.waiting += grew
             if finished:
@@ -452,6 +482,9 @@ class Engine:
             self.run = run
         if size > self.batch.shape[0]:
             self.batch = np.zeros(size, dtype=ENTRY)
+        self.kv.grow_rows(size)
+        if self.kv.caching and int(e["pool_need"]) > self.kv.blocks.shape[0]:
+            self.kv.grow_pool(int(e["pool_need"]))
         self.waiting.reserve_front(nrun)
 
 
@@ -564,7 +597,12 @@ def run_simulation(
         for r in range(replicas)
     ]
     ahead = None  # reusable slots and one engine: the tape a request is pointed at on arrival
-    if not streaming and len(engines) == 1:
+    sessions = wl.next_turn is not None
+    if sessions and streaming:
+        raise ValueError("a session workload keeps its records (its arrivals are not known ahead)")
+    if sessions:
+        pass  # turns get their ids as they arrive: no tape is written ahead of an arrival
+    elif not streaming and len(engines) == 1:
         # one engine owns every request id (slot == id): write acceptance tapes ahead in bulk
         engines[0].tape.prefetch = TAPE_PREFETCH
     elif len(engines) == 1:
@@ -594,6 +632,8 @@ def run_simulation(
                 output = wl.output[c0:c1].tolist()
                 alpha = None if wl.alpha is None else wl.alpha[c0:c1].tolist()
                 bases = counter_base(key, np.arange(c0, c1, dtype=np.int64))
+                groups = None if wl.prefix_group is None else wl.prefix_group[c0:c1].tolist()
+                lens = None if wl.prefix_len is None else wl.prefix_len[c0:c1].tolist()
             for i in range(c1 - c0):
                 rid = c0 + i
                 dt = arr[i] - env.now
@@ -614,6 +654,9 @@ def run_simulation(
                         None if alpha is None else alpha[i],
                         bases[i],
                         request_sink,
+                        _NO_PREFIX
+                        if groups is None or lens is None
+                        else (groups[i], lens[i], -1, 0, 0),
                     )
                     if ahead is not None:
                         ahead.tape.assign(table, slot, rid, ahead._live)
@@ -630,7 +673,13 @@ def run_simulation(
         yield env.timeout(max_t)
         stop(f"simulated time exceeded limits.max_sim_time_s={max_t}")
 
-    env.process(arrivals())
+    if sessions:
+        sender = SessionArrivals(
+            env, wl, table, engines, router, tracker, key, api_delay, stop, max_waiting
+        )
+        env.process(sender.first_turns())
+    else:
+        env.process(arrivals())
     for e in engines:
         env.process(e.loop())
     if scn.limits.max_sim_time_s is not None:
@@ -650,6 +699,8 @@ def run_simulation(
         "kv_peak_blocks": max((e.kv.peak for e in engines), default=0),
         "api_delay_s": float(api_delay),
         "replicas": len(engines),
+        "prefix_caching": bool(scn.server.prefix_caching),
+        "prefix_evictions": sum(e.kv.evictions for e in engines),
     }
     if streaming:
         assert request_sink is not None
@@ -690,6 +741,7 @@ def _sink_unarrived(wl: Workload, first: int, sink: Sink) -> None:
             "drafted": zeros,
             "accepted": zeros,
             "preemptions": zeros,
+            "cached_tokens": zeros,
             "replica": zeros,
             "aborted": np.zeros(m, dtype=np.bool_),
         }

@@ -47,6 +47,8 @@ _BLANK = np.zeros(1, dtype=REQUEST)
 for _name in ("arrival", "first_scheduled", "first_token", "finish", "alpha"):
     _BLANK[_name] = np.nan
 _BLANK["rid"] = -1
+for _name in ("pfx_group", "conv", "kv_row"):
+    _BLANK[_name] = -1
 
 
 def blank_requests(n: int) -> npt.NDArray[Any]:
@@ -76,6 +78,10 @@ class RequestTable:
     accept_key
         Key of the acceptance stream: with one slot per request, each slot's ``acc_base`` is
         filled from it (:func:`sdsim.rng.counter_base` of the request id).
+
+    A workload of multi-turn sessions (``wl.next_turn`` set) has arrival times only for first
+    turns: its slots are left blank and each turn is placed when it arrives (:meth:`place`), in
+    arrival order (slot == request id == arrival order).
     """
 
     def __init__(
@@ -86,7 +92,7 @@ class RequestTable:
         n = len(wl) if capacity is None else max(16, int(capacity))
         self._bind(blank_requests(n))
         self.size = n  # slots in use (one slot per request); appended requests grow it
-        if capacity is None:
+        if capacity is None and wl.next_turn is None:
             d = self.data
             d["rid"] = np.arange(n, dtype=np.int64)
             d["arrival"] = wl.arrival
@@ -97,6 +103,9 @@ class RequestTable:
                 d["alpha"] = wl.alpha
             if accept_key is not None:
                 d["acc_base"] = counter_base(accept_key, np.arange(n, dtype=np.int64))
+            if wl.prefix_group is not None and wl.prefix_len is not None:
+                d["pfx_group"] = wl.prefix_group
+                d["pfx_len"] = wl.prefix_len
         # reusable slots: free slots (a stack) and the occupied mask
         self._free: list[int] = list(range(n - 1, -1, -1)) if self.reusable else []
         self.occupied = np.zeros(n, dtype=np.bool_) if self.reusable else None
@@ -146,6 +155,14 @@ class RequestTable:
     kv_blocks: npt.NDArray[np.int64]
     tape_pos: npt.NDArray[np.int64]
     tape_end: npt.NDArray[np.int64]
+    cached_tokens: npt.NDArray[np.int64]
+    pfx_group: npt.NDArray[np.int64]
+    pfx_len: npt.NDArray[np.int64]
+    conv: npt.NDArray[np.int64]
+    turn: npt.NDArray[np.int64]
+    follow: npt.NDArray[np.int64]
+    kv_row: npt.NDArray[np.int64]
+    cacheable: npt.NDArray[np.int64]
 
     @property
     def n(self) -> int:
@@ -173,6 +190,7 @@ class RequestTable:
         output: int,
         alpha: float | None,
         acc_base: int | np.uint64,
+        prefix: tuple[int, int, int, int, int] = (-1, 0, -1, 0, 0),
     ) -> None:
         self.rid[s] = rid
         self.arrival[s] = arrival
@@ -182,6 +200,25 @@ class RequestTable:
         if self.alpha is not None and alpha is not None:
             self.alpha[s] = alpha
         self.acc_base[s] = acc_base
+        self.pfx_group[s], self.pfx_len[s], self.conv[s], self.turn[s], self.follow[s] = prefix
+
+    def place(
+        self,
+        s: int,
+        arrival: float,
+        prompt: int,
+        output: int,
+        alpha: float | None,
+        accept_key: int,
+        prefix: tuple[int, int, int, int, int],
+    ) -> None:
+        """Place request ``s`` (slot == request id) on arrival: a turn of a multi-turn session.
+
+        ``prefix`` is ``(shared prefix id, its tokens, conversation id, turn, 1 if another
+        turn follows)``.
+        """
+        base = counter_base(accept_key, np.int64(s))
+        self._place(s, s, arrival, prompt, output, alpha, np.uint64(base), prefix)
 
     # ------------------------------------------------------------------ appended requests
     def append(
@@ -211,6 +248,7 @@ class RequestTable:
         alpha: float | None,
         acc_base: np.uint64,
         sink: Sink | None = None,
+        prefix: tuple[int, int, int, int, int] = (-1, 0, -1, 0, 0),
     ) -> int:
         """Place request ``rid`` in a free slot (harvesting finished ones, or growing, if none).
 
@@ -223,7 +261,7 @@ class RequestTable:
         s = self._free.pop()
         assert self.occupied is not None
         self.occupied[s] = True
-        self._place(s, rid, arrival, prompt, output, alpha, acc_base)
+        self._place(s, rid, arrival, prompt, output, alpha, acc_base, prefix)
         return s
 
     def harvest(self, sink: Sink | None, everything: bool = False) -> int:

@@ -98,7 +98,7 @@ NEED_TAPE = 16  # an admitted request has no acceptance tape yet
 
 @jit(inline=True)
 def apply_outcome(
-    req: Any, e: Any, run: _I64, batch: Any, tape: _I64, log: Any, end: float
+    req: Any, e: Any, kv: Any, run: _I64, batch: Any, tape: _I64, log: Any, end: float
 ) -> int:
     """Apply the outcome of the step in hand at its ``end`` and write its record (the log has
     room). Returns how many requests finished."""
@@ -125,7 +125,7 @@ def apply_outcome(
             q["accepted"] += emit - 1
             decode_emitted += emit
             # the newest token's keys and values are written by the next step
-            kv_keep(req, e, r, s["context"] + emit - 1)
+            kv_keep(req, e, kv, r, s["context"] + emit - 1)
             if emit == need:
                 finishing = True
         else:
@@ -140,7 +140,7 @@ def apply_outcome(
                     finishing = True
     e["observed_accepted"] = observed
     e["observed_rejected"] = rejected
-    finished = _complete(req, e, run, end) if finishing else 0
+    finished = _complete(req, e, kv, run, end) if finishing else 0
     _record(e, log, prefill_emitted + decode_emitted, decode_emitted - e["decodes"])
     e["phase"] = FREE
     e["clock"] = end
@@ -168,13 +168,15 @@ def _record(e: Any, log: Any, emitted: int, accepted: int) -> None:
     row["emitted"] = emitted
     row["preempted"] = e["preempted"]
     row["replica"] = e["replica"]
+    row["cached_tokens"] = e["hit_tokens"]
     e["records"] += 1
 
 
 @jit(inline=True)
-def _complete(req: Any, e: Any, run: _I64, end: float) -> int:
+def _complete(req: Any, e: Any, kv: Any, run: _I64, end: float) -> int:
     """Retire the running requests that emitted their last token (finish time ``end``, blocks
-    freed), keeping the others in order. Returns how many finished."""
+    freed: cached for the next turn when one follows), keeping the others in order. Returns how
+    many finished."""
     kept = 0
     finished = 0
     for i in range(e["running"]):
@@ -182,7 +184,9 @@ def _complete(req: Any, e: Any, run: _I64, end: float) -> int:
         q = req[r]
         if q["generated"] >= q["output"]:
             q["finish"] = end
-            kv_free(req, e, r)
+            kv_free(req, e, kv, r, q["follow"] > 0)
+            if q["follow"] > 0:
+                e["follow_done"] += 1
             finished += 1
             if q["aborted"] == ABORT_REQUESTED:  # it finished before the abort took effect
                 q["aborted"] = 0
@@ -195,7 +199,7 @@ def _complete(req: Any, e: Any, run: _I64, end: float) -> int:
 
 
 @jit(inline=True)
-def _drop_aborted(req: Any, e: Any, run: _I64, queue: _I64, now: float) -> int:
+def _drop_aborted(req: Any, e: Any, kv: Any, run: _I64, queue: _I64, now: float) -> int:
     """Requests whose abort was asked for leave the running set and the queue at ``now``: blocks
     freed, finish time ``now``, marked aborted. Returns how many left."""
     left = 0
@@ -206,7 +210,7 @@ def _drop_aborted(req: Any, e: Any, run: _I64, queue: _I64, now: float) -> int:
         if q["aborted"] == ABORT_REQUESTED:
             if q["prefilled"] < q["prefill_target"]:
                 e["prefilling"] -= 1
-            kv_free(req, e, r)
+            kv_free(req, e, kv, r, False)
             q["finish"] = now
             q["aborted"] = ABORT_DONE
             left += 1
@@ -250,6 +254,7 @@ def _decoding(req: Any, e: Any, run: _I64) -> None:
 def _advance(
     req: Any,
     eng: Any,
+    kv: Any,
     run: _I64,
     batch: Any,
     queue: _I64,
@@ -280,16 +285,16 @@ def _advance(
         if e["records"] >= log.shape[0]:
             code = LOG_FULL
         else:
-            finished += apply_outcome(req, e, run, batch, tape, log, now)
-            if flags & ONE_STEP:
+            finished += apply_outcome(req, e, kv, run, batch, tape, log, now)
+            if flags & ONE_STEP or e["follow_done"] > 0:
                 code = STEPPED
     if code < 0 and e["phase"] == FREE and now > e["clock"]:
         e["clock"] = now
     while code < 0:
         if e["phase"] == FREE:
             if e["aborts"] > 0:
-                finished += _drop_aborted(req, e, run, queue, e["clock"])
-            formed = scheduler.form_batch(req, e, run, batch, queue, k, e["clock"])
+                finished += _drop_aborted(req, e, kv, run, queue, e["clock"])
+            formed = scheduler.form_batch(req, e, kv, run, batch, queue, k, e["clock"])
             if formed != scheduler.FORMED:
                 code = formed
                 break
@@ -307,18 +312,16 @@ def _advance(
         start = e["clock"]
         end = start + e["total"]
         inside = end < horizon
-        runs = inside or (
-            start < horizon < end < hard and waiting_count(queue) < e["max_waiting"]
-        )
+        runs = inside or (start < horizon < end < hard and waiting_count(queue) < e["max_waiting"])
         if not flags & AHEAD or not runs or e["records"] >= log.shape[0]:
             code = PENDING  # on the SimPy clock (a full log is emptied at its end)
             break
-        finished += apply_outcome(req, e, run, batch, tape, log, end)
+        finished += apply_outcome(req, e, kv, run, batch, tape, log, end)
         ahead += 1
         if not inside:
             code = PAST
-        elif flags & ONE_STEP:
-            code = STEPPED
+        elif flags & ONE_STEP or e["follow_done"] > 0:
+            code = STEPPED  # (a finished turn's next turn must be scheduled first)
     if ahead:
         e["ahead_steps"] += ahead
         e["ahead_calls"] += 1
@@ -380,6 +383,7 @@ def _entry(sources: str) -> Any:
     def advance(
         req: Any,
         eng: Any,
+        kv: Any,
         run: _I64,
         batch: Any,
         queue: _I64,
@@ -400,7 +404,8 @@ def _entry(sources: str) -> Any:
     ) -> tuple[int, float, float, int, int, int, int, int, int, int]:
         """Take the replica's step in hand as far as it can go without Python.
 
-        Arrays: the request table, the ENGINE array (one record), the running set, the ENTRY
+        Arrays: the request table, the ENGINE array (one record), the KV cache's arrays
+        (``(blocks, slots, rows)``, :mod:`sdsim.engine.kvcache`), the running set, the ENTRY
         array, the waiting queue, the acceptance tape arena, the step log (STEP records), and
         the price cache (PRICE rows, PRICE_SPAN per batch size). ``now`` is the SimPy clock;
         ``horizon`` and ``hard`` bound the steps run ahead (see the module docstring); ``k`` is
@@ -422,8 +427,26 @@ def _entry(sources: str) -> Any:
         """
         _ = sources  # the closure variable in the cache key
         return _advance(
-            req, eng, run, batch, queue, tape, log, prices, spans, now, horizon, hard, flags, k,
-            total, prefill, draft, verify, overhead,
+            req,
+            eng,
+            kv,
+            run,
+            batch,
+            queue,
+            tape,
+            log,
+            prices,
+            spans,
+            now,
+            horizon,
+            hard,
+            flags,
+            k,
+            total,
+            prefill,
+            draft,
+            verify,
+            overhead,
         )
 
     return advance
