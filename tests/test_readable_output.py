@@ -147,9 +147,9 @@ def test_from_vllm_lists_every_flag_in_100_columns() -> None:
     assert "server.tp" in rows["--tensor-parallel-size"]
     assert "spec.k" in rows["num_speculative_tokens"]  # a key of --speculative-config, indented
     assert "yuhuili/EAGLE-LLaMA3.1-Instruct-70B" in rows["model"]
-    assert "not modelled [1]" in rows["--enable-prefix-caching"]
-    assert "ignored" in rows["--port"] and "unknown" in rows["--frobnicate"]
-    assert "[1] --enable-prefix-caching: prefix caching" in text  # the reason, numbered
+    assert "server.prefix_caching" in rows["--enable-prefix-caching"]
+    assert "ignored [1]" in rows["--port"] and "unknown" in rows["--frobnicate"]
+    assert "[1] --port: network address" in text  # the reason, numbered
 
 
 def test_plan_tables_fit_100_columns(tmp_path: Path) -> None:
