@@ -63,6 +63,9 @@ RUN_OUTPUTS = frozenset(
         "steps.csv.meta.json",
         "validation.csv.meta.json",
         "comparison.csv.meta.json",
+        "validation-all.csv",
+        "validation-all.csv.meta.json",
+        "validation-map.png",
     }
 )
 

@@ -67,6 +67,7 @@ from sdsim.provenance import provenance, sidecar_path
 from sdsim.scenario import Scenario, load_scenario, scenario_from_dict, scenario_hash
 from sdsim.simulation import simulate
 from sdsim.slo import SLO_KEYS, slo_bounds
+from sdsim.steadystate import run_columns
 from sdsim.sweep_store import (
     LOCK_FILE,
     META_FILE,
@@ -484,8 +485,10 @@ def execute_run(task: RunTask) -> dict[str, Any]:
     """Simulate one run and return its result row (never raises for a failing simulation).
 
     The row holds the run's identity (``run_key``, ``point``, ``point_key``, ``replication``,
-    ``scenario_hash``, ``seed``), the swept fields as columns, every scalar of the summary,
-    ``error`` (``None`` on success, else ``"ExceptionType: message"``) and ``wall_s``.
+    ``scenario_hash``, ``seed``), the swept fields as columns, every scalar of the summary, the
+    steady-state statistics of :func:`sdsim.steadystate.run_columns` (MSER-5 warm-up cut,
+    ``{metric}_ss`` with its batch-means standard error), ``error`` (``None`` on success, else
+    ``"ExceptionType: message"``) and ``wall_s``.
     """
     t0 = time.perf_counter()
     row: dict[str, Any] = {
@@ -506,6 +509,7 @@ def execute_run(task: RunTask) -> dict[str, Any]:
                 continue
             if isinstance(v, bool | int | float | str) or v is None:
                 row[k] = v
+        row.update(run_columns(res.requests))
         row["error"] = None
     except Exception as exc:  # a failing run is recorded, the sweep goes on
         row["error"] = " ".join(f"{type(exc).__name__}: {exc}".split())[:2000]

@@ -1,4 +1,11 @@
-"""A sweep's runs summarised: replications aggregated per point, speedups over a baseline twin."""
+"""A sweep's runs summarised: one row per point, with intervals that respect each metric's
+range, and speedups over a baseline twin.
+
+:func:`summarize_runs` pools a point's replications (latency statistics from each run's
+steady-state estimate and its batch-means standard error, :mod:`sdsim.steadystate`; the
+stable fraction with a Wilson interval; other metrics over the replications), and
+:func:`speedup_table` pairs each point with its baseline twin.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +19,42 @@ import pandas as pd
 
 from sdsim.errors import ScenarioError
 from sdsim.metrics import t_confidence_interval
+from sdsim.steadystate import log_t_interval, pool_runs, wilson_interval
 from sdsim.sweep_store import canonical_json, column_value
 
 
 def _numeric(series: pd.Series) -> np.ndarray:
     return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64)
+
+
+def _interval(m: str, ok: pd.DataFrame, confidence: float) -> tuple[float, float, float]:
+    """Point estimate and CI of one metric over a point's successful runs (see
+    :func:`summarize_runs`)."""
+    if f"{m}_ss" in ok.columns and len(ok):
+        mean, lo, hi = pool_runs(
+            _numeric(ok[f"{m}_ss"]), _numeric(ok[f"{m}_ss_se"]), _numeric(ok[f"{m}_ss_batches"]),
+            confidence,
+        )  # fmt: skip
+        if math.isfinite(lo) or len(ok) < 2:
+            return mean, lo, hi
+    vals = _numeric(ok[m]) if m in ok.columns and len(ok) else np.zeros(0)
+    vals = vals[np.isfinite(vals)]
+    if vals.size == 0:
+        return (math.nan, math.nan, math.nan)
+    mean = float(vals.mean())
+    if m == "stable":
+        lo, hi = wilson_interval(round(float(vals.sum())), int(vals.size), confidence)
+        return mean, lo, hi
+    if vals.size < 2:
+        return mean, math.nan, math.nan
+    se = float(vals.std(ddof=1)) / math.sqrt(vals.size)
+    if m.startswith("slo_attainment"):  # a fraction: the t-interval, kept inside [0, 1]
+        _, lo, hi = t_confidence_interval(vals, confidence)
+        return mean, max(lo, 0.0), min(hi, 1.0)
+    if np.all(vals > 0):
+        lo, hi = log_t_interval(mean, se, int(vals.size) - 1, confidence)
+        return mean, lo, hi
+    return t_confidence_interval(vals, confidence)
 
 
 def summarize_runs(
@@ -25,12 +63,18 @@ def summarize_runs(
     analytic: pd.DataFrame | None = None,
     confidence: float = 0.95,
 ) -> pd.DataFrame:
-    """Aggregate replications: one row per point with mean, std and t-based CI per metric.
+    """Aggregate replications: one row per point with an estimate, std and CI per metric.
+
+    The intervals respect each metric's range (:mod:`sdsim.steadystate`): a latency statistic
+    is each run's steady-state estimate (MSER-5 warm-up cut) averaged over the runs, its CI
+    from the runs' within-run batch-means standard errors on the log scale (so it is positive
+    and meaningful from one replication on); ``stable`` is the fraction of stable runs with a
+    Wilson interval (inside [0, 1]); other positive metrics get a log-scale t-interval over
+    the replications, the rest a plain one.
 
     Columns: ``point``, ``point_key``, the swept fields, ``runs`` (successful), ``failed``, and for
-    each metric ``M``: ``M`` (mean over successful replications), ``M_std`` (sample std),
-    ``M_ci_low``, ``M_ci_high`` (:func:`sdsim.metrics.t_confidence_interval`), plus ``M_analytic``
-    when ``analytic`` has it.
+    each metric ``M``: ``M`` (the estimate), ``M_std`` (sample std over replications of the
+    summary's value), ``M_ci_low``, ``M_ci_high``, plus ``M_analytic`` when ``analytic`` has it.
     """
     rows: list[dict[str, Any]] = []
     ok_mask = runs["error"].isna() if len(runs) else pd.Series(dtype=bool)
@@ -44,7 +88,7 @@ def summarize_runs(
         row["failed"] = len(sel) - len(ok)
         for m in meta["metrics"]:
             vals = _numeric(ok[m]) if m in ok.columns and len(ok) else np.zeros(0)
-            mean, lo, hi = t_confidence_interval(vals, confidence)
+            mean, lo, hi = _interval(m, ok, confidence)
             finite = vals[np.isfinite(vals)]
             row[m] = mean
             row[f"{m}_std"] = float(finite.std(ddof=1)) if finite.size > 1 else math.nan
@@ -56,6 +100,14 @@ def summarize_runs(
         cols = [c for c in analytic.columns if c.endswith("_analytic") or c == "analytic_error"]
         out = out.merge(analytic[["point_key", *cols]], on="point_key", how="left")
     return out
+
+
+def _ratio_interval(ratios: np.ndarray, confidence: float) -> tuple[float, float, float]:
+    r = ratios[np.isfinite(ratios) & (ratios > 0)]
+    if r.size == 0:
+        return (math.nan, math.nan, math.nan)
+    mean, lo, hi = t_confidence_interval(np.log(r), confidence)
+    return (math.exp(mean), math.exp(lo), math.exp(hi)) if r.size > 1 else (math.exp(mean),) * 3
 
 
 def speedup_table(
@@ -70,7 +122,8 @@ def speedup_table(
     The baseline twin of a point has the same values of every swept field except those in
     ``baseline`` (e.g. ``{"spec.k": 0}``), which take the baseline's values. Replications are paired
     by index (with ``common_random_numbers`` on the baseline field they share their random
-    numbers), the ratio is taken per replication and summarised by its mean and t-based CI.
+    numbers), the ratio is taken per replication and summarised by its geometric mean and a
+    t-interval on the log ratios (positive, as a ratio is).
 
     Returns
     -------
@@ -106,9 +159,10 @@ def speedup_table(
     def is_baseline(ov: dict[str, Any]) -> bool:
         return all(canonical_json(ov.get(f)) == canonical_json(v) for f, v in baseline.items())
 
-    base_of = {
-        ident(p["overrides"]): p["point_key"] for p in meta["points"] if is_baseline(p["overrides"])
-    }
+    base_of: dict[str, str] = {}
+    for p in meta["points"]:
+        if is_baseline(p["overrides"]):
+            base_of[ident(p["overrides"])] = p["point_key"]
     rows = []
     for p in meta["points"]:
         ov = p["overrides"]
@@ -122,7 +176,7 @@ def speedup_table(
             b, s = by_point[bkey], by_point[p["point_key"]]
             common = b.index.intersection(s.index)
             ratios = _numeric(b.loc[common]) / _numeric(s.loc[common])
-        mean, lo, hi = t_confidence_interval(ratios, confidence)
+        mean, lo, hi = _ratio_interval(ratios, confidence)
         row.update(speedup=mean, speedup_ci_low=lo, speedup_ci_high=hi, pairs=int(ratios.size))
         rows.append(row)
     return pd.DataFrame(rows)

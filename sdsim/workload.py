@@ -76,9 +76,45 @@ def _arrivals(scn: Scenario, seed: int) -> npt.NDArray[np.float64]:
     elif w.arrival == "gamma":
         shape = 1.0 / w.cv**2
         gaps = rng.gamma(shape, 1.0 / (w.rate * shape), size=n)
+    elif w.arrival == "mmpp":
+        return _mmpp_arrivals(w.mmpp.rates(w.rate), w.mmpp.durations(), n, rng)
     else:  # pragma: no cover - validated by the scenario
         raise ScenarioError("workload.arrival", f"unsupported arrival {w.arrival!r}")
     return np.cumsum(gaps)
+
+
+def _mmpp_arrivals(
+    rates: tuple[float, float], durations: tuple[float, float], n: int, rng: np.random.Generator
+) -> npt.NDArray[np.float64]:
+    """The first ``n`` arrival times of a two-state MMPP started in its stationary state.
+
+    States alternate (quiet 0, burst 1), each held for an exponential time with the given
+    mean; during a state, arrivals are Poisson at its rate: their count is Poisson(rate x
+    duration) and their times uniform within the state. States are drawn in blocks until ``n``
+    arrivals are reached.
+    """
+    p_burst = durations[1] / (durations[0] + durations[1])
+    state = int(rng.random() < p_burst)
+    t0 = 0.0
+    out: list[npt.NDArray[np.float64]] = []
+    have = 0
+    mean_rate = (rates[0] * durations[0] + rates[1] * durations[1]) / sum(durations)
+    while have < n:
+        # enough states for the arrivals still wanted (about 2 per cycle), at least 64
+        cycles = (n - have) / max(mean_rate * sum(durations), 1e-12)
+        m = int(min(max(2 * cycles * 1.2 + 64, 64), 1_000_000))
+        st = (state + np.arange(m)) % 2
+        means = np.where(st == 1, durations[1], durations[0])
+        dur = rng.exponential(means)
+        start = t0 + np.concatenate(([0.0], np.cumsum(dur)[:-1]))
+        counts = rng.poisson(np.where(st == 1, rates[1], rates[0]) * dur)
+        idx = np.repeat(np.arange(m), counts)
+        times = start[idx] + rng.random(idx.shape[0]) * dur[idx]
+        out.append(np.sort(times))
+        have += int(times.shape[0])
+        t0 = float(start[-1] + dur[-1])
+        state = (state + m) % 2
+    return np.concatenate(out)[:n]
 
 
 def replay_frame(report: str | Path, benchmark: int | str | None = None) -> pd.DataFrame:

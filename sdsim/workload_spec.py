@@ -18,6 +18,7 @@ __all__ = [
     "LengthSpec",
     "LognormalLength",
     "LognormalTime",
+    "MmppSpec",
     "SessionSpec",
     "SharedPrefixSpec",
     "TimeSpec",
@@ -239,18 +240,52 @@ class SessionSpec(_Frozen):
         return _length_shorthand(v)
 
 
+class MmppSpec(_Frozen):
+    """Two-state Markov-modulated Poisson arrivals: quiet spells and bursts.
+
+    The process alternates between a quiet and a burst state, each held for an exponential
+    time, with Poisson arrivals at the state's rate. Given the mean rate ``workload.rate``,
+    the burst rate is ``rate / (burst_fraction + (1 - burst_fraction) low_ratio)`` and the
+    quiet one ``low_ratio`` times that; a burst lasts ``burst_fraction x cycle_s`` on average,
+    a quiet spell the rest of the cycle.
+    """
+
+    low_ratio: float = Field(
+        default=0.25, ge=0, lt=1, description="quiet rate / burst rate (0: on-off arrivals)"
+    )
+    burst_fraction: float = Field(
+        default=0.2, ge=1e-3, le=0.999, description="long-run share of time spent in bursts"
+    )
+    cycle_s: float = Field(
+        default=10.0, ge=1e-3, le=1e6, description="mean length of one quiet spell + burst (s)"
+    )
+
+    def rates(self, mean_rate: float) -> tuple[float, float]:
+        """(quiet, burst) arrival rates for a mean rate (req/s)."""
+        hi = mean_rate / (self.burst_fraction + (1.0 - self.burst_fraction) * self.low_ratio)
+        return self.low_ratio * hi, hi
+
+    def durations(self) -> tuple[float, float]:
+        """Mean (quiet, burst) state durations (s)."""
+        return (1.0 - self.burst_fraction) * self.cycle_s, self.burst_fraction * self.cycle_s
+
+
 class WorkloadSpec(_Frozen):
     """Requests: when they arrive and how long they are.
 
     ``arrival: trace`` reads arrival times and lengths from a CSV (``trace``); ``arrival: replay``
-    takes them from one benchmark of a GuideLLM or vLLM report (``report``, ``benchmark``).
+    takes them from one benchmark of a GuideLLM or vLLM report (``report``, ``benchmark``);
+    ``arrival: mmpp`` alternates quiet spells and bursts (``mmpp``).
     ``shared_prefix`` prepends shared system prompts; ``sessions`` makes the requests turns of
     multi-turn conversations (:mod:`sdsim.traffic`).
     """
 
-    arrival: Literal["poisson", "constant", "gamma", "trace", "replay"] = "poisson"
+    arrival: Literal["poisson", "constant", "gamma", "mmpp", "trace", "replay"] = "poisson"
     rate: float = Field(default=4.0, gt=0, le=1e6, description="requests per second")
     cv: float = Field(default=1.0, ge=1e-4, le=100, description="gap CV for gamma arrivals")
+    mmpp: MmppSpec = Field(
+        default_factory=MmppSpec, description="burst shape for mmpp arrivals"
+    )
     num_requests: int = Field(
         default=2000,
         ge=1,

@@ -318,33 +318,21 @@ def test_cli_validate_writes_csv_and_png(tmp_path: Path) -> None:
     scn_file = tmp_path / "s.yaml"
     scn_file.write_text(small(**{"workload.num_requests": 400}).to_yaml())
     out = tmp_path / "v"
-    main(
-        [
-            "validate",
-            str(scn_file),
-            "--rates",
-            "40,120",
-            "--reps",
-            "2",
-            "--jobs",
-            "1",
-            "--out",
-            str(out),
-        ]
-    )
+    main(["validate", str(scn_file), "--rates", "40,120", "--reps", "2", "--jobs", "1",
+          "--initial", "400", "--max-requests", "800", "--out", str(out)])  # fmt: skip
     df = pd.read_csv(out / "validation.csv")
     assert list(df.columns[:9]) == [
-        "rate",
-        "metric",
-        "statistic",
-        "analytic",
-        "sim_mean",
-        "ci_low",
-        "ci_high",
+        "rate", "fraction", "metric", "statistic", "analytic", "sim", "ci_low", "ci_high",
         "rel_error",
-        "inside_ci",
-    ]
+    ]  # fmt: skip
     assert len(df) == 2 * 3 * 4
+    assert set(df["verdict"]) <= {"holds", "fails", "CI too wide to judge", "n/a"}
+    # every interval lies inside the data's range: positive, and around its estimate; a p99 of
+    # 800 requests has too few batches of 500 (5 exceedances each) for one: too wide to judge
+    ci = df[df["ci_low"].notna()]
+    assert len(ci) >= 12 and (ci["ci_low"] > 0).all() and (ci["ci_low"] <= ci["sim"]).all()
+    assert (ci["sim"] <= ci["ci_high"]).all()
+    assert (df.loc[df["ci_low"].isna(), "verdict"] == "CI too wide to judge").all()
     assert (out / "validation.png").stat().st_size > 10_000
     # the sdsim version and the seed: a sidecar for the CSV, text chunks in the PNG
     from PIL import Image

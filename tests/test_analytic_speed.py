@@ -102,7 +102,10 @@ def test_chunk_chain_matches_the_full_solve_and_rows_are_independent() -> None:
 def test_rows_the_law_does_not_reach_change_nothing(
     quantiles: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every prediction is the same when every row of the chunk law is solved exactly."""
+    """Every prediction is the same when every row of the chunk law is solved exactly, to
+    1e-9 relative: the rows solved exactly are those the plain GPS law reaches; the law with
+    the prefill bursts' noise (sdsim.analytic.operating.dispersion) reaches a little further,
+    its mass there (~1e-6) on rows interpolated between exact ones (seen: 2.5e-11 at most)."""
     scn = _default()
     rates, ks, alphas = [8.0, 30.0, 45.0], [0, 2, 8], [0.6, 0.9]
     fast = sdsim.predict_grid(scn, rates, ks, alphas, quantiles=quantiles)
@@ -112,7 +115,7 @@ def test_rows_the_law_does_not_reach_change_nothing(
     for col in fast.columns:
         a, b = fast[col].to_numpy(), full[col].to_numpy()
         if a.dtype.kind == "f":
-            assert np.array_equal(a, b, equal_nan=True), col
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=0, equal_nan=True, err_msg=col)
         else:
             assert list(a) == list(b) or all(
                 (x == y) or (x != x and y != y) for x, y in zip(a, b, strict=True)

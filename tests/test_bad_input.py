@@ -257,6 +257,8 @@ COMMAND_CASES: list[tuple[str, list[str], str]] = [
     ("predict bad rates", ["predict", DEFAULT, "--rates", "x"], "--rates"),
     ("advise bad set", ["advise", DEFAULT, "--set", "spec.k_max=0"], "spec.k_max"),
     ("validate bad reps", ["validate", DEFAULT, "--reps", "0"], "--reps"),
+    ("validate bad half-width", ["validate", DEFAULT, "--half-width", "2"], "--half-width"),
+    ("validate bad target line", ["validate", DEFAULT, "--target", "e2e_p99"], "--target"),
     ("sweep missing out", ["sweep", SWEEP], "--out"),
     ("sweep missing file", ["sweep", "/no/such.yaml", "--out", "/tmp/x"], "not found"),
     ("sweep bad set", ["sweep", SWEEP, "--out", "/tmp/x", "--set", "nokey"], "--set"),
@@ -421,9 +423,11 @@ def command(cmd: str, tmp: Path, over: dict[str, Any]) -> tuple[list[str], Calla
         argv = ["costs", DEFAULT, *_sets(over)]
         return argv, lambda: build_cost_model(load_scenario(DEFAULT, over))
     full = {**SMALL_RUN, **over}
-    argv = ["validate", DEFAULT, "--rates", "5", "--reps", "1", "--jobs", "1",
-            "--out", str(tmp / "v"), *_sets(full)]  # fmt: skip
-    return argv, lambda: validate(load_scenario(DEFAULT, full), rates=[5.0], reps=1, jobs=1)
+    argv = ["validate", DEFAULT, "--rates", "5", "--reps", "1", "--jobs", "1", "--initial", "50",
+            "--max-requests", "50", "--out", str(tmp / "v"), *_sets(full)]  # fmt: skip
+    return argv, lambda: validate(
+        load_scenario(DEFAULT, full), rates=[5.0], reps=1, jobs=1, initial=50, max_requests=50
+    )
 
 
 def one_error_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -482,8 +486,8 @@ def test_drawn_request_too_long_for_kv_is_exit_2_from_worker_processes(
     # must survive the trip back (it pickles by field and message) and still end as exit 2.
     over = {**SMALL_RUN, "server.num_gpu_blocks": 100,
             "workload.output_tokens": {"dist": "uniform", "low": 1, "high": 3000}}  # fmt: skip
-    argv = ["validate", DEFAULT, "--rates", "5", "--reps", "2", "--jobs", "2",
-            "--out", str(tmp_path / "v"), *_sets(over)]  # fmt: skip
+    argv = ["validate", DEFAULT, "--rates", "5", "--reps", "2", "--jobs", "2", "--initial", "50",
+            "--max-requests", "100", "--out", str(tmp_path / "v"), *_sets(over)]  # fmt: skip
     line = one_error_line(argv, capsys)
     assert "server.num_gpu_blocks" in line and "longest request" in line
     err = ScenarioError("server.num_gpu_blocks", "x")

@@ -1,23 +1,19 @@
-"""The compiled kernels of the tail model against numpy references: the mixture sums and the
-normal mixture's quantile refinement (sdsim/analytic/mixtures.py) and the life root solve
-(sdsim/analytic/tails.py).
+"""The compiled kernels of the tail model against plain references: the mixture evaluator and
+quantile refinement (sdsim/analytic/mixtures.py) and the life root solve (sdsim/analytic/
+lifetime.py).
 
 Fixed inputs from a seeded generator (no randomness in the model); the tolerances are rounding
-level: the compiled loops sum component by component where numpy sums in BLAS's order.
+level: the compiled loops sum component by component (in SIMD lanes) where numpy sums in BLAS's
+order.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import special, stats
+import pytest
+from scipy import optimize, special, stats
 
-from sdsim.analytic.mixtures import (
-    NormalMixture,
-    UniformExpMixture,
-    _normal_sums,
-    _uniform_sums,
-    solve_quantiles,
-)
+from sdsim.analytic.mixtures import Mixture
 
 
 def _components(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -32,52 +28,62 @@ def test_normal_sums_match_scipy() -> None:
     w, mu, sd = _components(3_000, 1)
     # a spread of points, points on component means and 10 sd above them (the cut-off)
     xs = np.concatenate((np.linspace(-3.0, 9.0, 41), mu[:20], mu[:20] + 10.0 * sd[:20]))
-    cdf = np.zeros(xs.shape[0])
-    pdf = np.zeros(xs.shape[0])
-    _normal_sums(xs, w, mu, sd, True, cdf, pdf)
+    law = Mixture.normals(w, mu, sd)
+    keep = w > 1e-15
+    w, mu, sd = w[keep], mu[keep], sd[keep]
+    cdf, pdf = law.cdf_pdf(xs)
     z = (xs[None, :] - mu[:, None]) / sd[:, None]
     # rounding level: ~3,000 terms summed in another order, each within an ulp or two
     tot = w.sum()
-    np.testing.assert_allclose(cdf, w @ special.ndtr(z), rtol=1e-13, atol=1e-15 * tot)
-    np.testing.assert_allclose(pdf, w @ (stats.norm.pdf(z) / sd[:, None]), rtol=1e-12,
-                               atol=1e-15 * float(np.max(w / sd)))  # fmt: skip
-    cdf2 = np.zeros(xs.shape[0])
-    pdf2 = np.zeros(xs.shape[0])
-    _normal_sums(xs, w, mu, sd, False, cdf2, pdf2)
-    assert np.array_equal(cdf2, cdf) and not pdf2.any()
+    np.testing.assert_allclose(cdf, w @ special.ndtr(z) / tot, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(pdf, w @ (stats.norm.pdf(z) / sd[:, None]) / tot, rtol=1e-12,
+                               atol=1e-15 * float(np.max(w / sd)) / tot)  # fmt: skip
+    assert np.array_equal(law.cdf(xs), cdf)
 
 
-def test_normal_refine_finds_the_numpy_iteration_roots() -> None:
-    """The compiled refinement (Halley steps) finds the numpy Newton loop's roots, to their
-    1e-13 tolerance (another path to the same root, and CDF sums that differ in the last
-    bits)."""
-    probs = [0.001, 0.5, 0.9, 0.99, 0.999999]
+def test_exponnorm_matches_scipy_far_into_its_tails() -> None:
+    # lam sd from 0.05 to 400: z - s reaches -400, where log Phi takes its asymptotic series
+    rng = np.random.default_rng(7)
+    n = 60
+    mu = rng.uniform(0.0, 2.0, n)
+    sd = 10.0 ** rng.uniform(-3, -0.5, n)
+    lam = 10.0 ** rng.uniform(0, 3, n)
+    xs = np.concatenate((np.linspace(-1.0, 6.0, 29), mu))
+    for i in range(n):
+        law = Mixture.normals([1.0], [mu[i]], [sd[i]], [lam[i]])
+        cdf, pdf = law.cdf_pdf(xs)
+        k = 1.0 / (lam[i] * sd[i])
+        np.testing.assert_allclose(cdf, stats.exponnorm.cdf(xs, k, mu[i], sd[i]), rtol=1e-9,
+                                   atol=1e-14)  # fmt: skip
+        np.testing.assert_allclose(pdf, stats.exponnorm.pdf(xs, k, mu[i], sd[i]), rtol=1e-8,
+                                   atol=1e-12 * lam[i])  # fmt: skip
+
+
+def test_quantiles_are_the_roots_of_an_independent_cdf() -> None:
+    """The compiled refinement against a plain root finder (Brent's method on scipy's CDFs,
+    summed independently): the same roots to the solver's 1e-13 (relative)."""
+    probs = [0.001, 0.5, 0.9, 0.99]
     for seed in (2, 5, 6):
         w, mu, sd = _components(800, seed)
-        law = NormalMixture(w, mu, sd)
+        keep = w > 1e-15
+        w, mu, sd = w[keep], mu[keep], sd[keep]
+        lam = np.where(np.arange(w.shape[0]) % 5 == 0, 3.0, 0.0)  # a fifth exponnorm
+        law = Mixture.normals(w, mu, sd, lam)
+
+        def cdf(x: float, w: np.ndarray = w, mu: np.ndarray = mu, sd: np.ndarray = sd,
+                lam: np.ndarray = lam) -> float:  # fmt: skip
+            k = 1.0 / (np.where(lam > 0, lam, 1.0) * sd)
+            c = np.where(lam > 0, stats.exponnorm.cdf(x, k, mu, sd), stats.norm.cdf(x, mu, sd))
+            return float(w @ c / w.sum())
+
         lo, hi = law.bounds()
-        fast = law.quantiles(probs)
-        slow = solve_quantiles(law.cdf_pdf, lo, hi, probs, cdf=law._cdf_only)
-        # (0.999999 sits where the CDF is flat to ~1e-12 over 1e-11 relative of x: the
-        # solver stops on |F - p| <= 1e-15 there, which pins x only that far; the F check
-        # below covers it)
-        np.testing.assert_allclose(fast[:-1], slow[:-1], rtol=3e-13, atol=0)
-        # a root inside the table's range solves F = p to the solver's 1e-13 (relative, in x):
-        # p lies between F just below and just above it (scipy's CDF, summed independently;
-        # 0.001 may sit at the range's floor, 0, where F(0) >= p already)
-        q = np.array(fast)
-        inside = q > lo
-
-        def cdf(x: np.ndarray, w: np.ndarray = w, mu: np.ndarray = mu, sd: np.ndarray = sd
-                ) -> np.ndarray:  # fmt: skip
-            c = stats.norm.cdf(x[None, :], loc=mu[:, None], scale=sd[:, None])
-            return np.asarray(w @ c / w.sum())
-
-        pin = np.array(probs)[inside]
-        # (1e-14 in F: 800 terms summed in another order than the solver's)
-        assert (cdf(q[inside] * (1 - 3e-13)) <= pin + 1e-14).all()
-        assert (cdf(q[inside] * (1 + 3e-13)) >= pin - 1e-14).all()
-        assert inside[1:].all()
+        for p, q in zip(probs, law.quantiles(probs), strict=True):
+            if q <= lo:  # p below the CDF at the range's floor (0): the floor itself
+                assert cdf(lo) >= p - 1e-12
+                continue
+            want = optimize.brentq(lambda x, p=p: cdf(x) - p, lo, 2 * hi, xtol=1e-15,
+                                   rtol=1e-14)  # fmt: skip
+            assert q == pytest.approx(want, rel=3e-12), (seed, p)
 
 
 def test_uniform_sums_match_numpy() -> None:
@@ -88,27 +94,27 @@ def test_uniform_sums_match_numpy() -> None:
     ln = np.where(rng.random(n) < 0.1, 0.0, rng.uniform(0.0, 0.5, n))  # 10% point masses
     # points on breakpoints too (both ends of ramps, point masses)
     xs = np.concatenate((np.linspace(-0.1, 1.6, 53), lo[:10], lo[:10] + ln[:10]))
+    law = Mixture.uniforms(w, lo, ln)
+    cdf, pdf = law.cdf_pdf(xs)
     ramp = ln > 0
-    out = np.empty((2, xs.shape[0]))
-    _uniform_sums(xs, w[ramp], lo[ramp], lo[ramp] + ln[ramp], w[ramp] / ln[ramp], w[~ramp],
-                  lo[~ramp], out)  # fmt: skip
-    cdf, pdf = out
     safe = np.where(ramp, ln, 1.0)
     u = np.where(ramp[:, None], np.clip((xs[None, :] - lo[:, None]) / safe[:, None], 0.0, 1.0),
                  (xs[None, :] >= lo[:, None]).astype(float))  # fmt: skip
     on = ramp[:, None] & (xs[None, :] >= lo[:, None]) & (xs[None, :] < (lo + ln)[:, None])
-    np.testing.assert_allclose(cdf, w @ u, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(pdf, (w / safe) @ on, rtol=1e-12, atol=1e-12)
-    law = UniformExpMixture(w, lo, ln, 0.7, 0.3, 0.4, 0.2)
-    q = law.quantiles([0.5, 0.9, 0.99])
-    np.testing.assert_allclose(law.cdf(np.array(q)), [0.5, 0.9, 0.99], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(cdf, w @ u / w.sum(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(pdf, (w / safe) @ on / w.sum(), rtol=1e-12, atol=1e-12)
+    # pooled with an exponnorm part (a waiting arrival's TTFT): quantiles solve the pooled CDF
+    wait = Mixture.normals([0.3], [0.4], [0.01], [5.0])
+    both = Mixture.uniforms(w * 0.7 / w.sum(), lo, ln).plus(wait)
+    q = both.quantiles([0.5, 0.9, 0.99])
+    np.testing.assert_allclose(both.cdf(np.array(q)), [0.5, 0.9, 0.99], rtol=0, atol=1e-12)
 
 
-# --- the tail model's life root solve (sdsim/analytic/tails.py) ---
+# --- the tail model's life root solve (sdsim/analytic/lifetime.py) ---
 
 
 def test_interp_knot_reproduces_np_interp() -> None:
-    from sdsim.analytic.tails import _interp_knot, _knot, _slopes
+    from sdsim.analytic.lifetime import _interp_knot, _knot, _slopes
 
     rng = np.random.default_rng(4)
     xp = np.linspace(0.0, 37.0, 75)  # the smoothed curve's half-batch grid
@@ -122,16 +128,41 @@ def test_interp_knot_reproduces_np_interp() -> None:
     assert np.array_equal(got, np.interp(xs, xp, fp))  # bit for bit
 
 
-def test_life_roots_compiled_equal_numpy() -> None:
-    """The compiled root solve gives the numpy iteration's floats, on real cells."""
-    import dataclasses
+def _plain_root(curve: object, lam: float, sf: float, e: float, s1: float, cm: float, P: int,
+                q_full: float, cap: float) -> tuple[float, bool]:  # fmt: skip
+    """The life's mean batch in plain Python: bisection on the excess, read with np.interp."""
+
+    def excess(x: float) -> float:
+        a, b, cp = (float(v[0]) for v in curve(np.array([x])))  # type: ignore[operator]
+        step = a + b * (x + 1.0)
+        base = max(e * step - P * b + cp, 0.0)
+        t = min(base / max(1.0 - lam * cp * s1 / e, 1e-12), base + cp * s1 * q_full)
+        return (sf + lam * t / e * cm) / e - x
+
+    lo, hi = min(sf / e, cap), cap
+    if excess(hi) >= 0.0:
+        return hi, True
+    if not excess(lo) > 0.0:
+        return lo, False
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if excess(mid) >= 0.0:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi), False
+
+
+def test_life_roots_compiled_equal_a_plain_evaluation() -> None:
+    """The compiled Illinois root solve against plain bisection, on the cells predict solves
+    for default.yaml (two rates and draft lengths): the same roots to the solver's 1e-9."""
     from pathlib import Path
 
     import sdsim
     import sdsim.analytic.tails as tails
 
     calls: list[tuple[object, ...]] = []
-    orig = tails._life_on_curve
+    orig = tails.life_on_curve
 
     def spy(*args: object) -> object:
         calls.append(args)
@@ -139,18 +170,24 @@ def test_life_roots_compiled_equal_numpy() -> None:
 
     root = Path(__file__).resolve().parents[1]
     scn = sdsim.load_scenario(root / "scenarios/default.yaml")
-    tails._life_on_curve = spy  # type: ignore[assignment]
+    tails.life_on_curve = spy  # type: ignore[assignment]
     try:
         for over in ({"workload.rate": 10.0}, {"workload.rate": 30.0, "spec.k": 2}):
             sdsim.predict(scn.with_overrides(over))
     finally:
-        tails._life_on_curve = orig  # type: ignore[assignment]
+        tails.life_on_curve = orig  # type: ignore[assignment]
     assert len(calls) == 2
+    rng = np.random.default_rng(8)
     for args in calls:
-        tab = args[0]
-        assert isinstance(tab, tails._Tabulated)
-        fast = orig(*args)  # type: ignore[arg-type]
-        plain = tab.__call__  # the same lines, not a _Tabulated: the numpy iteration
-        slow = orig(plain, *args[1:])  # type: ignore[arg-type]
-        for f in dataclasses.fields(fast):
-            assert np.array_equal(getattr(fast, f.name), getattr(slow, f.name)), f.name
+        curve, lam, sf, cm, _, ell, si, P, cap, q_full = args
+        life = orig(*args)  # type: ignore[arg-type]
+        n = np.asarray(sf).size
+        for i in rng.choice(n, size=60, replace=False):
+            e = float(max(np.asarray(ell).ravel()[i], 1))
+            x, capped = _plain_root(curve, float(np.asarray(lam).ravel()[i]),
+                                    float(np.asarray(sf).ravel()[i]), e,
+                                    float(np.asarray(si).ravel()[i]) + 1.0,
+                                    float(np.asarray(cm).ravel()[i]), int(P),  # type: ignore[call-overload]
+                                    float(q_full), float(cap))  # type: ignore[arg-type]  # fmt: skip
+            assert bool(life.capped.ravel()[i]) == capped
+            assert life.batch.ravel()[i] == pytest.approx(x, rel=1e-8, abs=1e-8)

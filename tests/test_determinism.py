@@ -130,6 +130,7 @@ def test_cli_outputs_identical_and_seed_recorded(tmp_path: Path) -> None:
 
 def test_sweep_rows_and_validation_rows_record_their_seeds(tmp_path: Path) -> None:
     from sdsim.analytic.validation import validate
+    from sdsim.steadystate import simulate_series
     from sdsim.sweep import load_sweep, plan_sweep, run_sweep
 
     base = small(**{"workload.num_requests": 60, "warmup_requests": 5})
@@ -142,11 +143,13 @@ def test_sweep_rows_and_validation_rows_record_their_seeds(tmp_path: Path) -> No
     for _, row in rows.iterrows():  # each row is re-simulated exactly from its recorded seed
         scn = base.with_overrides({"spec.k": int(row["spec.k"])})
         assert simulate(scn, seed=int(row["seed"])).summary["e2e_mean"] == row["e2e_mean"]
-    rep = validate(base, rates=[10.0], reps=2, jobs=1)
+    rep = validate(base, rates=[10.0], reps=2, jobs=1, initial=60, max_requests=120)
     assert set(rep.table["seeds"]) == {f"{base.seed} {base.seed + 1}"}
     row = rep.table[(rep.table["metric"] == "e2e") & (rep.table["statistic"] == "mean")].iloc[0]
-    sims = [
-        simulate(base.with_overrides({"workload.rate": 10.0}), seed=int(s)).summary["e2e_mean"]
-        for s in row["seeds"].split()
-    ]
-    assert row["sim_mean"] == pytest.approx(float(np.mean(sims)), rel=1e-12)
+    # re-simulated from the recorded seeds and warm-up cuts, the pooled mean is the row's
+    kept = []
+    for seed, cut in zip(row["seeds"].split(), row["deleted"].split(), strict=True):
+        data = base.with_overrides({"workload.rate": 10.0}).to_dict()
+        run = simulate_series((data, int(seed), 60))
+        kept.append(np.asarray(run["e2e"])[int(cut) :])
+    assert row["sim"] == pytest.approx(float(np.concatenate(kept).mean()), rel=1e-12)

@@ -430,21 +430,22 @@ def _explore_batch_law() -> Figures:
 
 
 def _planning_goodput_check() -> Figures:
-    """notes/planning.md's goodput check: `sdsim validate` at 10 and 25 req/s, 2 seeds."""
+    """notes/planning.md's goodput check: `sdsim validate` at 10 and 25 req/s, 2 seeds x 1,000
+    requests (one stage of the sequential runs: --initial 1000 --max-requests 2000)."""
     import pandas as pd
 
     out = ROOT / "out" / "test-docs-validate"
     cli("validate", "scenarios/default.yaml", "--set", "slo.e2e_p99=3.5", "--set",
-        "slo.ttft_p99=0.1", "--set", "workload.num_requests=1000", "--rates", "10,25", "--reps",
-        "2", "--out", str(out))  # fmt: skip
+        "slo.ttft_p99=0.1", "--initial", "1000", "--max-requests", "2000", "--rates", "10,25",
+        "--reps", "2", "--out", str(out))  # fmt: skip
     v = pd.read_csv(out / "validation.csv").set_index(["rate", "metric", "statistic"])
     got = {}
     for r in (10, 25):
         got[f"model_{r}"] = v.loc[(r, "goodput", "rps"), "analytic"]
-        got[f"sim_{r}"] = v.loc[(r, "goodput", "rps"), "sim_mean"]
+        got[f"sim_{r}"] = v.loc[(r, "goodput", "rps"), "sim"]
     got["load"] = 100 * 25 / pred("default").saturation_rate
     got["att_model"] = v.loc[(25, "slo", "attainment_e2e_p99"), "analytic"]
-    got["att_sim"] = v.loc[(25, "slo", "attainment_e2e_p99"), "sim_mean"]
+    got["att_sim"] = v.loc[(25, "slo", "attainment_e2e_p99"), "sim"]
     return got
 
 

@@ -18,7 +18,7 @@ import pytest
 from scipy import stats
 
 import sdsim
-from sdsim.analytic.mixtures import NormalMixture, UniformExpMixture, solve_quantiles
+from sdsim.analytic.mixtures import Mixture
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBS = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
@@ -36,25 +36,17 @@ OLD_DEFAULT = {
 
 
 def _independent_cdf(law: Any, x: float) -> float:
-    """The mixture's CDF at x without the code under test."""
-    if isinstance(law, NormalMixture):
-        num = tot = 0.0
-        for w, mu, sd, le in law.groups:
-            if le is None:
-                c = stats.norm.cdf(x, loc=mu, scale=sd)
-            else:
-                c = stats.exponnorm.cdf(x, 1.0 / (le * sd), loc=mu, scale=sd)
-            num += float(w @ c)
-            tot += float(w.sum())
-        return num / tot
-    assert isinstance(law, UniformExpMixture)
-    ramp = law.ln > 0
-    u = np.where(ramp, np.clip((x - law.lo) / np.where(ramp, law.ln, 1.0), 0.0, 1.0),
-                 (x >= law.lo).astype(float))  # fmt: skip
-    f = law.free * float(law.w @ u) / law.mass
-    if law.wait > 0 and x >= law.shift:
-        f += law.wait * (1.0 - math.exp(-(x - law.shift) / law.theta))
-    return f / (law.free + law.wait)
+    """The mixture's CDF at x without the code under test (scipy's laws, numpy's sums)."""
+    assert isinstance(law, Mixture)
+    w, mu, sd, lam = law.gauss
+    k = 1.0 / (np.where(lam > 0, lam, 1.0) * sd)
+    g = np.where(lam > 0, stats.exponnorm.cdf(x, k, loc=mu, scale=sd),
+                 stats.norm.cdf(x, loc=mu, scale=sd))  # fmt: skip
+    uw, lo, hi = law.unif
+    ramp = hi > lo
+    u = np.where(ramp, np.clip((x - lo) / np.where(ramp, hi - lo, 1.0), 0.0, 1.0),
+                 (x >= lo).astype(float))  # fmt: skip
+    return float((w @ g + uw @ u) / (w.sum() + uw.sum()))
 
 
 @pytest.mark.parametrize(
@@ -77,7 +69,7 @@ def test_quantiles_solve_the_mixture_cdf(file: str, overrides: dict[str, Any]) -
     if "server.max_num_seqs" in overrides:
         # the waiting arrivals' exponnorm components are in play
         assert p.summary["p_wait"] > 0.1
-        assert any(g[3] is not None for g in p.latency_laws["e2e"].groups)  # type: ignore[attr-defined]
+        assert (p.latency_laws["e2e"].gauss[3] > 0).any()  # type: ignore[attr-defined]
     api = float(scn.server.api_delay_s)  # added to e2e and TTFT after the laws
     for metric, law in p.latency_laws.items():
         for name, prob in PROBS.items():
@@ -100,22 +92,25 @@ def test_repinned_quantiles_are_closer_to_the_root() -> None:
 
 def test_solver_on_known_laws() -> None:
     # one normal: the exact quantile is scipy's ppf
-    m = NormalMixture(np.array([1.0]), np.array([2.0]), np.array([0.3]))
+    m = Mixture.normals(np.array([1.0]), np.array([2.0]), np.array([0.3]))
     got = m.quantiles([0.01, 0.5, 0.9, 0.999])
     want = stats.norm.ppf([0.01, 0.5, 0.9, 0.999], loc=2.0, scale=0.3)
     assert np.allclose(got, want, rtol=1e-12, atol=0.0)
     # one exponnorm
-    e = NormalMixture(np.array([1.0]), np.array([1.0]), np.array([0.1]), np.array([4.0]))
+    e = Mixture.normals(np.array([1.0]), np.array([1.0]), np.array([0.1]), np.array([4.0]))
     want = stats.exponnorm.ppf([0.5, 0.99], 1.0 / (4.0 * 0.1), loc=1.0, scale=0.1)
     assert np.allclose(e.quantiles([0.5, 0.99]), want, rtol=1e-10, atol=0.0)
     # point masses at 1 and 3 (weights 0.6, 0.4) plus nothing else: quantiles sit on the jumps
-    u = UniformExpMixture(np.array([0.6, 0.4]), np.array([1.0, 3.0]), np.zeros(2), 1.0, 0.0,
-                          0.0, 1.0)  # fmt: skip
+    u = Mixture.uniforms(np.array([0.6, 0.4]), np.array([1.0, 3.0]), np.zeros(2))
     assert u.quantiles([0.5, 0.6, 0.9]) == pytest.approx([1.0, 1.0, 3.0], rel=1e-12)
-    # uniform on [0, 2] with weight 1/2 plus 2 + Exp(1) with weight 1/2: p = 0.25 at x = 1,
-    # p = 0.75 where 0.5 + 0.5 (1 - e^-(x-2)) = 0.75, x = 2 + ln 2
-    v = UniformExpMixture(np.array([1.0]), np.array([0.0]), np.array([2.0]), 0.5, 0.5, 2.0, 1.0)
-    assert v.quantiles([0.25, 0.75]) == pytest.approx([1.0, 2.0 + math.log(2.0)], rel=1e-12)
-    # a CDF whose table does not reach p: the upper end is extended
-    got = solve_quantiles(lambda x: (stats.norm.cdf(x), stats.norm.pdf(x)), -1.0, 0.0, [0.999])
-    assert got[0] == pytest.approx(stats.norm.ppf(0.999), rel=1e-12)
+    # uniform on [0, 2] with weight 1/2 plus 2 + Exp(1) with weight 1/2 (an exponnorm with a
+    # vanishing normal part): p = 0.25 at x = 1, p = 0.75 where 0.5 + 0.5 (1 - e^-(x-2)) =
+    # 0.75, x = 2 + ln 2
+    v = Mixture.uniforms([0.5], [0.0], [2.0]).plus(Mixture.normals([0.5], [2.0], [1e-9], [1.0]))
+    assert v.quantiles([0.25, 0.75]) == pytest.approx([1.0, 2.0 + math.log(2.0)], rel=1e-8)
+    # a law whose coarse table does not reach p (a far exponential): the upper end is extended
+    f = Mixture.uniforms([0.999], [0.0], [1.0]).plus(
+        Mixture.normals([0.001], [1.0], [1e-9], [1 / 50.0])
+    )
+    got = f.quantiles([0.9995])[0]
+    assert got == pytest.approx(1.0 + 50.0 * math.log(2.0), rel=1e-8)

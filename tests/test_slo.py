@@ -123,10 +123,11 @@ def test_validate_reports_goodput_beside_the_latencies() -> None:
     from sdsim.analytic.validation import validate
 
     scn = small(**{"slo.e2e_p99": 0.3, "workload.num_requests": 400})
-    rep = validate(scn, rates=[15.0], reps=2, jobs=1)
+    rep = validate(scn, rates=[15.0], reps=2, jobs=1, initial=400, max_requests=800)
     g = rep.table[rep.table["metric"] == "goodput"]
     assert len(g) == 1 and g["statistic"].iloc[0] == "rps"
-    assert g["sim_mean"].iloc[0] > 0 and g["analytic"].iloc[0] > 0
+    assert g["sim"].iloc[0] > 0 and g["analytic"].iloc[0] > 0
+    assert 0 < g["ci_low"].iloc[0] <= g["sim"].iloc[0] <= g["ci_high"].iloc[0] <= 15.0
     assert (rep.table["statistic"] == "attainment_e2e_p99").sum() == 1
     assert rep.verdicts["holds"].notna().all()  # the verdict still judges the latencies only
 

@@ -18,10 +18,10 @@ import pytest
 import yaml
 
 from sdsim.errors import ScenarioError
-from sdsim.metrics import t_confidence_interval
+from sdsim.steadystate import pool_runs
 from sdsim.sweep import SweepSpec, load_sweep, plan_sweep, run_sweep
 from sdsim.sweep_store import load_sweep_dir, read_runs
-from sdsim.sweep_summary import speedup_table
+from sdsim.sweep_summary import speedup_table, summarize_runs
 from tests.conftest import ROOT
 
 # A tiny base scenario: each run simulates in well under a second.
@@ -201,23 +201,59 @@ def test_runs_match_direct_simulation(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- results
 
 
-def test_summary_aggregates_replications_with_t_intervals(tmp_path: Path) -> None:
+def test_summary_pools_replications_with_intervals_in_range(tmp_path: Path) -> None:
     plan = plan_of(write_sweep(tmp_path, {"grid": {"spec.k": [0, 2]}, "replications": 3}))
     res = run_sweep(plan, tmp_path / "o", workers=1)
     assert len(res.runs) == 6 and len(res.summary) == 2
     files = sorted((tmp_path / "o" / "results").glob("*.parquet"))
     assert len(files) == 6  # one parquet file per point x replication
     for _, srow in res.summary.iterrows():
-        vals = res.runs.loc[res.runs["spec.k"] == srow["spec.k"], "e2e_mean"].to_numpy()
+        r = res.runs[res.runs["spec.k"] == srow["spec.k"]]
+        vals = r["e2e_mean"].to_numpy()
         assert vals.size == 3 and len(set(vals)) == 3  # replications differ
-        mean, lo, hi = t_confidence_interval(vals)
+        # the latency estimate: the runs' steady-state (MSER-cut) means, averaged; the interval
+        # from their within-run batch-means standard errors, on the log scale
+        mean, lo, hi = pool_runs(r["e2e_mean_ss"], r["e2e_mean_ss_se"], r["e2e_mean_ss_batches"])
         assert srow["e2e_mean"] == mean
         assert (srow["e2e_mean_ci_low"], srow["e2e_mean_ci_high"]) == (lo, hi)
+        assert 0 < lo < mean < hi
         assert srow["e2e_mean_std"] == pytest.approx(np.std(vals, ddof=1), rel=1e-12)
         assert srow["runs"] == 3 and srow["failed"] == 0
+        # the stable fraction is over the runs the stability test could judge (True or False;
+        # None: too short to judge), with a Wilson interval inside [0, 1]; none judged: NaN
+        judged = [bool(v) for v in r["stable"] if v is not None and v == v]
+        if judged:
+            assert srow["stable"] == np.mean(judged)
+            assert 0 <= srow["stable_ci_low"] <= srow["stable"] <= srow["stable_ci_high"] <= 1
+        else:
+            assert np.isnan(srow["stable"]) and np.isnan(srow["stable_ci_low"])
     on_disk = pd.read_csv(tmp_path / "o" / "summary.csv")
     assert list(on_disk["spec.k"]) == [0, 2]
     assert pd.read_parquet(tmp_path / "o" / "summary.parquet").shape == res.summary.shape
+
+
+def test_intervals_respect_the_range_with_two_replications() -> None:
+    # two replications whose p99 differ a lot and one unstable run: a t-interval over two values
+    # reaches below zero (t = 12.7) and gives "stable 0.5 +- 6.4"; pooled within-run errors on
+    # the log scale and a Wilson interval do not
+    meta = {"points": [{"point": 0, "point_key": "a", "overrides": {}}], "fields": [],
+            "metrics": ["e2e_p99", "stable", "throughput_rps"]}  # fmt: skip
+    runs = pd.DataFrame(
+        {
+            "point_key": ["a", "a"],
+            "error": [None, None],
+            "e2e_p99": [1.0, 3.0],
+            "e2e_p99_ss": [1.0, 3.0],
+            "e2e_p99_ss_se": [0.05, 0.4],
+            "e2e_p99_ss_batches": [20, 20],
+            "stable": [True, False],
+            "throughput_rps": [10.0, 9.0],
+        }
+    )
+    row = summarize_runs(runs, meta).iloc[0]
+    assert 0 < row["e2e_p99_ci_low"] < 2.0 < row["e2e_p99_ci_high"]
+    assert row["stable"] == 0.5 and 0 <= row["stable_ci_low"] < 0.5 < row["stable_ci_high"] <= 1
+    assert 0 < row["throughput_rps_ci_low"] < 9.5 < row["throughput_rps_ci_high"]
 
 
 def test_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
@@ -400,7 +436,10 @@ def test_speedup_is_the_paired_ratio_to_the_baseline(tmp_path: Path) -> None:
         r = runs[runs["workload.rate"] == row["workload.rate"]]
         base = r[r["spec.k"] == 0].sort_values("replication")["e2e_mean"].to_numpy()
         spec = r[r["spec.k"] == 3].sort_values("replication")["e2e_mean"].to_numpy()
-        assert row["speedup"] == pytest.approx(float(np.mean(base / spec)), rel=1e-12)
+        # the geometric mean of the paired ratios, its interval on the log ratios (positive)
+        assert row["speedup"] == pytest.approx(float(np.exp(np.log(base / spec).mean())),
+                                               rel=1e-12)  # fmt: skip
+        assert 0 < row["speedup_ci_low"] <= row["speedup"] <= row["speedup_ci_high"]
     with pytest.raises(ScenarioError, match="--speedup-vs"):
         speedup_table(runs, meta, {"spec.k": 1})
     with pytest.raises(ScenarioError, match="--speedup-vs"):

@@ -19,8 +19,19 @@ import numpy as np
 import pytest
 
 import sdsim
-from sdsim.analytic.tails import LocalLines, _life_on_curve, _linear_life
+from sdsim.analytic.arrivals import arrival_view
+from sdsim.analytic.firsttoken import chunk_sums
+from sdsim.analytic.lifetime import (
+    LocalLines,
+    Tabulated,
+    Window,
+    life_on_curve,
+    linear_life,
+    smoothed,
+)
+from sdsim.analytic.work import discretize_length
 from sdsim.metrics import t_confidence_interval
+from sdsim.scenario import LognormalLength
 
 ROOT = Path(__file__).resolve().parents[1]
 MOE = "moe-qwen3-30b-a3b.yaml"
@@ -43,18 +54,24 @@ def _assert_physical(p: sdsim.Prediction) -> None:
     s = p.summary
     for metric in ("e2e", "tpot"):
         law = p.latency_laws[metric]
-        for _w, mu, sd, *_ in law.groups:  # type: ignore[attr-defined]
-            assert np.all(mu > 0), f"{metric}: a component with mean {mu.min():.3g} s"
-            assert np.all(np.isfinite(sd)) and np.all(sd >= 0), metric
+        _w, mu, sd, _lam = law.gauss  # type: ignore[attr-defined]
+        assert np.all(mu > 0), f"{metric}: a component with mean {mu.min():.3g} s"
+        assert np.all(np.isfinite(sd)) and np.all(sd >= 0), metric
     for metric in ("e2e", "ttft", "tpot"):
         qs = [s[f"{metric}_{q}"] for q in ("p50", "p90", "p99")]
         assert all(math.isfinite(q) and q > 0 for q in qs), (metric, qs)
         assert qs[0] <= qs[1] <= qs[2], (metric, qs)
         assert s[f"{metric}_mean"] > 0
     # the tail model's mean against the birth-death mean (Little's law on the GPS law, no tail
-    # model at all): on every shipped scenario from 5% to 95% load they agree to 2.2%; the
-    # broken components moved the MoE mean by -35% (8.1 req/s) and -500% (6.5 req/s)
-    assert s["e2e_mean"] == pytest.approx(s["e2e_mean_gps"], rel=0.05)
+    # model at all): on every shipped scenario from 5% to 95% load they agree to 3%; the
+    # broken components moved the MoE mean by -35% (8.1 req/s) and -500% (6.5 req/s). Not
+    # where predict says it is outside the model: for clumped arrivals (bursty-gamma.yaml) a
+    # birth-death law with the clumps' noise is wide enough near the mode but its mean drifts
+    # up at low load (x2 at 5%), which the tail model, with its clumps explicit, does not
+    # follow; for bursts beyond saturation (mmpp-bursts.yaml at 95%) they differ by 6%
+    assert p.scenario is not None
+    if arrival_view(p.scenario).batch == 1.0 and not p.outside_model:
+        assert s["e2e_mean"] == pytest.approx(s["e2e_mean_gps"], rel=0.05)
 
 
 @pytest.mark.parametrize("frac", [0.1, 0.2, 0.25, 0.5, 0.95])
@@ -84,8 +101,8 @@ def test_full_batch_regime_is_physical(name: str, over: dict) -> None:
     p = sdsim.predict(_at(name, 0.97, **over), rates=[], k_values=None)
     s = p.summary
     for metric in ("e2e", "tpot"):
-        for _w, mu, sd, *_ in p.latency_laws[metric].groups:  # type: ignore[attr-defined]
-            assert np.all(mu > 0) and np.all(np.isfinite(sd))
+        _w, mu, sd, _lam = p.latency_laws[metric].gauss  # type: ignore[attr-defined]
+        assert np.all(mu > 0) and np.all(np.isfinite(sd))
     assert all(math.isfinite(s[f"e2e_{q}"]) and s[f"e2e_{q}"] > 0 for q in ("p50", "p90", "p99"))
     assert s["p_wait"] > 0.5
 
@@ -96,6 +113,11 @@ def _lines(a: float, b: float, cp: float) -> LocalLines:
         return np.full(shape, a), np.full(shape, b), np.full(shape, cp)
 
     return fn
+
+
+def _table(lines: LocalLines, top: float = 255.0) -> Tabulated:
+    """The lines tabulated on the solver's half-batch grid, unsmoothed (dispersion 0)."""
+    return smoothed(lines, top, 0.0)
 
 
 def _cells() -> dict[str, np.ndarray]:
@@ -118,19 +140,18 @@ def test_life_on_a_line_is_the_linear_model() -> None:
     # base / (1 - lambda K / ell), to the solver's tolerance
     a, b, cp, lam = 0.008, 5e-5, 0.006, 20.0
     c = _cells()
-    life = _life_on_curve(
-        _lines(a, b, cp), lam, c["surv_full"], c["cm1"], c["surv_dec"], c["ell"], c["si"],
-        1, 255.0, 1e9,
+    life = life_on_curve(
+        _table(_lines(a, b, cp)), lam, c["surv_full"], c["cm1"], c["surv_dec"], c["ell"],
+        c["si"], 1, 255.0, 1e9,
     )  # fmt: skip
     si, ell = c["si"][0], c["ell"][0]
     n0 = np.array([0.0, 3.0, 12.0, 40.0])[:, None]
     c_full = c["surv_full"][1] / 3.0
-    cm1_full = np.zeros(int(si.max()) + 1)
-    cm1_full[si] = c["cm1"][0]
-    lin = _linear_life(
-        lam, n0, np.zeros_like(n0), np.full_like(n0, a), np.full_like(n0, b),
-        np.full_like(n0, cp), si, ell, c_full, np.zeros_like(c_full), c_full * 0.97,
-        np.zeros_like(c_full), cm1_full, cm1_full, np.zeros_like(cm1_full),
+    zero = np.zeros_like(c_full)
+    win = Window(si, ell, c_full, zero, c_full * 0.97, zero, zero, c["cm1"][0], c["cm1"][0], zero)
+    lin = linear_life(
+        np.float64(lam), n0, np.zeros_like(n0), np.full_like(n0, a), np.full_like(n0, b),
+        np.full_like(n0, cp), win,
     )  # fmt: skip
     assert np.all(lin.den > 0.1)
     np.testing.assert_allclose(life.t_life, lin.t_life, rtol=1e-8)
@@ -153,9 +174,10 @@ def test_life_on_a_concave_curve_is_finite_where_the_tangent_diverges() -> None:
     _, b0, _ = lines(np.zeros(1))
     k_over_ell = cp * (c["si"][0] + 1) / c["ell"][0] + b0 * c["cm1"][0] / c["ell"][0]
     assert np.any(1.0 - lam * k_over_ell < 0)
-    life = _life_on_curve(
-        lines, lam, c["surv_full"], c["cm1"], c["surv_dec"], c["ell"], c["si"], 1, 255.0, 1e9
-    )
+    life = life_on_curve(
+        _table(lines), lam, c["surv_full"], c["cm1"], c["surv_dec"], c["ell"], c["si"], 1,
+        255.0, 1e9,
+    )  # fmt: skip
     assert np.all(np.isfinite(life.t_life)) and np.all(life.t_life > 0)
     assert np.all((life.den > 0) & (life.den <= 1))
     # the root solves its own equation: x = (survivors + lambda tbar CM1) / ell
@@ -171,9 +193,9 @@ def test_life_beyond_the_cap_is_the_full_batch() -> None:
     # ell full-batch steps T(cap) plus the prefills a full batch admits (q_full per step)
     a, b, cp, lam, cap, q_full = 0.008, 0.001, 0.004, 60.0, 15.0, 0.12
     c = _cells()
-    life = _life_on_curve(
-        _lines(a, b, cp), lam, c["surv_full"], c["cm1"], c["surv_dec"], c["ell"], c["si"],
-        1, cap, q_full,
+    life = life_on_curve(
+        _table(_lines(a, b, cp), cap), lam, c["surv_full"], c["cm1"], c["surv_dec"], c["ell"],
+        c["si"], 1, cap, q_full,
     )  # fmt: skip
     capped = life.capped > 0
     assert capped.any() and (~capped).any()
@@ -200,3 +222,50 @@ def test_moe_agrees_with_simulation(frac: float) -> None:
     assert pred["e2e_mean"] == pytest.approx(sim("e2e_mean"), rel=0.05)
     assert pred["e2e_p99"] == pytest.approx(sim("e2e_p99"), rel=0.10)
     assert pred["tpot_mean"] == pytest.approx(sim("tpot_mean"), rel=0.05)
+
+
+def test_chunk_sums_keep_the_law_of_a_sum() -> None:
+    # the summed extra cost of m chunks of random length (a cost linear in the prompt-length
+    # law's 16 points, as the model discretises it): each law sums to 1, keeps the mean m E[X]
+    # exactly (bins are mass-weighted means) and most of the variance m Var X (binning drops
+    # only the within-bin part); one chunk is the prompt law itself
+    spec = LognormalLength(dist="lognormal", mean=1024, cv=1.0, max=8192)
+    tokens, p = discretize_length(spec, 16)
+    x = tokens / 1000.0 - 1.0
+    vals, probs = chunk_sums(p, x, 6)
+    mean, var = float(p @ x), float(p @ (x - p @ x) ** 2)
+    assert vals[0, 0] == 0.0 and probs[0, 0] == 1.0
+    np.testing.assert_array_equal(vals[1], x)
+    for m in range(1, 7):
+        assert probs[m].sum() == pytest.approx(1.0, abs=1e-12)
+        mm = float(probs[m] @ vals[m])
+        assert mm == pytest.approx(m * mean, rel=1e-12, abs=1e-12)
+        vv = float(probs[m] @ (vals[m] - mm) ** 2)
+        assert 0.9 * m * var <= vv <= m * var * (1 + 1e-12)
+    # a fixed length: one point per m
+    fv, fp = chunk_sums(np.ones(1), np.zeros(1), 4)
+    assert fv.shape == (5, 1) and np.all(fv == 0.0) and np.all(fp == 1.0)
+
+
+def test_others_in_the_prefill_step_count_as_a_renewal_process() -> None:
+    # gaps more regular than exponential (round-robin replicas: Erlang gaps, ca2 = 1 / replicas)
+    # put fewer others in the tagged's prefill step than Poisson, with the same order of mean:
+    # the law is a distribution, Poisson's at ca2 = 1, and narrower below it
+    from sdsim.analytic.arrivals import ArrivalView
+    from sdsim.analytic.firsttoken import A_MAX, _others_in_prefill_step
+    from sdsim.analytic.stepcurve import poisson_pmf
+
+    mu = np.array([0.05, 0.5, 2.0])
+    a = np.arange(A_MAX + 1, dtype=np.float64)
+    pois = _others_in_prefill_step(mu, ArrivalView(10.0, 1.0))
+    np.testing.assert_allclose(pois, poisson_pmf(a[None, :], mu[:, None]), rtol=1e-12)
+    near = _others_in_prefill_step(mu, ArrivalView(10.0, 0.999999))
+    np.testing.assert_allclose(near, pois, atol=1e-5)
+    reg = _others_in_prefill_step(mu, ArrivalView(10.0, 1.0 / 3.0))
+    np.testing.assert_allclose(reg.sum(axis=1), 1.0, atol=1e-9)
+    m = reg @ a
+    var = reg @ a**2 - m**2
+    assert np.all(var < m)  # under-dispersed
+    # a short step after an arrival is rarely shared (a regular gap is seldom short)
+    assert np.all(reg[:2, 1:].sum(axis=1) < 0.5 * pois[:2, 1:].sum(axis=1))
+    assert m[-1] == pytest.approx(2.0, abs=0.5)  # a renewal count from an arrival: ~ lambda t

@@ -1,61 +1,62 @@
 """Latency laws as mixtures, with exact CDFs and quantiles.
 
-The tail model (:mod:`sdsim.analytic.tails`) describes e2e and TPOT as mixtures of normal
-components (exponentially modified normal for a request that waits for admission) and TTFT as a
-mixture of uniforms (plus a shifted exponential for a waiting arrival). Their quantiles are the
-roots of ``F(x) = p`` for the mixture's own CDF ``F``: bracketed on a coarse grid of ``F``, then
-refined by Newton steps on the exact ``F`` and its density, kept inside the bracket (a bisection
-step whenever Newton would leave it, or where ``F`` jumps), to ``1e-13`` relative. Reading the
-quantile off a tabulated CDF by linear interpolation instead (the previous method, 1,200 grid
-points) errs by up to ~1e-4 relative and costs components x grid normal evaluations; this costs
-components x (~50 + ~4 per quantile).
+The tail model (:mod:`sdsim.analytic.tails`) describes each latency as a weighted mixture of
+two kinds of components:
+
+* **Gaussian**: normal ``N(mu, sd^2)``, or exponentially modified normal (``+ Exp(lam)``, for a
+  request that waits for admission) when ``lam > 0``;
+* **uniform**: a ramp on ``[lo, hi)`` (a uniform residual of a step), or a point mass where
+  ``lo == hi``.
+
+One compiled evaluator gives the CDF, the density and the density's slope at a point (summed
+component by component), one compiled loop applies it over many points, and one compiled
+safeguarded Halley iteration solves ``F(x) = p``. A quantile is bracketed on a coarse table of
+``F`` (16 points, the upper end doubled until ``F`` reaches ``p``), then refined inside its
+bracket, a bisection step whenever Halley (or Newton, where Halley's denominator is not positive)
+would leave it or where ``F`` jumps, to ``1e-13`` relative.
 """
 
 from __future__ import annotations
 
-__all__ = [
-    "COARSE_GRID",
-    "LatencyLaw",
-    "NormalMixture",
-    "UniformExpMixture",
-    "solve_quantiles",
-]
+__all__ = ["COARSE_GRID", "LatencyLaw", "Mixture"]
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Protocol
 
 import numba
 import numpy as np
 import numpy.typing as npt
-from scipy import special
 
-from sdsim._jit import jit, jit_eager
+from sdsim._jit import jit_eager
 
 FloatArray = npt.NDArray[np.float64]
 
 # Points of the coarse CDF table that brackets each quantile.
 COARSE_GRID = 16
-# Normal evaluations per block (components x points), to bound temporary memory.
-_BLOCK = 2_000_000
 _REL_TOL = 1e-13
 # |F(x) - p| at which x is taken as the root (a few ulps of a probability near 1)
 _F_TOL = 1e-15
-_SQRT_2PI = float(np.sqrt(2.0 * np.pi))
+_SQRT_2PI = math.sqrt(2.0 * math.pi)
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 _SQRT1_2 = math.sqrt(0.5)
 # Below this z a normal component's CDF underflows past every double (Phi(-38.5) ~ 1e-324),
-# and its density too: the component adds exactly nothing, so its erfc is not evaluated.
+# and its density too: the component adds exactly nothing.
 _Z_NONE = -38.5
 # Above this z, Phi(z) rounds to 1.0 (1 - Phi(z) < 8e-24), so the component adds its weight to
 # the CDF; its density there (exp(-50) ~ 2e-22 of its peak) is below the density's rounding and
-# is left out (the density only steers Newton steps).
+# is left out (the density only steers the Halley steps).
 _Z_FULL = 10.0
+# log Phi(y) by its asymptotic series below this (erfc would lose digits, then underflow).
+_Y_ASYMPTOTIC = -20.0
+# what the evaluator computes: the CDF only, with the density, or with its slope too
+_CDF, _PDF, _SLOPE = 0, 1, 2
 
 
 @numba.njit(inline="always")
 def _ndtr(z: float) -> float:  # pragma: no cover - compiled
     """Phi(z) as scipy's ``ndtr`` computes it: ``0.5 + 0.5 erf`` near 0, ``0.5 erfc`` in the
-    tails, reflected above 0 (inlined into the kernels below)."""
+    tails, reflected above 0."""
     v = z * _SQRT1_2
     av = abs(v)
     if av < _SQRT1_2:
@@ -64,69 +65,117 @@ def _ndtr(z: float) -> float:  # pragma: no cover - compiled
     return 1.0 - y if v > 0.0 else y
 
 
-@jit_eager("void(f8[::1], f8[::1], f8[::1], f8[::1], b1, f8[::1], f8[::1])")
-def _normal_sums(
-    xs: FloatArray,
-    w: FloatArray,
-    mu: FloatArray,
-    sd: FloatArray,
-    want_pdf: bool,
-    cdf: FloatArray,
-    pdf: FloatArray,
-) -> None:  # pragma: no cover - compiled
-    """Add ``sum_i w_i Phi((x - mu_i) / sd_i)`` (and the density) at each x to cdf (pdf).
-
-    ``Phi`` is :func:`_ndtr`, summed component by component (numpy's ``w @ ndtr(z)`` sums in
-    BLAS's order instead: the totals differ by rounding only).
-    """
-    for j in range(xs.shape[0]):
-        x = xs[j]
-        c = 0.0
-        d = 0.0
-        for i in range(w.shape[0]):
-            z = (x - mu[i]) / sd[i]
-            if z < _Z_NONE:
-                continue
-            if z > _Z_FULL:
-                c += w[i]
-                continue
-            c += w[i] * _ndtr(z)
-            if want_pdf:
-                d += w[i] * (math.exp(-0.5 * z * z) / (_SQRT_2PI * sd[i]))
-        cdf[j] += c
-        pdf[j] += d
+@numba.njit(inline="always")
+def _log_ndtr(y: float) -> float:  # pragma: no cover - compiled
+    """log Phi(y): ``log(0.5 erfc(-y / sqrt 2))``, and below -20 the asymptotic series
+    ``-y^2/2 - log(-y sqrt(2 pi)) + log(1 - 1/y^2 + 3/y^4 - 15/y^6 + 105/y^8)`` (its next term,
+    945 / y^10, is below 1e-10 there)."""
+    if y > _Y_ASYMPTOTIC:
+        return math.log(0.5 * math.erfc(-y * _SQRT1_2))
+    r = 1.0 / (y * y)
+    series = 1.0 - r * (1.0 - r * (3.0 - r * (15.0 - 105.0 * r)))
+    return -0.5 * y * y - math.log(-y) - _LOG_SQRT_2PI + math.log(series)
 
 
-@jit
-def _normal_at(
-    x: float, w: FloatArray, mu: FloatArray, sd: FloatArray
+@numba.njit(inline="always")
+def _at(
+    x: float,
+    want: int,
+    gw: FloatArray,
+    gmu: FloatArray,
+    gsd: FloatArray,
+    glam: FloatArray,
+    uw: FloatArray,
+    ulo: FloatArray,
+    uhi: FloatArray,
+    udens: FloatArray,
 ) -> tuple[float, float, float]:  # pragma: no cover - compiled
-    """The mixture's CDF, density and the density's slope at one x (unnormalised), each term as
-    :func:`_normal_sums` computes it (the slope: ``-z / sd`` times the term's density)."""
+    """The mixture's (unnormalised) CDF, density and density slope at ``x``.
+
+    Gaussian terms: ``Phi(z)`` with ``z = (x - mu) / sd``; exponnorm ones (``lam > 0``, shape
+    ``s = lam sd``): ``Phi(z) - exp(s (s/2 - z) + log Phi(z - s))`` (scipy's formula), density
+    ``lam`` times that exponential term, slope ``lam (phi(z) / sd - density)``. Uniform terms
+    branch-free (so that loop runs in SIMD lanes): ``w`` at or past ``hi``, ``dens (x - lo)``
+    on the ramp, the density on ``[lo, hi)`` (a point mass has ``lo == hi``, ``dens = 0``).
+    """
     c = 0.0
     d = 0.0
     dd = 0.0
-    for i in range(w.shape[0]):
-        z = (x - mu[i]) / sd[i]
-        if z < _Z_NONE:
-            continue
-        if z > _Z_FULL:
-            c += w[i]
-            continue
-        c += w[i] * _ndtr(z)
-        g = w[i] * (math.exp(-0.5 * z * z) / (_SQRT_2PI * sd[i]))
-        d += g
-        dd -= g * z / sd[i]
-    return c, d, dd
+    for i in range(gw.shape[0]):
+        sd = gsd[i]
+        z = (x - gmu[i]) / sd
+        lam = glam[i]
+        if lam <= 0.0:
+            if z < _Z_NONE:
+                continue
+            if z > _Z_FULL:
+                c += gw[i]
+                continue
+            c += gw[i] * _ndtr(z)
+            if want >= _PDF:
+                g = gw[i] * (math.exp(-0.5 * z * z) / (_SQRT_2PI * sd))
+                d += g
+                if want >= _SLOPE:
+                    dd -= g * z / sd
+        else:
+            s = lam * sd
+            tail = math.exp(s * (0.5 * s - z) + _log_ndtr(z - s))
+            c += gw[i] * (_ndtr(z) - tail)
+            if want >= _PDF:
+                f = lam * tail
+                d += gw[i] * f
+                if want >= _SLOPE:
+                    dd += gw[i] * lam * (math.exp(-0.5 * z * z) / (_SQRT_2PI * sd) - f)
+    cu = 0.0
+    du = 0.0
+    for i in range(uw.shape[0]):
+        on = x >= ulo[i]
+        top = x >= uhi[i]
+        cu += uw[i] if top else (udens[i] * (x - ulo[i]) if on else 0.0)
+        du += udens[i] if (on and not top) else 0.0
+    return c + cu, d + du, dd
+
+
+# the eight component arrays the kernels take (see _at)
+_ARRAYS = ", ".join(["f8[::1]"] * 8)
+
+
+@jit_eager(f"void(f8[::1], i8, {_ARRAYS}, f8[:, ::1])", fastmath={"reassoc"})
+def _sums(
+    xs: FloatArray,
+    want: int,
+    gw: FloatArray,
+    gmu: FloatArray,
+    gsd: FloatArray,
+    glam: FloatArray,
+    uw: FloatArray,
+    ulo: FloatArray,
+    uhi: FloatArray,
+    udens: FloatArray,
+    out: FloatArray,
+) -> None:  # pragma: no cover - compiled
+    """:func:`_at` at each x: ``out[0]`` the CDF, ``out[1]`` the density, ``out[2]`` its
+    slope (unnormalised; reassociation allowed, so sums may run in SIMD lanes: rounding only)."""
+    for j in range(xs.shape[0]):
+        c, d, dd = _at(xs[j], want, gw, gmu, gsd, glam, uw, ulo, uhi, udens)
+        out[0, j] = c
+        out[1, j] = d
+        out[2, j] = dd
 
 
 @jit_eager(
-    "void(f8[::1], f8[::1], f8[::1], f8, f8[::1], f8[::1], f8[::1], f8[::1], f8[::1], f8[::1])"
+    f"void({_ARRAYS}, f8, f8[::1], f8[::1], f8[::1], f8[::1], f8[::1], f8[::1])",
+    fastmath={"reassoc"},
 )
-def _normal_refine(
-    w: FloatArray,
-    mu: FloatArray,
-    sd: FloatArray,
+def _refine(
+    gw: FloatArray,
+    gmu: FloatArray,
+    gsd: FloatArray,
+    glam: FloatArray,
+    uw: FloatArray,
+    ulo: FloatArray,
+    uhi: FloatArray,
+    udens: FloatArray,
     tot: float,
     a: FloatArray,
     b: FloatArray,
@@ -135,13 +184,14 @@ def _normal_refine(
     p: FloatArray,
     out: FloatArray,
 ) -> None:  # pragma: no cover - compiled
-    """:func:`solve_quantiles`' safeguarded refinement for a normal mixture, compiled.
+    """Roots of ``F(x) = p`` in brackets ``[a, b]`` (``F(a) < p <= F(b)``), one at a time.
 
-    The same bracketing, stopping rules and safeguards, one quantile at a time (each
-    quantile's iterates depend only on its own bracket), with Halley steps instead of Newton
-    ones (the density's slope comes almost free with the density; cubic convergence saves
-    ~2 CDF evaluations per quantile); the per-iteration numpy calls on ~1,000-6,000
-    components also cost about as much as the sums themselves.
+    From the secant point of the bracket: Halley steps ``x - 2 r d / (2 d^2 - r d')`` (Newton
+    where that denominator is not positive), each kept inside the bracket (else bisection),
+    the bracket closed on the side the residual ``r = F(x) - p`` says. Stops where ``|r| <=
+    1e-15`` on a rising ``F`` (the root) or the bracket is ``1e-13`` relative wide (its upper
+    end: ``inf{x: F(x) >= p}`` where ``F`` jumps or is flat). A step that barely moves is
+    pushed past the root by the tolerance, so the bracket closes.
     """
     for q in range(p.shape[0]):
         lo = a[q]
@@ -151,7 +201,7 @@ def _normal_refine(
         x = lo + t * (hi - lo)
         res = x
         for _ in range(200):
-            c, dn, ddn = _normal_at(x, w, mu, sd)
+            c, dn, ddn = _at(x, _SLOPE, gw, gmu, gsd, glam, uw, ulo, uhi, udens)
             f = c / tot
             d = dn / tot
             dd = ddn / tot
@@ -166,13 +216,12 @@ def _normal_refine(
             if narrow or close:
                 break
             ok = False
-            newton = 0.0
+            step = 0.0
             if d > 0 and r != 0.0:
-                # Halley: x - 2 r d / (2 d^2 - r d'); Newton where that denominator is not > 0
                 den = 2.0 * d * d - r * dd
-                newton = x - 2.0 * r * d / den if den > 0.0 else x - r / d
-                ok = lo < newton < hi
-            nxt = newton if ok else 0.5 * (lo + hi)
+                step = x - 2.0 * r * d / den if den > 0.0 else x - r / d
+                ok = lo < step < hi
+            nxt = step if ok else 0.5 * (lo + hi)
             tol = _REL_TOL * max(abs(nxt), 1e-300)
             if ok and abs(nxt - x) <= tol:
                 pushed = nxt + tol if r < 0.0 else nxt - tol
@@ -194,293 +243,131 @@ class LatencyLaw(Protocol):
         ...
 
 
-def solve_quantiles(
-    cdf_pdf: Callable[[FloatArray], tuple[FloatArray, FloatArray]],
-    lo: float,
-    hi: float,
-    probs: Sequence[float],
-    grid: int = COARSE_GRID,
-    cdf: Callable[[FloatArray], FloatArray] | None = None,
-    refine: Callable[[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray], FloatArray]
-    | None = None,
-) -> list[float]:
-    """Roots of ``F(x) = p`` for a non-decreasing ``F`` given with its density.
+def _f(*arrays: npt.ArrayLike) -> list[FloatArray]:
+    return [np.ascontiguousarray(a, dtype=np.float64) for a in arrays]
 
-    Parameters
+
+class Mixture:
+    """A weighted mixture of Gaussian and uniform components (module docstring).
+
+    Build it with :meth:`normals` and :meth:`uniforms` and pool with :meth:`plus`; weights
+    need not sum to 1 (the CDF is normalised by their total). Components with weight below
+    1e-15 are dropped and Gaussian standard deviations floored at 1e-12 s.
+
+    Attributes
     ----------
-    cdf_pdf
-        ``x -> (F(x), F'(x))`` over an array of points (``F'`` may be 0 where ``F`` jumps).
-    cdf
-        ``x -> F(x)`` alone, if cheaper (the coarse table needs no density).
-    lo, hi
-        Where to tabulate ``F`` to bracket the roots (``hi`` is doubled until ``F(hi) >= p``).
-    probs
-        Probabilities in (0, 1).
-    grid
-        Points of the coarse table.
-    refine
-        ``(a, b, F(a), F(b), p) -> roots``: the Newton refinement below done elsewhere (the
-        normal mixture's compiled one, the same iteration).
-
-    Returns
-    -------
-    list of float
-        ``inf{x : F(x) >= p}`` for each p to ``1e-13`` relative (``lo`` when ``F(lo) >= p``).
-    """
-    ps = np.asarray(probs, dtype=np.float64)
-    f_only = cdf if cdf is not None else (lambda x: cdf_pdf(x)[0])
-    xg = np.linspace(lo, hi, grid)
-    fg = f_only(xg)
-    fg = np.maximum.accumulate(fg)
-    span = hi - lo if hi > lo else max(abs(hi), 1.0)
-    for _ in range(60):
-        if fg[-1] >= ps.max():
-            break
-        top = xg[-1] + span
-        span *= 2.0
-        f_top = f_only(np.array([top]))
-        xg = np.append(xg, top)
-        fg = np.append(fg, max(float(f_top[0]), float(fg[-1])))
-    idx = np.searchsorted(fg, ps, side="left")
-    out = np.empty(ps.shape[0])
-    at_lo = idx == 0
-    out[at_lo] = xg[0]
-    live = np.nonzero(~at_lo & (idx < xg.shape[0]))[0]
-    out[idx >= xg.shape[0]] = xg[-1]
-    if live.shape[0] == 0:
-        return [float(v) for v in out]
-    j = idx[live]
-    a, b = xg[j - 1].copy(), xg[j].copy()
-    fa, fb = fg[j - 1], fg[j]
-    p = ps[live]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where(fb > fa, (p - fa) / (fb - fa), 0.5)
-    if refine is not None:
-        out[live] = refine(a, b, fa, fb, p)
-        return [float(v) for v in out]
-    x = a + t * (b - a)
-    res = x.copy()
-    todo = np.arange(live.shape[0])
-    for _ in range(200):
-        f, d = cdf_pdf(x[todo])
-        r = f - p[todo]
-        lower = r < 0.0
-        a[todo] = np.where(lower, x[todo], a[todo])
-        b[todo] = np.where(lower, b[todo], x[todo])
-        # F(x) = p to rounding where F rises: x is the root; F(x) = p may also hold on a flat
-        # stretch (d = 0), where bisection goes on towards its left end
-        close = (np.abs(r) <= _F_TOL) & (d > 0)
-        narrow = b[todo] - a[todo] <= _REL_TOL * np.maximum(np.abs(b[todo]), 1e-300)
-        res[todo] = np.where(close, x[todo], b[todo])
-        keep = ~(narrow | close)
-        todo = todo[keep]
-        if todo.shape[0] == 0:
-            break
-        with np.errstate(divide="ignore", invalid="ignore"):
-            newton = x[todo] - r[keep] / d[keep]
-        ok = (d[keep] > 0) & (r[keep] != 0.0) & (newton > a[todo]) & (newton < b[todo])
-        nxt = np.where(ok, newton, 0.5 * (a[todo] + b[todo]))
-        # a Newton step that barely moves is pushed past the root by the tolerance, so the
-        # bracket closes; where that leaves the bracket, bisect
-        tol = _REL_TOL * np.maximum(np.abs(nxt), 1e-300)
-        tiny = ok & (np.abs(nxt - x[todo]) <= tol)
-        pushed = np.where(r[keep] < 0.0, nxt + tol, nxt - tol)
-        inside = (pushed > a[todo]) & (pushed < b[todo])
-        mid = 0.5 * (a[todo] + b[todo])
-        x[todo] = np.where(tiny, np.where(inside, pushed, mid), nxt)
-    out[live] = res
-    return [float(v) for v in out]
-
-
-class NormalMixture:
-    """``sum_i w_i N(mu_i, sd_i^2)``, optionally exponentially modified (``+ Exp(lam_i)``).
-
-    Components with weight below 1e-15 are dropped and standard deviations floored at 1e-12 s
-    (as the tabulated CDF did). :meth:`plus` pools two mixtures (weights as given, not
-    renormalised).
+    gauss
+        ``(w, mu, sd, lam)``: Gaussian components (``lam = 0``: normal).
+    unif
+        ``(w, lo, hi)``: ramps and point masses.
     """
 
     def __init__(
         self,
-        w: FloatArray,
-        mu: FloatArray,
-        sd: FloatArray,
-        lam_exp: FloatArray | None = None,
+        gauss: tuple[FloatArray, FloatArray, FloatArray, FloatArray] | None = None,
+        unif: tuple[FloatArray, FloatArray, FloatArray] | None = None,
     ) -> None:
-        keep = w > 1e-15
-        self.groups: list[tuple[FloatArray, FloatArray, FloatArray, FloatArray | None]] = [
-            (w[keep], mu[keep], np.maximum(sd[keep], 1e-12),
-             None if lam_exp is None else lam_exp[keep])
-        ]  # fmt: skip
+        e = np.zeros(0)
+        g = gauss if gauss is not None else (e, e, e, e)
+        u = unif if unif is not None else (e, e, e)
+        gk, uk = (np.asarray(t[0]) > 1e-15 for t in (g, u))
+        gw, gmu, gsd, glam = _f(*(np.asarray(v)[gk] for v in g))
+        self.gauss = (gw, gmu, np.maximum(gsd, 1e-12), glam)
+        uw, ulo, uhi = _f(*(np.asarray(v)[uk] for v in u))
+        self.unif = (uw, ulo, uhi)
+        ln = uhi - ulo
+        self._udens = np.ascontiguousarray(
+            np.where(ln > 0, uw / np.where(ln > 0, ln, 1.0), 0.0), dtype=np.float64
+        )
 
-    def plus(self, other: NormalMixture) -> NormalMixture:
-        """The pooled mixture of ``self`` and ``other``."""
-        out = NormalMixture(np.zeros(0), np.zeros(0), np.zeros(0))
-        out.groups = [g for g in (*self.groups, *other.groups) if g[0].shape[0]]
-        return out
+    @classmethod
+    def normals(
+        cls,
+        w: npt.ArrayLike,
+        mu: npt.ArrayLike,
+        sd: npt.ArrayLike,
+        lam: npt.ArrayLike | None = None,
+    ) -> Mixture:
+        """Normal components, exponentially modified (``+ Exp(lam)``) where ``lam`` is given."""
+        ww = np.asarray(w, dtype=np.float64)
+        la = np.zeros(ww.shape[0]) if lam is None else np.asarray(lam, dtype=np.float64)
+        return cls(gauss=(ww, np.asarray(mu), np.asarray(sd), la))
+
+    @classmethod
+    def uniforms(cls, w: npt.ArrayLike, lo: npt.ArrayLike, ln: npt.ArrayLike) -> Mixture:
+        """Uniform components on ``[lo, lo + ln]`` (point masses where ``ln = 0``)."""
+        lo_ = np.asarray(lo, dtype=np.float64)
+        return cls(unif=(np.asarray(w, dtype=np.float64), lo_, lo_ + np.asarray(ln)))
+
+    def plus(self, other: Mixture) -> Mixture:
+        """The pooled mixture of ``self`` and ``other`` (weights as given)."""
+        gauss = tuple(np.concatenate(t) for t in zip(self.gauss, other.gauss, strict=True))
+        unif = tuple(np.concatenate(t) for t in zip(self.unif, other.unif, strict=True))
+        return Mixture(gauss, unif)  # type: ignore[arg-type]
 
     @property
     def total(self) -> float:
         """Sum of the component weights."""
-        return float(sum(float(g[0].sum()) for g in self.groups))
+        return float(self.gauss[0].sum() + self.unif[0].sum())
+
+    def _arrays(self) -> tuple[FloatArray, ...]:
+        return (*self.gauss, self.unif[0], self.unif[1], self.unif[2], self._udens)
 
     def bounds(self) -> tuple[float, float]:
-        """Where nearly all the mass lies: [max(min(mu - 6 sd), 0), max(mu + 7 sd) + 10 / lam]."""
-        lo = min(float(np.min(g[1] - 6 * g[2])) for g in self.groups if g[0].shape[0])
-        hi = max(
-            float(np.max(g[1] + 7 * g[2])) + (0.0 if g[3] is None else float(np.max(10.0 / g[3])))
-            for g in self.groups
-            if g[0].shape[0]
-        )
-        return max(lo, 0.0), hi
+        """Where nearly all the mass lies: from ``max(min(mu - 6 sd, lo), 0)`` to the larger of
+        ``mu + 7 sd + 10 / lam`` and ``hi``."""
+        gw, gmu, gsd, glam = self.gauss
+        los: list[float] = []
+        his: list[float] = []
+        if gw.shape[0]:
+            ext = np.where(glam > 0, 10.0 / np.where(glam > 0, glam, 1.0), 0.0)
+            los.append(float(np.min(gmu - 6 * gsd)))
+            his.append(float(np.max(gmu + 7 * gsd + ext)))
+        if self.unif[0].shape[0]:
+            los.append(float(self.unif[1].min()))
+            his.append(float(self.unif[2].max()) * 1.05)
+        if not los:
+            return 0.0, 1.0
+        return max(min(los), 0.0), max(max(his), 1e-300)
 
-    def cdf_pdf(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """Normalised CDF and density at each x."""
-        return self._eval(x, True)
+    def _eval(self, x: npt.ArrayLike, want: int) -> FloatArray:
+        xs = np.ascontiguousarray(np.atleast_1d(np.asarray(x, dtype=np.float64)))
+        out = np.empty((3, xs.shape[0]))
+        _sums(xs, want, *self._arrays(), out)
+        return out / self.total
 
-    def _cdf_only(self, x: FloatArray) -> FloatArray:
-        return self._eval(x, False)[0]
-
-    def _eval(self, x: FloatArray, want_pdf: bool) -> tuple[FloatArray, FloatArray]:
-        xs = np.asarray(x, dtype=np.float64)
-        cdf = np.zeros(xs.shape[0])
-        pdf = np.zeros(xs.shape[0])
-        step = max(1, _BLOCK // max(xs.shape[0], 1))
-        for w, mu, sd, le in self.groups:
-            if le is None:
-                _normal_sums(np.ascontiguousarray(xs), w, mu, sd, want_pdf, cdf, pdf)
-                continue
-            for i in range(0, w.shape[0], step):
-                sl = slice(i, i + step)
-                z = (xs[None, :] - mu[sl, None]) / sd[sl, None]
-                # exponnorm with shape K = 1 / (lam sd): s = 1 / K (scipy's formula); few
-                # components (one per s bin and output length), left to numpy
-                s = le[sl, None] * sd[sl, None]
-                tail = np.exp(s * (0.5 * s - z) + special.log_ndtr(z - s))
-                c = special.ndtr(z) - tail
-                if want_pdf:
-                    pdf += w[sl] @ (le[sl, None] * tail)
-                cdf += w[sl] @ c
-        tot = self.total
-        return cdf / tot, pdf / tot
+    def cdf_pdf(self, x: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
+        """Normalised CDF and density at each x (the density leaves out point masses)."""
+        out = self._eval(x, _PDF)
+        return out[0], out[1]
 
     def cdf(self, x: npt.ArrayLike) -> FloatArray:
         """Normalised CDF at each x."""
-        return self.cdf_pdf(np.atleast_1d(np.asarray(x, dtype=np.float64)))[0]
+        return self._eval(x, _CDF)[0]
 
     def quantiles(self, probs: Sequence[float]) -> list[float]:
-        """Exact quantiles (see :func:`solve_quantiles`)."""
+        """``inf{x : F(x) >= p}`` for each p, to ``1e-13`` relative (module docstring)."""
+        ps = np.asarray(probs, dtype=np.float64)
         lo, hi = self.bounds()
-        refine = None
-        if len(self.groups) == 1 and self.groups[0][3] is None:
-            w, mu, sd, _ = self.groups[0]
-            tot = self.total
-
-            def refine(
-                a: FloatArray, b: FloatArray, fa: FloatArray, fb: FloatArray, p: FloatArray
-            ) -> FloatArray:
-                out = np.empty(p.shape[0])
-                _normal_refine(w, mu, sd, tot, a, b, np.ascontiguousarray(fa),
-                               np.ascontiguousarray(fb), np.ascontiguousarray(p), out)  # fmt: skip
-                return out
-
-        return solve_quantiles(self.cdf_pdf, lo, hi, probs, cdf=self._cdf_only, refine=refine)
-
-
-def _reassoc_jit(signature: str) -> Any:
-    """:func:`sdsim._jit.jit_eager` with reassociation allowed, so that a compiled sum over
-    components runs in SIMD lanes (it is then summed in another order: rounding only)."""
-    return jit_eager(signature, fastmath={"reassoc"})
-
-
-@_reassoc_jit("void(f8[::1], f8[::1], f8[::1], f8[::1], f8[::1], f8[::1], f8[::1], f8[:, ::1])")
-def _uniform_sums(
-    xs: FloatArray,
-    w: FloatArray,
-    lo: FloatArray,
-    hi: FloatArray,
-    dens: FloatArray,
-    pt_w: FloatArray,
-    pt_at: FloatArray,
-    out: FloatArray,
-) -> None:  # pragma: no cover - compiled
-    """``sum_i w_i U_i(x)`` and the ramps' density at each x (``out``: 2 x len(xs), CDF then
-    density).
-
-    Ramps: uniform on ``[lo_i, hi_i]`` with density ``dens_i = w_i / (hi_i - lo_i)``; each term
-    is ``w_i`` at or past ``hi_i``, ``dens_i (x - lo_i)`` on the ramp, 0 below it (the density
-    counts on ``[lo_i, hi_i)``); point masses ``pt_w`` at ``pt_at``. Branch-free selects, so
-    the sum over components vectorises.
-    """
-    m = xs.shape[0]
-    for j in range(m):
-        x = xs[j]
-        c = 0.0
-        d = 0.0
-        for i in range(w.shape[0]):
-            on = x >= lo[i]
-            top = x >= hi[i]
-            c += w[i] if top else (dens[i] * (x - lo[i]) if on else 0.0)
-            d += dens[i] if (on and not top) else 0.0
-        for i in range(pt_w.shape[0]):
-            c += pt_w[i] if x >= pt_at[i] else 0.0
-        out[0, j] = c
-        out[1, j] = d
-
-
-class UniformExpMixture:
-    """TTFT's law: ``free`` x (mixture of uniforms on ``[lo_i, lo_i + ln_i]``, point masses where
-    ``ln_i = 0``, weights ``w_i`` normalised) + ``wait`` x (``shift + Exp(mean theta)``).
-
-    The uniform part's CDF is a sum of ramps and steps, summed component by component (compiled,
-    all points of a call in one pass over the components: no sort of the ~40,000 breakpoints).
-    """
-
-    def __init__(
-        self,
-        w: FloatArray,
-        lo: FloatArray,
-        ln: FloatArray,
-        free: float,
-        wait: float,
-        shift: float,
-        theta: float,
-    ) -> None:
-        self.free, self.wait, self.shift, self.theta = free, wait, shift, theta
-        self.w, self.lo, self.ln = w, lo, ln
-        self.mass = float(w.sum())
-        # ramps (lo, lo + ln, density w / ln) and point masses, contiguous for the compiled sums
-        ramp = ln > 0
-        self._rw = np.ascontiguousarray(w[ramp], dtype=np.float64)
-        self._rlo = np.ascontiguousarray(lo[ramp], dtype=np.float64)
-        self._rhi = self._rlo + ln[ramp]
-        self._rdens = self._rw / ln[ramp]
-        self._pw = np.ascontiguousarray(w[~ramp], dtype=np.float64)
-        self._pat = np.ascontiguousarray(lo[~ramp], dtype=np.float64)
-        self.hi = float((lo + ln).max()) * 1.05 if lo.shape[0] else 1.0
-        if wait > 0:
-            self.hi = max(self.hi, shift + 12 * theta)
-
-    def cdf_pdf(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """CDF and density at each x (the density leaves out the point masses)."""
-        xs = np.ascontiguousarray(x, dtype=np.float64)
-        sums = np.empty((2, xs.shape[0]))
-        _uniform_sums(xs, self._rw, self._rlo, self._rhi, self._rdens, self._pw, self._pat, sums)
-        u, slope = sums[0], sums[1]
-        cdf = self.free * u / self.mass
-        pdf = self.free * slope / self.mass
-        if self.wait > 0:
-            on = xs >= self.shift
-            e = np.exp(-np.where(on, xs - self.shift, 0.0) / self.theta)
-            cdf = cdf + self.wait * np.where(on, 1.0 - e, 0.0)
-            pdf = pdf + self.wait * np.where(on, e / self.theta, 0.0)
-        tot = self.free + self.wait
-        return cdf / tot, pdf / tot
-
-    def cdf(self, x: npt.ArrayLike) -> FloatArray:
-        """CDF at each x."""
-        return self.cdf_pdf(np.atleast_1d(np.asarray(x, dtype=np.float64)))[0]
-
-    def quantiles(self, probs: Sequence[float]) -> list[float]:
-        """Exact quantiles (see :func:`solve_quantiles`)."""
-        return solve_quantiles(self.cdf_pdf, 0.0, self.hi, probs)
+        xg = np.linspace(lo, hi, COARSE_GRID)
+        fg = np.maximum.accumulate(self.cdf(xg))
+        span = hi - lo if hi > lo else max(abs(hi), 1.0)
+        for _ in range(60):
+            if fg[-1] >= ps.max():
+                break
+            top = xg[-1] + span
+            span *= 2.0
+            xg = np.append(xg, top)
+            fg = np.append(fg, max(float(self.cdf(np.array([top]))[0]), float(fg[-1])))
+        idx = np.searchsorted(fg, ps, side="left")
+        out = np.empty(ps.shape[0])
+        out[idx == 0] = xg[0]
+        out[idx >= xg.shape[0]] = xg[-1]
+        live = np.nonzero((idx > 0) & (idx < xg.shape[0]))[0]
+        if live.shape[0]:
+            j = idx[live]
+            res = np.empty(live.shape[0])
+            _refine(*self._arrays(), self.total, *_f(xg[j - 1], xg[j], fg[j - 1], fg[j], ps[live]),
+                    res)  # fmt: skip
+            out[live] = res
+        return [float(v) for v in out]

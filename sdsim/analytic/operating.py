@@ -25,10 +25,12 @@ __all__ = [
     "OperatingPoint",
     "chunk_laws",
     "derive_coefficients",
+    "dispersion",
     "gps_law_from_curve",
     "kv_blocks_per_request",
     "kv_saturation_rate",
     "local_lines",
+    "local_steps",
     "operating_point",
     "step_saturation_rate",
 ]
@@ -40,22 +42,28 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from sdsim._jit import jit_eager
+from sdsim.analytic.arrivals import ArrivalView, arrival_view
 from sdsim.analytic.coefficients import (
     Coefficients,
     concurrency_cap,
     prefill_alone,
     tangent_coefficients,
 )
-from sdsim.analytic.gps import BirthDeath, birth_death
+from sdsim.analytic.gps import BirthDeath, birth_death, modulated_birth_death, noisy
 from sdsim.analytic.prefix import prompt_means
-from sdsim.analytic.stepcurve import StepCurve, build_step_curve, mean_context
-from sdsim.analytic.work import RequestWork, request_work
+from sdsim.analytic.stepcurve import LocalSteps, StepCurve, build_step_curve, mean_context
+from sdsim.analytic.work import RequestWork, discretize_length, request_work
 from sdsim.costs.build import build_cost_model
 from sdsim.costs.step import StepCostModel
 from sdsim.memory import num_gpu_blocks
 from sdsim.scenario import Scenario
 
 FloatArray = npt.NDArray[np.float64]
+
+# Bins of the prompt-length law the TTFT model prices the tagged's own prefill at (equal mass
+# up to 95%, finer in the tail: sdsim.analytic.work).
+PROMPT_BINS = 16
 
 
 @dataclass
@@ -76,6 +84,8 @@ class OperatingPoint:
         Local lines and stage coefficients at this point.
     saturation_rate
         Largest sustainable rate of this replica from the real step curve (req/s).
+    arrivals
+        How the model sees the replica's arrivals (:mod:`sdsim.analytic.arrivals`).
     """
 
     k: int
@@ -85,6 +95,7 @@ class OperatingPoint:
     law: BirthDeath
     coefficients: Coefficients
     saturation_rate: float
+    arrivals: ArrivalView
 
 
 def _decode_share(curve: StepCurve, work: RequestWork) -> tuple[float, float]:
@@ -92,19 +103,139 @@ def _decode_share(curve: StepCurve, work: RequestWork) -> tuple[float, float]:
     return nu, work.mean_steps / nu
 
 
-def gps_law_from_curve(curve: StepCurve, work: RequestWork, rate: float) -> BirthDeath:
-    """Birth-death law of the number in system of one replica at ``rate`` (req/s)."""
+def gps_law_from_curve(
+    curve: StepCurve, work: RequestWork, rate: float, arrivals: ArrivalView | None = None
+) -> BirthDeath:
+    """Law of the number in system of one replica at ``rate`` (req/s): the GPS birth-death law
+    for arrivals in one state (Poisson by default; their index of dispersion enters
+    :func:`dispersion`), the quasi-birth-death law of :func:`~sdsim.analytic.gps.
+    modulated_birth_death` for two (bursts), each state's departures priced with the prefill
+    chunks of its own arrival rate."""
+    view = arrivals if arrivals is not None else ArrivalView(rate)
     p = curve.chunks_per_request
     if rate <= 0 or not curve.stable(rate * p):
         return BirthDeath(np.zeros(0), rate, curve.n_max, False)
-    ((pq, t),) = chunk_laws(curve, work, [(rate, True)])
-    return _gps_law(curve, work, rate, pq, t)
+    if view.states == 1:
+        ((pq, t),) = chunk_laws(curve, work, [(rate, True)])
+        return _gps_law(curve, work, rate, pq, t, view.ca2)
+    births, deaths = [], []
+    for lam in view.rates:
+        # a state's prefill load at its own rate (capped just short of what prefill alone fills)
+        lam_c = max(min(float(lam), _prefill_limit(curve) * (1 - 1e-9)), 1e-12)
+        ((pq, t),) = chunk_laws(curve, work, [(lam_c, False)])
+        mu = _departures(curve, work, lam_c, pq, t)
+        f = dispersion(curve, work, lam_c, pq, t, view.ca2)
+        # level n's birth pairs with level n + 1's death: both at n + 1's noise
+        up, down = noisy(lam, mu, f)
+        births.append(up)
+        deaths.append(down)
+    return modulated_birth_death(
+        np.vstack(births), np.vstack(deaths), np.asarray(view.leave), rate
+    )
 
 
-def _gps_law(
+def _step_scale(curve: StepCurve) -> float:
+    """A step's length for the clumping of arrivals: a decode step with one request and one
+    chunk of prefill (the order of the steps arrivals fall into)."""
+    return float(curve.mixed[min(1, curve.n_max), 1])
+
+
+def _prefill_limit(curve: StepCurve) -> float:
+    """Arrival rate at which prefill alone fills the GPU (``inf`` without prefill cost)."""
+    top = float((curve.mixed[:, -1] - curve.mixed[:, -2]).max())
+    return 1.0 / (curve.chunks_per_request * top) if top > 0 else math.inf
+
+
+def dispersion(
+    curve: StepCurve,
+    work: RequestWork,
+    rate: float,
+    pq: FloatArray,
+    t: FloatArray,
+    ca2: float = 1.0,
+) -> FloatArray:
+    """``F(n)``, ``n = 1..n_max``: the variance of the noise driving the number in system,
+    relative to Poisson arrivals whose prefill costs nothing.
+
+    An arrival's prefill makes the step it lands in longer by ``c_p`` (its chunks' cost at that
+    batch), during which ``lambda c_p`` more requests arrive on average: a step-time branching
+    process with ratio ``m = lambda c_p``, so that the arrivals a batch takes in come in
+    clusters whose counts have index of dispersion ``1 / (1 - m)^2`` (Borel clusters; in time
+    terms: every arrival also holds back the ``lambda c_p / (1 - lambda c_p)`` departures its
+    prefill delays). With prompts of random length a chunk's cost has a squared CV ``v``
+    (:attr:`~sdsim.analytic.stepcurve.StepCurve.chunk_cost_cv2`): an arrival's offspring are
+    Poisson with a random mean, variance ``m + m^2 v``, and a Galton-Watson cluster of offspring
+    mean ``m`` and variance ``s^2`` has index ``s^2 / (1 - m)^2 + 1 / (1 - m)``, i.e. ``(1 + m^2
+    v) / (1 - m)^2``. Arrivals that are themselves over- or under-dispersed (index ``ca2``)
+    multiply it. Clustered arrivals stay together in the batch for the share ``kappa`` of a
+    life (:meth:`~sdsim.analytic.work.RequestWork.shared_life`), so the number in system has
+    ``Var N = E[N] (1 + kappa (I - 1))`` with ``I = ca2 (1 + m^2 v) / (1 - m)^2``: the GPS law's own
+    over-dispersion ``1 / (1 - rho)`` then acts on that noise (:func:`~sdsim.analytic.gps.
+    birth_death`'s ``dispersion``). With prefill that is cheap beside a decode step
+    (``m -> 0``) and Poisson arrivals, ``F = 1``.
+    """
+    _, frac = _decode_share(curve, work)
+    out = np.empty(curve.n_max)
+    first = curve.mixed[:, 1] - curve.mixed[:, 0]
+    # arrivals more regular than Poisson (ca2 < 1: constant gaps, round-robin replicas) count
+    # as Poisson here: a birth-death law narrowed below Poisson's noise also loses mass near an
+    # empty server, where its mean must stay lambda E[T] (at 5% load on capacity-70b-chat.yaml
+    # the law's mean fell 16%); their lower noise enters a life's variance instead
+    a2 = max(float(ca2), 1.0)
+    _dispersion(np.ascontiguousarray(pq), t, curve.decode, np.ascontiguousarray(first),
+                float(curve.chunks_per_request), frac, float(rate),
+                work.shared_life(curve.chunks_per_request), a2, curve.chunk_cost_cv2,
+                out)  # fmt: skip
+    # a full batch admits only as many as it completes, whatever arrives: the arrivals that
+    # queue bring no prefill with them, so above the cap (the last entry, which the queue's
+    # levels take) their own burstiness is all the noise there is
+    out[-1] = 1.0 + work.shared_life(curve.chunks_per_request) * (a2 - 1.0)
+    return out
+
+
+@jit_eager("void(f8[:, ::1], f8[::1], f8[::1], f8[::1], f8, f8, f8, f8, f8, f8, f8[::1])")
+def _dispersion(
+    pq: FloatArray,
+    t: FloatArray,
+    decode: FloatArray,
+    first: FloatArray,
+    chunks: float,
+    frac: float,
+    rate: float,
+    kappa: float,
+    ca2: float,
+    cost_cv2: float,
+    out: FloatArray,
+) -> None:  # pragma: no cover - compiled
+    """:func:`dispersion`'s ``F(n)`` into ``out`` (``n = 1..len(out)``): a chunk's cost at a
+    row is :meth:`~sdsim.analytic.stepcurve.StepCurve.chunk_cost_from`'s (the step's prefill
+    part over the chunks it carries on average, the first chunk's cost where it carries almost
+    none), read at the decode batch ``n frac`` (linear interpolation on the integer grid);
+    ``m = rate x chunks x cost`` capped at 0.9, ``F = max(1 + kappa (ca2 (1 + m^2 cost_cv2) /
+    (1 - m)^2 - 1), 0.05)``."""
+    last = t.shape[0] - 1
+    for i in range(out.shape[0]):
+        x = max((i + 1) * frac, 1.0)
+        j = min(int(x), last)
+        k = min(j + 1, last)
+        c = 0.0
+        for r, wgt in ((j, 1.0 - (x - j)), (k, x - j)):
+            if wgt <= 0.0:
+                continue
+            eq = 0.0
+            for q in range(pq.shape[1]):
+                eq += pq[r, q] * q
+            c += wgt * ((t[r] - decode[r]) / eq if eq > 1e-9 else first[r])
+        m = min(rate * c * chunks, 0.9)
+        index = ca2 * (1.0 + m * m * cost_cv2) / ((1.0 - m) * (1.0 - m))
+        out[i] = max(1.0 + kappa * (index - 1.0), 0.05)
+
+
+def _step_times(
     curve: StepCurve, work: RequestWork, rate: float, pq: FloatArray, t: FloatArray
-) -> BirthDeath:
-    """:func:`gps_law_from_curve` with the chunk law ``(pq, t)`` at ``rate`` given."""
+) -> Callable[[FloatArray], FloatArray]:
+    """``n -> t(n)``: the mean step with ``n`` in system (the decoding share of them, the
+    chunk law's prefill), stretched below the cap by the wait for the step in progress."""
     nu, frac = _decode_share(curve, work)
     grid = np.arange(t.shape[0], dtype=np.float64)
     # an arrival first waits out the step in progress (length-biased: half a step plus half its
@@ -116,14 +247,40 @@ def _gps_law(
     cv2 = max(float(pq[n_mid] @ (tt * tt)) / (m1 * m1) - 1.0, 0.0)
     stretch = 1.0 + 0.5 * (1.0 + cv2) / nu
 
-    def fn(n: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    def fn(n: FloatArray) -> FloatArray:
         nd = n * frac
         # below one decoding request the state is a lone request partly in prefill: its decode
         # share of one step (its prefill time is added to the latency separately)
         base = np.where(nd >= 1.0, np.interp(nd, grid, t), t[1] * np.maximum(nd, 1e-9))
-        return np.where(n < curve.n_max, base * stretch, base)
+        return np.asarray(np.where(n < curve.n_max, base * stretch, base))
 
-    return birth_death(rate, nu, fn, curve.n_max)
+    return fn
+
+
+def _departures(
+    curve: StepCurve, work: RequestWork, rate: float, pq: FloatArray, t: FloatArray
+) -> FloatArray:
+    """``phi(n) = n / (nu t(n))`` for ``n = 1..n_max``."""
+    nu, _ = _decode_share(curve, work)
+    n = np.arange(1, curve.n_max + 1, dtype=np.float64)
+    return n / (nu * _step_times(curve, work, rate, pq, t)(n))
+
+
+def _gps_law(
+    curve: StepCurve,
+    work: RequestWork,
+    rate: float,
+    pq: FloatArray,
+    t: FloatArray,
+    ca2: float = 1.0,
+    noise: bool = True,
+) -> BirthDeath:
+    """The one-state law of :func:`gps_law_from_curve` with the chunk law ``(pq, t)`` given
+    (``noise=False``: the plain GPS law, without :func:`dispersion`)."""
+    nu, _ = _decode_share(curve, work)
+    fn = _step_times(curve, work, rate, pq, t)
+    disp = dispersion(curve, work, rate, pq, t, ca2) if noise else None
+    return birth_death(rate, nu, fn, curve.n_max, disp)
 
 
 def _n_mid(curve: StepCurve, nu: float, rate: float, t1: float) -> int:
@@ -208,10 +365,12 @@ def chunk_laws(
             exact[i] = mids[i]
             if keys[i][1]:
                 pq_a, t_a = _assemble(curve, keys[i][0], mids[i], mids[i])
-                law = _gps_law(curve, work, float(lam), pq_a, t_a)
+                law = _gps_law(curve, work, float(lam), pq_a, t_a, noise=False)
                 if law.stable:
-                    # the exact law is cut where the approximate one is, give or take rows of
-                    # relative mass 1e-3: a quarter more and 16 rows cover that many times over
+                    # the exact plain law is cut where the approximate one is, give or take
+                    # rows of relative mass 1e-3: a quarter more and 16 rows cover that many
+                    # times over; the law with the prefill bursts' noise reaches a little
+                    # further, its mass there (~1e-6) on rows interpolated between exact ones
                     reach = math.ceil((1.25 * law.pmf.shape[0] + 16) * frac) + 2
                     exact[i] = np.union1d(mids[i], np.arange(min(reach, curve.n_max) + 1))
         curve.solve_rows([(keys[i][0], exact[i]) for i, _ in todo])
@@ -295,18 +454,35 @@ def kv_saturation_rate(
         return math.inf
 
     def demand(lam: float) -> float:
-        law = gps_law_from_curve(curve, work, lam)
+        law = gps_law_from_curve(curve, work, lam, arrival_view(scn, lam, _step_scale(curve)))
         return _engine_mean(law) * blocks if law.stable else math.inf
 
     lo, hi = 0.0, gpu_rate * (1 - 1e-9)
-    if demand(hi) < cap:
+    f_hi = demand(hi) - cap
+    if f_hi < 0:
         return math.inf
-    for _ in range(24):  # 2^-24: the rate to 1e-7 of the GPU limit
-        mid = 0.5 * (lo + hi)
-        if demand(mid) < cap:
-            lo = mid
+    # the demand rises smoothly with the rate: regula falsi with the Illinois modification,
+    # to 1e-7 of the GPU limit (6-10 laws instead of bisection's 24), bisecting where the
+    # demand is infinite (an unstable law)
+    f_lo = -float(cap)
+    side = 0
+    for _ in range(60):
+        if hi - lo <= 1e-7 * gpu_rate:
+            break
+        mid = lo - f_lo * (hi - lo) / (f_hi - f_lo) if math.isfinite(f_hi) else 0.5 * (lo + hi)
+        if not lo < mid < hi:
+            mid = 0.5 * (lo + hi)
+        f_mid = demand(mid) - cap
+        if f_mid < 0:
+            lo, f_lo = mid, f_mid
+            if side == -1:
+                f_hi *= 0.5
+            side = -1
         else:
-            hi = mid
+            hi, f_hi = mid, f_mid
+            if side == 1:
+                f_lo *= 0.5
+            side = 1
     return 0.5 * (lo + hi)
 
 
@@ -323,7 +499,20 @@ def build_curve(
         pm.prefill,
         scn.server.max_num_batched_tokens,
         concurrency_cap(scn, k),
+        _prompt_law(scn, pm.hit_rate),
     )
+
+
+def _prompt_law(
+    scn: Scenario, hit: float
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]] | None:
+    """The law of the prefilled prompt lengths the step curve prices chunks with, where it is
+    the workload's prompt law (no prefix-cache hits, no shared prefixes, no sessions); else
+    ``None`` (every chunk at the mean prefill)."""
+    w = scn.workload
+    if hit > 0 or w.sessions is not None or w.shared_prefix is not None:
+        return None
+    return discretize_length(w.prompt_tokens, PROMPT_BINS)
 
 
 def operating_point(
@@ -359,7 +548,8 @@ def operating_point(
     w = work if work is not None else request_work(scn, k)
     c = curve if curve is not None else build_curve(scn, k, w, m)
     sat = step_saturation_rate(c, w) if saturation_rate is None else saturation_rate
-    law = gps_law_from_curve(c, w, rate) if 0 < rate < sat else None
+    view = arrival_view(scn, rate, _step_scale(c))
+    law = gps_law_from_curve(c, w, rate, view) if 0 < rate < sat else None
     _, frac = _decode_share(c, w)
     if law is not None and law.stable:
         n = np.arange(law.pmf.shape[0], dtype=np.float64)
@@ -381,7 +571,7 @@ def operating_point(
     chunk_rate = min(rate, sat) * c.chunks_per_request
     ((pq, t),) = chunk_laws(c, w, [(min(rate, sat), law.stable)])
     co = tangent_coefficients(c, w, prompt, alone, batches, weights, chunk_rate, (pq, t))
-    return OperatingPoint(k, rate, c, w, law, co, sat)
+    return OperatingPoint(k, rate, c, w, law, co, sat, view)
 
 
 def local_lines(
@@ -410,6 +600,19 @@ def local_lines(
         return a, b, np.interp(x, grid, cpc)
 
     return fn
+
+
+def local_steps(op: OperatingPoint, rate: float | None = None) -> LocalSteps:
+    """The chunk law (at ``rate``, default the operating point's), step table and prompt shifts
+    of the operating point's curve (:class:`~sdsim.analytic.stepcurve.LocalSteps`)."""
+    c = op.curve
+    _, frac = _decode_share(c, op.work)
+    lam = min(op.rate if rate is None else float(rate), op.saturation_rate)
+    lam = min(lam, _prefill_limit(c) * (1 - 1e-9))
+    ((pq, _),) = chunk_laws(c, op.work, [(max(lam, 1e-12), op.law.stable and rate is None)])
+    return LocalSteps(
+        pq, c.mixed, c.prompt_shift, c.prompt_w, frac, c.chunk_cap, c.chunk_cost_cv2
+    )
 
 
 def derive_coefficients(

@@ -32,6 +32,7 @@ __all__ = [
     "Prediction",
     "adaptive_k",
     "capacity",
+    "caveats",
     "gps_law",
     "limiting_resource",
     "mean_e2e_gps",
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 import numpy as np
 
 from sdsim.acceptance import expected_tokens_per_step
+from sdsim.analytic.arrivals import ArrivalView, arrival_view
 from sdsim.analytic.coefficients import Coefficients
 from sdsim.analytic.gps import BirthDeath
 from sdsim.analytic.meanfield import (
@@ -66,6 +68,7 @@ from sdsim.analytic.operating import (
     kv_blocks_per_request,
     kv_saturation_rate,
     local_lines,
+    local_steps,
     operating_point,
     step_saturation_rate,
 )
@@ -78,6 +81,12 @@ from sdsim.errors import ScenarioError
 from sdsim.memory import num_gpu_blocks
 from sdsim.scenario import BetaAlpha, Scenario
 from sdsim.slo import slo_bounds, slo_stats_from_laws
+
+# P(KV demand > capacity) above which a prediction is marked outside the model: preemption then
+# happens often enough to move TTFT (kv-pressure.yaml at 80% of its KV limit, P = 0.6%: TTFT p99
+# 8% above the model) and, held there for long, can set off a preemption cascade (a 100,000-
+# request run of llama70b-tp4-a100.yaml at P = 0.6% had one, its mean e2e 2.4x the model's).
+KV_PRESSURE = 0.005
 
 LATENCY_KEYS = tuple(
     f"{m}_{s}" for m in ("e2e", "ttft", "tpot") for s in ("mean", "p50", "p90", "p99")
@@ -125,6 +134,9 @@ class Prediction:
         with the batch at the cap: the GPU itself, or prefill filling it).
     outside_model
         Why this prediction is outside what the model covers (``None`` when it is inside).
+    caveats
+        Inside the model, but where its tails are known to err by more than the validation
+        tolerances: the statistic, the measured error and why (:func:`caveats`).
     latency_laws
         The tail model's laws of ``e2e``, ``ttft`` and ``tpot`` (exact ``cdf`` and
         ``quantiles``; empty when quantiles were not computed or the point is unstable).
@@ -145,6 +157,7 @@ class Prediction:
     saturation_limit: str = "GPU"
     outside_model: str | None = None
     latency_laws: dict[str, LatencyLaw] = field(default_factory=dict, repr=False)
+    caveats: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (what `sdsim predict --json` prints)."""
@@ -165,6 +178,7 @@ class Prediction:
             "kv_saturation_rate": self.kv_saturation_rate,
             "saturation_limit": self.saturation_limit,
             "outside_model": self.outside_model,
+            "caveats": self.caveats,
         }
 
 
@@ -201,22 +215,72 @@ def _k_search_max(scn: Scenario) -> int:
     return min(top, len(a)) if isinstance(a, list) else top
 
 
-def _arrival_scv(scn: Scenario) -> float:
-    """Squared CV of the gaps between arrivals at one replica (see the module docstring)."""
-    w = scn.workload
-    if w.arrival == "gamma":
-        c2 = float(w.cv**2)
-    elif w.arrival == "constant":
-        c2 = 0.0
-    else:
-        c2 = 1.0  # poisson; a trace is treated as Poisson
-    n = scn.server.replicas
-    if n == 1:
-        return c2
-    if scn.server.router in ("random", "prefix-affinity"):
-        # prefix-affinity splits the stream by a hash of the prefix: as a random split
-        return 1.0 - 1.0 / n + c2 / n
-    return c2 / n
+def _arrivals_outside(view: ArrivalView, saturation: float) -> str | None:
+    """Why the model's view of these arrivals is not to be trusted here, if it is not.
+
+    Two states are modelled as a quasi-birth-death law and lives that start in a state; that
+    holds while each state's rate is below the saturation rate (mmpp-bursts.yaml with bursts at
+    60% of it: e2e p99 within 7%). A burst faster than the server fills the batch and a queue
+    that drains after the burst: measured errors of 20-60% on the p99 and more on TTFT. Gamma
+    gaps with CV > 1 come in clumps within a step, taken as Poisson clumps of geometric size:
+    with CV 3 the e2e p99 is 15-30% low and TTFT's more.
+    """
+    if view.states > 1 and max(view.rates) >= saturation:
+        return (
+            f"{view.describe()}: the bursts exceed the saturation rate {saturation:.3g} req/s, "
+            "so a queue builds in each burst and drains after it (the model's two-state law "
+            "approximates it; tail errors of 20-60% measured)"
+        )
+    if view.batch > 1.2:
+        return (
+            f"{view.describe()}: clumped arrivals are taken as Poisson clumps of geometric "
+            "size (e2e p99 15-30% low and TTFT more at CV 3, measured)"
+        )
+    return None
+
+
+# Above this squared CV of a prefill chunk's cost (prompts of random length) and this share of
+# the saturation rate, the TTFT and TPOT tails carry a measured error (see :func:`caveats`).
+CHUNK_CV2_CAVEAT = 0.25
+CAVEAT_LOAD = 0.2
+# P(an arrival waits for a slot) above which the TTFT tail is decided by admission waits.
+P_WAIT_CAVEAT = 0.002
+
+
+def caveats(chunk_cv2: float, load: float, p_wait: float) -> list[str]:
+    """Where a prediction inside the model still errs by more than validation's tolerances on a
+    tail, measured with long steady-state runs (notes/analytic.md, 3 seeds x 100,000 requests).
+
+    Parameters
+    ----------
+    chunk_cv2
+        Squared CV of a prefill chunk's cost over the prompt-length law.
+    load
+        Rate over the GPU saturation rate.
+    p_wait
+        Probability that an arrival waits for admission.
+
+    Returns
+    -------
+    list of str
+        One sentence per caveat (empty when none applies).
+    """
+    out: list[str] = []
+    if chunk_cv2 > CHUNK_CV2_CAVEAT and load >= CAVEAT_LOAD:
+        out.append(
+            f"prompts of random length (a prefill's cost has CV {math.sqrt(chunk_cv2):.2f}): "
+            "TTFT p99 off by up to 18% and TPOT p99 up to 20% low, measured at 25-90% load "
+            "(TTFT low with one replica, high with round-robin replicas; a step that carries a "
+            "long prompt is a heavy-tailed delay the model's binned and normal laws only partly "
+            "follow; worst with long prompts on large models)"
+        )
+    if p_wait > P_WAIT_CAVEAT:
+        out.append(
+            f"{p_wait:.1%} of arrivals wait for a slot (max_num_seqs or the token budget): the "
+            "TTFT tail is set by admission waits, which the model gets only roughly (measured "
+            "with max_num_seqs 32: TTFT p99 -35% at 70% load, +54% at 85%; e2e p99 +14%)"
+        )
+    return out
 
 
 def capacity(co: Coefficients) -> float:
@@ -242,7 +306,7 @@ def gps_law(
     with the real step curve ``t(n)`` of the scenario's cost model at draft length ``co.k``."""
     work = request_work(scn, co.k)
     curve = build_curve(scn, co.k, work, model)
-    return gps_law_from_curve(curve, work, rate)
+    return gps_law_from_curve(curve, work, rate, arrival_view(scn, rate, float(curve.mixed[1, 1])))
 
 
 def mean_e2e_gps(law: BirthDeath, co: Coefficients) -> float:
@@ -516,7 +580,9 @@ def _predict(
     summary: dict[str, Any] = {}
     laws: dict[str, LatencyLaw] = {}
     if quantiles and stable:
-        tm = latency_distribution(co, op.work, law, lam, _arrival_scv(scn), local_lines(op))
+        view = op.arrivals
+        steps = [local_steps(op, r if view.states > 1 else None) for r in view.rates]
+        tm = latency_distribution(co, op.work, law, view, local_lines(op), steps)
         summary.update(tm.stats)
         laws = tm.laws
         p_wait, mean_wait = tm.p_wait, tm.mean_wait
@@ -573,10 +639,19 @@ def _predict(
                 f"{kv_cap} blocks at or past {kv_sat:.3g} req/s "
                 "(preemption by recomputation is not in the model)"
             )
+        elif stable and summary["p_kv_full"] > KV_PRESSURE:
+            outside = (
+                f"KV pressure: the requests in the engine need more than the {kv_cap} KV blocks "
+                f"{summary['p_kv_full']:.1%} of the time (preemption by recomputation, and the "
+                "rare collapses it can set off near the KV limit, are not in the model)"
+            )
     else:
         summary["kv_saturated"] = False
     if not stable and outside is None:
         outside = f"past the saturation rate {gpu_sat:.3g} req/s"
+    arrivals = _arrivals_outside(op.arrivals, gpu_sat / reps)
+    if arrivals is not None:
+        outside = arrivals if outside is None else f"{outside}; {arrivals}"
 
     summary.update(slo_stats_from_laws(slo_bounds(scn.slo), _shifted_cdfs(laws, api), summary))
 
@@ -621,6 +696,9 @@ def _predict(
         saturation_limit=limiting_resource(op.curve, op.work, gpu_sat / reps, kv_sat / reps),
         outside_model=outside,
         latency_laws=laws,
+        caveats=caveats(op.curve.chunk_cost_cv2, lam * reps / gpu_sat, p_wait)
+        if stable and outside is None
+        else [],
     )
 
 

@@ -24,7 +24,15 @@ The step-weighted mean context (long requests stay longer in the batch) is
 
 from __future__ import annotations
 
-__all__ = ["MAX_CHUNKS", "StepCurve", "build_step_curve", "mean_context", "poisson_pmf", "slopes"]
+__all__ = [
+    "MAX_CHUNKS",
+    "LocalSteps",
+    "StepCurve",
+    "build_step_curve",
+    "mean_context",
+    "poisson_pmf",
+    "slopes",
+]
 
 import math
 from collections.abc import Sequence
@@ -69,6 +77,42 @@ def mean_context(prompt_mean: float, work: RequestWork) -> float:
     return prompt_mean + float((w * work.g_values).sum() / w.sum()) / 2
 
 
+@dataclass(frozen=True)
+class LocalSteps:
+    """The real steps around ``n`` others in system, at one arrival rate: what the TTFT model
+    reads (:func:`sdsim.analytic.operating.local_steps` builds it).
+
+    Attributes
+    ----------
+    pq
+        ``pq[n, q]``: the chunk chain's stationary law of ``q`` chunks in a step of decode batch
+        ``n``.
+    mixed, prompt_shift, prompt_w
+        As :class:`StepCurve`'s.
+    frac
+        Decoding share of the requests in system (``E[S] / nu``): ``n`` others put about
+        ``n frac`` requests in the decode batch.
+    chunk_cap
+        Most prefill chunks one step takes (the token budget over the chunk).
+    chunk_cv2
+        Squared CV of a prefill chunk's cost over the prompt-length law
+        (:attr:`StepCurve.chunk_cost_cv2`).
+    """
+
+    pq: FloatArray
+    mixed: FloatArray
+    prompt_shift: FloatArray
+    prompt_w: FloatArray
+    frac: float
+    chunk_cap: float = math.inf
+    chunk_cv2: float = 0.0
+
+    def rows(self, n: npt.ArrayLike) -> npt.NDArray[np.int64]:
+        """The decode-batch row nearest ``n frac`` for each ``n`` others."""
+        x = np.rint(np.asarray(n, dtype=np.float64) * self.frac)
+        return np.clip(x, 0, self.mixed.shape[0] - 1).astype(np.int64)
+
+
 @dataclass
 class StepCurve:
     """Step times of one replica at one draft length, for every decode batch ``0..n_max``.
@@ -85,6 +129,12 @@ class StepCurve:
         CPU overhead per step (seconds).
     mixed
         ``mixed[n, q]``: a step with ``n`` decoding requests and ``q`` prefill chunks.
+    prompt_w, prompt_shift
+        The prompt-length law in bins (probabilities) and, per decode batch ``n`` and bin,
+        how much longer a step with one chunk of that bin's length is than one with a
+        mean-length chunk (``prompt_shift[n, i]``; one zero column for a fixed length).
+    chunk_cap
+        Most chunks one step takes (the token budget over the chunk).
     """
 
     k: int
@@ -97,6 +147,9 @@ class StepCurve:
     draft: FloatArray
     overhead: float
     mixed: FloatArray
+    prompt_w: FloatArray = field(default_factory=lambda: np.ones(1))
+    prompt_shift: FloatArray = field(default_factory=lambda: np.zeros((1, 1)))
+    chunk_cap: float = math.inf
     _cache: dict[float, tuple[FloatArray, FloatArray]] = field(default_factory=dict, repr=False)
     _slopes: dict[str, FloatArray] = field(default_factory=dict, repr=False)
     # chunk rate -> (pq, t, solved): rows of the chunk law solved so far (see solve_rows)
@@ -111,6 +164,10 @@ class StepCurve:
     # this k with that model): it depends on neither the rate nor alpha
     alone: dict[tuple[int, int], tuple[object, tuple[float, int]]] = field(
         default_factory=dict, repr=False
+    )
+    # the latest chunk laws (the arrays themselves) and their chunk costs
+    _costs: list[tuple[tuple[FloatArray, FloatArray], FloatArray]] = field(
+        default_factory=list, repr=False
     )
 
     def slopes_of(self, name: str) -> FloatArray:
@@ -213,14 +270,35 @@ class StepCurve:
         return self._rows[float(chunk_rate)]
 
     def chunk_cost_from(self, pq: FloatArray, t: FloatArray) -> FloatArray:
-        """:meth:`chunk_cost` from a given chunk law ``(pq, t)``."""
+        """:meth:`chunk_cost` from a given chunk law ``(pq, t)`` (the last few laws' results
+        are kept: an operating point reads its law's chunk cost three times)."""
+        for law, cost in self._costs:
+            if law[0] is pq and law[1] is t:
+                return cost
         q = np.arange(self.mixed.shape[1], dtype=np.float64)
         eq = pq @ q
         extra = t - self.decode
         first = self.mixed[:, 1] - self.mixed[:, 0]
         with np.errstate(divide="ignore", invalid="ignore"):
             per = np.where(eq > 1e-9, extra / np.where(eq > 1e-9, eq, 1.0), first)
-        return np.asarray(per, dtype=np.float64)
+        out = np.asarray(per, dtype=np.float64)
+        self._costs.insert(0, ((pq, t), out))
+        del self._costs[4:]
+        return out
+
+    @property
+    def chunk_cost_cv2(self) -> float:
+        """Squared CV of one first chunk's cost over the prompt-length law (0 for a fixed
+        length), at the middle decode batch: the prefill chunk is compute-bound on its own, so
+        its spread barely moves with the batch (within 1-2% from 1 to 120 decoding on the
+        shipped lognormal-prompt scenarios)."""
+        if self.prompt_w.shape[0] < 2:
+            return 0.0
+        r = self.n_max // 2
+        cost = self.mixed[r, 1] - self.mixed[r, 0] + self.prompt_shift[r]
+        m = float(self.prompt_w @ cost)
+        v = float(self.prompt_w @ (cost - m) ** 2)
+        return v / (m * m) if m > 0 else 0.0
 
     def step_time_at(self, n: float, chunk_rate: float) -> float:
         """``t(n)`` at one (fractional) decode batch, without solving every row."""
@@ -291,7 +369,13 @@ def _chain(mixed: FloatArray, chunk_rate: float) -> tuple[FloatArray, FloatArray
 
 
 def build_step_curve(
-    model: StepCostModel, k: int, ctx: float, prompt: float, budget: int, n_max: int
+    model: StepCostModel,
+    k: int,
+    ctx: float,
+    prompt: float,
+    budget: int,
+    n_max: int,
+    prompt_law: tuple[npt.NDArray[np.int64], FloatArray] | None = None,
 ) -> StepCurve:
     """Price every decode batch ``0..n_max`` and ``0..MAX_CHUNKS`` prefill chunks per step.
 
@@ -309,6 +393,9 @@ def build_step_curve(
         ``max_num_batched_tokens`` (prompts longer than it are prefilled in chunks).
     n_max
         Concurrency cap.
+    prompt_law
+        Prompt lengths and their probabilities (binned), to price a chunk of each length
+        beside every decode batch; ``None``: every prompt has the mean length.
 
     Returns
     -------
@@ -336,4 +423,13 @@ def build_step_curve(
     dec = np.array(st.total, dtype=np.float64)
     ver = np.array(st.verify, dtype=np.float64)
     dra = np.array(st.draft, dtype=np.float64)
-    return StepCurve(k, ctx, n_max, chunk, nchunks, dec, ver, dra, overhead, mixed)
+    pw, shift = np.ones(1), np.zeros((ns, 1))
+    if prompt_law is not None and prompt_law[0].shape[0] > 1:
+        # a step with one first chunk of each bin's length (cut at the budget, as the engine
+        # cuts it) against one with the mean-length chunk
+        xs = np.minimum(np.asarray(prompt_law[0], dtype=np.int64), budget)
+        one = step_times(model, n[:, None], dctx[:, None], k, xs[None, :], xs[None, :], 1).total
+        shift = np.asarray(one, dtype=np.float64) - mixed[:, 1:2]
+        pw = np.asarray(prompt_law[1], dtype=np.float64)
+    return StepCurve(k, ctx, n_max, chunk, nchunks, dec, ver, dra, overhead, mixed, pw, shift,
+                     float(max(1, budget // chunk)))  # fmt: skip

@@ -1,62 +1,70 @@
 """Latency quantiles without simulation: a tagged request in a fluctuating batch.
 
-The published model gives only the mean. Here a tagged request's latency is built from:
+The published model gives only the mean. Here a tagged request's latency is built in phases:
 
 1. **its own work**: the exact law of its decode steps ``s`` (steps-to-finish under geometric
-   acceptance, mixed over the output-length law; :mod:`sdsim.analytic.work`);
-2. **the batch it finds**: ``n0`` others in system on arrival, from the GPS birth-death law
-   (:mod:`sdsim.analytic.gps`; Poisson arrivals see time averages);
-3. **how the batch drifts during its life**, in step time: each of the ``n0`` survivors keeps
-   decoding for an equilibrium-residual number of steps ``R'`` (``P(R' = j) ∝ P(life > j)``), and
-   new arrivals come at rate lambda, each adding its prefill ``c_p`` once and ``b`` per step while
-   it decodes (``min(S', steps left)`` steps). A step with ``n`` decoding requests and ``q``
-   prefills lasts ``a + b n + c_p q``. New arrivals form a compound Poisson sum, survivors a
-   binomial one;
-   their exact first two moments are sums over the life's steps, and the self-excitation (longer
-   steps admit more arrivals) stretches the result by ``1 / (1 - lambda K / l)``.
-   Which line ``(a, b, c_p)``: the step curve is not a line (a dense model's turns steeper once
-   compute-bound, an MoE model's flattens as the batch covers all experts), so the life is
-   linearised at the upper end of the batches it passes through. A request that finds the
-   batch above its life's mean batch (the batch drains) takes the tangent at ``n0``; one that
-   finds it below (the batch fills up) is solved on the curve itself: its mean number of others
-   ``x`` is the root of a scalar equation per cell, the steps cost ``T(x)`` and it fluctuates
-   with the tangent at ``x`` (:func:`_life_on_curve`). The tangent at a small ``n0`` of a
-   concave curve would price every arrival at the steep start of the curve: for
-   Qwen3-30B-A3B it gave ``1 - lambda K / l < 0``, i.e. no finite life at all (it was floored
-   at 1e-6 and produced components with means of -1e6 s). The curve is the one averaged over
-   the batch's fluctuation (normal, variance = the birth-death law's index of dispersion times
-   the mean), and the batch is capped at ``n_max``;
-4. **the step it arrives in**: the wait for the current step to end is the residual of a
-   length-biased step, then its prefill step (shared with the other arrivals of that step);
-5. **admission waits** when the batch is full (``max_num_seqs`` or the token budget binds):
-   ``P(wait)`` from the capped birth-death law, and ``W | W > 0`` exponential with the mean of
-   the Allen-Cunneen heavy-traffic approximation ``(c_a^2 + c_s^2) / 2 / (mu_full - lambda)``.
-
-Given ``(n0, s)`` the latency is taken as normal with these moments (exponentially modified normal
-when it waits), and the quantiles of the mixture over ``(n0, s, g)`` are the exact roots of its CDF
-(:mod:`~sdsim.analytic.mixtures`). TTFT is a
-mixture of uniforms (residual) shifted by prefill-step durations with Poisson prefill counts.
+   acceptance, mixed over the output-length law; :mod:`sdsim.analytic.work`), and the others'
+   remaining steps (:func:`_others`: an equilibrium residual ``R'`` per survivor,
+   ``min(S', steps left)`` per arrival);
+2. **the batch it finds** (:func:`~sdsim.analytic.firsttoken.seen_by_arrivals`): ``n0``
+   others in system on arrival, from the law of the number in system
+   (:mod:`sdsim.analytic.gps`; Poisson arrivals see its time average; with arrival states, an
+   arrival sees the law of the state it arrives in) -- binned; an arrival that finds the batch
+   full waits for admission;
+3. **the step it arrives in** (:func:`~sdsim.analytic.firsttoken.arrival_step`): the wait for
+   the current step to end is the residual of a length-biased step, then its prefill step
+   (shared with the other arrivals of that step);
+4. **its life** (:func:`_lives`): how the batch drifts during it, in step time
+   (:mod:`sdsim.analytic.lifetime`): the survivors of ``n0`` leave, arrivals come at the
+   state's rate relaxing towards the mean, each adding its prefill and a step cost while it
+   decodes (a prefill's cost spread by the prompt-length law); the life's mean on the real
+   step curve and its variance by the delta method;
+5. **admission waits** (:func:`_waits`): an arrival that finds ``n >= n_max`` in system waits
+   for ``n - n_max + 1`` departures of a full batch (an exponential one plus the rest, normal);
+6. **TTFT** (:func:`~sdsim.analytic.firsttoken.ttft_components`): the residual (uniform over
+   the length-biased arrival step) plus its prefill step, priced by the cost model itself with
+   the chunk chain's law of the chunks in the arrival step, the Poisson arrivals during it,
+   and the prompt-length law of every chunk in both steps;
+7. **mixture assembly**: given ``(state, n0, s, g)`` the latency is taken as normal with these
+   moments (exponentially modified normal when it waits), and the quantiles of the mixture are
+   the exact roots of its CDF (:mod:`~sdsim.analytic.mixtures`).
 """
 
 from __future__ import annotations
 
-__all__ = ["LocalLines", "TailModel", "latency_distribution"]
+__all__ = ["TailModel", "latency_distribution"]
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-import numba
 import numpy as np
 import numpy.typing as npt
 
-from sdsim._jit import jit_eager
+from sdsim.analytic.arrivals import ArrivalView
 from sdsim.analytic.coefficients import Coefficients
+from sdsim.analytic.firsttoken import (
+    ArrivalStep,
+    Seen,
+    arrival_step,
+    seen_by_arrivals,
+    ttft_components,
+)
 from sdsim.analytic.gps import BirthDeath
-from sdsim.analytic.mixtures import LatencyLaw, NormalMixture, UniformExpMixture
-from sdsim.analytic.stepcurve import poisson_pmf
-from sdsim.analytic.work import RequestWork
+from sdsim.analytic.lifetime import (
+    Life,
+    LocalLines,
+    Tabulated,
+    Window,
+    life_on_curve,
+    life_spread,
+    linear_life,
+    smoothed,
+)
+from sdsim.analytic.mixtures import LatencyLaw, Mixture
+from sdsim.analytic.stepcurve import LocalSteps
+from sdsim.analytic.work import RequestWork, bin_moments
 
 QUANTILES = (0.5, 0.9, 0.99)
 N0_BINS = 120
@@ -64,10 +72,11 @@ S_BINS = 48
 # Mixture components kept in the e2e/TPOT CDFs (n0 bins x s bins x output lengths): the quantiles
 # move by < 0.1% beyond this, and each CDF evaluation costs one normal per component.
 MAX_COMPONENTS = 30_000
+# Floor of the self-excitation factor 1 - lambda K / ell where the tangent at n0 is used.
+_DEN_FLOOR = 0.05
 
 FloatArray = npt.NDArray[np.float64]
-# n (others in system, per bin) -> (a, b, c_p) arrays: the local lines of the real step curve
-LocalLines = Callable[[FloatArray], tuple[FloatArray, FloatArray, FloatArray]]
+STATS = ("mean", "p50", "p90", "p99")
 
 
 @dataclass
@@ -96,880 +105,398 @@ class TailModel:
     laws: dict[str, LatencyLaw] = field(default_factory=dict, repr=False)
 
 
-def _bin(
-    values: FloatArray, probs: FloatArray, nbins: int
-) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Equal-mass bins of a discrete law: (mean, weight, within-bin variance)."""
-    keep = probs > 1e-14
-    v, p = values[keep], probs[keep]
-    if v.shape[0] <= nbins:
-        return v, p, np.zeros_like(v)
-    cum = np.cumsum(p)
-    idx = np.minimum((cum / cum[-1] * nbins).astype(np.int64), nbins - 1)
-    w = np.bincount(idx, weights=p, minlength=nbins).astype(np.float64)
-    m1 = np.bincount(idx, weights=p * v, minlength=nbins).astype(np.float64)
-    m2 = np.bincount(idx, weights=p * v * v, minlength=nbins).astype(np.float64)
-    ok = w > 0
-    mean = m1[ok] / w[ok]
-    var = np.maximum(m2[ok] / w[ok] - mean**2, 0.0)
-    return mean, w[ok], var
+# ---------------------------------------------------------------- 1. the others' remaining steps
 
 
-def _survival_sums(surv: FloatArray, n: int) -> tuple[FloatArray, FloatArray]:
-    """For Q(j) = surv[j] (j >= 1), cumulative sums CQ[L] = sum_{j<=L} Q(j), CJQ = sum j Q(j)."""
-    q = np.zeros(n + 1)
-    m = min(n, surv.shape[0] - 1)
-    q[1 : m + 1] = surv[1 : m + 1]
-    j = np.arange(n + 1, dtype=np.float64)
-    return np.cumsum(q), np.cumsum(j * q)
+@dataclass(frozen=True)
+class _Others:
+    """Moments of the others' decoding steps inside a window of the tagged's life.
 
-
-def _window_count_moments(
-    cq: FloatArray, cjq: FloatArray, i1: npt.ArrayLike, i2: npt.ArrayLike
-) -> tuple[FloatArray, FloatArray]:
-    """Mean and variance of #{j in [i1, i2] : R >= j} for R with survival Q (cumulative sums)."""
-    i1a = np.broadcast_to(np.asarray(i1, dtype=np.int64), np.shape(i2))
-    lo = np.maximum(i1a - 1, 0)
-    hi = np.maximum(np.asarray(i2, dtype=np.int64), lo)
-    s0 = cq[hi] - cq[lo]
-    s1 = cjq[hi] - cjq[lo]
-    m1 = s0
-    m2 = 2.0 * (s1 - (i1a - 1) * s0) - s0
-    return m1, np.maximum(m2 - m1 * m1, 0.0)
-
-
-@dataclass
-class _Life:
-    """The tagged request's life on the real step curve, per (n0, s) cell."""
-
-    t_life: FloatArray  # mean life (seconds), own prefill step(s) included
-    t_dec: FloatArray  # mean decode window (seconds)
-    tbar: FloatArray  # mean step over the life
-    b: FloatArray  # tangent slope of the step curve at the life's mean batch
-    cp: FloatArray  # prefill cost of a request at the life's mean batch
-    den: FloatArray  # 1 - d(life)/d(life) through the arrivals: the self-excitation factor
-    capped: FloatArray  # 1.0 where the batch sits at the cap for the life, else 0.0
-    batch: FloatArray  # the life's mean number of others
-    step: FloatArray  # the real step with the tagged and that many others
-
-    def part(self, start: int, size: int, shape: tuple[int, int]) -> _Life:
-        """The cells ``start .. start + size`` (of flat arrays) as a grid of ``shape``."""
-        return _Life(
-            *(getattr(self, f.name)[start : start + size].reshape(shape) for f in fields(self))
-        )
-
-
-# Illinois regula falsi on the life's mean batch: iterations and tolerance (batches).
-_LIFE_ITER = 60
-_LIFE_TOL = 1e-9
-# Floor of the self-excitation factor in the variance (the mean never divides by it): a stable
-# root of the life equation has a factor > 0; only a root where the curve bends sharply can
-# come close to 0, and there the linear (delta-method) variance amplification is not meaningful.
-_DEN_FLOOR = 0.05
-
-
-# Gauss-Hermite nodes and weights (probabilists'): E[f(Z)], Z ~ N(0, 1), exact to degree 9
-_GH_Z, _GH_W = np.polynomial.hermite_e.hermegauss(5)
-_GH_W = _GH_W / _GH_W.sum()
-
-
-class _Tabulated:
-    """``x -> (a, b, c_p)`` read off a table of the smoothed curve (see :func:`_smoothed`).
-
-    Linear interpolation in ``xg`` (``np.interp``); beyond ``top`` the step continues along the
-    last slope. Callable like any :data:`LocalLines`; :func:`_life_on_curve` also hands the
-    table itself to a compiled root solver that reads it the same way.
+    ``M1[v] = E[min(S', v)]``, ``M2[v] = E[min(S', v)^2]`` (an arrival with ``v`` steps left
+    in the life), ``CM1``/``CM2`` their cumulative sums over ``v``, and ``cq``/``cjq`` the
+    cumulative sums of a survivor's residual survival ``P(R' >= j)`` (and ``j P(R' >= j)``).
     """
 
-    def __init__(
-        self, xg: FloatArray, step_t: FloatArray, b_t: FloatArray, cp_t: FloatArray, top: float
-    ) -> None:
-        self.xg, self.step_t, self.b_t, self.cp_t, self.top = xg, step_t, b_t, cp_t, top
-        # for the compiled reader: np.interp's slopes per table, and 1 / spacing to guess a
-        # point's interval (then checked against the knots themselves)
-        self.slopes = np.stack([_slopes(xg, v) for v in (b_t, step_t, cp_t)])
-        self.inv_h = (xg.shape[0] - 1) / (xg[-1] - xg[0]) if xg[-1] > xg[0] else 0.0
+    M1: FloatArray
+    M2: FloatArray
+    CM1: FloatArray
+    CM2: FloatArray
+    cq: FloatArray
+    cjq: FloatArray
 
-    def __call__(self, n: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
-        x = np.asarray(n, dtype=np.float64)
-        bb = np.interp(x, self.xg, self.b_t)
-        step = np.interp(x, self.xg, self.step_t) + self.b_t[-1] * np.maximum(x - self.top, 0.0)
-        return step - bb * (x + 1.0), bb, np.interp(x, self.xg, self.cp_t)
-
-
-@numba.njit(inline="always")
-def _knot(x: float, xp: FloatArray, inv_h: float) -> int:  # pragma: no cover - compiled
-    """The interval ``np.interp`` reads for ``x`` in an evenly spaced ``xp``: -1 below it,
-    ``len(xp)`` above it, else the ``j`` with ``xp[j] <= x < xp[j + 1]`` (``len - 1`` at the
-    last knot), as numpy's binary search finds it (guessed from the spacing, then moved to
-    the knots' own comparisons)."""
-    n = xp.shape[0]
-    if x < xp[0]:
-        return -1
-    if x > xp[n - 1]:
-        return n
-    j = min(max(int((x - xp[0]) * inv_h), 0), n - 1)
-    while j > 0 and xp[j] > x:
-        j -= 1
-    while j < n - 1 and xp[j + 1] <= x:
-        j += 1
-    return j
+    def window(self, i1: npt.ArrayLike, i2: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
+        """Mean and variance of ``#{j in [i1, i2] : R' >= j}`` (a survivor's steps in it)."""
+        i1a = np.broadcast_to(np.asarray(i1, dtype=np.int64), np.shape(i2))
+        lo = np.maximum(i1a - 1, 0)
+        hi = np.maximum(np.asarray(i2, dtype=np.int64), lo)
+        s0 = self.cq[hi] - self.cq[lo]
+        s1 = self.cjq[hi] - self.cjq[lo]
+        m2 = 2.0 * (s1 - (i1a - 1) * s0) - s0
+        return s0, np.maximum(m2 - s0 * s0, 0.0)
 
 
-@numba.njit(inline="always")
-def _interp_knot(
-    x: float, j: int, xp: FloatArray, fp: FloatArray, slopes: FloatArray, row: int
-) -> float:  # pragma: no cover - compiled
-    """``np.interp(x, xp, fp)`` on the interval ``j`` of :func:`_knot`, numpy's operations in
-    its order (``slopes[row, j] = (fp[j+1] - fp[j]) / (xp[j+1] - xp[j])``, as numpy precomputes
-    them; a point on a knot or past an end takes that knot's value)."""
-    n = xp.shape[0]
-    if j < 0:
-        return fp[0]
-    if j >= n - 1 or xp[j] == x:
-        return fp[min(j, n - 1)]
-    return slopes[row, j] * (x - xp[j]) + fp[j]
+def _others(work: RequestWork, P: int) -> _Others:
+    sm = work.steps_marginal
+    L = sm.shape[0] - 1 + P + 2
+    s_surv = np.concatenate((np.cumsum(sm[::-1])[::-1], [0.0]))  # P(S' >= m), m = 0..smax+1
+    s_ge = np.zeros(L + 1)
+    k = min(L + 1, s_surv.shape[0])
+    s_ge[:k] = s_surv[:k]
+    mm = np.arange(L + 1, dtype=np.float64)
+    ge1 = s_ge.copy()
+    ge1[0] = 0.0
+    M1 = np.cumsum(ge1)  # sum_{m<=v} P(S' >= m)
+    M2 = np.cumsum((2 * mm - 1).clip(0) * ge1)
+    # survivors: remaining steps R' with P(R' = j) ∝ P(life > j), life = P + S'
+    m = np.arange(L + 2)
+    idx = m - P
+    life_ge = np.where(idx <= 0, 1.0, s_ge[np.clip(idx, 0, L)] * (idx <= L))
+    r_pmf = life_ge[1:] / (P + work.mean_steps)
+    r_surv = np.cumsum(r_pmf[::-1])[::-1]  # P(R' >= j), j = 0..L
+    q = np.zeros(L + 2)
+    q[1 : L + 1] = r_surv[1 : L + 1]
+    j = np.arange(L + 2, dtype=np.float64)
+    return _Others(M1, M2, np.cumsum(M1), np.cumsum(M2), np.cumsum(q), np.cumsum(j * q))
 
 
-def _slopes(xp: FloatArray, fp: FloatArray) -> FloatArray:
-    """``np.interp``'s per-interval slopes (the same division), one per knot (0 at the last)."""
-    out = np.zeros(fp.shape[0])
-    out[:-1] = (fp[1:] - fp[:-1]) / (xp[1:] - xp[:-1])
+@dataclass(frozen=True)
+class _SBins:
+    """One output length's ``s`` bins: their window, weights and within-bin variances."""
+
+    win: Window
+    w: FloatArray
+    v: FloatArray
+
+
+def _windows(work: RequestWork, oth: _Others, P: int, s_bins: int) -> list[_SBins]:
+    """Per output length, the ``s`` bins and their :class:`~sdsim.analytic.lifetime.Window`."""
+    out = []
+    for spmf in work.steps_pmf:
+        s_vals, s_w, s_v = bin_moments(np.arange(spmf.shape[0], dtype=np.float64), spmf, s_bins)
+        si = np.rint(s_vals).astype(np.int64)
+        ell = si + P
+        c_full, cv_full = oth.window(1, ell)
+        c_dec, cv_dec = oth.window(P + 1, ell)
+        c_pf, _ = oth.window(1, np.full_like(ell, P))
+        win = Window(si, ell, c_full, cv_full, c_dec, cv_dec, c_pf, oth.CM1[si], oth.CM2[si],
+                     oth.M1[si])  # fmt: skip
+        out.append(_SBins(win, s_w, s_v))
     return out
 
 
-@numba.njit(inline="always")
-def _life_excess(
-    x: float,
-    xg: FloatArray,
-    step_t: FloatArray,
-    b_t: FloatArray,
-    cp_t: FloatArray,
-    sl: FloatArray,
-    inv_h: float,
-    top: float,
-    lam: float,
-    p: float,
-    q_full: float,
-    sf: float,
-    e: float,
-    s_1: float,
-    cm: float,
-) -> float:  # pragma: no cover - compiled
-    """:func:`_life_on_curve`'s ``excess`` for one cell, the same operations in the same order
-    (``sl``: the slopes of ``b_t``, ``step_t``, ``cp_t`` as three rows)."""
-    j = _knot(x, xg, inv_h)
-    bb = _interp_knot(x, j, xg, b_t, sl, 0)
-    step0 = _interp_knot(x, j, xg, step_t, sl, 1) + b_t[b_t.shape[0] - 1] * max(x - top, 0.0)
-    a = step0 - bb * (x + 1.0)
-    cp = _interp_knot(x, j, xg, cp_t, sl, 2)
-    step = a + bb * (x + 1.0)
-    base = max(e * step - p * bb + cp, 0.0)
-    pf = max(1.0 - lam * cp * s_1 / e, 1e-12)
-    t = min(base / pf, base + cp * s_1 * q_full)
-    return (sf + lam * t / e * cm) / e - x
-
-
-@jit_eager("void(f8[::1], f8[::1], f8[::1], f8[::1], f8[:, ::1], f8, f8, f8, f8, f8, f8, "
-           "f8[::1], f8[::1], f8[::1], f8[::1], f8[::1], b1[::1])")  # fmt: skip
-def _life_roots(
-    xg: FloatArray,
-    step_t: FloatArray,
-    b_t: FloatArray,
-    cp_t: FloatArray,
-    sl: FloatArray,
-    inv_h: float,
-    top: float,
-    lam: float,
-    p: float,
-    q_full: float,
-    cap: float,
-    sf: FloatArray,
-    ellf: FloatArray,
-    s1: FloatArray,
-    cm: FloatArray,
-    x_out: FloatArray,
-    capped: npt.NDArray[np.bool_],
-) -> None:  # pragma: no cover - compiled
-    """The vectorised Illinois iteration of :func:`_life_on_curve`, one cell at a time (each
-    cell's iterates depend on that cell only, so the floats are the same)."""
-    for i in range(sf.shape[0]):
-        e = ellf[i]
-        lo = min(sf[i] / e, cap)
-        hi = cap
-        f_lo = _life_excess(
-            lo, xg, step_t, b_t, cp_t, sl, inv_h, top, lam, p, q_full, sf[i], e, s1[i], cm[i]
-        )
-        f_hi = _life_excess(
-            hi, xg, step_t, b_t, cp_t, sl, inv_h, top, lam, p, q_full, sf[i], e, s1[i], cm[i]
-        )
-        capped[i] = f_hi >= 0.0
-        if capped[i]:
-            x_out[i] = hi
-            continue
-        x_out[i] = lo
-        if not f_lo > 0.0:
-            continue
-        side = 0
-        for _ in range(_LIFE_ITER):
-            den = f_hi - f_lo
-            if den == 0.0:  # cannot happen (f_lo >= 0 > f_hi throughout); bisect if it did
-                xm = 0.5 * (lo + hi)
-            else:
-                xm = hi - f_hi * (hi - lo) / den
-            xm = min(max(xm, lo), hi)
-            fm = _life_excess(
-                xm,
-                xg,
-                step_t,
-                b_t,
-                cp_t,
-                sl,
-                inv_h,
-                top,
-                lam,
-                p,
-                q_full,
-                sf[i],
-                e,
-                s1[i],
-                cm[i],
-            )
-            up = fm >= 0.0
-            if up:
-                if side == 1:
-                    f_hi = f_hi * 0.5
-                lo = xm
-                f_lo = fm
-                side = 1
-            else:
-                if side == -1:
-                    f_lo = f_lo * 0.5
-                hi = xm
-                f_hi = fm
-                side = -1
-            x_out[i] = xm
-            if hi - lo <= _LIFE_TOL * (1.0 + xm) or abs(fm) <= _LIFE_TOL * 1e-3:
-                break
-
-
-def _smoothed(lines: LocalLines, top: float, dispersion: float = 1.0) -> _Tabulated:
-    """Lines of the step curve averaged over the batch's fluctuation around its mean.
-
-    The others in a step of the life fluctuate around their mean ``x`` (survivors leave by
-    chance, arrivals are Poisson): their count is taken as normal with variance
-    ``dispersion * x`` (the birth-death law's variance-to-mean ratio; 1 for Poisson), clipped to
-    ``[0, top]``. The mean step is then ``E[T(x + Z)]`` and the slope that moves it
-    ``E[T'(x + Z)]``: on a convex curve (a dense model turning compute-bound) a batch that
-    crosses the bend often pays the steeper slope, on a concave one (MoE expert coverage) the
-    flatter one. Returns ``x -> (a, b, c_p)`` with ``a + b (x + 1) = E[T(x + Z)]``.
-
-    ``lines`` is read on ``[0, top]`` only (``top``: the most others the birth-death law
-    reaches, where the step curve's chunk law is solved exactly); beyond, the curve continues
-    along its last tangent.
-    """
-    # tabulated on a half-batch grid once (the solver evaluates it ~10 times per cell); the
-    # smoothed curve is smooth on that scale, so linear interpolation is within ~1e-4 of it
-    xg = np.linspace(0.0, top, max(2, int(2 * top) + 1))
-    sd = np.sqrt(dispersion * xg)
-    pts = np.clip(xg[:, None] + sd[:, None] * _GH_Z, 0.0, top)
-    a, b, cp = lines(pts)
-    step_t = ((a + b * (pts + 1.0)) * _GH_W).sum(axis=-1)
-    b_t = (b * _GH_W).sum(axis=-1)
-    cp_t = (cp * _GH_W).sum(axis=-1)
-
-    return _Tabulated(xg, step_t, b_t, cp_t, float(top))
-
-
-def _life_roots_numpy(
-    excess: Callable[[FloatArray, npt.NDArray[np.intp]], FloatArray],
-    sf: FloatArray,
-    ellf: FloatArray,
-    n: int,
-    cap: float,
-) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
-    """:func:`_life_on_curve`'s root per cell for any ``lines``: Illinois regula falsi on
-    ``excess`` over all the cells still open at once."""
-    allidx = np.arange(n)
-    lo = np.minimum(sf.ravel() / ellf.ravel(), cap)
-    hi = np.full(n, float(cap))
-    f_lo = excess(lo, allidx)  # >= 0: the arrivals only add
-    f_hi = excess(hi, allidx)
-    capped = f_hi >= 0.0
-    x = np.where(capped, hi, lo)
-    todo = np.flatnonzero(~capped & (f_lo > 0.0))
-    lo, hi, f_lo, f_hi = lo[todo], hi[todo], f_lo[todo], f_hi[todo]
-    side = np.zeros(todo.shape[0], dtype=np.int64)
-    for _ in range(_LIFE_ITER):
-        if todo.shape[0] == 0:
-            break
-        xm = hi - f_hi * (hi - lo) / (f_hi - f_lo)
-        xm = np.clip(xm, lo, hi)
-        fm = excess(xm, todo)
-        up = fm >= 0.0
-        # Illinois: halve the stale end's value when the same end moves twice in a row
-        f_hi = np.where(up & (side == 1), f_hi * 0.5, f_hi)
-        f_lo = np.where(~up & (side == -1), f_lo * 0.5, f_lo)
-        lo = np.where(up, xm, lo)
-        f_lo = np.where(up, fm, f_lo)
-        hi = np.where(up, hi, xm)
-        f_hi = np.where(up, f_hi, fm)
-        side = np.where(up, 1, -1)
-        x[todo] = xm
-        done = (hi - lo <= _LIFE_TOL * (1.0 + xm)) | (np.abs(fm) <= _LIFE_TOL * 1e-3)
-        keep = ~done
-        todo, lo, hi, f_lo, f_hi, side = (v[keep] for v in (todo, lo, hi, f_lo, f_hi, side))
-    return x, capped
-
-
-def _life_on_curve(
-    lines: LocalLines,
-    lam: float,
-    surv_full: FloatArray,
-    cm1: FloatArray,
-    surv_dec: FloatArray,
-    ell: npt.NDArray[np.int64],
-    si: npt.NDArray[np.int64],
-    P: int,
-    cap: float,
-    q_full: float,
-) -> _Life:
-    """Mean life of a tagged request with its batch on the real step curve, per cell.
-
-    During the tagged's life of ``ell = s + P`` steps, the others in a step are its survivors
-    (``surv_full`` decoding steps in total) and the arrivals during the life, ``lambda tbar`` per
-    step, each decoding ``min(S', steps left)`` steps (``lambda tbar CM1[s]`` in total). With the
-    mean number of others ``x = (surv_full + lambda tbar CM1[s]) / ell``, the life is
-
-        t = ell T(x) - P b(x) + c_p(x) (1 + lambda t (s + 1) / ell)
-
-    (``T(x) = a + b (x + 1)`` is the real step with the tagged and ``x`` others; the tagged does
-    not decode in its own ``P`` prefill steps; every arrival adds its prefill once). Solved for
-    ``t`` at a given ``x`` this is linear, so the life is the root of the scalar equation
-    ``x = (surv_full + lambda t(x) CM1[s] / ell) / ell`` per cell.
-
-    Why not the tangent at ``n0`` for the whole life: the batch drifts from ``n0`` towards the
-    batch the arrivals build up, and on a concave curve (MoE: the expert coverage
-    ``1 - (1 - m/M)^T`` makes a step of a near-empty batch very steep, ~3.9 ms per request at 0
-    others against 0.06 ms at 20 for Qwen3-30B-A3B) the tangent at a small ``n0`` describes a
-    server that would be unstable at the rate: ``1 - lambda K / ell`` (the linear
-    self-excitation factor) goes below 0 and its solution is meaningless (negative lives of
-    -1e6 s). On the curve itself the slope falls as the batch grows, and the root is finite.
-
-    Bounds, both physical: the batch cannot hold more than ``cap`` others (``n_max - 1``); where
-    even ``x = cap`` leaves more arrivals than that, the cap regime governs the whole life (full
-    batch, step ``T(cap)``, arrivals wait), and the prefills admitted per step cannot exceed
-    the completions per step of a full batch (``q_full = n_max / nu``).
-
-    Parameters
-    ----------
-    lines
-        ``n -> (a, b, c_p)``, the tangent of the real step curve at ``n`` others.
-    lam
-        Arrival rate.
-    surv_full, surv_dec
-        Survivors' decoding steps in the life and in the decode window (cells).
-    cm1
-        ``CM1[s]``: an arrival's decoding steps inside the life, per unit of ``lambda tbar``.
-    ell, si
-        Life and decode steps of each ``s`` bin.
-    P
-        Prefill steps.
-    cap
-        Most others a step can hold (``n_max - 1``).
-    q_full
-        Admissions per step of a full batch.
-    """
-    shape = np.broadcast_shapes(surv_full.shape, np.shape(ell))
-    ellf = np.broadcast_to(np.maximum(ell, 1).astype(np.float64), shape)
-    sdec = np.broadcast_to(si.astype(np.float64), shape)
-    s1 = sdec + 1.0
-    cm = np.broadcast_to(cm1, shape)
-    sf = np.broadcast_to(surv_full, shape)
-
-    def life_at(x: FloatArray, e: FloatArray, s_1: FloatArray) -> tuple[FloatArray, ...]:
-        a, b, cp = lines(x)
-        step = a + b * (x + 1.0)
-        base = np.maximum(e * step - P * b + cp, 0.0)
-        # arrivals' prefills: lambda t (s + 1) / ell of them, at most q_full per step
-        pf = np.maximum(1.0 - lam * cp * s_1 / e, 1e-12)
-        t = np.minimum(base / pf, base + cp * s_1 * q_full)
-        return t, b, cp, step
-
-    def excess(x: FloatArray, idx: npt.NDArray[np.intp]) -> FloatArray:
-        t = life_at(x, ellf.ravel()[idx], s1.ravel()[idx])[0]
-        e = ellf.ravel()[idx]
-        return (sf.ravel()[idx] + lam * t / e * cm.ravel()[idx]) / e - x
-
-    n = int(np.prod(shape))
-    x: FloatArray
-    capped: npt.NDArray[np.bool_]
-    if isinstance(lines, _Tabulated):
-        x = np.empty(n)
-        capped = np.empty(n, dtype=np.bool_)
-        _life_roots(
-            lines.xg, lines.step_t, lines.b_t, lines.cp_t, lines.slopes,
-            lines.inv_h, lines.top,
-            float(lam), float(P), float(q_full), float(cap),
-            # (writable copies: the broadcast views are read-only, the kernel's signature not)
-            np.array(sf, dtype=np.float64).ravel(), np.array(ellf).ravel(),
-            np.array(s1).ravel(), np.array(cm, dtype=np.float64).ravel(), x, capped,
-        )  # fmt: skip
-    else:
-        x, capped = _life_roots_numpy(excess, sf, ellf, n, cap)
-    x = x.reshape(shape)
-    capf = capped.reshape(shape).astype(np.float64)
-    t_life, b, cp, step = life_at(x, ellf, s1)
-    tbar = t_life / ellf
-    # decode window [P + 1, ell]: the same arrivals, the survivors still decoding after the
-    # prefill, on the curve at that window's mean batch
-    xd = np.where(capf > 0, float(cap), (surv_dec + lam * tbar * cm) / np.maximum(sdec, 1.0))
-    xd = np.minimum(xd, cap)
-    a_d, b_d, cp_d = lines(xd)
-    step_d = a_d + b_d * (xd + 1.0)
-    t_dec = sdec * step_d + cp_d * sdec * np.minimum(lam * tbar, q_full)
-    # d t / d t through the arrivals at the root: their prefills (while below q_full per step)
-    # and, below the cap, their decoding steps at the curve's slope there
-    pf_on = (lam * tbar < q_full).astype(np.float64)
-    den = 1.0 - lam * (cp * s1 * pf_on + b * (1.0 - capf) * cm) / ellf
-    return _Life(t_life, t_dec, tbar, b, cp, np.maximum(den, _DEN_FLOOR), capf, x, step)
+# ---------------------------------------------------------------- 4. its life
 
 
 @dataclass
-class _Linear:
-    """The life of every cell under one line per n0 row (the published tagged model)."""
+class _Cells:
+    """Every (g, n0, s) cell of free arrivals of one state, flat (g-major, then n0, then s)."""
 
-    t_life: FloatArray
-    t_dec: FloatArray
+    w: FloatArray  # weights (state share x n0 weight x s weight x g probability)
+    mean: FloatArray  # e2e mean
+    var: FloatArray  # e2e variance
+    t_pf: FloatArray  # the tagged's own prefill window (TTFT's prefill part, mean)
+    tp_mean: FloatArray  # TPOT mean (NaN for one-token outputs)
+    tp_var: FloatArray
     tbar: FloatArray
-    var_life: FloatArray
-    var_dec: FloatArray
-    den: FloatArray  # the self-excitation factor 1 - lambda K / ell (unfloored)
-    others: FloatArray  # the mean number of others over the life it implies
+    row: npt.NDArray[np.int64]  # the cell's n0 bin
 
 
-def _life_spread(
-    lam: float,
-    N0: FloatArray,
-    v0: FloatArray,
-    b: FloatArray,
-    cp: FloatArray,
-    den: FloatArray,
-    tbar: FloatArray,
-    si: npt.NDArray[np.int64],
-    c_full: FloatArray,
-    cv_full: FloatArray,
-    c_dec: FloatArray,
-    cv_dec: FloatArray,
-    CM1: FloatArray,
-    CM2: FloatArray,
-    M1: FloatArray,
-) -> tuple[FloatArray, FloatArray]:
-    """Variance of the life and of its decode window (delta method around the mean path).
+def _lives(
+    seen: Seen,
+    view: ArrivalView,
+    wins: list[_SBins],
+    work: RequestWork,
+    smooth: Tabulated,
+    lines: LocalLines,
+    step: ArrivalStep,
+    P: int,
+    nmax: int,
+    q_full: float,
+    cv2: float = 0.0,
+) -> _Cells:
+    """Every (g, n0, s) cell's life, solved on the curve in one pass (two with states: the
+    rate over a life depends on its length), all cells at once; ``cv2``: the squared CV of a
+    prefill's cost."""
+    nb = seen.n0.shape[0]
+    rows = np.arange(nb)
+    shapes = [(nb, b.win.si.shape[0]) for b in wins]
 
-    Survivors (binomial, and the spread of n0 within its bin) and arrivals (compound Poisson:
-    a prefill ``c_p`` plus ``b`` per decoding step) move the life by the line's slope; the
-    self-excitation (longer steps admit more arrivals) stretches the sum by ``1 / den``.
-    """
-    k2_full = cp**2 * (si + 1) + 2 * cp * b * CM1[si] + b**2 * CM2[si]
-    k2_dec = cp**2 * si + 2 * cp * b * (CM1[si] - M1[si]) + b**2 * CM2[si]
-    amp = 1.0 / den
-    var_life = amp**2 * (b**2 * N0 * cv_full + lam * tbar * k2_full + b**2 * c_full**2 * v0)
-    var_dec = amp**2 * (b**2 * N0 * cv_dec + lam * tbar * k2_dec + b**2 * c_dec**2 * v0)
-    return var_life, var_dec
+    def flat(f: Callable[[_SBins, int], npt.ArrayLike]) -> npt.NDArray[Any]:
+        # one value per (g, n0, s) cell, g-major then n0 then s (the order lives come back in)
+        return np.concatenate(
+            [np.broadcast_to(f(b, i), sh).ravel()
+             for i, (b, sh) in enumerate(zip(wins, shapes, strict=True))]
+        )  # fmt: skip
+
+    def field_of(name: str) -> npt.NDArray[Any]:
+        return flat(lambda b, i: getattr(b.win, name)[None, :])
+
+    row = flat(lambda b, i: rows[:, None])
+    win = Window(*(field_of(f.name) for f in fields(Window)))
+    s_w = flat(lambda b, i: b.w[None, :])
+    s_v = flat(lambda b, i: b.v[None, :])
+    g = flat(lambda b, i: float(work.g_values[i]))
+    pg = flat(lambda b, i: float(work.g_probs[i]))
+    N0, v0 = seen.n0[row], seen.v0[row]
+
+    def solve(lam: FloatArray) -> Life:
+        return life_on_curve(smooth, lam, N0 * win.c_full, win.cm1, N0 * win.c_dec, win.ell,
+                             win.si, P, nmax - 1, q_full)  # fmt: skip
+
+    lam = np.full(row.shape[0], seen.lam if view.states == 1 else view.rate)
+    life = solve(lam)
+    if view.states > 1:
+        # the rate during a life starts at the state's and relaxes to the mean
+        lam = view.rate_over(seen.state, life.t_life)
+        life = solve(lam)
+    cvar = view.count_var(life.t_life)
+    # the life linearised at the upper end of the batches it passes through:
+    # - arriving below the life's mean batch x (n0 < x: the batch fills up during the life),
+    #   the life is the root on the curve, and fluctuates with the tangent at x;
+    # - arriving above it (n0 > x: the batch drains), the tangent at n0: the steeper end of a
+    #   convex curve, which is what the upper tail pays, and on a concave curve a flatter slope
+    #   than below, so its self-excitation stays well inside 1 (checked: else the curve's root
+    #   is kept).
+    a_sm, b_sm, cp_sm = (x[row] for x in smooth(seen.n0))
+    top = linear_life(lam, N0, v0, a_sm, b_sm, cp_sm, win, cvar, cv2)
+    bl = life.b * (1.0 - life.capped)  # a full batch is refilled from the queue
+    var_c, var_dc = life_spread(lam, N0, v0, bl, life.cp, life.den, life.tbar, win, cvar, cv2)
+    use = (N0 > life.batch) & (life.capped == 0) & (top.den > _DEN_FLOOR)
+    use &= top.others <= nmax - 1
+    t_dec = np.where(use, top.t_dec, life.t_dec)
+    tbar = np.where(use, top.tbar, life.tbar)
+    var_life = np.where(use, top.var_life, var_c)
+    var_dec = np.where(use, top.var_dec, var_dc)
+    # the tagged's own prefill window: survivors decode, the arrival step's arrivals prefill
+    # (the length-biased arrival step's count, not the life's mean one)
+    a_n, b_n, cp_n = lines(seen.n0)
+    a, b, cp = a_n[row], b_n[row], cp_n[row]
+    pf_n = np.minimum(seen.lam * step.d_biased, step.cap)[row]
+    t_pf = P * a + cp + b * N0 * win.c_pf + cp * pf_n
+    mean = step.r_mean[row] + t_dec + t_pf
+    var = step.r_var[row] + var_life + cp**2 * (1.0 + cv2) * pf_n
+    if view.batch > 1.0:
+        # batch-mates: as many ahead as behind, all prefilled in the tagged's step; those
+        # behind then decode beside it (those ahead are among the others it found)
+        ey, vy = view.batch_mates()
+        amp = 1.0 / np.where(use, np.maximum(top.den, _DEN_FLOOR), life.den)
+        per = b * win.m1 * amp
+        t_pf = t_pf + 2.0 * ey * cp
+        t_dec = t_dec + ey * per
+        mean = mean + 2.0 * ey * cp + ey * per
+        var = var + 2.0 * vy * cp**2 * (1.0 + cv2) + vy * per**2
+        var_dec = var_dec + vy * per**2
+    # within-bin spread of s: each extra step costs about one step time
+    var = var + tbar**2 * s_v
+    var_dec = var_dec + tbar**2 * s_v
+    w = seen.share * seen.w0[row] * s_w * pg
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tp_mean = np.where(g > 1, t_dec / (g - 1), math.nan)
+        tp_var = np.where(g > 1, var_dec / (g - 1) ** 2, math.nan)
+    # the prefill part per n0 bin (the TTFT law's base where it prices steps by lines)
+    return _Cells(w, mean, var, t_pf * s_w * pg, tp_mean, tp_var, tbar, row)
 
 
-def _linear_life(
-    lam: float,
-    N0: FloatArray,
-    v0: FloatArray,
-    a: FloatArray,
-    b: FloatArray,
-    cp: FloatArray,
-    si: npt.NDArray[np.int64],
-    ell: npt.NDArray[np.int64],
-    c_full: FloatArray,
-    cv_full: FloatArray,
-    c_dec: FloatArray,
-    cv_dec: FloatArray,
-    CM1: FloatArray,
-    CM2: FloatArray,
-    M1: FloatArray,
-) -> _Linear:
-    """The life under the line ``(a, b, c_p)`` of each n0 row: ``base / (1 - lambda K / ell)``.
+# ---------------------------------------------------------------- 5. admission waits
 
-    Only meaningful where ``den = 1 - lambda K / ell`` is well above 0; the caller checks.
-    """
-    e = np.maximum(ell, 1)
-    k_full = cp * (si + 1) + b * CM1[si]
-    k_dec = cp * si + b * CM1[si]
-    base_full = ell * a + cp + si * b + b * N0 * c_full
-    den = 1.0 - lam * k_full / e
-    safe = np.maximum(den, _DEN_FLOOR)
-    t_life = base_full / safe
-    tbar = t_life / e
-    others = (N0 * c_full + lam * tbar * CM1[si]) / e
-    t_dec = si * (a + b) + b * N0 * c_dec + lam * tbar * k_dec
-    var_life, var_dec = _life_spread(
-        lam, N0, v0, b, cp, safe, tbar, si, c_full, cv_full, c_dec, cv_dec, CM1, CM2, M1
-    )
-    return _Linear(t_life, t_dec, tbar, var_life, var_dec, den, others)
+
+class _Components:
+    """Gaussian mixture components (weights, means, standard deviations, exponential rates:
+    0 for plain normals), broadcast together and flattened."""
+
+    def __init__(
+        self, w: npt.ArrayLike, mu: npt.ArrayLike, sd: npt.ArrayLike, lam: npt.ArrayLike = 0.0
+    ) -> None:
+        b = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (w, mu, sd, lam)))
+        self.w, self.mu, self.sd, self.lam = (x.ravel() for x in b)
+
+    @property
+    def mean(self) -> float:
+        """Weighted sum of the component means (exponential part included)."""
+        ext = np.where(self.lam > 0, 1.0 / np.where(self.lam > 0, self.lam, 1.0), 0.0)
+        return float(self.w @ (self.mu + ext))
+
+
+def _pool(parts: list[_Components]) -> Mixture:
+    return Mixture.normals(*(np.concatenate([getattr(c, f) for c in parts])
+                             for f in ("w", "mu", "sd", "lam")))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Full:
+    """The full-batch regime: its step, departure rate and prefill step."""
+
+    t_full: float
+    mu_full: float
+    t_pf_full: float
+    cp_t: float
+    nu: float
+    cp2_t: float  # second moment of a prefill's cost
+
+
+def _full(lines: LocalLines, work: RequestWork, P: int, nmax: int, cv2: float = 0.0) -> _Full:
+    a_t, b_t, cp_t = (float(v[0]) for v in lines(np.array([float(nmax - 1)])))
+    nu = work.mean_steps + P + 0.5
+    # a full batch admits as many per step as it completes: nmax / nu prefills per step
+    t_full = (a_t + b_t * nmax) + cp_t * nmax / nu
+    t_pf_full = P * (a_t + b_t * nmax) + cp_t * (1 + nmax / nu)
+    return _Full(t_full, nmax / (nu * t_full), t_pf_full, cp_t, nu, cp_t**2 * (1.0 + cv2))
+
+
+def _waits(
+    seen: Seen,
+    full: _Full,
+    work: RequestWork,
+    wins: list[_SBins],
+    tbar_full: float,
+    nmax: int,
+) -> tuple[list[_Components], list[_Components], _Components, float]:
+    """Arrivals that find ``n >= n_max``: they wait for ``j = n - n_max + 1`` departures of the
+    full batch (``Exp(mu) + N((j - 1) / mu, (j - 1 + Var j) / mu^2)``), then live ``ell`` full
+    steps. Returns e2e and TPOT components per output length, the TTFT components, and the
+    mean wait."""
+    mu = full.mu_full
+    jm = seen.j - 1.0
+    wait_mean = jm / mu
+    wait_var = (jm + seen.vj) / mu**2
+    e2e: list[_Components] = []
+    tpot: list[_Components] = []
+    for g, pg, sb in zip(work.g_values, work.g_probs, wins, strict=True):
+        win, s_w, s_v = sb.win, sb.w, sb.v
+        ww = seen.share * pg * seen.wj[:, None] * s_w[None, :]
+        ell = win.ell[None, :]
+        life = ell * full.t_full
+        lvar = ell * full.cp2_t * nmax / full.nu + tbar_full**2 * s_v[None, :]
+        r = full.t_full
+        e2e.append(_Components(ww, wait_mean[:, None] + r / 2 + life,
+                               np.sqrt(wait_var[:, None] + r * r / 12 + lvar), mu))  # fmt: skip
+        if g > 1:
+            si = win.si[None, :]
+            tm = si * full.t_full / (g - 1)
+            tv = (si * full.cp2_t * nmax / full.nu + tbar_full**2 * s_v[None, :]) / (g - 1) ** 2
+            tpot.append(_Components(ww, tm, np.sqrt(tv)))
+    w_t = seen.share * seen.wj
+    r = full.t_full
+    ttft = _Components(w_t, wait_mean + r / 2 + full.t_pf_full, np.sqrt(wait_var + r * r / 12), mu)
+    mean_wait = float((seen.wj * (wait_mean + 1.0 / mu)).sum())
+    return e2e, tpot, ttft, mean_wait
+
+
+# ---------------------------------------------------------------- 7. assembly
+
+
+def _constant_lines(co: Coefficients) -> LocalLines:
+    def lines(n: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+        shape = np.shape(n)
+        return np.full(shape, co.a), np.full(shape, co.b), np.full(shape, co.c_p)
+
+    return lines
 
 
 def latency_distribution(
     co: Coefficients,
     work: RequestWork,
     law: BirthDeath,
-    rate: float,
-    ca2: float = 1.0,
+    arrivals: ArrivalView,
     local: LocalLines | None = None,
+    steps: Sequence[LocalSteps] | None = None,
 ) -> TailModel:
     """Mean and quantiles of e2e, TTFT and TPOT for one scenario at one rate.
 
     Parameters
     ----------
     co
-        Coefficients (``a``, ``b``, ``c_p``, ``n_max``, ``prefill_steps``).
+        Coefficients (``a``, ``b``, ``c_p``, ``n_max``, ``prefill_steps``, ``c1p``).
     work
         Decode-steps law of a request.
     law
-        Birth-death law of the number in system at this rate (must be stable).
-    rate
-        Arrival rate (req/s).
-    ca2
-        Squared coefficient of variation of inter-arrival gaps (1 for Poisson).
+        Law of the number in system at this rate (must be stable; with ``joint`` per state
+        when the arrivals have two).
+    arrivals
+        The replica's arrivals (:func:`sdsim.analytic.arrivals.arrival_view`).
     local
-        Optional ``n -> (a, b, c_p)``: the lines of the real step curve around ``n`` requests in
-        system (the tangent there). A request that finds a large batch then sees the steeper
-        slope of a convex (roofline) step curve; without it, ``co``'s single lines are used.
+        ``n -> (a, b, c_p)``: the lines of the real step curve around ``n`` requests in system
+        (the tangent there); without it, ``co``'s single lines are used.
+    steps
+        Per arrival state, the real steps around ``n`` others at that state's rate (the TTFT
+        model prices the prefill step with them); without them, lines.
 
     Returns
     -------
     TailModel
     """
     if not law.stable:
-        nan = math.inf
-        return TailModel(
-            {
-                f"{m}_{s}": nan
-                for m in ("e2e", "ttft", "tpot")
-                for s in ("mean", "p50", "p90", "p99")
-            },
-            1.0,
-            math.inf,
-            co.n_max,
-        )
-    lam = rate
-    P = co.prefill_steps
-    nmax = co.n_max
-
-    # ---- others' life in steps and the laws derived from it
-    sm = work.steps_marginal
-    smax = sm.shape[0] - 1
-    L = smax + P + 2
-    s_surv = np.concatenate((np.cumsum(sm[::-1])[::-1], [0.0]))  # P(S' >= m), m = 0..smax+1
-    s_ge = np.zeros(L + 1)
-    s_ge[: min(L + 1, s_surv.shape[0])] = s_surv[: min(L + 1, s_surv.shape[0])]
-    # M1(v) = E[min(S', v)] = sum_{m<=v} P(S' >= m); M2(v) = sum (2m-1) P(S' >= m)
-    mm = np.arange(L + 1, dtype=np.float64)
-    ge1 = s_ge.copy()
-    ge1[0] = 0.0
-    M1 = np.cumsum(ge1)
-    M2 = np.cumsum((2 * mm - 1).clip(0) * ge1)
-    CM1 = np.cumsum(M1)  # CM1[s] = sum_{v=1..s} M1(v)
-    CM2 = np.cumsum(M2)
-    # survivors: remaining steps R' with P(R' = j) ∝ P(life > j), life = P + S'
-    life_ge = np.zeros(L + 2)  # P(life >= m)
-    for m in range(L + 2):
-        idx = m - P
-        life_ge[m] = 1.0 if idx <= 0 else (s_ge[idx] if idx <= L else 0.0)
-    e_life = P + work.mean_steps
-    r_pmf = life_ge[1:] / e_life  # P(R' = j) = P(life >= j+1) / E[life], j = 0..L
-    r_surv = np.cumsum(r_pmf[::-1])[::-1]  # P(R' >= j)
-    cq, cjq = _survival_sums(r_surv, L + 1)
-
-    # ---- n0: number in system seen on arrival, binned
+        inf = {f"{m}_{s}": math.inf for m in ("e2e", "ttft", "tpot") for s in STATS}
+        return TailModel(inf, 1.0, math.inf, co.n_max)
+    P, nmax = co.prefill_steps, co.n_max
+    lines = local if local is not None else _constant_lines(co)
+    oth = _others(work, P)
+    ng = work.g_values.shape[0]
+    nstates = arrivals.states
+    n0_bins = (N0_BINS if ng == 1 else N0_BINS // 3) // nstates
+    s_bins = max(6, min(S_BINS, MAX_COMPONENTS // (n0_bins * nstates * ng)))
+    wins = _windows(work, oth, P, s_bins)
     pn = law.pmf
     n_all = np.arange(pn.shape[0], dtype=np.float64)
-    p_wait = float(pn[nmax:].sum())
-    free = pn[:nmax].copy()
-    idle = float(free[0])
-    ng = work.g_values.shape[0]
-    n0_bins = N0_BINS if ng == 1 else N0_BINS // 3
-    s_bins = max(6, min(S_BINS, MAX_COMPONENTS // (n0_bins * ng)))
-    n0, w0, v0 = _bin(n_all[1:nmax], free[1:], n0_bins)
-    n0 = np.concatenate(([0.0], n0))
-    w0 = np.concatenate(([idle], w0))
-    v0 = np.concatenate(([0.0], v0))
-
-    # time-average step (for the residual and the prefill counts)
-    # mean step with n decoding and the prefill tax: (a + b n) / (1 - lambda c_p)
-    lines: LocalLines
-    if local is not None:
-        lines = local
-    else:
-
-        def lines(n: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
-            return tuple(np.full(np.shape(n), v) for v in (co.a, co.b, co.c_p))  # type: ignore[return-value]
-
-    a_n, b_n, cp_n = lines(n0)
     n_mean = float(n_all @ pn)
     disp = float(((n_all - n_mean) ** 2) @ pn) / n_mean if n_mean > 0 else 1.0
     # the others the law reaches (its support), at most n_max - 1 beside the tagged
-    smooth = _smoothed(lines, float(min(nmax - 1, pn.shape[0] - 1)), disp)
-    a_sm, b_sm, cp_sm = smooth(n0)
-    a_t, b_t, cp_t = (float(v[0]) for v in lines(np.array([float(nmax - 1)])))
-    tax = np.maximum(1.0 - lam * cp_n, 1e-6)
-    d0 = a_n + b_n * n0  # arrival step's decode part given n0 others
-    mu_pf = lam * d0 / tax  # arrivals in the previous step, prefilled in the arrival step
-    ed = d0 + cp_n * mu_pf
-    ed2 = ed**2 + cp_n**2 * mu_pf
-    ea2 = mu_pf + mu_pf**2
-    ea3 = mu_pf**3 + 3 * mu_pf**2 + mu_pf
-    ed3 = d0**3 + 3 * d0**2 * cp_n * mu_pf + 3 * d0 * cp_n**2 * ea2 + cp_n**3 * ea3
-    busy = (n0 > 0).astype(np.float64)
-    r_mean = busy * ed2 / (2 * ed)
-    r_var = busy * np.maximum(ed3 / (3 * ed) - (ed2 / (2 * ed)) ** 2, 0.0)
-    d_biased = busy * ed2 / ed  # mean length of the step the tagged arrives in
-
-    # ---- full-batch (waiting) regime
-    e_s = work.mean_steps
-    nu = e_s + P + 0.5
-    t_full = (a_t + b_t * nmax) + cp_t * nmax / nu
-    mu_full = nmax / (nu * t_full)
-    cs2 = work.var_steps / (e_s + P) ** 2
-    theta = 0.5 * (ca2 + cs2) / max(mu_full - lam, 1e-12)  # mean wait given a wait
-    mean_wait = p_wait * theta
-
-    e2e_w: list[FloatArray] = []
-    e2e_mu: list[FloatArray] = []
-    e2e_sd: list[FloatArray] = []
-    tpot_w: list[FloatArray] = []
-    tpot_mu: list[FloatArray] = []
-    tpot_sd: list[FloatArray] = []
-    wait_w: list[FloatArray] = []
-    wait_mu: list[FloatArray] = []
-    wait_sd: list[FloatArray] = []
-    mean_e2e = 0.0
-    mean_tpot = 0.0
-    tpot_mass = 0.0
-    ttft_pf_mean = np.zeros_like(n0)
-    # s bins per output length, then the life of every (g, n0, s) cell solved in one pass
-    N0 = n0[:, None]
-    cells: list[tuple[Any, ...]] = []  # (s_w, s_v, si, ell, c_full, cv_full, c_dec, cv_dec, c_pf)
-    for spmf in work.steps_pmf:
-        s_vals, s_w, s_v = _bin(np.arange(spmf.shape[0], dtype=np.float64), spmf, s_bins)
-        si = np.rint(s_vals).astype(np.int64)
-        ell = si + P
-        # survivors' decoding steps inside the life [1, ell] and the decode window [P+1, ell]
-        c_full, cv_full = _window_count_moments(cq, cjq, 1, ell)
-        c_dec, cv_dec = _window_count_moments(cq, cjq, P + 1, ell)
-        c_pf, _ = _window_count_moments(cq, cjq, 1, np.full_like(ell, P))
-        cells.append((s_w, s_v, si, ell, c_full, cv_full, c_dec, cv_dec, c_pf))
-
-    def flat(f: Callable[[tuple[Any, ...]], npt.NDArray[Any]]) -> npt.NDArray[Any]:
-        # one value per (g, n0, s) cell, g-major then n0 then s (the order `part` reads back)
-        return np.concatenate(
-            [np.broadcast_to(f(c), (n0.shape[0], c[2].shape[0])).ravel() for c in cells]
+    smooth = smoothed(lines, float(min(nmax - 1, pn.shape[0] - 1)), disp)
+    # a prefill's cost spread by the prompt-length law (squared CV)
+    cv2 = steps[0].chunk_cv2 if steps else 0.0
+    full = _full(lines, work, P, nmax, cv2)
+    q_full = nmax / full.nu
+    g_e2e: list[_Components] = []
+    g_tpot: list[_Components] = []
+    g_ttft: list[_Components] = []
+    u_ttft: list[tuple[FloatArray, FloatArray, FloatArray]] = []
+    p_wait = mean_wait = 0.0
+    for state in range(nstates):
+        seen = seen_by_arrivals(law, arrivals, state, nmax, n0_bins)
+        a_n, b_n, cp_n = lines(seen.n0)
+        cap = steps[state].chunk_cap if steps else math.inf
+        step = arrival_step(a_n, b_n, cp_n, seen.n0, seen.lam, cap, cv2)
+        c = _lives(seen, arrivals, wins, work, smooth, lines, step, P, nmax, q_full, cv2)
+        g_e2e.append(_Components(c.w, c.mean, np.sqrt(np.maximum(c.var, 0.0))))
+        pf_mean = np.asarray(
+            np.bincount(c.row, weights=c.t_pf, minlength=seen.n0.shape[0]), dtype=np.float64
         )
-
-    lives = _life_on_curve(
-        smooth,
-        lam,
-        flat(lambda c: N0 * c[4]),
-        flat(lambda c: CM1[c[2]]),
-        flat(lambda c: N0 * c[6]),
-        flat(lambda c: c[3]),
-        flat(lambda c: c[2]),
-        P,
-        nmax - 1,
-        nmax / nu,
-    )
-    start = 0
-    for g, pg, (s_w, s_v, si, ell, c_full, cv_full, c_dec, cv_dec, c_pf) in zip(
-        work.g_values, work.g_probs, cells, strict=True
-    ):
-        # per-n0 lines (columns broadcast against the s axis): the steps near the tagged's
-        # arrival (the arrival step, its own prefill) see about n0 others
-        a, b, cp = a_n[:, None], b_n[:, None], cp_n[:, None]
-        # grid (n0 x s)
-        size = n0.shape[0] * si.shape[0]
-        life = lives.part(start, size, (n0.shape[0], si.shape[0]))
-        start += size
-        # the life linearised at the upper end of the batches it passes through:
-        # - arriving below the life's mean batch x (n0 < x: the batch fills up during the
-        #   life), the life is the root on the curve, and fluctuates with the tangent at x;
-        # - arriving above it (n0 > x: the batch drains), the tangent at n0, as the published
-        #   tagged-request model has it: the steeper end of a convex curve, which is what the
-        #   upper tail pays, and on a concave curve a flatter slope than below, so its
-        #   self-excitation stays well inside 1 (checked: else the curve's root is kept).
-        top = _linear_life(
-            lam, N0, v0[:, None], a_sm[:, None], b_sm[:, None], cp_sm[:, None], si, ell,
-            c_full, cv_full, c_dec, cv_dec, CM1, CM2, M1,
-        )  # fmt: skip
-        bl = life.b * (1.0 - life.capped)  # a full batch is refilled from the queue
-        curve = _life_spread(
-            lam, N0, v0[:, None], bl, life.cp, life.den, life.tbar, si,
-            c_full, cv_full, c_dec, cv_dec, CM1, CM2, M1,
-        )  # fmt: skip
-        use = (
-            (N0 > life.batch)
-            & (life.capped == 0)
-            & (top.den > _DEN_FLOOR)
-            & (top.others <= nmax - 1)
-        )
-        t_life = np.where(use, top.t_life, life.t_life)
-        t_dec = np.where(use, top.t_dec, life.t_dec)
-        tbar = np.where(use, top.tbar, life.tbar)
-        var_life = np.where(use, top.var_life, curve[0])
-        var_dec = np.where(use, top.var_dec, curve[1])
-        # the tagged's own prefill step(s): survivors decode, arrivals of the arrival step prefill
-        t_pf = t_life - t_dec
-        # replace the prefill window's arrival count by the length-biased arrival step's
-        t_pf_adj = P * a + cp + b * N0 * c_pf + cp * lam * d_biased[:, None]
-        shift = t_pf_adj - t_pf
-        mean_grid = r_mean[:, None] + t_life + shift
-        var_grid = r_var[:, None] + var_life + cp**2 * lam * d_biased[:, None]
-        # within-bin spread of s: each extra step costs about one step time
-        var_grid = var_grid + tbar**2 * s_v[None, :]
-        var_dec = var_dec + tbar**2 * s_v[None, :]
-        W = (w0[:, None] * s_w[None, :]) * pg
-        e2e_w.append(W.ravel())
-        e2e_mu.append(mean_grid.ravel())
-        e2e_sd.append(np.sqrt(np.maximum(var_grid, 0.0)).ravel())
-        mean_e2e += float((W * mean_grid).sum())
-        ttft_pf_mean += pg * (t_pf_adj * s_w[None, :]).sum(axis=1)
-        # waiting arrivals: the batch is full for the whole life
-        ws = s_w * pg * p_wait
-        mu_w = r_mean[-1] + ell * t_full
-        sd_w = np.sqrt(ell * cp_t**2 * nmax / nu + tbar[-1] ** 2 * s_v + r_var[-1])
-        wait_w.append(ws)
-        wait_mu.append(mu_w)
-        wait_sd.append(sd_w)
-        mean_e2e += float((ws * (mu_w + theta)).sum())
-        if g > 1:
-            tp_mu = t_dec / (g - 1)
-            tp_sd = np.sqrt(np.maximum(var_dec, 0.0)) / (g - 1)
-            tpot_w.append(W.ravel())
-            tpot_mu.append(tp_mu.ravel())
-            tpot_sd.append(tp_sd.ravel())
-            mean_tpot += float((W * tp_mu).sum())
-            tpot_mass += float(W.sum())
-            tpot_w.append(ws)
-            tpot_mu.append(si * t_full / (g - 1))
-            tpot_sd.append(np.sqrt(si * cp_t**2 * nmax / nu + tbar[-1] ** 2 * s_v) / (g - 1))
-            mean_tpot += float((ws * si * t_full / (g - 1)).sum())
-            tpot_mass += float(ws.sum())
-
-    out: dict[str, float] = {"e2e_mean": mean_e2e / (1.0 - p_wait + p_wait)}
+        tp = np.isfinite(c.tp_mean)
+        if tp.any():
+            g_tpot.append(
+                _Components(c.w[tp], c.tp_mean[tp], np.sqrt(np.maximum(c.tp_var[tp], 0.0)))
+            )
+        tbar_full = float(c.tbar[c.row == c.row.max()].mean())
+        if seen.p_wait > 1e-9:
+            we, wt, wf, mw = _waits(seen, full, work, wins, tbar_full, nmax)
+            g_e2e += we
+            g_tpot += wt
+            g_ttft.append(wf)
+            p_wait += seen.share * seen.p_wait
+            mean_wait += seen.share * mw
+        steps_i = steps[state] if steps else None
+        u_ttft.append(ttft_components(seen, arrivals, step, steps_i, cp_n, pf_mean, co.c1p, P))
+    out: dict[str, float] = {"e2e_mean": sum(c.mean for c in g_e2e)}
     laws: dict[str, LatencyLaw] = {}
-    # e2e quantiles: normal components for free arrivals, exponnorm for waiting ones
-    e2e = NormalMixture(np.concatenate(e2e_w), np.concatenate(e2e_mu), np.concatenate(e2e_sd))
-    if p_wait > 1e-9:
-        ww = np.concatenate(wait_w)
-        e2e = e2e.plus(
-            NormalMixture(ww, np.concatenate(wait_mu), np.concatenate(wait_sd),
-                          np.full(ww.shape[0], 1.0 / theta))
-        )  # fmt: skip
+    e2e = _pool(g_e2e)
     laws["e2e"] = e2e
-    for qv, name in zip(e2e.quantiles(QUANTILES), ("p50", "p90", "p99"), strict=True):
-        out[f"e2e_{name}"] = qv
-    # TPOT
+    out.update(zip((f"e2e_{q}" for q in STATS[1:]), e2e.quantiles(QUANTILES), strict=True))
+    tpot_mass = sum(float(c.w.sum()) for c in g_tpot)
     if tpot_mass > 0:
-        out["tpot_mean"] = mean_tpot / tpot_mass
-        tpot = NormalMixture(
-            np.concatenate(tpot_w), np.concatenate(tpot_mu), np.concatenate(tpot_sd)
-        )
+        tpot = _pool(g_tpot)
         laws["tpot"] = tpot
-        for qv, name in zip(tpot.quantiles(QUANTILES), ("p50", "p90", "p99"), strict=True):
-            out[f"tpot_{name}"] = qv
+        out["tpot_mean"] = sum(c.mean for c in g_tpot) / tpot_mass
+        out.update(zip((f"tpot_{q}" for q in STATS[1:]), tpot.quantiles(QUANTILES), strict=True))
     else:
-        for name in ("mean", "p50", "p90", "p99"):
-            out[f"tpot_{name}"] = math.nan
-    # TTFT: residual (uniform over a length-biased step) + prefill step with Poisson prefills
-    ttft_stats, laws["ttft"] = _ttft(
-        co,
-        lam,
-        n0,
-        w0,
-        d0,
-        mu_pf,
-        ttft_pf_mean,
-        p_wait,
-        theta,
-        a_t,
-        b_t,
-        cp_n,
-        cp_t,
-        P,
-        nmax,
-        t_full,
-        nu,
-    )
-    out.update(ttft_stats)
-    mean_batch = float((np.minimum(n_all, nmax) * pn).sum()) * e_s / nu
+        out.update({f"tpot_{s}": math.nan for s in STATS})
+    uw, ulo, uln = (np.concatenate(x) for x in zip(*u_ttft, strict=True))
+    ttft = Mixture.uniforms(uw, ulo, uln)
+    mean_ttft = float(uw @ (ulo + uln / 2))
+    if g_ttft:
+        ttft = ttft.plus(_pool(g_ttft))
+        mean_ttft += sum(c.mean for c in g_ttft)
+    laws["ttft"] = ttft
+    out["ttft_mean"] = mean_ttft
+    out.update(zip((f"ttft_{q}" for q in STATS[1:]), ttft.quantiles(QUANTILES), strict=True))
+    mean_batch = float((np.minimum(n_all, nmax) * pn).sum()) * work.mean_steps / full.nu
     return TailModel(out, p_wait, mean_wait, mean_batch, laws)
-
-
-def _ttft(
-    co: Coefficients,
-    lam: float,
-    n0: FloatArray,
-    w0: FloatArray,
-    d0: FloatArray,
-    mu_pf: FloatArray,
-    pf_mean: FloatArray,
-    p_wait: float,
-    theta: float,
-    a: float,
-    b: float,
-    cp_n: FloatArray,
-    cp: float,
-    P: int,
-    nmax: int,
-    t_full: float,
-    nu: float,
-) -> tuple[dict[str, float], LatencyLaw]:
-    """TTFT = residual of the arrival step + (wait) + the tagged's prefill step(s).
-
-    For each n0 bin the arrival step has ``A`` prefills (Poisson), is picked length-biased, the
-    tagged waits a uniform part of it, and its own prefill step carries ``A'`` other prefills
-    (Poisson with the mean of the arrivals during that step).
-    """
-    amax = 12
-    A = np.arange(amax + 1, dtype=np.float64)
-    # idle engine (n0 = 0): no residual, a prefill-only step (no one else to prefill, almost
-    # surely); busy bins: the arrival step has A ~ Poisson(mu_pf) prefills and is picked
-    # length-biased, the tagged's prefill step has A' ~ Poisson(lam * dur) others. All bins at
-    # once: axes (bin, A, A').
-    idle = n0 == 0
-    busy = ~idle
-    cpb = cp_n[busy][:, None]
-    pa = poisson_pmf(A[None, :], mu_pf[busy][:, None])
-    dur = d0[busy][:, None] + cpb * A[None, :]
-    wb = pa * dur
-    wb /= wb.sum(axis=1, keepdims=True)
-    # base of the prefill step beyond the Poisson prefills of others (from the tagged model)
-    pf_base = pf_mean[busy] - cp_n[busy] * lam * (wb * dur).sum(axis=1)
-    pa2 = poisson_pmf(A[None, None, :], lam * dur[:, :, None])
-    lo3 = pf_base[:, None, None] + cpb[:, :, None] * A[None, None, :]
-    ww = wb[:, :, None] * pa2 * w0[busy][:, None, None]
-    n_idle = int(idle.sum())
-    w = np.concatenate((w0[idle], ww.ravel()))
-    lo = np.concatenate((np.full(n_idle, co.c1p), np.broadcast_to(lo3, ww.shape).ravel()))
-    ln = np.concatenate((np.zeros(n_idle), np.broadcast_to(dur[:, :, None], ww.shape).ravel()))
-    free_mass = float(w.sum())
-    mean_free = float((w * (lo + ln / 2)).sum() / free_mass)
-    out: dict[str, float] = {}
-    mean = (1.0 - p_wait) * mean_free
-    t_pf_full, wait_p = 0.0, 0.0
-    if p_wait > 1e-9:
-        # waiting: Exp(theta) wait, then a prefill step in a full batch
-        t_pf_full = P * (a + b * nmax) + cp * (1 + nmax / nu)
-        wait_p = p_wait
-        mean += p_wait * (t_pf_full + theta + t_full / 2)
-    law = UniformExpMixture(w, lo, ln, 1.0 - p_wait, wait_p, t_pf_full, theta)
-    out["ttft_mean"] = mean
-    for qv, name in zip(law.quantiles(QUANTILES), ("p50", "p90", "p99"), strict=True):
-        out[f"ttft_{name}"] = qv
-    return out, law

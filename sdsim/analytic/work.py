@@ -10,10 +10,18 @@ at what is still needed) is kept, not approximated.
 
 from __future__ import annotations
 
-__all__ = ["RequestWork", "discretize_length", "request_work"]
+__all__ = [
+    "RequestWork",
+    "bin_equal_mass",
+    "bin_equal_mass_rows",
+    "bin_moments",
+    "discretize_length",
+    "request_work",
+]
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +36,7 @@ from sdsim.scenario import (
     BetaAlpha,
     EmpiricalLength,
     FixedLength,
+    GeometricLength,
     LengthSpec,
     LognormalLength,
     Scenario,
@@ -44,27 +53,81 @@ EXACT_TABLE_TOKENS = 4096
 ALPHA_NODES = 12
 
 
-def _bin_equal_mass(
+# Cumulative-mass edges of the length bins: equal mass in the bulk, finer in the upper tail,
+# where a request's latency percentile (p90, p99) is decided by how long its answer is.
+_TAIL_EDGES = (0.96, 0.97, 0.975, 0.98, 0.985, 0.99, 0.993, 0.996, 0.998, 0.999)
+
+
+def _mass_edges(nbins: int) -> npt.NDArray[np.float64]:
+    bulk = nbins - len(_TAIL_EDGES)
+    return np.concatenate((np.linspace(0.0, 0.95, bulk)[1:], _TAIL_EDGES, [1.0]))
+
+
+def bin_equal_mass(
     values: npt.NDArray[np.float64], probs: npt.NDArray[np.float64], nbins: int
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Group a sorted discrete law into ~equal-probability bins (mass-weighted means)."""
+    """Group a discrete law, sorted by value, into ``nbins`` bins of equal probability up to
+    95% and finer ones in the upper tail (:data:`_TAIL_EDGES`: ten bins above 95%), each
+    represented by its mass-weighted mean; returns (means, probabilities) of the bins that
+    hold mass."""
     if values.shape[0] <= nbins:
         return values, probs
-    cum = np.cumsum(probs)
+    m, w = bin_equal_mass_rows(values[None, :], probs[None, :], nbins)
+    keep = w[0] > 0
+    return m[0][keep], w[0][keep]
+
+
+def bin_equal_mass_rows(
+    values: npt.NDArray[np.float64], probs: npt.NDArray[np.float64], nbins: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """:func:`bin_equal_mass` of every row of ``[rows, points]`` arrays at once, each row
+    sorted by value; returns ``[rows, nbins]`` means and probabilities (empty bins: zeros)."""
+    rows = values.shape[0]
+    cum = np.cumsum(probs, axis=1)
+    # bin of each value: the first edge its cumulative mass (mid-point of its own mass) is below
+    tot = np.where(cum[:, -1:] > 0, cum[:, -1:], 1.0)
+    mid = (cum - 0.5 * probs) / tot
+    idx = np.minimum(np.searchsorted(_mass_edges(nbins), mid, side="right"), nbins - 1)
+    flat = (idx + nbins * np.arange(rows)[:, None]).ravel()
+    w = np.bincount(flat, weights=probs.ravel(), minlength=rows * nbins).reshape(rows, nbins)
+    wv = np.bincount(flat, weights=(probs * values).ravel(), minlength=rows * nbins)
+    wv = wv.reshape(rows, nbins)
+    means = np.where(w > 0, wv / np.where(w > 0, w, 1.0), 0.0).astype(np.float64)
+    return means, w.astype(np.float64)
+
+
+def bin_moments(
+    values: npt.NDArray[np.float64], probs: npt.NDArray[np.float64], nbins: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Equal-mass bins of a discrete law (values in order): ``(mean, weight, within-bin
+    variance)`` per bin that holds mass."""
+    keep = probs > 1e-14
+    v, p = values[keep], probs[keep]
+    if v.shape[0] <= nbins:
+        return v, p, np.zeros_like(v)
+    cum = np.cumsum(p)
     idx = np.minimum((cum / cum[-1] * nbins).astype(np.int64), nbins - 1)
-    w = np.bincount(idx, weights=probs, minlength=nbins).astype(np.float64)
-    m = np.bincount(idx, weights=probs * values, minlength=nbins).astype(np.float64)
-    keep = w > 0
-    return m[keep] / w[keep], w[keep]
+    w = np.bincount(idx, weights=p, minlength=nbins).astype(np.float64)
+    m1 = np.bincount(idx, weights=p * v, minlength=nbins).astype(np.float64)
+    m2 = np.bincount(idx, weights=p * v * v, minlength=nbins).astype(np.float64)
+    ok = w > 0
+    mean = m1[ok] / w[ok]
+    var = np.maximum(m2[ok] / w[ok] - mean**2, 0.0)
+    return mean, w[ok], var
 
 
-def discretize_length(spec: LengthSpec) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-    """A length law as (values, probabilities), at most :data:`MAX_LENGTH_POINTS` points.
+def discretize_length(
+    spec: LengthSpec, nbins: int = MAX_LENGTH_POINTS
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """A length law as (values, probabilities), at most ``nbins`` points.
 
     Parameters
     ----------
     spec
-        Fixed, uniform, lognormal (rounded and clipped as the workload draws it) or empirical.
+        Fixed, uniform, lognormal (rounded and clipped as the workload draws it), geometric
+        (capped at its max) or empirical.
+    nbins
+        Most points (bins of equal mass up to 95%, finer in the upper tail).
 
     Returns
     -------
@@ -76,6 +139,13 @@ def discretize_length(spec: LengthSpec) -> tuple[npt.NDArray[np.int64], npt.NDAr
     if isinstance(spec, UniformLength):
         v = np.arange(spec.low, spec.high + 1, dtype=np.float64)
         p = np.full(v.shape[0], 1.0 / v.shape[0])
+    elif isinstance(spec, GeometricLength):
+        # numpy's geometric (support 1, 2, ...) with p = 1 / mean, capped at max
+        pg = 1.0 / spec.mean
+        top = int(spec.max)
+        v = np.arange(1, top + 1, dtype=np.float64)
+        p = pg * (1.0 - pg) ** (v - 1)
+        p[-1] += (1.0 - pg) ** top
     elif isinstance(spec, EmpiricalLength):
         u, c = np.unique(np.asarray(spec.values, dtype=np.float64), return_counts=True)
         v, p = u, c / c.sum()
@@ -98,7 +168,7 @@ def discretize_length(spec: LengthSpec) -> tuple[npt.NDArray[np.int64], npt.NDAr
         v, p = v[keep], p[keep] / p[keep].sum()
     else:  # pragma: no cover - the scenario union is closed
         raise TypeError(f"unknown length law {spec!r}")
-    vb, pb = _bin_equal_mass(v, p, MAX_LENGTH_POINTS)
+    vb, pb = bin_equal_mass(v, p, nbins)
     return np.maximum(np.rint(vb), 1).astype(np.int64), pb / pb.sum()
 
 
@@ -155,19 +225,39 @@ class RequestWork:
     steps_pmf: list[npt.NDArray[np.float64]]
     steps_marginal: npt.NDArray[np.float64]
     tokens_per_step: float
+    _kappa: dict[int, float] = field(default_factory=dict, compare=False, repr=False)
 
-    @property
+    @cached_property
     def mean_output(self) -> float:
         """E[g]."""
         return float(self.g_values @ self.g_probs)
 
-    @property
+    @cached_property
     def mean_steps(self) -> float:
         """E[S], the exact decode steps per request (the paper's g / E)."""
         s = np.arange(self.steps_marginal.shape[0], dtype=np.float64)
         return float(s @ self.steps_marginal)
 
-    @property
+    def shared_life(self, prefill_steps: int) -> float:
+        """``kappa = E[min(L1, L2)] / E[L]`` for two independent lives ``L = P + S``.
+
+        The share of a life that two requests admitted together spend side by side: 1 when
+        every request takes the same number of steps, 1/2 for exponential lives, small for a
+        heavy-tailed output law. It says how much of a burst of arrivals is still in the
+        batch together later, i.e. how much burstiness of the arrivals turns into variance of
+        the number in system (``Var N = E[N] (1 + kappa (I - 1))`` for arrivals whose counts
+        have index of dispersion ``I``; exact for batch arrivals in an infinite-server queue).
+        """
+        got = self._kappa.get(prefill_steps)
+        if got is None:
+            surv = np.cumsum(self.steps_marginal[::-1])[::-1]  # P(S >= s), s = 0..
+            life = np.concatenate((np.ones(max(prefill_steps, 0)), surv))  # P(L > u), u = 0..
+            total = float(life.sum())
+            got = float((life * life).sum() / total) if total > 0 else 1.0
+            self._kappa[prefill_steps] = got
+        return got
+
+    @cached_property
     def var_steps(self) -> float:
         """Var[S] (acceptance luck and output-length spread together)."""
         s = np.arange(self.steps_marginal.shape[0], dtype=np.float64)

@@ -66,8 +66,9 @@ class SweepBar:
 
 
 def _mean_ci_cells(summary: Any, m: str, n: int) -> tuple[str, list[str]]:
-    """Cells ``mean ±half`` (and ``| model`` when the sweep has the analytic value) of one metric
-    over the first ``n`` points, latencies in one unit chosen for the column."""
+    """Cells ``estimate [low, high]`` (the 95% CI, asymmetric: latency CIs are built on the log
+    scale, shares are Wilson intervals) and ``| model`` when the sweep has the analytic value, of
+    one metric over the first ``n`` points, latencies in one unit chosen for the column."""
     lab = METRICS.get(m)
     rows = summary.head(n)
     factor = 1.0
@@ -76,9 +77,10 @@ def _mean_ci_cells(summary: Any, m: str, n: int) -> tuple[str, list[str]]:
         unit, factor = time_unit(rows[m].to_numpy(dtype=float))
     cells = []
     for _, row in rows.iterrows():
-        mean = float(row[m]) * factor
-        half = (float(row[f"{m}_ci_high"]) - float(row[f"{m}_ci_low"])) / 2 * factor
-        cell = _num(mean) + (f" ±{_num(half)}" if math.isfinite(half) and half > 0 else "")
+        est = float(row[m]) * factor
+        lo, hi = (float(row[f"{m}_ci_{b}"]) * factor for b in ("low", "high"))
+        ok = math.isfinite(lo) and math.isfinite(hi) and hi > lo
+        cell = _num(est) + (f" [{_num(lo)}, {_num(hi)}]" if ok else "")
         if f"{m}_analytic" in row.index:
             cell += f" | {_num(float(row[f'{m}_analytic']) * factor)}"
         cells.append(cell)
@@ -90,7 +92,7 @@ def _num(v: float) -> str:
 
 
 def print_sweep_summary(summary: Any, fields: list[str], metrics: list[str]) -> None:
-    """The first 60 points of a sweep summary: mean ±95% CI half-width of four metrics (and the
+    """The first 60 points of a sweep summary: estimate and 95% CI of four metrics (and the
     analytic model's value after ``|`` when the sweep has it)."""
     n = 60
     shown = [m for m in metrics if m in summary.columns][:4]
@@ -113,7 +115,7 @@ def print_sweep_summary(summary: Any, fields: list[str], metrics: list[str]) -> 
             row_cells.append(c)
     has_model = any(f"{m}_analytic" in summary.columns for m in shown)
     render_table(
-        "sweep summary: mean ±95% CI half-width" + (" | analytic model" if has_model else ""),
+        "sweep summary: estimate [95% CI]" + (" | analytic model" if has_model else ""),
         columns,
         body,
         notes=[f"... {len(summary) - n} more points in summary.csv"] if len(summary) > n else [],
