@@ -157,7 +157,7 @@ def _plan_screen() -> dict[str, float]:
     space = parse_search_options(
         ["server.replicas=1..40", "spec.k=0..6", "server.tp=1,2,4,8",
          "hardware=h100-sxm,h200,a100-80gb", "server.max_num_seqs=64,128,256"]
-    )  # fmt: skip
+    )
     t0, c0 = time.perf_counter(), time.process_time()
     res = plan(scn, 200.0, space, {"e2e_p99": 2.5, "ttft_p99": 0.15}, confirm=0)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0

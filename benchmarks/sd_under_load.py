@@ -45,7 +45,7 @@ SETUPS = {
          "workload.num_requests": 800, "warmup_requests": 100},
         (0.6, 0.7, 0.8),
     ),
-}  # fmt: skip
+}
 
 
 def main(argv: list[str]) -> None:
@@ -68,10 +68,10 @@ def main(argv: list[str]) -> None:
         for group in ABLATIONS:
             tab = load_table(scn, ks, [0.7], simulate=False, calibration=ablated(cal, group))
             frames.append(fit_load(tab).assign(setup=name, costs="calibrated",
-                                               variant=f"without {group}"))  # fmt: skip
+                                               variant=f"without {group}"))
         tab = load_table(scn, ks, [0.7], simulate=False)
         frames.append(fit_load(tab).assign(setup=name, costs="calibrated",
-                                           variant="all terms (analytic)"))  # fmt: skip
+                                           variant="all terms (analytic)"))
         print(f"{name} ablations: {time.process_time() - t0:.0f} s CPU", file=sys.stderr)
     df = pd.concat(frames, ignore_index=True)
     if out:
@@ -79,7 +79,7 @@ def main(argv: list[str]) -> None:
     keys = ["setup", "costs", "variant", "alpha"]
     best = df[df["k"] > 0].sort_values("C1R").groupby(keys).head(1)
     cols = ["setup", "costs", "variant", "alpha", "k", "C1R", "C2R", "speedup_low",
-            "speedup_high", "break_even_fraction", "best_k_low", "best_k_high"]  # fmt: skip
+            "speedup_high", "break_even_fraction", "best_k_low", "best_k_high"]
     print(best[cols].round(3).to_string(index=False))
 
 

@@ -70,7 +70,7 @@ class Server:
             [sys.executable, "-m", "sdsim.cli", "serve", scenario, "--port", "0",
              "--time-scale", str(time_scale)],
             cwd=ROOT, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        )
         self.lines: list[str] = []
         self.port: int | None = None
         threading.Thread(target=self._read, daemon=True).start()
@@ -105,12 +105,12 @@ class Server:
 async def one(
     client: httpx.AsyncClient, at: float, t0: float, prompt: int, output: int, leave_after: int,
     rows: list[dict[str, Any]],
-) -> None:  # fmt: skip
+) -> None:
     """One streaming request sent at ``t0 + at``; it hangs up after ``leave_after`` tokens (0:
     never)."""
     await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
     body = {"prompt": [11] * prompt, "max_tokens": output, "stream": True,
-            "stream_options": {"include_usage": True}}  # fmt: skip
+            "stream_options": {"include_usage": True}}
     sent = time.monotonic()
     first = last = math.nan
     tokens = 0
@@ -141,13 +141,13 @@ async def one(
     except httpx.HTTPError as exc:
         status = f"error: {type(exc).__name__}"
     rows.append(dict(rid=rid, sent=sent - t0, first=first - t0, last=last - t0, tokens=tokens,
-                     output=output, status=status, gone=gone))  # fmt: skip
+                     output=output, status=status, gone=gone))
 
 
 async def drive(
     base: str, ats: np.ndarray, leave: np.ndarray, prompt: int, output: int,
     server: Server, interval: float, rss: list[tuple[float, float]],
-) -> tuple[list[dict[str, Any]], float, dict[str, Any]]:  # fmt: skip
+) -> tuple[list[dict[str, Any]], float, dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
     async with httpx.AsyncClient(base_url=base, timeout=600.0, limits=limits) as client:
@@ -162,7 +162,7 @@ async def drive(
         await asyncio.gather(
             *(one(client, float(a), t0, prompt, output, int(k), rows)
               for a, k in zip(ats, leave, strict=True))
-        )  # fmt: skip
+        )
         rss.append((time.monotonic() - t0, server.rss_mb()))
         sampler.cancel()
         await asyncio.sleep(1.0)  # aborts reach a step boundary
@@ -231,7 +231,7 @@ def main() -> int:
     ats = ats[ats < seconds]
     pick = stream(seed, "bench")  # which clients hang up, and when
     leave = np.where(pick.random(ats.shape[0]) < share,
-                     pick.integers(1, output, size=ats.shape[0]), 0)  # fmt: skip
+                     pick.integers(1, output, size=ats.shape[0]), 0)
     print(
         f"soak: {scenario}, predicted saturation {sat:.2f} req/s, load {load:.0%} = "
         f"{rate:.2f} req/s simulated ({rate / scale:.2f}/s wall at time scale {scale:g}); "
@@ -250,7 +250,7 @@ def main() -> int:
         code = server.stop()
     ref = simulated_spread(scn, rate, seconds / scale)
     return report(rows, sim, rss, seconds, interval, scale, rss_bound, ttft_tol, tpot_tol,
-                  http_bound, took, code, server.lines, ref)  # fmt: skip
+                  http_bound, took, code, server.lines, ref)
 
 
 def report(
@@ -258,7 +258,7 @@ def report(
     seconds: float, interval: float, scale: float, rss_bound: float, ttft_tol: float,
     tpot_tol: float, http_bound: float, took: float, code: int, server_lines: list[str],
     ref: dict[str, Any],
-) -> int:  # fmt: skip
+) -> int:
     done = [r for r in rows if r["status"] == "done"]
     left = [r for r in rows if r["status"] == "left"]
     bad = [r for r in rows if r["status"] not in ("done", "left")]
@@ -271,7 +271,7 @@ def report(
         r["http"] = (r["first"] - r["sent"]) * 1e3 - (
             first_token[r["rid"]] - arrival[r["rid"]]) * scale * 1e3
     print(f"\n{'interval (s)':>14} {'RSS MB':>8} {'done':>5} {'left':>5} {'TTFT ms mean':>13} "
-          f"{'p99':>7} {'TPOT ms':>8} {'HTTP wall ms':>13}")  # fmt: skip
+          f"{'p99':>7} {'TPOT ms':>8} {'HTTP wall ms':>13}")
     edges = np.arange(0.0, seconds + interval, interval)
     for lo, hi in itertools.pairwise(edges):
         sel = [r for r in done if lo <= r["sent"] < hi]
@@ -284,7 +284,7 @@ def report(
         http = np.array([r["http"] for r in sel])
         print(f"{lo:6.0f}-{hi:<7.0f} {mem[-1] if mem else math.nan:8.1f} {len(sel):5d} "
               f"{gone:5d} {ttft.mean():13.1f} {np.percentile(ttft, 99):7.1f} "
-              f"{tpot.mean():8.2f} {http.mean():13.1f}")  # fmt: skip
+              f"{tpot.mean():8.2f} {http.mean():13.1f}")
     half = seconds / 2
     sent = np.array([r["sent"] for r in done])
     rss_mid = float(np.interp(half, [t for t, _ in rss], [m for _, m in rss]))
@@ -294,7 +294,7 @@ def report(
     growth = rss_end - rss_mid
     checks.append((f"RSS {rss_start:.1f} MB at start, {rss_mid:.1f} at half time, {rss_end:.1f} "
                    f"at the end: second-half growth {growth:+.1f} MB < {rss_bound:g} MB",
-                   growth < rss_bound))  # fmt: skip
+                   growth < rss_bound))
     for key, tol, what in (("ttft", ttft_tol, "TTFT"), ("tpot", tpot_tol, "time per token")):
         a, b = halves(sent, np.array([r[key] for r in done]), seconds)
         ma = float(a.mean()) if a.size else math.nan
@@ -304,18 +304,18 @@ def report(
         checks.append((f"mean {what} {ma:.2f} ms ({a.size} requests sent at 10-50% of the run) "
                        f"vs {mb:.2f} ms ({b.size}, 50-90%): {mb / ma - 1:+.1%}, within {tol:.1%} "
                        f"(the simulator's halves differ by up to {spread:.1%} over 40 seeds; "
-                       f"its mean {mean:.2f} ms)", abs(mb / ma - 1) <= tol))  # fmt: skip
+                       f"its mean {mean:.2f} ms)", abs(mb / ma - 1) <= tol))
     a, b = halves(sent, np.array([r["http"] for r in done]), seconds)
     checks.append((f"HTTP overhead on TTFT (client minus simulated, wall) {a.mean():.1f} ms in the "
                    f"first half, {b.mean():.1f} ms in the second: growth below {http_bound:g} ms",
-                   b.mean() - a.mean() < http_bound))  # fmt: skip
+                   b.mean() - a.mean() < http_bound))
     # Each hung-up request leaves the engine (aborted, or finished: the client may hang up while
     # reading chunks already sent, or the last tokens may come before the server sees the
     # closed socket) at a step boundary on the server's clock; the lag from the hang-up is what
     # an abandoned request costs. Bound: 1 s of wall time (a step is ~15 simulated ms).
     t0_server = sim["t0_monotonic"]
     lag = np.array([t0_server + sim["finish"][r["rid"]] * scale - r["gone"] for r in left
-                    if r["rid"] >= 0 and sim["finish"][r["rid"]] is not None])  # fmt: skip
+                    if r["rid"] >= 0 and sim["finish"][r["rid"]] is not None])
     kept = [r for r in left if r["rid"] < 0 or sim["finish"][r["rid"]] is None]
     finished = sum(1 for r in left if r["rid"] >= 0 and not sim["aborted"][r["rid"]])
     lag_bound = 1.0
@@ -323,7 +323,7 @@ def report(
                    f"server, {finished} finished first; out of the engine {lag.mean() * 1e3:.0f} "
                    f"ms after the hang-up on average (p99 {np.percentile(lag, 99) * 1e3:.0f} ms, "
                    f"max {lag.max() * 1e3:.0f} ms < {lag_bound * 1e3:.0f} ms wall)",
-                   not kept and lag.max() < lag_bound))  # fmt: skip
+                   not kept and lag.max() < lag_bound))
     checks.append((f"after the last client: running {len(sim['running'])}, waiting "
                    f"{len(sim['waiting'])}, KV blocks used {sim['kv_blocks_used']}",
                    not sim["running"] and not sim["waiting"] and sim["kv_blocks_used"] == 0))

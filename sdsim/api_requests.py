@@ -256,7 +256,7 @@ def parse_request(
         raise RequestError(
             "n", f"only n = 1 is served (got {req.n}): the simulated engine runs one sequence "
             "per request; send n requests instead",
-        )  # fmt: skip
+        )
     if req.best_of not in (None, 1):
         raise RequestError("best_of", f"only best_of = 1 is served (got {req.best_of})")
     if req.use_beam_search:

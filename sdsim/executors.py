@@ -38,7 +38,7 @@ def open_executor(workers: int, dask: str | None) -> Iterator[tuple[cf.Executor,
         return
     try:
         from distributed import Client, LocalCluster
-    except ImportError:  # pragma: no cover - dask is in the sweep and test extras
+    except ImportError:  # dask is in the sweep and test extras
         raise ScenarioError(
             "--dask", "needs dask.distributed: pip install 'sdsim[sweep]'"
         ) from None

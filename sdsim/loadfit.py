@@ -99,7 +99,7 @@ def load_table(
                     rows.append({"alpha": float(a), "k": int(k), "fraction": f, "rate": rate,
                                  "saturation": sat, "e2e_mean": e2e, "stable": stable,
                                  "prompt_tokens": wl.prompt_tokens.mean,
-                                 "output_tokens": wl.output_tokens.mean})  # fmt: skip
+                                 "output_tokens": wl.output_tokens.mean})
     return pd.DataFrame(rows)
 
 
@@ -141,7 +141,7 @@ def fit_load(table: pd.DataFrame, low: float = 0.1, high: float = 0.8) -> pd.Dat
             fit = fit_measurements(g, form="dense", folds=0)
             c1, c2 = fit.coefficients["C1"], fit.coefficients["C2"]
             rows.append({"alpha": a, "k": k, "C1": c1, "C2": c2,
-                         "saturation": 1.0 / c2 if c2 > 0 else math.inf, "r2": fit.r2})  # fmt: skip
+                         "saturation": 1.0 / c2 if c2 > 0 else math.inf, "r2": fit.r2})
     fits = pd.DataFrame(rows)
     out: list[dict[str, Any]] = []
     for a in sorted({r["alpha"] for r in rows}):
@@ -163,7 +163,7 @@ def fit_load(table: pd.DataFrame, low: float = 0.1, high: float = 0.8) -> pd.Dat
             out.append({**r, "C1R": r["C1"] / base["C1"], "C2R": r["C2"] / base["C2"],
                         "break_even": be, "break_even_fraction": be / sat0,
                         "speedup_low": speedup_at(fits, a, k, lo_rate),
-                        "speedup_high": speedup_at(fits, a, k, hi_rate)})  # fmt: skip
+                        "speedup_high": speedup_at(fits, a, k, hi_rate)})
         best_lo = min(lat_lo, key=lambda kk: lat_lo[kk])
         best_hi = min(lat_hi, key=lambda kk: lat_hi[kk])
         for r in out[first:]:

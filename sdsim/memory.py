@@ -303,7 +303,7 @@ def kv_capacity(scn: Scenario) -> KVCapacity:
     kv_elem = 1.0 if dtype == "fp8" else 2.0
     target = resolve_model(scn.target, "target")
     drafter = resolve_drafter(scn.drafter.kind, scn.drafter.model, target, "drafter.model",
-                              scn.drafter.draft_vocab)  # fmt: skip
+                              scn.drafter.draft_vocab)
     weights = model_weight_bytes(target, dtype) / tp
     per_tok = _kv_per_token(target, tp, kv_elem)
     # plain decoding (k = 0, fixed) loads no drafter; the adaptive policy keeps it resident

@@ -256,7 +256,7 @@ MODELS: dict[str, ModelSpec] = {
            attention_sinks=True, sliding_window=128, sliding_layers=12,
            expert_weight_bytes=4.25 / 8, published_params=20.9e9),
     )
-}  # fmt: skip
+}
 
 
 def model_names() -> list[str]:

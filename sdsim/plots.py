@@ -108,7 +108,7 @@ def draw_target(ax: Axes, metric: str, value: float, scale: float = 1.0) -> None
     elif lab is not None and lab.unit:
         unit = f" {lab.unit}"
     ax.axhline(shown, color="crimson", linestyle="-.", linewidth=1.2,
-               label=f"target {metric} = {shown:.4g}{unit}")  # fmt: skip
+               label=f"target {metric} = {shown:.4g}{unit}")
 
 
 def _is_numeric(values: pd.Series) -> bool:
@@ -225,7 +225,7 @@ def line_figure(
                 lo = pd.to_numeric(grp[low]).to_numpy(dtype=np.float64)[order] * scale
                 hi = pd.to_numeric(grp[high]).to_numpy(dtype=np.float64)[order] * scale
                 ax.fill_between(xs, lo, hi, color=color, alpha=0.2, linewidth=0,
-                                label=None if banded else "95% CI")  # fmt: skip
+                                label=None if banded else "95% CI")
                 banded = True
             if analytic and analytic in grp:
                 ya = pd.to_numeric(grp[analytic]).to_numpy(dtype=np.float64)[order] * scale
@@ -315,7 +315,7 @@ def heatmap_figure(
         bad = np.argwhere(st.to_numpy(dtype=np.float64) < 1)
         if bad.size:
             ax.scatter(bad[:, 1], bad[:, 0], marker="x", s=160, color="crimson", linewidths=2,
-                       label="unstable (some replications)")  # fmt: skip
+                       label="unstable (some replications)")
             ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(0, -0.12))
     fig.colorbar(im, ax=ax, label=value_label or metric_label(value))
     ax.set_title(title or value)
@@ -470,7 +470,7 @@ def plot_sweep(
         csv = dest / "speedup.csv"
         table.to_csv(csv, index=False)
         sidecar(csv, meta.get("seed"), sweep=name, baseline=speedup_vs, metric=metric,
-                seeds="paired replications; run seeds in results/*.parquet")  # fmt: skip
+                seeds="paired replications; run seeds in results/*.parquet")
         written.append(csv)
         xx, hue_axes, ff = layout(table, tuple(baseline))
         if ff is None and hue_axes:
@@ -531,7 +531,7 @@ def plot_sweep(
         if len(varying) == 2:
             other = varying[1] if varying[0] == xx else varying[0]
             hf = heatmap_figure(summary, xx, other, m, title=f"{name}: {ylabel}", scale=scale,
-                                value_label=ylabel)  # fmt: skip
+                                value_label=ylabel)
             hpath = dest / f"{m}_heatmap.png"
             hf.savefig(hpath, dpi=110, metadata=png_metadata(meta.get("seed"), fig_title(hf)))
             written.append(hpath)

@@ -564,13 +564,13 @@ class Sequential:
                 k: [np.where(np.isnan(x), k.startswith("tpot"), x <= b)
                     for x in series[k.split("_")[0]]]
                 for k, b in self.slo.items()
-            }  # fmt: skip
+            }
             both = [np.logical_and.reduce(parts) for parts in zip(*within.values(), strict=True)]
             for k, ind in [*within.items(), ("all", both)]:
                 e = mean_estimate([i.astype(np.float64) for i in ind])
                 # a fraction: its interval kept inside [0, 1]
                 attain[k] = Estimate(e.value, max(e.low, 0.0), min(e.high, 1.0), e.n, e.batches,
-                                     e.se)  # fmt: skip
+                                     e.se)
         st = SteadyState(
             est,
             [int(r["seed"]) for r in self.runs],  # type: ignore[call-overload]

@@ -466,7 +466,7 @@ def _check_costs(scn: Scenario, i: int, ov: dict[str, Any], checked: set[str]) -
     malformed profile bundle is bad input (exit 2) instead of every run failing."""
     data = scn.to_dict()
     key = canonical_json({f: data[f] for f in ("hardware", "target", "drafter", "costs", "spec")}
-                     | {"tp": scn.server.tp})  # fmt: skip
+                     | {"tp": scn.server.tp})
     if key in checked:
         return
     try:

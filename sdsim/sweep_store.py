@@ -63,7 +63,7 @@ def pyarrow_modules() -> Any:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
-    except ImportError:  # pragma: no cover - pyarrow is in the sweep and test extras
+    except ImportError:  # pyarrow is in the sweep and test extras
         raise ScenarioError("sweep", "needs pyarrow: pip install 'sdsim[sweep]'") from None
     return pa, pq
 

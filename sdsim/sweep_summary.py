@@ -34,7 +34,7 @@ def _interval(m: str, ok: pd.DataFrame, confidence: float) -> tuple[float, float
         mean, lo, hi = pool_runs(
             _numeric(ok[f"{m}_ss"]), _numeric(ok[f"{m}_ss_se"]), _numeric(ok[f"{m}_ss_batches"]),
             confidence,
-        )  # fmt: skip
+        )
         if math.isfinite(lo) or len(ok) < 2:
             return mean, lo, hi
     vals = _numeric(ok[m]) if m in ok.columns and len(ok) else np.zeros(0)

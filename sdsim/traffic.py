@@ -136,7 +136,7 @@ def sample_times(spec: TimeSpec, n: int, rng: np.random.Generator) -> _F64:
     if isinstance(spec, LognormalTime):
         s2 = float(np.log1p(spec.cv**2))
         return rng.lognormal(float(np.log(spec.mean)) - s2 / 2, np.sqrt(s2), size=n)
-    raise TypeError(f"unknown time law {spec!r}")  # pragma: no cover - validated
+    raise TypeError(f"unknown time law {spec!r}")  # validated
 
 
 def max_context(scn: Scenario) -> int:

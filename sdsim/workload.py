@@ -78,7 +78,7 @@ def _arrivals(scn: Scenario, seed: int) -> npt.NDArray[np.float64]:
         gaps = rng.gamma(shape, 1.0 / (w.rate * shape), size=n)
     elif w.arrival == "mmpp":
         return _mmpp_arrivals(w.mmpp.rates(w.rate), w.mmpp.durations(), n, rng)
-    else:  # pragma: no cover - validated by the scenario
+    else:  # validated by the scenario
         raise ScenarioError("workload.arrival", f"unsupported arrival {w.arrival!r}")
     return np.cumsum(gaps)
 

@@ -319,12 +319,12 @@ def test_cli_validate_writes_csv_and_png(tmp_path: Path) -> None:
     scn_file.write_text(small(**{"workload.num_requests": 400}).to_yaml())
     out = tmp_path / "v"
     main(["validate", str(scn_file), "--rates", "40,120", "--reps", "2", "--jobs", "1",
-          "--initial", "400", "--max-requests", "800", "--out", str(out)])  # fmt: skip
+          "--initial", "400", "--max-requests", "800", "--out", str(out)])
     df = pd.read_csv(out / "validation.csv")
     assert list(df.columns[:9]) == [
         "rate", "fraction", "metric", "statistic", "analytic", "sim", "ci_low", "ci_high",
         "rel_error",
-    ]  # fmt: skip
+    ]
     assert len(df) == 2 * 3 * 4
     assert set(df["verdict"]) <= {"holds", "fails", "CI too wide to judge", "n/a"}
     # every interval lies inside the data's range: positive, and around its estimate; a p99 of

@@ -50,7 +50,7 @@ def test_arrival_views() -> None:
     c = arrival_view(sdsim.load_scenario(DEFAULT, overrides={"workload.arrival": "constant"}))
     assert (c.states, c.ca2) == (1, 0.0)
     g = arrival_view(sdsim.load_scenario(DEFAULT, overrides={"workload.arrival": "gamma",
-                                                               "workload.cv": 0.5}))  # fmt: skip
+                                                               "workload.cv": 0.5}))
     assert (g.ca2, g.batch) == (0.25, 1.0)
     b = arrival_view(sdsim.load_scenario(ROOT / "scenarios/bursty-gamma.yaml"), step_s=0.01)
     # gamma(1/9) gaps at 20 req/s: P(gap < 10 ms) = gammainc(1/9, 0.2/9) ~ 0.69 -> clumps of ~3
@@ -72,7 +72,7 @@ def test_two_states_with_equal_rates_are_the_birth_death_law() -> None:
     phi = np.arange(1, n_max + 1) / 2.0
     bd = birth_death(10.0, 1.0, lambda n: np.full_like(n, 2.0), n_max)
     q = modulated_birth_death(np.full((2, n_max), 10.0), np.vstack([phi, phi]),
-                              np.array([0.3, 0.7]), 10.0)  # fmt: skip
+                              np.array([0.3, 0.7]), 10.0)
     m = min(bd.pmf.shape[0], q.pmf.shape[0])
     np.testing.assert_allclose(q.pmf[:m], bd.pmf[:m], rtol=1e-9, atol=1e-15)
     assert q.joint is not None and q.joint.sum(axis=0) == pytest.approx([0.7, 0.3])
@@ -160,5 +160,5 @@ def test_predict_names_its_known_tail_errors(capsys: pytest.CaptureFixture[str])
     assert any("wait for a slot" in c for c in q.caveats)
     assert sdsim.predict(cap.with_overrides({"workload.rate": 0.4 * sat}), rates=[]).caveats == []
     main(["predict", str(ROOT / "scenarios/capacity-70b-chat.yaml"),
-          "--set", "server.replicas=1", "--set", "workload.rate=7.2"])  # fmt: skip
+          "--set", "server.replicas=1", "--set", "workload.rate=7.2"])
     assert "caveat:" in capsys.readouterr().err

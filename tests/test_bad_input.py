@@ -424,7 +424,7 @@ def command(cmd: str, tmp: Path, over: dict[str, Any]) -> tuple[list[str], Calla
         return argv, lambda: build_cost_model(load_scenario(DEFAULT, over))
     full = {**SMALL_RUN, **over}
     argv = ["validate", DEFAULT, "--rates", "5", "--reps", "1", "--jobs", "1", "--initial", "50",
-            "--max-requests", "50", "--out", str(tmp / "v"), *_sets(full)]  # fmt: skip
+            "--max-requests", "50", "--out", str(tmp / "v"), *_sets(full)]
     return argv, lambda: validate(
         load_scenario(DEFAULT, full), rates=[5.0], reps=1, jobs=1, initial=50, max_requests=50
     )
@@ -485,9 +485,9 @@ def test_drawn_request_too_long_for_kv_is_exit_2_from_worker_processes(
     # does not, and the engine refuses it inside validate's worker processes. The ScenarioError
     # must survive the trip back (it pickles by field and message) and still end as exit 2.
     over = {**SMALL_RUN, "server.num_gpu_blocks": 100,
-            "workload.output_tokens": {"dist": "uniform", "low": 1, "high": 3000}}  # fmt: skip
+            "workload.output_tokens": {"dist": "uniform", "low": 1, "high": 3000}}
     argv = ["validate", DEFAULT, "--rates", "5", "--reps", "2", "--jobs", "2", "--initial", "50",
-            "--max-requests", "100", "--out", str(tmp_path / "v"), *_sets(over)]  # fmt: skip
+            "--max-requests", "100", "--out", str(tmp_path / "v"), *_sets(over)]
     line = one_error_line(argv, capsys)
     assert "server.num_gpu_blocks" in line and "longest request" in line
     err = ScenarioError("server.num_gpu_blocks", "x")

@@ -33,7 +33,7 @@ from sdsim.models import MODELS, eagle3_head, eagle_head, resolve_drafter
 ROOT = Path(__file__).resolve().parents[1]
 
 GEMM = GemmTerms(memory_eff=0.8, compute_eff=0.5, ridge_dip=0.5, ridge_width=1.0,
-                 ridge_shift=0.0, floor_s=1e-6)  # fmt: skip
+                 ridge_shift=0.0, floor_s=1e-6)
 ATT = AttentionTerms(decode_memory=0.5, verify_memory=0.25, prefill_compute=0.5, floor_s=2e-6)
 AR = AllReduceTerms(latency_s=1e-5, link_eff=0.5)
 TERMS = ResolvedGPU("h100-sxm", GEMM, ATT, AR, ())
@@ -73,18 +73,18 @@ def test_capture_sizes_and_padding() -> None:
     assert all(b - a == 16 for a, b in zip(s[s.index(256):-1], s[s.index(256) + 1:], strict=True))
     assert capture_sizes(100).tolist()[-1] == 100
     ops = CalibratedOps(MODELS["llama-3.1-8b"], get_gpu("h100-sxm"), 1, "bf16", TERMS,
-                        _engine(graph_max_tokens=512))  # fmt: skip
+                        _engine(graph_max_tokens=512))
     assert ops.padded(np.array([1.0, 3, 5, 9, 250, 257, 512, 513, 900])).tolist() == [
         1, 4, 8, 16, 256, 272, 512, 513, 900]
 
 
 def test_ops_pad_gemms_not_logits_and_eager_floor() -> None:
     ops = CalibratedOps(MODELS["llama-3.1-8b"], get_gpu("h100-sxm"), 1, "bf16", TERMS,
-                        _engine(graph_max_tokens=512, eager_launch_s=5e-5))  # fmt: skip
+                        _engine(graph_max_tokens=512, eager_launch_s=5e-5))
     # a layer GEMM at 3 tokens runs as the 4-token graph
     w4 = ops.work("qkv", np.array([4.0]))
     assert ops.op("qkv", 3) == pytest.approx(float(gemm_time(GEMM, w4.flops, w4.bytes, ops.peak,
-                                                             ops.bw)[0]))  # fmt: skip
+                                                             ops.bw)[0]))
     # the LM head runs on exactly the rows that need logits
     w3 = ops.work("lm_head", np.array([3.0]))
     assert ops.op("lm_head", 3) == pytest.approx(float(gemm_time(GEMM, w3.flops, w3.bytes,
@@ -141,7 +141,7 @@ def test_host_terms_hand_computed() -> None:
     m = _model(step_s=1e-3, per_seq_s=2e-5, per_token_s=3e-6,
                spec_step_s={"eagle": 4e-4, "eagle3": 0, "model": 0, "ngram": 0},
                draft_pass_s={"eagle": 5e-5, "eagle3": 0, "model": 0, "ngram": 0},
-               piecewise_layer_s=7e-6)  # fmt: skip
+               piecewise_layer_s=7e-6)
     p = {n: float(v) for n, v in m.parts(16, 16 * 500, 3, 300, 300, 2).items()}
     assert p["host_step"] == 1e-3
     assert p["verify_host"] == pytest.approx(2e-5 * 16 + 3e-6 * 16 * 4)
@@ -222,16 +222,16 @@ def test_monotone_over_the_registry(gpu: str) -> None:
     pfs = np.array([0, 1, 16, 255, 256, 511, 512, 513, 2048, 8192])
     for target in sorted(MODELS):
         for drafter in ({"kind": "eagle"}, {"kind": "eagle3"}, {"kind": "ngram"},
-                        {"kind": "model", "model": "llama-3.2-1b"}):  # fmt: skip
+                        {"kind": "model", "model": "llama-3.2-1b"}):
             scn = sdsim.scenario.Scenario.model_validate(
                 {"hardware": gpu, "target": target, "drafter": drafter,
-                 "costs": {"source": "calibrated"}})  # fmt: skip
+                 "costs": {"source": "calibrated"}})
             m = build_cost_model(scn)
             B, C, K = np.meshgrid(bs, ctxs, ks, indexing="ij")
             t = step_times(m, B, B * C, K).total
             assert _monotone(t, 0) and _monotone(t, 1) and _monotone(t, 2), (target, drafter)
             B, P, K = np.meshgrid(np.array([0, 1, 8, 64]), pfs, np.array([0, 1, 4]),
-                                  indexing="ij")  # fmt: skip
+                                  indexing="ij")
             t = step_times(m, B, B * 500, K, P, P, np.where(P > 0, 1, 0)).total
             assert _monotone(t, 1), (target, drafter)
 
@@ -276,7 +276,7 @@ def test_shipped_calibration_reproduces_its_fit_data() -> None:
         assert p == pytest.approx(r.predicted_ms, rel=1e-5), r.id
     fit = [r for r in rec.anchors if r.role == "fit"]
     errs = np.array([p / r.measured_ms - 1 for r, p in zip(rec.anchors, pred, strict=True)
-                     if r.role == "fit"])  # fmt: skip
+                     if r.role == "fit"])
     assert len(fit) >= 10
     assert np.max(np.abs(errs)) <= 0.05
     assert math.sqrt(float(np.mean(errs**2))) == pytest.approx(rec.fit_rms_error, abs=1e-5)
@@ -292,5 +292,5 @@ def test_shipped_calibration_is_complete() -> None:
     assert not cal.gpu("h100-sxm").borrowed[:1] or "gemm" not in cal.gpu("h100-sxm").borrowed[0]
     assert cal.gpu("h200").gemm == cal.gpu("h100-sxm").gemm
     for term in ("engine.step_s", "gpus.h100-sxm.gemm", "gpus.a100-80gb.gemm",
-                 "engine.ngram_context_token_s", "gpus.default.attention"):  # fmt: skip
+                 "engine.ngram_context_token_s", "gpus.default.attention"):
         assert term in cal.sources, term

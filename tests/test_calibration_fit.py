@@ -64,7 +64,7 @@ def test_conversions_hand_computed(tmp_path: Path) -> None:
         "c,a100-80gb,vllm,,llama-3.1-8b,none,1,bf16,,300,101,,2.0,0,,output_tok_per_s,9,check: z",
         "d,h100-sxm,sglang,,llama-3.1-8b,none,1,bf16,,300,100,4,,0,,tpot_ms,7,fit: w",
         "e,h100-sxm,vllm,,llama-3.1-8b,none,1,bf16,,300,100,4,,0,,ttft_ms,70,fit: w",
-    ])  # fmt: skip
+    ])
     a = read_measurements(p)
     assert a[0].step_s == pytest.approx(0.004 * 2.5) and a[0].role == "fit"
     assert a[0].prompt_tokens == 90 and a[0].context == 90 + 150
@@ -107,12 +107,12 @@ def test_gemm_fit_recovers_a_known_curve() -> None:
     least-squares problem then, so 1% on each term is a loose bound on the optimiser."""
     gpu = get_gpu("h100-sxm")
     true = GemmTerms(memory_eff=0.9, compute_eff=0.7, ridge_dip=0.5, ridge_width=1.4,
-                     ridge_shift=0.1, floor_s=5e-6)  # fmt: skip
+                     ridge_shift=0.1, floor_s=5e-6)
     rows = []
     for model, (k, n) in {"a": (4096, 6144), "b": (8192, 10240), "c": (2048, 8192)}.items():
         for m in 2 ** np.arange(0, 14):
             rows.append({"gpu": gpu.name, "source": "synthetic", "model": model, "tp": 1,
-                         "op": "qkv", "M": float(m), "K": k, "N": n})  # fmt: skip
+                         "op": "qkv", "M": float(m), "K": k, "N": n})
     df = pd.DataFrame(rows)
     flops = 2 * df.M * df.K * df.N
     nbytes = 2 * (df.K * df.N + df.M * (df.K + df.N))
@@ -158,7 +158,7 @@ def _anchors_csv(tmp_path: Path, terms: dict[str, float]) -> tuple[Path, list[st
         for k in (0, 2, 3, 4, 5):
             dr = "none" if k == 0 else "eagle-1"
             rows.append(f"s,h100-sxm,vllm,,llama-3.1-8b,{dr},1,bf16,,200,300,{conc},,{k},"
-                        f"{1.0 if k == 0 else 2.0},tpot_ms,1.0,fit: synthetic")  # fmt: skip
+                        f"{1.0 if k == 0 else 2.0},tpot_ms,1.0,fit: synthetic")
     p = _csv(tmp_path, rows)
     anchors = read_measurements(p)
     steps = predict_anchors(anchors, cal)
@@ -173,7 +173,7 @@ def test_engine_fit_recovers_known_terms(tmp_path: Path) -> None:
     is linear in these terms, so the least-squares solution is exact (up to 4 significant
     digits of rounding in the fit and 17 in the CSV)."""
     want = {"step_s": 1.7e-3, "per_seq_s": 3.0e-5, "spec_step_s.eagle": 8e-4,
-            "draft_pass_s.eagle": 2.5e-4}  # fmt: skip
+            "draft_pass_s.eagle": 2.5e-4}
     p, terms = _anchors_csv(tmp_path, want)
     fit = fit_calibration(collect_data([p]), shipped_calibration(), terms, command="test")
     for t, v in want.items():
@@ -210,7 +210,7 @@ def test_fit_refuses_terms_the_data_cannot_identify(tmp_path: Path) -> None:
         fit_calibration(data, base, ["warp_s"], command="t")
     few = collect_data([_csv(tmp_path, [
         "s,h100-sxm,vllm,,llama-3.1-8b,none,1,bf16,,200,300,1,,0,1,tpot_ms,7.0,fit: one"],
-        "few.csv")])  # fmt: skip
+        "few.csv")])
     with pytest.raises(ScenarioError, match="need more anchors than terms"):
         fit_calibration(few, base, ["step_s"], command="t")
 
@@ -220,7 +220,7 @@ def test_held_out_sources_are_priced_not_fitted(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError, match="0 fitted anchors"):
         # every anchor has source "s": holding it out leaves nothing to fit
         fit_calibration(collect_data([p]), shipped_calibration(), ["step_s"], held_out=["s"],
-                        command="t")  # fmt: skip
+                        command="t")
     data = collect_data([p])
     data.anchors = [a.with_role("held-out") if a.batch > 1.5 else a for a in data.anchors]
     fit2 = fit_calibration(data, shipped_calibration(), ["step_s"], command="t")
@@ -240,7 +240,7 @@ def test_collect_data_rejects_unknown_paths(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "vidur").is_dir(),
-                    reason="../shared/data absent")  # fmt: skip
+                    reason="../shared/data absent")
 def test_shipped_calibration_refits_from_its_data() -> None:
     """The fit command recorded in the shipped file, run again on the same data, gives the same
     terms (the fit is deterministic: fixed starting point, no sampling)."""
@@ -315,7 +315,7 @@ def test_cli_calibrate_and_explain(tmp_path: Path, capsys: pytest.CaptureFixture
     assert load_calibration(out).engine.step_s == pytest.approx(1.6e-3, rel=1e-3)
     default = str(ROOT / "scenarios/default.yaml")
     main(["costs", default, "--explain", "--json", "--batch", "1", "--batch", "64", "--k", "4",
-          "--set", f"costs.calibration={out}", "--plot", str(tmp_path / "e.png")])  # fmt: skip
+          "--set", f"costs.calibration={out}", "--plot", str(tmp_path / "e.png")])
     data = json.loads(capsys.readouterr().out)
     rows = pd.DataFrame(data["rows"])
     sums = rows.groupby("batch").agg(ms=("ms", "sum"), total=("total_ms", "first"))
@@ -323,11 +323,11 @@ def test_cli_calibrate_and_explain(tmp_path: Path, capsys: pytest.CaptureFixture
     assert rows[rows.part == "host_step"]["ms"].iloc[0] == pytest.approx(1.6)
     # refusals: one line naming the term or the option
     line = _exit2(["calibrate", str(p), "--terms", "step_s,draft_pass_s.eagle3", "--out",
-                   str(out)], capsys)  # fmt: skip
+                   str(out)], capsys)
     assert line.startswith("error: draft_pass_s.eagle3:")
     assert "--k" in _exit2(["costs", default, "--k", "3"], capsys)
     assert "costs.source" in _exit2(["costs", default, "--explain", "--set",
-                                     "costs.source=linear"], capsys)  # fmt: skip
+                                     "costs.source=linear"], capsys)
     bad = tmp_path / "bad.yaml"
     bad.write_text(out.read_text().replace("step_s: 0.0016", "step_s: -1"))
     line = _exit2(["run", default, "--set", f"costs.calibration={bad}", "--summary-only"], capsys)
@@ -356,7 +356,7 @@ def test_profile_bundle_feeds_the_gemm_fit_of_its_gpu() -> None:
     scn = sdsim.load_scenario(None, {
         "target": "llama-3.2-1b",
         "hardware": {"name": "epyc", "bf16_tflops": 1.0, "hbm_gb": 64, "hbm_tbps": 0.05},
-    })  # fmt: skip
+    })
     data = collect_data([ROOT / "profiles/cpu-numpy-llama-3.2-1b"], scn)
     assert set(data.gemm_rows["gpu"]) == {"epyc"} and "epyc" in data.gpu_specs
     with pytest.raises(ScenarioError, match="need >= 12") as e:

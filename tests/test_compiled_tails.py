@@ -37,7 +37,7 @@ def test_normal_sums_match_scipy() -> None:
     tot = w.sum()
     np.testing.assert_allclose(cdf, w @ special.ndtr(z) / tot, rtol=1e-13, atol=1e-15)
     np.testing.assert_allclose(pdf, w @ (stats.norm.pdf(z) / sd[:, None]) / tot, rtol=1e-12,
-                               atol=1e-15 * float(np.max(w / sd)) / tot)  # fmt: skip
+                               atol=1e-15 * float(np.max(w / sd)) / tot)
     assert np.array_equal(law.cdf(xs), cdf)
 
 
@@ -54,9 +54,9 @@ def test_exponnorm_matches_scipy_far_into_its_tails() -> None:
         cdf, pdf = law.cdf_pdf(xs)
         k = 1.0 / (lam[i] * sd[i])
         np.testing.assert_allclose(cdf, stats.exponnorm.cdf(xs, k, mu[i], sd[i]), rtol=1e-9,
-                                   atol=1e-14)  # fmt: skip
+                                   atol=1e-14)
         np.testing.assert_allclose(pdf, stats.exponnorm.pdf(xs, k, mu[i], sd[i]), rtol=1e-8,
-                                   atol=1e-12 * lam[i])  # fmt: skip
+                                   atol=1e-12 * lam[i])
 
 
 def test_quantiles_are_the_roots_of_an_independent_cdf() -> None:
@@ -71,7 +71,7 @@ def test_quantiles_are_the_roots_of_an_independent_cdf() -> None:
         law = Mixture.normals(w, mu, sd, lam)
 
         def cdf(x: float, w: np.ndarray = w, mu: np.ndarray = mu, sd: np.ndarray = sd,
-                lam: np.ndarray = lam) -> float:  # fmt: skip
+                lam: np.ndarray = lam) -> float:
             k = 1.0 / (np.where(lam > 0, lam, 1.0) * sd)
             c = np.where(lam > 0, stats.exponnorm.cdf(x, k, mu, sd), stats.norm.cdf(x, mu, sd))
             return float(w @ c / w.sum())
@@ -82,7 +82,7 @@ def test_quantiles_are_the_roots_of_an_independent_cdf() -> None:
                 assert cdf(lo) >= p - 1e-12
                 continue
             want = optimize.brentq(lambda x, p=p: cdf(x) - p, lo, 2 * hi, xtol=1e-15,
-                                   rtol=1e-14)  # fmt: skip
+                                   rtol=1e-14)
             assert q == pytest.approx(want, rel=3e-12), (seed, p)
 
 
@@ -99,7 +99,7 @@ def test_uniform_sums_match_numpy() -> None:
     ramp = ln > 0
     safe = np.where(ramp, ln, 1.0)
     u = np.where(ramp[:, None], np.clip((xs[None, :] - lo[:, None]) / safe[:, None], 0.0, 1.0),
-                 (xs[None, :] >= lo[:, None]).astype(float))  # fmt: skip
+                 (xs[None, :] >= lo[:, None]).astype(float))
     on = ramp[:, None] & (xs[None, :] >= lo[:, None]) & (xs[None, :] < (lo + ln)[:, None])
     np.testing.assert_allclose(cdf, w @ u / w.sum(), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(pdf, (w / safe) @ on / w.sum(), rtol=1e-12, atol=1e-12)
@@ -123,13 +123,13 @@ def test_interp_knot_reproduces_np_interp() -> None:
     inv_h = (xp.shape[0] - 1) / (xp[-1] - xp[0])
     # inside, on every knot, just off knots, and past both ends
     xs = np.concatenate((rng.uniform(-1.0, 38.0, 500), xp, np.nextafter(xp, 99.0),
-                         np.nextafter(xp, -99.0)))  # fmt: skip
+                         np.nextafter(xp, -99.0)))
     got = np.array([_interp_knot(x, _knot(x, xp, inv_h), xp, fp, sl, 0) for x in xs])
     assert np.array_equal(got, np.interp(xs, xp, fp))  # bit for bit
 
 
 def _plain_root(curve: object, lam: float, sf: float, e: float, s1: float, cm: float, P: int,
-                q_full: float, cap: float) -> tuple[float, bool]:  # fmt: skip
+                q_full: float, cap: float) -> tuple[float, bool]:
     """The life's mean batch in plain Python: bisection on the excess, read with np.interp."""
 
     def excess(x: float) -> float:
@@ -188,6 +188,6 @@ def test_life_roots_compiled_equal_a_plain_evaluation() -> None:
                                     float(np.asarray(sf).ravel()[i]), e,
                                     float(np.asarray(si).ravel()[i]) + 1.0,
                                     float(np.asarray(cm).ravel()[i]), int(P),  # type: ignore[call-overload]
-                                    float(q_full), float(cap))  # type: ignore[arg-type]  # fmt: skip
+                                    float(q_full), float(cap))  # type: ignore[arg-type]
             assert bool(life.capped.ravel()[i]) == capped
             assert life.batch.ravel()[i] == pytest.approx(x, rel=1e-8, abs=1e-8)

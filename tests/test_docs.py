@@ -95,7 +95,7 @@ def _problems(quote: Quote, text: str) -> list[tuple[int, int, str, str]]:
         if why:
             context = re.sub(r"\s+", " ", text[max(m.start(name) - 60, 0) : m.end(name) + 20])
             found.append((m.start(name), m.end(name), written_like(quoted, value),
-                          f"{quote.file}: {name}: {why} (in '...{context}...')"))  # fmt: skip
+                          f"{quote.file}: {name}: {why} (in '...{context}...')"))
     return found
 
 
@@ -387,7 +387,7 @@ def test_scenario_comments_quote_what_the_code_gives(quote: Quote) -> None:
 @cache
 def _acceptance_fit_alpha() -> Figures:
     doc = json.loads(cli("acceptance", "fit", "--draft-acceptance-rate", "0.44", "--k", "4",
-                         "--json"))  # fmt: skip
+                         "--json"))
     scn = sdsim.load_scenario(None, {"acceptance": {"preset": "llama-3.1-8b/eagle-3/mt-bench"}})
     return {"alpha": doc["alpha"], "preset_alpha": scn.acceptance.mean_alpha}
 
@@ -395,7 +395,7 @@ def _acceptance_fit_alpha() -> Figures:
 def _model_max_rate() -> Figures:
     out = str(ROOT / "out" / "test-docs-maxrate")
     doc = json.loads(cli("plan", "scenarios/capacity-70b-chat.yaml", "--max-rate", "--confirm",
-                         "0", "--json", "--out", out))  # fmt: skip
+                         "0", "--json", "--out", out))
     return {"model": doc["model_rate"], "sat": doc["saturation_rate"]}
 
 
@@ -410,7 +410,7 @@ def _explore_batch_law() -> Figures:
     from sdsim.costs.build import build_cost_model
 
     scn = scenario("default", **{"workload.rate": 25, "workload.num_requests": 20000,
-                                 "warmup_requests": 200})  # fmt: skip
+                                 "warmup_requests": 200})
     means, sds = [], []
     for seed in (0, 1):
         req = sdsim.simulate(scn, seed=seed).requests
@@ -437,7 +437,7 @@ def _planning_goodput_check() -> Figures:
     out = ROOT / "out" / "test-docs-validate"
     cli("validate", "scenarios/default.yaml", "--set", "slo.e2e_p99=3.5", "--set",
         "slo.ttft_p99=0.1", "--initial", "1000", "--max-requests", "2000", "--rates", "10,25",
-        "--reps", "2", "--out", str(out))  # fmt: skip
+        "--reps", "2", "--out", str(out))
     v = pd.read_csv(out / "validation.csv").set_index(["rate", "metric", "statistic"])
     got = {}
     for r in (10, 25):
@@ -575,7 +575,7 @@ def plan_70b() -> Figures:
         "a100_gpus": a100["gpus"], "a100_cost": a100["cost_per_mtok"],
         "k0_e2e": plain["e2e_p99"].min(),
         "simulated": float(re.findall(r"(\d+) configurations simulated", stdout)[0]),
-    }  # fmt: skip
+    }
     for k in ("ttft", "ttft_fewer", "e2e"):
         got[f"{k}2"] = got[k]
     return got

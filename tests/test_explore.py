@@ -141,7 +141,7 @@ def test_view_is_the_analytic_model(client: Any, default: sdsim.Scenario) -> Non
         ({"drafter": "ngram", "cost_source": "linear"},
          lambda s: s.drafter.kind == "ngram" and s.costs.source == "linear"),
     ],
-)  # fmt: skip
+)
 def test_view_other_settings(
     client: Any, default: sdsim.Scenario, controls: dict[str, Any], check: Any
 ) -> None:
@@ -228,7 +228,7 @@ BAD = [
     ({"drafter": "model", "drafter_model": ""}, "drafter.model", "drafter_model",
      "needs `model:`"),
     ({"requests": "10"}, "warmup_requests", "requests", "must be < workload.num_requests (10)"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("controls", "field", "control", "says"), BAD)
@@ -321,7 +321,7 @@ def test_simulate_here_job(default: sdsim.Scenario) -> None:
         assert res["stats"]["e2e_p99"] == pytest.approx(list(want), rel=1e-12)
         plain = scn.with_overrides({"spec.k": 0})
         ratios = [sdsim.simulate(plain, seed=s).summary["e2e_mean"] / x["e2e_mean"]
-                  for s, x in zip((1, 2), runs, strict=True)]  # fmt: skip
+                  for s, x in zip((1, 2), runs, strict=True)]
         assert res["speedup"] == pytest.approx(list(t_confidence_interval(ratios)), rel=1e-12)
         law = res["batch_law"]
         assert sum(law["p"]) == pytest.approx(1.0) and law["batch"][0] == 0
@@ -352,7 +352,7 @@ def test_everything_is_served_locally(client: Any) -> None:
     html = client.get("/").text
     assert set(re.findall(r'(?:src|href)="([^"]+)"', html)) == {
         "/static/icon.svg", "/static/explore.css", "/vendor/plotly.js", "/static/explore.js"
-    }  # fmt: skip
+    }
     js = client.get("/vendor/plotly.js")
     assert js.headers["content-type"].startswith("text/javascript")
     from plotly.offline import get_plotlyjs
@@ -364,7 +364,7 @@ def test_cli_bad_port_exits_2() -> None:
     """(The scenario argument and --set go through load_scenario: tests/test_bad_input.py.)"""
     args = ["explore", str(DEFAULT), "--port", "70000"]
     r = subprocess.run([sys.executable, "-c", CLI, *args], capture_output=True, text=True,
-                       timeout=120)  # fmt: skip
+                       timeout=120)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip() == "error: --port: must be in 0..65535 (got 70000)"
 

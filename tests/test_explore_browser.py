@@ -69,7 +69,7 @@ def explorer() -> Iterator[str]:
         [*cmd, "explore", str(ROOT / "scenarios/default.yaml"), "--host", "127.0.0.1",
          "--port", "0", "--set", "workload.num_requests=400", "--set", "warmup_requests=40"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+    )
     lines: queue.Queue[str] = queue.Queue()
 
     def drain() -> None:  # keep reading so the server never blocks on a full pipe

@@ -145,7 +145,7 @@ def valid_values(tp: Any, b: dict[str, Any]) -> st.SearchStrategy[Any]:
         return st.text(max_size=20) | st.sampled_from(["llama-3.1-8b", "h100-sxm", "/no/file"])
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         fields = {n: valid_values(f.annotation, _bounds(list(f.metadata)))
-                  for n, f in tp.model_fields.items()}  # fmt: skip
+                  for n, f in tp.model_fields.items()}
         return st.fixed_dictionaries({}, optional=fields)
     return st.none()
 
@@ -156,7 +156,7 @@ ADVERSARIAL = st.sampled_from(
         -1e308, math.inf, -math.inf, math.nan, True, False, None, "", "x" * 10_000, "nan",
         "1e400", [], [[]], [1, [2, [3]]], {}, {"a": 1}, {"dist": "zipf"}, [0.5] * 1000,
     ]
-)  # fmt: skip
+)
 
 
 # Fields a broken field is checked against: an error may name any of them.
@@ -228,7 +228,7 @@ def check_run(path: Path, broken: list[str], capsys: pytest.CaptureFixture[str])
     if nulls:
         # every undefined number is explained on stderr
         notes = " ".join(summary_notes({k: (math.nan if v is None else v)
-                                        for k, v in summary.items()}))  # fmt: skip
+                                        for k, v in summary.items()}))
         assert all(k in notes or k in ("stability_p",) for k in nulls), (nulls, notes)
     assert summary["completed"] >= 1 or summary["stop_reason"] != "completed"
     assert summary["e2e_mean"] is None or summary["e2e_mean"] >= 0
@@ -260,7 +260,7 @@ def mutations(draw: st.DrawFn) -> list[tuple[str, Any]]:
 def test_fuzz_scenario_fields(
     muts: list[tuple[str, Any]], tmp_path_factory: pytest.TempPathFactory,
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     data = BASE
     for path, value in muts:
         data = apply(data, path, value)
@@ -297,7 +297,7 @@ def _bomb(depth: int, width: int) -> str:
 def test_fuzz_yaml_aliases_and_nesting(
     path: str, attack: str, size: int, tmp_path_factory: pytest.TempPathFactory,
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     text = yaml.safe_dump(apply(BASE, path, "@@"))
     value = {
         "bomb": _bomb(size, 10),
@@ -362,7 +362,7 @@ REPORT_PATHS = [("guidellm", p) for p in tree_paths(GUIDELLM)] + [
 def test_fuzz_report_readers(
     target: tuple[str, tuple[Any, ...]], value: Any, delete: bool,
     tmp_path_factory: pytest.TempPathFactory,
-) -> None:  # fmt: skip
+) -> None:
     from sdsim.report_formats import load_report
 
     kind, path = target
@@ -399,19 +399,19 @@ CONFIG = {
     "num_key_value_heads": 8, "head_dim": 64, "intermediate_size": 8192, "vocab_size": 128256,
     "max_position_embeddings": 131072, "model_type": "llama", "tie_word_embeddings": True,
     "num_experts": 0, "num_experts_per_tok": 0, "sliding_window": None, "layer_types": [],
-}  # fmt: skip
+}
 
 NUMBERS = st.sampled_from(["Infinity", "-Infinity", "NaN", "1e400", "-128", "0", "1.5", "1e30",
-                           '"abc"', "null", "[]", "{}", "true", "3", "7", "100000000"])  # fmt: skip
+                           '"abc"', "null", "[]", "{}", "true", "3", "7", "100000000"])
 
 
 @fuzz_settings(80)
 @given(keys=st.lists(st.sampled_from(sorted(CONFIG)), min_size=1, max_size=3, unique=True),
-       values=st.lists(NUMBERS, min_size=3, max_size=3))  # fmt: skip
+       values=st.lists(NUMBERS, min_size=3, max_size=3))
 def test_fuzz_config_json(
     keys: list[str], values: list[str], tmp_path_factory: pytest.TempPathFactory,
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     text = json.dumps({**CONFIG, **{k: f"@{k}@" for k in keys}})
     for k, v in zip(keys, values, strict=False):
         text = text.replace(f'"@{k}@"', v)
@@ -433,7 +433,7 @@ def test_fuzz_config_json(
         named = lines[0].removeprefix("error: ").split(": ")[0]
         # the model file, or what the model is checked against (TP, context, GPU memory)
         assert named in ("target", "server.tp", "workload.prompt_tokens", "workload.output_tokens",
-                         "hardware", "server.num_gpu_blocks"), lines[0]  # fmt: skip
+                         "hardware", "server.num_gpu_blocks"), lines[0]
         if named == "target":
             assert any(k in lines[0] for k in keys) or "config.json" in lines[0], (keys, lines[0])
         return
@@ -459,7 +459,7 @@ SERVE_BODIES: dict[str, tuple[str, dict[str, Any]]] = {
          "max_completion_tokens": 4, "stream": True,
          "stream_options": {"include_usage": True, "continuous_usage_stats": True}},
     ),
-}  # fmt: skip
+}
 SERVE_PATHS = [(k, p) for k, (_, body) in SERVE_BODIES.items() for p in tree_paths(body)]
 SERVE_MAX_BODY = 2**20
 # A request field a broken one is checked against: an error may name it.
@@ -506,7 +506,7 @@ def check_served(r: Any, stream: bool, broken: str) -> None:
         assert (
             named.startswith(broken) or broken.startswith(named) or named in related
             or (named == "request body" and broken == "")
-        ), (broken, msg)  # fmt: skip
+        ), (broken, msg)
         return
     assert r.status_code == 200, r.text
     if not stream:
@@ -521,7 +521,7 @@ def check_served(r: Any, stream: bool, broken: str) -> None:
     done = sum(
         len((m["choices"][0].get("text") or m["choices"][0]["delta"].get("content", "")).split())
         for m in msgs if m["choices"]
-    )  # fmt: skip
+    )
     usage = [m["usage"] for m in msgs if m.get("usage")]
     if usage:
         assert usage[-1]["completion_tokens"] == done >= 1
@@ -538,7 +538,7 @@ def check_served(r: Any, stream: bool, broken: str) -> None:
 def test_fuzz_server_request_bodies(
     target: tuple[str, tuple[Any, ...]], value: Any, delete: bool, attack: str, raw: bytes,
     serve_client: Any,
-) -> None:  # fmt: skip
+) -> None:
     kind, path = target
     url, base = SERVE_BODIES[kind]
     broken = field_name(path)

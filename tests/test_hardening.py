@@ -293,7 +293,7 @@ def test_9_editing_a_trace_reruns_its_points(tmp_path: Path) -> None:
 
     trace = tmp_path / "trace.csv"
     trace.write_text("arrival,prompt_tokens,output_tokens\n" + "".join(
-        f"{i * 0.5},100,20\n" for i in range(30)))  # fmt: skip
+        f"{i * 0.5},100,20\n" for i in range(30)))
     base = {
         "costs": {"source": "linear"},
         "server": {"num_gpu_blocks": "unlimited"},
@@ -304,7 +304,7 @@ def test_9_editing_a_trace_reruns_its_points(tmp_path: Path) -> None:
     out = tmp_path / "o"
     a = run_sweep(plan_sweep(load_sweep(path), path), out)
     trace.write_text("arrival,prompt_tokens,output_tokens\n" + "".join(
-        f"{i * 0.5},100,200\n" for i in range(30)))  # fmt: skip
+        f"{i * 0.5},100,200\n" for i in range(30)))
     b = run_sweep(plan_sweep(load_sweep(path), path), out)
     assert b.skipped == 0 and b.done == 2  # nothing resumed from the old trace's results
     assert (b.summary["e2e_mean"] > 3 * a.summary["e2e_mean"]).all()
@@ -328,7 +328,7 @@ def test_10_stale_lock_of_a_dead_process_is_taken_over(tmp_path: Path) -> None:
     from sdsim.outputs import DirectoryLock
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+                          capture_output=True, text=True, check=True)
     out = tmp_path / "o"
     out.mkdir()
     (out / ".l").write_text(json.dumps({"pid": int(dead.stdout), "host": os.uname().nodename}))
@@ -344,9 +344,9 @@ def test_10_summary_is_built_from_the_sweeps_own_results(tmp_path: Path) -> None
     from sdsim.sweep import finish_sweep, load_sweep, plan_sweep, run_sweep
 
     a_path = _sweep(tmp_path / "a" if (tmp_path / "a").mkdir() is None else tmp_path,
-                    {"spec.k": [0, 1]})  # fmt: skip
+                    {"spec.k": [0, 1]})
     b_path = _sweep(tmp_path / "b" if (tmp_path / "b").mkdir() is None else tmp_path,
-                    {"workload.rate": [2.0, 3.0, 4.0]})  # fmt: skip
+                    {"workload.rate": [2.0, 3.0, 4.0]})
     out = tmp_path / "o"
     plan_a = plan_sweep(load_sweep(a_path), a_path)
     first = run_sweep(plan_a, out)
@@ -407,7 +407,7 @@ REPORT_CASES: list[tuple[str, Any, str]] = [
      "report.ttfts[0]"),
     ("vLLM lengths differ", lambda t: _vllm(t, lambda d: d.update(output_lens=[5])),
      "report.output_lens"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("cmd", ["fit", "compare"])
@@ -450,7 +450,7 @@ def test_12_bad_config_json_exits_2_naming_the_key(
         "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
         "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256,
         "max_position_embeddings": 131072, "model_type": "llama",
-    }  # fmt: skip
+    }
     text = json.dumps({**cfg, key: "@@"}).replace('"@@"', value)
     p = tmp_path / "config.json"
     p.write_text(text)
@@ -472,7 +472,7 @@ def test_15_time_limited_light_run_is_not_called_unstable(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     main(["run", DEFAULT, "--set", "workload.rate=0.01", "--set", "limits.max_sim_time_s=400",
-          "--set", "warmup_requests=1", "--json"])  # fmt: skip
+          "--set", "warmup_requests=1", "--json"])
     out, err = capsys.readouterr()
     assert json.loads(out)["stable"] is None
     assert "exceeds" not in err and "not enough data to judge" in err
@@ -493,7 +493,7 @@ def test_also_too_many_recorded_requests_refused_at_once() -> None:
     for n, field in ((100_000_000, "workload.num_requests"), (5_000_000, "workload.num_requests")):
         t0 = time.monotonic()
         p = subprocess.run([sys.executable, "-c", code % n], capture_output=True, text=True,
-                           cwd=ROOT, timeout=120)  # fmt: skip
+                           cwd=ROOT, timeout=120)
         assert p.returncode == 2 and p.stderr.startswith(f"error: {field}"), p.stderr[-500:]
         assert time.monotonic() - t0 < 60
 
@@ -502,7 +502,7 @@ def test_also_one_request_explains_its_undefined_metrics(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     main(["run", DEFAULT, "--set", "workload.num_requests=1", "--set", "warmup_requests=0",
-          "--out", str(tmp_path / "o")])  # fmt: skip
+          "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert "undefined (NaN)" in err and "two or more measured requests" in err
     text = (tmp_path / "o" / "summary.json").read_text()
@@ -548,7 +548,7 @@ def test_also_unattributed_stale_outputs_refuse_the_run(
         ({"hardware": {"bf16_tflops": -1, "hbm_gb": 80, "hbm_tbps": 3}}, "hardware.bf16_tflops"),
         ({"drafter.kind": "model"}, "drafter.model"),
     ],
-)  # fmt: skip
+)
 def test_also_error_names_the_field_not_pydantic_internals(
     over: dict[str, Any], field: str
 ) -> None:
@@ -574,5 +574,5 @@ def test_fuzz_found_vanishing_efficiency_is_refused(
     # "completed" with nothing completed
     no_simulation(monkeypatch)
     line = one_error_line(["run", DEFAULT, *SMALL, "--set", "costs.roofline.gemm_compute=5e-324"],
-                          capsys)  # fmt: skip
+                          capsys)
     assert line.startswith("error: costs.roofline.gemm_compute: ")

@@ -19,7 +19,7 @@ def _table(curves: dict[int, tuple[float, float]]) -> pd.DataFrame:
             lam = f / c2
             rows.append({"alpha": 0.7, "k": k, "fraction": f, "rate": lam, "saturation": 1 / c2,
                          "e2e_mean": c1 / (1 - lam * c2), "stable": True,
-                         "prompt_tokens": 512.0, "output_tokens": 256.0})  # fmt: skip
+                         "prompt_tokens": 512.0, "output_tokens": 256.0})
     return pd.DataFrame(rows)
 
 
@@ -50,7 +50,7 @@ def test_load_table_analytic_and_ablations() -> None:
     for group in ABLATIONS:
         assert ablated(cal, group) != cal, group
     off = load_table(scn, [0, 3], [0.7], fractions=(0.5,), simulate=False,
-                     calibration=ablated(cal, "host_request"))  # fmt: skip
+                     calibration=ablated(cal, "host_request"))
     # without per-request host costs both configurations serve more
     assert (off["saturation"].to_numpy() > tab.groupby("k")["saturation"].first().to_numpy()).all()
     with pytest.raises(sdsim.ScenarioError, match="include 0"):

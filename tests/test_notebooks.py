@@ -135,7 +135,7 @@ def test_notebooks_extra_covers_what_the_notebooks_import() -> None:
 
     def names(reqs: list[str]) -> set[str]:
         return {re.split(r"[\[<>=~! ;]", r, maxsplit=1)[0].lower().replace("_", "-")
-                for r in reqs}  # fmt: skip
+                for r in reqs}
 
     extra = names(project["optional-dependencies"]["notebooks"])
     allowed = names(project["dependencies"]) | extra

@@ -87,7 +87,7 @@ def _tiny_bundle() -> tuple[ModelSpec, sdsim.costs.profile.ProfileBundle]:
     grid = QUICK_GRID.__class__(
         tokens=(1, 16, 128), decode_batch=(1, 8), decode_query=(1, 3), decode_kv=(64, 512),
         prefill_query=(32, 128), prefill_cached=(0, 256), warmup=1, repeats=3,
-    )  # fmt: skip
+    )
     return m, run_bench([m], make_backend("numpy"), grid)
 
 
@@ -134,20 +134,20 @@ def test_vidur_fixture_import() -> None:
     b = read_vidur_mlp(VIDUR_FIXTURE)
     assert b.meta["backend"] == "vidur" and "Tiny-7b" in b.models
     assert set(b.dense["op"]) == {"qkv", "o", "gate_up", "down", "act", "rope", "norm", "add",
-                                  "embedding"}  # fmt: skip
+                                  "embedding"}
     q = b.dense[(b.dense["op"] == "qkv") & (b.dense["tp"] == 1)].set_index("tokens")
     assert q.loc[1, "median_us"] == pytest.approx(38.0 * (1 + 1 / 256))  # ms -> us
     assert q.loc[512, "n"] == 2  # the duplicated row is combined
     norm = b.dense[(b.dense["op"] == "norm") & (b.dense["tp"] == 1)].set_index("tokens")
     assert norm.loc[1, "median_us"] == pytest.approx(5.0 * (1 + 1 / 256))  # median of 4 and 6
     m = ModelSpec(name="x", layers=32, hidden=4096, heads=32, kv_heads=32, head_dim=128,
-                  ffn=11008, vocab=32768, tied_embeddings=False, max_context=4096)  # fmt: skip
+                  ffn=11008, vocab=32768, tied_embeddings=False, max_context=4096)
     ops = ProfileOps(b, m, 1, RooflineOps(m, get_gpu("a100-80gb")))  # matched by shape
     assert ops.bundle_model == "Tiny-7b"
     assert ops.curves["qkv"].adjusted > 0  # the noisy 8-token point was repaired
     assert {"decode_attention", "prefill_attention", "lm_head", "sampling"} <= ops.fallback_ops
     assert ops.layer_ops == (("norm", 2), ("qkv", 1), ("rope", 1), ("o", 1), ("gate_up", 1),
-                             ("act", 1), ("down", 1), ("add", 2))  # fmt: skip
+                             ("act", 1), ("down", 1), ("add", 2))
     tp2 = ProfileOps(b, m, 2, RooflineOps(m, get_gpu("a100-80gb"), tp=2))
     assert tp2.op("qkv", 64) == pytest.approx(ops.op("qkv", 64) / 2)
 
@@ -165,7 +165,7 @@ def test_real_vidur_h100_llama2_7b_against_roofline() -> None:
     assert set(b.dense["tp"]) == {1, 2, 4, 8} and len(b.meta["grids"]["tokens"]) == 259
     m = ModelSpec(name="Llama-2-7b-hf", layers=32, hidden=4096, heads=32, kv_heads=32,
                   head_dim=128, ffn=11008, vocab=32000, tied_embeddings=False,
-                  max_context=4096)  # fmt: skip
+                  max_context=4096)
     roof = RooflineOps(m, get_gpu("h100-sxm"))
     ops = ProfileOps(b, m, 1, roof)
     for name in ("qkv", "o", "gate_up", "down"):
@@ -191,7 +191,7 @@ def test_vidur_file_as_scenario_profile() -> None:
         target="llama-3.1-8b",
         **{"costs.source": "profile", "costs.profile": str(A100_L3_8B),
            "workload.num_requests": 100, "workload.rate": 4.0, "warmup_requests": 10},
-    )  # fmt: skip
+    )
     model = build_cost_model(scn)
     st = model.step(StepShape(8, 8 * 500, 4))
     roof = build_cost_model(scn.with_overrides({"costs.source": "roofline"}))
@@ -216,7 +216,7 @@ def test_cli_bench_numpy_quick_tiny_model_and_simulate(tmp_path: Path) -> None:
         **{"costs.source": "profile", "costs.profile": str(out), "workload.prompt_tokens": 64,
            "workload.output_tokens": 32, "workload.num_requests": 150, "warmup_requests": 10,
            "workload.rate": 50.0},
-    )  # fmt: skip
+    )
     model = build_cost_model(scn)
     assert getattr(model, "source", "") == "profile"
     with warnings.catch_warnings():
@@ -240,7 +240,7 @@ def test_torch_backend_on_cpu(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     out = tmp_path / "torch-bundle"
     main(["bench", "--model", str(TINY), "--backend", "torch", "--device", "cpu", "--quick",
-          "--tokens", "1,16,64", "--repeats", "2", "--out", str(out)])  # fmt: skip
+          "--tokens", "1,16,64", "--repeats", "2", "--out", str(out)])
     b = read_bundle(out)
     assert b.meta["backend"] == "torch" and b.meta["dtype"] == "bfloat16"
     assert "torch" in b.meta["versions"]
@@ -258,7 +258,7 @@ def test_committed_cpu_bundle_simulates() -> None:
         **{"costs.source": "profile", "costs.profile": str(CPU_BUNDLE), "spec.k": 2,
            "workload.prompt_tokens": 128, "workload.output_tokens": 16,
            "workload.num_requests": 60, "warmup_requests": 5, "workload.rate": 0.5},
-    )  # fmt: skip
+    )
     # 5 prompts of 128 tokens in one step exceed the 512-token grid: the rule warns and extends
     with pytest.warns(ProfileExtrapolationWarning):
         res = sdsim.simulate(scn)

@@ -193,7 +193,7 @@ class Invariants:
             self.t = t
             zero = np.zeros(t.n, dtype=np.int64)
             self.prev = {"generated": zero, "accepted": zero, "drafted": zero,
-                         "finish": np.full(t.n, np.nan)}  # fmt: skip
+                         "finish": np.full(t.n, np.nan)}
         self.engines[engine.replica] = engine
         now = engine.env.now
         rec = engine.records
@@ -450,7 +450,7 @@ def test_higher_rate_never_lowers_latency_one_request_at_a_time(
     # the same requests and the same service, pathwise
     np.testing.assert_array_equal(a["steps"], b["steps"])
     np.testing.assert_allclose(a["finish"] - a["first_scheduled"],
-                               b["finish"] - b["first_scheduled"], atol=1e-7)  # fmt: skip
+                               b["finish"] - b["first_scheduled"], atol=1e-7)
     assert (b["e2e"] >= a["e2e"] - 1e-7).all()
     assert hi.summary["e2e_mean"] >= lo.summary["e2e_mean"] - 1e-7
 

@@ -17,12 +17,12 @@ COLUMNS = [
     "source", "gpu", "engine", "engine_version", "target", "drafter", "tp", "dtype", "dataset",
     "prompt_tokens", "output_tokens", "concurrency", "request_rate", "k", "acceptance_length",
     "metric", "value", "notes",
-]  # fmt: skip
+]
 # the README documents each of these
 METRICS = {
     "step_ms", "tpot_ms", "itl_ms", "ttft_ms", "e2e_s", "output_tok_per_s", "request_tok_per_s",
     "request_per_s", "throughput_speedup",
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_derived_steps_are_tpot_times_acceptance(table: pd.DataFrame) -> None:
         tpot = table[
             table.metric.eq("tpot_ms") & table.source.eq(s.source) & table.drafter.eq(s.drafter)
             & table.k.eq(s.k)
-        ]  # fmt: skip
+        ]
         assert len(tpot) == 1
         assert math.isclose(s.value, tpot.value.iloc[0] * s.acceptance_length, abs_tol=0.006)
 
@@ -77,7 +77,7 @@ def test_batch1_rows_are_all_carried_over(table: pd.DataFrame) -> None:
         hit = table[
             table.source.str.startswith(r.source) & table.drafter.eq(r.drafter) & table.k.eq(r.k)
             & table.metric.eq(metric) & table.value.eq(value)
-        ]  # fmt: skip
+        ]
         assert len(hit) == 1, r.to_dict()
         if pd.notna(r.acceptance_length):
             assert hit.acceptance_length.iloc[0] == r.acceptance_length

@@ -41,11 +41,11 @@ def _independent_cdf(law: Any, x: float) -> float:
     w, mu, sd, lam = law.gauss
     k = 1.0 / (np.where(lam > 0, lam, 1.0) * sd)
     g = np.where(lam > 0, stats.exponnorm.cdf(x, k, loc=mu, scale=sd),
-                 stats.norm.cdf(x, loc=mu, scale=sd))  # fmt: skip
+                 stats.norm.cdf(x, loc=mu, scale=sd))
     uw, lo, hi = law.unif
     ramp = hi > lo
     u = np.where(ramp, np.clip((x - lo) / np.where(ramp, hi - lo, 1.0), 0.0, 1.0),
-                 (x >= lo).astype(float))  # fmt: skip
+                 (x >= lo).astype(float))
     return float((w @ g + uw @ u) / (w.sum() + uw.sum()))
 
 

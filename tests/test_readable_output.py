@@ -155,7 +155,7 @@ def test_from_vllm_lists_every_flag_in_100_columns() -> None:
 def test_plan_tables_fit_100_columns(tmp_path: Path) -> None:
     res = cli("plan", DEFAULT, "--rate", "60", "--slo", "e2e_p99=2.5", "--slo", "ttft_p99=200ms",
               "--search", "server.replicas=1..4", "--search", "spec.k=2,4", "--confirm", "0",
-              "--out", str(tmp_path / "p"))  # fmt: skip
+              "--out", str(tmp_path / "p"))
     assert res.returncode == 0, res.stderr
     assert fits(res.stdout), [ln for ln in res.stdout.splitlines() if len(ln) > 100]
     for head in ("e2e p99", "≤ 2.5 s", "TTFT p99", "≤ 200 ms", "$/Mtok", "verdict"):
@@ -163,7 +163,7 @@ def test_plan_tables_fit_100_columns(tmp_path: Path) -> None:
     ranks = [ln.split()[0] for ln in res.stdout.splitlines() if ln[:2] in ("1 ", "2 ")]
     assert ranks[:2] == ["1", "2"]  # rows labelled by rank
     res = cli("plan", DEFAULT, "--max-rate", "--slo", "e2e_p99=2.5", "--confirm", "0",
-              "--out", str(tmp_path / "m"))  # fmt: skip
+              "--out", str(tmp_path / "m"))
     assert res.returncode == 0 and "model max rate" in res.stdout
 
 
@@ -178,7 +178,7 @@ def test_no_arguments_prints_help_and_exits_cleanly(args: tuple[str, ...]) -> No
 def test_run_prints_within_100_columns_and_records_version_and_seed(tmp_path: Path) -> None:
     out = tmp_path / "r"
     res = cli("run", DEFAULT, "--set", "workload.num_requests=400", "--seed", "7", "--out",
-              str(out))  # fmt: skip
+              str(out))
     assert res.returncode == 0, res.stderr
     assert fits(res.stdout), [ln for ln in res.stdout.splitlines() if len(ln) > 100]
     assert "draft acceptance rate" in res.stdout and "sdsim version" in res.stdout
@@ -207,7 +207,7 @@ def _line_df() -> pd.DataFrame:
                 {"server.replicas": reps, "spec.k": k, "e2e_p99": v, "e2e_p99_ci_low": v * 0.9,
                  "e2e_p99_ci_high": v * 1.1, "e2e_p99_analytic": v * 1.05,
                  "stable": 1.0 if reps > 1 else 0.5}
-            )  # fmt: skip
+            )
     return pd.DataFrame(rows)
 
 
@@ -219,7 +219,7 @@ def test_line_figure_legend_units_integer_ticks_and_target() -> None:
     fig = line_figure(_line_df(), "server.replicas", "e2e_p99", hue=["spec.k"],
                       low="e2e_p99_ci_low", high="e2e_p99_ci_high", analytic="e2e_p99_analytic",
                       target=target["e2e_p99"], target_metric="e2e_p99",
-                      ylabel=metric_label("e2e_p99", "s"))  # fmt: skip
+                      ylabel=metric_label("e2e_p99", "s"))
     ax = fig.axes[0]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert any("analytic" in lab for lab in labels)

@@ -148,7 +148,7 @@ def test_context_limit_is_checked() -> None:
     # Qwen3-8B accepts 40960 tokens: 40000 + 1000 is too long, 39000 + 1000 fits.
     with pytest.raises(ScenarioError) as exc:
         small(**{"target": "qwen3-8b", "workload.prompt_tokens": 40000,
-                 "workload.output_tokens": 1000})  # fmt: skip
+                 "workload.output_tokens": 1000})
     assert str(exc.value).startswith("workload.output_tokens") and "40960" in str(exc.value)
     small(**{"target": "qwen3-8b", "workload.prompt_tokens": 39000, "workload.output_tokens": 1000})
 

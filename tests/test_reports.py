@@ -273,7 +273,7 @@ def test_fit_recovers_known_coefficients_k0() -> None:
     alone = sdsim.simulate(
         small(**{"spec.k": 0, "costs.linear.verify_per_token_s": 2e-4, "workload.rate": 0.01,
                  "workload.num_requests": 3, "warmup_requests": 0})
-    ).summary["e2e_mean"]  # fmt: skip
+    ).summary["e2e_mean"]
     b = c.verify_per_token_s + c.verify_per_kv_token_s * (p + g / 2)
     c2_known = (g - 1) * b + p * c.verify_per_token_s
     assert fit.c1 == pytest.approx(alone, rel=0.05)

@@ -134,7 +134,7 @@ def test_step_breakdown_and_plain_decoding() -> None:
     assert s_ng.draft == pytest.approx(16 * 20e-6)
     # a separate draft model pays its own layers and LM head on every draft pass
     dm = build_cost_model(scn.with_overrides({"drafter": {"kind": "model",
-                                                          "model": "llama-3.2-1b"}}))  # fmt: skip
+                                                          "model": "llama-3.2-1b"}}))
     assert dm.step(StepShape(16, 16 * 700, 4)).draft > 0
 
 

@@ -179,7 +179,7 @@ def test_k_vs_load_via_cli_with_speedup_plot(tmp_path: Path) -> None:
     out = tmp_path / "kvl"
     small = ["--set", "workload.num_requests=10", "--set", "warmup_requests=2"]
     main(["sweep", str(sweep), "--out", str(out), "--workers", "1", "--replications", "1",
-          "--quiet", *small])  # fmt: skip
+          "--quiet", *small])
     main(["plot", str(out), "--speedup-vs", "spec.k=0"])
     table = pd.read_csv(out / "plots" / "speedup.csv")
     assert len(table) == 3 * 5 * 2 and (table["pairs"] == 1).all()

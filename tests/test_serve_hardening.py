@@ -71,7 +71,7 @@ def test_13_output_beyond_the_context_is_refused_naming_the_field(
     body: dict[str, Any] = (
         {"prompt": [1] * 1000} if "chat" not in path
         else {"messages": [{"role": "user", "content": "abcd" * 1000}]}
-    )  # fmt: skip
+    )
     msg = refused(fast.post(path, json={**body, field: 200_000}), field)
     assert f"too large: 200000. This model's maximum context length is {CONTEXT}" in msg
     assert f"(200000 > {CONTEXT} - 1000)" in msg
@@ -232,7 +232,7 @@ def test_13_sigterm_drains_then_aborts_and_exits_promptly(tmp_path: Path) -> Non
 
     def stream(name: str, max_tokens: int) -> None:
         body = {"prompt": "hello world, hello!", "max_tokens": max_tokens, "stream": True,
-                "stream_options": {"include_usage": True}}  # fmt: skip
+                "stream_options": {"include_usage": True}}
         try:
             with httpx.stream("POST", f"{server.base}/v1/completions", json=body, timeout=60) as r:
                 for line in r.iter_lines():
@@ -308,7 +308,7 @@ def test_tokenizer_counts_prompts_as_the_tokenizer_does(tmp_path: Path) -> None:
         assert r.json()["usage"]["prompt_tokens"] == 63
         chat = {"messages": [{"role": "system", "content": "hello"},
                              {"role": "user", "content": [{"type": "text", "text": text}]}],
-                "max_tokens": 2}  # fmt: skip
+                "max_tokens": 2}
         assert c.post("/v1/chat/completions", json=chat).json()["usage"]["prompt_tokens"] == 64
         # token ids count as given
         r = c.post("/v1/completions", json={"prompt": [5] * 40, "max_tokens": 2})

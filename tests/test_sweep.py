@@ -237,7 +237,7 @@ def test_intervals_respect_the_range_with_two_replications() -> None:
     # reaches below zero (t = 12.7) and gives "stable 0.5 +- 6.4"; pooled within-run errors on
     # the log scale and a Wilson interval do not
     meta = {"points": [{"point": 0, "point_key": "a", "overrides": {}}], "fields": [],
-            "metrics": ["e2e_p99", "stable", "throughput_rps"]}  # fmt: skip
+            "metrics": ["e2e_p99", "stable", "throughput_rps"]}
     runs = pd.DataFrame(
         {
             "point_key": ["a", "a"],
@@ -286,7 +286,7 @@ def test_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None
         [sys.executable, "-m", "sdsim.cli", "sweep", str(path), "--out", str(tmp_path / "c"),
          "--workers", "1", "--quiet"],
         capture_output=True, text=True, cwd=ROOT,
-    )  # fmt: skip
+    )
     assert proc.returncode == 1 and "failures.csv" in proc.stderr, proc.stderr
     assert (tmp_path / "c" / "summary.csv").is_file()
 
@@ -305,7 +305,7 @@ def test_kill_and_resume_loses_nothing_and_duplicates_nothing(tmp_path: Path) ->
         [sys.executable, "-m", "sdsim.cli", "sweep", str(path), "--out", str(out), "--workers",
          "1", "--quiet"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     results = out / "results"
     deadline = time.monotonic() + 120
     try:
@@ -438,7 +438,7 @@ def test_speedup_is_the_paired_ratio_to_the_baseline(tmp_path: Path) -> None:
         spec = r[r["spec.k"] == 3].sort_values("replication")["e2e_mean"].to_numpy()
         # the geometric mean of the paired ratios, its interval on the log ratios (positive)
         assert row["speedup"] == pytest.approx(float(np.exp(np.log(base / spec).mean())),
-                                               rel=1e-12)  # fmt: skip
+                                               rel=1e-12)
         assert 0 < row["speedup_ci_low"] <= row["speedup"] <= row["speedup_ci_high"]
     with pytest.raises(ScenarioError, match="--speedup-vs"):
         speedup_table(runs, meta, {"spec.k": 1})

@@ -143,7 +143,7 @@ def test_life_on_a_line_is_the_linear_model() -> None:
     life = life_on_curve(
         _table(_lines(a, b, cp)), lam, c["surv_full"], c["cm1"], c["surv_dec"], c["ell"],
         c["si"], 1, 255.0, 1e9,
-    )  # fmt: skip
+    )
     si, ell = c["si"][0], c["ell"][0]
     n0 = np.array([0.0, 3.0, 12.0, 40.0])[:, None]
     c_full = c["surv_full"][1] / 3.0
@@ -152,7 +152,7 @@ def test_life_on_a_line_is_the_linear_model() -> None:
     lin = linear_life(
         np.float64(lam), n0, np.zeros_like(n0), np.full_like(n0, a), np.full_like(n0, b),
         np.full_like(n0, cp), win,
-    )  # fmt: skip
+    )
     assert np.all(lin.den > 0.1)
     np.testing.assert_allclose(life.t_life, lin.t_life, rtol=1e-8)
     np.testing.assert_allclose(life.den, lin.den, rtol=1e-8)
@@ -177,7 +177,7 @@ def test_life_on_a_concave_curve_is_finite_where_the_tangent_diverges() -> None:
     life = life_on_curve(
         _table(lines), lam, c["surv_full"], c["cm1"], c["surv_dec"], c["ell"], c["si"], 1,
         255.0, 1e9,
-    )  # fmt: skip
+    )
     assert np.all(np.isfinite(life.t_life)) and np.all(life.t_life > 0)
     assert np.all((life.den > 0) & (life.den <= 1))
     # the root solves its own equation: x = (survivors + lambda tbar CM1) / ell
@@ -196,7 +196,7 @@ def test_life_beyond_the_cap_is_the_full_batch() -> None:
     life = life_on_curve(
         _table(_lines(a, b, cp), cap), lam, c["surv_full"], c["cm1"], c["surv_dec"], c["ell"],
         c["si"], 1, cap, q_full,
-    )  # fmt: skip
+    )
     capped = life.capped > 0
     assert capped.any() and (~capped).any()
     si, ell = c["si"][capped], c["ell"][capped]

@@ -42,7 +42,7 @@ def test_all_writes_the_map_beside_one_directory_per_scenario(tmp_path: Path) ->
     reports, scns = _two()
     layout = report_layout([s.name for s in scns], tmp_path)
     assert layout == {tmp_path: MAP_FILES, tmp_path / "default": SCENARIO_FILES,
-                      tmp_path / "plain": SCENARIO_FILES}  # fmt: skip
+                      tmp_path / "plain": SCENARIO_FILES}
     files = write_reports(reports, scns, tmp_path)
     assert sorted(f.relative_to(tmp_path).as_posix() for f in files) == sorted(
         [*MAP_FILES, *(f"{n}/{f}" for n in ("default", "plain") for f in SCENARIO_FILES)]

@@ -186,7 +186,7 @@ def arrival_view(
         scale = lam / (w.rate / reps)
         d_lo, d_hi = w.mmpp.durations()
         return ArrivalView(lam, _per_replica(1.0, scn), (lo * scale, hi * scale),
-                           (1.0 / d_lo, 1.0 / d_hi), "MMPP")  # fmt: skip
+                           (1.0 / d_lo, 1.0 / d_hi), "MMPP")
     if w.arrival == "gamma":
         c2 = _per_replica(float(w.cv**2), scn)
         batch = 1.0

@@ -45,7 +45,7 @@ _TAIL_DIRECT = 1e-8
 @jit
 def _gth(
     mu: FloatArray, size: int, b: FloatArray, pi: FloatArray, work: FloatArray
-) -> None:  # pragma: no cover - compiled
+) -> None:  # compiled
     """Stationary law of the chain on states ``0..size-1`` (the last absorbing the tail) by GTH
     state reduction, into ``pi[:size]``; ``b`` (at least size x size) and ``work`` (at least 3 x
     size) are scratch.
@@ -139,7 +139,7 @@ def _gth(
 
 
 @jit
-def _poisson_tail(mu: float, m: int) -> float:  # pragma: no cover - compiled
+def _poisson_tail(mu: float, m: int) -> float:  # compiled
     """``P(X >= m)`` for ``X ~ Poisson(mu)`` (the truncation gate: 1e-6 accuracy is plenty)."""
     if mu <= 0.0:
         return 0.0
@@ -162,7 +162,7 @@ def _chain_rows(
     gate: float,
     pq: FloatArray,
     t: FloatArray,
-) -> None:  # pragma: no cover - compiled
+) -> None:  # compiled
     rows, nq = mixed.shape
     a = np.empty((nq, nq))
     pi = np.empty(nq)
@@ -191,7 +191,7 @@ def _chain_rows(
                     pq[r, q] = pi[q]
                 done = True
                 break
-        if not done:  # pragma: no cover - the full size always ends the loop
+        if not done:  # the full size always ends the loop
             continue
         acc = 0.0
         for q in range(nq):

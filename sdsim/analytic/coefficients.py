@@ -157,7 +157,7 @@ def prefill_alone(model: StepCostModel, k: int, prompt: int, budget: int) -> tup
 
 
 @jit
-def _interp_at(fp: npt.NDArray[np.float64], x: float) -> float:  # pragma: no cover - compiled
+def _interp_at(fp: npt.NDArray[np.float64], x: float) -> float:  # compiled
     """``np.interp(x, arange(len(fp)), fp)`` for ``0 <= x <= len(fp) - 1``, its operations in
     its order (slope over a unit step, times ``x - j``, plus ``fp[j]``; the last point exact)."""
     last = fp.shape[0] - 1
@@ -178,7 +178,7 @@ def _tangent(
     cost: npt.NDArray[np.float64],
     decode: npt.NDArray[np.float64],
     overhead: float,
-) -> tuple[float, float, float, float, float, float, float, float, float]:  # pragma: no cover
+) -> tuple[float, float, float, float, float, float, float, float, float]:
     """The weighted means :func:`tangent_coefficients` reads off the curves at the batches
     ``x`` (weights ``w``), the tangent line ``a + b n`` and its relative error on the batches
     that carry 98% of the mass (compiled: two dozen numpy calls on a few hundred entries cost

@@ -121,7 +121,7 @@ def seen_by_arrivals(
     j, wj, vj = bin_moments(n_all[nmax:] - nmax + 1.0, pn[nmax:], WAIT_BINS)
     return Seen(float(view.arrival_share[state]), float(view.rates[state]), state,
                  np.concatenate(([0.0], n0)), np.concatenate(([float(free[0])], w0)),
-                 np.concatenate(([0.0], v0)), p_wait, j, wj, vj)  # fmt: skip
+                 np.concatenate(([0.0], v0)), p_wait, j, wj, vj)
 
 
 # ---------------------------------------------------------------- the step it arrives in
@@ -290,9 +290,9 @@ def _own_step(
     pa2 = _others_in_prefill_step(levels, view)  # [level, A']
     rows, nl = mixed1.shape[0], levels.shape[0]
     v = np.broadcast_to(mixed1[:, None, :, None] + sv[None, None, 1:, :],
-                        (rows, nl, *sv[1:].shape)).reshape(rows * nl, -1)  # fmt: skip
+                        (rows, nl, *sv[1:].shape)).reshape(rows * nl, -1)
     p = np.broadcast_to(pa2[None, :, :, None] * sp[None, None, 1:, :],
-                        (rows, nl, *sp[1:].shape)).reshape(rows * nl, -1)  # fmt: skip
+                        (rows, nl, *sp[1:].shape)).reshape(rows * nl, -1)
     order = np.argsort(v, axis=1, kind="stable")
     bv, bp = bin_equal_mass_rows(
         np.take_along_axis(v, order, 1), np.take_along_axis(p, order, 1), OWN_STEP_BINS

@@ -158,7 +158,7 @@ def _law(ratio: npt.NDArray[np.float64], extra: int, cut: float) -> npt.NDArray[
     """``pi(n) ~ prod_{i <= n} ratio[i - 1]`` for ``n <= len(ratio)``, then ``extra`` states
     of the geometric tail at ``ratio[-1]``, normalised, the far tail (mass below ``cut``) dropped
     and the rest normalised again (compiled: a dozen numpy calls on a few hundred entries cost
-    more than the arithmetic)."""  # pragma: no cover - compiled
+    more than the arithmetic)."""  # compiled
     n_max = ratio.shape[0]
     size = n_max + 1 + extra
     logp = np.empty(size)
@@ -224,7 +224,7 @@ def _noisy(
     f: npt.NDArray[np.float64],
     up: npt.NDArray[np.float64],
     down: npt.NDArray[np.float64],
-) -> None:  # pragma: no cover - compiled
+) -> None:  # compiled
     """:func:`noisy` element by element (its numpy form costs a dozen calls per law)."""
     for i in range(lam.shape[0]):
         drift = lam[i] - phi[i]
@@ -276,7 +276,7 @@ def modulated_birth_death(
         d = np.concatenate((deaths, np.repeat(down[:, None], extra, axis=1)), axis=1)
         joint = _qbd_law(np.ascontiguousarray(b, dtype=np.float64),
                          np.ascontiguousarray(d, dtype=np.float64),
-                         np.ascontiguousarray(leave, dtype=np.float64), levels)  # fmt: skip
+                         np.ascontiguousarray(leave, dtype=np.float64), levels)
         tail = float(joint[-max(levels // 100, 1) :].sum())
         if tail < 1e-13 or extra >= 2_000_000:
             break
@@ -297,7 +297,7 @@ def _qbd_law(
     deaths: npt.NDArray[np.float64],
     leave: npt.NDArray[np.float64],
     levels: int,
-) -> npt.NDArray[np.float64]:  # pragma: no cover - compiled
+) -> npt.NDArray[np.float64]:  # compiled
     """``pi[n, i]`` for ``n = 0..levels`` of the two-state QBD (births[i, n] from level ``n``,
     deaths[i, n - 1] from level ``n``, leave), the top level reflecting. Linear level reduction
     with 2x2 blocks: ``R_{L-1} = A0 (-A1(L))^-1``, ``R_{n-1} = A0 (-A1(n) - R_n

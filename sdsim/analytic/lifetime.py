@@ -108,7 +108,7 @@ class Tabulated:
 
 
 @numba.njit(inline="always")
-def _knot(x: float, xp: FloatArray, inv_h: float) -> int:  # pragma: no cover - compiled
+def _knot(x: float, xp: FloatArray, inv_h: float) -> int:  # compiled
     """The interval ``np.interp`` reads for ``x`` in an evenly spaced ``xp``: -1 below it,
     ``len(xp)`` above it, else the ``j`` with ``xp[j] <= x < xp[j + 1]`` (``len - 1`` at the
     last knot), as numpy's binary search finds it (guessed from the spacing, then moved to
@@ -129,7 +129,7 @@ def _knot(x: float, xp: FloatArray, inv_h: float) -> int:  # pragma: no cover - 
 @numba.njit(inline="always")
 def _interp_knot(
     x: float, j: int, xp: FloatArray, fp: FloatArray, slopes: FloatArray, row: int
-) -> float:  # pragma: no cover - compiled
+) -> float:  # compiled
     """``np.interp(x, xp, fp)`` on the interval ``j`` of :func:`_knot`, numpy's operations in
     its order (``slopes[row, j] = (fp[j+1] - fp[j]) / (xp[j+1] - xp[j])``, as numpy precomputes
     them; a point on a knot or past an end takes that knot's value)."""
@@ -165,7 +165,7 @@ def _life_excess(
     e: float,
     s_1: float,
     cm: float,
-) -> float:  # pragma: no cover - compiled
+) -> float:  # compiled
     """How far the arrivals' batch at ``x`` others overshoots ``x``: the mean others a life
     of one cell implies, ``(sf + lam t(x) cm / e) / e``, minus ``x`` (``sl``: the slopes of
     ``b_t``, ``step_t``, ``cp_t`` as three rows; see :func:`life_on_curve`)."""
@@ -182,7 +182,7 @@ def _life_excess(
 
 
 @jit_eager("void(f8[::1], f8[::1], f8[::1], f8[::1], f8[:, ::1], f8, f8, f8[::1], f8, f8, f8, "
-           "f8[::1], f8[::1], f8[::1], f8[::1], f8[::1], b1[::1])")  # fmt: skip
+           "f8[::1], f8[::1], f8[::1], f8[::1], f8[::1], b1[::1])")
 def _life_roots(
     xg: FloatArray,
     step_t: FloatArray,
@@ -201,7 +201,7 @@ def _life_roots(
     cm: FloatArray,
     x_out: FloatArray,
     capped: npt.NDArray[np.bool_],
-) -> None:  # pragma: no cover - compiled
+) -> None:  # compiled
     """The root ``x`` of :func:`_life_excess` per cell (``x_out``; ``capped`` where even the
     cap leaves more arrivals than it holds): Illinois regula falsi on ``[survivors only, cap]``
     from both ends (the excess falls from >= 0 to < 0), one cell at a time."""
@@ -378,7 +378,7 @@ def life_on_curve(
         np.array(lamf).ravel(), float(P), float(q_full), float(cap),
         np.array(sf, dtype=np.float64).ravel(), np.array(ellf).ravel(),
         np.array(s1).ravel(), np.array(cm, dtype=np.float64).ravel(), x, capped,
-    )  # fmt: skip
+    )
     xs = x.reshape(shape)
     capf = capped.reshape(shape).astype(np.float64)
     t_life, b, cp, step = life_at(xs)

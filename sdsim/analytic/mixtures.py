@@ -54,7 +54,7 @@ _CDF, _PDF, _SLOPE = 0, 1, 2
 
 
 @numba.njit(inline="always")
-def _ndtr(z: float) -> float:  # pragma: no cover - compiled
+def _ndtr(z: float) -> float:  # compiled
     """Phi(z) as scipy's ``ndtr`` computes it: ``0.5 + 0.5 erf`` near 0, ``0.5 erfc`` in the
     tails, reflected above 0."""
     v = z * _SQRT1_2
@@ -66,7 +66,7 @@ def _ndtr(z: float) -> float:  # pragma: no cover - compiled
 
 
 @numba.njit(inline="always")
-def _log_ndtr(y: float) -> float:  # pragma: no cover - compiled
+def _log_ndtr(y: float) -> float:  # compiled
     """log Phi(y): ``log(0.5 erfc(-y / sqrt 2))``, and below -20 the asymptotic series
     ``-y^2/2 - log(-y sqrt(2 pi)) + log(1 - 1/y^2 + 3/y^4 - 15/y^6 + 105/y^8)`` (its next term,
     945 / y^10, is below 1e-10 there)."""
@@ -89,7 +89,7 @@ def _at(
     ulo: FloatArray,
     uhi: FloatArray,
     udens: FloatArray,
-) -> tuple[float, float, float]:  # pragma: no cover - compiled
+) -> tuple[float, float, float]:  # compiled
     """The mixture's (unnormalised) CDF, density and density slope at ``x``.
 
     Gaussian terms: ``Phi(z)`` with ``z = (x - mu) / sd``; exponnorm ones (``lam > 0``, shape
@@ -153,7 +153,7 @@ def _sums(
     uhi: FloatArray,
     udens: FloatArray,
     out: FloatArray,
-) -> None:  # pragma: no cover - compiled
+) -> None:  # compiled
     """:func:`_at` at each x: ``out[0]`` the CDF, ``out[1]`` the density, ``out[2]`` its
     slope (unnormalised; reassociation allowed, so sums may run in SIMD lanes: rounding only)."""
     for j in range(xs.shape[0]):
@@ -183,7 +183,7 @@ def _refine(
     fb: FloatArray,
     p: FloatArray,
     out: FloatArray,
-) -> None:  # pragma: no cover - compiled
+) -> None:  # compiled
     """Roots of ``F(x) = p`` in brackets ``[a, b]`` (``F(a) < p <= F(b)``), one at a time.
 
     From the secant point of the bracket: Halley steps ``x - 2 r d / (2 d^2 - r d')`` (Newton
@@ -368,6 +368,6 @@ class Mixture:
             j = idx[live]
             res = np.empty(live.shape[0])
             _refine(*self._arrays(), self.total, *_f(xg[j - 1], xg[j], fg[j - 1], fg[j], ps[live]),
-                    res)  # fmt: skip
+                    res)
             out[live] = res
         return [float(v) for v in out]

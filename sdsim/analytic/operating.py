@@ -185,7 +185,7 @@ def dispersion(
     _dispersion(np.ascontiguousarray(pq), t, curve.decode, np.ascontiguousarray(first),
                 float(curve.chunks_per_request), frac, float(rate),
                 work.shared_life(curve.chunks_per_request), a2, curve.chunk_cost_cv2,
-                out)  # fmt: skip
+                out)
     # a full batch admits only as many as it completes, whatever arrives: the arrivals that
     # queue bring no prefill with them, so above the cap (the last entry, which the queue's
     # levels take) their own burstiness is all the noise there is
@@ -206,7 +206,7 @@ def _dispersion(
     ca2: float,
     cost_cv2: float,
     out: FloatArray,
-) -> None:  # pragma: no cover - compiled
+) -> None:  # compiled
     """:func:`dispersion`'s ``F(n)`` into ``out`` (``n = 1..len(out)``): a chunk's cost at a
     row is :meth:`~sdsim.analytic.stepcurve.StepCurve.chunk_cost_from`'s (the step's prefill
     part over the chunks it carries on average, the first chunk's cost where it carries almost

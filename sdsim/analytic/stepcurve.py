@@ -432,4 +432,4 @@ def build_step_curve(
         shift = np.asarray(one, dtype=np.float64) - mixed[:, 1:2]
         pw = np.asarray(prompt_law[1], dtype=np.float64)
     return StepCurve(k, ctx, n_max, chunk, nchunks, dec, ver, dra, overhead, mixed, pw, shift,
-                     float(max(1, budget // chunk)))  # fmt: skip
+                     float(max(1, budget // chunk)))

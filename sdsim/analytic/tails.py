@@ -179,7 +179,7 @@ def _windows(work: RequestWork, oth: _Others, P: int, s_bins: int) -> list[_SBin
         c_dec, cv_dec = oth.window(P + 1, ell)
         c_pf, _ = oth.window(1, np.full_like(ell, P))
         win = Window(si, ell, c_full, cv_full, c_dec, cv_dec, c_pf, oth.CM1[si], oth.CM2[si],
-                     oth.M1[si])  # fmt: skip
+                     oth.M1[si])
         out.append(_SBins(win, s_w, s_v))
     return out
 
@@ -226,7 +226,7 @@ def _lives(
         return np.concatenate(
             [np.broadcast_to(f(b, i), sh).ravel()
              for i, (b, sh) in enumerate(zip(wins, shapes, strict=True))]
-        )  # fmt: skip
+        )
 
     def field_of(name: str) -> npt.NDArray[Any]:
         return flat(lambda b, i: getattr(b.win, name)[None, :])
@@ -241,7 +241,7 @@ def _lives(
 
     def solve(lam: FloatArray) -> Life:
         return life_on_curve(smooth, lam, N0 * win.c_full, win.cm1, N0 * win.c_dec, win.ell,
-                             win.si, P, nmax - 1, q_full)  # fmt: skip
+                             win.si, P, nmax - 1, q_full)
 
     lam = np.full(row.shape[0], seen.lam if view.states == 1 else view.rate)
     life = solve(lam)
@@ -319,7 +319,7 @@ class _Components:
 
 def _pool(parts: list[_Components]) -> Mixture:
     return Mixture.normals(*(np.concatenate([getattr(c, f) for c in parts])
-                             for f in ("w", "mu", "sd", "lam")))  # fmt: skip
+                             for f in ("w", "mu", "sd", "lam")))
 
 
 @dataclass(frozen=True)
@@ -369,7 +369,7 @@ def _waits(
         lvar = ell * full.cp2_t * nmax / full.nu + tbar_full**2 * s_v[None, :]
         r = full.t_full
         e2e.append(_Components(ww, wait_mean[:, None] + r / 2 + life,
-                               np.sqrt(wait_var[:, None] + r * r / 12 + lvar), mu))  # fmt: skip
+                               np.sqrt(wait_var[:, None] + r * r / 12 + lvar), mu))
         if g > 1:
             si = win.si[None, :]
             tm = si * full.t_full / (g - 1)

@@ -225,7 +225,7 @@ def _rows(
                 "seeds": " ".join(str(x) for x in st.seeds),
                 "deleted": " ".join(str(x) for x in st.deleted),
             }
-        )  # fmt: skip
+        )
     frac = r / sat
     broken = bool(bad) or bool(pred.outside_model) or not st.stable
     verdict = "breaks" if broken else (TOO_WIDE if undecided else "holds")
@@ -529,7 +529,7 @@ def plot_validation(
             lo = np.nan_to_num(e - d["err_low"].to_numpy() * 100)
             hi = np.nan_to_num(d["err_high"].to_numpy() * 100 - e)
             ax2.errorbar(d["rate"], e, yerr=np.vstack([lo, hi]), fmt=mk + "-", capsize=2,
-                         label=st)  # fmt: skip
+                         label=st)
         tol = TOLERANCES[(m, "mean")] * 100
         ax2.axhspan(-tol, tol, color="green", alpha=0.1, label=f"±{tol:.0f}% (mean target)")
         ax2.axhline(0, color="black", lw=0.5)
@@ -595,7 +595,7 @@ def plot_error_map(
                 x = d["fraction"].to_numpy() + (i - len(reports) / 2) * 0.003
                 color = f"C{i % 10}"
                 ax.errorbar(x, e, yerr=np.vstack([lo, hi]), fmt="o-", ms=3, lw=1, capsize=2,
-                            color=color, label=rep.scenario)  # fmt: skip
+                            color=color, label=rep.scenario)
                 if "outside_model" in d:
                     out = d["outside_model"].to_numpy(dtype=bool)
                     ax.plot(x[out], e[out], "o", ms=7, mfc="white", mec=color, zorder=3)
@@ -615,7 +615,7 @@ def plot_error_map(
     ]
     axes[0, 0].legend(handles=handles, fontsize=7, loc="lower left")
     fig.suptitle("Where the closed-form model holds (errors with the simulation's 95% CI; "
-                 "hollow: predict says outside the model)")  # fmt: skip
+                 "hollow: predict says outside the model)")
     fig.tight_layout()
     if path is None:
         return fig

@@ -166,7 +166,7 @@ def discretize_length(
         v, p = grid, np.diff(cdf)
         keep = p > 0
         v, p = v[keep], p[keep] / p[keep].sum()
-    else:  # pragma: no cover - the scenario union is closed
+    else:  # the scenario union is closed
         raise TypeError(f"unknown length law {spec!r}")
     vb, pb = bin_equal_mass(v, p, nbins)
     return np.maximum(np.rint(vb), 1).astype(np.int64), pb / pb.sum()

@@ -204,13 +204,13 @@ def run_bench(
             fn = backend.attention(m, b, q, kv)
             st = _stats(backend.time(fn, grid.warmup, grid.repeats))
             attn_rows.append({"model": m.name, "tp": 1, "phase": "decode", "batch": b,
-                              "query": q, "kv": kv, **st})  # fmt: skip
+                              "query": q, "kv": kv, **st})
         elif op == "prefill":
             q, c = shape
             fn = backend.attention(m, 1, q, q + c)
             st = _stats(backend.time(fn, grid.warmup, grid.repeats))
             attn_rows.append({"model": m.name, "tp": 1, "phase": "prefill", "batch": 1,
-                              "query": q, "kv": q + c, **st})  # fmt: skip
+                              "query": q, "kv": q + c, **st})
         else:
             (t,) = shape
             fn = backend.dense(m, op, t)

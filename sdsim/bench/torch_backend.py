@@ -31,7 +31,7 @@ def torch_available() -> bool:
 
 
 _DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
-           "float32": "float32", "fp32": "float32"}  # fmt: skip
+           "float32": "float32", "fp32": "float32"}
 
 
 class TorchBackend:

@@ -79,7 +79,7 @@ def list_presets(
         rows.append(
             [name, str(k), expected_tokens_per_step(list(p.alpha), k),
              draft_acceptance_rate(list(p.alpha), k), min(p.alpha), max(p.alpha)]
-        )  # fmt: skip
+        )
     render_table(
         "acceptance presets (sdsim/data/acceptance/README.md names every source)",
         [Column("preset", "label"), Column("k max", "text"), Column("length at k max", "num"),
@@ -89,7 +89,7 @@ def list_presets(
                "accepted / drafted tokens; α: the model parameter per position",
                "use in a scenario: acceptance: {preset: NAME}; details: sdsim acceptance fit "
                "--preset NAME"],
-    )  # fmt: skip
+    )
 
 
 def fit(
@@ -221,7 +221,7 @@ def _report(alphas: list[float], measured: dict[int, float], source: str, json_o
         rows.append(
             [str(kk), alphas[j], float(surv[j]), by_k[kk], draft_acceptance_rate(alphas, kk),
              meas, (by_k[kk] / meas - 1.0) if math.isfinite(meas) else math.nan]
-        )  # fmt: skip
+        )
     render_table(
         f"alpha from {source}: constant alpha {const:.4f} (same acceptance length at k={kmax})",
         [Column("position / k", "label"), Column("α_j", "num"), Column("P(j accepted)", "num"),
@@ -236,7 +236,7 @@ def _report(alphas: list[float], measured: dict[int, float], source: str, json_o
             + ", ".join(fmt(round(a, 4)) for a in alphas)
             + f"]}}   or the constant acceptance: {{alpha: {const:.4f}}}",
         ],
-    )  # fmt: skip
+    )
 
 
 acceptance_app.command("list")(list_presets)

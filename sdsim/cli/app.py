@@ -169,7 +169,7 @@ _UNDEFINED = (
     (("tpot_mean", "tpot_p50", "tpot_p90", "tpot_p99"), "no measured request has two or more "
      "output tokens (TPOT is the gap between them)"),
     (("acceptance_rate", "k_mean"), "no token was drafted (spec.k = 0)"),
-)  # fmt: skip
+)
 
 
 def summary_notes(summary: dict[str, Any]) -> list[str]:

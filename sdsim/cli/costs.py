@@ -124,7 +124,7 @@ def costs(
              Column("k=0 throughput", "num", "tok/s")],
             [[str(r["batch"]), r["plain_ms"] / 1e3, r["spec_ms"] / 1e3, r["draft_ms"] / 1e3,
               r["verify_ms"] / 1e3, r["overhead_ms"] / 1e3, r["plain_tok_s"]] for r in rows],
-        )  # fmt: skip
+        )
         out.print(
             f"prefill chunk of {chunk} tokens (k={k}): {pf.total * 1e3:.3f} ms "
             f"(prefill {pf.prefill * 1e3:.3f}, overhead {pf.overhead * 1e3:.3f})"
@@ -161,14 +161,14 @@ def _save_figure(fig: Any, dest: Path, title: str) -> None:
 def _explain(
     scn: Any, batches: list[int] | None, ks: list[int] | None, context: int | None,
     plot: Path | None, dest: Path | None, json_out: bool,
-) -> None:  # fmt: skip
+) -> None:
     from sdsim.costs.explain import explain_steps
 
     df = explain_steps(scn, batches, ks, context)
     hw = scn.hardware if isinstance(scn.hardware, str) else scn.hardware.name
     if json_out:
         out.print_json(json.dumps({"source": scn.costs.resolved_source,
-                                   "rows": df.to_dict("records")}))  # fmt: skip
+                                   "rows": df.to_dict("records")}))
     else:
         for k in dict.fromkeys(df["k"]):
             d = df[df["k"] == k]
@@ -249,17 +249,17 @@ def calibrate(
         [[str(r["id"]), r["gpu"], r["target"], r["drafter"], float(r["batch"]), str(r["k"]),
           r["measured_ms"] / 1e3, r["predicted_ms"] / 1e3, float(r["error"]), r["role"]]
          for r in used.to_dict("records")],
-    )  # fmt: skip
+    )
     for g, rep in fit.kernels.items():
         parts = ", ".join(f"{k} {v:.3g}" for k, v in rep.items())
         out.print(f"kernels {g}: {parts}", highlight=False, soft_wrap=True)
     fitted = ", ".join(f"{t} = {v:.4g} s" for t, v in fit.terms.items()) or "none"
     held = "" if math.isnan(fit.held_out_rms_error) else (
-        f", held-out rms error {fit.held_out_rms_error:.1%}")  # fmt: skip
+        f", held-out rms error {fit.held_out_rms_error:.1%}")
     skipped = int((fit.anchors["role"] == "unused").sum())
     out.print(f"fitted: {fitted}; fit rms error {fit.fit_rms_error:.1%}{held}; {skipped} "
               f"measurements not usable as step times (reasons in the fit record)",
-              highlight=False, soft_wrap=True)  # fmt: skip
+              highlight=False, soft_wrap=True)
     out.print(f"wrote {out_file}")
 
 

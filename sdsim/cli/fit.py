@@ -151,7 +151,7 @@ def fit(
               format_time(dense.c2_se)],
              ["saturation rate", f"{fmt(dense.saturation_rate)} req/s", ""],
              ["R²", fmt(dense.r2), ""]],
-        )  # fmt: skip
+        )
         render_table(
             "predicted vs measured",
             [Column("benchmark", "label"), Column("strategy", "text"),
@@ -160,7 +160,7 @@ def fit(
             [[str(r["benchmark"]) + ("" if r["used"] else " (not fitted)"), str(r["strategy"]),
               float(r["rate"]), float(r["measured"]), float(r["predicted"]),
               float(r["rel_error"])] for r in dense.table.to_dict(orient="records")],
-        )  # fmt: skip
+        )
     if res.sd is not None:
         sd = res.sd.result
         render_table(
@@ -168,7 +168,7 @@ def fit(
             [Column("coefficient", "label"), Column("value", "time"),
              Column("std. error", "time")],
             [[n, v, sd.stderr[n]] for n, v in sd.coefficients.items()],
-        )  # fmt: skip
+        )
         render_table(
             "SD form: predicted vs measured",
             [Column("benchmark", "label"), Column("k", "int"), Column("α", "num"),
@@ -177,7 +177,7 @@ def fit(
             [[str(r["benchmark"]), r["k"], float(r["alpha"]), float(r["rate"]),
               float(r["measured"]), float(r["predicted"]), float(r["rel_error"])]
              for r in res.sd.table.to_dict(orient="records")],
-        )  # fmt: skip
+        )
         out.print(
             f"R² = {fmt(sd.r2)}; leave-some-out mean |relative error| = {fmt(sd.loo_error)}"
         )
@@ -191,7 +191,7 @@ def fit(
               format_time(lin.verify_fixed_se)],
              ["costs.linear.verify_per_token_s", format_time(lin.verify_per_token_s),
               format_time(lin.verify_per_token_se)]],
-        )  # fmt: skip
+        )
         if lin.clipped:
             err.print("[yellow]warning:[/] a fitted step cost hit its lower bound 0")
     elif linear:
@@ -236,7 +236,7 @@ def compare(
           float(r["sim_rel_error"]), format_time(float(r["analytic"])),
           float(r["analytic_rel_error"])] for r in tab.to_dict(orient="records")],
         notes=["error: model minus measured, relative to the measured value"],
-    )  # fmt: skip
+    )
     run_seed = scn.seed if seed is None else seed
     title = f"{report.name} vs {scn.name}"
     side, write_side = sidecar_file(

@@ -64,7 +64,7 @@ def _print_plan(res: Any, limit: int) -> None:
         Column("margin", "text"),
         Column("goodput/GPU", "num", "req/s"),
         Column("verdict", "words"),
-    ]  # fmt: skip
+    ]
     rows = []
     for c in res.candidates[:limit]:
         sim = c.replicas is not None
@@ -86,7 +86,7 @@ def _print_plan(res: Any, limit: int) -> None:
         rows,
         notes=["SLO columns: the closed-form model's statistic -> the simulated mean over runs ± "
                "its 95% CI half-width; margin: the smallest SLO margin"],
-    )  # fmt: skip
+    )
     if len(res.candidates) > limit:
         out.print(f"... {len(res.candidates) - limit} more in candidates.csv")
 
@@ -168,7 +168,7 @@ def plan(
         if space:
             raise ScenarioError("--search", "--max-rate checks one configuration: use --set")
         _plan_max_rate(scn, bounds, rate, replications, confirm, workers, dask, target, bar,
-                       json_out)  # fmt: skip
+                       json_out)
         return
     if rate is None:
         raise ScenarioError("--rate", "plan needs the rate to serve (or --max-rate)")
@@ -185,7 +185,7 @@ def plan(
             scn, rate, space, bounds, prices=table, objective=objective, confirm=confirm,
             replications=replications, max_confirm=max(12, confirm), workers=workers,
             dask=dask, out_dir=target, screen_progress=screen_bar, sim_progress=bar,
-        )  # fmt: skip
+        )
     except KeyboardInterrupt:
         bar.close()
         err.print(f"interrupted: finished work is saved in {target}; re-run to resume")
@@ -255,7 +255,7 @@ def _plan_max_rate(
         res = find_max_rate(
             scn, bounds, replications=replications, simulate=confirm > 0, workers=workers,
             dask=dask, out_dir=target, progress=bar,
-        )  # fmt: skip
+        )
     finally:
         bar.close()
     target.mkdir(parents=True, exist_ok=True)
@@ -285,7 +285,7 @@ def _plan_max_rate(
              *(Column(_slo_header(k, b, *units[k]), "text") for k, b in res.bounds.items()),
              Column("goodput", "num", "req/s"), Column("meets the SLOs", "text")],
             rows,
-        )  # fmt: skip
+        )
         out.print(
             f"simulated max rate: {fmt(res.sim_rate)} req/s meets the SLOs, "
             f"{fmt(res.sim_miss_rate)} req/s does not; wrote {target}/max-rate.json",
@@ -374,4 +374,4 @@ def _print_import(imp: Any) -> None:
          Column("in sdsim", "words", "scenario field, or why not")],
         rows,
         notes=notes,
-    )  # fmt: skip
+    )

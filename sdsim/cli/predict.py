@@ -173,7 +173,7 @@ def predict(
         notes=[MEAN_NOTE],
         facts=("throughput_rps", "throughput_tps", "tokens_per_step_mean", "batch_mean",
                "in_system_mean", "stable"),
-    )  # fmt: skip
+    )
     render_table("model", [Column("quantity", "label"), Column("value", "text")], _model_rows(p, k))
     shown = rate_list or sorted(p.best_k)
     if rate_list:
@@ -216,7 +216,7 @@ def predict(
             [Column("rate", "label", "req/s"), Column("best k", "text"),
              Column("e2e mean at best k", "time")],
             rows,
-        )  # fmt: skip
+        )
     if not p.summary["stable"]:
         err.print(
             f"[yellow]warning:[/] rate {scn.workload.rate:g} req/s is at or past the predicted "
@@ -412,4 +412,4 @@ def _print_validation(rep: Any, scn: Scenario) -> None:
             "else the CI is too wide to judge (yellow)",
             *notes,
         ],
-    )  # fmt: skip
+    )

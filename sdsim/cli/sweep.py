@@ -97,7 +97,7 @@ def print_sweep_summary(summary: Any, fields: list[str], metrics: list[str]) -> 
     n = 60
     shown = [m for m in metrics if m in summary.columns][:4]
     columns = [Column(short_field(f), "label" if i == 0 else "text")
-               for i, f in enumerate(fields)]  # fmt: skip
+               for i, f in enumerate(fields)]
     if not columns:
         columns = [Column("point", "label")]
     columns.append(Column("runs", "text"))

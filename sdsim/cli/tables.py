@@ -79,7 +79,7 @@ def alpha_text(acceptance: Any) -> str:
     mean = f"{acceptance.mean_alpha:.3g}"
     if isinstance(a, list):
         return f"α≈{mean} " + (f"(preset {acceptance.preset})" if acceptance.preset
-                                else "(per position)")  # fmt: skip
+                                else "(per position)")
     if not isinstance(a, int | float):
         return f"α≈{mean} (beta per request)"
     return f"α={mean}"
@@ -252,7 +252,7 @@ def _split(
     for j in range(1, len(heads)):
         trial = [*current, j]
         t = _build([heads[i] for i in trial], [kinds[i] for i in trial],
-                   [[r[i] for i in trial] for r in body], compact=True)  # fmt: skip
+                   [[r[i] for i in trial] for r in body], compact=True)
         if _width(console, t) > width and len(current) > 1:
             groups.append(current)
             current = [0, j]
@@ -316,7 +316,7 @@ def print_summary(
         latency_rows(summary),
         console=console,
         notes=notes,
-    )  # fmt: skip
+    )
     rows = []
     for key in facts:
         if key not in summary:
@@ -337,6 +337,6 @@ def print_summary(
             rows.append(
                 [f"SLO {k}: attainment / margin",
                  f"{fmt(summary[f'slo_attainment_{k}'])} / {summary[f'slo_margin_{k}']:+.0%}"]
-            )  # fmt: skip
+            )
     render_table(None, [Column("quantity", "label"), Column("value", "text")], rows,
-                 console=console)  # fmt: skip
+                 console=console)

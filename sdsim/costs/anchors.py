@@ -69,20 +69,20 @@ MEASUREMENT_COLUMNS = (
     "source", "gpu", "engine", "engine_version", "target", "drafter", "tp", "dtype", "dataset",
     "prompt_tokens", "output_tokens", "concurrency", "request_rate", "k", "acceptance_length",
     "metric", "value", "notes",
-)  # fmt: skip
+)
 METRICS = ("step_ms", "tpot_ms", "itl_ms", "ttft_ms", "e2e_s", "output_tok_per_s",
-           "request_tok_per_s", "request_per_s", "throughput_speedup")  # fmt: skip
+           "request_tok_per_s", "request_per_s", "throughput_speedup")
 # When one run reports several metrics, the one used (the others would count the run twice):
 # the most direct measure of a step first.
 _PREFERENCE = ("tpot_ms", "itl_ms", "step_ms", "output_tok_per_s", "request_tok_per_s", "e2e_s",
-               "request_per_s")  # fmt: skip
+               "request_per_s")
 # max_num_seqs a server runs with when a source does not say (vLLM's default): a request rate
 # that needs more requests in flight than this is past the server's capacity.
 DEFAULT_MAX_NUM_SEQS = 256
 # Targets filed under names outside the registry that have a registry model's shapes: Llama 3
 # (8k rope) and 3.3 are Llama 3.1's architecture.
 _MODEL_ALIASES = {"llama-3-8b": "llama-3.1-8b", "llama-3-70b": "llama-3.1-70b",
-                  "llama-3.3-70b": "llama-3.1-70b"}  # fmt: skip
+                  "llama-3.3-70b": "llama-3.1-70b"}
 STEP_COLUMNS = ("batch", "context", "k", "step_ms")
 
 # Mean prompt and output lengths of public benchmark datasets, for rows that do not give them:
@@ -161,7 +161,7 @@ def normalise_gpu(name: Any) -> str | None:
     if s in GPUS:
         return s
     for key, reg in (("h200", "h200"), ("h100", "h100-sxm"), ("a100", "a100-80gb"),
-                     ("b200", "b200"), ("l40s", "l40s"), ("mi300x", "mi300x")):  # fmt: skip
+                     ("b200", "b200"), ("l40s", "l40s"), ("mi300x", "mi300x")):
         if key in s.replace(" ", "").replace("-", ""):
             return reg
     return None
@@ -224,7 +224,7 @@ def _anchor(
     aid: str, source: str, gpu: str, target: str, kind: str, dmodel: str | None, tp: int,
     conc: float, rate: float, k: int, al: float, prompt: float, output: float, metric: str,
     value: float, note: str = "",
-) -> Anchor:  # fmt: skip
+) -> Anchor:
     """Convert one measurement (see the module docstring); unusable rows get role ``unused``."""
     n = _steps_per_request(output, al)
     step = math.nan
@@ -273,7 +273,7 @@ def _anchor(
         why = "no positive step time"
     a = Anchor(aid, source, gpu, target, kind, dmodel, tp, batch, prompt + output / 2.0, k, al,
                prompt, output, pf, metric, value, step, "unused" if why else "fit",
-               why or note)  # fmt: skip
+               why or note)
     return a
 
 
@@ -307,7 +307,7 @@ def read_measurements(path: str | Path, scenario: Any = None) -> list[Anchor]:
     if set(STEP_COLUMNS) <= cols:
         if scenario is None:
             raise ScenarioError(fld, "a step-time CSV (batch, context, k, step_ms) needs a "
-                                "scenario naming its GPU, target and drafter")  # fmt: skip
+                                "scenario naming its GPU, target and drafter")
         return _steps(df, p, scenario)
     raise ScenarioError(
         fld,
@@ -362,7 +362,7 @@ def _public(df: pd.DataFrame, p: Path) -> list[Anchor]:
         metric = str(row.get("metric") or "").strip()
         if metric not in METRICS:
             raise ScenarioError(f"{fld}: row {i + 2}", f"metric {metric!r} is not one of "
-                                f"{', '.join(METRICS)}")  # fmt: skip
+                                f"{', '.join(METRICS)}")
         value = _num(row.get("value"))
         if math.isnan(value) or value <= 0:
             raise ScenarioError(f"{fld}: row {i + 2}", "value must be a positive number")
@@ -384,7 +384,7 @@ def _public(df: pd.DataFrame, p: Path) -> list[Anchor]:
         if k == 0:
             al = 1.0
         elif math.isnan(al) and metric in ("tpot_ms", "itl_ms", "output_tok_per_s",
-                                           "request_tok_per_s"):  # fmt: skip
+                                           "request_tok_per_s"):
             why = why or "speculative row without acceptance_length"
         tp = int(_num(row.get("tp"))) if not math.isnan(_num(row.get("tp"))) else 1
         prompt, output, lnote = _lengths(row)
@@ -396,7 +396,7 @@ def _public(df: pd.DataFrame, p: Path) -> list[Anchor]:
                     al if not math.isnan(al) else 1.0,
                     prompt if not math.isnan(prompt) else 0.0,
                     output if not math.isnan(output) else 1.0, metric, value,
-                    "; ".join(x for x in (lnote, notes) if x))  # fmt: skip
+                    "; ".join(x for x in (lnote, notes) if x))
         if a.role != "unused":
             a = a.with_role(role)
         out.append(a.with_role("unused", why) if why else a)
@@ -407,7 +407,7 @@ def _chosen_rows(df: pd.DataFrame) -> dict[int, str | None]:
     """Row index -> the metric used instead of it when another metric of the same run (same
     source, configuration, workload and load) is preferred (:data:`_PREFERENCE`), else None."""
     keys = ["source", "gpu", "engine", "target", "drafter", "tp", "dataset", "prompt_tokens",
-            "output_tokens", "concurrency", "request_rate", "k"]  # fmt: skip
+            "output_tokens", "concurrency", "request_rate", "k"]
     have = [c for c in keys if c in df.columns]
     out: dict[int, str | None] = {}
     groups = ["|".join(str(v) for v in r) for r in df[have].itertuples(index=False)]
@@ -452,7 +452,7 @@ def _steps(df: pd.DataFrame, p: Path, scn: Any) -> list[Anchor]:
                           kind if k > 0 else "none", scn.drafter.model, scn.server.tp,
                           float(row["batch"]), float(row["context"]), k, 1.0, pf,
                           1.0, 1.0 if pf > 0 else 0.0, "step_ms", float(row["step_ms"]),
-                          float(row["step_ms"]) / 1e3))  # fmt: skip
+                          float(row["step_ms"]) / 1e3))
     return out
 
 

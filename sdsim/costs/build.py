@@ -37,7 +37,7 @@ def efficiency_of(scn: Scenario) -> Efficiency:
 def roofline_ops(scn: Scenario, model: ModelSpec, tp: int | None = None) -> RooflineOps:
     """Roofline operator costs of ``model`` on the scenario's GPU."""
     return RooflineOps(model, gpu_of(scn), scn.server.tp if tp is None else tp,
-                       efficiency_of(scn), scn.costs.dtype)  # fmt: skip
+                       efficiency_of(scn), scn.costs.dtype)
 
 
 def drafter_of(scn: Scenario, target: ModelSpec) -> Drafter:
@@ -55,7 +55,7 @@ def calibration_of(scn: Scenario, base: Calibration | None = None) -> Calibratio
     knobs = scn.costs.calibrated
     eng: dict[str, Any] = {}
     for name in ("step_s", "per_seq_s", "per_token_s", "ngram_context_token_s",
-                 "graph_max_tokens", "eager_launch_s", "piecewise_layer_s"):  # fmt: skip
+                 "graph_max_tokens", "eager_launch_s", "piecewise_layer_s"):
         val = getattr(knobs, name)
         if val is not None:
             eng[name] = val
@@ -93,13 +93,13 @@ def build_calibrated_cost(scn: Scenario, base: Calibration | None = None) -> Cal
     terms = cal.gpu(gpu.name)
     knobs = scn.costs.calibrated
     att = {n: getattr(knobs, f"attention_{n}") for n in ("decode_memory", "verify_memory",
-                                                         "prefill_compute")}  # fmt: skip
+                                                         "prefill_compute")}
     att = {n: v for n, v in att.items() if v is not None}
     if att:
         terms = replace(terms, attention=terms.attention.model_copy(update=att))
     if knobs.allreduce_latency_s is not None:
         terms = replace(terms, allreduce=terms.allreduce.model_copy(
-            update={"latency_s": knobs.allreduce_latency_s}))  # fmt: skip
+            update={"latency_s": knobs.allreduce_latency_s}))
     target = resolve_model(scn.target, "target")
     drafter = drafter_of(scn, target)
     dtype = scn.costs.dtype
@@ -107,7 +107,7 @@ def build_calibrated_cost(scn: Scenario, base: Calibration | None = None) -> Cal
     d_ops = None
     if drafter.model is not None:
         d_ops = CalibratedOps(drafter.model, gpu, drafter_tp(drafter, tp, scn.drafter.tp), dtype,
-                              terms, cal.engine)  # fmt: skip
+                              terms, cal.engine)
     return CalibratedStepCost(v_ops, drafter, d_ops, cal.engine)
 
 
@@ -175,4 +175,4 @@ def build_cost_model(scn: Scenario) -> StepCostModel:
     if src in ("roofline", "profile"):
         return build_kernel_cost(scn)
     raise ScenarioError("costs.source", f"{src!r} is not a cost source; use auto, calibrated, "
-                        "linear, roofline or profile")  # fmt: skip
+                        "linear, roofline or profile")

@@ -102,7 +102,7 @@ class CalibratedOps(RooflineOps):
         at, ar = terms.attention, terms.allreduce
         eff = replace(DEFAULT_EFFICIENCY, memory=terms.gemm.memory_eff,
                       gemm_compute=terms.gemm.compute_eff, link=ar.link_eff,
-                      allreduce_latency_s=ar.latency_s)  # fmt: skip
+                      allreduce_latency_s=ar.latency_s)
         super().__init__(model, gpu, tp, eff, dtype)
         self.terms = terms
         self.graph_max = int(engine.graph_max_tokens)
@@ -132,7 +132,7 @@ class CalibratedOps(RooflineOps):
         floor = w.kernels * np.where(eager, self.eager_floor_s, self.eff.launch_floor_s)
         if w.gemm:
             core = np.maximum(gemm_time(self.terms.gemm, w.flops, w.bytes, self.peak, self.bw),
-                              floor)  # fmt: skip
+                              floor)
         else:
             compute = np.asarray(w.flops, dtype=np.float64) / (self.peak * w.compute_eff)
             memory = np.asarray(w.bytes, dtype=np.float64) / (self.bw * w.memory_eff)
@@ -163,7 +163,7 @@ class CalibratedOps(RooflineOps):
     ) -> npt.NDArray[np.float64]:
         """:meth:`decode_attention` elementwise (the same floats)."""
         b, q, v = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (batch, query,
-                                                                               kv)))  # fmt: skip
+                                                                               kv)))
         dec = attention_time_arr(self._attn_decode, b, q, v, False)
         ver = attention_time_arr(self._attn_verify, b, q, v, False)
         return np.where(q == 1, dec, ver)
@@ -237,7 +237,7 @@ class CalibratedStepCost:
         self._has_first = bool(drafter_ops is not None and drafter_ops.first_ops)
         if drafter_ops is not None:
             self._da = (drafter_ops._attn_decode, drafter_ops._attn_verify,
-                        drafter_ops._attn_consts)  # fmt: skip
+                        drafter_ops._attn_consts)
             self._da_dec, self._da_ver, self._da_pre = self._da
 
     # ------------------------------------------------------------------ one step
@@ -281,13 +281,13 @@ class CalibratedStepCost:
                         d1 = d1 + d.first(t1)
                     hb = d._head[b] if b <= d.head_safe else d.head(b)
                     first = d1 + attention_time(self._da_ver, b, k1 + self._extra, kv1,
-                                                False) + hb  # fmt: skip
+                                                False) + hb
                     later = 0.0
                     if k > 1:
                         kv2 = dctx / b + (k + 2) / 2.0 + 1.0
                         db = d._dense[b] if b <= d.dense_safe else d.dense(b)
                         later = (k - 1) * (db + attention_time(self._da_dec, b, 1, kv2, False)
-                                           + hb)  # fmt: skip
+                                           + hb)
                     draft = first + later + k * self._pass
                 if pf:
                     t1p = t1 + pf
@@ -297,7 +297,7 @@ class CalibratedStepCost:
                         whole = whole + d.first(t1p)
                         part = part + d.first(t1)
                     prefill += whole - part + attention_time(self._da_pre, seqs, q, cached + q,
-                                                             True)  # fmt: skip
+                                                             True)
             elif b:
                 draft = b * self._cpu_seq + self._ngram_ctx * dctx
         total = ov + prefill + draft + verify
@@ -324,7 +324,7 @@ class CalibratedStepCost:
             *(np.asarray(x, dtype=np.int64) for x in (decode_seqs, decode_context, k,
                                                         prefill_tokens, prefill_context,
                                                         prefill_seqs))
-        )  # fmt: skip
+        )
         v = self.v
         shape = b.shape
         z = np.zeros(shape)
@@ -342,7 +342,7 @@ class CalibratedStepCost:
         any_k, any_plain = bool(has_k.any()), bool((~has_k).any())
         if any_k and any_plain:
             attn = np.where(has_k, attention_time_arr(self._va[1], b0, k1f, kv, False),
-                            attention_time_arr(self._va[0], b0, k1f, kv, False))  # fmt: skip
+                            attention_time_arr(self._va[0], b0, k1f, kv, False))
         else:
             attn = attention_time_arr(self._va[1] if any_k else self._va[0], b0, k1f, kv, False)
         out: dict[str, _F64] = {p: z for p in PARTS}
@@ -382,7 +382,7 @@ class CalibratedStepCost:
             if kl.any():
                 kv2 = dctx / bf + (kk + 2) / 2.0 + 1.0
                 a2 = attention_time_arr(self._da[0], np.where(kb, bf, 0.0), np.ones(shape), kv2,
-                                        False)  # fmt: skip
+                                        False)
                 later = (kk - 1) * (d.dense_arr(rows) + a2 + hb)
                 out["draft_later"] = np.where(kl, later, 0.0)
             out["draft_host"] = np.where(kb, kk * self._pass, 0.0)
@@ -395,7 +395,7 @@ class CalibratedStepCost:
                     whole = whole + d.first_arr(t1p)
                     part = part + d.first_arr(t1k)
                 pdraft = (whole - part + attention_time_arr(self._da[2], np.where(kp, sf, 0.0),
-                                                            q, cached + q, True))  # fmt: skip
+                                                            q, cached + q, True))
                 out["prefill_draft"] = np.where(kp, pdraft, 0.0)
         elif d is None:
             out["draft_host"] = np.where(kb, b * self._cpu_seq + self._ngram_ctx * dctx, 0.0)
@@ -417,7 +417,7 @@ class CalibratedStepCost:
         :class:`~sdsim.costs.step.StepTimes` of float64 arrays, bit for bit what :meth:`step`
         gives for each shape."""
         p = self.parts(decode_seqs, decode_context, k, prefill_tokens, prefill_context,
-                       prefill_seqs)  # fmt: skip
+                       prefill_seqs)
         b = np.asarray(decode_seqs)
         has_b = np.broadcast_to(b > 0, p["host_step"].shape)
         verify = np.where(
@@ -425,9 +425,9 @@ class CalibratedStepCost:
             p["verify_dense"] + p["verify_attention"] + p["verify_logits"] + p["verify_host"]
             + p["spec_fixed"],
             0.0,
-        )  # fmt: skip
+        )
         prefill = (p["prefill_dense"] + p["prefill_attention"] + p["prefill_logits"]
-                   + p["prefill_host"])  # fmt: skip
+                   + p["prefill_host"])
         prefill = prefill + p["prefill_draft"]
         if self.d is not None:
             draft = p["draft_first"] + p["draft_later"] + p["draft_host"]

@@ -268,7 +268,7 @@ class Calibration(_Model):
                         borrowed.append(f"{part} from {entry}")
                     break
         return ResolvedGPU(key, parts["gemm"], parts["attention"], parts["allreduce"],
-                           tuple(borrowed))  # fmt: skip
+                           tuple(borrowed))
 
     def with_engine(self, **changes: Any) -> Calibration:
         """A copy with engine terms replaced (validated)."""
@@ -371,11 +371,11 @@ def ablated(cal: Calibration, group: str) -> Calibration:
             "attention": {"decode_memory": 0.7, "verify_memory": 0.7, "prefill_compute": 0.55,
                           "floor_s": 2.5e-6},
             "allreduce": {"latency_s": 8e-6, "link_eff": 0.8},
-        }[group]  # fmt: skip
+        }[group]
         for g in gpus.values():
             if group in g or "like" not in g:
                 g[group] = dict(off)
     else:
         raise ScenarioError("ablation", f"unknown group {group!r}; use {', '.join(ABLATIONS)}")
     return Calibration.model_validate({**cal.model_dump(exclude_none=True), "engine": eng,
-                                       "gpus": gpus})  # fmt: skip
+                                       "gpus": gpus})

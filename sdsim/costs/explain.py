@@ -96,7 +96,7 @@ def explain_steps(
     if not isinstance(model, CalibratedStepCost):
         raise ScenarioError("costs.source", f"--explain splits the calibrated model's step; "
                             f"this scenario uses {scn.costs.resolved_source!r} (use auto or "
-                            "calibrated)")  # fmt: skip
+                            "calibrated)")
     wl = scn.workload
     ctx = float(wl.prompt_tokens.mean + wl.output_tokens.mean / 2) if context is None else context
     top = int(scn.server.max_num_seqs)
@@ -122,5 +122,5 @@ def explain_steps(
                 ms = vals.get(part, 0.0) * 1e3
                 rows.append({"batch": b, "k": k, "part": part, "group": group, "label": label,
                              "short": short, "ms": ms, "share": ms / (total * 1e3),
-                             "total_ms": total * 1e3})  # fmt: skip
+                             "total_ms": total * 1e3})
     return pd.DataFrame(rows)

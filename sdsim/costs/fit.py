@@ -161,7 +161,7 @@ def collect_data(paths: Sequence[str | Path], scenario: Any = None) -> Calibrati
                 data.files.append(str(f))
             elif explicit:
                 raise ScenarioError(str(f), "not a measurement CSV, Vidur profile, profile "
-                                    "bundle or benchmark report")  # fmt: skip
+                                    "bundle or benchmark report")
     if gemm:
         data.gemm_rows = pd.concat(gemm, ignore_index=True)
     return data
@@ -200,7 +200,7 @@ def anchor_of(r: AnchorResidual) -> Anchor:
     kind, _, dmodel = r.drafter.partition(":")
     return Anchor(r.id, r.source, r.gpu, r.target, kind, dmodel or None, r.tp, r.batch,
                   r.context, r.k, 1.0, r.prompt_tokens, 1.0, r.prefill_per_step, r.metric,
-                  r.measured_ms, r.measured_ms / 1e3, r.role, r.note)  # fmt: skip
+                  r.measured_ms, r.measured_ms / 1e3, r.role, r.note)
 
 
 def _scenario(a: Anchor) -> Any:
@@ -213,7 +213,7 @@ def _scenario(a: Anchor) -> Any:
     return Scenario.model_validate({
         "hardware": a.gpu, "target": a.target, "drafter": drafter,
         "spec": {"k": a.k}, "server": {"tp": a.tp},
-    })  # fmt: skip
+    })
 
 
 def _shapes(a: Anchor) -> tuple[list[npt.NDArray[np.int64]], npt.NDArray[np.float64]]:
@@ -331,7 +331,7 @@ def _identify(a: npt.NDArray[np.float64], terms: list[str], n: int) -> None:
         )
     if n <= len(terms):
         raise ScenarioError("--terms", f"{n} fitted anchors for {len(terms)} terms "
-                            f"({', '.join(terms)}); need more anchors than terms")  # fmt: skip
+                            f"({', '.join(terms)}); need more anchors than terms")
 
 
 def fit_calibration(
@@ -387,7 +387,7 @@ def fit_calibration(
         gpus.setdefault(gpu, {})["allreduce"] = terms_a.model_dump()
         kernels.setdefault(gpu, {}).update({"allreduce_messages": rep["messages"],
                                             "allreduce_median_abs_rel_error":
-                                            rep["median_abs_rel_error"]})  # fmt: skip
+                                            rep["median_abs_rel_error"]})
         sources[f"gpus.{gpu}.allreduce"] = (
             f"fit: {rep['messages']} messages <= 16 MB at worlds {rep['worlds']} in Vidur's "
             f"{Path(path).parent.name}/all_reduce.csv (least absolute deviations; median error "
@@ -402,13 +402,13 @@ def fit_calibration(
     if data.allreduce:
         ars = [gpus[g]["allreduce"] for g in sorted(data.allreduce)]
         gpus["default"]["allreduce"] = {k: float(f"{np.mean([a[k] for a in ars]):.4g}")
-                                        for k in ars[0]}  # fmt: skip
+                                        for k in ars[0]}
         sources["gpus.default.allreduce"] = f"as {', '.join(sorted(data.allreduce))}"
     cal = Calibration.model_validate({**base.model_dump(exclude_none=True), "gpus": gpus,
-                                      "sources": sources, "fit": None})  # fmt: skip
+                                      "sources": sources, "fit": None})
     held = set(held_out)
     anchors = [a.with_role("held-out") if a.role == "fit" and a.source in held else a
-               for a in data.anchors]  # fmt: skip
+               for a in data.anchors]
     fitted: dict[str, float] = {}
     if terms:
         idx = [i for i, a in enumerate(anchors) if a.role == "fit"]
@@ -443,7 +443,7 @@ def fit_calibration(
             "metric": a.metric, "measured_ms": meas, "predicted_ms": p * 1e3,
             "error": (p * 1e3 / meas - 1.0) if a.role != "unused" else math.nan,
             "role": a.role, "note": a.note,
-        })  # fmt: skip
+        })
     df = pd.DataFrame(table)
     err = df["error"].to_numpy(dtype=np.float64)
     fit_rms = _rms(err[(df["role"] == "fit").to_numpy()])
@@ -466,7 +466,7 @@ def fit_calibration(
             role=r["role"], note=r["note"])
             for r in table if r["role"] != "unused"],
         kernels={g: {k: float(v) for k, v in rep.items()} for g, rep in kernels.items()},
-    )  # fmt: skip
+    )
     cal = cal.model_copy(update={"fit": record, "description": description or cal.description})
     return CalibrationFit(cal, df, fitted, kernels, fit_rms, held_rms)
 

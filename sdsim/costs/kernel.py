@@ -138,7 +138,7 @@ class PassTable:
         if tokens >= len(self._first):
             t = self._size(len(self._first), tokens)
             v = sum((self._vec(n, t) for n in getattr(self.ops, "first_ops", ())),
-                    np.zeros_like(t))  # fmt: skip
+                    np.zeros_like(t))
             v[0] = 0.0
             if self.monotone:
                 v = np.maximum.accumulate(v)
@@ -299,7 +299,7 @@ class KernelStepCost:
             *(np.asarray(x, dtype=np.int64) for x in (decode_seqs, decode_context, k,
                                                         prefill_tokens, prefill_context,
                                                         prefill_seqs))
-        )  # fmt: skip
+        )
         v = self.v
         ov = self.overhead_s
         shape = b.shape
@@ -318,7 +318,7 @@ class KernelStepCost:
             dense_t + _attn(v.ops, "decode_attention", b0, k1, kv)
             + v.head_arr(np.where(has_b, t_dec, 0)),
             0.0,
-        )  # fmt: skip
+        )
         seqs = np.maximum(pseqs, 1)
         sf = np.where(has_pf, seqs, 0).astype(np.float64)
         sd = np.where(has_pf, sf, 1.0)
@@ -330,7 +330,7 @@ class KernelStepCost:
             + _attn(v.ops, "prefill_attention", sf, q, cached)
             + v.head_arr(np.where(has_pf, seqs, 0)),
             0.0,
-        )  # fmt: skip
+        )
         has_k = kk > 0
         draft = np.zeros(shape)
         d = self.d
@@ -343,7 +343,7 @@ class KernelStepCost:
                 + _attn(d.ops, "decode_attention", np.where(kb, bf, 0.0), np.ones(shape),
                         dctx / bf + 1)
                 + d.head_arr(rows)
-            )  # fmt: skip
+            )
             draft = np.where(kb, kk * one, 0.0)
             extra = d.dense_arr(np.where(kp, pf, 0)) + _attn(
                 d.ops, "prefill_attention", np.where(kp, sf, 0.0), q, cached
@@ -355,7 +355,7 @@ class KernelStepCost:
         empty = ~has_b & ~has_pf
         total = np.where(empty, ov, total)
         return StepTimes(total, np.where(empty, 0.0, prefill), np.where(empty, 0.0, draft),
-                         np.where(empty, 0.0, verify), np.full(shape, ov))  # fmt: skip
+                         np.where(empty, 0.0, verify), np.full(shape, ov))
 
     # ------------------------------------------------------------------ lines
     def linearize(self, k: int, max_batch: int = 256, context: int = 1024) -> LinearCoefficients:
@@ -378,7 +378,7 @@ def _attn(
         return np.asarray(f(a, b, c), dtype=np.float64)
     g = getattr(ops, name)
     flat = [float(g(x, y, z)) for x, y, z in zip(a.ravel().tolist(), b.ravel().tolist(),
-                                                  c.ravel().tolist(), strict=True)]  # fmt: skip
+                                                  c.ravel().tolist(), strict=True)]
     return np.asarray(flat, dtype=np.float64).reshape(a.shape)
 
 

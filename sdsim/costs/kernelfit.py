@@ -70,7 +70,7 @@ def _rows(bundle: ProfileBundle, gpu: str, label: str) -> pd.DataFrame:
                 "gpu": gpu, "source": label, "model": model, "tp": tp, "op": op,
                 "M": g["tokens"].astype(float).to_numpy(), "K": k_in, "N": n_out,
                 "t": g["median_us"].astype(float).to_numpy() * 1e-6,
-            }))  # fmt: skip
+            }))
     if not out:
         return pd.DataFrame(columns=["gpu", "source", "model", "tp", "op", "M", "K", "N", "t"])
     return pd.concat(out, ignore_index=True)
@@ -113,7 +113,7 @@ def fit_gemm(rows: pd.DataFrame, gpu: GPUSpec) -> tuple[GemmTerms, dict[str, Any
     n_layers = int(key.max()) + 1 if len(r) else 0
     if n_layers < 12:
         raise ScenarioError("gemm", f"{gpu.name}: {n_layers} layer timings; need >= 12 to fit "
-                            "the GEMM curve")  # fmt: skip
+                            "the GEMM curve")
     m, kk, nn = (r[c].to_numpy(dtype=np.float64) for c in ("M", "K", "N"))
     flops = 2.0 * m * kk * nn
     nbytes = 2.0 * (kk * nn + m * (kk + nn))
@@ -121,12 +121,12 @@ def fit_gemm(rows: pd.DataFrame, gpu: GPUSpec) -> tuple[GemmTerms, dict[str, Any
     if not (ratio.min() < 0.25 and ratio.max() > 4.0):
         raise ScenarioError("gemm", f"{gpu.name}: the token counts do not reach both sides of "
                             "the ridge point (memory- and compute-bound); the GEMM curve is not "
-                            "identified")  # fmt: skip
+                            "identified")
     t_layer = np.bincount(key, weights=r["t"].to_numpy(dtype=np.float64))
 
     def curve(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         g = GemmTerms(memory_eff=x[0], compute_eff=x[1], ridge_dip=x[2], ridge_width=x[3],
-                      ridge_shift=x[4], floor_s=x[5] * 1e-6)  # fmt: skip
+                      ridge_shift=x[4], floor_s=x[5] * 1e-6)
         return gemm_time(g, flops, nbytes, peak, bw)
 
     def resid(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -134,7 +134,7 @@ def fit_gemm(rows: pd.DataFrame, gpu: GPUSpec) -> tuple[GemmTerms, dict[str, Any
 
     fit = least_squares(resid, [0.8, 0.75, 0.5, 1.5, 0.0, 2.0],
                         bounds=([0.1, 0.1, 0.0, 0.3, -3.0, 0.0], [1.5, 1.5, 3.0, 6.0, 3.0, 50.0]),
-                        x_scale=[0.1, 0.1, 0.1, 0.5, 0.5, 1.0], method="trf")  # fmt: skip
+                        x_scale=[0.1, 0.1, 0.1, 0.5, 0.5, 1.0], method="trf")
     x = fit.x
     terms = GemmTerms(memory_eff=round(float(x[0]), 4), compute_eff=round(float(x[1]), 4),
                       ridge_dip=round(float(x[2]), 4), ridge_width=round(float(x[3]), 4),

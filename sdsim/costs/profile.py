@@ -69,7 +69,7 @@ from sdsim.provenance import yaml_header
 FORMAT = "sdsim-profile/1"
 DENSE_COLS = ["model", "tp", "op", "tokens", "median_us", "min_us", "max_us", "std_us", "n"]
 ATTN_COLS = ["model", "tp", "phase", "batch", "query", "kv", "median_us", "min_us", "max_us",
-             "std_us", "n"]  # fmt: skip
+             "std_us", "n"]
 COLL_COLS = ["op", "world", "bytes", "median_us", "min_us", "max_us", "std_us", "n"]
 SHAPE_KEYS = ("hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab", "experts")
 
@@ -118,7 +118,7 @@ def _read_csv(p: Path, cols: list[str], field_name: str) -> pd.DataFrame:
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise ScenarioError(field_name, f"cannot read {p.name}: {exc.__class__.__name__}") from None
     missing = [c for c in cols if c not in df.columns and c not in ("min_us", "max_us",
-                                                                    "std_us", "n")]  # fmt: skip
+                                                                    "std_us", "n")]
     if missing:
         raise ScenarioError(field_name, f"{p.name} lacks columns {missing}")
     if (pd.to_numeric(df["median_us"], errors="coerce").fillna(-1) < 0).any():
@@ -230,7 +230,7 @@ _VIDUR_OPS = {
     "emb": "embedding",
 }
 _VIDUR_LAYER_OPS = {"norm": 2, "qkv": 1, "rope": 1, "o": 1, "gate_up": 1, "act": 1, "down": 1,
-                    "add": 2}  # fmt: skip
+                    "add": 2}
 
 
 def read_vidur_mlp(path: str | Path, model: str | None = None) -> ProfileBundle:
@@ -336,7 +336,7 @@ def read_vidur_all_reduce(path: str | Path) -> pd.DataFrame:
         out.groupby(["op", "world", "bytes"], as_index=False)
         .agg(median_us=("median_us", "median"), min_us=("min_us", "min"),
              max_us=("max_us", "max"), std_us=("std_us", "median"), n=("n", "sum"))
-    )  # fmt: skip
+    )
 
 
 # --------------------------------------------------------------------------- interpolation
@@ -635,7 +635,7 @@ class ProfileOps:
             self.curves[str(op)] = MonotoneCurve(
                 sub["tokens"].astype(float), sub["median_us"].astype(float) * 1e-6,
                 label=f"{name}/{op}", warn=self.warn,
-            )  # fmt: skip
+            )
         lo = spec.get("layer_ops") or dict(fallback.layer_ops)
         ops = [(str(k), int(v)) for k, v in lo.items()]
         if self.tp > 1 and not any(n == "allreduce" for n, _ in ops):
@@ -652,7 +652,7 @@ class ProfileOps:
             if len(sub):
                 self._ar = MonotoneCurve(sub["bytes"].astype(float),
                                          sub["median_us"].astype(float) * 1e-6,
-                                         label=f"all_reduce/{self.tp}", warn=self.warn)  # fmt: skip
+                                         label=f"all_reduce/{self.tp}", warn=self.warn)
         if self.tp > 1 and self._ar is None:
             self.fallback_ops.add("allreduce")
         attn = bundle.attention
@@ -782,5 +782,5 @@ def _attn_arr(
         return np.asarray(f(a, b, c), dtype=np.float64)
     g = getattr(ops, name)
     flat = [float(g(x, y, z)) for x, y, z in zip(a.ravel().tolist(), b.ravel().tolist(),
-                                                  c.ravel().tolist(), strict=True)]  # fmt: skip
+                                                  c.ravel().tolist(), strict=True)]
     return np.asarray(flat, dtype=np.float64).reshape(a.shape)

@@ -204,7 +204,7 @@ class RooflineOps:
         # operators of a step's first draft pass only (EAGLE-3's fusion of three hidden layers)
         self.first_ops: tuple[str, ...] = ("eagle3_fc",) if model.first_pass_fc else ()
         self._attn_consts = self.attention_consts(eff.attention_compute, eff.attention_memory,
-                                                  eff.launch_floor_s)  # fmt: skip
+                                                  eff.launch_floor_s)
 
     def attention_consts(
         self, compute_eff: float, memory_eff: float, floor_s: float
@@ -268,7 +268,7 @@ class RooflineOps:
             act = t * k * (2 * h + m.mlp_mats * m.ffn / tp) * a
             # gate_up GEMM, activation, down GEMM: three kernels over the touched experts
             return OpWork(flops, touched * per_expert * self.ew_bytes + act, e.moe_compute,
-                          e.memory, kernels=3)  # fmt: skip
+                          e.memory, kernels=3)
         if name == "norm":
             # fused residual add + RMSNorm: read x and residual, write both
             return OpWork(4.0 * t * h, 4.0 * t * h * a, 1.0, e.memory)
@@ -288,7 +288,7 @@ class RooflineOps:
             byt = t * h * a
             ring = 2.0 * (tp - 1) / tp * byt
             return OpWork(0.0, 0.0, 1.0, 1.0, fixed_s=e.allreduce_latency_s + ring / (
-                self.gpu.link_bytes_per_s * e.link))  # fmt: skip
+                self.gpu.link_bytes_per_s * e.link))
         raise KeyError(f"unknown operator {name!r}")
 
     def time(self, w: OpWork) -> Any:

@@ -176,7 +176,7 @@ class LinearStepCost:
             *(np.asarray(x, dtype=np.int64) for x in (decode_seqs, decode_context, k,
                                                         prefill_tokens, prefill_context,
                                                         prefill_seqs))
-        )  # fmt: skip
+        )
         has_b, has_k = b > 0, kk > 0
         prefill = c.verify_per_token_s * pf + c.verify_per_kv_token_s * pctx
         if self.drafter_prefills:
@@ -197,7 +197,7 @@ class LinearStepCost:
         empty = ~has_b & (pf == 0)
         ov = np.full(b.shape, c.overhead_s)
         return StepTimes(np.where(empty, c.overhead_s, total), np.where(empty, 0.0, prefill),
-                         draft, verify, ov)  # fmt: skip
+                         draft, verify, ov)
 
     def linearize(self, k: int, max_batch: int = 256, context: int = 1024) -> LinearCoefficients:
         """Exact: the model is already linear."""
@@ -239,12 +239,12 @@ def step_times(
     f = getattr(cost, "steps", None)
     if f is not None:
         out: StepTimes = f(decode_seqs, decode_context, k, prefill_tokens, prefill_context,
-                          prefill_seqs)  # fmt: skip
+                          prefill_seqs)
         return out
     cols = np.broadcast_arrays(
         *(np.asarray(x, dtype=np.int64) for x in (decode_seqs, decode_context, k, prefill_tokens,
                                                     prefill_context, prefill_seqs))
-    )  # fmt: skip
+    )
     shape = cols[0].shape
     flat = [c.ravel().tolist() for c in cols]
     rows = [tuple(cost.step(StepShape(*sh))) for sh in zip(*flat, strict=True)]

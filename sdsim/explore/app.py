@@ -191,7 +191,7 @@ def create_app(scenario: Scenario, *, base_dir: Path | None = None) -> Starlette
     async def plotly(request: Request) -> Response:
         body = await run_in_threadpool(plotly_js)
         return Response(body, media_type="text/javascript",
-                        headers={"Cache-Control": "public, max-age=86400"})  # fmt: skip
+                        headers={"Cache-Control": "public, max-age=86400"})
 
     @_handler
     async def options(request: Request, controls: dict[str, Any]) -> Response:
@@ -267,7 +267,7 @@ def create_app(scenario: Scenario, *, base_dir: Path | None = None) -> Starlette
         st = jobs.status(request.path_params["jid"])
         if st is None:
             return JSONResponse({"field": "job", "control": None, "error": "job: unknown id"},
-                                status_code=404)  # fmt: skip
+                                status_code=404)
         return JSONResponse(jsonable(st))
 
     @contextlib.asynccontextmanager

@@ -292,7 +292,7 @@ class _Group:
 
 def _alpha_uses(mode: Any) -> tuple[str, ...]:
     return {"constant": ("alpha",), "per-position": ("alpha_list",),
-            "beta": ("alpha", "alpha_concentration")}.get(mode, ())  # fmt: skip
+            "beta": ("alpha", "alpha_concentration")}.get(mode, ())
 
 
 def _alpha(v: dict[str, Any], base: Scenario) -> dict[str, Any]:
@@ -303,7 +303,7 @@ def _alpha(v: dict[str, Any], base: Scenario) -> dict[str, Any]:
         return {"acceptance.alpha": v["alpha_list"]}
     if mode == "beta":
         return {"acceptance.alpha": {"dist": "beta", "mean": v["alpha"],
-                                     "concentration": v["alpha_concentration"]}}  # fmt: skip
+                                     "concentration": v["alpha_concentration"]}}
     raise ScenarioError(
         _field("alpha_mode"), f"unknown mode {mode!r}; use one of {', '.join(ALPHA_MODES)}"
     )

@@ -46,7 +46,7 @@ from sdsim.scenario import Scenario
 # light load, denser towards saturation where L = C1 / (1 - lambda C2) turns up.
 RATE_FRACTIONS = (
     0.02, 0.15, 0.3, 0.45, 0.6, 0.7, 0.8, 0.87, 0.92, 0.95, 0.97, 0.985, 0.995,
-)  # fmt: skip
+)
 # decode batches the step-time panel is drawn at (log spaced from 1 to max_num_seqs)
 STEP_POINTS = 40
 LATENCY_KEYS = tuple(

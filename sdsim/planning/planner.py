@@ -635,7 +635,7 @@ def _confirm(
                 got = simulate_configs(
                     scn, configs, bounds, replications=replications, out_dir=out,
                     workers=workers, dask=dask, progress=progress,
-                )  # fmt: skip
+                )
                 verdicts.update(got)
                 for g, idx in want.items():
                     for i in idx:
@@ -653,7 +653,7 @@ def _confirm(
             # costs at least the best confirmed one cannot beat it
             extra = [c for c in open_ if objective_of(c, c.gpus_model) < best]
             extra = [c for c in extra if not _settled_by_analogy(c, cands, resolved, best,
-                                                                 objective_of)]  # fmt: skip
+                                                                 objective_of)]
         else:  # nothing simulated so far meets the SLOs: try the next-ranked groups
             extra = open_
         if not extra:
