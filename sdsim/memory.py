@@ -34,6 +34,7 @@ from __future__ import annotations
 __all__ = [
     "UNLIMITED",
     "KVCapacity",
+    "check_registry",
     "check_request_fits",
     "derive_num_gpu_blocks",
     "gpu_of",
@@ -49,7 +50,13 @@ from typing import TYPE_CHECKING, Any
 
 from sdsim.errors import ScenarioError
 from sdsim.hardware import GPUSpec, get_gpu
-from sdsim.models import ModelSpec, drafter_tp, resolve_drafter, resolve_model
+from sdsim.models import (
+    ModelSpec,
+    check_tensor_parallel,
+    drafter_tp,
+    resolve_drafter,
+    resolve_model,
+)
 
 if TYPE_CHECKING:
     # types only: sdsim.scenario imports this module to check the KV fit of every scenario it builds
@@ -390,3 +397,53 @@ def check_request_fits(
             else "use a larger GPU, raise server.tp, or shorten the requests"
         ),
     )
+
+
+def check_registry(scn: Scenario) -> None:
+    """Check the names a scenario refers to, that its requests fit the target's context, and that
+    the KV cache (``server.num_gpu_blocks``) holds at least one request.
+
+    Raises
+    ------
+    ScenarioError
+        Unknown GPU or model name (the message lists the known ones), an unreadable
+        ``config.json``, prompt + output tokens longer than the target's context, or a KV cache
+        smaller than the shortest request the length laws can draw.
+    """
+    if isinstance(scn.hardware, str):
+        get_gpu(scn.hardware, "hardware")
+    target = resolve_model(scn.target, "target")
+    check_tensor_parallel(target, scn.server.tp, "target")
+    if scn.drafter.kind == "model" and scn.drafter.model:
+        drafter = resolve_model(scn.drafter.model, "drafter.model")
+        check_tensor_parallel(drafter, scn.drafter.tp or 1, "drafter.model", "drafter.tp")
+    wl = scn.workload
+    pfx = wl.shared_prefix.tokens.max if wl.shared_prefix is not None else 0
+    if wl.arrival != "trace":
+        longest = pfx + wl.prompt_tokens.max + wl.output_tokens.max
+        if longest > target.max_context:
+            too_long = pfx + wl.prompt_tokens.max >= target.max_context
+            with_pfx = f"shared prefix ({pfx}) + " if pfx else ""
+            raise ScenarioError(
+                "workload.prompt_tokens" if too_long else "workload.output_tokens",
+                f"{with_pfx}prompt ({wl.prompt_tokens.max}) + output ({wl.output_tokens.max}) "
+                f"tokens = {longest} exceed the context of target {scn.target!r} "
+                f"({target.max_context} tokens); shorten the lengths (or lower a length law's max)",
+            )
+    if wl.sessions is not None and wl.sessions.max_context is not None:
+        if wl.sessions.max_context > target.max_context:
+            raise ScenarioError(
+                "workload.sessions.max_context",
+                f"{wl.sessions.max_context} tokens exceed the context of target {scn.target!r} "
+                f"({target.max_context} tokens)",
+            )
+    # KV capacity: weights that do not fit, or a cache smaller than the longest request, are
+    # refused here, as a real engine refuses to start (lengths of traces and replayed reports are
+    # checked when the simulation reads them).
+    cap = kv_capacity(scn)
+    if wl.arrival not in ("trace", "replay") and wl.trace is None:
+        check_request_fits(
+            scn, pfx + wl.prompt_tokens.max + wl.output_tokens.max, cap, "the length laws allow"
+        )
+        if wl.sessions is not None and wl.sessions.max_context is not None:
+            check_request_fits(scn, wl.sessions.max_context, cap, "(workload.sessions.max_context)")

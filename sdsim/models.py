@@ -21,6 +21,7 @@ __all__ = [
     "NGRAM_CPU_S_PER_SEQ",
     "Drafter",
     "ModelSpec",
+    "check_tensor_parallel",
     "drafter_tp",
     "eagle3_head",
     "eagle_head",
@@ -557,3 +558,47 @@ def drafter_tp(drafter: Drafter, target_tp: int, requested: int | None = None) -
     if drafter.is_head:
         return max(1, int(target_tp))
     return max(1, int(requested)) if requested else 1
+
+
+def check_tensor_parallel(
+    model: ModelSpec, tp: int, field: str = "target", option: str = "server.tp"
+) -> None:
+    """Refuse a tensor-parallel size that does not split the model's layers, as vLLM does.
+
+    vLLM's rules (``ModelConfig.verify_with_parallel_config``, ``QKVParallelLinear`` and
+    ``MergedColumnParallelLinear`` in vllm/model_executor/layers/linear.py): the attention heads
+    divide evenly over the GPUs; the KV heads either divide evenly (``kv_heads >= tp``) or are
+    replicated, which needs ``tp`` to be a multiple of them; a dense MLP's intermediate size divides
+    evenly (each GPU holds a column slice of the gate and up projections).
+
+    Raises
+    ------
+    ScenarioError
+        Naming ``option`` (``server.tp``, or ``drafter.tp`` for a separate draft model).
+    """
+    if tp == 1 or _tp_fits(model, tp):
+        return
+    if model.heads % tp:
+        why = f"its {model.heads} attention heads do not divide evenly"
+    elif model.kv_heads >= tp and model.kv_heads % tp:
+        why = f"its {model.kv_heads} KV heads do not divide evenly"
+    elif model.kv_heads < tp and tp % model.kv_heads:
+        why = f"its {model.kv_heads} KV heads cannot be replicated evenly (tp must be a multiple)"
+    else:
+        why = f"its MLP intermediate size {model.ffn} does not divide evenly"
+    allowed = [d for d in range(1, 65) if _tp_fits(model, d)]
+    raise ScenarioError(
+        option,
+        f"{tp} GPUs cannot split {field} {model.name!r}: {why} (vLLM refuses it); allowed: "
+        f"{', '.join(map(str, allowed))}",
+    )
+
+
+def _tp_fits(model: ModelSpec, tp: int) -> bool:
+    if model.heads % tp:
+        return False
+    if (model.kv_heads >= tp and model.kv_heads % tp) or (
+        model.kv_heads < tp and tp % model.kv_heads
+    ):
+        return False
+    return model.is_moe or model.ffn % tp == 0

@@ -40,8 +40,6 @@ __all__ = [
     "UniformLength",
     "WorkloadSpec",
     "apply_overrides",
-    "check_registry",
-    "check_tensor_parallel",
     "load_scenario",
     "parse_set_options",
     "referenced_files",
@@ -65,10 +63,9 @@ from pydantic import (
 )
 
 from sdsim.errors import ScenarioError, format_validation_error
-from sdsim.hardware import get_gpu
 from sdsim.inputs import file_digest, load_yaml
-from sdsim.memory import check_request_fits, kv_capacity
-from sdsim.models import MODELS, ModelSpec, resolve_model
+from sdsim.memory import check_registry
+from sdsim.models import MODELS
 from sdsim.spec_base import Frozen as _Frozen
 from sdsim.spec_base import PathStr
 from sdsim.workload_spec import (
@@ -674,100 +671,6 @@ def scenario_from_dict(data: Any, base_dir: Path | None = None) -> Scenario:
         raise format_validation_error(exc, model=Scenario) from None
     check_registry(scn)
     return scn
-
-
-def check_registry(scn: Scenario) -> None:
-    """Check the names a scenario refers to, that its requests fit the target's context, and that
-    the KV cache (``server.num_gpu_blocks``) holds at least one request.
-
-    Raises
-    ------
-    ScenarioError
-        Unknown GPU or model name (the message lists the known ones), an unreadable
-        ``config.json``, prompt + output tokens longer than the target's context, or a KV cache
-        smaller than the shortest request the length laws can draw.
-    """
-    if isinstance(scn.hardware, str):
-        get_gpu(scn.hardware, "hardware")
-    target = resolve_model(scn.target, "target")
-    check_tensor_parallel(target, scn.server.tp, "target")
-    if scn.drafter.kind == "model" and scn.drafter.model:
-        drafter = resolve_model(scn.drafter.model, "drafter.model")
-        check_tensor_parallel(drafter, scn.drafter.tp or 1, "drafter.model", "drafter.tp")
-    wl = scn.workload
-    pfx = wl.shared_prefix.tokens.max if wl.shared_prefix is not None else 0
-    if wl.arrival != "trace":
-        longest = pfx + wl.prompt_tokens.max + wl.output_tokens.max
-        if longest > target.max_context:
-            too_long = pfx + wl.prompt_tokens.max >= target.max_context
-            with_pfx = f"shared prefix ({pfx}) + " if pfx else ""
-            raise ScenarioError(
-                "workload.prompt_tokens" if too_long else "workload.output_tokens",
-                f"{with_pfx}prompt ({wl.prompt_tokens.max}) + output ({wl.output_tokens.max}) "
-                f"tokens = {longest} exceed the context of target {scn.target!r} "
-                f"({target.max_context} tokens); shorten the lengths (or lower a length law's max)",
-            )
-    if wl.sessions is not None and wl.sessions.max_context is not None:
-        if wl.sessions.max_context > target.max_context:
-            raise ScenarioError(
-                "workload.sessions.max_context",
-                f"{wl.sessions.max_context} tokens exceed the context of target {scn.target!r} "
-                f"({target.max_context} tokens)",
-            )
-    # KV capacity: weights that do not fit, or a cache smaller than the longest request, are
-    # refused here, as a real engine refuses to start (lengths of traces and replayed reports are
-    # checked when the simulation reads them).
-    cap = kv_capacity(scn)
-    if wl.arrival not in ("trace", "replay") and wl.trace is None:
-        check_request_fits(
-            scn, pfx + wl.prompt_tokens.max + wl.output_tokens.max, cap, "the length laws allow"
-        )
-        if wl.sessions is not None and wl.sessions.max_context is not None:
-            check_request_fits(scn, wl.sessions.max_context, cap, "(workload.sessions.max_context)")
-
-
-def check_tensor_parallel(
-    model: ModelSpec, tp: int, field: str = "target", option: str = "server.tp"
-) -> None:
-    """Refuse a tensor-parallel size that does not split the model's layers, as vLLM does.
-
-    vLLM's rules (``ModelConfig.verify_with_parallel_config``, ``QKVParallelLinear`` and
-    ``MergedColumnParallelLinear`` in vllm/model_executor/layers/linear.py): the attention heads
-    divide evenly over the GPUs; the KV heads either divide evenly (``kv_heads >= tp``) or are
-    replicated, which needs ``tp`` to be a multiple of them; a dense MLP's intermediate size divides
-    evenly (each GPU holds a column slice of the gate and up projections).
-
-    Raises
-    ------
-    ScenarioError
-        Naming ``option`` (``server.tp``, or ``drafter.tp`` for a separate draft model).
-    """
-    if tp == 1 or _tp_fits(model, tp):
-        return
-    if model.heads % tp:
-        why = f"its {model.heads} attention heads do not divide evenly"
-    elif model.kv_heads >= tp and model.kv_heads % tp:
-        why = f"its {model.kv_heads} KV heads do not divide evenly"
-    elif model.kv_heads < tp and tp % model.kv_heads:
-        why = f"its {model.kv_heads} KV heads cannot be replicated evenly (tp must be a multiple)"
-    else:
-        why = f"its MLP intermediate size {model.ffn} does not divide evenly"
-    allowed = [d for d in range(1, 65) if _tp_fits(model, d)]
-    raise ScenarioError(
-        option,
-        f"{tp} GPUs cannot split {field} {model.name!r}: {why} (vLLM refuses it); allowed: "
-        f"{', '.join(map(str, allowed))}",
-    )
-
-
-def _tp_fits(model: ModelSpec, tp: int) -> bool:
-    if model.heads % tp:
-        return False
-    if (model.kv_heads >= tp and model.kv_heads % tp) or (
-        model.kv_heads < tp and tp % model.kv_heads
-    ):
-        return False
-    return model.is_moe or model.ffn % tp == 0
 
 
 def _exists(p: Path) -> bool:
