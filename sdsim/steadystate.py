@@ -515,8 +515,9 @@ class SteadyState:
 def simulate_series(args: tuple[dict[str, object], int, int]) -> dict[str, object]:
     """One replication for the sequential procedure (a top-level function: a process pool
     pickles it): the scenario as plain data, its seed and length; returns the per-request
-    latencies in arrival order (a session workload's within its :func:`session_window`) and
-    whether the run stayed stable."""
+    latencies in arrival order (a session workload's within its :func:`session_window`), the
+    share of their prompt tokens served from the prefix cache and whether the run stayed
+    stable."""
     from sdsim.scenario import scenario_from_dict
     from sdsim.simulation import simulate
 
@@ -529,6 +530,8 @@ def simulate_series(args: tuple[dict[str, object], int, int]) -> dict[str, objec
     lo, hi = session_window(r)  # a session workload's ramp-up and ramp-down (module docstring)
     r = r.iloc[lo:hi]
     out: dict[str, object] = {m: r[m].to_numpy(dtype=np.float64) for m in METRICS}
+    prompt = float(r["prompt_tokens"].sum())
+    out["prefix_hit_rate"] = float(r["cached_tokens"].sum()) / prompt if prompt else math.nan
     # the run's stability verdict is True, False or None (too short to judge): only False is
     # an overload
     out["stable"] = res.summary.get("stable") is not False

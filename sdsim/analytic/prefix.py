@@ -34,7 +34,10 @@ hold, each counted once). The streams:
   the turn finishes and looked up by the next turn a think time ``Z`` later (plus the API
   delay): it hits when ``Z < T_C``, and the blocks the next turn takes stay ``min(Z, T_C)``,
   the rest ``T_C``. Per-turn lengths and think times are the conversation plan's, so the
-  correlation of a turn's prompt with its position is kept.
+  correlation of a turn's prompt with its position is kept. With several replicas a turn finds
+  its conversation only on the replica that ran the previous one: always with the
+  prefix-affinity router (taken as keeping every conversation on one replica), one time in
+  ``replicas`` with the others.
 
 The engine's rules are kept: only full blocks are cached (``cacheable = prompt + output - 1``
 tokens when a turn ends), a hit covers at most ``(prompt - 1) // block_size`` blocks, one fewer
@@ -348,6 +351,8 @@ def cache_state(
     gap_f = np.where(has_next, gap, 0.0)
     weights = cw.weight
 
+    taken = taken * _same_replica(scn)  # a turn sent elsewhere takes nothing here
+
     def occupancy(t: float) -> float:
         own = lam * (cw.own_freed * t - float(weights @ (taken * np.maximum(t - gap_f, 0.0))))
         return own + float(cw.item_blocks @ (idle * -np.expm1(-lam_i * t)))
@@ -367,13 +372,26 @@ def cache_state(
         miss = np.exp(-lam_i * (w + tc)) if math.isfinite(tc) else np.zeros_like(lam_i)
         item_ok[has_item] = 1.0 - miss[cw.item_of[has_item]]
     survive = np.where(has_next, gap < tc, False)
-    # a turn's conversation survived when the previous turn's gap was short enough
+    # a turn's conversation survived when the previous turn's gap was short enough, and it is
+    # on this replica when the router sent the turn where the previous one ran
+    same = _same_replica(scn)
     prev_ok = np.roll(survive, 1)
-    blocks_hit = np.where(prev_ok, cw.hit_cached, cw.hit_lost) if cw.sessions else cw.hit_cached
+    if cw.sessions:
+        blocks_hit = same * np.where(prev_ok, cw.hit_cached, cw.hit_lost) + (1 - same) * cw.hit_lost
+    else:
+        blocks_hit = cw.hit_cached
     hit_tokens = bs * float(weights @ (item_ok * blocks_hit))
     hit = min(hit_tokens / cw.prompt_mean, 1.0 - 1e-9) if cw.prompt_mean > 0 else 0.0
     return CacheState(max(hit, 0.0), tc, held, free)
 
+
+
+def _same_replica(scn: Scenario) -> float:
+    """Probability that a session's next turn reaches the replica that ran its previous one:
+    1 with one replica or the prefix-affinity router, else ``1 / replicas`` (round-robin,
+    random and least-outstanding routers spread turns evenly, blind to the conversation)."""
+    reps = scn.server.replicas
+    return 1.0 if reps == 1 or scn.server.router == "prefix-affinity" else 1.0 / reps
 
 
 def kv_demand(scn: Scenario, running: npt.ArrayLike, blocks_each: float) -> _F64:
