@@ -52,7 +52,7 @@ from sdsim.analytic.coefficients import (
     tangent_coefficients,
 )
 from sdsim.analytic.gps import BirthDeath, birth_death, modulated_birth_death, noisy
-from sdsim.analytic.prefix import kv_demand, prompt_means
+from sdsim.analytic.prefix import PROMPT_BINS, kv_demand, prefill_law, prompt_means
 from sdsim.analytic.stepcurve import LocalSteps, StepCurve, build_step_curve, mean_context
 from sdsim.analytic.work import RequestWork, discretize_length, request_work
 from sdsim.costs.build import build_cost_model
@@ -62,9 +62,6 @@ from sdsim.scenario import Scenario
 
 FloatArray = npt.NDArray[np.float64]
 
-# Bins of the prompt-length law the TTFT model prices the tagged's own prefill at (equal mass
-# up to 95%, finer in the tail: sdsim.analytic.work).
-PROMPT_BINS = 16
 
 
 @dataclass
@@ -509,11 +506,14 @@ def build_curve(
 def _prompt_law(
     scn: Scenario, hit: float
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]] | None:
-    """The law of the prefilled prompt lengths the step curve prices chunks with, where it is
-    the workload's prompt law (no prefix-cache hits, no shared prefixes, no sessions); else
-    ``None`` (every chunk at the mean prefill)."""
+    """The law of the prefilled prompt lengths the step curve prices chunks with: the workload's
+    prompt law (no prefix-cache hits, no shared prefixes), a session turn's prefill law
+    (:func:`~sdsim.analytic.prefix.prefill_law`), else ``None`` (every chunk at the mean
+    prefill)."""
     w = scn.workload
-    if hit > 0 or w.sessions is not None or w.shared_prefix is not None:
+    if w.sessions is not None:
+        return prefill_law(scn)  # turns: the conversation so far, less what the cache holds
+    if hit > 0 or w.shared_prefix is not None:
         return None
     return discretize_length(w.prompt_tokens, PROMPT_BINS)
 

@@ -59,12 +59,14 @@ around ``T_C``. ``T_C`` and the hit rate depend on the latency (``W``, the runni
 from __future__ import annotations
 
 __all__ = [
+    "PROMPT_BINS",
     "PROMPT_SAMPLE",
     "CacheState",
     "PromptMeans",
     "cache_state",
     "cache_workload",
     "kv_demand",
+    "prefill_law",
     "prompt_means",
     "shared_blocks",
 ]
@@ -78,9 +80,14 @@ from scipy.optimize import brentq
 
 from sdsim._jit import jit
 from sdsim.acceptance import expected_tokens_per_step
+from sdsim.analytic.work import bin_equal_mass
 from sdsim.memory import num_gpu_blocks
 from sdsim.scenario import Scenario
 from sdsim.traffic import ConversationPlan, conversation_plan, prefix_lengths, prefix_popularity
+
+# Bins of the prompt-length (or prefilled-length) law the step curve and the TTFT model price
+# prefill chunks at (equal mass up to 95%, finer in the tail: sdsim.analytic.work).
+PROMPT_BINS = 16
 
 # Turns drawn to estimate a session workload's mean turn prompt and its cache behaviour (the
 # standard error of the mean prompt is ~1% for the shipped scenarios' laws).
@@ -167,6 +174,10 @@ class CacheWorkload:
 
 # by the fields a workload's cache structure depends on (a rate sweep reuses it)
 _WORKLOADS: dict[str, CacheWorkload] = {}
+# per-turn hit blocks of the latest predictions, by workload and hit rate (rounded as
+# sdsim.analytic.hitpoint rounds it), for the law of prefilled lengths; the oldest go first
+_TURN_HITS: dict[tuple[str, float], _F64] = {}
+_TURN_HITS_KEPT = 32
 
 
 def _eagle(scn: Scenario) -> int:
@@ -175,10 +186,16 @@ def _eagle(scn: Scenario) -> int:
     return int(scn.drafter.kind in ("eagle", "eagle3") and speculating)
 
 
+def _workload_key(scn: Scenario) -> str:
+    key = scn.model_dump_json(
+        include={"workload", "target", "server", "spec", "seed", "drafter", "acceptance"}
+    )
+    return key.replace(f'"rate":{scn.workload.rate!r}', "")  # the rate draws no length
+
+
 def cache_workload(scn: Scenario) -> CacheWorkload:
     """The workload's sharing structure in blocks (cached by everything but the rate)."""
-    key = scn.model_dump_json(include={"workload", "target", "server", "spec", "seed", "drafter"})
-    key = key.replace(f'"rate":{scn.workload.rate!r}', "")  # the rate draws no length
+    key = _workload_key(scn)
     if key not in _WORKLOADS:
         _WORKLOADS[key] = _build_workload(scn)
     return _WORKLOADS[key]
@@ -400,6 +417,10 @@ def cache_state(
         blocks_hit = cw.hit_cached
     hit_tokens = bs * float(cw.weight @ (item_ok * blocks_hit))
     hit = min(hit_tokens / cw.prompt_mean, 1.0 - 1e-9) if cw.prompt_mean > 0 else 0.0
+    if cw.sessions:
+        while len(_TURN_HITS) >= _TURN_HITS_KEPT:
+            _TURN_HITS.pop(next(iter(_TURN_HITS)))
+        _TURN_HITS[(_workload_key(scn), round(max(hit, 0.0), 4))] = item_ok * blocks_hit
     return CacheState(max(hit, 0.0), tc, held, free)
 
 
@@ -458,6 +479,37 @@ def _conversations(
             t = end + think[i] + api
             i += 1
     return resid
+
+
+def prefill_law(scn: Scenario) -> tuple[npt.NDArray[np.int64], _F64] | None:
+    """The law of a session turn's prefilled tokens (its prompt less its hit blocks), binned as
+    the step curve prices prompt chunks (:data:`PROMPT_BINS` points); ``None`` without sessions.
+
+    Sessions mix short prefills (a turn that finds its conversation: the new user tokens) with
+    long ones (a first turn, or one whose conversation was evicted: the whole conversation).
+    With a predicted hit rate each turn's hits are the replay's (:func:`cache_state`); with a
+    given one, a turn finds its whole cached conversation with the probability that makes the
+    mean hit rate the given one, else its shared prompt only.
+    """
+    if scn.workload.sessions is None:
+        return None
+    cw = cache_workload(scn)
+    bs = scn.server.block_size
+    h = scn.analytic.prefix_hit_rate if scn.server.prefix_caching else None
+    hit = 0.0 if h is None else float(h)
+    n = cw.prompt.shape[0]
+    if hit <= 0:
+        values, weights = cw.prompt.astype(np.float64), np.full(n, 1.0 / n)
+    elif (got := _TURN_HITS.get((_workload_key(scn), round(hit, 4)))) is not None:
+        values, weights = cw.prompt - bs * got, np.full(n, 1.0 / n)
+    else:
+        lost, full = bs * cw.hit_lost.mean(), bs * cw.hit_cached.mean()
+        pi = min(max((hit * cw.prompt_mean - lost) / max(full - lost, 1e-9), 0.0), 1.0)
+        values = np.concatenate([cw.prompt - bs * cw.hit_cached, cw.prompt - bs * cw.hit_lost])
+        weights = np.concatenate([np.full(n, pi / n), np.full(n, (1 - pi) / n)])
+    order = np.argsort(values, kind="stable")
+    vb, pb = bin_equal_mass(np.maximum(values[order], 1.0), weights[order], PROMPT_BINS)
+    return np.maximum(np.rint(vb), 1).astype(np.int64), pb / pb.sum()
 
 
 def _same_replica(scn: Scenario) -> float:
