@@ -9,7 +9,8 @@ with the MSER-5 warm-up cut on top, as `sdsim validate` takes it; the simulated 
 pooled batch-means estimate with its 95% interval.
 
 Usage: python benchmarks/prefix_validation.py [--requests N] [--seeds S] [--fractions F,...]
-[--jobs J] [--configs predicted,off,given] [--scenarios a.yaml,b.yaml] [--given 0.89,0.87]
+[--rates R,...] [--jobs J] [--configs predicted,off,given] [--scenarios a.yaml,b.yaml]
+[--given 0.89,0.87]
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=20_000)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--fractions", default="0.2,0.4,0.6,0.8")
+    ap.add_argument("--rates", default="", help="rates (req/s) instead of --fractions")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--configs", default="predicted,off,given")
     # what 3,000-request runs of the two scenarios measure (seed 0: 0.898 and 0.873)
@@ -65,8 +67,11 @@ def main() -> None:
                 if cfg == "predicted":
                     sat_rate = predicted_hit_saturation(scn)
                 print(f"# {path} {cfg}: saturation {sat_rate:.3f} req/s", flush=True)
-                for f in fractions:
-                    rate = round(f * sat_rate, 4)
+                rates = [float(r) for r in a.rates.split(",")] if a.rates else [
+                    round(f * sat_rate, 4) for f in fractions
+                ]
+                for rate in rates:
+                    f = round(rate / sat_rate, 4)
                     s = scn.with_overrides({"workload.rate": rate})
                     # e2e_mean from the tail model, as validate takes it
                     p = predict(s, rates=[], k_values=[s.spec.k])
