@@ -164,3 +164,15 @@ def test_bad_analytic_settings_exit_2_naming_the_field(
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: analytic.prefix_hit_rate"), err
+
+
+def test_a_grid_predicts_the_hit_rate_at_each_rate() -> None:
+    # a predicted hit rate keys the step curves by its value; the grid's curve bookkeeping
+    # copes (it once looked up the curve of the unresolved scenario)
+    from sdsim.analytic.prediction import predict_grid
+
+    # small chats (2 s think time) in a 300-block cache: conversations outlive fewer gaps
+    scn = chat(**{"server.num_gpu_blocks": 300})
+    df = predict_grid(scn, [2.0, 20.0], [4], quantiles=False)
+    assert list(df["prefix_hit_source"]) == ["predicted"] * 2
+    assert df["prefix_hit_rate"].iloc[0] > 2 * df["prefix_hit_rate"].iloc[1]  # falls with load

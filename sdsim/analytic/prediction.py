@@ -793,6 +793,9 @@ def predict_grid(
                 }
             if int(k) > 0:
                 # no later pair reads this curve's chunk laws (k = 0's serve every pair): free
-                # them (recomputed, the same floats, if the grid repeats this pair)
-                shared.curves[_law_key(base, int(k))].forget_laws()
+                # them (recomputed, the same floats, if the grid repeats this pair); a predicted
+                # hit rate keys its curves by the hit rate of each rate instead
+                pair = shared.curves.get(_law_key(base, int(k)))
+                if pair is not None:
+                    pair.forget_laws()
     return pd.DataFrame([rows[key] for key in sorted(rows)])
