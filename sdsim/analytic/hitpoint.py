@@ -99,6 +99,8 @@ def resolve_hit_rate(
         return scn, HitRate(0.0, src)
     if src == "given":
         return scn, HitRate(float(scn.analytic.prefix_hit_rate or 0.0), src)
+    if scn.workload.shared_prefix is None and scn.workload.sessions is None:
+        return scn, HitRate(0.0, src)  # nothing is shared: nothing to hit, at any load
     state = cache_state(scn, rate, 0.0, 0.0)
     cur = with_hit_rate(scn, state.hit_rate)
     for _ in range(HIT_ROUNDS):
