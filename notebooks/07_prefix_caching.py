@@ -44,6 +44,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 import sdsim
 from sdsim.analytic.prediction import predict_grid
@@ -144,7 +145,7 @@ for name, ov in CONFIGS.items():
                     "stable": bool(df["stable"].fillna(True).all())})
 sim = pd.DataFrame(sim)
 
-fig, ax = plt.subplots(figsize=(8.5, 4.5))
+fig, ax = plt.subplots(figsize=(12, 4.5), layout="constrained")
 for name in CONFIGS:
     mg = model[(model["config"] == name) & np.isfinite(model["e2e_mean"])]
     line, = ax.plot(mg["rate"], mg["e2e_mean"], label=f"{name}: model")
@@ -155,7 +156,7 @@ ax.set_ylim(0, 8)
 ax.set_xlabel(field_label("workload.rate"))
 ax.set_ylabel(metric_label("e2e_mean"))
 ax.set_title("shared system prompts: mean latency vs load")
-ax.legend(fontsize=8)
+ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
 plt.show()
 
 sat = model.groupby("config")["saturation_rate"].first()
@@ -222,7 +223,7 @@ for nb in blocks:
                      "e2e_mean": df["e2e_mean"].mean(), "ttft_mean": df["ttft_mean"].mean()})
 mix = pd.DataFrame(rows)
 
-fig, ax = plt.subplots(1, 3, figsize=(13, 4))
+fig, ax = plt.subplots(1, 3, figsize=(13, 4), layout="constrained")
 for nb, grp in mix.groupby("blocks"):
     ax[0].plot(grp["k"], grp["hit"], "o-", label=f"{nb:,} blocks")
     ax[1].plot(grp["k"], grp["preemptions per 1k"], "o-", label=f"{nb:,} blocks")
@@ -231,6 +232,9 @@ ax[0].set_ylabel(metric_label("prefix_hit_rate"))
 ax[1].set_ylabel("preemptions per 1,000 requests")
 ax[2].set_ylabel(metric_label("e2e_mean"))
 ax[2].set_yscale("log")
+ax[2].yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+ax[2].yaxis.set_major_formatter(ScalarFormatter())
+ax[2].yaxis.set_minor_formatter(NullFormatter())
 for a in ax:
     a.set_xlabel(field_label("spec.k"))
     a.legend()
@@ -281,17 +285,19 @@ for router in ("prefix-affinity", "least-outstanding", "round-robin"):
     rows.append(row)
 routers = pd.DataFrame(rows).set_index("router")
 
-fig, ax = plt.subplots(1, 3, figsize=(13, 4))
+fig, ax = plt.subplots(1, 3, figsize=(13, 4), layout="constrained")
 x = np.arange(len(routers))
-for a, m, scale in ((ax[0], "prefix_hit_rate", 1.0), (ax[1], "ttft_mean", 1e3),
-                    (ax[2], "ttft_p99", 1e3)):
+for a, m, scale, where in ((ax[0], "prefix_hit_rate", 1.0, "upper right"),
+                           (ax[1], "ttft_mean", 1e3, "upper left"),
+                           (ax[2], "ttft_p99", 1e3, "upper left")):
     a.bar(x, scale * routers[m], color=["C0", "C1", "C2"], label="mean over seeds")
     a.errorbar(x, scale * routers[m], yerr=scale * routers[m + "_ci"], fmt="none",
                ecolor="black", capsize=4, label="95% CI")
-    a.set_xticks(x, routers.index, rotation=15)
+    a.set_xticks(x, routers.index.str.replace("-", "-\n"))
+    a.set_ylim(0, 1.35 * scale * routers[m].max())
     a.set_xlabel("router")
     a.set_ylabel(metric_label(m, "ms" if scale != 1.0 else None))
-    a.legend()
+    a.legend(loc=where)
 plt.show()
 routers.round(4)
 
