@@ -113,7 +113,7 @@ print(f"mean answer {out_mean:.0f} tokens: {out_mean:.0f} decode steps at k = 0,
       f"{out_mean / tps:.0f} at k = 4 ({tps:.2f} tokens per step)")
 
 # %% [markdown]
-# A request's prompt is about ten times its answer, and caching removes most of the prompt's
+# A request's prompt is about nine times its answer, and caching removes most of the prompt's
 # prefill; SD removes about two thirds of the decode *steps*. The two remove different things,
 # and what each is worth depends on the load: an idle server's latency is dominated by the
 # ~250 decode steps a request takes one after another (SD's ground), while a busy server's is
