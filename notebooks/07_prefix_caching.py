@@ -47,7 +47,6 @@ import pandas as pd
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 import sdsim
-from sdsim.analytic.prediction import predict_grid
 from sdsim.labels import field_label, metric_label
 from sdsim.metrics import t_confidence_interval
 
@@ -120,9 +119,9 @@ print(f"mean answer {out_mean:.0f} tokens: {out_mean:.0f} decode steps at k = 0,
 # dominated by the GPU time every request costs the others: there, each uncached 2,000-token
 # prefill is what fills the steps (caching's ground).
 #
-# The closed-form model (`sdsim.predict`, here `predict_grid` over a range of rates) takes the
-# hit rate as an input, `analytic.prefix_hit_rate`; we give it the one the simulation measured
-# at light load above. Dots: simulation, mean over the seeds with its 95% interval.
+# The closed-form model (`sdsim.predict`, here `sdsim.predict_grid` over a range of rates)
+# takes the hit rate as an input, `analytic.prefix_hit_rate`; we give it the one the simulation
+# measured at light load above. Dots: simulation, mean over the seeds with its 95% interval.
 
 # %%
 model_rates = np.arange(1.0, 25.0, 1.0)
@@ -130,7 +129,7 @@ model = []
 for name, ov in CONFIGS.items():
     scn = base.with_overrides({**ov, "analytic.prefix_hit_rate":
                                hit if ov["server.prefix_caching"] else 0.0})
-    g = predict_grid(scn, model_rates, ks=[ov["spec.k"]], quantiles=False)
+    g = sdsim.predict_grid(scn, model_rates, ks=[ov["spec.k"]], quantiles=False)
     model.append(g.assign(config=name)[["config", "rate", "e2e_mean", "saturation_rate"]])
 model = pd.concat(model, ignore_index=True)
 
