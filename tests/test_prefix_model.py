@@ -176,3 +176,20 @@ def test_a_grid_predicts_the_hit_rate_at_each_rate() -> None:
     df = predict_grid(scn, [2.0, 20.0], [4], quantiles=False)
     assert list(df["prefix_hit_source"]) == ["predicted"] * 2
     assert df["prefix_hit_rate"].iloc[0] > 2 * df["prefix_hit_rate"].iloc[1]  # falls with load
+
+
+def test_predict_prices_a_trace_prompt_law() -> None:
+    # a trace column is its empirical law for the model too (it raised a TypeError)
+    from sdsim.analytic.work import discretize_length
+    from tests.test_traffic import SPLITWISE
+
+    path = SPLITWISE / "splitwise_conv.csv"
+    if not path.exists():
+        pytest.skip("../shared/data/vidur not present")
+    scn = small(**{"workload.prompt_tokens": {"dist": "trace", "path": str(path),
+                                              "column": "prompt_tokens"}})
+    spec = scn.workload.prompt_tokens
+    v, p = discretize_length(spec)
+    assert float(v @ p) == pytest.approx(spec.mean, rel=1e-3)
+    slow = scn.with_overrides({"workload.rate": 0.5})
+    assert math.isfinite(predict(slow, rates=[], k_values=[4]).summary["e2e_mean"])
