@@ -193,3 +193,12 @@ def test_predict_prices_a_trace_prompt_law() -> None:
     assert float(v @ p) == pytest.approx(spec.mean, rel=1e-3)
     slow = scn.with_overrides({"workload.rate": 0.5})
     assert math.isfinite(predict(slow, rates=[], k_values=[4]).summary["e2e_mean"])
+
+
+def test_the_model_reads_a_survival_table_law() -> None:
+    from sdsim.analytic.work import discretize_length
+    from sdsim.scenario import load_scenario
+
+    turns = load_scenario("scenarios/multi-turn-wildchat.yaml").workload.sessions.turns  # type: ignore[union-attr]
+    v, p = discretize_length(turns)
+    assert float(v @ p) == pytest.approx(turns.mean, rel=1e-3)

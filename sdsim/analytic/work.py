@@ -153,7 +153,7 @@ def discretize_length(
         u, c = np.unique(np.asarray(spec.values, dtype=np.float64), return_counts=True)
         v, p = u, c / c.sum()
     elif isinstance(spec, CcdfLength):
-        lv, lp = spec.law
+        lv, lp = spec.law()
         v, p = np.asarray(lv, dtype=np.float64), np.asarray(lp, dtype=np.float64)
     elif isinstance(spec, LognormalLength):
         # The workload rounds a moment-matched lognormal and clips it to [min, max].
