@@ -79,18 +79,11 @@ def _log_ndtr(y: float) -> float:  # compiled
 
 @numba.njit(inline="always")
 def _at(
-    x: float,
-    want: int,
-    gw: FloatArray,
-    gmu: FloatArray,
-    gsd: FloatArray,
-    glam: FloatArray,
-    uw: FloatArray,
-    ulo: FloatArray,
-    uhi: FloatArray,
-    udens: FloatArray,
+    x: float, want: int, g: FloatArray, u: FloatArray
 ) -> tuple[float, float, float]:  # compiled
-    """The mixture's (unnormalised) CDF, density and density slope at ``x``.
+    """The mixture's (unnormalised) CDF, density and density slope at ``x``; ``g`` holds the
+    Gaussian components' rows ``(w, mu, sd, lam)``, ``u`` the uniform ones' ``(w, lo, hi,
+    dens)`` (one row per field, so each kernel takes the whole mixture in two arguments).
 
     Gaussian terms: ``Phi(z)`` with ``z = (x - mu) / sd``; exponnorm ones (``lam > 0``, shape
     ``s = lam sd``): ``Phi(z) - exp(s (s/2 - z) + log Phi(z - s))`` (scipy's formula), density
@@ -101,7 +94,8 @@ def _at(
     c = 0.0
     d = 0.0
     dd = 0.0
-    for i in range(gw.shape[0]):
+    gw, gmu, gsd, glam = g[0], g[1], g[2], g[3]
+    for i in range(g.shape[1]):
         sd = gsd[i]
         z = (x - gmu[i]) / sd
         lam = glam[i]
@@ -113,10 +107,10 @@ def _at(
                 continue
             c += gw[i] * _ndtr(z)
             if want >= _PDF:
-                g = gw[i] * (math.exp(-0.5 * z * z) / (_SQRT_2PI * sd))
-                d += g
+                pdf = gw[i] * (math.exp(-0.5 * z * z) / (_SQRT_2PI * sd))
+                d += pdf
                 if want >= _SLOPE:
-                    dd -= g * z / sd
+                    dd -= pdf * z / sd
         else:
             s = lam * sd
             tail = math.exp(s * (0.5 * s - z) + _log_ndtr(z - s))
@@ -128,7 +122,8 @@ def _at(
                     dd += gw[i] * lam * (math.exp(-0.5 * z * z) / (_SQRT_2PI * sd) - f)
     cu = 0.0
     du = 0.0
-    for i in range(uw.shape[0]):
+    uw, ulo, uhi, udens = u[0], u[1], u[2], u[3]
+    for i in range(u.shape[1]):
         on = x >= ulo[i]
         top = x >= uhi[i]
         cu += uw[i] if top else (udens[i] * (x - ulo[i]) if on else 0.0)
@@ -136,46 +131,26 @@ def _at(
     return c + cu, d + du, dd
 
 
-# the eight component arrays the kernels take (see _at)
-_ARRAYS = ", ".join(["f8[::1]"] * 8)
-
-
-@jit_eager(f"void(f8[::1], i8, {_ARRAYS}, f8[:, ::1])", fastmath={"reassoc"})
+@jit_eager("void(f8[::1], i8, f8[:, ::1], f8[:, ::1], f8[:, ::1])", fastmath={"reassoc"})
 def _sums(
-    xs: FloatArray,
-    want: int,
-    gw: FloatArray,
-    gmu: FloatArray,
-    gsd: FloatArray,
-    glam: FloatArray,
-    uw: FloatArray,
-    ulo: FloatArray,
-    uhi: FloatArray,
-    udens: FloatArray,
-    out: FloatArray,
+    xs: FloatArray, want: int, g: FloatArray, u: FloatArray, out: FloatArray
 ) -> None:  # compiled
     """:func:`_at` at each x: ``out[0]`` the CDF, ``out[1]`` the density, ``out[2]`` its
     slope (unnormalised; reassociation allowed, so sums may run in SIMD lanes: rounding only)."""
     for j in range(xs.shape[0]):
-        c, d, dd = _at(xs[j], want, gw, gmu, gsd, glam, uw, ulo, uhi, udens)
+        c, d, dd = _at(xs[j], want, g, u)
         out[0, j] = c
         out[1, j] = d
         out[2, j] = dd
 
 
 @jit_eager(
-    f"void({_ARRAYS}, f8, f8[::1], f8[::1], f8[::1], f8[::1], f8[::1], f8[::1])",
+    "void(f8[:, ::1], f8[:, ::1], f8, f8[::1], f8[::1], f8[::1], f8[::1], f8[::1], f8[::1])",
     fastmath={"reassoc"},
 )
 def _refine(
-    gw: FloatArray,
-    gmu: FloatArray,
-    gsd: FloatArray,
-    glam: FloatArray,
-    uw: FloatArray,
-    ulo: FloatArray,
-    uhi: FloatArray,
-    udens: FloatArray,
+    g: FloatArray,
+    u: FloatArray,
     tot: float,
     a: FloatArray,
     b: FloatArray,
@@ -201,7 +176,7 @@ def _refine(
         x = lo + t * (hi - lo)
         res = x
         for _ in range(200):
-            c, dn, ddn = _at(x, _SLOPE, gw, gmu, gsd, glam, uw, ulo, uhi, udens)
+            c, dn, ddn = _at(x, _SLOPE, g, u)
             f = c / tot
             d = dn / tot
             dd = ddn / tot
@@ -276,8 +251,11 @@ class Mixture:
         uw, ulo, uhi = _f(*(np.asarray(v)[uk] for v in u))
         self.unif = (uw, ulo, uhi)
         ln = uhi - ulo
-        self._udens = np.ascontiguousarray(
-            np.where(ln > 0, uw / np.where(ln > 0, ln, 1.0), 0.0), dtype=np.float64
+        udens = np.where(ln > 0, uw / np.where(ln > 0, ln, 1.0), 0.0)
+        # the kernels' layout (see _at): one row per field
+        self._g = np.ascontiguousarray(np.stack(self.gauss).reshape(4, -1), dtype=np.float64)
+        self._u = np.ascontiguousarray(
+            np.stack((uw, ulo, uhi, udens)).reshape(4, -1), dtype=np.float64
         )
 
     @classmethod
@@ -310,9 +288,6 @@ class Mixture:
         """Sum of the component weights."""
         return float(self.gauss[0].sum() + self.unif[0].sum())
 
-    def _arrays(self) -> tuple[FloatArray, ...]:
-        return (*self.gauss, self.unif[0], self.unif[1], self.unif[2], self._udens)
-
     def bounds(self) -> tuple[float, float]:
         """Where nearly all the mass lies: from ``max(min(mu - 6 sd, lo), 0)`` to the larger of
         ``mu + 7 sd + 10 / lam`` and ``hi``."""
@@ -333,7 +308,7 @@ class Mixture:
     def _eval(self, x: npt.ArrayLike, want: int) -> FloatArray:
         xs = np.ascontiguousarray(np.atleast_1d(np.asarray(x, dtype=np.float64)))
         out = np.empty((3, xs.shape[0]))
-        _sums(xs, want, *self._arrays(), out)
+        _sums(xs, want, self._g, self._u, out)
         return out / self.total
 
     def cdf_pdf(self, x: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
@@ -367,7 +342,7 @@ class Mixture:
         if live.shape[0]:
             j = idx[live]
             res = np.empty(live.shape[0])
-            _refine(*self._arrays(), self.total, *_f(xg[j - 1], xg[j], fg[j - 1], fg[j], ps[live]),
-                    res)
+            brackets = _f(xg[j - 1], xg[j], fg[j - 1], fg[j], ps[live])
+            _refine(self._g, self._u, self.total, *brackets, res)
             out[live] = res
         return [float(v) for v in out]
