@@ -697,12 +697,12 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path | None) -> dict[str, Any
             p = Path(sec[key])
             if not p.is_absolute() and not _exists(p) and _exists(base_dir / p):
                 sec[key] = str((base_dir / p).resolve())
-    # length laws read from a trace CSV ({dist: trace, path: ...}), anywhere in the workload
+    # length laws read from a CSV ({dist: trace | ccdf, path: ...}), anywhere in the workload
     stack = [out.get("workload")]
     while stack:
         node = stack.pop()
         if isinstance(node, dict):
-            if node.get("dist") == "trace" and isinstance(node.get("path"), str):
+            if node.get("dist") in ("trace", "ccdf") and isinstance(node.get("path"), str):
                 p = Path(node["path"])
                 if not p.is_absolute() and not _exists(p) and _exists(base_dir / p):
                     node["path"] = str((base_dir / p).resolve())

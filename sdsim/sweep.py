@@ -95,6 +95,12 @@ KNOWN_METRICS: tuple[str, ...] = (
     "queue_growth_rps",
     "steps",
     "duration_s",
+    "kv_util_mean",
+    "prefix_hit_rate",
+    "prefill_saved_fraction",
+    "prefill_tokens_requested",
+    "prefill_tokens_computed",
+    "prefix_evictions",
     *(f"slo_{what}_{k}" for k in SLO_KEYS for what in ("attainment", "margin")),
 )
 

@@ -53,6 +53,7 @@ from sdsim.scenario import (
     TraceLength,
     UniformLength,
 )
+from sdsim.workload_spec import CcdfLength
 
 _I64 = npt.NDArray[np.int64]
 _F64 = npt.NDArray[np.float64]
@@ -65,7 +66,8 @@ def sample_lengths(spec: LengthSpec, n: int, rng: np.random.Generator) -> npt.ND
     ----------
     spec
         Fixed, uniform, lognormal (mean, cv; rounded and clipped to [min, max]), geometric,
-        empirical, or a trace column (drawn uniformly, with replacement).
+        empirical, a trace column (drawn uniformly, with replacement), or a survival table
+        (by inversion of its cumulative law).
     n
         How many.
     rng
@@ -86,6 +88,11 @@ def sample_lengths(spec: LengthSpec, n: int, rng: np.random.Generator) -> npt.ND
     if isinstance(spec, EmpiricalLength | TraceLength):
         vals = np.asarray(spec.values, dtype=np.int64)
         return vals[rng.integers(0, vals.shape[0], size=n)]
+    if isinstance(spec, CcdfLength):
+        values, probs = spec.law()
+        cdf = np.cumsum(probs)
+        idx = np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right")
+        return values[np.minimum(idx, values.shape[0] - 1)]
     raise TypeError(f"unknown length law {spec!r}")
 
 

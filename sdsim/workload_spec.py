@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "MAX_REQUESTS",
+    "CcdfLength",
     "EmpiricalLength",
     "ExponentialTime",
     "FixedLength",
@@ -35,7 +36,7 @@ from pydantic import Field, field_validator, model_validator
 from sdsim.errors import ScenarioError
 from sdsim.spec_base import Frozen as _Frozen
 from sdsim.spec_base import PathStr
-from sdsim.traces import trace_lengths
+from sdsim.traces import ccdf_law, trace_lengths
 
 # A run's workload arrays and streaming statistics take ~70 bytes per request (~0.7 GB here).
 MAX_REQUESTS = 10_000_000
@@ -157,8 +158,46 @@ class TraceLength(_Frozen):
         return int(self.values.max())
 
 
+class CcdfLength(_Frozen):
+    """A discrete law given by its survival function ``P(L >= value)`` at a few integer values
+    (a CSV: a ``ccdf`` column and one column of values, e.g. a published distribution read at
+    those points; ``sdsim/data/conversations/``), log-linear between them, decaying beyond the
+    last point as over the last segment, clipped at ``max`` (:func:`sdsim.traces.ccdf_law`).
+
+    For ``workload.sessions.turns`` (turns per conversation) and shared-prefix lengths; the
+    closed-form model does not read it as a prompt or answer law.
+    """
+
+    dist: Literal["ccdf"]
+    path: PathStr = Field(description="CSV: `ccdf` (P(L >= value)) and one column of values")
+    max: int = Field(default=1000, ge=1, le=10_000_000, description="draws above it are clipped")
+
+    @model_validator(mode="after")
+    def _readable(self) -> CcdfLength:
+        try:
+            ccdf_law(self.path, self.max)
+        except ScenarioError as exc:
+            raise ValueError(exc.message) from None
+        return self
+
+    def law(self) -> tuple[Any, Any]:
+        """(values, probabilities): every integer from the table's first value to ``max``."""
+        return ccdf_law(self.path, self.max)
+
+    @property
+    def mean(self) -> float:
+        v, p = self.law()
+        return float(v @ p)
+
+
 LengthSpec = Annotated[
-    FixedLength | UniformLength | LognormalLength | GeometricLength | EmpiricalLength | TraceLength,
+    FixedLength
+    | UniformLength
+    | LognormalLength
+    | GeometricLength
+    | EmpiricalLength
+    | TraceLength
+    | CcdfLength,
     Field(discriminator="dist"),
 ]
 
@@ -317,6 +356,13 @@ class WorkloadSpec(_Frozen):
 
     @model_validator(mode="after")
     def _trace_needs_file(self) -> WorkloadSpec:
+        for name in ("prompt_tokens", "output_tokens"):
+            if isinstance(getattr(self, name), CcdfLength):
+                raise ScenarioError(
+                    name,
+                    "dist 'ccdf' is for sessions.turns and shared_prefix.tokens; prompt and answer "
+                    "lengths take fixed, uniform, lognormal, geometric, empirical or trace",
+                )
         if self.arrival == "trace" and not self.trace:
             raise ScenarioError("trace", "arrival 'trace' needs `trace:` (path to a CSV)")
         if self.arrival == "replay" and not self.report:

@@ -22,8 +22,8 @@ def _cells(nb: nbformat.NotebookNode) -> list[tuple[str, str]]:
     return [(c.cell_type, c.source.strip()) for c in nb.cells]
 
 
-def test_the_six_notebooks_of_the_course_exist() -> None:
-    assert [p.stem[:2] for p in SOURCES] == ["01", "02", "03", "04", "05", "06"]
+def test_the_seven_notebooks_of_the_course_exist() -> None:
+    assert [p.stem[:2] for p in SOURCES] == ["01", "02", "03", "04", "05", "06", "07"]
     assert sorted(p.stem for p in NB_DIR.glob("*.ipynb")) == [p.stem for p in SOURCES]
 
 
