@@ -1,12 +1,13 @@
 """Analysis (not a speed benchmark): speculative decoding under load, calibrated vs roofline costs.
 
-For three setups (issue 14 item 5) and every acceptance rate and draft length k in 0..8, simulate
-the mean latency at 10-80% of each configuration's saturation, fit ``L = C1 / (1 - lambda C2)``
-per configuration (the paper's way) and report C1R, C2R, the speedup at 10% and 80% of plain
-decoding's saturation, the break-even rate and the best k at low and high load, for the
-calibrated model and the roofline side by side; then, at alpha = 0.7 and with the analytic
-model's means (fast), what each group of calibration terms contributes (one switched off at a
-time, :data:`sdsim.costs.calibration.ABLATIONS`).
+For three setups (:data:`SETUPS`: two 8B models with EAGLE heads on an A100 and an H100, a 70B
+model at TP 4 with a 1B draft model) and every acceptance rate and draft length k in 0..8,
+simulate the mean latency at 10-80% of each configuration's saturation, fit
+``L = C1 / (1 - lambda C2)`` per configuration (the paper's way) and report C1R, C2R, the
+speedup at 10% and 80% of plain decoding's saturation, the break-even rate and the best k at low
+and high load, for the calibrated model and the roofline side by side; then, at alpha = 0.7 and
+with the analytic model's means (fast), what each group of calibration terms contributes (one
+switched off at a time, :data:`sdsim.costs.calibration.ABLATIONS`).
 
 Run: ``nice .venv/bin/python benchmarks/sd_under_load.py [--quick] [OUT.csv]`` (full: ~20 min
 CPU on one core; --quick: two alphas, k in {0, 2, 4}, analytic only). Figures in notes/costs.md.

@@ -65,10 +65,10 @@ def env(name: str, default: float) -> float:
 class Server:
     """`sdsim serve` in a subprocess on a free loopback port."""
 
-    def __init__(self, scenario: str, time_scale: float) -> None:
+    def __init__(self, scenario: str, time_scale: float, history: int) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sdsim.cli", "serve", scenario, "--port", "0",
-             "--time-scale", str(time_scale)],
+             "--time-scale", str(time_scale), "--history", str(history)],
             cwd=ROOT, stderr=subprocess.PIPE, text=True,
         )
         self.lines: list[str] = []
@@ -239,7 +239,8 @@ def main() -> int:
         f"{int((leave > 0).sum())} hang up mid-stream; seed {seed}",
         flush=True,
     )
-    server = Server(scenario, scale)
+    # the report reads every request's record (by request id): the window holds them all
+    server = Server(scenario, scale, history=max(int(ats.shape[0]), 1))
     rss: list[tuple[float, float]] = []
     try:
         base = f"http://127.0.0.1:{server.port}"

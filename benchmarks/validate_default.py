@@ -1,6 +1,7 @@
 """Speed benchmark: `sdsim validate scenarios/default.yaml` with its default settings.
 
-Target (issue 4): under two minutes on a 2-core machine. Not part of `make test`.
+Target: under two minutes on a 2-core machine (a user waits for it; `make bench` case g).
+Not part of `make test`.
 Run: `.venv/bin/python benchmarks/validate_default.py`.
 """
 

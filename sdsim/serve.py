@@ -33,6 +33,11 @@ A client that disconnects (streaming or not) has its request aborted: at the nex
 leaves the batch or the queue and its KV blocks are freed, as vLLM aborts such requests
 (``/sdsim/requests`` marks it ``aborted`` and lists the requests running and waiting). A request is
 refused with 503 when ``limits.max_waiting`` requests already wait.
+
+Memory is bounded however long the server runs: requests that have left the engine are collected
+from its request table (reusable slots) into a :class:`~sdsim.serve_history.ServeHistory`, which
+keeps running summaries of every request (``/sdsim/summary``) and the records of the last
+``history`` requests to leave (``/sdsim/requests``, with those still in the engine).
 """
 
 from __future__ import annotations
@@ -66,8 +71,9 @@ from sdsim.engine.state import RequestTable
 from sdsim.errors import ScenarioError
 from sdsim.memory import kv_capacity
 from sdsim.models import resolve_model
-from sdsim.rng import stream, stream_key
+from sdsim.rng import counter_base, stream, stream_key
 from sdsim.scenario import BetaAlpha, Scenario
+from sdsim.serve_history import DEFAULT_WINDOW, ServeHistory
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # What a request's queue receives after an engine step: (new tokens, finished, simulated time),
@@ -95,11 +101,24 @@ class LiveEngine:
     time_scale
         Wall seconds per simulated second.
     capacity
-        Initial request-table size (it doubles when full).
+        Initial request-table slots (reused once their requests have left; the table doubles
+        when the requests in the engine fill it).
+    history
+        Records of requests that have left kept for :meth:`records_json` (the last to leave).
+
+    Attributes
+    ----------
+    history
+        The :class:`~sdsim.serve_history.ServeHistory` of requests that have left the engine.
     """
 
     def __init__(
-        self, scn: Scenario, seed: int | None = None, time_scale: float = 1.0, capacity: int = 1024
+        self,
+        scn: Scenario,
+        seed: int | None = None,
+        time_scale: float = 1.0,
+        capacity: int = 1024,
+        history: int = DEFAULT_WINDOW,
     ) -> None:
         if not (time_scale > 0 and math.isfinite(time_scale)):
             raise ValueError("time_scale must be a positive number")
@@ -109,7 +128,11 @@ class LiveEngine:
         self.env = simpy.Environment()
         self.key = stream_key(self.seed, "acceptance")
         per_request = not isinstance(scn.acceptance.alpha, list)
-        self.table = RequestTable.empty(max(16, capacity), has_alpha=per_request)
+        self.table = RequestTable.empty(capacity, has_alpha=per_request)
+        self.history = ServeHistory(history)
+        self._received = 0
+        self._slot: dict[int, int] = {}  # request id -> table slot, while in the table
+        self._watched: dict[int, bool | None] = {}  # see watch()
         self.engine = Engine(
             self.env, scn, self.table, build_cost_model(scn), on_step=self._on_step
         )
@@ -124,7 +147,7 @@ class LiveEngine:
     @property
     def n(self) -> int:
         """Requests received."""
-        return self.table.size
+        return self._received
 
     def _alpha_for_next(self) -> float:
         a = self.scn.acceptance.alpha
@@ -201,15 +224,43 @@ class LiveEngine:
         assert self._kick is not None, "LiveEngine.start() not called"
         self._advance(self.sim_now())
         alpha = self._alpha_for_next() if self.table.alpha is not None else None
-        rid = self.table.append(
-            float(self.env.now), prompt_tokens, output_tokens, alpha, self.key
+        rid = self._received
+        self._received += 1
+        # request i's acceptance draws are keyed by i, as in a simulation of the same arrivals
+        base = np.uint64(counter_base(self.key, np.int64(rid)))
+        slot = self.table.fill(
+            rid, float(self.env.now), prompt_tokens, output_tokens, alpha, base, self._collected
         )
+        self._slot[rid] = slot
         q: asyncio.Queue[Message] = asyncio.Queue()
         self._queues[rid] = q
         self._sent[rid] = 0
-        self.engine.enqueue(rid)
+        self.engine.enqueue(slot)
         self._kick.set()
         return rid, q
+
+    def _collected(self, r: dict[str, np.ndarray]) -> None:
+        """Requests that left the engine, collected from the table (their slots are reused)."""
+        watched = self._watched
+        for rid, aborted in zip(r["rid"].tolist(), r["aborted"].tolist(), strict=True):
+            del self._slot[rid]
+            if rid in watched:
+                watched[rid] = not aborted
+        self.history.add(r)
+
+    def collect(self) -> None:
+        """Move every request that has left the engine from the table to :attr:`history`."""
+        self.table.harvest(self._collected)
+
+    def watch(self, rids: list[int]) -> None:
+        """Remember whether requests ``rids`` finish (``True``) or are aborted (``False``) once
+        they leave, for :meth:`finished_of`."""
+        self._watched.update(dict.fromkeys(rids))
+
+    def finished_of(self, rids: list[int]) -> int:
+        """How many of the watched requests ``rids`` have finished (not aborted)."""
+        self.collect()
+        return sum(1 for rid in rids if self._watched.get(rid))
 
     def abort(self, rid: int) -> bool:
         """The client of request ``rid`` has gone: abort the request (it leaves the engine at the
@@ -218,7 +269,8 @@ class LiveEngine:
         self._sent.pop(rid, None)
         if self._t0 is not None:
             self._advance(self.sim_now())
-        done = self.engine.abort(rid)
+        slot = self._slot.get(rid)  # none once it has left and been collected
+        done = slot is not None and self.engine.abort(slot)
         if done and self._kick is not None:
             self._kick.set()
         return done
@@ -236,15 +288,15 @@ class LiveEngine:
 
     def _on_step(self, engine: Engine, batch: Batch) -> None:
         t = self.table
-        ids = np.concatenate([batch.decode_ids, batch.prefill_ids])
+        slots = np.concatenate([batch.decode_ids, batch.prefill_ids])
         now = float(self.env.now)
-        for rid in ids.tolist():
+        for slot, rid in zip(slots.tolist(), t.rid[slots].tolist(), strict=True):
             q = self._queues.get(rid)
             if q is None:
                 continue
-            gen = int(t.generated[rid])
+            gen = int(t.generated[slot])
             new = gen - self._sent[rid]
-            done = bool(np.isfinite(t.finish[rid]))
+            done = bool(np.isfinite(t.finish[slot]))
             if new > 0 or done:
                 self._sent[rid] = gen
                 q.put_nowait((new, done, now))
@@ -254,12 +306,21 @@ class LiveEngine:
         if engine.records.size > 100_000:
             engine.records.clear()  # step records are not kept by the server; bound memory
 
-    def records_json(self) -> dict[str, Any]:
-        """Per-request simulated times so far (for checks: latency as the simulation sees it),
-        which were aborted, and the requests in the engine now (running, waiting)."""
+    def records(self) -> dict[str, np.ndarray]:
+        """The records of the requests in the engine and of the last ``history`` to leave it,
+        as columns in request-id order (:meth:`ServeHistory.records`)."""
+        self.collect()
         t = self.table
-        n = self.n
-        recs = t.records(np.arange(n, dtype=np.int64))
+        assert t.occupied is not None
+        return self.history.records(t.records(np.flatnonzero(t.occupied)))
+
+    def records_json(self) -> dict[str, Any]:
+        """Per-request simulated times (for checks: latency as the simulation sees it) of the
+        requests in the engine and the last ``history`` to leave it (``rid``: their request
+        ids; every request while fewer have been received), which were aborted, and the
+        requests in the engine now (running, waiting)."""
+        recs = self.records()
+        t = self.table
 
         def col(a: np.ndarray) -> list[Any]:
             return [None if not np.isfinite(v) else float(v) for v in a]
@@ -267,16 +328,34 @@ class LiveEngine:
         return {
             "time_scale": self.scale,
             "t0_monotonic": self._t0,
+            "received": self.n,
+            "rid": recs["rid"].tolist(),
             "arrival": col(recs["arrival"]),
             "first_token": col(recs["first_token"]),
             "finish": col(recs["finish"]),
             "prompt_tokens": recs["prompt_tokens"].astype(int).tolist(),
             "output_tokens": recs["output_tokens"].astype(int).tolist(),
             "aborted": recs["aborted"].tolist(),
-            "running": self.engine.run_ids.tolist(),
-            "waiting": list(self.engine.waiting),
+            "running": t.rid[self.engine.run_ids].tolist(),
+            "waiting": t.rid[np.asarray(self.engine.waiting, dtype=np.int64)].tolist(),
             "kv_blocks_used": self.engine.kv.used,
         }
+
+    def summary_json(self) -> dict[str, Any]:
+        """Counts and latency statistics of every request since the server started
+        (:meth:`ServeHistory.summary`; exact counts, sums and means, quantiles within 0.5%),
+        with the requests received and in the engine now and the simulated time."""
+        self.collect()
+        out: dict[str, Any] = {
+            "received": self.n,
+            "running": int(self.engine.run_ids.shape[0]),
+            "waiting": self.waiting,
+            "sim_time_s": float(self.env.now),
+        }
+        out.update(self.history.summary())
+        out["seed"] = self.seed
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in out.items()}
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -364,6 +443,7 @@ def create_app(
     default_max_tokens: int = 256,
     counter: TokenCounter | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    history: int = DEFAULT_WINDOW,
 ) -> Any:
     """The ASGI application (Starlette) serving a scenario.
 
@@ -384,18 +464,23 @@ def create_app(
         Counts prompt text in tokens (default: :func:`sdsim.api_requests.count_tokens`).
     max_body_bytes
         Largest request body; a larger one is answered with 400.
+    history
+        Records of requests that have left the engine kept for ``/sdsim/requests`` (the last
+        to leave; the summaries cover every request either way).
 
     Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``,
     ``POST /v1/chat/completions`` (``stream: true`` for server-sent events; ``stream_options``
     ``include_usage`` and ``continuous_usage_stats`` honoured), ``GET /sdsim/requests``
-    (simulated per-request times, for checks).
+    (simulated per-request times of the requests in the engine and the last ``history`` to
+    leave it, for checks), ``GET /sdsim/summary`` (counts and latency statistics of every
+    request since start).
     """
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
-    live = LiveEngine(scn, seed=seed, time_scale=time_scale)
+    live = LiveEngine(scn, seed=seed, time_scale=time_scale, history=history)
     model_name = model or scn.target
     counter = counter or TokenCounter()
     max_context = resolve_model(scn.target, "target").max_context
@@ -437,6 +522,9 @@ def create_app(
 
     async def requests_view(request: Request) -> Response:
         return JSONResponse(live.records_json())
+
+    async def summary_view(request: Request) -> Response:
+        return JSONResponse(live.summary_json())
 
     async def generate(request: Request, chat: bool) -> Response:
         try:
@@ -572,6 +660,7 @@ def create_app(
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/sdsim/requests", requests_view, methods=["GET"]),
+            Route("/sdsim/summary", summary_view, methods=["GET"]),
         ],
         lifespan=lifespan,
     )
@@ -629,6 +718,7 @@ def run_server(
         def handle_exit(self, sig: int, frame: Any) -> None:
             if not self.should_exit:
                 draining.extend(live.in_flight)
+                live.watch(draining)
                 say(
                     f"sdsim serve: {signal.Signals(sig).name}: draining {len(draining)} "
                     f"request(s) in flight for up to {drain_timeout:g} s"
@@ -658,10 +748,7 @@ def run_server(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sock.close()
-    t = live.table
-    finished = sum(
-        1 for rid in draining if math.isfinite(t.finish[rid]) and t.aborted[rid] == 0
-    )
+    finished = live.finished_of(draining)
     say(
         f"sdsim serve: stopped: {finished} request(s) finished while draining, "
         f"{len(draining) - finished} aborted"

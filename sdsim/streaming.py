@@ -19,7 +19,7 @@ when the run completes).
 
 from __future__ import annotations
 
-__all__ = ["LogHistogram", "RunningSummary"]
+__all__ = ["LogHistogram", "Moments", "RunningSummary", "latencies"]
 
 import math
 from typing import Any
@@ -116,19 +116,57 @@ class LogHistogram:
         return v_lo + (v_hi - v_lo) * frac
 
 
-class _Moments:
-    """Count, sum and sketch of one latency metric."""
+class Moments:
+    """Count, sum and quantile sketch of one latency metric: its mean is exact, its quantiles
+    within the sketch's relative accuracy, in constant memory.
 
-    def __init__(self, accuracy: float) -> None:
+    Parameters
+    ----------
+    accuracy
+        Relative accuracy of the quantile sketch (:class:`LogHistogram`).
+    """
+
+    def __init__(self, accuracy: float = 0.005) -> None:
         self.n = 0
         self.total = 0.0
         self.sketch = LogHistogram(accuracy)
 
     def add(self, x: npt.NDArray[np.float64]) -> None:
+        """Add a batch of values (NaN and infinities are left out)."""
         x = x[np.isfinite(x)]
         self.n += int(x.shape[0])
         self.total += float(x.sum())
         self.sketch.add(x)
+
+    def merge(self, other: Moments) -> None:
+        """Add another metric's values (same accuracy)."""
+        self.n += other.n
+        self.total += other.total
+        self.sketch.merge(other.sketch)
+
+    def stats(self, prefix: str) -> dict[str, float]:
+        """``{prefix}_mean``, ``_p50``, ``_p90``, ``_p99`` (NaN when empty), as the run summary
+        names them."""
+        if self.n == 0:
+            return {f"{prefix}_{st}": math.nan for st in ("mean", "p50", "p90", "p99")}
+        out = {f"{prefix}_mean": float(self.total / self.n)}
+        for st, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+            out[f"{prefix}_{st}"] = float(self.sketch.quantile(q))
+        return out
+
+
+def latencies(
+    r: dict[str, npt.NDArray[Any]], mask: npt.NDArray[np.bool_]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """End-to-end latency, TTFT and TPOT (seconds) of the requests ``mask`` selects in a batch
+    of request records (:mod:`sdsim.metrics`' definitions; TPOT is NaN for one-token outputs)."""
+    fin = np.asarray(r["finish"], dtype=np.float64)[mask]
+    arr = np.asarray(r["arrival"], dtype=np.float64)[mask]
+    ft = np.asarray(r["first_token"], dtype=np.float64)[mask]
+    out = np.asarray(r["output_tokens"])[mask]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tpot = np.where(out > 1, (fin - ft) / (out - 1), np.nan)
+    return fin - arr, ft - arr, tpot
 
 
 class RunningSummary:
@@ -159,7 +197,7 @@ class RunningSummary:
         self.t0 = float(arrival[self.warmup]) if n else 0.0
         self.t_last = float(arrival[-1]) if n else 0.0
         self.arrival = arrival
-        self.metrics = {m: _Moments(accuracy) for m in ("e2e", "ttft", "tpot")}
+        self.metrics = {m: Moments(accuracy) for m in ("e2e", "ttft", "tpot")}
         self.slo = SloCounter(slo_bounds(slo) if slo is not None else {})
         self.completed = 0
         self.measured = 0
@@ -235,17 +273,12 @@ class RunningSummary:
         if not meas.any():
             return
         self.measured += int(meas.sum())
-        fm = fin[meas]
-        am = arr[meas]
-        ft = np.asarray(r["first_token"], dtype=np.float64)[meas]
-        out = np.asarray(r["output_tokens"])[meas]
-        self.metrics["e2e"].add(fm - am)
-        self.metrics["ttft"].add(ft - am)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            tpot = np.where(out > 1, (fm - ft) / (out - 1), np.nan)
+        e2e, ttft, tpot = latencies(r, meas)
+        self.metrics["e2e"].add(e2e)
+        self.metrics["ttft"].add(ttft)
         self.metrics["tpot"].add(tpot)
-        self.slo.add(fm - am, ft - am, tpot)
-        qd = np.asarray(r["first_scheduled"], dtype=np.float64)[meas] - am
+        self.slo.add(e2e, ttft, tpot)
+        qd = np.asarray(r["first_scheduled"], dtype=np.float64)[meas] - arr[meas]
         qd = qd[~np.isnan(qd)]
         self.queue_delay_sum += float(qd.sum())
         self.queue_delay_n += int(qd.shape[0])
@@ -300,13 +333,7 @@ class RunningSummary:
             dur = end_time - t0
             out["throughput_rps"] = float(self.measured / dur) if dur > 0 else float("nan")
         for m, mo in self.metrics.items():
-            if mo.n == 0:
-                for st in ("mean", "p50", "p90", "p99"):
-                    out[f"{m}_{st}"] = float("nan")
-                continue
-            out[f"{m}_mean"] = float(mo.total / mo.n)
-            for st, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
-                out[f"{m}_{st}"] = float(mo.sketch.quantile(q))
+            out.update(mo.stats(m))
         out["queue_delay_mean"] = (
             float(self.queue_delay_sum / self.queue_delay_n) if self.queue_delay_n else math.nan
         )

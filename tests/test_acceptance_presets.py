@@ -31,7 +31,7 @@ PRESETS = sorted(acceptance_presets())
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_round_trip_within_2_percent_of_its_source(name: str) -> None:
     # preset -> alpha -> acceptance length: the model's E[X] at every k the source measured is
-    # within 2% of the published length (the issue's bar), and the stored alpha is what
+    # within 2% of the published length (the presets' bar), and the stored alpha is what
     # `sdsim acceptance fit` derives from the published numbers (to the 4 decimals stored).
     p = get_preset(name)
     alpha = list(p.alpha)

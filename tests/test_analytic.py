@@ -226,7 +226,7 @@ def test_fit_rejects_bad_tables() -> None:
 )
 def test_analytic_agrees_with_simulation(over: dict, frac: float) -> None:
     # 3 replications x 1400 measured requests (seeds 0, 1, 2). On these scenarios the observed
-    # errors are <= 1% for means and <= 5% for p99 (see the report); the targets (mean
+    # errors are <= 1% for means and <= 5% for p99 (see the report); the model's targets (mean
     # e2e 5%, p99 e2e 10%, TTFT/TPOT means 10%) leave room for the replication noise (the CI
     # half-width of mean e2e is ~2-4% at 80% load with 3 replications).
     scn = small(**over)

@@ -94,9 +94,9 @@ def test_local_lines_are_the_tangent_at_the_operating_point() -> None:
 def test_roofline_analytic_agrees_with_simulation(over: dict, frac: float) -> None:
     # 3 replications x 1400 measured requests (seeds 0, 1, 2) on the H100 roofline. Observed
     # errors (this code): mean e2e -1% at 50%, -4% at 80% of the predicted saturation; p99 e2e
-    # -3% / -8%; TTFT and TPOT means within 5%. The targets (mean e2e 5%, p99 10%, TTFT
-    # and TPOT means 10%) are asserted; with the previous global line the 80% case was off by
-    # more than 10% (mean) and the saturation rate by 30%.
+    # -3% / -8%; TTFT and TPOT means within 5%. The targets (mean e2e 5%, p99 10%, TTFT and
+    # TPOT means 10%) are asserted; one global line through the step curve would be off by more
+    # than 10% on the 80% case's mean and by 30% on the saturation rate.
     scn = roofline(**over)
     sat = predict(scn, rates=[], k_values=[scn.spec.k], quantiles=False).saturation_rate
     s = scn.with_overrides(

@@ -1,4 +1,5 @@
-"""The fast analytic path (issue 9 (f)) computes what the direct one does.
+"""The fast analytic path (what `predict_grid` and `sdsim plan` run) computes what the direct one
+does.
 
 * step curves from the vectorised ``steps`` equal the per-shape ``step`` loop bit for bit;
 * the chunk chain solved per row (truncated where the tail mass is below 1e-15, batched across

@@ -1,8 +1,9 @@
 """Pinned outputs: the engine's request and step frames for fixed seeds, as hashes.
 
-Performance work on the engine (sdsim/engine/) must not change a single record: these hashes
-were taken before the hot-path optimisation of issue 9 and must stay the same. A legitimate model
-change (new semantics, not speed) updates them on purpose, saying so in its commit.
+Performance work and refactoring of the engine (sdsim/engine/) must not change a single record:
+these hashes are the records of the straightforward step-by-step engine, and every faster path
+must reproduce them. A legitimate model change (new semantics, not speed) updates them on
+purpose, saying so in its commit.
 
 The requests frame's ``aborted`` column (no request is aborted in these runs) and the
 ``cached_tokens`` columns of both frames (prefix caching: nothing is cached here) are checked

@@ -1,7 +1,9 @@
-"""Regression tests of the adversarial cases of issue 21, one (or a few) per listed case.
+"""Hostile inputs, one test (or a few) per case: each must exit 2 naming the field, or be handled
+correctly, never hang, print a traceback, lose or mix outputs, resume stale results or give
+silently wrong numbers.
 
-Each failed before its fix: a hang, a traceback, a lost or mixed output, a stale resume or silently
-wrong numbers. The case numbers are the issue's list; `notes/testing.md` has the table.
+The numbers in the test names and section rules are the rows of `notes/testing.md`'s table of
+hostile inputs (what each did without its check, and what it does with it).
 """
 
 from __future__ import annotations

@@ -1,40 +1,18 @@
-"""`predict` pinned to its values before the speed work (issue 9 (f)): optimisations of the
-analytic numerics must not move any prediction by more than 1e-6 relative.
+"""`predict` pinned: numerical work on the analytic model (speed, reordered sums, compiled
+kernels) must not move any prediction by more than 1e-6 relative.
 
-tests/data/predict_pins.json was written by the unoptimised code (commit a8f77c9) for seven
+tests/data/predict_pins.json holds `predict`'s summary, saturation rate and speedup for seven
 scenario kinds (default, two rate/k/alpha corners, KV pressure, gamma arrivals, a 70B roofline
-model, plain decoding). The model is deterministic (no sampling), so the only tolerated change is
-float reassociation: 1e-6 relative is far above that and far below any modelling change.
+model, plain decoding). The model is deterministic (no sampling), so the only change a numerical
+rewrite may make is float reassociation: 1e-6 relative is far above that and far below any
+modelling change. The rate corner of default.yaml is 30 req/s, below that configuration's
+calibrated saturation (39 req/s), so it pins finite values.
 
-One deliberate exception: the p50/p90/p99 values that moved by more than 1e-6 when quantiles
-stopped being read off a 1,200-point tabulated CDF and became exact roots of the mixture CDF
-(sdsim/analytic/mixtures.py) were re-pinned (35 of 63 quantiles, by 1e-6 to 4e-5 relative);
-tests/test_quantiles_exact.py shows the new values solve CDF(q) = p to 1e-12 with an independent
-CDF, where the old ones were off by up to 8e-5.
-
-A second, modelling one (sdsim/analytic/tails.py): a request that finds fewer others than its
-life's mean batch is now solved on the step curve itself instead of on the tangent at the batch
-it found (that tangent made MoE lives diverge; tests/test_tail_physical.py). On these seven
-cases that moved the e2e/TPOT means and quantiles (and in_system_mean, which is Little's law on
-the e2e mean) by 0.001% to 0.28%; saturation, speedup, TTFT and every other key are unchanged.
-
-A third, a cost-model change (issue 14): ``costs.source: auto`` became the calibrated model
-(sdsim/costs/calibrated.py; the roofline was too cheap under load), so every case whose scenario
-prices with ``auto`` (all but kv-pressure, whose costs are linear) was re-pinned from the
-calibrated model; the rate corner of default.yaml moved from 40 to 30 req/s because 40 req/s is
-past the calibrated saturation of that configuration (39 req/s) and would pin only infinities.
-
-A fourth, modelling (issue 15, the tail model at high load; notes/analytic.md sections 1-4): the
-number in the batch is a birth-death law whose noise is inflated by the dispersion of the step
-times (F(n) = 1 + kappa (max(ca2, 1) I - 1)) while keeping its drift, prompts are chunked at the
-scheduler's cap, and arrivals are read through an arrival-law view (gamma CV > 1 as clumps of
-requests, MMPP as a modulated birth-death). On the six Poisson cases that moved e2e and TPOT p99
-up by 0.06% to 3.8%, TTFT p99 by -2.1% to +6.3%, means by at most 1.7% (the direction the long
-simulations ask for: the old model was 15-20% low on p99 at 80-90% load); kv-pressure's
-p_kv_full went from 1.1% to 4.1% and the KV-limited saturation rates of kv-pressure and the 70B
-case by -0.4% and -0.9% (the KV demand follows the wider batch law). bursty-gamma (CV 3) moved
-most: e2e mean +24%, p99 +77%, TTFT p99 +158%, from the clumped-arrival view; the old values
-were 15-30% below the simulation and `predict` now also flags that case in outside_model.
+A deliberate modelling change (new semantics, a new default cost model) moves some values on
+purpose: it re-pins them and says by how much, in its commit and its note
+(`git log tests/data/predict_pins.json`; notes/analytic.md, notes/speed.md). The quantiles pinned
+here are exact roots of the mixture CDFs, checked against an independent CDF in
+tests/test_quantiles_exact.py.
 """
 
 from __future__ import annotations

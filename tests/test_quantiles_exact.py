@@ -1,10 +1,10 @@
-"""Predicted quantiles are exact roots of the tail model's mixture CDFs (issue 9 (f)).
+"""Predicted quantiles are exact roots of the tail model's mixture CDFs.
 
-The quantiles used to be read off a CDF tabulated on 1,200 points (linear interpolation); they
-are now bracketed on a coarse table and refined on the exact CDF (sdsim/analytic/mixtures.py).
-These tests check the roots with an independent CDF (scipy.stats' normal and exponnorm summed
-over the components; the uniform mixture summed component by component), and that the values
-re-pinned in tests/data/predict_pins.json are closer to the roots than the values they replaced.
+The quantiles are bracketed on a coarse table and refined on the exact CDF
+(sdsim/analytic/mixtures.py). These tests check the roots with an independent CDF (scipy.stats'
+normal and exponnorm summed over the components; the uniform mixture summed component by
+component), and that the values pinned in tests/data/predict_pins.json are closer to the roots
+than a read-off of a CDF tabulated on 1,200 points (linear interpolation) would be.
 """
 
 from __future__ import annotations

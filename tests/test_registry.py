@@ -33,7 +33,8 @@ def test_registries_hold_the_design_names() -> None:
 
 @pytest.mark.parametrize("name", sorted(REQUIRED_MODELS))
 def test_parameter_count_matches_published_total(name: str) -> None:
-    # Tolerance 2% (the issue's): counts are derived from the architecture, not typed in.
+    # Tolerance 2% (the registry's target): counts are derived from the architecture, not typed
+    # in.
     m = MODELS[name]
     assert m.published_params is not None
     assert m.param_count() == pytest.approx(m.published_params, rel=0.02)
@@ -172,7 +173,7 @@ def test_inline_hardware_and_config_target(tmp_path: Path) -> None:
 
 
 def test_default_scenarios_use_the_calibrated_model() -> None:
-    # `auto` is the calibrated model (issue 14: the roofline is too cheap under load)
+    # `auto` is the calibrated model (the roofline prices steps too cheaply under load)
     for name in ("default", "plain"):
         scn = load_scenario(ROOT / "scenarios" / f"{name}.yaml")
         assert scn.costs.resolved_source == "calibrated"

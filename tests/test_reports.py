@@ -423,7 +423,7 @@ def test_compare_fills_the_analytic_column_from_predict() -> None:
 
     The report is a simulation of the same scenario (seed 1, 400 requests at 8 req/s, about a
     third of saturation), so the analytic mean e2e must land within 10%: the model's own target
-    is 5% at such loads (issue 4) and one 400-request run adds ~2-3% sampling noise.
+    is 5% at such loads (notes/analytic.md) and one 400-request run adds ~2-3% sampling noise.
     """
     res = _sim_sweep(4, (8.0,))
     scn = res[0].scenario

@@ -1,8 +1,10 @@
-"""`sdsim serve` lets go and refuses what it cannot serve: issue 21's cases 13 and 14.
+"""`sdsim serve` lets go and refuses what it cannot serve (hostile inputs 13 and 14 of
+`notes/testing.md`'s table).
 
 Context length as vLLM enforces it, bodies too large or too deep, ``n > 1``, a port in use, the
-SIGTERM drain, disconnecting clients (streaming and queued), and ``--tokenizer``. Each test failed
-on the server before these fixes (`notes/testing.md` has the table).
+SIGTERM drain, disconnecting clients (streaming and queued), and ``--tokenizer``. Each test
+checks one way a server can fail (a hang, a traceback, a request kept after its client left, a
+silently shortened answer); the test names' numbers are the rows of `notes/testing.md`'s table.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Vectorised step costs (issue 9 (f)): ``steps`` over arrays of shapes equals ``step`` bit for bit,
-and the faster scalar ``step`` gives the same floats as before it was rewritten.
+"""Vectorised step costs: ``steps`` over arrays of shapes (what the analytic model and the
+engine's price cache call) equals ``step`` bit for bit, and the scalar ``step`` gives the pinned
+floats.
 
 Equality is tested with ``==`` (no tolerance): both paths do the same IEEE float64 operations in
 the same order (table reads for the pass costs), so any difference is a bug.

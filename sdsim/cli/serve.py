@@ -14,6 +14,7 @@ from sdsim.api_requests import TokenCounter
 from sdsim.cli.app import ScenarioArg, SeedOpt, SetOpt, err, load
 from sdsim.errors import ScenarioError
 from sdsim.serve import bind, create_app, run_server
+from sdsim.serve_history import DEFAULT_WINDOW, MAX_WINDOW
 
 # Longest drain a SIGTERM may ask for (an orchestrator's grace period is typically 30 s).
 MAX_DRAIN_S = 3600.0
@@ -49,6 +50,14 @@ def serve(
             help="on SIGTERM/SIGINT, seconds to let in-flight requests finish before aborting them",
         ),
     ] = 5.0,
+    history: Annotated[
+        int,
+        typer.Option(
+            "--history",
+            help="records of finished requests kept for /sdsim/requests (the last to finish; "
+            "/sdsim/summary covers every request either way)",
+        ),
+    ] = DEFAULT_WINDOW,
 ) -> None:
     """Serve the simulated engine over an OpenAI-compatible streaming HTTP API."""
     scn = load(scenario, set_)
@@ -62,6 +71,8 @@ def serve(
         raise ScenarioError(
             "--drain-timeout", f"must be 0..{MAX_DRAIN_S:g} s (got {drain_timeout})"
         )
+    if not 0 <= history <= MAX_WINDOW:
+        raise ScenarioError("--history", f"must be 0..{MAX_WINDOW:,} records (got {history})")
     counter = TokenCounter.from_file(tokenizer) if tokenizer is not None else TokenCounter()
     application = create_app(
         scn,
@@ -70,6 +81,7 @@ def serve(
         model=model,
         default_max_tokens=default_max_tokens,
         counter=counter,
+        history=history,
     )
     sock = bind(host, port)
     bound = sock.getsockname()[1]

@@ -164,7 +164,7 @@ def kv_keep(req: Any, e: Any, kv: Any, r: int, tokens: int) -> None:
             for j in range(held - 1, kept - 1, -1):
                 b = rows[row, j]
                 blocks[b]["ref"] -= 1
-                _push_head(e, blocks, b)
+                _link(e, blocks, b, -1, e["lru_head"])
         e["kv_used"] -= held - kept
         req[r]["kv_blocks"] = kept
 
@@ -202,9 +202,9 @@ def kv_free(req: Any, e: Any, kv: Any, r: int, keep: bool) -> None:
             elif not keep and node == own:
                 _unmap(e, blocks, slots, b)
             if unlimited and blocks[b]["node"] < 0:
-                _push_head(e, blocks, b)
+                _link(e, blocks, b, -1, e["lru_head"])
             else:
-                _push_tail(e, blocks, b)
+                _link(e, blocks, b, e["lru_tail"], -1)
         rows[row, 0] = e["row_free"]
         e["row_free"] = row
         q["kv_row"] = -1
@@ -367,33 +367,9 @@ def _unmap(e: Any, blocks: Any, slots: npt.NDArray[np.int64], b: int) -> None:
 
 
 @jit(inline=True)
-def _push_tail(e: Any, blocks: Any, b: int) -> None:
-    t = e["lru_tail"]
-    blocks[b]["prev"] = t
-    blocks[b]["next"] = -1
-    if t >= 0:
-        blocks[t]["next"] = b
-    else:
-        e["lru_head"] = b
-    e["lru_tail"] = b
-
-
-@jit(inline=True)
-def _push_head(e: Any, blocks: Any, b: int) -> None:
-    h = e["lru_head"]
-    blocks[b]["next"] = h
-    blocks[b]["prev"] = -1
-    if h >= 0:
-        blocks[h]["prev"] = b
-    else:
-        e["lru_tail"] = b
-    e["lru_head"] = b
-
-
-@jit(inline=True)
-def _unlink(e: Any, blocks: Any, b: int) -> None:
-    p = blocks[b]["prev"]
-    n = blocks[b]["next"]
+def _join(e: Any, blocks: Any, p: int, n: int) -> None:
+    """Make block ``n`` follow block ``p`` in the free list (``p`` = -1: ``n`` is the head;
+    ``n`` = -1: ``p`` is the tail)."""
     if p >= 0:
         blocks[p]["next"] = n
     else:
@@ -402,6 +378,20 @@ def _unlink(e: Any, blocks: Any, b: int) -> None:
         blocks[n]["prev"] = p
     else:
         e["lru_tail"] = p
+
+
+@jit(inline=True)
+def _link(e: Any, blocks: Any, b: int, p: int, n: int) -> None:
+    """Put free block ``b`` between ``p`` and ``n``: ``(-1, head)`` makes it the head (reused
+    first), ``(tail, -1)`` the tail."""
+    _join(e, blocks, p, b)
+    _join(e, blocks, b, n)
+
+
+@jit(inline=True)
+def _unlink(e: Any, blocks: Any, b: int) -> None:
+    """Take block ``b`` out of the free list."""
+    _join(e, blocks, blocks[b]["prev"], blocks[b]["next"])
     blocks[b]["prev"] = -1
     blocks[b]["next"] = -1
 

@@ -70,18 +70,26 @@ _NO_PREFIX = (-1, 0, -1, 0, 0)  # no shared prefix, no conversation
 
 
 class Tracker:
-    """State shared by the replicas: completions (fires ``done`` when all finished), the number
-    waiting across replicas (for ``limits.max_waiting``), progress reports, and the times of the
-    next events from outside the engines (the next arrival, the deadline), which bound how far an
-    engine may run ahead of the clock."""
+    """State shared by the replicas: completions (fires ``done`` when all finished), arrivals
+    and the number waiting across replicas (the run stops early when it exceeds
+    ``limits.max_waiting``: :meth:`arrive`, :meth:`stop`), progress reports, and the times of
+    the next events from outside the engines (the next arrival, the deadline), which bound how
+    far an engine may run ahead of the clock."""
 
     def __init__(
-        self, env: simpy.Environment, total: int, progress: Callable[[int, int], None] | None
+        self,
+        env: simpy.Environment,
+        total: int,
+        progress: Callable[[int, int], None] | None,
+        max_waiting: int = _INT_CAP,
     ) -> None:
         self.done = env.event()
         self.total = total
         self.completed = 0
         self.waiting = 0
+        self.max_waiting = max_waiting
+        self.stop_reason = "completed"
+        self.stopped_early = False
         self.progress = progress
         self.next_arrival = math.inf
         self.deadline = math.inf
@@ -100,6 +108,22 @@ class Tracker:
             self._next_report = self.completed + self._every
         if self.completed >= self.total and not self.done.triggered:
             self.done.succeed()
+
+    def stop(self, reason: str) -> None:
+        """End the run early, for ``reason`` (the first reason given is kept)."""
+        if not self.done.triggered:
+            self.stop_reason = reason
+            self.stopped_early = True
+            self.done.succeed()
+
+    def arrive(self, engine: Engine, slot: int) -> bool:
+        """Request ``slot`` joins ``engine``'s waiting queue. Returns ``False``, having stopped
+        the run, when more than ``limits.max_waiting`` requests then wait (all replicas)."""
+        engine.enqueue(slot)
+        if self.waiting > self.max_waiting:
+            self.stop(f"waiting queue exceeded limits.max_waiting={self.max_waiting}")
+            return False
+        return True
 
 
 def until(env: simpy.Environment, when: float) -> Generator[simpy.Event, Any, None]:
@@ -363,7 +387,7 @@ class Engine:
                 horizon = min(tracker.next_arrival, tracker.deadline)
                 hard = self._hard(horizon)
             now = float(env.now)
-            out = advance(
+            arrays = (
                 t.data,
                 self.state,
                 self.kv.arrays,
@@ -374,13 +398,8 @@ class Engine:
                 self.records.rec,
                 prices.rows,
                 prices.spans,
-                now,
-                horizon,
-                hard,
-                flags,
-                self.k,
-                *price,
-            )
+            )  # built per call: Python replaces an array when it grows (make_room, table)
+            out = advance(arrays, now, horizon, hard, flags, self.k, price)
             code, clock, total, finished, grew, b, dctx, pft, pfc, npf = out
             if self.state[0]["follow_done"]:
                 self.state[0]["follow_done"] = 0
@@ -401,7 +420,7 @@ class Engine:
                 tape.ensure(t, adm, self._live)
             code &= steps.CODE
             if code == unpriced:
-                price = cost.step(StepShape(b, dctx, self.k, pft, pfc, npf))
+                price = tuple(cost.step(StepShape(b, dctx, self.k, pft, pfc, npf)))
                 if table and npf == 0:
                     prices.extend(b, dctx)  # the cache had no price for it
                 end = clock + price[0]
@@ -577,7 +596,7 @@ def run_simulation(
     else:
         # step-count guess: output tokens / ~2 per step / batch ~ 8, over the replicas; grows
         log_capacity = int(min(max(1024, wl.output.sum() // 16 // replicas), 5_000_000))
-    tracker = Tracker(env, n, progress)
+    tracker = Tracker(env, n, progress, scn.limits.max_waiting)
     tracker.solo = replicas == 1
     keys = None
     if scn.server.router == "prefix-affinity":
@@ -615,16 +634,8 @@ def run_simulation(
         ahead = engines[0]
         ahead.tape.ahead(wl.output, wl.alpha, key, TAPE_PREFETCH)
     done = tracker.done
-    state = {"reason": "completed", "early": False}
-    max_waiting = scn.limits.max_waiting
     api_delay = scn.server.api_delay_s
     arrived = [0]
-
-    def stop(reason: str) -> None:
-        if not done.triggered:
-            state["reason"] = reason
-            state["early"] = True
-            done.succeed()
 
     def arrivals() -> Generator[simpy.Event, Any, None]:
         chunk = 4096
@@ -668,20 +679,16 @@ def run_simulation(
                 else:
                     slot = rid
                 arrived[0] = rid + 1
-                engines[router.choose(rid)].enqueue(slot)
-                if tracker.waiting > max_waiting:
-                    stop(f"waiting queue exceeded limits.max_waiting={max_waiting}")
+                if not tracker.arrive(engines[router.choose(rid)], slot):
                     return
         tracker.next_arrival = math.inf
 
     def deadline(max_t: float) -> Generator[simpy.Event, Any, None]:
         yield env.timeout(max_t)
-        stop(f"simulated time exceeded limits.max_sim_time_s={max_t}")
+        tracker.stop(f"simulated time exceeded limits.max_sim_time_s={max_t}")
 
     if sessions:
-        sender = SessionArrivals(
-            env, wl, table, engines, router, tracker, key, api_delay, stop, max_waiting
-        )
+        sender = SessionArrivals(env, wl, table, engines, router, tracker, key, api_delay)
         env.process(sender.first_turns())
     else:
         env.process(arrivals())
@@ -719,8 +726,8 @@ def run_simulation(
         table=table,
         steps=steps,
         end_time=end if math.isfinite(end) else 0.0,
-        stopped_early=bool(state["early"]),
-        stop_reason=str(state["reason"]),
+        stopped_early=tracker.stopped_early,
+        stop_reason=tracker.stop_reason,
         engines=engines,
         info=info,
     )

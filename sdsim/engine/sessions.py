@@ -19,7 +19,7 @@ __all__ = ["SessionArrivals"]
 
 import heapq
 import math
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,15 +45,12 @@ class SessionArrivals:
     table
         The request table (one blank slot per request; turns are placed as they arrive).
     engines, router, tracker
-        The replicas, their router and the shared tracker (its next-arrival times are kept).
+        The replicas, their router and the shared tracker (turns join a queue through it; its
+        next-arrival times are kept).
     accept_key
         Key of the acceptance stream (a request's draws follow its id).
     api_delay
         Seconds between a turn being sent and reaching an engine.
-    stop
-        Called with a reason when more than ``max_waiting`` requests wait.
-    max_waiting
-        ``limits.max_waiting``.
     """
 
     def __init__(
@@ -66,8 +63,6 @@ class SessionArrivals:
         tracker: Tracker,
         accept_key: int,
         api_delay: float,
-        stop: Callable[[str], None],
-        max_waiting: int,
     ) -> None:
         assert wl.next_turn is not None and wl.think is not None and wl.conv is not None
         self.env = env
@@ -78,8 +73,6 @@ class SessionArrivals:
         self.tracker = tracker
         self.key = accept_key
         self.api_delay = float(api_delay)
-        self.stop = stop
-        self.max_waiting = max_waiting
         self.next_rid = 0
         self._first = np.flatnonzero(~np.isnan(wl.arrival))  # first turns, in start order
         self._first_fire = math.inf  # when the next first turn reaches an engine
@@ -142,10 +135,8 @@ class SessionArrivals:
         r = self.router.choose(rid, turn)
         if follow:
             self._inflight[r][rid] = turn
-        self.engines[r].enqueue(rid)
-        if self.tracker.waiting > self.max_waiting:
+        if not self.tracker.arrive(self.engines[r], rid):
             self.stopped = True
-            self.stop(f"waiting queue exceeded limits.max_waiting={self.max_waiting}")
 
     def turn_done(self, engine: Engine) -> None:
         """Schedule the next turn of every session whose turn on ``engine`` has finished: sent

@@ -7,10 +7,11 @@ functions read and write in place; the Python methods here are what the rest of 
 The request table has two layouts:
 
 * **one slot per request** (records kept): slot ``i`` is request ``i`` for the whole run, and the
-  table is the request records at the end; the live server appends requests one by one;
-* **reusable slots** (``capacity`` given, streaming statistics): a request gets a free slot when it
-  arrives; finished requests are *harvested* in batches (their records handed to a sink, their
-  slots freed), so memory follows the number of requests in the system, not in the run.
+  table is the request records at the end;
+* **reusable slots** (``capacity`` given: streaming statistics, the live server): a request gets a
+  free slot when it arrives; finished requests are *harvested* in batches (their records handed
+  to a sink, their slots freed), so memory follows the number of requests in the system, not in
+  the run.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class RequestTable:
         self.has_alpha = wl.alpha is not None
         n = len(wl) if capacity is None else max(16, int(capacity))
         self._bind(blank_requests(n))
-        self.size = n  # slots in use (one slot per request); appended requests grow it
+        self.size = n  # slots in use (one slot per request)
         if capacity is None and wl.next_turn is None:
             d = self.data
             d["rid"] = np.arange(n, dtype=np.int64)
@@ -112,17 +113,15 @@ class RequestTable:
 
     @classmethod
     def empty(cls, capacity: int, has_alpha: bool) -> RequestTable:
-        """A table with no request yet, for :meth:`append` (slot == request id)."""
+        """A table of ``capacity`` reusable slots and no request yet (requests arrive one by
+        one, placed by :meth:`fill`; ``has_alpha``: each carries its acceptance rate)."""
         wl = Workload(
             arrival=np.zeros(0),
             prompt=np.zeros(0, dtype=np.int64),
             output=np.zeros(0, dtype=np.int64),
             alpha=np.zeros(0) if has_alpha else None,
         )
-        t = cls(wl)
-        t._bind(blank_requests(max(16, int(capacity))))
-        t.size = 0
-        return t
+        return cls(wl, capacity=capacity)
 
     # ------------------------------------------------------------------ layout
     def _bind(self, data: npt.NDArray[Any]) -> None:
@@ -219,24 +218,6 @@ class RequestTable:
         """
         base = counter_base(accept_key, np.int64(s))
         self._place(s, s, arrival, prompt, output, alpha, np.uint64(base), prefix)
-
-    # ------------------------------------------------------------------ appended requests
-    def append(
-        self, arrival: float, prompt: int, output: int, alpha: float | None, accept_key: int
-    ) -> int:
-        """Add a request in the next slot (slot == request id; the table doubles when full).
-
-        Returns the slot.
-        """
-        if self.reusable:
-            raise ValueError("append needs a table with one slot per request")
-        s = self.size
-        if s == self.n:
-            self._grow()
-        base = counter_base(accept_key, np.int64(s))
-        self._place(s, s, arrival, prompt, output, alpha, np.uint64(base))
-        self.size = s + 1
-        return s
 
     # ------------------------------------------------------------------ reusable slots
     def fill(
