@@ -105,19 +105,19 @@ UNLIMITED_BLOCKS = 1 << 62
 # ``kv`` the prefix cache's arrays ``(blocks, slots, rows)`` (tiny and untouched without caching).
 
 
-@jit(inline=True)
+@jit(callee=True)
 def blocks_for(tokens: int, block_size: int) -> int:
     """Blocks that cache ``tokens`` tokens (ceiling division)."""
     return (tokens + block_size - 1) // block_size
 
 
-@jit(inline=True)
+@jit(callee=True)
 def kv_free_blocks(e: Any) -> int:
     """Blocks no request holds."""
     return int(e["kv_capacity"] - e["kv_used"])
 
 
-@jit(inline=True)
+@jit(callee=True)
 def kv_hold(req: Any, e: Any, kv: Any, r: int, tokens: int) -> bool:
     """Make request ``r`` hold the blocks of ``tokens`` tokens, if the blocks it lacks are free.
 
@@ -147,7 +147,7 @@ def kv_hold(req: Any, e: Any, kv: Any, r: int, tokens: int) -> bool:
     return True
 
 
-@jit(inline=True)
+@jit(callee=True)
 def kv_keep(req: Any, e: Any, kv: Any, r: int, tokens: int) -> None:
     """Shrink request ``r``'s holding to the blocks of ``tokens`` tokens, no more than it holds
     (the look-ahead slots of rejected draft tokens go back)."""
@@ -169,7 +169,7 @@ def kv_keep(req: Any, e: Any, kv: Any, r: int, tokens: int) -> None:
         req[r]["kv_blocks"] = kept
 
 
-@jit(inline=True)
+@jit(callee=True)
 def kv_free(req: Any, e: Any, kv: Any, r: int, keep: bool) -> None:
     """Release every block request ``r`` holds (finished, preempted or aborted).
 
@@ -214,7 +214,7 @@ def kv_free(req: Any, e: Any, kv: Any, r: int, keep: bool) -> None:
     q["kv_blocks"] = 0
 
 
-@jit(inline=True)
+@jit(callee=True)
 def kv_commit(req: Any, e: Any, kv: Any, r: int, tokens: int) -> None:
     """Request ``r`` is scheduled with ``tokens`` committed tokens (a prefill chunk's end, or
     prompt + generated for a decode): its full shared-prefix blocks among them enter the cache
@@ -235,7 +235,7 @@ def kv_commit(req: Any, e: Any, kv: Any, r: int, tokens: int) -> None:
                 _map(e, blocks, slots, b, n, j)
 
 
-@jit(inline=True)
+@jit(callee=True)
 def prefix_hits(req: Any, e: Any, kv: Any, r: int) -> tuple[int, int]:
     """Cached blocks request ``r`` (waiting, holding nothing) would take at admission: the
     longest run from its first block, at most ``(prefill_target - 1) // block_size`` (and one
@@ -263,7 +263,7 @@ def prefix_hits(req: Any, e: Any, kv: Any, r: int) -> tuple[int, int]:
     return hits, free
 
 
-@jit(inline=True)
+@jit(callee=True)
 def take_hits(req: Any, e: Any, kv: Any, r: int, hits: int) -> None:
     """Request ``r`` (holding nothing) takes its first ``hits`` blocks from the cache: shared by
     reference, out of the free list when free; its prefill starts after them."""
@@ -289,14 +289,14 @@ def take_hits(req: Any, e: Any, kv: Any, r: int, hits: int) -> None:
 # alone -> 4 rid + 3. Ids stay below 2**40, so the arithmetic below never leaves int64.
 
 
-@jit(inline=True)
+@jit(callee=True)
 def _own_node(q: Any) -> int:
     """The node of request ``q``'s own tokens (its conversation's, or its alone)."""
     c = q["conv"]
     return int(c * 4 + 1) if c >= 0 else int(q["rid"] * 4 + 3)
 
 
-@jit(inline=True)
+@jit(callee=True)
 def _block_node(q: Any, j: int, bs: int) -> int:
     """The node block ``j`` of request ``q`` ends in."""
     if (j + 1) * bs <= q["pfx_len"]:
@@ -304,7 +304,7 @@ def _block_node(q: Any, j: int, bs: int) -> int:
     return _own_node(q)
 
 
-@jit(inline=True)
+@jit(callee=True)
 def _home(node: int, idx: int, mask: int) -> int:
     """The hash map slot a key's probe starts at."""
     x = node * 2654435761 + idx * 40503
@@ -312,7 +312,7 @@ def _home(node: int, idx: int, mask: int) -> int:
     return int(x & mask)
 
 
-@jit(inline=True)
+@jit(callee=True)
 def lookup(blocks: Any, slots: npt.NDArray[np.int64], node: int, idx: int) -> int:
     """The block cached under key ``(node, idx)``, or -1 (linear probing; keys compared in
     full)."""
@@ -327,7 +327,7 @@ def lookup(blocks: Any, slots: npt.NDArray[np.int64], node: int, idx: int) -> in
         i = (i + 1) & mask
 
 
-@jit(inline=True)
+@jit(callee=True)
 def _map(e: Any, blocks: Any, slots: npt.NDArray[np.int64], b: int, node: int, idx: int) -> None:
     """Cache block ``b`` under a key no block has."""
     mask = slots.shape[0] - 1
@@ -340,7 +340,7 @@ def _map(e: Any, blocks: Any, slots: npt.NDArray[np.int64], b: int, node: int, i
     e["mapped"] += 1
 
 
-@jit(inline=True)
+@jit(callee=True)
 def _unmap(e: Any, blocks: Any, slots: npt.NDArray[np.int64], b: int) -> None:
     """Remove block ``b`` from the hash map (backward-shift deletion: no tombstones)."""
     mask = slots.shape[0] - 1
@@ -366,7 +366,7 @@ def _unmap(e: Any, blocks: Any, slots: npt.NDArray[np.int64], b: int) -> None:
 # --------------------------------------------------------------------------- the free list
 
 
-@jit(inline=True)
+@jit(callee=True)
 def _join(e: Any, blocks: Any, p: int, n: int) -> None:
     """Make block ``n`` follow block ``p`` in the free list (``p`` = -1: ``n`` is the head;
     ``n`` = -1: ``p`` is the tail)."""
@@ -380,7 +380,7 @@ def _join(e: Any, blocks: Any, p: int, n: int) -> None:
         e["lru_tail"] = p
 
 
-@jit(inline=True)
+@jit(callee=True)
 def _link(e: Any, blocks: Any, b: int, p: int, n: int) -> None:
     """Put free block ``b`` between ``p`` and ``n``: ``(-1, head)`` makes it the head (reused
     first), ``(tail, -1)`` the tail."""
@@ -388,7 +388,7 @@ def _link(e: Any, blocks: Any, b: int, p: int, n: int) -> None:
     _join(e, blocks, b, n)
 
 
-@jit(inline=True)
+@jit(callee=True)
 def _unlink(e: Any, blocks: Any, b: int) -> None:
     """Take block ``b`` out of the free list."""
     _join(e, blocks, blocks[b]["prev"], blocks[b]["next"])
@@ -396,7 +396,7 @@ def _unlink(e: Any, blocks: Any, b: int) -> None:
     blocks[b]["next"] = -1
 
 
-@jit(inline=True)
+@jit(callee=True)
 def _new_block(e: Any, blocks: Any, slots: npt.NDArray[np.int64]) -> int:
     """A free block for new tokens (the caller checked one is free): a never-used one, else the
     least recently freed (evicting what it cached). Unlimited: a free block outside the map,
@@ -417,7 +417,7 @@ def _new_block(e: Any, blocks: Any, slots: npt.NDArray[np.int64]) -> int:
     return int(b)
 
 
-@jit(inline=True)
+@jit(callee=True)
 def _take_row(e: Any, rows: npt.NDArray[np.int64]) -> int:
     """A free row of the block table (the free rows are chained through their first entry)."""
     row = e["row_free"]
@@ -425,7 +425,7 @@ def _take_row(e: Any, rows: npt.NDArray[np.int64]) -> int:
     return int(row)
 
 
-@jit(inline=True)
+@jit(callee=True)
 def pool_room(e: Any, rows: npt.NDArray[np.int64], blocks: Any, entries: int, k: int) -> bool:
     """Whether the block records can take every never-used block a formation of up to
     ``entries`` requests at draft length ``k`` may hand out; when not, sets ``pool_need``."""

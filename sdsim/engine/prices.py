@@ -23,7 +23,7 @@ from sdsim.costs.step import StepCostModel, step_times
 from sdsim.engine.schema import PRICE, PRICE_SPAN, names
 
 
-@jit(inline=True)
+@jit(callee=True)
 def cached_price(prices: Any, spans: Any, decodes: int, context: int) -> int:
     """Row of ``prices`` holding the decode-only step of ``decodes`` requests at ``context``
     tokens in total, or -1 when the cache has none."""

@@ -65,7 +65,7 @@ NO_ROOM = 2  # the running set, the batch or the queue's front needs more room (
 EMPTY = 3  # requests are present but none could be scheduled (the KV cache check failed)
 
 
-@jit(inline=True)
+@jit(callee=True)
 def form_batch(
     req: Any, e: Any, kv: Any, run: _I64, batch: Any, queue: _I64, k: int, now: float
 ) -> int:
@@ -104,7 +104,7 @@ def form_batch(
     return FORMED if e["entries"] > 0 else EMPTY
 
 
-@jit(inline=True)
+@jit(callee=True)
 def _tally(e: Any, batch: Any) -> None:
     """The step's shape, summed over its entries (what the cost model prices)."""
     decodes = prefills = decode_context = prefill_tokens = prefill_context = 0
@@ -124,7 +124,7 @@ def _tally(e: Any, batch: Any) -> None:
     e["prefill_context"] = prefill_context
 
 
-@jit(inline=True)
+@jit(callee=True)
 def _add_entry(
     e: Any, batch: Any, r: int, kind: int, tokens: int, context: int, blocks: int
 ) -> None:
@@ -138,7 +138,7 @@ def _add_entry(
     e["entries"] += 1
 
 
-@jit(inline=True)
+@jit(callee=True)
 def _schedule_running(
     req: Any, e: Any, kv: Any, run: _I64, batch: Any, queue: _I64, k: int
 ) -> tuple[int, bool]:
@@ -191,7 +191,7 @@ def _schedule_running(
     return budget, blocked
 
 
-@jit(inline=True)
+@jit(callee=True)
 def _preempt_last(req: Any, e: Any, kv: Any, run: _I64, queue: _I64) -> None:
     """Preempt the most recently admitted running request by recomputation: its blocks are
     freed (cached ones stay cached, for it to hit again) and it goes back to the front of the
@@ -213,7 +213,7 @@ def _preempt_last(req: Any, e: Any, kv: Any, run: _I64, queue: _I64) -> None:
     e["preemptions"] += 1
 
 
-@jit(inline=True)
+@jit(callee=True)
 def _admit(
     req: Any, e: Any, kv: Any, run: _I64, batch: Any, queue: _I64, budget: int, now: float
 ) -> int:
@@ -250,7 +250,7 @@ def _admit(
     return budget
 
 
-@jit(inline=True)
+@jit(callee=True)
 def _prefill_only(
     req: Any, e: Any, kv: Any, run: _I64, batch: Any, queue: _I64, now: float
 ) -> bool:

@@ -278,25 +278,25 @@ class RequestTable:
 _HEAD, _TAIL, _FIRST = 0, 1, 2
 
 
-@jit(inline=True)
+@jit(callee=True)
 def waiting_count(q: npt.NDArray[np.int64]) -> int:
     """Requests in the queue."""
     return int(q[_TAIL] - q[_HEAD])
 
 
-@jit(inline=True)
+@jit(callee=True)
 def front_room(q: npt.NDArray[np.int64]) -> int:
     """Ids that :func:`push_front` can still put at the front."""
     return int(q[_HEAD] - _FIRST)
 
 
-@jit(inline=True)
+@jit(callee=True)
 def waiting_front(q: npt.NDArray[np.int64]) -> int:
     """The id at the front (the queue is not empty)."""
     return int(q[q[_HEAD]])
 
 
-@jit(inline=True)
+@jit(callee=True)
 def pop_front(q: npt.NDArray[np.int64]) -> int:
     """Remove and return the front id (the queue is not empty)."""
     r = q[q[_HEAD]]
@@ -304,7 +304,7 @@ def pop_front(q: npt.NDArray[np.int64]) -> int:
     return int(r)
 
 
-@jit(inline=True)
+@jit(callee=True)
 def push_front(q: npt.NDArray[np.int64], r: int) -> None:
     """Put ``r`` at the front (the caller made room: ``IdQueue.reserve_front``)."""
     q[_HEAD] -= 1

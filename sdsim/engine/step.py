@@ -96,7 +96,7 @@ LOG_FULL = 8  # ENDED: the step log has no room for the record; nothing was appl
 NEED_TAPE = 16  # an admitted request has no acceptance tape yet
 
 
-@jit(inline=True)
+@jit(callee=True)
 def apply_outcome(
     req: Any, e: Any, kv: Any, run: _I64, batch: Any, tape: _I64, log: Any, end: float
 ) -> int:
@@ -147,7 +147,7 @@ def apply_outcome(
     return finished
 
 
-@jit(inline=True)
+@jit(callee=True)
 def _record(e: Any, log: Any, emitted: int, accepted: int) -> None:
     """Write the record of the step in hand (it started at ``e["clock"]``)."""
     row = log[e["records"]]
@@ -172,7 +172,7 @@ def _record(e: Any, log: Any, emitted: int, accepted: int) -> None:
     e["records"] += 1
 
 
-@jit(inline=True)
+@jit(callee=True)
 def _complete(req: Any, e: Any, kv: Any, run: _I64, end: float) -> int:
     """Retire the running requests that emitted their last token (finish time ``end``, blocks
     freed: cached for the next turn when one follows), keeping the others in order. Returns how
@@ -198,7 +198,7 @@ def _complete(req: Any, e: Any, kv: Any, run: _I64, end: float) -> int:
     return finished
 
 
-@jit(inline=True)
+@jit(callee=True)
 def _drop_aborted(req: Any, e: Any, kv: Any, run: _I64, queue: _I64, now: float) -> int:
     """Requests whose abort was asked for leave the running set and the queue at ``now``: blocks
     freed, finish time ``now``, marked aborted. Returns how many left."""
@@ -235,7 +235,7 @@ def _drop_aborted(req: Any, e: Any, kv: Any, run: _I64, queue: _I64, now: float)
     return left
 
 
-@jit(inline=True)
+@jit(callee=True)
 def _decoding(req: Any, e: Any, run: _I64) -> None:
     """Count the running requests that would decode next, and their context (what a draft-length
     policy reads before the next batch is formed)."""
@@ -250,7 +250,7 @@ def _decoding(req: Any, e: Any, run: _I64) -> None:
     e["next_context"] = context
 
 
-@jit(inline=True)
+@jit(callee=True)
 def _advance(
     arrays: Any,
     now: float,
@@ -260,7 +260,7 @@ def _advance(
     k: int,
     price: tuple[float, float, float, float, float],
 ) -> tuple[int, float, float, int, int, int, int, int, int, int]:
-    """The body of :func:`advance` (inlined into it)."""
+    """The body of :func:`advance` (compiled with it)."""
     req, eng, kv, run, batch, queue, tape, log, prices, spans = arrays
     total, prefill, draft, verify, overhead = price
     e = eng[0]
@@ -336,7 +336,7 @@ def _advance(
     )
 
 
-@jit(inline=True)
+@jit(callee=True)
 def _set_price(
     e: Any, total: float, prefill: float, draft: float, verify: float, overhead: float
 ) -> None:
