@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_DEMO := $(VENV)/.demo-installed
 STAMP_TEST := $(VENV)/.test-installed
 
-.PHONY: demo test lint typecheck unit nbtest nbfull docfigures bench clean notebooks browser calibration fuzz mutation soak
+.PHONY: demo test lint typecheck unit nbtest nbfull docfigures bench clean notebooks browser calibration fuzz mutation soak prefix-validation
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -75,6 +75,12 @@ fuzz: $(STAMP_TEST)
 # (benchmarks/soak.py; SOAK_SECONDS, SOAK_LOAD, SOAK_DISCONNECT, SOAK_TIME_SCALE set another run).
 soak: $(STAMP_TEST)
 	nice -n 10 $(BIN)/python benchmarks/soak.py
+
+# The analytic model against steady-state simulation on the prefix-caching scenarios (hit rate
+# predicted, caching off, hit rate given; 20, 40, 60, 80% of saturation; 3 seeds x 20,000
+# requests per point, ~20 minutes on 2 cores; figures in notes/analytic.md).
+prefix-validation: $(STAMP_TEST)
+	nice -n 10 $(BIN)/python benchmarks/prefix_validation.py
 
 # Mutation testing (mutmut) of the files and tests named in pyproject's [tool.mutmut]; restrict
 # with e.g. MUTANTS='sdsim.acceptance*'. The score is in mutants/mutmut-cicd-stats.json.

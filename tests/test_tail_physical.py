@@ -46,8 +46,20 @@ def _at(name: str, frac: float, **over: object) -> sdsim.Scenario:
     scn = sdsim.load_scenario(ROOT / "scenarios" / name)
     if over:
         scn = scn.with_overrides(over)
-    sat = sdsim.predict(scn, rates=[], k_values=[scn.spec.k], quantiles=False).saturation_rate
+    p = sdsim.predict(scn, rates=[], k_values=[scn.spec.k], quantiles=False)
+    sat = p.saturation_rate
+    if p.summary["prefix_hit_source"] == "predicted":
+        # the hit rate falls with the load: the saturation with the hit rate of each load
+        from sdsim.analytic.validation import predicted_hit_saturation
+
+        key = (name, repr(sorted(over.items())))
+        if key not in _HIT_SATURATION:
+            _HIT_SATURATION[key] = predicted_hit_saturation(scn)
+        sat = _HIT_SATURATION[key]
     return scn.with_overrides({"workload.rate": frac * sat})
+
+
+_HIT_SATURATION: dict[tuple[str, str], float] = {}
 
 
 def _assert_physical(p: sdsim.Prediction) -> None:

@@ -14,8 +14,9 @@ on the cost model's own step time ``t(n)`` (:mod:`sdsim.analytic.stepcurve`):
 * **local lines** (:func:`~sdsim.analytic.coefficients.tangent_coefficients`): the tangent of the
   real curve averaged over the decode batches a request meets under that law;
 * **KV cache**: a request in the engine holds on average ``(ctx + k) / block_size + 1/2`` blocks
-  (its mean context plus the look-ahead slots, the last block half full); with ``E[min(N,
-  n_max)]`` requests in the engine the mean demand reaches ``server.num_gpu_blocks`` at the KV
+  (its mean context plus the look-ahead slots, the last block half full), a shared system
+  prompt held by several of them counted once; with ``E[min(N, n_max)]`` requests in the
+  engine the mean demand reaches ``server.num_gpu_blocks`` at the KV
   saturation rate, past which preemption by recomputation (not in this model) takes over.
 """
 
@@ -51,7 +52,7 @@ from sdsim.analytic.coefficients import (
     tangent_coefficients,
 )
 from sdsim.analytic.gps import BirthDeath, birth_death, modulated_birth_death, noisy
-from sdsim.analytic.prefix import prompt_means
+from sdsim.analytic.prefix import PROMPT_BINS, kv_demand, prefill_law, prompt_means
 from sdsim.analytic.stepcurve import LocalSteps, StepCurve, build_step_curve, mean_context
 from sdsim.analytic.work import RequestWork, discretize_length, request_work
 from sdsim.costs.build import build_cost_model
@@ -61,9 +62,6 @@ from sdsim.scenario import Scenario
 
 FloatArray = npt.NDArray[np.float64]
 
-# Bins of the prompt-length law the TTFT model prices the tagged's own prefill at (equal mass
-# up to 95%, finer in the tail: sdsim.analytic.work).
-PROMPT_BINS = 16
 
 
 @dataclass
@@ -442,7 +440,9 @@ def _engine_mean(law: BirthDeath) -> float:
 def kv_saturation_rate(
     scn: Scenario, curve: StepCurve, work: RequestWork, gpu_rate: float
 ) -> float:
-    """Rate (req/s, one replica) at which the mean KV demand reaches ``num_gpu_blocks``.
+    """Rate (req/s, one replica) at which the mean KV demand reaches ``num_gpu_blocks`` (a
+    shared prompt held by several running requests counted once: :func:`~sdsim.analytic.prefix.
+    kv_demand`).
 
     ``inf`` for an unlimited cache or when the demand stays below capacity up to ``gpu_rate``.
     """
@@ -450,12 +450,12 @@ def kv_saturation_rate(
     if cap is None:
         return math.inf
     blocks = kv_blocks_per_request(scn, curve)
-    if curve.n_max * blocks <= cap:
+    if float(kv_demand(scn, curve.n_max, blocks)) <= cap:
         return math.inf
 
     def demand(lam: float) -> float:
         law = gps_law_from_curve(curve, work, lam, arrival_view(scn, lam, _step_scale(curve)))
-        return _engine_mean(law) * blocks if law.stable else math.inf
+        return float(kv_demand(scn, _engine_mean(law), blocks)) if law.stable else math.inf
 
     lo, hi = 0.0, gpu_rate * (1 - 1e-9)
     f_hi = demand(hi) - cap
@@ -506,11 +506,14 @@ def build_curve(
 def _prompt_law(
     scn: Scenario, hit: float
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]] | None:
-    """The law of the prefilled prompt lengths the step curve prices chunks with, where it is
-    the workload's prompt law (no prefix-cache hits, no shared prefixes, no sessions); else
-    ``None`` (every chunk at the mean prefill)."""
+    """The law of the prefilled prompt lengths the step curve prices chunks with: the workload's
+    prompt law (no prefix-cache hits, no shared prefixes), a session turn's prefill law
+    (:func:`~sdsim.analytic.prefix.prefill_law`), else ``None`` (every chunk at the mean
+    prefill)."""
     w = scn.workload
-    if hit > 0 or w.sessions is not None or w.shared_prefix is not None:
+    if w.sessions is not None:
+        return prefill_law(scn)  # turns: the conversation so far, less what the cache holds
+    if hit > 0 or w.shared_prefix is not None:
         return None
     return discretize_length(w.prompt_tokens, PROMPT_BINS)
 

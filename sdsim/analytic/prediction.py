@@ -54,6 +54,7 @@ from sdsim.acceptance import expected_tokens_per_step
 from sdsim.analytic.arrivals import ArrivalView, arrival_view
 from sdsim.analytic.coefficients import Coefficients
 from sdsim.analytic.gps import BirthDeath
+from sdsim.analytic.hitpoint import resolve_hit_rate
 from sdsim.analytic.meanfield import (
     break_even_rate,
     mean_latency,
@@ -72,6 +73,7 @@ from sdsim.analytic.operating import (
     operating_point,
     step_saturation_rate,
 )
+from sdsim.analytic.prefix import kv_demand
 from sdsim.analytic.stepcurve import StepCurve
 from sdsim.analytic.tails import latency_distribution
 from sdsim.analytic.work import RequestWork, request_work
@@ -105,8 +107,10 @@ class Prediction:
         ``in_system_mean``, ``stable``; plus ``e2e_mean_meanfield``, ``e2e_mean_gps``,
         ``p_wait``, ``queue_delay_mean``, ``k_effective``, ``api_delay_s``,
         ``kv_demand_mean`` (blocks, per replica), ``p_kv_full`` (probability that the requests
-        in the engine need more blocks than the cache holds: the onset of preemption) and
-        ``kv_saturated``.
+        in the engine need more blocks than the cache holds: the onset of preemption),
+        ``kv_saturated``, and ``prefix_hit_rate`` with ``prefix_hit_source`` (given, predicted,
+        off: :mod:`~sdsim.analytic.hitpoint`) and ``prefix_char_time_s`` (the cache's
+        characteristic time when predicted).
     c1, c2
         Mean-field coefficients (seconds).
     stages
@@ -408,14 +412,16 @@ class _Shared:
     kv_sats: dict[tuple[int, str], float] = field(default_factory=dict)
     # k = 0 operating points by rate per replica: every point of a grid at that rate reads the
     # same one as its speedup's baseline (the same inputs, so the same floats as computing it)
-    plain: dict[float, OperatingPoint] = field(default_factory=dict)
+    plain: dict[tuple[float, float | None], OperatingPoint] = field(default_factory=dict)
     # KV blocks per replica by whether a drafter is loaded (the one thing of the grid's
     # overrides the capacity reads: spec.k > 0)
     kv_caps: dict[bool, int | None] = field(default_factory=dict)
 
 
 def _law_key(scn: Scenario, k: int) -> tuple[int, str]:
-    return (k, scn.acceptance.model_dump_json() if k > 0 else "")
+    # the prefix-cache hit rate changes the prefill work: a predicted one varies with the rate
+    hit = f"|h={scn.analytic.prefix_hit_rate}" if scn.server.prefix_caching else ""
+    return (k, (scn.acceptance.model_dump_json() if k > 0 else "") + hit)
 
 
 def _pieces(
@@ -545,18 +551,27 @@ def _predict(
     lam = scn.workload.rate / reps  # every router gives each replica rate / replicas on average
     ops: dict[tuple[int, float], OperatingPoint] = {}
 
+    def point(s: Scenario) -> OperatingPoint:
+        lk, w, c = _pieces(s, s.spec.k, shared)
+        return operating_point(
+            s, s.spec.k, lam, work=w, model=model, curve=c, saturation_rate=shared.sats[lk]
+        )
+
+    scn, hit = resolve_hit_rate(scn, lam, point)  # prefix cache: given, predicted or off
+
     def op_for(kk: int, r: float) -> OperatingPoint:
         key = (kk, float(r))
         if key not in ops:
-            if kk == 0 and float(r) in shared.plain:
-                ops[key] = shared.plain[float(r)]
+            pk = (float(r), scn.analytic.prefix_hit_rate)
+            if kk == 0 and pk in shared.plain:
+                ops[key] = shared.plain[pk]
                 return ops[key]
             lk, w, c = _pieces(scn, kk, shared)
             ops[key] = operating_point(
                 scn, kk, float(r), work=w, model=model, curve=c, saturation_rate=shared.sats[lk]
             )
             if kk == 0:
-                shared.plain[float(r)] = ops[key]
+                shared.plain[pk] = ops[key]
         return ops[key]
 
     if scn.spec.policy == "fixed":
@@ -617,8 +632,11 @@ def _predict(
     summary["little_residual"] = 0.0
     summary["k_effective"] = k
     summary["api_delay_s"] = api
+    summary["prefix_hit_rate"] = hit.value
+    summary["prefix_hit_source"] = hit.source
+    summary["prefix_char_time_s"] = hit.state.char_time if hit.state is not None else math.nan
     blocks = kv_blocks_per_request(scn, op.curve)
-    summary["kv_demand_mean"] = summary["batch_mean"] * blocks
+    summary["kv_demand_mean"] = float(kv_demand(scn, summary["batch_mean"], blocks))
     outside: str | None = None
     summary["p_kv_full"] = 0.0
     speculating = scn.spec.k > 0 or scn.spec.policy == "adaptive"  # (as memory.kv_capacity)
@@ -629,7 +647,7 @@ def _predict(
     if kv_cap is not None:
         if law.stable:
             n_eng = np.minimum(np.arange(law.pmf.shape[0]), co.n_max)
-            summary["p_kv_full"] = float(law.pmf[n_eng * blocks > kv_cap].sum())
+            summary["p_kv_full"] = float(law.pmf[kv_demand(scn, n_eng, blocks) > kv_cap].sum())
         else:
             summary["p_kv_full"] = 1.0
         summary["kv_saturated"] = bool(lam * reps >= kv_sat)
@@ -775,6 +793,9 @@ def predict_grid(
                 }
             if int(k) > 0:
                 # no later pair reads this curve's chunk laws (k = 0's serve every pair): free
-                # them (recomputed, the same floats, if the grid repeats this pair)
-                shared.curves[_law_key(base, int(k))].forget_laws()
+                # them (recomputed, the same floats, if the grid repeats this pair); a predicted
+                # hit rate keys its curves by the hit rate of each rate instead
+                pair = shared.curves.get(_law_key(base, int(k)))
+                if pair is not None:
+                    pair.forget_laws()
     return pd.DataFrame([rows[key] for key in sorted(rows)])

@@ -21,6 +21,7 @@ __all__ = [
     "ValidationReport",
     "plot_error_map",
     "plot_validation",
+    "predicted_hit_saturation",
     "report_layout",
     "reports_from_csv",
     "validate",
@@ -41,7 +42,8 @@ import pandas as pd
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-from sdsim.analytic.prediction import Prediction, predict
+from sdsim.analytic.hitpoint import consistent_saturation
+from sdsim.analytic.prediction import LoadPredictor, Prediction, predict
 from sdsim.errors import ScenarioError
 from sdsim.outputs import sidecar_file, write_run
 from sdsim.provenance import png_metadata
@@ -247,9 +249,25 @@ def _rows(
     }
 
 
+def predicted_hit_saturation(scn: Scenario) -> float:
+    """The saturation rate (req/s) of a scenario whose prefix-cache hit rate is predicted, the
+    hit rate taken at the saturation rate itself (:func:`~sdsim.analytic.hitpoint.
+    consistent_saturation`)."""
+
+    load = LoadPredictor(scn)
+    reps = scn.server.replicas
+
+    def at(rate: float) -> float:
+        return load(rate, reps, quantiles=False).saturation_rate
+
+    return consistent_saturation(at)
+
+
 def _rates(scn: Scenario, rates: Sequence[float] | None) -> tuple[list[float], float]:
     base = predict(scn, rates=[], k_values=[scn.spec.k], quantiles=False)
     sat = base.saturation_rate
+    if base.summary.get("prefix_hit_source") == "predicted":
+        sat = predicted_hit_saturation(scn)
     rs = [round(f * sat, 6) for f in DEFAULT_FRACTIONS] if rates is None else list(rates)
     out = [float(r) for r in rs]
     for r in out:

@@ -40,8 +40,10 @@ from sdsim.scenario import (
     LengthSpec,
     LognormalLength,
     Scenario,
+    TraceLength,
     UniformLength,
 )
+from sdsim.workload_spec import CcdfLength
 
 # More distinct lengths than this are grouped into equal-probability bins (each represented by
 # its conditional mean): the latency quantiles move by far less than 1% and the cost stays flat.
@@ -125,7 +127,7 @@ def discretize_length(
     ----------
     spec
         Fixed, uniform, lognormal (rounded and clipped as the workload draws it), geometric
-        (capped at its max) or empirical.
+        (capped at its max), empirical, a trace column (its empirical law) or a survival table.
     nbins
         Most points (bins of equal mass up to 95%, finer in the upper tail).
 
@@ -146,9 +148,13 @@ def discretize_length(
         v = np.arange(1, top + 1, dtype=np.float64)
         p = pg * (1.0 - pg) ** (v - 1)
         p[-1] += (1.0 - pg) ** top
-    elif isinstance(spec, EmpiricalLength):
+    elif isinstance(spec, EmpiricalLength | TraceLength):
+        # a list, or a trace column: its empirical law
         u, c = np.unique(np.asarray(spec.values, dtype=np.float64), return_counts=True)
         v, p = u, c / c.sum()
+    elif isinstance(spec, CcdfLength):
+        lv, lp = spec.law()
+        v, p = np.asarray(lv, dtype=np.float64), np.asarray(lp, dtype=np.float64)
     elif isinstance(spec, LognormalLength):
         # The workload rounds a moment-matched lognormal and clips it to [min, max].
         s2 = math.log1p(spec.cv**2)

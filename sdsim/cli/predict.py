@@ -107,6 +107,14 @@ def _model_rows(p: Prediction, k: int) -> list[list[str]]:
         ["speedup vs k = 0 (mean-field)", fmt(p.speedup)],
         ["break-even rate", break_even_text(p, k)],
     ]
+    src = s.get("prefix_hit_source", "off")
+    if src != "off":
+        tc = s.get("prefix_char_time_s", math.nan)
+        how = src
+        if src == "predicted":
+            how = f"predicted at this rate: a freed block stays cached {format_time(tc)}"
+        hit = fmt(s["prefix_hit_rate"])
+        rows.append(["prefix-cache hit rate (prompt tokens)", f"{hit} ({how})"])
     return rows
 
 
