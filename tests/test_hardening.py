@@ -24,22 +24,12 @@ import yaml
 from sdsim import ScenarioError, load_scenario
 from sdsim.cli import main
 from tests.conftest import ROOT
+from tests.test_bad_input import one_error_line
 
 DEFAULT = str(ROOT / "scenarios/default.yaml")
 SMALL = ["--set", "workload.num_requests=50", "--set", "warmup_requests=5"]
 GUIDELLM = ROOT / "tests/fixtures/guidellm_small.json"
 VLLM = ROOT / "tests/fixtures/vllm_small.json"
-
-
-def one_error_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    err = capsys.readouterr().err
-    assert exc.value.code == 2, err
-    assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def no_simulation(monkeypatch: pytest.MonkeyPatch) -> None:
