@@ -149,6 +149,9 @@ class StepCurve:
         mean chunk (``prompt_shift[n, i]``; one zero column for a fixed length).
     chunk_cap
         Most chunks one step takes (the token budget over the chunk).
+    budget, prefill_mean, prompt_len
+        ``max_num_batched_tokens`` (0: not known), the mean tokens a request prefills and the
+        prefilled lengths of ``prompt_w``'s bins (the mean alone for a fixed length).
     """
 
     k: int
@@ -164,6 +167,9 @@ class StepCurve:
     prompt_w: FloatArray = field(default_factory=lambda: np.ones(1))
     prompt_shift: FloatArray = field(default_factory=lambda: np.zeros((1, 1)))
     chunk_cap: float = math.inf
+    budget: int = 0
+    prefill_mean: float = 0.0
+    prompt_len: FloatArray = field(default_factory=lambda: np.zeros(1))
     _cache: dict[float, tuple[FloatArray, FloatArray]] = field(default_factory=dict, repr=False)
     _slopes: dict[str, FloatArray] = field(default_factory=dict, repr=False)
     # chunk rate -> (pq, t, solved): rows of the chunk law solved so far (see solve_rows)
@@ -330,6 +336,33 @@ class StepCurve:
         """Mean time one prefill chunk adds to a step with ``n`` decoding requests."""
         return self.chunk_cost_from(*self.chunk_law(chunk_rate))
 
+    def room(self, n: int) -> int:
+        """Prefill tokens a step can take beside ``n`` decoding requests: the budget less the
+        ``k + 1`` tokens each of them takes (at least 1)."""
+        r = int(min(max(n, 0), self.n_max))
+        return max(self.budget - r * (self.k + 1), 1)
+
+    def share_longer(self, tokens: int) -> float:
+        """Probability that a request prefills more than ``tokens`` tokens."""
+        return float(self.prompt_w[self.prompt_len > tokens].sum())
+
+    def budget_share(self, rate: float, n: int) -> float:
+        """Share of a step's token budget the prompts arriving during it take, at ``rate``
+        (req/s) beside ``n`` decoding requests: ``rate x t(n) x E[prefill] / room``, the room
+        being the budget less the ``k + 1`` tokens each decoding request takes, ``t(n)`` the
+        chunk chain's mean step. ``0`` when the budget is unknown.
+
+        The engine fills the budget first come first served and spreads a prompt longer than
+        the room over several steps, so once this share is sizeable an arrival often waits
+        behind earlier prompts' chunks; the chunk chain prices spilled chunks but keeps every
+        arrival's first token in the step after it arrives.
+        """
+        if self.budget <= 0 or rate <= 0 or self.prefill_mean <= 0:
+            return 0.0
+        r = int(min(max(n, 1), self.n_max))
+        t = float(self.step_time(rate * self.chunks_per_request)[r])
+        return float(rate * t * self.prefill_mean / self.room(r))
+
     def stable(self, chunk_rate: float) -> bool:
         """Whether prefill alone leaves time to decode: ``chunk_rate x`` marginal chunk cost < 1."""
         if chunk_rate <= 0:
@@ -467,10 +500,11 @@ def build_step_curve(
     dec = np.array(st.total, dtype=np.float64)
     ver = np.array(st.verify, dtype=np.float64)
     dra = np.array(st.draft, dtype=np.float64)
-    pw, shift = np.ones(1), np.zeros((ns, 1))
+    pw, shift, plen = np.ones(1), np.zeros((ns, 1)), np.array([float(prompt)])
     if prompt_law is not None and prompt_law[0].shape[0] > 1:
         lengths = np.asarray(prompt_law.lengths, dtype=np.int64)
         pw = np.asarray(prompt_law.weights, dtype=np.float64)
+        plen = lengths.astype(np.float64)
         cached = np.asarray(prompt_law.cached, dtype=np.float64)
         # a prefill costs more than its tokens at the mean prompt's rate: attention grows with
         # the attended context (quadratic in a chunk's length) and a long prompt's later chunks
@@ -488,4 +522,4 @@ def build_step_curve(
         one = step_times(model, n[:, None], dctx[:, None], k, xs[None, :], xc[None, :], 1).total
         shift = np.asarray(one, dtype=np.float64) - mixed[:, 1:2]
     return StepCurve(k, ctx, n_max, chunk, nchunks, dec, ver, dra, overhead, mixed, pw, shift,
-                     float(max(1, budget // chunk)))
+                     float(max(1, budget // chunk)), budget, float(prompt), plen)
