@@ -85,11 +85,41 @@ def test_random_prompts_price_a_chunk_at_the_laws_mean_cost() -> None:
                 StepShape(n, dctx, k, min(x, budget), cached + min(x, budget), 1)
             ).total
             assert c.mixed[n, 1] + c.prompt_shift[n, i] == pytest.approx(first, rel=1e-9)
+        # on an idle engine the prompt's chunks run one step each: the law's mean of that
+        alone = 0.5 * sum(
+            model.step(StepShape(0, 0, k, min(budget, x - s), cached + min(x, s + budget), 1)).total
+            for x in (512, 12_000)
+            for s in range(0, x, budget)
+        )
+        assert c.alone == pytest.approx(alone, rel=1e-12)
         if cached == 0:
             plain = c.mixed[n, 1] - c.mixed[n, 0]
             assert plain > (mean_length.mixed[n, 1] - mean_length.mixed[n, 0]) * 1.01
         else:
             assert c.mixed[n, 1] - c.mixed[n, 0] > plain
+
+
+def test_a_prompt_longer_than_the_budget_is_priced_by_its_chunks() -> None:
+    # A fixed 1,600-token prompt with a 1,024-token budget is prefilled as 1,024 + 576 tokens; the
+    # curve's two chunks per request together cost what those two chunks cost (not two whole
+    # budgets' worth); a prompt that fits the budget keeps the exact one-chunk price.
+    scn = roofline()
+    model = build_cost_model(scn)
+    k, n, ctx = 4, 20, 600.0
+    c = build_step_curve(model, k, ctx, 1600.0, 1024, 256)
+    assert c.chunks_per_request == 2
+    dctx = round(n * ctx)
+    base = model.step(StepShape(n, dctx, k)).total
+    whole = sum(model.step(StepShape(n, dctx, k, t, x, 1)).total - base
+                for t, x in ((1024, 1024), (576, 1600)))
+    assert 2 * (c.mixed[n, 1] - c.mixed[n, 0]) == pytest.approx(whole, rel=1e-9)
+    assert c.alone == pytest.approx(
+        model.step(StepShape(0, 0, k, 1024, 1024, 1)).total
+        + model.step(StepShape(0, 0, k, 576, 1600, 1)).total,
+        rel=1e-12,
+    )
+    fits = build_step_curve(model, k, ctx, 1000.0, 1024, 256)
+    assert fits.mixed[n, 1] == model.step(StepShape(n, dctx, k, 1000, 1000, 1)).total
 
 
 def test_linear_costs_reduce_to_the_prefill_tax() -> None:

@@ -48,7 +48,6 @@ from sdsim.analytic.arrivals import ArrivalView, arrival_view
 from sdsim.analytic.coefficients import (
     Coefficients,
     concurrency_cap,
-    prefill_alone,
     tangent_coefficients,
 )
 from sdsim.analytic.gps import BirthDeath, birth_death, modulated_birth_death, noisy
@@ -569,13 +568,7 @@ def operating_point(
         batches = np.array([max(c.n_max * frac, 1.0)])
         weights = np.array([1.0])
     prompt = prompt_means(scn).prefill
-    akey = (max(1, round(prompt)), scn.server.max_num_batched_tokens)
-    got = c.alone.get(akey)
-    if got is None or got[0] is not m or c.k != k:
-        got = (m, prefill_alone(m, k, akey[0], akey[1]))
-        if c.k == k:
-            c.alone[akey] = got
-    alone = got[1][0]
+    alone = c.alone
     chunk_rate = min(rate, sat) * c.chunks_per_request
     ((pq, t),) = chunk_laws(c, w, [(min(rate, sat), law.stable)])
     co = tangent_coefficients(c, w, prompt, alone, batches, weights, chunk_rate, (pq, t))
