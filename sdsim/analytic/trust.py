@@ -150,7 +150,7 @@ def caveats(
     if chunk_cv2 > CHUNK_CV2_CAVEAT and load >= CAVEAT_LOAD:
         out.append(
             f"prompts of random length (a prefill's cost has CV {math.sqrt(chunk_cv2):.2f}): "
-            "TTFT p99 off by up to 18% and TPOT p99 up to 20% low, measured at 25-90% load "
+            "TTFT p99 off by up to 19% and TPOT p99 up to 20% low, measured at 25-90% load "
             "(TTFT low with one replica, high with round-robin replicas; a step that carries a "
             "long prompt is a heavy-tailed delay the model's binned and normal laws only partly "
             "follow; worst with long prompts on large models)"
