@@ -16,6 +16,7 @@ Usage: python benchmarks/prefix_validation.py [--requests N] [--seeds S] [--frac
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -54,11 +55,15 @@ def main() -> None:
     )
     a = ap.parse_args()
     fractions = [float(f) for f in a.fractions.split(",")]
+    paths = a.scenarios.split(",")
     given = [float(g) for g in a.given.split(",")]
+    if "given" in a.configs.split(",") and len(given) != len(paths):
+        ap.error(f"--given: one hit rate per scenario ({len(paths)}), got {len(given)}")
     print("scenario,config,fraction,rate,hit_model,hit_source,analytic,sim,ci_low,ci_high,"
           "rel_error,hit_sim,kept,seconds")
     with ProcessPoolExecutor(a.jobs) as pool:
-        for path, h in zip(a.scenarios.split(","), given, strict=True):
+        for i, path in enumerate(paths):
+            h = given[i] if i < len(given) else math.nan
             for cfg in a.configs.split(","):
                 over = CONFIGS[cfg] if cfg != "given" else {"analytic.prefix_hit_rate": h}
                 scn: Scenario = load_scenario(path).with_overrides(over)

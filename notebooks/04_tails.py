@@ -322,10 +322,10 @@ p99.pivot_table(index="scenario", columns=p99["fraction"].round(2), values="rel_
 #   saturation and the e2e p99 within about 5%; at 90-95% the CIs are ±5-10% even at 120,000
 #   requests: that is how noisy a tail near saturation is.
 # * capacity-70b-chat (long lognormal prompts up to the token budget, three round-robin
-#   replicas) keeps its e2e p99 within 1% and its mean within 2% up to 80%, but its TTFT p99 is
-#   7-18% high (the most at 25-55% load) and its TPOT p99 up to 9% low: `predict` carries a
-#   caveat for prompts of random length. ngram-summarization is within 7% on every p99 up to
-#   80%.
+#   replicas) keeps its e2e p99 within 2%, its mean within 3% and its TPOT p99 within 2.2% up
+#   to 80%, but its TTFT is high: the p99 by 6-19% (the most at 25-55% load), the mean by up
+#   to 18%: `predict` carries a caveat for prompts of random length. ngram-summarization's e2e
+#   and TTFT p99 are within 7% up to 80%, its TPOT p99 up to 10% low.
 # * The KV-limited scenarios (kv-pressure, and llama70b and moe near their KV limits) leave the
 #   model where preemption starts; `predict` says so from the KV demand alone.
 # * mmpp-bursts holds while its bursts (2.5 times the mean rate) stay below saturation, i.e. up

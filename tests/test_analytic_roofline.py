@@ -17,6 +17,7 @@ from sdsim.analytic.operating import (
     step_saturation_rate,
 )
 from sdsim.analytic.prediction import capacity
+from sdsim.analytic.stepcurve import PromptLaw, build_step_curve
 from sdsim.analytic.validation import validate
 from sdsim.analytic.work import request_work
 from sdsim.costs.build import build_cost_model
@@ -45,6 +46,80 @@ def test_step_curve_is_the_cost_models_own_step() -> None:
     assert c.mixed[30, 3] == pf
     # the roofline is convex in the batch: the slope at 250 is far above the slope at 5
     assert (c.decode[251] - c.decode[249]) > 2 * (c.decode[6] - c.decode[4])
+
+
+def test_random_prompts_price_a_chunk_at_the_laws_mean_cost() -> None:
+    # Two prompt lengths, 512 and 12,000 tokens, with an 8,192-token budget: a step curve's mean
+    # chunk must cost what the engine pays per prompt on average, each prompt's chunks at their
+    # attended context (the long prompt's second chunk attends to 12,000 tokens), not what a
+    # mean-length (6,256-token) prompt costs: attention makes the cost convex in the length.
+    # Cached tokens before a prefill (a prefix hit) are attended too, so they raise it.
+    scn = roofline()
+    model = build_cost_model(scn)
+    k, n, ctx, budget = 4, 20, 600.0, 8192
+    lengths = np.array([512, 12_000], dtype=np.int64)
+    weights = np.array([0.5, 0.5])
+
+    def whole(x: int, cached: int, dctx: int) -> float:
+        base = model.step(StepShape(n, dctx, k)).total
+        chunks = [
+            StepShape(n, dctx, k, min(budget, x - s), cached + min(x, s + budget), 1)
+            for s in range(0, x, budget)
+        ]
+        return sum(model.step(sh).total - base for sh in chunks)
+
+    mean_length = build_step_curve(model, k, ctx, float(weights @ lengths), budget, 256)
+    for cached in (0, 3_000):
+        law = PromptLaw(lengths, weights, np.full(2, float(cached)))
+        c = build_step_curve(model, k, ctx, float(weights @ lengths), budget, 256, law)
+        dctx = round(n * ctx)
+        per_prompt = 0.5 * (whole(512, cached, dctx) + whole(12_000, cached, dctx))
+        assert c.chunks_per_request == 1
+        assert c.mixed[n, 1] - c.mixed[n, 0] == pytest.approx(per_prompt, rel=1e-9)
+        # every chunk of a step carries the same excess over the mean-length chunk
+        excess = c.mixed[n, 1] - mean_length.mixed[n, 1]
+        assert c.mixed[n, 3] - mean_length.mixed[n, 3] == pytest.approx(3 * excess, rel=1e-9)
+        # a step with one first chunk of each length is what the engine pays for it
+        for i, x in enumerate(lengths):
+            first = model.step(
+                StepShape(n, dctx, k, min(x, budget), cached + min(x, budget), 1)
+            ).total
+            assert c.mixed[n, 1] + c.prompt_shift[n, i] == pytest.approx(first, rel=1e-9)
+        # on an idle engine the prompt's chunks run one step each: the law's mean of that
+        alone = 0.5 * sum(
+            model.step(StepShape(0, 0, k, min(budget, x - s), cached + min(x, s + budget), 1)).total
+            for x in (512, 12_000)
+            for s in range(0, x, budget)
+        )
+        assert c.alone == pytest.approx(alone, rel=1e-12)
+        if cached == 0:
+            plain = c.mixed[n, 1] - c.mixed[n, 0]
+            assert plain > (mean_length.mixed[n, 1] - mean_length.mixed[n, 0]) * 1.01
+        else:
+            assert c.mixed[n, 1] - c.mixed[n, 0] > plain
+
+
+def test_a_prompt_longer_than_the_budget_is_priced_by_its_chunks() -> None:
+    # A fixed 1,600-token prompt with a 1,024-token budget is prefilled as 1,024 + 576 tokens; the
+    # curve's two chunks per request together cost what those two chunks cost (not two whole
+    # budgets' worth); a prompt that fits the budget keeps the exact one-chunk price.
+    scn = roofline()
+    model = build_cost_model(scn)
+    k, n, ctx = 4, 20, 600.0
+    c = build_step_curve(model, k, ctx, 1600.0, 1024, 256)
+    assert c.chunks_per_request == 2
+    dctx = round(n * ctx)
+    base = model.step(StepShape(n, dctx, k)).total
+    whole = sum(model.step(StepShape(n, dctx, k, t, x, 1)).total - base
+                for t, x in ((1024, 1024), (576, 1600)))
+    assert 2 * (c.mixed[n, 1] - c.mixed[n, 0]) == pytest.approx(whole, rel=1e-9)
+    assert c.alone == pytest.approx(
+        model.step(StepShape(0, 0, k, 1024, 1024, 1)).total
+        + model.step(StepShape(0, 0, k, 576, 1600, 1)).total,
+        rel=1e-12,
+    )
+    fits = build_step_curve(model, k, ctx, 1000.0, 1024, 256)
+    assert fits.mixed[n, 1] == model.step(StepShape(n, dctx, k, 1000, 1000, 1)).total
 
 
 def test_linear_costs_reduce_to_the_prefill_tax() -> None:

@@ -45,7 +45,8 @@ def test_step_curve_equals_the_scalar_loop(source: str) -> None:
     model = build_cost_model(_default(**{"costs.source": source}))
     k, ctx, prompt, budget, n_max = 3, 611.37, 700.0, 512, 40
     c = build_step_curve(model, k, ctx, prompt, budget, n_max)
-    # the definition: one step() per (n, q) shape
+    # the definition: one step() per (n, q) shape, each chunk then carrying the excess of the
+    # prompt's real chunks (700 = 512 + 188 tokens) over the curve's two 512-token ones
     p = max(1, round(prompt))
     chunk = max(1, min(p, budget))
     nchunks = max(1, math.ceil(p / chunk))
@@ -54,9 +55,16 @@ def test_step_curve_equals_the_scalar_loop(source: str) -> None:
         dctx = round(n * ctx)
         st = model.step(StepShape(n, dctx, k))
         assert (c.decode[n], c.verify[n], c.draft[n]) == (st.total, st.verify, st.draft)
+        assert c.mixed[n, 0] == st.total
+        whole = sum(
+            model.step(StepShape(n, dctx, k, tok, x, 1)).total - st.total
+            for tok, x in ((512, 512), (188, 700))
+        )
+        one = model.step(StepShape(n, dctx, k, chunk, round(pf_ctx), 1)).total - st.total
+        excess = whole / nchunks - one
         for q in range(1, MAX_CHUNKS + 1):
             want = model.step(StepShape(n, dctx, k, q * chunk, round(q * pf_ctx), q)).total
-            assert c.mixed[n, q] == want
+            assert c.mixed[n, q] == pytest.approx(want + q * excess, rel=1e-12, abs=1e-15)
 
 
 def _full_chain(mixed: np.ndarray, rate: float) -> np.ndarray:

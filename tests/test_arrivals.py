@@ -162,3 +162,30 @@ def test_predict_names_its_known_tail_errors(capsys: pytest.CaptureFixture[str])
     main(["predict", str(ROOT / "scenarios/capacity-70b-chat.yaml"),
           "--set", "server.replicas=1", "--set", "workload.rate=7.2"])
     assert "caveat:" in capsys.readouterr().err
+
+
+def test_predict_warns_when_prompts_queue_for_the_token_budget() -> None:
+    # 512-token prompts at 25 req/s (80% load) beside ~100 decoding requests that take 5 budget
+    # tokens each: a 1,024-token budget leaves room for about one prompt per step, so arrivals
+    # queue for it (the engine's first-come-first-served chunked prefill), which the model does
+    # not follow; a 2,048-token budget leaves room for three and the model holds (TTFT mean
+    # within 1%, 20,000 requests; notes/analytic.md)
+    base = sdsim.load_scenario(ROOT / "scenarios/default.yaml", {"workload.rate": 25.0})
+    assert sdsim.predict(base, rates=[]).caveats == []
+    roomy = sdsim.predict(base.with_overrides({"server.max_num_batched_tokens": 2048}), rates=[])
+    assert roomy.caveats == []
+    tight = base.with_overrides({"server.max_num_batched_tokens": 1024})
+    p = sdsim.predict(tight, rates=[])
+    assert p.outside_model is None
+    assert any("queue for the token budget" in c for c in p.caveats)
+    # and the error it warns of is there: seed 0, 4,000 requests (first 1,000 dropped), the
+    # simulated TTFT mean is about twice the model's (51% low on 20,000 requests); 1.3x leaves
+    # room for a short run's noise, which is a few per cent of the mean here
+    r = sdsim.simulate(tight.with_overrides({"workload.num_requests": 4000}), seed=0).requests
+    assert r["ttft"].iloc[1000:].mean() > 1.3 * p.summary["ttft_mean"]
+    # prompts longer than a step's room: every one is prefilled over several steps
+    long = base.with_overrides(
+        {"workload.prompt_tokens": 4096, "server.max_num_batched_tokens": 2048,
+         "workload.rate": 2.0}
+    )
+    assert any("100% of them" in c for c in sdsim.predict(long, rates=[]).caveats)

@@ -24,11 +24,13 @@ steps a request needs (the paper's g / E). The mapping from a StepCostModel, wit
   ``fit_error`` is the largest relative error of that tangent against the real decode step over
   the batches that carry 98% of the law's mass. With the ``linear`` source the tangent is the
   line itself at every rate (the previous, global mapping);
-* prefill is priced by the cost model's own ``step``: ``c1p`` is a prefill-only step of one mean
-  prompt (the request alone), and ``c_p`` the mean time one prompt's chunks add to the steps
-  they share with the decoding batch at the operating point (a chunk beside a memory-bound step
-  costs less than beside a compute-bound one); a request in flight adds its ``c_p`` once and,
-  during the tagged request's own prefill step(s), its decode work, so ``c2p = c_p + P b``;
+* prefill is priced by the cost model's own ``step``: ``c1p`` is the prefill-only steps of one
+  prompt on an idle engine, averaged over the prompt law (the request alone;
+  :attr:`~sdsim.analytic.stepcurve.StepCurve.alone`), and ``c_p`` the mean time one prompt's
+  chunks add to the steps they share with the decoding batch at the operating point (a chunk
+  beside a memory-bound step costs less than beside a compute-bound one); a request in flight
+  adds its ``c_p`` once and, during the tagged request's own prefill step(s), its decode work,
+  so ``c2p = c_p + P b``;
 * ``m = E[S]`` is the exact mean of decode steps (:mod:`sdsim.analytic.work`), not g / E.
 
 A decode step of ``n`` requests lasts ``a + b n`` locally, with ``a = overhead + v0 + k d0``
@@ -41,7 +43,6 @@ from __future__ import annotations
 __all__ = [
     "Coefficients",
     "concurrency_cap",
-    "prefill_alone",
     "tangent_coefficients",
 ]
 
@@ -54,7 +55,6 @@ import numpy.typing as npt
 from sdsim._jit import jit
 from sdsim.analytic.stepcurve import StepCurve
 from sdsim.analytic.work import RequestWork
-from sdsim.costs.step import StepCostModel, StepShape
 from sdsim.scenario import Scenario
 
 
@@ -141,19 +141,6 @@ class Coefficients:
 def concurrency_cap(scn: Scenario, k: int) -> int:
     """Most decoding requests one step can hold: ``max_num_seqs`` or ``budget // (k+1)``."""
     return max(1, min(scn.server.max_num_seqs, scn.server.max_num_batched_tokens // (k + 1)))
-
-
-def prefill_alone(model: StepCostModel, k: int, prompt: int, budget: int) -> tuple[float, int]:
-    """(prefill-only steps of one prompt on an idle engine, steps it spans)."""
-    chunk = max(1, min(prompt, budget))
-    nsteps = max(1, math.ceil(prompt / chunk))
-    alone = 0.0
-    done = 0
-    for _ in range(nsteps):
-        c = min(chunk, prompt - done)
-        alone += model.step(StepShape(0, 0, k, c, done + c, 1)).total
-        done += c
-    return alone, nsteps
 
 
 @jit

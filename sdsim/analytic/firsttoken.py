@@ -191,9 +191,10 @@ def arrival_step(
 
 def chunk_sums(pw: FloatArray, shift: FloatArray, mmax: int) -> tuple[FloatArray, FloatArray]:
     """The law of the summed extra cost of ``m = 0..mmax`` prefill chunks of random length
-    beside ``m`` mean-length ones: ``m``-fold convolutions of the per-chunk law ``(shift, pw)``
-    (seconds, probabilities), each binned to :data:`CHUNK_SUM_BINS` points (equal mass in the
-    bulk, finer in the upper tail, where a step carrying a long prompt decides a TTFT p99).
+    over ``m`` mean chunks (the step curve's, priced at the prompt law's mean cost): ``m``-fold
+    convolutions of the per-chunk law ``(shift, pw)`` (seconds, probabilities), each binned to
+    :data:`CHUNK_SUM_BINS` points (equal mass in the bulk, finer in the upper tail, where a step
+    carrying a long prompt decides a TTFT p99).
 
     Parameters
     ----------
@@ -372,7 +373,7 @@ def ttft_components(
             # the clumps of the step before it
             pq = _clumps(mu_pf, view.batch)
         pa = pq / pq.sum(axis=1, keepdims=True)
-        # the chunks' extra cost over mean-length ones (nearly the same at every batch: a
+        # the chunks' extra cost over mean chunks (nearly the same at every batch: a
         # prefill chunk is compute-bound on its own), m = 0..A_MAX + 1 chunks
         mid = int(steps.rows(np.array([float(seen.n0 @ seen.w0) / float(seen.w0.sum())]))[0])
         sv, sp = chunk_sums(steps.prompt_w, steps.prompt_shift[mid], A_MAX + 1)

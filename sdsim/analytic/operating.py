@@ -48,12 +48,17 @@ from sdsim.analytic.arrivals import ArrivalView, arrival_view
 from sdsim.analytic.coefficients import (
     Coefficients,
     concurrency_cap,
-    prefill_alone,
     tangent_coefficients,
 )
 from sdsim.analytic.gps import BirthDeath, birth_death, modulated_birth_death, noisy
 from sdsim.analytic.prefix import PROMPT_BINS, kv_demand, prefill_law, prompt_means
-from sdsim.analytic.stepcurve import LocalSteps, StepCurve, build_step_curve, mean_context
+from sdsim.analytic.stepcurve import (
+    LocalSteps,
+    PromptLaw,
+    StepCurve,
+    build_step_curve,
+    mean_context,
+)
 from sdsim.analytic.work import RequestWork, discretize_length, request_work
 from sdsim.costs.build import build_cost_model
 from sdsim.costs.step import StepCostModel
@@ -503,9 +508,7 @@ def build_curve(
     )
 
 
-def _prompt_law(
-    scn: Scenario, hit: float
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]] | None:
+def _prompt_law(scn: Scenario, hit: float) -> PromptLaw | None:
     """The law of the prefilled prompt lengths the step curve prices chunks with: the workload's
     prompt law (no prefix-cache hits, no shared prefixes), a session turn's prefill law
     (:func:`~sdsim.analytic.prefix.prefill_law`), else ``None`` (every chunk at the mean
@@ -515,7 +518,8 @@ def _prompt_law(
         return prefill_law(scn)  # turns: the conversation so far, less what the cache holds
     if hit > 0 or w.shared_prefix is not None:
         return None
-    return discretize_length(w.prompt_tokens, PROMPT_BINS)
+    lengths, weights = discretize_length(w.prompt_tokens, PROMPT_BINS)
+    return PromptLaw(lengths, weights, np.zeros(lengths.shape[0]))
 
 
 def operating_point(
@@ -564,13 +568,7 @@ def operating_point(
         batches = np.array([max(c.n_max * frac, 1.0)])
         weights = np.array([1.0])
     prompt = prompt_means(scn).prefill
-    akey = (max(1, round(prompt)), scn.server.max_num_batched_tokens)
-    got = c.alone.get(akey)
-    if got is None or got[0] is not m or c.k != k:
-        got = (m, prefill_alone(m, k, akey[0], akey[1]))
-        if c.k == k:
-            c.alone[akey] = got
-    alone = got[1][0]
+    alone = c.alone
     chunk_rate = min(rate, sat) * c.chunks_per_request
     ((pq, t),) = chunk_laws(c, w, [(min(rate, sat), law.stable)])
     co = tangent_coefficients(c, w, prompt, alone, batches, weights, chunk_rate, (pq, t))

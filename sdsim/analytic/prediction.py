@@ -32,9 +32,7 @@ __all__ = [
     "Prediction",
     "adaptive_k",
     "capacity",
-    "caveats",
     "gps_law",
-    "limiting_resource",
     "mean_e2e_gps",
     "predict",
     "predict_grid",
@@ -51,7 +49,7 @@ if TYPE_CHECKING:
 import numpy as np
 
 from sdsim.acceptance import expected_tokens_per_step
-from sdsim.analytic.arrivals import ArrivalView, arrival_view
+from sdsim.analytic.arrivals import arrival_view
 from sdsim.analytic.coefficients import Coefficients
 from sdsim.analytic.gps import BirthDeath
 from sdsim.analytic.hitpoint import resolve_hit_rate
@@ -76,6 +74,13 @@ from sdsim.analytic.operating import (
 from sdsim.analytic.prefix import kv_demand
 from sdsim.analytic.stepcurve import StepCurve
 from sdsim.analytic.tails import latency_distribution
+from sdsim.analytic.trust import (
+    KV_PRESSURE,
+    arrivals_outside,
+    budget_caveat,
+    caveats,
+    limiting_resource,
+)
 from sdsim.analytic.work import RequestWork, request_work
 from sdsim.costs.build import build_cost_model
 from sdsim.costs.step import StepCostModel
@@ -83,12 +88,6 @@ from sdsim.errors import ScenarioError
 from sdsim.memory import num_gpu_blocks
 from sdsim.scenario import BetaAlpha, Scenario
 from sdsim.slo import slo_bounds, slo_stats_from_laws
-
-# P(KV demand > capacity) above which a prediction is marked outside the model: preemption then
-# happens often enough to move TTFT (kv-pressure.yaml at 80% of its KV limit, P = 0.6%: TTFT p99
-# 8% above the model) and, held there for long, can set off a preemption cascade (a 100,000-
-# request run of llama70b-tp4-a100.yaml at P = 0.6% had one, its mean e2e 2.4x the model's).
-KV_PRESSURE = 0.005
 
 LATENCY_KEYS = tuple(
     f"{m}_{s}" for m in ("e2e", "ttft", "tpot") for s in ("mean", "p50", "p90", "p99")
@@ -139,8 +138,8 @@ class Prediction:
     outside_model
         Why this prediction is outside what the model covers (``None`` when it is inside).
     caveats
-        Inside the model, but where its tails are known to err by more than the validation
-        tolerances: the statistic, the measured error and why (:func:`caveats`).
+        Inside the model, but where it is known to err by more than the validation tolerances:
+        the statistic, the measured error and why (:func:`~sdsim.analytic.trust.caveats`).
     latency_laws
         The tail model's laws of ``e2e``, ``ttft`` and ``tpot`` (exact ``cdf`` and
         ``quantiles``; empty when quantiles were not computed or the point is unstable).
@@ -186,105 +185,12 @@ class Prediction:
         }
 
 
-def limiting_resource(curve: StepCurve, work: RequestWork, gpu_rate: float, kv_rate: float) -> str:
-    """What limits the sustainable rate (see :attr:`Prediction.saturation_limit`).
-
-    At the step-curve limit the engine holds ``n_max`` requests; throughput there is
-    ``n / t(n)`` per step, whose elasticity in the batch is ``1 - n t'(n) / t(n)``: the share of
-    the step that does not grow with the batch. Above one half, most of a step is fixed cost
-    (weights read once per step), so the cap on concurrency, not the GPU, is what binds.
-    """
-    if kv_rate < gpu_rate:
-        return "KV cache"
-    p = curve.chunks_per_request
-    marg = float((curve.mixed[:, -1] - curve.mixed[:, -2]).max()) if p > 0 else 0.0
-    if marg > 0 and gpu_rate >= (1.0 / (p * marg)) * (1.0 - 1e-9):
-        return "GPU"  # prefill alone fills the GPU
-    nu = work.mean_steps + p
-    top = curve.n_max * work.mean_steps / nu
-    grid = np.arange(curve.decode.shape[0], dtype=np.float64)
-    t = float(np.interp(top, grid, curve.decode))
-    lo, hi = max(top - 1.0, 0.0), min(top + 1.0, float(curve.n_max))
-    slope = (float(np.interp(hi, grid, curve.decode)) - float(np.interp(lo, grid, curve.decode)))
-    slope /= max(hi - lo, 1e-12)
-    elasticity = 1.0 - top * slope / t if t > 0 else 0.0
-    return "admission cap" if elasticity > 0.5 else "GPU"
-
-
 def _k_search_max(scn: Scenario) -> int:
     """Largest draft length a k search may try: spec.k_max, and no more positions than a
     per-position acceptance list defines."""
     a = scn.acceptance.alpha
     top = max(scn.spec.k_max, scn.spec.k)
     return min(top, len(a)) if isinstance(a, list) else top
-
-
-def _arrivals_outside(view: ArrivalView, saturation: float) -> str | None:
-    """Why the model's view of these arrivals is not to be trusted here, if it is not.
-
-    Two states are modelled as a quasi-birth-death law and lives that start in a state; that
-    holds while each state's rate is below the saturation rate (mmpp-bursts.yaml with bursts at
-    60% of it: e2e p99 within 7%). A burst faster than the server fills the batch and a queue
-    that drains after the burst: measured errors of 20-60% on the p99 and more on TTFT. Gamma
-    gaps with CV > 1 come in clumps within a step, taken as Poisson clumps of geometric size:
-    with CV 3 the e2e p99 is 15-30% low and TTFT's more.
-    """
-    if view.states > 1 and max(view.rates) >= saturation:
-        return (
-            f"{view.describe()}: the bursts exceed the saturation rate {saturation:.3g} req/s, "
-            "so a queue builds in each burst and drains after it (the model's two-state law "
-            "approximates it; tail errors of 20-60% measured)"
-        )
-    if view.batch > 1.2:
-        return (
-            f"{view.describe()}: clumped arrivals are taken as Poisson clumps of geometric "
-            "size (e2e p99 15-30% low and TTFT more at CV 3, measured)"
-        )
-    return None
-
-
-# Above this squared CV of a prefill chunk's cost (prompts of random length) and this share of
-# the saturation rate, the TTFT and TPOT tails carry a measured error (see :func:`caveats`).
-CHUNK_CV2_CAVEAT = 0.25
-CAVEAT_LOAD = 0.2
-# P(an arrival waits for a slot) above which the TTFT tail is decided by admission waits.
-P_WAIT_CAVEAT = 0.002
-
-
-def caveats(chunk_cv2: float, load: float, p_wait: float) -> list[str]:
-    """Where a prediction inside the model still errs by more than validation's tolerances on a
-    tail, measured with long steady-state runs (notes/analytic.md, 3 seeds x 100,000 requests).
-
-    Parameters
-    ----------
-    chunk_cv2
-        Squared CV of a prefill chunk's cost over the prompt-length law.
-    load
-        Rate over the GPU saturation rate.
-    p_wait
-        Probability that an arrival waits for admission.
-
-    Returns
-    -------
-    list of str
-        One sentence per caveat (empty when none applies).
-    """
-    out: list[str] = []
-    if chunk_cv2 > CHUNK_CV2_CAVEAT and load >= CAVEAT_LOAD:
-        out.append(
-            f"prompts of random length (a prefill's cost has CV {math.sqrt(chunk_cv2):.2f}): "
-            "TTFT p99 off by up to 18% and TPOT p99 up to 20% low, measured at 25-90% load "
-            "(TTFT low with one replica, high with round-robin replicas; a step that carries a "
-            "long prompt is a heavy-tailed delay the model's binned and normal laws only partly "
-            "follow; worst with long prompts on large models)"
-        )
-    if p_wait > P_WAIT_CAVEAT:
-        out.append(
-            f"{p_wait:.1%} of arrivals wait for a slot (max_num_seqs or the token budget): the "
-            "TTFT tail is set by admission waits, which the model gets only roughly (measured "
-            "with max_num_seqs 32: TTFT p99 -35% at 70% load, +54% at 85%; e2e p99 +14%)"
-        )
-    return out
 
 
 def capacity(co: Coefficients) -> float:
@@ -667,7 +573,7 @@ def _predict(
         summary["kv_saturated"] = False
     if not stable and outside is None:
         outside = f"past the saturation rate {gpu_sat:.3g} req/s"
-    arrivals = _arrivals_outside(op.arrivals, gpu_sat / reps)
+    arrivals = arrivals_outside(op.arrivals, gpu_sat / reps)
     if arrivals is not None:
         outside = arrivals if outside is None else f"{outside}; {arrivals}"
 
@@ -714,7 +620,12 @@ def _predict(
         saturation_limit=limiting_resource(op.curve, op.work, gpu_sat / reps, kv_sat / reps),
         outside_model=outside,
         latency_laws=laws,
-        caveats=caveats(op.curve.chunk_cost_cv2, lam * reps / gpu_sat, p_wait)
+        caveats=caveats(
+            op.curve.chunk_cost_cv2,
+            lam * reps / gpu_sat,
+            p_wait,
+            budget_caveat(op.curve, lam, float(summary["batch_mean"])),
+        )
         if stable and outside is None
         else [],
     )

@@ -80,6 +80,7 @@ from scipy.optimize import brentq
 
 from sdsim._jit import jit
 from sdsim.acceptance import expected_tokens_per_step
+from sdsim.analytic.stepcurve import PromptLaw
 from sdsim.analytic.work import bin_equal_mass
 from sdsim.memory import num_gpu_blocks
 from sdsim.scenario import Scenario
@@ -481,9 +482,10 @@ def _conversations(
     return resid
 
 
-def prefill_law(scn: Scenario) -> tuple[npt.NDArray[np.int64], _F64] | None:
-    """The law of a session turn's prefilled tokens (its prompt less its hit blocks), binned as
-    the step curve prices prompt chunks (:data:`PROMPT_BINS` points); ``None`` without sessions.
+def prefill_law(scn: Scenario) -> PromptLaw | None:
+    """The law of a session turn's prefilled tokens (its prompt less its hit blocks) with the
+    cached tokens they attend to, binned as the step curve prices prompt chunks
+    (:data:`PROMPT_BINS` points); ``None`` without sessions.
 
     Sessions mix short prefills (a turn that finds its conversation: the new user tokens) with
     long ones (a first turn, or one whose conversation was evicted: the whole conversation).
@@ -499,17 +501,20 @@ def prefill_law(scn: Scenario) -> tuple[npt.NDArray[np.int64], _F64] | None:
     hit = 0.0 if h is None else float(h)
     n = cw.prompt.shape[0]
     if hit <= 0:
-        values, weights = cw.prompt.astype(np.float64), np.full(n, 1.0 / n)
+        cached, weights = np.zeros(n), np.full(n, 1.0 / n)
     elif (got := _TURN_HITS.get((_workload_key(scn), round(hit, 4)))) is not None:
-        values, weights = cw.prompt - bs * got, np.full(n, 1.0 / n)
+        cached, weights = bs * got, np.full(n, 1.0 / n)
     else:
         lost, full = bs * cw.hit_lost.mean(), bs * cw.hit_cached.mean()
         pi = min(max((hit * cw.prompt_mean - lost) / max(full - lost, 1e-9), 0.0), 1.0)
-        values = np.concatenate([cw.prompt - bs * cw.hit_cached, cw.prompt - bs * cw.hit_lost])
+        cached = np.concatenate([bs * cw.hit_cached, bs * cw.hit_lost])
         weights = np.concatenate([np.full(n, pi / n), np.full(n, (1 - pi) / n)])
+    values = np.resize(cw.prompt, cached.shape[0]) - cached
     order = np.argsort(values, kind="stable")
     vb, pb = bin_equal_mass(np.maximum(values[order], 1.0), weights[order], PROMPT_BINS)
-    return np.maximum(np.rint(vb), 1).astype(np.int64), pb / pb.sum()
+    # the bins depend on the weights' order only, so the cached tokens bin alike
+    cb, _ = bin_equal_mass(cached[order], weights[order], PROMPT_BINS)
+    return PromptLaw(np.maximum(np.rint(vb), 1).astype(np.int64), pb / pb.sum(), cb)
 
 
 def _same_replica(scn: Scenario) -> float:

@@ -10,7 +10,9 @@ analytic model prices steps through ``StepCostModel.step`` directly:
   draft and overhead parts), for every ``n`` in ``0..n_max``;
 * ``mixed[n, q]``: the same step carrying ``q`` prefill chunks of the mean prompt (``q`` up to
   :data:`MAX_CHUNKS`; chunks beyond the token budget are priced at the same marginal rate, as
-  the spilled work costs the same in the next step);
+  the spilled work costs the same in the next step); with prompts of random length a chunk
+  costs the law's mean, not the mean-length prompt's (attention makes a prompt's cost convex
+  in its length);
 * the number of chunks in a step: the engine prefills in each step what arrived during the
   previous one, so given ``n`` the chunk count is a Markov chain ``q' ~ Poisson(lambda_c
   mixed[n, q])`` (``lambda_c`` chunk arrival rate); :meth:`StepCurve.step_time` is its stationary
@@ -27,16 +29,19 @@ from __future__ import annotations
 __all__ = [
     "MAX_CHUNKS",
     "LocalSteps",
+    "PromptLaw",
     "StepCurve",
     "build_step_curve",
     "mean_context",
     "poisson_pmf",
+    "prompt_chunks",
     "slopes",
 ]
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -52,6 +57,16 @@ FloatArray = npt.NDArray[np.float64]
 # lambda_c t / (1 - lambda_c c_chunk) (about 2-3 near saturation on the shipped scenarios), so 32
 # leaves a Poisson tail far below 1e-9.
 MAX_CHUNKS = 32
+
+
+class PromptLaw(NamedTuple):
+    """The law of what a request prefills, binned: ``lengths[i]`` tokens prefilled with
+    probability ``weights[i]``, after ``cached[i]`` tokens already in the KV cache (a prefix-cache
+    hit), which every prefilled token attends to."""
+
+    lengths: npt.NDArray[np.int64]
+    weights: FloatArray
+    cached: FloatArray
 
 
 def slopes(values: FloatArray) -> FloatArray:
@@ -131,10 +146,15 @@ class StepCurve:
         ``mixed[n, q]``: a step with ``n`` decoding requests and ``q`` prefill chunks.
     prompt_w, prompt_shift
         The prompt-length law in bins (probabilities) and, per decode batch ``n`` and bin,
-        how much longer a step with one chunk of that bin's length is than one with a
-        mean-length chunk (``prompt_shift[n, i]``; one zero column for a fixed length).
+        how much longer a step with one (first) chunk of that bin's length is than one with a
+        mean chunk (``prompt_shift[n, i]``; one zero column for a fixed length).
     chunk_cap
         Most chunks one step takes (the token budget over the chunk).
+    budget, prefill_mean, prompt_len
+        ``max_num_batched_tokens`` (0: not known), the mean tokens a request prefills and the
+        prefilled lengths of ``prompt_w``'s bins (the mean alone for a fixed length).
+    alone
+        Mean prefill-only time of one prompt on an idle engine (its chunks' steps, seconds).
     """
 
     k: int
@@ -150,6 +170,10 @@ class StepCurve:
     prompt_w: FloatArray = field(default_factory=lambda: np.ones(1))
     prompt_shift: FloatArray = field(default_factory=lambda: np.zeros((1, 1)))
     chunk_cap: float = math.inf
+    budget: int = 0
+    prefill_mean: float = 0.0
+    prompt_len: FloatArray = field(default_factory=lambda: np.zeros(1))
+    alone: float = 0.0
     _cache: dict[float, tuple[FloatArray, FloatArray]] = field(default_factory=dict, repr=False)
     _slopes: dict[str, FloatArray] = field(default_factory=dict, repr=False)
     # chunk rate -> (pq, t, solved): rows of the chunk law solved so far (see solve_rows)
@@ -158,11 +182,6 @@ class StepCurve:
     )
     # (chunk rate, kind) -> what sdsim.analytic.operating assembled from the solved rows
     _assembled: dict[tuple[float, bool], tuple[FloatArray, FloatArray]] = field(
-        default_factory=dict, repr=False
-    )
-    # (prompt, budget) -> (cost model, sdsim.analytic.coefficients.prefill_alone's result at
-    # this k with that model): it depends on neither the rate nor alpha
-    alone: dict[tuple[int, int], tuple[object, tuple[float, int]]] = field(
         default_factory=dict, repr=False
     )
     # the latest chunk laws (the arrays themselves) and their chunk costs
@@ -316,6 +335,33 @@ class StepCurve:
         """Mean time one prefill chunk adds to a step with ``n`` decoding requests."""
         return self.chunk_cost_from(*self.chunk_law(chunk_rate))
 
+    def room(self, n: int) -> int:
+        """Prefill tokens a step can take beside ``n`` decoding requests: the budget less the
+        ``k + 1`` tokens each of them takes (at least 1)."""
+        r = int(min(max(n, 0), self.n_max))
+        return max(self.budget - r * (self.k + 1), 1)
+
+    def share_longer(self, tokens: int) -> float:
+        """Probability that a request prefills more than ``tokens`` tokens."""
+        return float(self.prompt_w[self.prompt_len > tokens].sum())
+
+    def budget_share(self, rate: float, n: int) -> float:
+        """Share of a step's token budget the prompts arriving during it take, at ``rate``
+        (req/s) beside ``n`` decoding requests: ``rate x t(n) x E[prefill] / room``, the room
+        being the budget less the ``k + 1`` tokens each decoding request takes, ``t(n)`` the
+        chunk chain's mean step. ``0`` when the budget is unknown.
+
+        The engine fills the budget first come first served and spreads a prompt longer than
+        the room over several steps, so once this share is sizeable an arrival often waits
+        behind earlier prompts' chunks; the chunk chain prices spilled chunks but keeps every
+        arrival's first token in the step after it arrives.
+        """
+        if self.budget <= 0 or rate <= 0 or self.prefill_mean <= 0:
+            return 0.0
+        r = int(min(max(n, 1), self.n_max))
+        t = float(self.step_time(rate * self.chunks_per_request)[r])
+        return float(rate * t * self.prefill_mean / self.room(r))
+
     def stable(self, chunk_rate: float) -> bool:
         """Whether prefill alone leaves time to decode: ``chunk_rate x`` marginal chunk cost < 1."""
         if chunk_rate <= 0:
@@ -368,6 +414,49 @@ def _chain(mixed: FloatArray, chunk_rate: float) -> tuple[FloatArray, FloatArray
     return _chain_rows(mixed, np.full(mixed.shape[0], float(chunk_rate)))
 
 
+def prompt_chunks(length: int, budget: int, cached: int = 0) -> list[tuple[int, int]]:
+    """The chunks a prompt of ``length`` new tokens (after ``cached`` ones already in the KV
+    cache) is prefilled in, a budget's worth at a time: ``(tokens, attended context)`` each, the
+    context being the cached tokens and the prompt up to the chunk's end. Beside running
+    requests the engine's chunk is the budget less their decode tokens (``k + 1`` each), a
+    difference of a few per cent at the default 8,192-token budget that the curve leaves out."""
+    return [
+        (min(budget, length - start), cached + min(length, start + budget))
+        for start in range(0, max(length, 1), budget)
+    ]
+
+
+def _whole_prompt_cost(
+    model: StepCostModel,
+    n: npt.NDArray[np.int64],
+    dctx: npt.NDArray[np.int64],
+    k: int,
+    law: PromptLaw,
+    budget: int,
+) -> tuple[FloatArray, FloatArray]:
+    """``(cost[n, i], alone[i])``: the time prefilling bin ``i`` of the law adds to steps with
+    ``n`` decoding requests (contexts ``dctx``), every chunk (:func:`prompt_chunks`) priced at
+    its attended context; and the steps it takes on an idle engine, chunk after chunk."""
+    chunks = [
+        (i, tok, ctx)
+        for i, (x, c) in enumerate(
+            zip(law.lengths.tolist(), np.rint(law.cached).astype(np.int64).tolist(), strict=True)
+        )
+        for tok, ctx in prompt_chunks(int(x), budget, int(c))
+    ]
+    owner = np.array([c[0] for c in chunks], dtype=np.int64)
+    tok = np.array([c[1] for c in chunks], dtype=np.int64)[None, :]
+    ctx = np.array([c[2] for c in chunks], dtype=np.int64)[None, :]
+    base = step_times(model, n, dctx, k).total
+    full = np.asarray(step_times(model, n[:, None], dctx[:, None], k, tok, ctx, 1).total)
+    cost = np.zeros((n.shape[0], law.lengths.shape[0]))
+    np.add.at(cost.T, owner, (full - base[:, None]).T)
+    # (summed in chunk order from zero, the same floats as pricing them one by one)
+    alone = np.zeros(law.lengths.shape[0])
+    np.add.at(alone, owner, full[0])
+    return cost, alone
+
+
 def build_step_curve(
     model: StepCostModel,
     k: int,
@@ -375,7 +464,7 @@ def build_step_curve(
     prompt: float,
     budget: int,
     n_max: int,
-    prompt_law: tuple[npt.NDArray[np.int64], FloatArray] | None = None,
+    prompt_law: PromptLaw | None = None,
 ) -> StepCurve:
     """Price every decode batch ``0..n_max`` and ``0..MAX_CHUNKS`` prefill chunks per step.
 
@@ -394,8 +483,8 @@ def build_step_curve(
     n_max
         Concurrency cap.
     prompt_law
-        Prompt lengths and their probabilities (binned), to price a chunk of each length
-        beside every decode batch; ``None``: every prompt has the mean length.
+        What a request prefills (binned), to price a chunk of each length beside every decode
+        batch; ``None``: every prompt prefills the mean length from scratch.
 
     Returns
     -------
@@ -423,13 +512,29 @@ def build_step_curve(
     dec = np.array(st.total, dtype=np.float64)
     ver = np.array(st.verify, dtype=np.float64)
     dra = np.array(st.draft, dtype=np.float64)
-    pw, shift = np.ones(1), np.zeros((ns, 1))
-    if prompt_law is not None and prompt_law[0].shape[0] > 1:
+    random = prompt_law is not None and prompt_law.lengths.shape[0] > 1
+    law = prompt_law if random and prompt_law is not None else PromptLaw(
+        np.array([p], dtype=np.int64), np.ones(1), np.zeros(1)
+    )
+    pw = np.asarray(law.weights, dtype=np.float64)
+    whole, alone = _whole_prompt_cost(model, n, dctx, k, law, budget)
+    # a prefill costs more than its tokens at the mean prompt's rate: attention grows with the
+    # attended context (quadratic in a chunk's length) and a long prompt's later chunks attend to
+    # its earlier ones, so a chunk of the curve is priced at the law's mean cost per chunk,
+    # E[cost of a whole prompt] / chunks per prompt (on the open twin of multi-turn-chat,
+    # lognormal prompts of mean 1,600 and CV 1.2 on the 8B model, 6.5% above the mean-length
+    # chunk's cost at 20 decoding). For a fixed length that fits the budget the two agree (zero
+    # excess); one longer than the budget is not a whole number of full chunks.
+    excess = whole @ pw / nchunks - (mixed[:, 1] - mixed[:, 0])
+    mixed[:, 1:] += excess[:, None] * q[None, :]
+    shift = np.zeros((ns, 1))
+    if random:
         # a step with one first chunk of each bin's length (cut at the budget, as the engine
-        # cuts it) against one with the mean-length chunk
-        xs = np.minimum(np.asarray(prompt_law[0], dtype=np.int64), budget)
-        one = step_times(model, n[:, None], dctx[:, None], k, xs[None, :], xs[None, :], 1).total
+        # cuts it) against one with a mean chunk
+        xs = np.minimum(law.lengths, budget)
+        xc = xs + np.rint(law.cached).astype(np.int64)
+        one = step_times(model, n[:, None], dctx[:, None], k, xs[None, :], xc[None, :], 1).total
         shift = np.asarray(one, dtype=np.float64) - mixed[:, 1:2]
-        pw = np.asarray(prompt_law[1], dtype=np.float64)
     return StepCurve(k, ctx, n_max, chunk, nchunks, dec, ver, dra, overhead, mixed, pw, shift,
-                     float(max(1, budget // chunk)))
+                     float(max(1, budget // chunk)), budget, float(prompt),
+                     law.lengths.astype(np.float64), float(pw @ alone))
