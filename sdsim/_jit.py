@@ -18,7 +18,7 @@ import numba
 NO_JIT = os.environ.get("SDSIM_NO_JIT", "") not in ("", "0")
 
 
-def jit(f: Any = None, *, callee: bool = False) -> Any:
+def jit(f: Any = None, *, callee: bool = False, inline: bool = False) -> Any:
     """``numba.njit(cache=True)``: compiled once, then loaded from ``__pycache__`` (or numba's
     user-wide cache when the package directory is read-only). Where no cache location is
     writable at all, numba refuses ``cache=True``: compile in each process instead.
@@ -27,14 +27,22 @@ def jit(f: Any = None, *, callee: bool = False) -> Any:
     compiled with its caller (LLVM inlines what pays) and is not cached on its own: a kernel
     built from functions of several modules is cached only as its entry point, whose cache key
     must then cover those modules (numba checks only the file that defines the entry point; see
-    :func:`sdsim.engine.step.advance`). Numba's own IR-level ``inline="always"`` is not used:
-    inlining the step's ~40 helpers that way made its first compile take ~150 s of CPU and
-    ~4 GB of memory, against ~12 s and ~0.4 GB with plain calls, for the same run time.
+    :func:`sdsim.engine.step.advance`).
+
+    ``inline=True`` (a callee too): inlined into its callers by numba (``inline="always"``),
+    for the few small helpers the step calls once per request per step. A plain call passes
+    each array argument field by field (the request table and the KV cache's arrays are ~30
+    values), which costs more than such a helper's own work: as plain calls they made the
+    compiled step ~50% more instructions. Inlining every helper this way is what is avoided:
+    for the step's ~40 helpers it made the first compile take ~150 s of CPU and ~4 GB of
+    memory, against ~12 s and ~0.4 GB with plain calls.
     """
     if f is None:
-        return lambda g: jit(g, callee=callee)
+        return lambda g: jit(g, callee=callee, inline=inline)
     if NO_JIT:
         return f
+    if inline:
+        return numba.njit(inline="always")(f)
     if callee:
         return numba.njit(f)
     try:

@@ -117,7 +117,7 @@ def kv_free_blocks(e: Any) -> int:
     return int(e["kv_capacity"] - e["kv_used"])
 
 
-@jit(callee=True)
+@jit(inline=True)
 def kv_hold(req: Any, e: Any, kv: Any, r: int, tokens: int) -> bool:
     """Make request ``r`` hold the blocks of ``tokens`` tokens, if the blocks it lacks are free.
 
@@ -147,7 +147,7 @@ def kv_hold(req: Any, e: Any, kv: Any, r: int, tokens: int) -> bool:
     return True
 
 
-@jit(callee=True)
+@jit(inline=True)
 def kv_keep(req: Any, e: Any, kv: Any, r: int, tokens: int) -> None:
     """Shrink request ``r``'s holding to the blocks of ``tokens`` tokens, no more than it holds
     (the look-ahead slots of rejected draft tokens go back)."""
@@ -214,7 +214,7 @@ def kv_free(req: Any, e: Any, kv: Any, r: int, keep: bool) -> None:
     q["kv_blocks"] = 0
 
 
-@jit(callee=True)
+@jit(inline=True)
 def kv_commit(req: Any, e: Any, kv: Any, r: int, tokens: int) -> None:
     """Request ``r`` is scheduled with ``tokens`` committed tokens (a prefill chunk's end, or
     prompt + generated for a decode): its full shared-prefix blocks among them enter the cache
@@ -366,7 +366,7 @@ def _unmap(e: Any, blocks: Any, slots: npt.NDArray[np.int64], b: int) -> None:
 # --------------------------------------------------------------------------- the free list
 
 
-@jit(callee=True)
+@jit(inline=True)
 def _join(e: Any, blocks: Any, p: int, n: int) -> None:
     """Make block ``n`` follow block ``p`` in the free list (``p`` = -1: ``n`` is the head;
     ``n`` = -1: ``p`` is the tail)."""
@@ -380,7 +380,7 @@ def _join(e: Any, blocks: Any, p: int, n: int) -> None:
         e["lru_tail"] = p
 
 
-@jit(callee=True)
+@jit(inline=True)
 def _link(e: Any, blocks: Any, b: int, p: int, n: int) -> None:
     """Put free block ``b`` between ``p`` and ``n``: ``(-1, head)`` makes it the head (reused
     first), ``(tail, -1)`` the tail."""

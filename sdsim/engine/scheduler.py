@@ -124,7 +124,7 @@ def _tally(e: Any, batch: Any) -> None:
     e["prefill_context"] = prefill_context
 
 
-@jit(callee=True)
+@jit(inline=True)
 def _add_entry(
     e: Any, batch: Any, r: int, kind: int, tokens: int, context: int, blocks: int
 ) -> None:
