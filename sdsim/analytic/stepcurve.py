@@ -359,7 +359,7 @@ class StepCurve:
         if self.budget <= 0 or rate <= 0 or self.prefill_mean <= 0:
             return 0.0
         r = int(min(max(n, 1), self.n_max))
-        t = float(self.step_time(rate * self.chunks_per_request)[r])
+        t = self.step_time_at(r, rate * self.chunks_per_request)  # two rows, not the whole law
         return float(rate * t * self.prefill_mean / self.room(r))
 
     def stable(self, chunk_rate: float) -> bool:
