@@ -567,11 +567,9 @@ def operating_point(
         law = law if law is not None else BirthDeath(np.zeros(0), rate, c.n_max, False)
         batches = np.array([max(c.n_max * frac, 1.0)])
         weights = np.array([1.0])
-    prompt = prompt_means(scn).prefill
-    alone = c.alone
     chunk_rate = min(rate, sat) * c.chunks_per_request
     ((pq, t),) = chunk_laws(c, w, [(min(rate, sat), law.stable)])
-    co = tangent_coefficients(c, w, prompt, alone, batches, weights, chunk_rate, (pq, t))
+    co = tangent_coefficients(c, w, c.prefill_mean, c.alone, batches, weights, chunk_rate, (pq, t))
     return OperatingPoint(k, rate, c, w, law, co, sat, view)
 
 
